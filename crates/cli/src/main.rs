@@ -1,0 +1,74 @@
+//! `detnas-engine`: the detnas command line (started through the `detnas` launcher, which
+//! locates libtorch first). Parses, dispatches to the libraries, maps errors to exit codes:
+//! 0 ok, 2 usage or configuration, 3 data, 4 numerical, 5 checkpoint, 1 anything else.
+
+mod args;
+mod demo;
+mod net_cmd;
+mod runtime;
+mod space_cmd;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// DetNAS: backbone search for object detection.
+#[derive(Parser)]
+#[command(name = "detnas", bin_name = "detnas", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Inspect search spaces: sizes, MACs/params of architectures, sampling.
+    #[command(subcommand)]
+    Space(space_cmd::SpaceCommand),
+    /// Build networks and check them: feature shapes, measured vs analytic counts, timing.
+    #[command(subcommand)]
+    Net(net_cmd::NetCommand),
+    /// A short tour of what is built so far (no download, CPU, seconds).
+    Demo(demo::DemoArgs),
+}
+
+/// An error with the exit code it maps to.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: u8,
+    pub error: anyhow::Error,
+}
+
+/// Usage or configuration error (exit code 2).
+pub fn usage(error: impl Into<anyhow::Error>) -> Failure {
+    Failure { code: 2, error: error.into() }
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Failure {
+    fn from(e: E) -> Failure {
+        let error: anyhow::Error = e.into();
+        let code = if error.downcast_ref::<detnas_space::SpaceError>().is_some() {
+            2
+        } else if let Some(nn) = error.downcast_ref::<detnas_nn::NnError>() {
+            if matches!(nn, detnas_nn::NnError::Space(_)) { 2 } else { 1 }
+        } else {
+            1
+        };
+        Failure { code, error }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Space(c) => space_cmd::run(c),
+        Command::Net(c) => net_cmd::run(c),
+        Command::Demo(a) => demo::run(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("error: {:#}", f.error);
+            ExitCode::from(f.code)
+        }
+    }
+}

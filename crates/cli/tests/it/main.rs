@@ -1,0 +1,135 @@
+//! The engine binary as a user runs it: outputs, JSON contracts, errors and exit codes.
+
+use std::process::{Command, Output};
+
+fn detnas(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_detnas-engine")).args(args).output().expect("engine runs")
+}
+
+fn json(args: &[&str]) -> serde_json::Value {
+    let out = detnas(args);
+    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(text.trim().lines().count(), 1, "exactly one JSON line expected: {text}");
+    serde_json::from_str(&text).unwrap()
+}
+
+/// Fails with exit code 2 and a one-line message containing `needle`.
+fn usage_error(args: &[&str], needle: &str) {
+    let out = detnas(args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+    assert!(err.lines().next().unwrap_or("").contains(needle), "{args:?}: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn stats_json_reproduces_the_reference_table() {
+    for (space, arch, expected) in [
+        ("small", "21202112331300313132", [288_082_368u64, 321_219_008, 1_849_680, 3_533_112]),
+        ("small", "23113213311133203333", [291_205_824, 324_342_464, 2_041_888, 3_725_320]),
+        ("large", "0031210203123320211320222131033313333333", [1_269_181_536, 1_318_374_496, 8_415_216, 10_426_328]),
+    ] {
+        let v = json(&["space", "stats", "--space", space, "--arch", arch, "--json"]);
+        let got = ["backbone_macs", "total_macs", "backbone_params", "total_params"].map(|k| v[k].as_u64().unwrap());
+        assert_eq!(got, expected, "{arch}");
+    }
+    // Comma form, other input size and class count: total grows by exactly the FC difference.
+    let a = json(&["space", "stats", "--arch", "2,1,2,0,2,1,1,2,3,3,1,3,0,0,3,1,3,1,3,2", "--classes", "80", "--json"]);
+    let b = json(&["space", "stats", "--arch", "21202112331300313132", "--classes", "81", "--json"]);
+    assert_eq!(b["total_params"].as_u64().unwrap() - a["total_params"].as_u64().unwrap(), 1024 + 1);
+    assert_eq!(b["total_macs"].as_u64().unwrap() - a["total_macs"].as_u64().unwrap(), 1024);
+    let big = json(&["space", "stats", "--arch", "21202112331300313132", "--input", "800x1333", "--json"]);
+    assert!(big["backbone_macs"].as_u64().unwrap() > 20 * 288_082_368 / 2);
+}
+
+#[test]
+fn sample_respects_limits_and_seed() {
+    let run = |seed: &str| {
+        json(&[
+            "space",
+            "sample",
+            "--max-backbone-macs",
+            "280M",
+            "--max-params",
+            "1.8M",
+            "-n",
+            "8",
+            "--seed",
+            seed,
+            "--json",
+        ])
+    };
+    let a = run("5");
+    assert_eq!(a.as_array().unwrap().len(), 8);
+    for row in a.as_array().unwrap() {
+        assert!(row["backbone_macs"].as_u64().unwrap() <= 280_000_000);
+        assert!(row["backbone_params"].as_u64().unwrap() <= 1_800_000);
+        let arch = row["arch"].as_str().unwrap();
+        let v = json(&["space", "stats", "--arch", arch, "--json"]);
+        assert_eq!(v["backbone_macs"], row["backbone_macs"]);
+    }
+    assert_eq!(a, run("5"));
+    assert_ne!(a, run("6"));
+}
+
+#[test]
+fn show_describes_spaces() {
+    let v = json(&["space", "show", "--space", "small", "--json"]);
+    assert_eq!(v["blocks"], 20);
+    assert_eq!(v["paths"], "1099511627776");
+    assert_eq!(v["backbone_macs_min"], 237_222_720);
+    let v = json(&["space", "show", "--space", "large-3.8g", "--width-mult", "0.25", "--json"]);
+    assert_eq!(v["widths"], serde_json::json!([44, 108, 216, 432]));
+    assert_eq!(v["name"], "large-3.8g-w0.25");
+    let dir = std::env::temp_dir().join(format!("detnas-cli-space-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("mine.toml");
+    std::fs::write(&file, "stem = 8\nwidths = [16, 32]\ndepths = [1, 2]\nlast_conv = 64\nchoices = [0, 3]\n").unwrap();
+    let v = json(&["space", "show", "--space", file.to_str().unwrap(), "--json"]);
+    assert_eq!((v["blocks"].as_u64(), v["paths"].as_str()), (Some(3), Some("8")));
+    std::fs::write(&file, "stem = 8\nwidths = [18, 32]\ndepths = [1, 2]\nlast_conv = 64\n").unwrap();
+    usage_error(&["space", "show", "--space", file.to_str().unwrap()], "multiple of 4");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn bad_input_is_a_one_line_usage_error() {
+    usage_error(&["space", "stats", "--arch", "0123"], "4 genes");
+    usage_error(&["space", "stats", "--arch", "2120211233130031313x"], "gene 19");
+    usage_error(&["space", "stats", "--space", "medium", "--arch", "0"], "unknown search space 'medium'");
+    usage_error(&["space", "sample", "--max-backbone-macs", "100M"], "smallest has 237.22M");
+    usage_error(&["space", "sample", "--max-backbone-macs", "3X"], "invalid count '3X'");
+    usage_error(&["space", "show", "--width-mult", "-1"], "width multiplier must be positive");
+    usage_error(&["space", "stats", "--arch", "21202112331300313132", "--input", "0"], "positive pixel count");
+    usage_error(&["net", "check", "--device", "tpu"], "expected cpu, cuda, cuda:N or auto");
+    usage_error(&["net", "check", "--threads", "0"], "--threads");
+    usage_error(&["frobnicate"], "unrecognized subcommand");
+}
+
+#[test]
+fn net_check_agrees_with_closed_form() {
+    let v = json(&[
+        "net",
+        "check",
+        "--space",
+        "small",
+        "--width-mult",
+        "0.5",
+        "--input",
+        "96x128",
+        "--batch",
+        "2",
+        "--backward",
+        "--repeat",
+        "1",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "--json",
+    ]);
+    assert_eq!(v["analytic"], v["measured"]);
+    assert_eq!(v["features"][3], serde_json::json!([2, 320, 3, 4]));
+    assert!(v["images_per_second"].as_f64().unwrap() > 0.0);
+}

@@ -1,0 +1,89 @@
+//! One choice of one ShuffleNetV2 block (reference §2).
+
+use crate::layers::{ConvBn, ConvBnConfig};
+use detnas_space::Choice;
+use detnas_space::space::BlockSlot;
+use tch::Tensor;
+use tch::nn::{self, ModuleT};
+
+/// A complete block that always takes one choice: split/projection, branch, concatenation.
+///
+/// Stride 1 (`in == out`): channel shuffle method 1 splits the input into `x_proj` and `x`;
+/// output `cat(x_proj, ReLU(branch(x)))`. Stride 2: `x_proj = proj(x)` (depthwise k×k s2 → BN
+/// → 1×1 → BN → ReLU, k = 3 for Xception), output `cat(x_proj, ReLU(branch(x)))`, the branch
+/// producing `out − in` channels.
+///
+/// # Shapes
+/// `[N, in, H, W] → [N, out, H/stride, W/stride]` (rounded up).
+#[derive(Debug)]
+pub struct ChoiceOp {
+    pub choice: Choice,
+    pub stride: i64,
+    /// The main branch, in order (ReLU after it is applied by [`ChoiceOp`]).
+    pub branch: Vec<ConvBn>,
+    /// The projection of stride-2 blocks.
+    pub proj: Vec<ConvBn>,
+}
+
+impl ChoiceOp {
+    /// Builds `choice` for `slot` under `p` (`p.branch.j.*`, `p.proj.j.*`).
+    pub fn new(p: &nn::Path, slot: &BlockSlot, choice: Choice) -> ChoiceOp {
+        let stride = slot.stride as i64;
+        let (cin, out) = (slot.in_channels as i64, slot.out_channels as i64);
+        let mid = out / 2;
+        let (bin, bout) = if stride == 1 { (cin / 2, out / 2) } else { (cin, out - cin) };
+        let k = choice.kernel() as i64;
+        let units = match choice {
+            Choice::Shuffle3 | Choice::Shuffle5 | Choice::Shuffle7 => vec![
+                ConvBnConfig::pointwise(bin, mid, true),
+                ConvBnConfig::depthwise(mid, k, stride),
+                ConvBnConfig::pointwise(mid, bout, false),
+            ],
+            Choice::Xception => vec![
+                ConvBnConfig::depthwise(bin, 3, stride),
+                ConvBnConfig::pointwise(bin, mid, true),
+                ConvBnConfig::depthwise(mid, 3, 1),
+                ConvBnConfig::pointwise(mid, mid, true),
+                ConvBnConfig::depthwise(mid, 3, 1),
+                ConvBnConfig::pointwise(mid, bout, false),
+            ],
+        };
+        let bp = p / "branch";
+        let branch = units.into_iter().enumerate().map(|(j, u)| u.build(&(&bp / j))).collect();
+        let proj = if stride == 2 {
+            let pp = p / "proj";
+            vec![
+                ConvBnConfig::depthwise(cin, k, 2).build(&(&pp / 0)),
+                ConvBnConfig::pointwise(cin, cin, true).build(&(&pp / 1)),
+            ]
+        } else {
+            Vec::new()
+        };
+        ChoiceOp { choice, stride, branch, proj }
+    }
+}
+
+/// Channel shuffle "method 1" of the official code: view `[N, 2, C/2, H, W]`, swap dims 1
+/// and 2, flatten back; the first half of the channels is `x_proj`, the second `x`.
+pub fn channel_shuffle_split(x: &Tensor) -> (Tensor, Tensor) {
+    let (n, c, h, w) = x.size4().expect("a block input is 4-D");
+    let shuffled = x.view([n, 2, c / 2, h, w]).transpose(1, 2).reshape([n, c, h, w]);
+    (shuffled.narrow(1, 0, c / 2), shuffled.narrow(1, c / 2, c / 2))
+}
+
+fn run(units: &[ConvBn], x: &Tensor, train: bool) -> Tensor {
+    let mut y = units[0].forward_t(x, train);
+    for u in &units[1..] {
+        y = u.forward_t(&y, train);
+    }
+    y
+}
+
+impl ModuleT for ChoiceOp {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        let (x_proj, x_main) =
+            if self.stride == 1 { channel_shuffle_split(x) } else { (run(&self.proj, x, train), x.shallow_clone()) };
+        let y = run(&self.branch, &x_main, train).relu();
+        Tensor::cat(&[x_proj, y], 1)
+    }
+}

@@ -1,0 +1,24 @@
+//! tch modules of DetNAS: the four choice blocks, the one-shot ShuffleNetV2 supernet and the
+//! fixed child network of one architecture.
+//!
+//! Definitions follow the official megvii-model/DetNAS code (`shuffle_blocks.py`,
+//! `detnasnet.py`), restated in `shared/docs/detnas-reference.md` §1–2:
+//! channel shuffle "method 1", no conv bias inside blocks, ReLU after every 1×1 conv except
+//! the branch's last (applied after it by the block), no ReLU after depthwise convs, official
+//! initialisation (BN γ = 1, β = 1e-4; conv weights N(0, 1/(in/groups)); stem N(0, 0.01)).
+//!
+//! Variable names: the supernet stores choice `c` of block `i` under `features.i.c.…`, a child
+//! stores its only op under `features.i.…`; stem and head names are shared, so
+//! [`inherit`] is a renaming copy.
+
+pub mod block;
+pub mod count;
+pub mod error;
+pub mod layers;
+pub mod net;
+
+pub use block::ChoiceOp;
+pub use count::{MeasuredCost, measure_child};
+pub use error::NnError;
+pub use net::{ChildNet, ChildNetConfig, Supernet, SupernetConfig, inherit};
+pub use tch;

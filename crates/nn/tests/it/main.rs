@@ -1,0 +1,5 @@
+//! Integration tests of detnas-nn: structure (shapes, strides, counts), inheritance, path
+//! isolation of gradients, and the golden fixture made with PyTorch.
+
+mod golden;
+mod structure;

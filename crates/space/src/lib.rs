@@ -1,0 +1,26 @@
+//! DetNAS search spaces and everything that can be computed about an architecture without
+//! a tensor library: validation, analytic MACs and parameter counts, sampling under
+//! constraints, and the evolution operators (mutation, crossover).
+//!
+//! Conventions follow `shared/docs/detnas-reference.md` (the official megvii-model/DetNAS
+//! code where the paper is silent):
+//! * choice ids `0 = 3×3`, `1 = 5×5`, `2 = 7×7`, `3 = Xception` ([`Choice`]);
+//! * an architecture is one choice id per block, stage by stage ([`Arch`]);
+//! * FLOPs are multiply-accumulates of conv and linear layers only ([`cost`]).
+
+pub mod arch;
+pub mod choice;
+pub mod cost;
+pub mod error;
+pub mod ops;
+pub mod rng;
+pub mod space;
+pub mod units;
+
+pub use arch::Arch;
+pub use choice::Choice;
+pub use cost::{Cost, CostModel, InputSize, cost};
+pub use error::SpaceError;
+pub use ops::{Constraint, crossover, mutate, sample_constrained, sample_uniform};
+pub use space::{SearchSpace, SpaceSpec};
+pub use units::{format_count, parse_count};

@@ -1,0 +1,43 @@
+# shellcheck shell=bash
+# Source this file to get a shell that builds and runs detnas:
+#   source scripts/env.sh
+# It makes sure the cached libtorch virtual environment exists (installing the
+# PyPI wheel torch==2.11.0 into it when missing), then exports what tch's build
+# script and the run-time loader need. Nothing is written inside the checkout.
+#
+# DETNAS_CACHE    cache folder (default: ${XDG_CACHE_HOME:-$HOME/.cache}/detnas)
+# DETNAS_PYTHON   the Python 3 used to create the venv (default: python3)
+
+DETNAS_TORCH_VERSION=2.11.0
+DETNAS_CACHE=${DETNAS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/detnas}
+DETNAS_VENV="$DETNAS_CACHE/torch-$DETNAS_TORCH_VERSION"
+
+_detnas_setup_venv() {
+  local py=${DETNAS_PYTHON:-python3}
+  command -v "$py" >/dev/null || { echo "detnas setup: $py not found (Python 3 is needed to carry libtorch)" >&2; return 1; }
+  mkdir -p "$DETNAS_CACHE" || return 1
+  (
+    # One installer at a time; a second waits and then finds the venv ready.
+    flock 9
+    [ -f "$DETNAS_VENV/.detnas-ok" ] && exit 0
+    echo "detnas setup: installing torch==$DETNAS_TORCH_VERSION into $DETNAS_VENV (once; about 4 GB)" >&2
+    rm -rf "$DETNAS_VENV"
+    "$py" -m venv "$DETNAS_VENV" &&
+      "$DETNAS_VENV/bin/python" -m pip install -q --disable-pip-version-check \
+        "torch==$DETNAS_TORCH_VERSION" numpy &&
+      "$DETNAS_VENV/bin/python" -c "import torch; assert torch.__version__.split('+')[0] == '$DETNAS_TORCH_VERSION'" &&
+      touch "$DETNAS_VENV/.detnas-ok"
+  ) 9>"$DETNAS_CACHE/.install.lock"
+}
+
+if [ -f "$DETNAS_VENV/.detnas-ok" ] || _detnas_setup_venv; then
+  export VIRTUAL_ENV="$DETNAS_VENV"
+  export PATH="$DETNAS_VENV/bin:$PATH"
+  export LIBTORCH_USE_PYTORCH=1
+  DETNAS_LIBTORCH_LIB=$("$DETNAS_VENV/bin/python" -c "import os, torch; print(os.path.join(os.path.dirname(torch.__file__), 'lib'))")
+  export DETNAS_LIBTORCH_LIB
+  export LD_LIBRARY_PATH="$DETNAS_LIBTORCH_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+else
+  echo "detnas setup: could not install libtorch into $DETNAS_VENV" >&2
+  return 1 2>/dev/null || exit 1
+fi
