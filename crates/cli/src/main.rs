@@ -3,8 +3,11 @@
 //! 0 ok, 2 usage or configuration, 3 data, 4 numerical, 5 checkpoint, 1 anything else.
 
 mod args;
+mod data_cmd;
 mod demo;
+mod eval_cmd;
 mod net_cmd;
+mod pretrain_cmd;
 mod runtime;
 mod space_cmd;
 
@@ -27,7 +30,15 @@ enum Command {
     /// Build networks and check them: feature shapes, measured vs analytic counts, timing.
     #[command(subcommand)]
     Net(net_cmd::NetCommand),
-    /// A short tour of what is built so far (no download, CPU, seconds).
+    /// Train the supernet path-wise on classification (resumes where it stopped).
+    Pretrain(pretrain_cmd::PretrainArgs),
+    /// Evaluate one path of a trained supernet.
+    #[command(subcommand)]
+    Eval(eval_cmd::EvalCommand),
+    /// Generate built-in synthetic data.
+    #[command(subcommand)]
+    Data(data_cmd::DataCommand),
+    /// The embedded demo (no download, CPU).
     Demo(demo::DemoArgs),
 }
 
@@ -46,7 +57,11 @@ pub fn usage(error: impl Into<anyhow::Error>) -> Failure {
 impl<E: Into<anyhow::Error>> From<E> for Failure {
     fn from(e: E) -> Failure {
         let error: anyhow::Error = e.into();
-        let code = if error.downcast_ref::<detnas_space::SpaceError>().is_some() {
+        let code = if let Some(t) = error.downcast_ref::<detnas_train::TrainError>() {
+            t.exit_code()
+        } else if error.downcast_ref::<detnas_data::DataError>().is_some() {
+            3
+        } else if error.downcast_ref::<detnas_space::SpaceError>().is_some() {
             2
         } else if let Some(nn) = error.downcast_ref::<detnas_nn::NnError>() {
             if matches!(nn, detnas_nn::NnError::Space(_)) { 2 } else { 1 }
@@ -58,10 +73,21 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
 }
 
 fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("DETNAS_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Space(c) => space_cmd::run(c),
         Command::Net(c) => net_cmd::run(c),
+        Command::Pretrain(a) => pretrain_cmd::run(a),
+        Command::Eval(c) => eval_cmd::run(c),
+        Command::Data(c) => data_cmd::run(c),
         Command::Demo(a) => demo::run(a),
     };
     match result {

@@ -78,7 +78,7 @@ impl ModuleT for ConvBn {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
         let y = self.conv.forward(xs);
         count::record_conv(&self.conv.ws, &y);
-        let y = self.bn.forward_t(&y, train);
+        let y = crate::bn::run_bn(&self.bn, &y, train);
         if self.relu { y.relu() } else { y }
     }
 }

@@ -12,13 +12,17 @@
 //! [`inherit`] is a renaming copy.
 
 pub mod block;
+pub mod bn;
 pub mod count;
 pub mod error;
 pub mod layers;
 pub mod net;
+pub mod path;
 
 pub use block::ChoiceOp;
+pub use bn::{BnMode, Recalibration};
 pub use count::{MeasuredCost, measure_child};
 pub use error::NnError;
 pub use net::{ChildNet, ChildNetConfig, Supernet, SupernetConfig, inherit};
+pub use path::PathIndex;
 pub use tch;

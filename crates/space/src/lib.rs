@@ -14,6 +14,7 @@ pub mod cost;
 pub mod error;
 pub mod ops;
 pub mod rng;
+pub mod sampler;
 pub mod space;
 pub mod units;
 
@@ -22,5 +23,6 @@ pub use choice::Choice;
 pub use cost::{Cost, CostModel, InputSize, cost};
 pub use error::SpaceError;
 pub use ops::{Constraint, crossover, mutate, sample_constrained, sample_uniform};
+pub use sampler::PathSampler;
 pub use space::{SearchSpace, SpaceSpec};
 pub use units::{format_count, parse_count};

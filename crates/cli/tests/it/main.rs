@@ -1,5 +1,7 @@
 //! The engine binary as a user runs it: outputs, JSON contracts, errors and exit codes.
 
+mod pretrain;
+
 use std::process::{Command, Output};
 
 fn detnas(args: &[&str]) -> Output {

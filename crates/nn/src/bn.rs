@@ -1,0 +1,139 @@
+//! BatchNorm recalibration: recompute the running statistics of every BN a forward touches.
+//!
+//! A one-shot supernet's BN statistics are a mix over all paths, so before a path is
+//! evaluated its statistics are recomputed on training images (reference §6). While a
+//! [`Recalibration`] is active on the current thread, every conv+BN unit run in training mode
+//! reports its input to it:
+//!
+//! * [`BnMode::Exact`] (default): the running mean and variance become the exact mean and
+//!   (unbiased) variance of the BN's input over *all* recalibration images — sums of `x` and
+//!   `x²` in f64 across batches — so the result does not depend on the order of the batches.
+//!   Inside the forward each BN still normalises with its batch's statistics, as in training
+//!   (and as the official code), so deeper BNs see what training-mode batches produce: with
+//!   the whole set in one batch this is exactly each BN's batch statistics.
+//! * [`BnMode::Ema`]: the official procedure — statistics reset to (0, 1) the first time a BN
+//!   is seen, then updated as in training (momentum 0.1).
+//!
+//! Run the forwards under `tch::no_grad`.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use tch::{Kind, Tensor, nn, nn::ModuleT};
+
+/// How statistics are recomputed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BnMode {
+    #[default]
+    Exact,
+    Ema,
+}
+
+struct Entry {
+    running_mean: Tensor,
+    running_var: Tensor,
+    sum: Tensor,
+    sum_sq: Tensor,
+    count: i64,
+}
+
+struct Session {
+    mode: BnMode,
+    entries: HashMap<usize, Entry>,
+}
+
+thread_local! {
+    static SESSION: RefCell<Option<Session>> = const { RefCell::new(None) };
+}
+
+/// Runs `bn` on `y` in training mode, reporting to the active recalibration; `None` when no
+/// recalibration is active (the caller then runs the BN itself).
+pub(crate) fn observe(bn: &nn::BatchNorm, y: &Tensor) -> Option<Tensor> {
+    SESSION.with(|s| {
+        let mut s = s.borrow_mut();
+        let session = s.as_mut()?;
+        let key = bn.running_mean.data_ptr() as usize;
+        let mode = session.mode;
+        let entry = session.entries.entry(key).or_insert_with(|| {
+            if mode == BnMode::Ema {
+                let _ = bn.running_mean.shallow_clone().fill_(0.0);
+                let _ = bn.running_var.shallow_clone().fill_(1.0);
+            }
+            let zeros = Tensor::zeros_like(&bn.running_mean).to_kind(Kind::Double);
+            Entry {
+                running_mean: bn.running_mean.shallow_clone(),
+                running_var: bn.running_var.shallow_clone(),
+                sum: zeros.copy(),
+                sum_sq: zeros,
+                count: 0,
+            }
+        });
+        if mode == BnMode::Exact {
+            let yd = y.to_kind(Kind::Double);
+            entry.sum += yd.sum_dim_intlist(&[0i64, 2, 3][..], false, Kind::Double);
+            entry.sum_sq += (&yd * &yd).sum_dim_intlist(&[0i64, 2, 3][..], false, Kind::Double);
+            let s = y.size();
+            entry.count += s[0] * s[2] * s[3];
+        }
+        Some(bn.forward_t(y, true))
+    })
+}
+
+/// An active recalibration on this thread; [`Recalibration::finish`] writes the statistics.
+/// Dropping it unfinished leaves exact-mode statistics as they were before.
+#[must_use = "call finish() to write the statistics"]
+pub struct Recalibration {
+    _not_send: std::marker::PhantomData<*const ()>,
+}
+
+impl std::fmt::Debug for Recalibration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Recalibration")
+    }
+}
+
+impl Recalibration {
+    /// Starts recalibrating BNs run on this thread.
+    ///
+    /// # Panics
+    /// If one is already active on this thread.
+    pub fn begin(mode: BnMode) -> Recalibration {
+        SESSION.with(|s| {
+            let mut s = s.borrow_mut();
+            assert!(s.is_none(), "a BN recalibration is already active on this thread");
+            *s = Some(Session { mode, entries: HashMap::new() });
+        });
+        Recalibration { _not_send: std::marker::PhantomData }
+    }
+
+    /// Writes the recomputed statistics; returns how many BN layers were recalibrated.
+    pub fn finish(self) -> usize {
+        let session = SESSION.with(|s| s.borrow_mut().take()).expect("begun");
+        let n = session.entries.len();
+        if session.mode == BnMode::Exact {
+            tch::no_grad(|| {
+                for e in session.entries.into_values() {
+                    let count = e.count as f64;
+                    let mean = &e.sum / count;
+                    let var = (&e.sum_sq / count - &mean * &mean).clamp_min(0.0) * (count / (count - 1.0).max(1.0));
+                    e.running_mean.shallow_clone().copy_(&mean.to_kind(e.running_mean.kind()));
+                    e.running_var.shallow_clone().copy_(&var.to_kind(e.running_var.kind()));
+                }
+            });
+        }
+        n
+    }
+}
+
+impl Drop for Recalibration {
+    fn drop(&mut self) {
+        SESSION.with(|s| s.borrow_mut().take());
+    }
+}
+
+/// Runs a conv+BN's BN: through the active recalibration in training mode, else normally.
+pub(crate) fn run_bn(bn: &nn::BatchNorm, y: &Tensor, train: bool) -> Tensor {
+    if train && let Some(out) = observe(bn, y) {
+        return out;
+    }
+    bn.forward_t(y, train)
+}

@@ -1,0 +1,115 @@
+//! BN recalibration against statistics computed directly.
+
+use detnas_nn::{BnMode, Recalibration, Supernet, SupernetConfig};
+use detnas_space::{Arch, SearchSpace};
+use std::collections::HashMap;
+use tch::{Device, Kind, Tensor, nn};
+
+fn setup() -> (nn::VarStore, Supernet, Arch, Tensor) {
+    tch::manual_seed(21);
+    let space = SearchSpace::small().scaled(0.25).unwrap();
+    let vs = nn::VarStore::new(Device::Cpu);
+    let net = SupernetConfig { space, classes: Some(3) }.build(&vs.root());
+    let arch: Arch = "32103210321032103210".parse().unwrap();
+    let x = Tensor::randn([12, 3, 40, 40], (Kind::Float, Device::Cpu)) * 60.0 + 100.0;
+    (vs, net, arch, x)
+}
+
+fn recalibrate(net: &Supernet, arch: &Arch, batches: &[Tensor], mode: BnMode) -> usize {
+    let r = Recalibration::begin(mode);
+    for b in batches {
+        let _ = tch::no_grad(|| net.forward_t(b, arch, true)).unwrap();
+    }
+    r.finish()
+}
+
+fn stats(vs: &nn::VarStore) -> HashMap<String, Tensor> {
+    vs.variables().into_iter().filter(|(k, _)| k.contains("running_")).map(|(k, v)| (k, v.copy())).collect()
+}
+
+/// The stem BN's input does not depend on any normalisation: its recalibrated statistics
+/// equal the mean and unbiased variance of the stem conv output over all images, whatever
+/// the batch split.
+#[test]
+fn exact_mode_equals_direct_statistics_for_any_split() {
+    let (vs, net, arch, x) = setup();
+    let v = vs.variables();
+    let y =
+        x.conv2d(&v["stem.conv.weight"], Some(&v["stem.conv.bias"]), [2, 2], [1, 1], [1, 1], 1).to_kind(Kind::Double);
+    let mean = y.mean_dim(&[0i64, 2, 3][..], false, Kind::Double);
+    let var = y.var_dim(&[0i64, 2, 3][..], true, false);
+    for split in [vec![12], vec![4, 4, 4], vec![5, 7], vec![1; 12]] {
+        let batches: Vec<Tensor> = x.split_with_sizes(&split, 0);
+        let n = recalibrate(&net, &arch, &batches, BnMode::Exact);
+        assert!(n > 60, "{n} BN layers");
+        let rm = v["stem.bn.running_mean"].to_kind(Kind::Double);
+        let rv = v["stem.bn.running_var"].to_kind(Kind::Double);
+        let dm = f64::try_from((&rm - &mean).abs().max()).unwrap();
+        let dv = f64::try_from(((&rv - &var).abs() / &var).max()).unwrap();
+        assert!(dm < 1e-3 && dv < 1e-5, "split {split:?}: mean diff {dm}, relative var diff {dv}");
+    }
+}
+
+/// Deeper BNs: the exact statistics do not depend on the order of the batches.
+#[test]
+fn exact_mode_is_order_independent() {
+    let (vs, net, arch, x) = setup();
+    let parts = x.split(4, 0);
+    recalibrate(&net, &arch, &parts, BnMode::Exact);
+    let a = stats(&vs);
+    let reversed: Vec<Tensor> = parts.iter().rev().map(|t| t.shallow_clone()).collect();
+    recalibrate(&net, &arch, &reversed, BnMode::Exact);
+    let b = stats(&vs);
+    let mut compared = 0;
+    for (k, t) in &a {
+        if k.starts_with("features.19.") || k.starts_with("head.") {
+            let d = f64::try_from((t - &b[k]).abs().max()).unwrap();
+            let s = f64::try_from(t.abs().max()).unwrap().max(1.0);
+            assert!(d <= 1e-5 * s, "{k}: {d}");
+            compared += 1;
+        }
+    }
+    assert!(compared > 4);
+}
+
+/// EMA mode is the official recursion: reset to (0, 1), then `r ← 0.9 r + 0.1 batch_stat`
+/// (unbiased batch variance).
+#[test]
+fn ema_mode_follows_the_recursion() {
+    let (vs, net, arch, x) = setup();
+    let v = vs.variables();
+    let parts = x.split(6, 0);
+    recalibrate(&net, &arch, &parts, BnMode::Ema);
+    let (mut m, mut var) =
+        (Tensor::zeros([4], (Kind::Double, Device::Cpu)), Tensor::ones([4], (Kind::Double, Device::Cpu)));
+    for p in &parts {
+        let y = p
+            .conv2d(&v["stem.conv.weight"], Some(&v["stem.conv.bias"]), [2, 2], [1, 1], [1, 1], 1)
+            .to_kind(Kind::Double);
+        m = &m * 0.9 + y.mean_dim(&[0i64, 2, 3][..], false, Kind::Double) * 0.1;
+        var = &var * 0.9 + y.var_dim(&[0i64, 2, 3][..], true, false) * 0.1;
+    }
+    let dm = f64::try_from((v["stem.bn.running_mean"].to_kind(Kind::Double) - &m).abs().max()).unwrap();
+    let dv = f64::try_from(((v["stem.bn.running_var"].to_kind(Kind::Double) - &var).abs() / &var).max()).unwrap();
+    assert!(dm < 1e-3 && dv < 1e-5, "{dm} {dv}");
+}
+
+/// Only the path's BNs change; without an active recalibration nothing is recorded.
+#[test]
+fn off_path_statistics_are_untouched() {
+    let (vs, net, arch, x) = setup();
+    let before = stats(&vs);
+    recalibrate(&net, &arch, &[x.shallow_clone()], BnMode::Exact);
+    let after = stats(&vs);
+    for (k, t) in &before {
+        let on_path = match k.strip_prefix("features.") {
+            Some(rest) => {
+                let mut it = rest.split('.');
+                let i: usize = it.next().unwrap().parse().unwrap();
+                it.next().unwrap().parse::<u8>().unwrap() == arch.choices()[i].id()
+            }
+            None => true,
+        };
+        assert_eq!(t.equal(&after[k]), !on_path, "{k}");
+    }
+}

@@ -1,0 +1,117 @@
+//! Classification evaluation of one supernet path, after recomputing its BN statistics.
+
+use crate::TrainError;
+use crate::loss::topk_correct;
+use detnas_data::{ClsDataset, ClsTransform, InputConvention, Loader, LoaderConfig, Position, Subset};
+use detnas_nn::{BnMode, Recalibration, Supernet};
+use detnas_space::Arch;
+use detnas_space::rng::{seeded, shuffle};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::time::Instant;
+use tch::{Device, Kind, Tensor};
+
+/// How images are presented for recalibration and evaluation.
+#[derive(Clone, Debug)]
+pub struct EvalData {
+    pub transform: ClsTransform,
+    pub convention: InputConvention,
+    pub batch: usize,
+    pub prefetch: usize,
+}
+
+/// Top-k accuracies of a path.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClsScore {
+    pub arch: String,
+    pub top1: f64,
+    pub top5: f64,
+    pub images: usize,
+    pub bn_layers_recalibrated: usize,
+    pub recalibration_seconds: f64,
+    pub evaluation_seconds: f64,
+}
+
+/// A finite, unshuffled loader over `data`.
+pub fn finite_loader(data: Arc<dyn ClsDataset>, d: &EvalData) -> Result<Loader, TrainError> {
+    let cfg = LoaderConfig {
+        batch: d.batch,
+        seed: 0,
+        shuffle: false,
+        drop_last: false,
+        epochs: Some(1),
+        prefetch: d.prefetch,
+        transform: d.transform.clone(),
+        convention: d.convention,
+    };
+    Ok(Loader::new(data, cfg, Position::default())?)
+}
+
+/// Moves a loader batch to `device` as `([n, 3, s, s] f32, [n] i64)`.
+pub fn batch_tensors(b: &detnas_data::Batch, device: Device) -> (Tensor, Tensor) {
+    let x = Tensor::from_slice(&b.images).view([b.len() as i64, 3, b.size as i64, b.size as i64]).to_device(device);
+    let y = Tensor::from_slice(&b.labels).to_device(device);
+    (x, y)
+}
+
+/// The first `n` images of a seeded permutation of `train`: the recalibration set.
+pub fn recalibration_subset(train: Arc<dyn ClsDataset>, n: usize, seed: u64) -> Subset {
+    let mut order: Vec<usize> = (0..train.len()).collect();
+    shuffle(&mut seeded(seed), &mut order);
+    order.truncate(n.min(train.len()));
+    Subset::new(train, order)
+}
+
+/// Recomputes the BN statistics of `arch` on `images` (train mode, no gradients).
+pub fn recalibrate(
+    net: &Supernet,
+    arch: &Arch,
+    images: Arc<dyn ClsDataset>,
+    d: &EvalData,
+    mode: BnMode,
+    device: Device,
+) -> Result<usize, TrainError> {
+    let mut loader = finite_loader(images, d)?;
+    let session = Recalibration::begin(mode);
+    while let Some(b) = loader.next_batch() {
+        let (x, _) = batch_tensors(&b?, device);
+        tch::no_grad(|| net.features_t(&x, arch, true))?;
+    }
+    Ok(session.finish())
+}
+
+/// Top-1 / top-5 of `arch` on `val` (eval mode), after recalibrating on `recal` when given.
+pub fn evaluate_path(
+    net: &Supernet,
+    arch: &Arch,
+    recal: Option<(Arc<dyn ClsDataset>, BnMode)>,
+    val: Arc<dyn ClsDataset>,
+    d: &EvalData,
+    device: Device,
+) -> Result<ClsScore, TrainError> {
+    let t0 = Instant::now();
+    let bn_layers = match recal {
+        Some((images, mode)) => recalibrate(net, arch, images, d, mode, device)?,
+        None => 0,
+    };
+    let t1 = Instant::now();
+    let mut loader = finite_loader(val, d)?;
+    let (mut n, mut c1, mut c5) = (0usize, 0i64, 0i64);
+    while let Some(b) = loader.next_batch() {
+        let b = b?;
+        let (x, y) = batch_tensors(&b, device);
+        let logits = tch::no_grad(|| net.forward_t(&x, arch, false))?.to_kind(Kind::Float);
+        c1 += topk_correct(&logits, &y, 1);
+        c5 += topk_correct(&logits, &y, 5);
+        n += b.len();
+    }
+    Ok(ClsScore {
+        arch: arch.to_string(),
+        top1: c1 as f64 / n.max(1) as f64,
+        top5: c5 as f64 / n.max(1) as f64,
+        images: n,
+        bn_layers_recalibrated: bn_layers,
+        recalibration_seconds: (t1 - t0).as_secs_f64(),
+        evaluation_seconds: t1.elapsed().as_secs_f64(),
+    })
+}
