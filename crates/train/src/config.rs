@@ -323,11 +323,42 @@ impl PretrainConfig {
             None => toml::Table::new(),
         };
         apply_overrides(&mut doc, overrides)?;
-        let cfg: PretrainConfig = toml::Value::Table(doc)
+        let mut cfg: PretrainConfig = toml::Value::Table(doc)
             .try_into()
             .map_err(|e: toml::de::Error| TrainError::Config(e.message().to_string()))?;
+        if let Some(base) = path.and_then(Path::parent) {
+            cfg.resolve_paths(base);
+        }
         cfg.check()?;
         Ok(cfg)
+    }
+
+    /// Makes relative file paths (a space TOML, dataset folders and files) relative to
+    /// `base`, the folder of the config file, so a config works from any working directory.
+    /// The resolved config written into the run folder then holds the full paths.
+    pub fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() && !p.as_os_str().is_empty() {
+                *p = base.join(&*p);
+            }
+        };
+        if self.model.space.ends_with(".toml") {
+            let mut p = PathBuf::from(&self.model.space);
+            fix(&mut p);
+            self.model.space = p.to_string_lossy().into_owned();
+        }
+        match &mut self.data.source {
+            ClsSource::Synthetic { .. } => {}
+            ClsSource::ImageFolder { train, val } => {
+                fix(train);
+                fix(val);
+            }
+            ClsSource::Idx { train_images, train_labels, val_images, val_labels } => {
+                for p in [train_images, train_labels, val_images, val_labels] {
+                    fix(p);
+                }
+            }
+        }
     }
 
     /// Cross-field rules, checked before any work.
@@ -429,6 +460,24 @@ lr = 0.1
         assert_eq!(d.max_backbone_macs().unwrap(), Some(300_000_000));
         let back: PretrainConfig = toml::from_str(&d.to_toml()).unwrap();
         assert_eq!(back, d);
+    }
+
+    #[test]
+    fn relative_paths_follow_the_config_file() {
+        let mut c = load(&["model.space=\"space.toml\""]).unwrap_err().to_string();
+        assert!(c.contains("space.toml"), "{c}");
+        let dir = std::env::temp_dir().join(format!("detnas-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("space.toml"), "stem = 8\nwidths = [16, 32]\ndepths = [1, 1]\nlast_conv = 32\n")
+            .unwrap();
+        let text = MINIMAL.replace("space = \"small\"", "space = \"space.toml\"").replace("width_mult = 0.25", "");
+        std::fs::write(dir.join("cfg.toml"), text).unwrap();
+        let cfg = PretrainConfig::load(Some(&dir.join("cfg.toml")), &[]).unwrap();
+        assert_eq!(cfg.model.space, dir.join("space.toml").to_string_lossy());
+        assert_eq!(cfg.space().unwrap().num_blocks(), 2);
+        c = cfg.to_toml();
+        assert!(c.contains(&*dir.to_string_lossy()));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -62,7 +62,8 @@ pub fn recalibration_subset(train: Arc<dyn ClsDataset>, n: usize, seed: u64) -> 
     Subset::new(train, order)
 }
 
-/// Recomputes the BN statistics of `arch` on `images` (train mode, no gradients).
+/// Recomputes the BN statistics of `arch` on `images` (train mode, no gradients): every BN
+/// of the path, including the classification head's last conv (dropout comes after it).
 pub fn recalibrate(
     net: &Supernet,
     arch: &Arch,
@@ -75,7 +76,7 @@ pub fn recalibrate(
     let session = Recalibration::begin(mode);
     while let Some(b) = loader.next_batch() {
         let (x, _) = batch_tensors(&b?, device);
-        tch::no_grad(|| net.features_t(&x, arch, true))?;
+        let _ = tch::no_grad(|| net.forward_t(&x, arch, true))?;
     }
     Ok(session.finish())
 }

@@ -268,7 +268,9 @@ fn real_data_smoke_runs_and_eval() {
     ok(&o);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!((v["step"].as_u64(), v["score"]["images"].as_u64()), (Some(12), Some(60)));
-    assert!(v["score"]["bn_layers_recalibrated"].as_u64().unwrap() > 60);
+    // Every BN of the path: 4 stride-2 blocks of choice 0 (3 branch + 2 projection BNs each),
+    // 5 Xception blocks (6 each), 11 other blocks (3 each), the stem and the head's last conv.
+    assert_eq!(v["score"]["bn_layers_recalibrated"].as_u64(), Some(4 * 5 + 5 * 6 + 11 * 3 + 2));
     let top1 = v["score"]["top1"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&top1));
     let o = Command::new(env!("CARGO_BIN_EXE_detnas-engine"))
