@@ -5,11 +5,12 @@ use crate::runtime::RuntimeArgs;
 use clap::{Args, Subcommand, ValueEnum};
 use detnas_nn::BnMode;
 use detnas_train::checkpoint;
-use detnas_train::evaluate::{evaluate_path, recalibration_subset};
-use detnas_train::pretrain::{build_supernet, eval_data, load_checkpoint, open_datasets, read_checkpoint_meta};
+use detnas_train::evaluate::evaluate_path;
+use detnas_train::pretrain::{
+    build_supernet, eval_data, load_weights, open_datasets, read_checkpoint_meta, recalibration_set,
+};
 use serde_json::json;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 #[derive(Subcommand)]
 pub enum EvalCommand {
@@ -55,7 +56,7 @@ pub fn run(cmd: EvalCommand) -> Result<(), Failure> {
     let arch = state.space.parse_arch(&a.arch).map_err(crate::usage)?;
     let (train, val) = open_datasets(&cfg, Some(&state.classes))?;
     let (mut vs, net) = build_supernet(&state.space, state.classes.len(), device);
-    load_checkpoint(&ckpt, &mut vs, None)?;
+    load_weights(&ckpt, &mut vs, None)?;
     let mut ed = eval_data(&cfg);
     if let Some(b) = a.batch {
         ed.batch = b.max(1);
@@ -64,12 +65,7 @@ pub fn run(cmd: EvalCommand) -> Result<(), Failure> {
         BnModeArg::Exact => BnMode::Exact,
         BnModeArg::Ema => BnMode::Ema,
     };
-    let recal = (a.recalibrate_bn > 0).then(|| {
-        (
-            Arc::new(recalibration_subset(train, a.recalibrate_bn, detnas_data::mix_seed(cfg.seed, &[0xE7A1, 1]))) as _,
-            mode,
-        )
-    });
+    let recal = (a.recalibrate_bn > 0).then(|| (recalibration_set(&cfg, train, Some(a.recalibrate_bn)), mode));
     let s = evaluate_path(&net, &arch, recal, val, &ed, device)?;
     if a.json {
         println!("{}", json!({"checkpoint": ckpt, "step": state.step, "score": s}));

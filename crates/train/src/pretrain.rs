@@ -91,6 +91,16 @@ pub fn open_datasets(
     })
 }
 
+/// The BN-recalibration images of a run: `eval.recalibrate_images` (or `n`) training images
+/// drawn by the run's seed — the same set at the end of training and in `detnas eval cls`.
+pub fn recalibration_set(cfg: &PretrainConfig, train: SharedDataset, n: Option<usize>) -> SharedDataset {
+    Arc::new(recalibration_subset(
+        train,
+        n.unwrap_or(cfg.eval.recalibrate_images),
+        mix_seed(cfg.seed, &[EVAL_STREAM, 1]),
+    ))
+}
+
 /// The evaluation presentation of a config.
 pub fn eval_data(cfg: &PretrainConfig) -> EvalData {
     EvalData {
@@ -188,14 +198,9 @@ pub fn read_checkpoint_meta(path: &Path) -> Result<(PretrainConfig, TrainState),
     Ok((cfg, state))
 }
 
-/// Loads model, optimizer and state from a verified checkpoint folder.
-pub fn load_checkpoint(
-    path: &Path,
-    vs: &mut nn::VarStore,
-    opt: Option<&mut PathSgd>,
-) -> Result<TrainState, TrainError> {
+/// Loads the model (and optimizer) tensors of a verified checkpoint folder.
+pub fn load_weights(path: &Path, vs: &mut nn::VarStore, opt: Option<&mut PathSgd>) -> Result<(), TrainError> {
     let err = |m: String| TrainError::Checkpoint { path: path.to_path_buf(), message: m };
-    let (_, state) = read_checkpoint_meta(path)?;
     vs.load(path.join("model.safetensors")).map_err(|e| err(format!("model.safetensors: {e}")))?;
     if let Some(opt) = opt {
         let device = vs.device();
@@ -206,7 +211,7 @@ pub fn load_checkpoint(
             .collect();
         opt.set_buffers(buffers);
     }
-    Ok(state)
+    Ok(())
 }
 
 /// Builds the supernet of a config with `classes` outputs.
@@ -246,11 +251,8 @@ pub fn run(cfg: &PretrainConfig, out: &Path, device: Device, opts: &RunOptions) 
         Some(p) => Some(checkpoint::resolve(p)?),
         None => checkpoint::latest(&ckpt_dir)?,
     };
-    let saved_classes = match &resume {
-        Some((_, p)) => Some(read_checkpoint_meta(p)?.1.classes),
-        None => None,
-    };
-    let (train, val) = open_datasets(cfg, saved_classes.as_deref())?;
+    let saved = resume.as_ref().map(|(_, p)| read_checkpoint_meta(p).map(|(_, state)| state)).transpose()?;
+    let (train, val) = open_datasets(cfg, saved.as_ref().map(|s| s.classes.as_slice()))?;
     let classes = train.classes().to_vec();
     let fingerprint = train.fingerprint();
 
@@ -265,15 +267,15 @@ pub fn run(cfg: &PretrainConfig, out: &Path, device: Device, opts: &RunOptions) 
     let mut step = 0u64;
     let mut skipped = 0u64;
     let mut resumed_from = None;
-    if let Some((s, path)) = &resume {
+    if let (Some((s, path)), Some(state)) = (&resume, saved) {
         let mismatch = |what: &str| TrainError::Checkpoint {
             path: path.clone(),
             message: format!("{what} differs from this run's; refusing to resume (use --allow-mismatch to override)"),
         };
-        if read_checkpoint_meta(path)?.1.space != space {
+        if state.space != space {
             return Err(mismatch("the search space"));
         }
-        let state = load_checkpoint(path, &mut vs, Some(&mut opt))?;
+        load_weights(path, &mut vs, Some(&mut opt))?;
         if state.config_hash != hash {
             if !opts.allow_mismatch {
                 return Err(mismatch("the configuration"));
