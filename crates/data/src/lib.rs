@@ -7,6 +7,7 @@
 //! loader restarted at a saved position yields exactly the batches the original would have.
 
 pub mod decode;
+pub mod det;
 pub mod error;
 pub mod folder;
 pub mod idx;

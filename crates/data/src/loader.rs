@@ -118,6 +118,8 @@ struct Producer {
     report: SkipReport,
     /// Samples loaded successfully in the current epoch.
     ok_in_epoch: usize,
+    /// This producer saw the current epoch from its start.
+    whole_epoch: bool,
     /// Reports of finished epochs not yet attached to a batch.
     pending: Vec<SkipReport>,
 }
@@ -132,6 +134,7 @@ impl Producer {
             pos,
             order,
             ok_in_epoch: 0,
+            whole_epoch: pos.cursor == 0,
             pending: Vec::new(),
         }
     }
@@ -142,6 +145,7 @@ impl Producer {
 
     fn next_epoch(&mut self) -> SkipReport {
         self.ok_in_epoch = 0;
+        self.whole_epoch = true;
         self.pos = Position { epoch: self.pos.epoch + 1, cursor: 0 };
         self.order = epoch_order(self.data.len(), self.cfg.seed, self.pos.epoch, self.cfg.shuffle);
         std::mem::replace(&mut self.report, SkipReport { epoch: self.pos.epoch, ..Default::default() })
@@ -185,7 +189,8 @@ impl Producer {
                 }
             }
             let epoch_done = self.pos.cursor >= self.order.len();
-            if epoch_done && self.ok_in_epoch == 0 {
+            // Only an epoch seen whole can prove that nothing loads (a resumed run starts mid-epoch).
+            if epoch_done && self.ok_in_epoch == 0 && self.whole_epoch {
                 let (name, why) = self.report.skipped.first().cloned().unwrap_or_default();
                 return Some(Err(DataError::Invalid(format!(
                     "no sample of epoch {} could be loaded ({} failed; first: {name}: {why})",

@@ -167,7 +167,7 @@ fn colour_jitter(out: &mut [f32], plane: usize, brightness: f32, contrast: f32, 
     }
 }
 
-fn present(out: &mut [f32], plane: usize, conv: InputConvention) {
+pub(crate) fn present(out: &mut [f32], plane: usize, conv: InputConvention) {
     match conv {
         InputConvention::OfficialBgr => {
             let (r, rest) = out.split_at_mut(plane);

@@ -130,8 +130,9 @@ impl Drop for Recalibration {
     }
 }
 
-/// Runs a conv+BN's BN: through the active recalibration in training mode, else normally.
-pub(crate) fn run_bn(bn: &nn::BatchNorm, y: &Tensor, train: bool) -> Tensor {
+/// Runs a BN (of any module, detection heads included): through the active recalibration
+/// in training mode, else normally.
+pub fn run_bn(bn: &nn::BatchNorm, y: &Tensor, train: bool) -> Tensor {
     if train && let Some(out) = observe(bn, y) {
         return out;
     }

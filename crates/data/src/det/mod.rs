@@ -1,0 +1,226 @@
+//! Detection data: COCO instances JSON, Pascal VOC XML, the built-in synthetic detection set
+//! (written as PNG + COCO JSON and read back through the COCO reader), transforms and a
+//! deterministic loader.
+//!
+//! Boxes are `(x1, y1, x2, y2)` in continuous pixel coordinates of the original image
+//! (COCO `[x, y, w, h]` → `(x, y, x + w, y + h)`; VOC's 1-based inclusive pixel indices →
+//! `(xmin − 1, ymin − 1, xmax, ymax)`). Labels are contiguous `0..K` in the order of the
+//! dataset's category ids; [`DetDataset::categories`] maps them back.
+
+pub mod coco;
+pub mod loader;
+pub mod synth;
+pub mod transform;
+pub mod voc;
+
+use crate::DataError;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// A category: the dataset's id and name. Its position in [`DetDataset::categories`] is the
+/// contiguous label.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Category {
+    pub id: u64,
+    pub name: String,
+}
+
+/// One annotated object.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Object {
+    /// `(x1, y1, x2, y2)`, clipped to the image.
+    pub bbox: [f32; 4],
+    /// Contiguous label.
+    pub label: usize,
+    /// COCO `iscrowd`: a region that is neither a target nor a false positive.
+    pub crowd: bool,
+    /// VOC `difficult`: ignored by VOC evaluation.
+    pub difficult: bool,
+    /// Area used by COCO evaluation for the size classes (the file's `area`, else w·h).
+    pub area: f32,
+}
+
+/// One image and its objects.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DetImage {
+    /// The dataset's image id (COCO `id`; VOC: position in the image set).
+    pub id: u64,
+    pub file: PathBuf,
+    pub width: u32,
+    pub height: u32,
+    pub objects: Vec<Object>,
+}
+
+/// What was dropped or repaired while reading annotations.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct DropReport {
+    /// Boxes with non-positive width or height (dropped).
+    pub degenerate: usize,
+    /// Boxes entirely outside their image (dropped).
+    pub outside: usize,
+    /// Boxes partly outside their image (clipped, kept).
+    pub clipped: usize,
+    /// A few examples, `file: record: why`.
+    pub examples: Vec<String>,
+}
+
+impl DropReport {
+    /// `true` when nothing was dropped or clipped.
+    pub fn is_clean(&self) -> bool {
+        self.degenerate + self.outside + self.clipped == 0
+    }
+
+    fn note(&mut self, example: String) {
+        if self.examples.len() < 5 {
+            self.examples.push(example);
+        }
+    }
+}
+
+impl std::fmt::Display for DropReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} boxes dropped (non-positive size), {} dropped (outside the image), {} clipped to the image",
+            self.degenerate, self.outside, self.clipped
+        )?;
+        if !self.examples.is_empty() {
+            write!(f, "; e.g. {}", self.examples.join("; "))?;
+        }
+        Ok(())
+    }
+}
+
+/// Checks and clips one box against a `width × height` image. `None`: dropped (counted).
+pub(crate) fn sanitise(
+    b: [f64; 4],
+    width: u32,
+    height: u32,
+    report: &mut DropReport,
+    what: impl FnOnce() -> String,
+) -> Option<[f32; 4]> {
+    let [x1, y1, x2, y2] = b;
+    if !(x2 > x1 && y2 > y1) || b.iter().any(|v| !v.is_finite()) {
+        report.degenerate += 1;
+        report.note(format!("{}: non-positive size", what()));
+        return None;
+    }
+    let (w, h) = (width as f64, height as f64);
+    if x2 <= 0.0 || y2 <= 0.0 || x1 >= w || y1 >= h {
+        report.outside += 1;
+        report.note(format!("{}: outside the {width}×{height} image", what()));
+        return None;
+    }
+    let c = [x1.max(0.0), y1.max(0.0), x2.min(w), y2.min(h)];
+    if c != b {
+        report.clipped += 1;
+    }
+    Some(c.map(|v| v as f32))
+}
+
+/// A detection dataset held in memory (annotations only; images are decoded on demand).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DetDataset {
+    pub images: Vec<DetImage>,
+    pub categories: Vec<Category>,
+    pub report: DropReport,
+    /// Where it came from (for messages and fingerprints).
+    pub source: String,
+}
+
+impl DetDataset {
+    pub fn len(&self) -> usize {
+        self.images.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.images.is_empty()
+    }
+
+    /// Decodes image `i` (strict: a truncated file is an error naming it).
+    pub fn load(&self, i: usize) -> Result<image::RgbImage, DataError> {
+        let img = crate::decode_image(&self.images[i].file)?;
+        let d = &self.images[i];
+        if img.width() != d.width || img.height() != d.height {
+            return Err(DataError::Invalid(format!(
+                "{}: the image is {}×{} but its annotation says {}×{}",
+                d.file.display(),
+                img.width(),
+                img.height(),
+                d.width,
+                d.height
+            )));
+        }
+        Ok(img)
+    }
+
+    /// The images at `indices`, same categories.
+    pub fn subset(&self, indices: &[usize]) -> DetDataset {
+        DetDataset {
+            images: indices.iter().map(|&i| self.images[i].clone()).collect(),
+            categories: self.categories.clone(),
+            report: self.report.clone(),
+            source: format!("{} (subset of {})", self.source, indices.len()),
+        }
+    }
+
+    /// Splits off `n` images chosen by `seed` (a Fisher–Yates shuffle): returns
+    /// `(rest, carved)` index lists, each sorted.
+    pub fn carve(&self, n: usize, seed: u64) -> Result<(Vec<usize>, Vec<usize>), DataError> {
+        if n >= self.len() {
+            return Err(DataError::Invalid(format!(
+                "cannot carve {n} images from {} with {} images (nothing would be left)",
+                self.source,
+                self.len()
+            )));
+        }
+        let mut order: Vec<usize> = (0..self.len()).collect();
+        detnas_space::rng::shuffle(&mut detnas_space::rng::seeded(crate::mix_seed(seed, &[0xCA7E])), &mut order);
+        let mut carved = order[..n].to_vec();
+        let mut rest = order[n..].to_vec();
+        carved.sort_unstable();
+        rest.sort_unstable();
+        Ok((rest, carved))
+    }
+
+    /// A fingerprint of the annotations (ids, files, sizes, boxes).
+    pub fn fingerprint(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        for c in &self.categories {
+            h.update(format!("{}:{};", c.id, c.name));
+        }
+        for i in &self.images {
+            h.update(format!("{}|{}|{}x{}|", i.id, i.file.display(), i.width, i.height));
+            for o in &i.objects {
+                h.update(format!("{:?}{}{}{};", o.bbox, o.label, o.crowd, o.difficult));
+            }
+        }
+        format!("{:x}", h.finalize())
+    }
+
+    /// The ground truth as a COCO instances document (original ids, boxes after clipping,
+    /// `area` and `iscrowd` as read) — what COCO evaluation compares against.
+    pub fn to_coco_json(&self) -> serde_json::Value {
+        let mut anns = Vec::new();
+        let mut next = 1u64;
+        for im in &self.images {
+            for o in &im.objects {
+                let [x1, y1, x2, y2] = o.bbox.map(f64::from);
+                anns.push(serde_json::json!({
+                    "id": next, "image_id": im.id, "category_id": self.categories[o.label].id,
+                    "bbox": [x1, y1, x2 - x1, y2 - y1], "area": o.area as f64, "iscrowd": u8::from(o.crowd),
+                }));
+                next += 1;
+            }
+        }
+        serde_json::json!({
+            "images": self.images.iter().map(|i| serde_json::json!({
+                "id": i.id, "file_name": i.file.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default(),
+                "width": i.width, "height": i.height,
+            })).collect::<Vec<_>>(),
+            "annotations": anns,
+            "categories": self.categories.iter().map(|c| serde_json::json!({"id": c.id, "name": c.name})).collect::<Vec<_>>(),
+        })
+    }
+}

@@ -1,0 +1,168 @@
+//! A detector = backbone (supernet or child) + FPN + RetinaNet or Faster R-CNN heads.
+//!
+//! Variables: `backbone.*`, `fpn.*`, and `retina.*` or `rpn.*` + `roi_heads.*`. Images are
+//! `[N, 3, H, W]` padded batches; `sizes` the unpadded `(height, width)` of each image.
+
+use crate::DetectError;
+use crate::backbone::Backbone;
+use crate::fpn::{Fpn, TopBlock};
+use crate::rcnn::{FasterRcnnConfig, Rpn, RoiHeads};
+use crate::retinanet::{RetinaHead, RetinaNetConfig};
+use crate::target::{Detections, Target};
+use detnas_space::{Arch, SearchSpace};
+use serde::{Deserialize, Serialize};
+use tch::{Tensor, nn};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum HeadConfig {
+    Retinanet(#[serde(default)] RetinaNetConfig),
+    FasterRcnn(#[serde(default)] FasterRcnnConfig),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DetectorConfig {
+    /// FPN output channels (reference: 256).
+    #[serde(default = "d256")]
+    pub fpn_channels: i64,
+    /// BN in the FPN convs (DetNAS: synchronized BN).
+    #[serde(default = "yes")]
+    pub fpn_bn: bool,
+    pub head: HeadConfig,
+}
+
+fn d256() -> i64 {
+    256
+}
+fn yes() -> bool {
+    true
+}
+
+impl DetectorConfig {
+    /// Builds a detector with `classes` foreground classes under `p`; `arch` fixes a child
+    /// backbone, `None` builds the supernet.
+    pub fn build(
+        &self,
+        p: &nn::Path,
+        space: &SearchSpace,
+        arch: Option<&Arch>,
+        classes: i64,
+    ) -> Result<Detector, DetectError> {
+        if classes < 1 {
+            return Err(DetectError::Config("a detector needs at least one class".into()));
+        }
+        let backbone = match arch {
+            Some(a) => Backbone::child(&(p / "backbone"), space, a)?,
+            None => Backbone::supernet(&(p / "backbone"), space),
+        };
+        let ch = backbone.channels();
+        if ch.len() != 4 {
+            return Err(DetectError::Config(format!("FPN needs 4 backbone stages, the space has {}", ch.len())));
+        }
+        let c = self.fpn_channels;
+        let (fpn, head) = match &self.head {
+            HeadConfig::Retinanet(r) => {
+                if r.anchor_sizes.len() != 5 {
+                    return Err(DetectError::Config("retinanet.anchor_sizes needs 5 levels (P3–P7)".into()));
+                }
+                (
+                    Fpn::new(&(p / "fpn"), &ch[1..], c, self.fpn_bn, TopBlock::P6P7),
+                    Heads::Retina(RetinaHead::new(&(p / "retina"), r, c, classes)),
+                )
+            }
+            HeadConfig::FasterRcnn(f) => {
+                if f.rpn.anchor_sizes.len() != 5 {
+                    return Err(DetectError::Config("rpn.anchor_sizes needs 5 levels (P2–P6)".into()));
+                }
+                (
+                    Fpn::new(&(p / "fpn"), &ch, c, self.fpn_bn, TopBlock::MaxPool),
+                    Heads::Rcnn(Rpn::new(&(p / "rpn"), &f.rpn, c), RoiHeads::new(&(p / "roi_heads"), &f.roi, c, classes)),
+                )
+            }
+        };
+        Ok(Detector { backbone, fpn, head, classes })
+    }
+}
+
+#[derive(Debug)]
+enum Heads {
+    Retina(RetinaHead),
+    Rcnn(Rpn, RoiHeads),
+}
+
+#[derive(Debug)]
+pub struct Detector {
+    pub backbone: Backbone,
+    fpn: Fpn,
+    head: Heads,
+    classes: i64,
+}
+
+impl Detector {
+    pub fn classes(&self) -> i64 {
+        self.classes
+    }
+
+    fn pyramid(&self, images: &Tensor, arch: Option<&Arch>, train: bool) -> Result<Vec<Tensor>, DetectError> {
+        let c = self.backbone.features(images, arch, train)?;
+        Ok(match self.head {
+            Heads::Retina(_) => self.fpn.forward_t(&c[1..], train),
+            Heads::Rcnn(..) => self.fpn.forward_t(&c, train),
+        })
+    }
+
+    /// Named training losses (BN in training mode everywhere).
+    pub fn losses(
+        &self,
+        images: &Tensor,
+        sizes: &[(i64, i64)],
+        targets: &[Target],
+        arch: Option<&Arch>,
+    ) -> Result<Vec<(&'static str, Tensor)>, DetectError> {
+        let p = self.pyramid(images, arch, true)?;
+        Ok(match &self.head {
+            Heads::Retina(h) => {
+                let (c, b) = h.losses(&p, targets);
+                vec![("cls", c), ("box", b)]
+            }
+            Heads::Rcnn(rpn, roi) => {
+                let (props, l) = rpn.forward(&p, sizes, Some(targets), true);
+                let (o, rb) = l.expect("targets given");
+                let (c, b) = roi.losses(&p, &props, targets);
+                vec![("rpn_obj", o), ("rpn_box", rb), ("cls", c), ("box", b)]
+            }
+        })
+    }
+
+    /// Detections per image (BN in evaluation mode).
+    pub fn detect(&self, images: &Tensor, sizes: &[(i64, i64)], arch: Option<&Arch>) -> Result<Vec<Detections>, DetectError> {
+        tch::no_grad(|| {
+            let p = self.pyramid(images, arch, false)?;
+            Ok(match &self.head {
+                Heads::Retina(h) => h.detect(&p, sizes),
+                Heads::Rcnn(rpn, roi) => {
+                    let (props, _) = rpn.forward(&p, sizes, None, false);
+                    roi.detect(&p, &props, sizes)
+                }
+            })
+        })
+    }
+
+    /// A forward through every BN-bearing module in training mode, without gradients or
+    /// losses — what BN recalibration runs (backbone, FPN, heads; the box head on the
+    /// test-time proposals).
+    pub fn observe(&self, images: &Tensor, sizes: &[(i64, i64)], arch: Option<&Arch>) -> Result<(), DetectError> {
+        tch::no_grad(|| {
+            let p = self.pyramid(images, arch, true)?;
+            match &self.head {
+                Heads::Retina(h) => h.observe(&p),
+                Heads::Rcnn(rpn, roi) => {
+                    let (props, _) = rpn.forward(&p, sizes, None, false);
+                    roi.observe(&p, &props);
+                }
+            }
+            Ok(())
+        })
+    }
+}

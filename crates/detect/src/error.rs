@@ -1,0 +1,13 @@
+//! Errors of the detection crate.
+
+#[derive(Debug, thiserror::Error)]
+pub enum DetectError {
+    #[error(transparent)]
+    Nn(#[from] detnas_nn::NnError),
+    #[error(transparent)]
+    Torch(#[from] tch::TchError),
+    #[error("invalid detector configuration: {0}")]
+    Config(String),
+    #[error("evaluation: {0}")]
+    Eval(String),
+}

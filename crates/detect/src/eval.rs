@@ -1,0 +1,206 @@
+//! Detection metrics: COCO box AP through `hotcoco` (pycocotools-exact), and Pascal VOC AP.
+
+use crate::DetectError;
+use hotcoco::params::IouType;
+use hotcoco::{COCO, COCOeval};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// Names of the 12 COCO summary numbers, in pycocotools' order.
+pub const COCO_STAT_NAMES: [&str; 12] =
+    ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"];
+
+/// One detection in COCO results form (original image coordinates, dataset category id).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CocoDetection {
+    pub image_id: u64,
+    pub category_id: u64,
+    /// `[x, y, w, h]`.
+    pub bbox: [f64; 4],
+    pub score: f64,
+}
+
+/// The 12 COCO box stats of `dt` against `gt` (−1 where undefined).
+pub fn coco_stats(gt: COCO, dt: &[CocoDetection]) -> Result<[f64; 12], DetectError> {
+    let anns: Vec<hotcoco::Annotation> = dt
+        .iter()
+        .map(|d| {
+            serde_json::from_value(serde_json::json!({
+                "image_id": d.image_id, "category_id": d.category_id, "bbox": d.bbox, "score": d.score,
+            }))
+            .map_err(|e| DetectError::Eval(format!("detection record: {e}")))
+        })
+        .collect::<Result<_, _>>()?;
+    let dt = gt.load_res_anns(anns).map_err(|e| DetectError::Eval(e.to_string()))?;
+    run_eval(gt, dt)
+}
+
+fn run_eval(gt: COCO, dt: COCO) -> Result<[f64; 12], DetectError> {
+    let mut ev = COCOeval::new(gt, dt, IouType::Bbox);
+    ev.evaluate().map_err(|e| DetectError::Eval(e.to_string()))?;
+    ev.accumulate();
+    let lines = ev.summarize_lines();
+    let _ = lines;
+    let s = ev.stats().ok_or_else(|| DetectError::Eval("no statistics were produced".into()))?;
+    let mut out = [0.0; 12];
+    for (o, v) in out.iter_mut().zip(s) {
+        *o = *v;
+    }
+    Ok(out)
+}
+
+/// The 12 COCO box stats of a results file against a ground-truth file.
+pub fn coco_stats_files(gt: &Path, dt: &Path) -> Result<[f64; 12], DetectError> {
+    let g = COCO::new(gt).map_err(|e| DetectError::Eval(format!("{}: {e}", gt.display())))?;
+    let d = g.load_res(dt).map_err(|e| DetectError::Eval(format!("{}: {e}", dt.display())))?;
+    run_eval(g, d)
+}
+
+/// Ground truth from an in-memory COCO dataset.
+pub fn coco_from_dataset(ds: hotcoco::Dataset) -> COCO {
+    COCO::from_dataset(ds)
+}
+
+/// Pascal VOC average precision of one class from its ranked detections.
+///
+/// `tp`/`fp` flags are in descending-score order; `npos` counts non-difficult ground truth.
+/// `use_07`: the VOC2007 11-point interpolation; else the area under the interpolated
+/// precision envelope (VOC2010+).
+pub fn voc_ap(tp: &[bool], fp: &[bool], npos: usize, use_07: bool) -> f64 {
+    if npos == 0 {
+        return f64::NAN;
+    }
+    let (mut ctp, mut cfp) = (0usize, 0usize);
+    let mut rec = Vec::with_capacity(tp.len());
+    let mut prec = Vec::with_capacity(tp.len());
+    for (&t, &f) in tp.iter().zip(fp) {
+        ctp += usize::from(t);
+        cfp += usize::from(f);
+        rec.push(ctp as f64 / npos as f64);
+        prec.push(ctp as f64 / ((ctp + cfp) as f64).max(f64::EPSILON));
+    }
+    if use_07 {
+        (0..=10)
+            .map(|i| {
+                let t = i as f64 / 10.0;
+                rec.iter().zip(&prec).filter(|(r, _)| **r >= t).map(|(_, p)| *p).fold(0.0, f64::max) / 11.0
+            })
+            .sum()
+    } else {
+        let mut mrec = vec![0.0];
+        mrec.extend(&rec);
+        mrec.push(1.0);
+        let mut mpre = vec![0.0];
+        mpre.extend(&prec);
+        mpre.push(0.0);
+        for i in (0..mpre.len() - 1).rev() {
+            mpre[i] = mpre[i].max(mpre[i + 1]);
+        }
+        (1..mrec.len()).filter(|&i| mrec[i] != mrec[i - 1]).map(|i| (mrec[i] - mrec[i - 1]) * mpre[i]).sum()
+    }
+}
+
+/// A ground-truth box of one image for VOC evaluation.
+#[derive(Clone, Debug)]
+pub struct VocGt {
+    pub image: usize,
+    pub class: usize,
+    /// `(x1, y1, x2, y2)`.
+    pub bbox: [f64; 4],
+    pub difficult: bool,
+}
+
+/// A detection for VOC evaluation.
+#[derive(Clone, Debug)]
+pub struct VocDet {
+    pub image: usize,
+    pub class: usize,
+    pub bbox: [f64; 4],
+    pub score: f64,
+}
+
+/// Per-class VOC AP at IoU ≥ `iou` (0.5), difficult boxes ignored (neither TP nor FP),
+/// each ground truth matched at most once (later matches are FP), as `voc_eval.py`. Box
+/// overlap uses continuous coordinates (no +1). Classes without ground truth give NaN.
+pub fn voc_eval(gts: &[VocGt], dets: &[VocDet], classes: usize, iou: f64, use_07: bool) -> Vec<f64> {
+    (0..classes)
+        .map(|c| {
+            let g: Vec<&VocGt> = gts.iter().filter(|g| g.class == c).collect();
+            let npos = g.iter().filter(|g| !g.difficult).count();
+            let mut d: Vec<&VocDet> = dets.iter().filter(|d| d.class == c).collect();
+            d.sort_by(|a, b| b.score.total_cmp(&a.score));
+            let mut used = vec![false; g.len()];
+            let (mut tp, mut fp) = (Vec::new(), Vec::new());
+            for det in d {
+                let mut best = (-1.0, usize::MAX);
+                for (j, gt) in g.iter().enumerate() {
+                    if gt.image == det.image {
+                        let o = box_iou(&gt.bbox, &det.bbox);
+                        if o > best.0 {
+                            best = (o, j);
+                        }
+                    }
+                }
+                if best.0 >= iou {
+                    if g[best.1].difficult {
+                        continue;
+                    }
+                    if !used[best.1] {
+                        used[best.1] = true;
+                        tp.push(true);
+                        fp.push(false);
+                    } else {
+                        tp.push(false);
+                        fp.push(true);
+                    }
+                } else {
+                    tp.push(false);
+                    fp.push(true);
+                }
+            }
+            voc_ap(&tp, &fp, npos, use_07)
+        })
+        .collect()
+}
+
+fn box_iou(a: &[f64; 4], b: &[f64; 4]) -> f64 {
+    let iw = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
+    let ih = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
+    let inter = iw * ih;
+    let u = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter;
+    if u > 0.0 { inter / u } else { 0.0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn voc_ap_hand_computed() {
+        // 3 positives; ranked: TP, FP, TP, FP. Recall 1/3, 1/3, 2/3, 2/3; precision 1, .5, 2/3, .5.
+        let tp = [true, false, true, false];
+        let fp = [false, true, false, true];
+        // Area: envelope 1 on (0, 1/3], 2/3 on (1/3, 2/3] → 1/3 + 2/9.
+        assert!((voc_ap(&tp, &fp, 3, false) - (1.0 / 3.0 + 2.0 / 9.0)).abs() < 1e-12);
+        // 11-point: t = 0..0.3 → 1 (4 points), 0.4..0.6 → 2/3 (3 points), 0.7..1 → 0.
+        assert!((voc_ap(&tp, &fp, 3, true) - (4.0 + 2.0) / 11.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn voc_eval_difficult_and_duplicates() {
+        let gts = vec![
+            VocGt { image: 0, class: 0, bbox: [0.0, 0.0, 10.0, 10.0], difficult: false },
+            VocGt { image: 0, class: 0, bbox: [20.0, 20.0, 30.0, 30.0], difficult: true },
+            VocGt { image: 1, class: 0, bbox: [0.0, 0.0, 10.0, 10.0], difficult: false },
+        ];
+        let dets = vec![
+            VocDet { image: 0, class: 0, bbox: [0.0, 0.0, 10.0, 10.0], score: 0.9 },
+            VocDet { image: 0, class: 0, bbox: [0.5, 0.0, 10.0, 10.0], score: 0.8 }, // duplicate → FP
+            VocDet { image: 0, class: 0, bbox: [20.0, 20.0, 30.0, 30.0], score: 0.7 }, // difficult → ignored
+            VocDet { image: 1, class: 0, bbox: [0.0, 0.0, 10.0, 9.0], score: 0.6 },
+        ];
+        let ap = voc_eval(&gts, &dets, 1, 0.5, false)[0];
+        // Ranked (difficult removed): TP, FP, TP → recall .5, .5, 1; precision 1, .5, 2/3.
+        assert!((ap - (0.5 + 0.5 * 2.0 / 3.0)).abs() < 1e-12, "{ap}");
+    }
+}

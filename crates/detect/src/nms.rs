@@ -1,0 +1,103 @@
+//! Greedy non-maximum suppression (on the CPU, in Rust; boxes on another device are copied).
+//!
+//! Boxes are visited by descending score (ties: lower index first, a stable order); a box is
+//! kept unless it overlaps an already kept box by IoU **>** `threshold` (torchvision's rule).
+
+use crate::boxes::rows_of;
+use tch::{Kind, Tensor};
+
+/// Kept indices (i64, by descending score) of `[N, 4]` boxes with scores `[N]`.
+pub fn nms(boxes: &Tensor, scores: &Tensor, threshold: f64) -> Tensor {
+    let keep = nms_rows(&rows_of(boxes), &f32s(scores), threshold);
+    Tensor::from_slice(&keep).to_device(boxes.device())
+}
+
+/// NMS within each label: boxes of different `labels` `[N]` never suppress each other.
+pub fn batched_nms(boxes: &Tensor, scores: &Tensor, labels: &Tensor, threshold: f64) -> Tensor {
+    let rows = rows_of(boxes);
+    let labels: Vec<i64> = Vec::<i64>::try_from(labels.to_kind(Kind::Int64).to_device(tch::Device::Cpu)).unwrap_or_default();
+    let scores = f32s(scores);
+    let mut order: Vec<usize> = (0..rows.len()).collect();
+    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
+    let mut kept: Vec<usize> = Vec::new();
+    for &i in &order {
+        if kept.iter().all(|&k| labels[k] != labels[i] || iou(&rows[k], &rows[i]) <= threshold as f32) {
+            kept.push(i);
+        }
+    }
+    let keep: Vec<i64> = kept.into_iter().map(|i| i as i64).collect();
+    Tensor::from_slice(&keep).to_device(boxes.device())
+}
+
+fn f32s(t: &Tensor) -> Vec<f32> {
+    Vec::<f32>::try_from(t.to_kind(Kind::Float).to_device(tch::Device::Cpu).contiguous().reshape([-1])).unwrap_or_default()
+}
+
+/// IoU of two `(x1, y1, x2, y2)` boxes.
+pub fn iou(a: &[f32; 4], b: &[f32; 4]) -> f32 {
+    let iw = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
+    let ih = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
+    let inter = iw * ih;
+    let area = |r: &[f32; 4]| (r[2] - r[0]).max(0.0) * (r[3] - r[1]).max(0.0);
+    let union = area(a) + area(b) - inter;
+    if union > 0.0 { inter / union } else { 0.0 }
+}
+
+/// Greedy NMS on rows; returns kept indices by descending score.
+pub fn nms_rows(rows: &[[f32; 4]], scores: &[f32], threshold: f64) -> Vec<i64> {
+    let mut order: Vec<usize> = (0..rows.len()).collect();
+    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
+    let mut suppressed = vec![false; rows.len()];
+    let mut keep = Vec::new();
+    for (oi, &i) in order.iter().enumerate() {
+        if suppressed[i] {
+            continue;
+        }
+        keep.push(i as i64);
+        for &j in &order[oi + 1..] {
+            if !suppressed[j] && iou(&rows[i], &rows[j]) > threshold as f32 {
+                suppressed[j] = true;
+            }
+        }
+    }
+    keep
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::boxes::tensor_of;
+    use proptest::prelude::*;
+
+    /// Definition-level reference: a box is kept iff no higher-ranked *kept* box overlaps it.
+    fn brute(rows: &[[f32; 4]], scores: &[f32], thr: f32) -> Vec<i64> {
+        let mut idx: Vec<usize> = (0..rows.len()).collect();
+        idx.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
+        let mut keep: Vec<usize> = Vec::new();
+        for i in idx {
+            if keep.iter().all(|&k| iou(&rows[k], &rows[i]) <= thr) {
+                keep.push(i);
+            }
+        }
+        keep.into_iter().map(|i| i as i64).collect()
+    }
+
+    #[test]
+    fn hand_case() {
+        let b = tensor_of(&[[0.0, 0.0, 10.0, 10.0], [1.0, 1.0, 11.0, 11.0], [20.0, 20.0, 30.0, 30.0], [0.0, 0.0, 10.0, 10.0]]);
+        let s = Tensor::from_slice(&[0.9f32, 0.95, 0.5, 0.3]);
+        assert_eq!(Vec::<i64>::try_from(nms(&b, &s, 0.5)).unwrap(), vec![1, 2]);
+        let l = Tensor::from_slice(&[0i64, 1, 0, 0]);
+        assert_eq!(Vec::<i64>::try_from(batched_nms(&b, &s, &l, 0.5)).unwrap(), vec![1, 0, 2]);
+    }
+
+    proptest! {
+        #[test]
+        fn matches_brute_force(raw in prop::collection::vec((0f32..50.0, 0f32..50.0, 1f32..30.0, 1f32..30.0, 0u8..20), 0..60), thr in 0.1f64..0.9) {
+            let rows: Vec<[f32; 4]> = raw.iter().map(|&(x, y, w, h, _)| [x, y, x + w, y + h]).collect();
+            // Coarse scores: many ties.
+            let scores: Vec<f32> = raw.iter().map(|r| r.4 as f32 / 20.0).collect();
+            prop_assert_eq!(nms_rows(&rows, &scores, thr), brute(&rows, &scores, thr as f32));
+        }
+    }
+}

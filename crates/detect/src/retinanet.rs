@@ -1,0 +1,246 @@
+//! RetinaNet (Lin et al. 2017) head, loss and post-processing, with maskrcnn_benchmark's
+//! defaults (DetNAS `retinanet_DETNAS_COCO_FPN_300M_*.yaml`): levels P3–P7, anchors
+//! `32·2^(l−3)` × 3 octave scales × ratios {0.5, 1, 2}, matcher 0.5/0.4 with low-quality
+//! matches, focal loss α 0.25 γ 2 (normalised by the number of positive anchors), smooth-L1
+//! β 0.11 on positives, two towers of 4 conv3×3+ReLU (BN optional) shared across levels,
+//! classification prior 0.01, inference: per level score > 0.05 and top 1000, class-wise
+//! NMS 0.5, at most 100 detections per image.
+
+use crate::anchors::AnchorGenerator;
+use crate::boxes::{BoxCoder, clip, pairwise_iou};
+use crate::layers::{ConvUnit, predictor};
+use crate::losses::{sigmoid_focal_loss, smooth_l1_sum};
+use crate::matcher::Matcher;
+use crate::nms::batched_nms;
+use crate::target::{Detections, Target};
+use serde::{Deserialize, Serialize};
+use tch::nn::Module;
+use tch::{Kind, Tensor, nn};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetinaNetConfig {
+    pub num_convs: usize,
+    /// BN after each tower conv (DetNAS trains BN everywhere).
+    pub tower_bn: bool,
+    pub prior: f64,
+    /// Anchor base size of each level P3..P7.
+    pub anchor_sizes: Vec<f64>,
+    pub scales_per_octave: usize,
+    pub aspect_ratios: Vec<f64>,
+    pub fg_iou: f64,
+    pub bg_iou: f64,
+    pub focal_alpha: f64,
+    pub focal_gamma: f64,
+    pub smooth_l1_beta: f64,
+    pub score_threshold: f64,
+    pub pre_nms_top_n: i64,
+    pub nms_threshold: f64,
+    pub detections_per_image: i64,
+}
+
+impl Default for RetinaNetConfig {
+    fn default() -> Self {
+        RetinaNetConfig {
+            num_convs: 4,
+            tower_bn: true,
+            prior: 0.01,
+            anchor_sizes: vec![32.0, 64.0, 128.0, 256.0, 512.0],
+            scales_per_octave: 3,
+            aspect_ratios: vec![0.5, 1.0, 2.0],
+            fg_iou: 0.5,
+            bg_iou: 0.4,
+            focal_alpha: 0.25,
+            focal_gamma: 2.0,
+            smooth_l1_beta: 0.11,
+            score_threshold: 0.05,
+            pre_nms_top_n: 1000,
+            nms_threshold: 0.5,
+            detections_per_image: 100,
+        }
+    }
+}
+
+impl RetinaNetConfig {
+    /// Strides of P3..P7.
+    pub fn strides(&self) -> Vec<i64> {
+        (3..3 + self.anchor_sizes.len() as i64).map(|l| 1 << l).collect()
+    }
+
+    pub fn anchors(&self) -> AnchorGenerator {
+        AnchorGenerator::retinanet(&self.anchor_sizes, &self.strides(), self.scales_per_octave, &self.aspect_ratios)
+    }
+}
+
+#[derive(Debug)]
+pub struct RetinaHead {
+    cfg: RetinaNetConfig,
+    classes: i64,
+    cls_tower: Vec<ConvUnit>,
+    box_tower: Vec<ConvUnit>,
+    cls_logits: nn::Conv2D,
+    bbox_pred: nn::Conv2D,
+    anchors: AnchorGenerator,
+    coder: BoxCoder,
+}
+
+/// Per-image head outputs over all levels: `cls` `[A_total, K]`, `reg` `[A_total, 4]`.
+struct Flat {
+    cls: Vec<Tensor>,
+    reg: Vec<Tensor>,
+    /// Anchors per level.
+    sizes: Vec<i64>,
+}
+
+/// `[N, A·C, H, W]` → `[N, H·W·A, C]` (the anchor grid's order).
+pub fn flatten_level(t: &Tensor, c: i64) -> Tensor {
+    let s = t.size();
+    t.view([s[0], -1, c, s[2], s[3]]).permute([0, 3, 4, 1, 2]).reshape([s[0], -1, c])
+}
+
+impl RetinaHead {
+    pub fn new(p: &nn::Path, cfg: &RetinaNetConfig, channels: i64, classes: i64) -> RetinaHead {
+        let a = (cfg.scales_per_octave * cfg.aspect_ratios.len()) as i64;
+        let tower = |name: &str| {
+            (0..cfg.num_convs)
+                .map(|i| ConvUnit::new(&(p / name / i), channels, channels, 3, 1, cfg.tower_bn, true, Some(0.01)))
+                .collect()
+        };
+        let bias = -((1.0 - cfg.prior) / cfg.prior).ln();
+        RetinaHead {
+            cls_tower: tower("cls_tower"),
+            box_tower: tower("bbox_tower"),
+            cls_logits: predictor(p / "cls_logits", channels, a * classes, 3, 0.01, bias),
+            bbox_pred: predictor(p / "bbox_pred", channels, a * 4, 3, 0.01, 0.0),
+            anchors: cfg.anchors(),
+            coder: BoxCoder::new([1.0; 4]),
+            cfg: cfg.clone(),
+            classes,
+        }
+    }
+
+    fn run(&self, feats: &[Tensor], train: bool) -> Flat {
+        let (mut cls, mut reg, mut sizes) = (Vec::new(), Vec::new(), Vec::new());
+        for f in feats {
+            let mut c = f.shallow_clone();
+            for u in &self.cls_tower {
+                c = u.forward_t(&c, train);
+            }
+            let mut b = f.shallow_clone();
+            for u in &self.box_tower {
+                b = u.forward_t(&b, train);
+            }
+            let c = flatten_level(&self.cls_logits.forward(&c), self.classes);
+            sizes.push(c.size()[1]);
+            cls.push(c);
+            reg.push(flatten_level(&self.bbox_pred.forward(&b), 4));
+        }
+        Flat { cls, reg, sizes }
+    }
+
+    fn level_anchors(&self, feats: &[Tensor]) -> Vec<Tensor> {
+        let hw: Vec<(i64, i64)> = feats.iter().map(|f| (f.size()[2], f.size()[3])).collect();
+        self.anchors.grid(&hw, feats[0].device())
+    }
+
+    /// Training losses `(classification, box regression)` for pyramid `feats` (P3..P7).
+    pub fn losses(&self, feats: &[Tensor], targets: &[Target]) -> (Tensor, Tensor) {
+        let out = self.run(feats, true);
+        let anchors = Tensor::cat(&self.level_anchors(feats), 0);
+        let cls = Tensor::cat(&out.cls, 1);
+        let reg = Tensor::cat(&out.reg, 1);
+        let matcher = Matcher { high: self.cfg.fg_iou, low: self.cfg.bg_iou, allow_low_quality: true };
+        let (mut cls_loss, mut box_loss, mut num_pos) = (Vec::new(), Vec::new(), 0i64);
+        for (i, t) in targets.iter().enumerate() {
+            let m = tch::no_grad(|| matcher.matches(&pairwise_iou(&t.boxes, &anchors)));
+            let valid = m.ne(crate::matcher::BETWEEN);
+            let pos = m.ge(0);
+            let pos_idx = pos.nonzero().squeeze_dim(1);
+            num_pos += pos_idx.size()[0];
+            let matched = m.clamp_min(0);
+            let labels = if t.labels.size()[0] > 0 {
+                t.labels.index_select(0, &matched)
+            } else {
+                Tensor::zeros_like(&matched)
+            };
+            let onehot = labels.one_hot(self.classes).to_kind(Kind::Float) * pos.unsqueeze(1).to_kind(Kind::Float);
+            let vidx = valid.nonzero().squeeze_dim(1);
+            let logits = cls.get(i as i64).index_select(0, &vidx);
+            cls_loss.push(sigmoid_focal_loss(
+                &logits,
+                &onehot.index_select(0, &vidx),
+                self.cfg.focal_alpha,
+                self.cfg.focal_gamma,
+            ));
+            if pos_idx.size()[0] > 0 {
+                let gt = t.boxes.index_select(0, &matched.index_select(0, &pos_idx));
+                let target = self.coder.encode(&anchors.index_select(0, &pos_idx), &gt);
+                let pred = reg.get(i as i64).index_select(0, &pos_idx);
+                box_loss.push(smooth_l1_sum(&pred, &target, self.cfg.smooth_l1_beta));
+            }
+        }
+        let norm = num_pos.max(1) as f64;
+        let cls_loss = Tensor::stack(&cls_loss, 0).sum(Kind::Float) / norm;
+        let box_loss = if box_loss.is_empty() {
+            reg.sum(Kind::Float) * 0.0
+        } else {
+            Tensor::stack(&box_loss, 0).sum(Kind::Float) / norm
+        };
+        (cls_loss, box_loss)
+    }
+
+    /// Runs the head in training mode without losses (BN recalibration).
+    pub fn observe(&self, feats: &[Tensor]) {
+        let _ = self.run(feats, true);
+    }
+
+    /// Detections per image; `sizes` are the unpadded `(height, width)` for clipping.
+    pub fn detect(&self, feats: &[Tensor], sizes: &[(i64, i64)]) -> Vec<Detections> {
+        let out = self.run(feats, false);
+        let anchors = self.level_anchors(feats);
+        let k = self.classes;
+        sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &(h, w))| {
+                let (mut boxes, mut scores, mut labels) = (Vec::new(), Vec::new(), Vec::new());
+                for l in 0..out.sizes.len() {
+                    let s = out.cls[l].get(i as i64).sigmoid().reshape([-1]);
+                    let cand = s.gt(self.cfg.score_threshold).nonzero().squeeze_dim(1);
+                    let n = cand.size()[0].min(self.cfg.pre_nms_top_n);
+                    if n == 0 {
+                        continue;
+                    }
+                    let (top, order) = s.index_select(0, &cand).topk(n, 0, true, true);
+                    let flat = cand.index_select(0, &order);
+                    let anchor_idx = flat.divide_scalar_mode(k, "floor");
+                    let label = flat.remainder(k);
+                    let deltas = out.reg[l].get(i as i64).index_select(0, &anchor_idx);
+                    let b = self.coder.decode(&deltas, &anchors[l].index_select(0, &anchor_idx));
+                    boxes.push(clip(&b, h, w));
+                    scores.push(top);
+                    labels.push(label);
+                }
+                if boxes.is_empty() {
+                    return empty(feats[0].device());
+                }
+                let d = Detections {
+                    boxes: Tensor::cat(&boxes, 0),
+                    scores: Tensor::cat(&scores, 0),
+                    labels: Tensor::cat(&labels, 0),
+                };
+                let keep = batched_nms(&d.boxes, &d.scores, &d.labels, self.cfg.nms_threshold);
+                d.select(&keep).top(self.cfg.detections_per_image)
+            })
+            .collect()
+    }
+}
+
+/// No detections.
+pub fn empty(device: tch::Device) -> Detections {
+    Detections {
+        boxes: Tensor::zeros([0, 4], (Kind::Float, device)),
+        scores: Tensor::zeros([0], (Kind::Float, device)),
+        labels: Tensor::zeros([0], (Kind::Int64, device)),
+    }
+}

@@ -1,0 +1,245 @@
+//! RoIAlign (Mask R-CNN; maskrcnn_benchmark's `ROIAlign` with `aligned = False`) built on
+//! libtorch's differentiable `grid_sampler_2d`, and the multi-level pooler of FPN.
+//!
+//! Bin `(i, j)` of a RoI `(x1, y1, x2, y2)` (image pixels; `× spatial_scale` on the feature
+//! map, RoI sides at least 1) averages `sr × sr` bilinear samples at
+//! `y = y1 + (i + (iy + ½)/sr)·h/PH`, `x = x1 + (j + (ix + ½)/sr)·w/PW`, where feature value
+//! `(r, c)` sits at integer coordinates. As in the reference kernel a sample with
+//! `y < −1`, `y > H`, `x < −1` or `x > W` contributes 0, and other samples are clamped to
+//! `[0, H−1] × [0, W−1]` before interpolation; gradients flow to the features (not to the
+//! boxes).
+
+use tch::{Kind, Tensor};
+
+/// RoIAlign of `rois` `[K, 5]` (`batch index, x1, y1, x2, y2`) on `input` `[N, C, H, W]`.
+///
+/// # Shapes
+/// `→ [K, C, output.0, output.1]`, in the order of `rois`.
+pub fn roi_align(input: &Tensor, rois: &Tensor, output: (i64, i64), spatial_scale: f64, sampling_ratio: i64) -> Tensor {
+    let (ph, pw) = output;
+    let sr = sampling_ratio.max(1);
+    let s = input.size();
+    let (c, h, w) = (s[1], s[2], s[3]);
+    let k = rois.size()[0];
+    let dev = input.device();
+    if k == 0 {
+        return Tensor::zeros([0, c, ph, pw], (input.kind(), dev));
+    }
+    // Sample positions in f64 (exact for f64 features, harmless for f32 ones).
+    let rois = rois.to_kind(Kind::Double);
+    let batch_idx: Vec<i64> = Vec::<i64>::try_from(rois.select(1, 0).to_kind(Kind::Int64).to_device(tch::Device::Cpu))
+        .expect("rois on a readable device");
+    let mut order: Vec<i64> = Vec::with_capacity(k as usize);
+    let mut pieces = Vec::new();
+    let mut images: Vec<i64> = batch_idx.clone();
+    images.sort_unstable();
+    images.dedup();
+    for b in images {
+        let idx: Vec<i64> = (0..k).filter(|&i| batch_idx[i as usize] == b).collect();
+        let sel = rois.index_select(0, &Tensor::from_slice(&idx).to_device(dev));
+        order.extend(&idx);
+        pieces.push(align_one(&input.get(b).unsqueeze(0), &sel, (ph, pw), spatial_scale, sr, (c, h, w)));
+    }
+    let out = Tensor::cat(&pieces, 0);
+    // `out` is grouped by image; put it back in the order of `rois`.
+    let mut inverse = vec![0i64; k as usize];
+    for (pos, &i) in order.iter().enumerate() {
+        inverse[i as usize] = pos as i64;
+    }
+    out.index_select(0, &Tensor::from_slice(&inverse).to_device(dev))
+}
+
+/// Sample coordinates `[R, P·sr]` along one axis, and their validity mask.
+fn sample_axis(start: &Tensor, len: &Tensor, bins: i64, sr: i64, size: i64) -> (Tensor, Tensor) {
+    let dev = start.device();
+    let offs: Vec<f64> = (0..bins * sr).map(|t| ((t / sr) as f64) + ((t % sr) as f64 + 0.5) / sr as f64).collect();
+    let offs = Tensor::from_slice(&offs).to_device(dev).unsqueeze(0);
+    let pos = start.unsqueeze(1) + offs * (len / bins as f64).unsqueeze(1);
+    let valid = pos.ge(-1.0).logical_and(&pos.le(size as f64));
+    (pos.clamp(0.0, (size - 1).max(0) as f64), valid)
+}
+
+fn align_one(img: &Tensor, rois: &Tensor, out: (i64, i64), scale: f64, sr: i64, chw: (i64, i64, i64)) -> Tensor {
+    let (ph, pw) = out;
+    let (c, h, w) = chw;
+    let r = rois.size()[0];
+    let x1 = rois.select(1, 1) * scale;
+    let y1 = rois.select(1, 2) * scale;
+    let rw = (rois.select(1, 3) * scale - &x1).clamp_min(1.0);
+    let rh = (rois.select(1, 4) * scale - &y1).clamp_min(1.0);
+    let (ys, vy) = sample_axis(&y1, &rh, ph, sr, h);
+    let (xs, vx) = sample_axis(&x1, &rw, pw, sr, w);
+    // align_corners = true: −1 ↦ index 0, +1 ↦ index size−1.
+    let norm = |v: &Tensor, size: i64| if size > 1 { v * (2.0 / (size - 1) as f64) - 1.0 } else { v * 0.0 };
+    let gy = norm(&ys, h).unsqueeze(2).expand([r, ph * sr, pw * sr], false);
+    let gx = norm(&xs, w).unsqueeze(1).expand([r, ph * sr, pw * sr], false);
+    let grid = Tensor::stack(&[gx, gy], 3).reshape([1, r * ph * sr, pw * sr, 2]).to_kind(img.kind());
+    // interpolation 0 = bilinear, padding 1 = border (the clamp above makes it exact).
+    let sampled = img.grid_sampler_2d(&grid, 0, 1, true);
+    let mask = (vy.unsqueeze(2).logical_and(&vx.unsqueeze(1))).to_kind(img.kind()).reshape([1, 1, r * ph * sr, pw * sr]);
+    (sampled * mask).reshape([c, r, ph, sr, pw, sr]).mean_dim(&[3i64, 5][..], false, None).permute([1, 0, 2, 3])
+}
+
+/// FPN level of each RoI: `⌊k0 + log2(√area / canonical)⌋` clamped to `[min, max]`
+/// (FPN paper eq. 1; k0 = 4, canonical size 224).
+pub fn map_levels(rois: &Tensor, k_min: i64, k_max: i64, canonical: f64, k0: f64) -> Tensor {
+    let b = rois.narrow(1, 1, 4);
+    let s = crate::boxes::area(&b).sqrt();
+    ((s / canonical + 1e-6).log2() + k0).floor().clamp(k_min as f64, k_max as f64).to_kind(Kind::Int64) - k_min
+}
+
+/// RoIAlign over FPN levels `P_kmin..P_kmax`, each RoI on the level chosen by [`map_levels`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct MultiScaleRoiAlign {
+    pub output: (i64, i64),
+    pub sampling_ratio: i64,
+    /// Stride of each pooled level (4, 8, 16, 32 for P2–P5).
+    pub strides: Vec<i64>,
+}
+
+impl MultiScaleRoiAlign {
+    /// Pools `rois` `[K, 5]` from `features` (one per stride) → `[K, C, out.0, out.1]`.
+    pub fn pool(&self, features: &[Tensor], rois: &Tensor) -> Tensor {
+        let k_min = (self.strides[0] as f64).log2().round() as i64;
+        let k_max = k_min + self.strides.len() as i64 - 1;
+        let levels = Vec::<i64>::try_from(map_levels(rois, k_min, k_max, 224.0, 4.0).to_device(tch::Device::Cpu))
+            .expect("levels");
+        let c = features[0].size()[1];
+        let k = rois.size()[0];
+        let dev = rois.device();
+        let mut order = Vec::with_capacity(k as usize);
+        let mut pieces = Vec::new();
+        for (l, f) in features.iter().enumerate() {
+            let idx: Vec<i64> = (0..k).filter(|&i| levels[i as usize] == l as i64).collect();
+            if idx.is_empty() {
+                continue;
+            }
+            let sel = rois.index_select(0, &Tensor::from_slice(&idx).to_device(dev));
+            pieces.push(roi_align(f, &sel, self.output, 1.0 / self.strides[l] as f64, self.sampling_ratio));
+            order.extend(idx);
+        }
+        if pieces.is_empty() {
+            return Tensor::zeros([0, c, self.output.0, self.output.1], (features[0].kind(), dev));
+        }
+        let mut inverse = vec![0i64; k as usize];
+        for (pos, &i) in order.iter().enumerate() {
+            inverse[i as usize] = pos as i64;
+        }
+        Tensor::cat(&pieces, 0).index_select(0, &Tensor::from_slice(&inverse).to_device(dev))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::Device;
+
+    /// Reference bilinear interpolation of the legacy kernel, for the hand-computed case.
+    fn bilinear(f: &[f64], h: i64, w: i64, mut y: f64, mut x: f64) -> f64 {
+        if y < -1.0 || y > h as f64 || x < -1.0 || x > w as f64 {
+            return 0.0;
+        }
+        y = y.max(0.0);
+        x = x.max(0.0);
+        let (mut y0, mut x0) = (y.floor() as i64, x.floor() as i64);
+        let (y1, x1);
+        if y0 >= h - 1 {
+            y0 = h - 1;
+            y1 = h - 1;
+            y = y0 as f64;
+        } else {
+            y1 = y0 + 1;
+        }
+        if x0 >= w - 1 {
+            x0 = w - 1;
+            x1 = w - 1;
+            x = x0 as f64;
+        } else {
+            x1 = x0 + 1;
+        }
+        let (ly, lx) = (y - y0 as f64, x - x0 as f64);
+        let at = |r: i64, c: i64| f[(r * w + c) as usize];
+        (1.0 - ly) * (1.0 - lx) * at(y0, x0) + (1.0 - ly) * lx * at(y0, x1) + ly * (1.0 - lx) * at(y1, x0) + ly * lx * at(y1, x1)
+    }
+
+    #[test]
+    fn hand_computed_bilinear() {
+        // A 4×5 ramp f(r, c) = 10r + c: bilinear interpolation is exact inside, so a 1×1 bin
+        // over RoI (1, 1)–(3, 2) with 2×2 samples averages the ramp at the sample points.
+        let f: Vec<f32> = (0..20).map(|i| (10 * (i / 5) + i % 5) as f32).collect();
+        let x = Tensor::from_slice(&f).reshape([1, 1, 4, 5]);
+        let rois = Tensor::from_slice(&[0f32, 1.0, 1.0, 3.0, 2.0]).reshape([1, 5]);
+        let out = f32::try_from(roi_align(&x, &rois, (1, 1), 1.0, 2)).unwrap();
+        // Samples at x ∈ {1.5, 2.5}, y ∈ {1.25, 1.75}: mean = 10·1.5 + 2 = 17.
+        assert!((out - 17.0).abs() < 1e-5, "{out}");
+    }
+
+    #[test]
+    fn matches_reference_kernel_including_borders() {
+        tch::manual_seed(0);
+        let (h, w) = (6i64, 7i64);
+        let x = Tensor::randn([2, 3, h, w], (Kind::Double, Device::Cpu));
+        let rois = Tensor::from_slice(&[
+            1f64, 0.3, 0.7, 4.2, 5.1, // inside
+            0.0, -3.0, -2.5, 2.0, 1.0, // partly outside the top-left (samples below −1 are 0)
+            1.0, 5.5, 4.0, 9.5, 8.0, // past the right/bottom edges
+            0.0, 2.0, 2.0, 2.2, 2.1, // smaller than a pixel (side clamped to 1)
+        ])
+        .reshape([4, 5]);
+        let (ph, pw, sr, scale) = (3i64, 2i64, 2i64, 0.8);
+        let got = roi_align(&x, &rois, (ph, pw), scale, sr);
+        assert_eq!(got.size(), vec![4, 3, ph, pw]);
+        let r = Vec::<f64>::try_from(rois.reshape([-1])).unwrap();
+        for k in 0..4usize {
+            let b = r[k * 5] as i64;
+            let (x1, y1) = (r[k * 5 + 1] * scale, r[k * 5 + 2] * scale);
+            let rw = (r[k * 5 + 3] * scale - x1).max(1.0);
+            let rh = (r[k * 5 + 4] * scale - y1).max(1.0);
+            for ch in 0..3 {
+                let f = Vec::<f64>::try_from(x.get(b).get(ch).reshape([-1])).unwrap();
+                for i in 0..ph {
+                    for j in 0..pw {
+                        let mut acc = 0.0;
+                        for iy in 0..sr {
+                            for ix in 0..sr {
+                                let y = y1 + (i as f64 + (iy as f64 + 0.5) / sr as f64) * rh / ph as f64;
+                                let xx = x1 + (j as f64 + (ix as f64 + 0.5) / sr as f64) * rw / pw as f64;
+                                acc += bilinear(&f, h, w, y, xx);
+                            }
+                        }
+                        let want = acc / (sr * sr) as f64;
+                        let g = got.get(k as i64).get(ch).get(i).get(j).double_value(&[]);
+                        assert!((g - want).abs() < 1e-9, "roi {k} ch {ch} bin ({i},{j}): {g} vs {want}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn numerical_gradient() {
+        tch::manual_seed(1);
+        let x = Tensor::randn([1, 2, 5, 5], (Kind::Double, Device::Cpu)).set_requires_grad(true);
+        let rois = Tensor::from_slice(&[0f64, 0.6, 0.9, 3.7, 4.2, 0.0, 1.1, 0.2, 2.9, 2.4]).reshape([2, 5]);
+        let wts = Tensor::randn([2, 2, 2, 2], (Kind::Double, Device::Cpu));
+        let f = |x: &Tensor| (roi_align(x, &rois, (2, 2), 1.0, 2) * &wts).sum(Kind::Double);
+        f(&x).backward();
+        let analytic = Vec::<f64>::try_from(x.grad().reshape([-1])).unwrap();
+        let base = x.detach();
+        let eps = 1e-6;
+        for i in 0..50 {
+            let e = Tensor::zeros([50], (Kind::Double, Device::Cpu));
+            let _ = e.get(i).fill_(eps);
+            let e = e.reshape([1, 2, 5, 5]);
+            let num = (f(&(&base + &e)).double_value(&[]) - f(&(&base - &e)).double_value(&[])) / (2.0 * eps);
+            assert!((num - analytic[i as usize]).abs() < 1e-6, "element {i}: {num} vs {}", analytic[i as usize]);
+        }
+    }
+
+    #[test]
+    fn levels_by_size() {
+        let rois = Tensor::from_slice(&[0f32, 0.0, 0.0, 224.0, 224.0, 0.0, 0.0, 0.0, 32.0, 32.0, 0.0, 0.0, 0.0, 900.0, 900.0])
+            .reshape([3, 5]);
+        assert_eq!(Vec::<i64>::try_from(map_levels(&rois, 2, 5, 224.0, 4.0)).unwrap(), vec![2, 0, 3]);
+    }
+}

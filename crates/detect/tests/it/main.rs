@@ -1,0 +1,3 @@
+//! Integration tests of the detection crate.
+
+mod coco_parity;
