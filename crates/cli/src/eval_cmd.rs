@@ -1,4 +1,5 @@
-//! `detnas eval cls`: top-1/top-5 of one path of a pre-trained supernet.
+//! `detnas eval cls|det|coco`: top-1/top-5 of one path of a pre-trained supernet, box AP of
+//! one path of a fine-tuned detector, and COCO evaluation of a results file.
 
 use crate::Failure;
 use crate::runtime::RuntimeArgs;
@@ -16,6 +17,135 @@ use std::path::PathBuf;
 pub enum EvalCommand {
     /// Classification accuracy of one path on the validation split.
     Cls(ClsArgs),
+    /// Box AP of one path of a fine-tuned detector (after BN recalibration).
+    Det(DetArgs),
+    /// COCO box AP of a results file against a ground-truth file (pycocotools-exact).
+    Coco(CocoArgs),
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum SplitArg {
+    /// The test split.
+    Test,
+    /// The search-validation split carved from the training set.
+    SearchVal,
+}
+
+#[derive(Args)]
+pub struct DetArgs {
+    /// A fine-tuning checkpoint (step-N folder) or run folder.
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// The path to evaluate (ignored for a fixed-architecture checkpoint).
+    #[arg(long)]
+    pub arch: Option<String>,
+    /// Which split.
+    #[arg(long, value_enum, default_value_t = SplitArg::Test)]
+    pub data: SplitArg,
+    /// Recompute BN statistics on this many training images first (0: keep them).
+    #[arg(long, default_value_t = 200)]
+    pub recalibrate_bn: usize,
+    #[arg(long, value_enum, default_value_t = BnModeArg::Exact)]
+    pub bn_mode: BnModeArg,
+    /// Also write the detections (COCO results JSON) here.
+    #[arg(long)]
+    pub dt_out: Option<PathBuf>,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct CocoArgs {
+    /// Ground truth (COCO instances JSON).
+    #[arg(long)]
+    pub gt: PathBuf,
+    /// Detections (COCO results JSON).
+    #[arg(long)]
+    pub dt: PathBuf,
+    /// Print one JSON object with `stats` (pycocotools' order).
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn print_stats(stats: &[f64; 12], json: bool, extra: serde_json::Value) {
+    use detnas_detect::eval::COCO_STAT_NAMES;
+    if json {
+        let mut v = json!({"stats": stats, "names": COCO_STAT_NAMES});
+        if let (Some(o), Some(e)) = (v.as_object_mut(), extra.as_object()) {
+            o.extend(e.clone());
+        }
+        println!("{v}");
+    } else {
+        for (n, s) in COCO_STAT_NAMES.iter().zip(stats) {
+            println!("{n:>6}  {s:.4}");
+        }
+    }
+}
+
+fn run_coco(a: CocoArgs) -> Result<(), Failure> {
+    let stats = detnas_detect::eval::coco_stats_files(&a.gt, &a.dt).map_err(|e| Failure { code: 3, error: e.into() })?;
+    print_stats(&stats, a.json, json!({}));
+    Ok(())
+}
+
+fn run_det(a: DetArgs) -> Result<(), Failure> {
+    use detnas_train::finetune::{coco_eval, detect_all, open_checkpoint, recalibrate, recalibration_images, voc_map};
+    use std::sync::Arc;
+    let device = a.runtime.init()?;
+    let (cfg, state, splits, det, _vs) = open_checkpoint(&a.checkpoint, device)?;
+    let arch = match (&a.arch, &cfg.model.arch) {
+        (_, Some(_)) => None,
+        (Some(s), None) => Some(state.space.parse_arch(s).map_err(crate::usage)?),
+        (None, None) => return Err(crate::usage(anyhow::anyhow!("--arch is required for a supernet checkpoint"))),
+    };
+    let mode = match a.bn_mode {
+        BnModeArg::Exact => BnMode::Exact,
+        BnModeArg::Ema => BnMode::Ema,
+    };
+    let t0 = std::time::Instant::now();
+    let layers = if a.recalibrate_bn > 0 {
+        let imgs = Arc::new(recalibration_images(&cfg, &splits.train, a.recalibrate_bn));
+        recalibrate(&det, arch.as_ref(), imgs, &cfg, mode, device)?
+    } else {
+        0
+    };
+    let t1 = std::time::Instant::now();
+    let data = match a.data {
+        SplitArg::Test => splits.test,
+        SplitArg::SearchVal => splits.search_val,
+    };
+    if data.is_empty() {
+        return Err(crate::usage(anyhow::anyhow!("the chosen split is empty (data.search_val_images = 0?)")));
+    }
+    let dets = detect_all(&det, arch.as_ref(), data.clone(), &cfg, device)?;
+    let stats = coco_eval(&data, &dets)?;
+    if let Some(p) = &a.dt_out {
+        std::fs::write(p, serde_json::to_string(&dets).expect("serialisable"))
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", p.display()))?;
+    }
+    let arch_s = arch.map(|a| a.to_string()).or(cfg.model.arch.clone()).unwrap_or_default();
+    let (voc_area, voc_07) = voc_map(&data, &dets);
+    if !a.json {
+        println!("VOC mAP@0.5 (difficult ignored): {voc_area:.4} (area), {voc_07:.4} (11-point)");
+        println!(
+            "{arch_s} on {} images ({} detections; step {}; BN recalibrated on {} images, {layers} layers, {:.2} s; eval {:.2} s)",
+            data.len(),
+            dets.len(),
+            state.step,
+            a.recalibrate_bn,
+            (t1 - t0).as_secs_f64(),
+            t1.elapsed().as_secs_f64()
+        );
+    }
+    let voc = |v: f64| if v.is_finite() { json!(v) } else { json!(null) };
+    print_stats(
+        &stats,
+        a.json,
+        json!({"arch": arch_s, "images": data.len(), "step": state.step, "voc_map": voc(voc_area), "voc_map_07": voc(voc_07)}),
+    );
+    Ok(())
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -49,7 +179,11 @@ pub struct ClsArgs {
 }
 
 pub fn run(cmd: EvalCommand) -> Result<(), Failure> {
-    let EvalCommand::Cls(a) = cmd;
+    let a = match cmd {
+        EvalCommand::Cls(a) => a,
+        EvalCommand::Det(a) => return run_det(a),
+        EvalCommand::Coco(a) => return run_coco(a),
+    };
     let device = a.runtime.init()?;
     let (_, ckpt) = checkpoint::resolve(&a.checkpoint)?;
     let (cfg, state) = read_checkpoint_meta(&ckpt)?;

@@ -6,7 +6,9 @@ mod args;
 mod data_cmd;
 mod demo;
 mod eval_cmd;
+mod finetune_cmd;
 mod net_cmd;
+mod predict_cmd;
 mod pretrain_cmd;
 mod runtime;
 mod space_cmd;
@@ -32,7 +34,11 @@ enum Command {
     Net(net_cmd::NetCommand),
     /// Train the supernet path-wise on classification (resumes where it stopped).
     Pretrain(pretrain_cmd::PretrainArgs),
-    /// Evaluate one path of a trained supernet.
+    /// Fine-tune the supernet path-wise as a detector backbone (resumes where it stopped).
+    Finetune(finetune_cmd::FinetuneArgs),
+    /// Detect objects in images with one path of a fine-tuned detector.
+    Predict(predict_cmd::PredictArgs),
+    /// Evaluate one path of a trained supernet, or a detection results file.
     #[command(subcommand)]
     Eval(eval_cmd::EvalCommand),
     /// Generate built-in synthetic data.
@@ -87,6 +93,8 @@ fn main() -> ExitCode {
         Command::Net(c) => net_cmd::run(c),
         Command::Pretrain(a) => pretrain_cmd::run(a),
         Command::Eval(c) => eval_cmd::run(c),
+        Command::Finetune(a) => finetune_cmd::run(a),
+        Command::Predict(a) => predict_cmd::run(a),
         Command::Data(c) => data_cmd::run(c),
         Command::Demo(a) => demo::run(a),
     };

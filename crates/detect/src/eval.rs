@@ -39,8 +39,8 @@ fn run_eval(gt: COCO, dt: COCO) -> Result<[f64; 12], DetectError> {
     let mut ev = COCOeval::new(gt, dt, IouType::Bbox);
     ev.evaluate().map_err(|e| DetectError::Eval(e.to_string()))?;
     ev.accumulate();
-    let lines = ev.summarize_lines();
-    let _ = lines;
+    // summarize_lines() computes the stats without printing (summarize() prints them).
+    let _ = ev.summarize_lines();
     let s = ev.stats().ok_or_else(|| DetectError::Eval("no statistics were produced".into()))?;
     let mut out = [0.0; 12];
     for (o, v) in out.iter_mut().zip(s) {
@@ -55,6 +55,9 @@ pub fn coco_stats_files(gt: &Path, dt: &Path) -> Result<[f64; 12], DetectError> 
     let d = g.load_res(dt).map_err(|e| DetectError::Eval(format!("{}: {e}", dt.display())))?;
     run_eval(g, d)
 }
+
+/// A COCO instances document (hotcoco's type).
+pub type GtDataset = hotcoco::Dataset;
 
 /// Ground truth from an in-memory COCO dataset.
 pub fn coco_from_dataset(ds: hotcoco::Dataset) -> COCO {

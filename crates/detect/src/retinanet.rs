@@ -3,12 +3,14 @@
 //! `32·2^(l−3)` × 3 octave scales × ratios {0.5, 1, 2}, matcher 0.5/0.4 with low-quality
 //! matches, focal loss α 0.25 γ 2 (normalised by the number of positive anchors), smooth-L1
 //! β 0.11 on positives, two towers of 4 conv3×3+ReLU (BN optional) shared across levels,
-//! classification prior 0.01, inference: per level score > 0.05 and top 1000, class-wise
+//! classification prior 0.01 (option: one BN per level in the towers), inference: per level score > 0.05 and top 1000, class-wise
 //! NMS 0.5, at most 100 detections per image.
 
 use crate::anchors::AnchorGenerator;
 use crate::boxes::{BoxCoder, clip, pairwise_iou};
 use crate::layers::{ConvUnit, predictor};
+use detnas_nn::bn::run_bn;
+use detnas_nn::layers::batch_norm;
 use crate::losses::{sigmoid_focal_loss, smooth_l1_sum};
 use crate::matcher::Matcher;
 use crate::nms::batched_nms;
@@ -23,6 +25,10 @@ pub struct RetinaNetConfig {
     pub num_convs: usize,
     /// BN after each tower conv (DetNAS trains BN everywhere).
     pub tower_bn: bool,
+    /// One BN per pyramid level after each (level-shared) tower conv, instead of one BN
+    /// shared by all levels as in maskrcnn_benchmark. Levels have different statistics; a
+    /// shared BN's running averages mix them, which costs accuracy in short schedules.
+    pub level_bn: bool,
     pub prior: f64,
     /// Anchor base size of each level P3..P7.
     pub anchor_sizes: Vec<f64>,
@@ -44,6 +50,7 @@ impl Default for RetinaNetConfig {
         RetinaNetConfig {
             num_convs: 4,
             tower_bn: true,
+            level_bn: false,
             prior: 0.01,
             anchor_sizes: vec![32.0, 64.0, 128.0, 256.0, 512.0],
             scales_per_octave: 3,
@@ -72,12 +79,32 @@ impl RetinaNetConfig {
     }
 }
 
+/// A tower conv shared by all levels, followed by BN (one shared, one per level, or none)
+/// and ReLU.
+#[derive(Debug)]
+struct TowerConv {
+    conv: nn::Conv2D,
+    bns: Vec<nn::BatchNorm>,
+}
+
+impl TowerConv {
+    fn forward_t(&self, x: &Tensor, level: usize, train: bool) -> Tensor {
+        let y = self.conv.forward(x);
+        let y = match self.bns.len() {
+            0 => y,
+            1 => run_bn(&self.bns[0], &y, train),
+            _ => run_bn(&self.bns[level], &y, train),
+        };
+        y.relu()
+    }
+}
+
 #[derive(Debug)]
 pub struct RetinaHead {
     cfg: RetinaNetConfig,
     classes: i64,
-    cls_tower: Vec<ConvUnit>,
-    box_tower: Vec<ConvUnit>,
+    cls_tower: Vec<TowerConv>,
+    box_tower: Vec<TowerConv>,
     cls_logits: nn::Conv2D,
     bbox_pred: nn::Conv2D,
     anchors: AnchorGenerator,
@@ -101,9 +128,20 @@ pub fn flatten_level(t: &Tensor, c: i64) -> Tensor {
 impl RetinaHead {
     pub fn new(p: &nn::Path, cfg: &RetinaNetConfig, channels: i64, classes: i64) -> RetinaHead {
         let a = (cfg.scales_per_octave * cfg.aspect_ratios.len()) as i64;
+        let levels = cfg.anchor_sizes.len();
         let tower = |name: &str| {
             (0..cfg.num_convs)
-                .map(|i| ConvUnit::new(&(p / name / i), channels, channels, 3, 1, cfg.tower_bn, true, Some(0.01)))
+                .map(|i| {
+                    let tp = p / name / i;
+                    if cfg.tower_bn && cfg.level_bn {
+                        let unit = ConvUnit::new(&tp, channels, channels, 3, 1, false, true, Some(0.01));
+                        let bns = (0..levels).map(|l| batch_norm(&(&tp / format!("bn_p{}", l + 3)), channels)).collect();
+                        TowerConv { conv: unit.conv, bns }
+                    } else {
+                        let unit = ConvUnit::new(&tp, channels, channels, 3, 1, cfg.tower_bn, true, Some(0.01));
+                        TowerConv { conv: unit.conv, bns: unit.bn.into_iter().collect() }
+                    }
+                })
                 .collect()
         };
         let bias = -((1.0 - cfg.prior) / cfg.prior).ln();
@@ -121,14 +159,14 @@ impl RetinaHead {
 
     fn run(&self, feats: &[Tensor], train: bool) -> Flat {
         let (mut cls, mut reg, mut sizes) = (Vec::new(), Vec::new(), Vec::new());
-        for f in feats {
+        for (l, f) in feats.iter().enumerate() {
             let mut c = f.shallow_clone();
             for u in &self.cls_tower {
-                c = u.forward_t(&c, train);
+                c = u.forward_t(&c, l, train);
             }
             let mut b = f.shallow_clone();
             for u in &self.box_tower {
-                b = u.forward_t(&b, train);
+                b = u.forward_t(&b, l, train);
             }
             let c = flatten_level(&self.cls_logits.forward(&c), self.classes);
             sizes.push(c.size()[1]);

@@ -182,9 +182,17 @@ impl ChildNet {
 }
 
 /// The supernet variable that holds child variable `name` for `arch`
-/// (`features.i.rest` → `features.i.c.rest`; stem and head names are shared).
+/// (`[prefix.]features.i.rest` → `[prefix.]features.i.c.rest`, e.g. a detector's
+/// `backbone.features.…`; every other name is shared).
 pub fn supernet_name(name: &str, arch: &Arch) -> Result<String, NnError> {
-    let Some(rest) = name.strip_prefix("features.") else { return Ok(name.to_string()) };
+    let (prefix, rest) = match name.strip_prefix("features.") {
+        Some(r) => ("", r),
+        None => match name.split_once(".features.") {
+            Some((p, r)) => (p, r),
+            None => return Ok(name.to_string()),
+        },
+    };
+    let dot = if prefix.is_empty() { "" } else { "." };
     let (index, tail) =
         rest.split_once('.').ok_or_else(|| NnError::Inherit { name: name.into(), message: "malformed name".into() })?;
     let i: usize =
@@ -193,7 +201,7 @@ pub fn supernet_name(name: &str, arch: &Arch) -> Result<String, NnError> {
         .choices()
         .get(i)
         .ok_or_else(|| NnError::Inherit { name: name.into(), message: "block index out of range".into() })?;
-    Ok(format!("features.{i}.{}.{tail}", c.id()))
+    Ok(format!("{prefix}{dot}features.{i}.{}.{tail}", c.id()))
 }
 
 /// Copies path `arch`'s weights and BN statistics from a supernet var store into a child's.

@@ -130,6 +130,9 @@ pub struct ScheduleConfig {
     pub weight_decay: f64,
     #[serde(default = "d01")]
     pub label_smoothing: f64,
+    /// Clip the path's gradient to this global L2 norm (detection fine-tuning option).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clip_grad_norm: Option<f64>,
 }
 
 fn linear() -> LrKind {

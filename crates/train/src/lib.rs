@@ -4,9 +4,11 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod det_config;
 pub mod error;
 pub mod evaluate;
 pub mod fault;
+pub mod finetune;
 pub mod loss;
 pub mod optim;
 pub mod pretrain;
@@ -14,6 +16,7 @@ pub mod progress;
 pub mod schedule;
 
 pub use config::PretrainConfig;
+pub use det_config::FinetuneConfig;
 pub use error::TrainError;
 pub use optim::PathSgd;
 pub use schedule::{LrSchedule, ScheduleKind};

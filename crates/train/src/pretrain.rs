@@ -164,7 +164,7 @@ static SIGNALS: OnceLock<(Arc<AtomicBool>, Arc<AtomicBool>)> = OnceLock::new();
 
 /// Installs SIGINT/SIGTERM flags once per process: a signal finishes the current step,
 /// saves a checkpoint and stops.
-fn signal_flags() -> &'static (Arc<AtomicBool>, Arc<AtomicBool>) {
+pub(crate) fn signal_flags() -> &'static (Arc<AtomicBool>, Arc<AtomicBool>) {
     SIGNALS.get_or_init(|| {
         let int = Arc::new(AtomicBool::new(false));
         let term = Arc::new(AtomicBool::new(false));
@@ -174,7 +174,7 @@ fn signal_flags() -> &'static (Arc<AtomicBool>, Arc<AtomicBool>) {
     })
 }
 
-fn interrupted() -> Option<&'static str> {
+pub(crate) fn interrupted() -> Option<&'static str> {
     let (int, term) = signal_flags();
     if int.load(Ordering::SeqCst) {
         Some("SIGINT")

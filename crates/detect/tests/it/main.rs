@@ -1,3 +1,4 @@
 //! Integration tests of the detection crate.
 
 mod coco_parity;
+mod detector;

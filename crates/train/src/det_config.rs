@@ -1,0 +1,245 @@
+//! The fine-tuning configuration (`detnas finetune --config …`): the pre-trained supernet,
+//! the detector, the detection data and its splits, the schedule. Loaded, overridden,
+//! checked and hashed like [`crate::PretrainConfig`].
+
+use crate::TrainError;
+use crate::config::{EvalConfig, ModelConfig, RuntimeConfig, ScheduleConfig, apply_overrides};
+use detnas_data::InputConvention;
+use detnas_data::det::synth::SyntheticDetConfig;
+use detnas_detect::DetectorConfig;
+use detnas_space::{SearchSpace, SpaceSpec};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FinetuneConfig {
+    pub seed: u64,
+    pub model: FinetuneModel,
+    pub detector: DetectorConfig,
+    pub data: DetDataConfig,
+    pub schedule: ScheduleConfig,
+    #[serde(default)]
+    pub runtime: RuntimeConfig,
+    #[serde(default)]
+    pub eval: EvalConfig,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FinetuneModel {
+    #[serde(flatten)]
+    pub space: ModelConfig,
+    /// A pre-training checkpoint (step-N folder) or run folder (its latest checkpoint), or
+    /// none to start from scratch.
+    #[serde(default)]
+    pub pretrained: Option<PathBuf>,
+    /// Train one fixed architecture (a child backbone) instead of the supernet path-wise.
+    #[serde(default)]
+    pub arch: Option<String>,
+}
+
+/// Where the detection images come from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum DetSource {
+    /// The built-in synthetic set, written (once) under `folder` (relative to the run folder
+    /// when relative) as PNG + COCO JSON and read back through the COCO reader.
+    Synthetic {
+        train: SyntheticDetConfig,
+        test: SyntheticDetConfig,
+        #[serde(default = "synth_folder")]
+        folder: PathBuf,
+    },
+    /// COCO: instances JSON + image folder for the training and test splits.
+    Coco { train_json: PathBuf, train_images: PathBuf, test_json: PathBuf, test_images: PathBuf },
+    /// Pascal VOC roots (`VOC2007/`), image sets for train and test.
+    Voc { train_roots: Vec<PathBuf>, train_set: String, test_root: PathBuf, test_set: String },
+}
+
+fn synth_folder() -> PathBuf {
+    PathBuf::from("data")
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DetDataConfig {
+    pub source: DetSource,
+    /// Training short side(s) (one drawn per image). Reference: 800.
+    #[serde(default = "d800")]
+    pub min_size: Vec<u32>,
+    /// Long side bound. Reference: 1333.
+    #[serde(default = "d1333")]
+    pub max_size: u32,
+    /// Test short side. Reference: 800.
+    #[serde(default = "d800_1")]
+    pub test_min_size: u32,
+    #[serde(default = "yes")]
+    pub flip: bool,
+    #[serde(default)]
+    pub convention: InputConvention,
+    #[serde(default = "d32")]
+    pub divisibility: u32,
+    /// Images carved from the training set as the architecture-search validation split
+    /// (never fine-tuned on; DetNAS §3.3). 0: none.
+    #[serde(default)]
+    pub search_val_images: usize,
+}
+
+fn d800() -> Vec<u32> {
+    vec![800]
+}
+fn d800_1() -> u32 {
+    800
+}
+fn d1333() -> u32 {
+    1333
+}
+fn yes() -> bool {
+    true
+}
+fn d32() -> u32 {
+    32
+}
+
+impl FinetuneConfig {
+    /// Reads `path`, applies overrides, resolves relative paths against the file's folder,
+    /// checks.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<FinetuneConfig, TrainError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| TrainError::Config(format!("cannot read {}: {e}", path.display())))?;
+        let mut doc: toml::Table =
+            toml::from_str(&text).map_err(|e| TrainError::Config(format!("{}: {}", path.display(), e.message())))?;
+        apply_overrides(&mut doc, overrides)?;
+        let mut cfg: FinetuneConfig = toml::Value::Table(doc)
+            .try_into()
+            .map_err(|e: toml::de::Error| TrainError::Config(format!("{}: {}", path.display(), e.message())))?;
+        if let Some(base) = path.parent() {
+            cfg.resolve_paths(base);
+        }
+        cfg.check()?;
+        Ok(cfg)
+    }
+
+    pub fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() && !p.as_os_str().is_empty() {
+                *p = base.join(&*p);
+            }
+        };
+        if self.model.space.space.ends_with(".toml") {
+            let mut p = PathBuf::from(&self.model.space.space);
+            fix(&mut p);
+            self.model.space.space = p.to_string_lossy().into_owned();
+        }
+        if let Some(p) = &mut self.model.pretrained {
+            fix(p);
+        }
+        match &mut self.data.source {
+            DetSource::Synthetic { .. } => {}
+            DetSource::Coco { train_json, train_images, test_json, test_images } => {
+                for p in [train_json, train_images, test_json, test_images] {
+                    fix(p);
+                }
+            }
+            DetSource::Voc { train_roots, test_root, .. } => {
+                train_roots.iter_mut().for_each(fix);
+                fix(test_root);
+            }
+        }
+    }
+
+    pub fn check(&self) -> Result<(), TrainError> {
+        let bad = |m: String| Err(TrainError::Config(m));
+        let space = self.space()?;
+        if let Some(a) = &self.model.arch {
+            space.parse_arch(a).map_err(|e| TrainError::Config(format!("model.arch: {e}")))?;
+        }
+        let s = &self.schedule;
+        if s.iterations == 0 || s.batch == 0 || !(s.lr.is_finite() && s.lr > 0.0) {
+            return bad("schedule.iterations, schedule.batch and schedule.lr must be positive".into());
+        }
+        if s.clip_grad_norm.is_some_and(|c| !(c > 0.0)) {
+            return bad("schedule.clip_grad_norm must be positive".into());
+        }
+        let d = &self.data;
+        if d.min_size.is_empty() || d.min_size.iter().any(|&m| m < 16) || d.max_size < 16 || d.test_min_size < 16 {
+            return bad("data.min_size, data.max_size and data.test_min_size must be at least 16".into());
+        }
+        if self.detector.fpn_channels < 1 {
+            return bad("detector.fpn_channels must be positive".into());
+        }
+        if let DetSource::Synthetic { train, test, .. } = &d.source {
+            train.check()?;
+            test.check()?;
+            if train.classes != test.classes {
+                return bad("data.source.train and .test must have the same classes".into());
+            }
+        }
+        if self.runtime.checkpoint_every == 0 || self.runtime.log_every == 0 {
+            return bad("runtime.checkpoint_every and runtime.log_every must be positive".into());
+        }
+        Ok(())
+    }
+
+    pub fn space(&self) -> Result<SearchSpace, TrainError> {
+        Ok(SpaceSpec { space: self.model.space.space.clone(), width_mult: self.model.space.width_mult }.resolve()?)
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("a config always serialises")
+    }
+
+    /// SHA-256 over what determines the fine-tuned weights.
+    pub fn result_hash(&self) -> String {
+        let v = serde_json::json!({
+            "seed": self.seed, "model": self.model, "detector": self.detector, "data": self.data,
+            "schedule": self.schedule,
+        });
+        format!("{:x}", Sha256::digest(v.to_string().as_bytes()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn configs() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs")
+    }
+
+    #[test]
+    fn every_finetune_preset_loads_and_checks() {
+        let mut n = 0;
+        for sub in ["demo", "coco", "voc"] {
+            for e in std::fs::read_dir(configs().join(sub)).unwrap() {
+                let p = e.unwrap().path();
+                let name = p.file_name().unwrap().to_string_lossy().into_owned();
+                if name.starts_with("finetune") && name.ends_with(".toml") {
+                    let cfg = FinetuneConfig::load(&p, &[]).unwrap_or_else(|e| panic!("{name}: {e}"));
+                    assert!(cfg.model.space.space == "small" || cfg.model.space.space == "large" || sub == "demo", "{name}");
+                    n += 1;
+                }
+            }
+        }
+        assert!(n >= 6, "presets found: {n}");
+    }
+
+    #[test]
+    fn reference_defaults_and_overrides() {
+        let p = configs().join("coco/finetune-fpn-300m.toml");
+        let cfg = FinetuneConfig::load(&p, &[]).unwrap();
+        let detnas_detect::HeadConfig::FasterRcnn(f) = &cfg.detector.head else { panic!("not faster-rcnn") };
+        assert_eq!((f.roi.batch_per_image, f.roi.pooler_resolution, f.roi.sampling_ratio), (512, 7, 2));
+        assert_eq!((f.rpn.fg_iou, f.rpn.bg_iou, f.rpn.batch_per_image), (0.7, 0.3, 256));
+        assert_eq!(f.roi.bbox_weights, [10.0, 10.0, 5.0, 5.0]);
+        assert!(cfg.model.pretrained.as_ref().unwrap().is_absolute(), "relative to the config file");
+        let changed = FinetuneConfig::load(&p, &["schedule.lr=0.01".into()]).unwrap();
+        assert_ne!(changed.result_hash(), cfg.result_hash());
+        let e = FinetuneConfig::load(&p, &["detector.fpn_channels=0".into()]).unwrap_err().to_string();
+        assert!(e.contains("fpn_channels"), "{e}");
+        let e = FinetuneConfig::load(&p, &["model.arch=\"123\"".into()]).unwrap_err().to_string();
+        assert!(e.contains("model.arch"), "{e}");
+    }
+}
