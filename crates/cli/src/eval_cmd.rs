@@ -85,7 +85,8 @@ fn print_stats(stats: &[f64; 12], json: bool, extra: serde_json::Value) {
 }
 
 fn run_coco(a: CocoArgs) -> Result<(), Failure> {
-    let stats = detnas_detect::eval::coco_stats_files(&a.gt, &a.dt).map_err(|e| Failure { code: 3, error: e.into() })?;
+    let stats =
+        detnas_detect::eval::coco_stats_files(&a.gt, &a.dt).map_err(|e| Failure { code: 3, error: e.into() })?;
     print_stats(&stats, a.json, json!({}));
     Ok(())
 }

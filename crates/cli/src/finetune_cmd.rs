@@ -52,7 +52,8 @@ pub fn run(a: FinetuneArgs) -> Result<(), Failure> {
     }
     let device = parse_device(&cfg.runtime.device).map_err(crate::usage)?;
     tracing::info!("fine-tuning on {} into {}", describe(device), a.out.display());
-    let opts = FinetuneOptions { resume_from: a.resume_from, allow_mismatch: a.allow_mismatch, progress: !a.no_progress };
+    let opts =
+        FinetuneOptions { resume_from: a.resume_from, allow_mismatch: a.allow_mismatch, progress: !a.no_progress };
     let s = train(&cfg, &a.out, device, &opts)?;
     for p in &s.paths {
         let stats: Vec<String> = COCO_STAT_NAMES.iter().zip(p.stats).map(|(n, v)| format!("{n} {v:.3}")).collect();

@@ -4,8 +4,8 @@ use crate::Failure;
 use crate::runtime::RuntimeArgs;
 use anyhow::Context;
 use clap::Args;
-use detnas_data::det::transform::collate;
 use detnas_data::decode_image;
+use detnas_data::det::transform::collate;
 use detnas_space::rng::seeded;
 use detnas_train::finetune::{batch_inputs, open_checkpoint, test_transform};
 use image::{Rgb, RgbImage};
@@ -33,8 +33,16 @@ pub struct PredictArgs {
 }
 
 const PALETTE: [[u8; 3]; 10] = [
-    [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
-    [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60], [250, 190, 212],
+    [230, 25, 75],
+    [60, 180, 75],
+    [255, 225, 25],
+    [0, 130, 200],
+    [245, 130, 48],
+    [145, 30, 180],
+    [70, 240, 240],
+    [240, 50, 230],
+    [210, 245, 60],
+    [250, 190, 212],
 ];
 
 fn draw_box(img: &mut RgbImage, b: [f64; 4], colour: [u8; 3]) {
@@ -68,7 +76,13 @@ pub fn run(a: PredictArgs) -> Result<(), Failure> {
     let mut all = Vec::new();
     for path in &a.images {
         let img = decode_image(path)?;
-        let ann = detnas_data::det::DetImage { id: 0, file: path.clone(), width: img.width(), height: img.height(), objects: vec![] };
+        let ann = detnas_data::det::DetImage {
+            id: 0,
+            file: path.clone(),
+            width: img.width(),
+            height: img.height(),
+            objects: vec![],
+        };
         let sample = t.apply(&img, &ann, &mut seeded(0), cfg.data.convention);
         let (sx, sy) = (sample.scale.0 as f64, sample.scale.1 as f64);
         let batch = collate(vec![sample], vec![0], cfg.data.divisibility);

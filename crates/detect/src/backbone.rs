@@ -47,7 +47,9 @@ impl Backbone {
                 if let Some(a) = arch
                     && a != c.arch()
                 {
-                    return Err(detnas_nn::NnError::WrongChild { arch: a.to_string(), own: c.arch().to_string() }.into());
+                    return Err(
+                        detnas_nn::NnError::WrongChild { arch: a.to_string(), own: c.arch().to_string() }.into()
+                    );
                 }
                 Ok(c.features_t(x, train))
             }

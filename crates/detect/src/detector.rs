@@ -6,7 +6,7 @@
 use crate::DetectError;
 use crate::backbone::Backbone;
 use crate::fpn::{Fpn, TopBlock};
-use crate::rcnn::{FasterRcnnConfig, Rpn, RoiHeads};
+use crate::rcnn::{FasterRcnnConfig, RoiHeads, Rpn};
 use crate::retinanet::{RetinaHead, RetinaNetConfig};
 use crate::target::{Detections, Target};
 use detnas_space::{Arch, SearchSpace};
@@ -77,7 +77,10 @@ impl DetectorConfig {
                 }
                 (
                     Fpn::new(&(p / "fpn"), &ch, c, self.fpn_bn, TopBlock::MaxPool),
-                    Heads::Rcnn(Rpn::new(&(p / "rpn"), &f.rpn, c), RoiHeads::new(&(p / "roi_heads"), &f.roi, c, classes)),
+                    Heads::Rcnn(Box::new((
+                        Rpn::new(&(p / "rpn"), &f.rpn, c),
+                        RoiHeads::new(&(p / "roi_heads"), &f.roi, c, classes),
+                    ))),
                 )
             }
         };
@@ -85,10 +88,12 @@ impl DetectorConfig {
     }
 }
 
+/// One detector holds one of these; the size difference does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 enum Heads {
     Retina(RetinaHead),
-    Rcnn(Rpn, RoiHeads),
+    Rcnn(Box<(Rpn, RoiHeads)>),
 }
 
 #[derive(Debug)]
@@ -108,7 +113,7 @@ impl Detector {
         let c = self.backbone.features(images, arch, train)?;
         Ok(match self.head {
             Heads::Retina(_) => self.fpn.forward_t(&c[1..], train),
-            Heads::Rcnn(..) => self.fpn.forward_t(&c, train),
+            Heads::Rcnn(_) => self.fpn.forward_t(&c, train),
         })
     }
 
@@ -126,7 +131,8 @@ impl Detector {
                 let (c, b) = h.losses(&p, targets);
                 vec![("cls", c), ("box", b)]
             }
-            Heads::Rcnn(rpn, roi) => {
+            Heads::Rcnn(h) => {
+                let (rpn, roi) = (&h.0, &h.1);
                 let (props, l) = rpn.forward(&p, sizes, Some(targets), true);
                 let (o, rb) = l.expect("targets given");
                 let (c, b) = roi.losses(&p, &props, targets);
@@ -136,14 +142,19 @@ impl Detector {
     }
 
     /// Detections per image (BN in evaluation mode).
-    pub fn detect(&self, images: &Tensor, sizes: &[(i64, i64)], arch: Option<&Arch>) -> Result<Vec<Detections>, DetectError> {
+    pub fn detect(
+        &self,
+        images: &Tensor,
+        sizes: &[(i64, i64)],
+        arch: Option<&Arch>,
+    ) -> Result<Vec<Detections>, DetectError> {
         tch::no_grad(|| {
             let p = self.pyramid(images, arch, false)?;
             Ok(match &self.head {
                 Heads::Retina(h) => h.detect(&p, sizes),
-                Heads::Rcnn(rpn, roi) => {
-                    let (props, _) = rpn.forward(&p, sizes, None, false);
-                    roi.detect(&p, &props, sizes)
+                Heads::Rcnn(h) => {
+                    let (props, _) = h.0.forward(&p, sizes, None, false);
+                    h.1.detect(&p, &props, sizes)
                 }
             })
         })
@@ -157,9 +168,9 @@ impl Detector {
             let p = self.pyramid(images, arch, true)?;
             match &self.head {
                 Heads::Retina(h) => h.observe(&p),
-                Heads::Rcnn(rpn, roi) => {
-                    let (props, _) = rpn.forward(&p, sizes, None, false);
-                    roi.observe(&p, &props);
+                Heads::Rcnn(h) => {
+                    let (props, _) = h.0.forward(&p, sizes, None, false);
+                    h.1.observe(&p, &props);
                 }
             }
             Ok(())

@@ -12,7 +12,7 @@ pub fn sigmoid_focal_loss(logits: &Tensor, targets: &Tensor, alpha: f64, gamma: 
     let modulating = p_t.neg().g_add_scalar(1.0).pow_tensor_scalar(gamma);
     let mut loss = ce * modulating;
     if alpha >= 0.0 {
-        loss = loss * (targets * alpha + (1.0 - targets) * (1.0 - alpha));
+        loss *= targets * alpha + (1.0 - targets) * (1.0 - alpha);
     }
     loss.sum(Kind::Float)
 }

@@ -15,7 +15,8 @@ pub fn nms(boxes: &Tensor, scores: &Tensor, threshold: f64) -> Tensor {
 /// NMS within each label: boxes of different `labels` `[N]` never suppress each other.
 pub fn batched_nms(boxes: &Tensor, scores: &Tensor, labels: &Tensor, threshold: f64) -> Tensor {
     let rows = rows_of(boxes);
-    let labels: Vec<i64> = Vec::<i64>::try_from(labels.to_kind(Kind::Int64).to_device(tch::Device::Cpu)).unwrap_or_default();
+    let labels: Vec<i64> =
+        Vec::<i64>::try_from(labels.to_kind(Kind::Int64).to_device(tch::Device::Cpu)).unwrap_or_default();
     let scores = f32s(scores);
     let mut order: Vec<usize> = (0..rows.len()).collect();
     order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
@@ -30,7 +31,8 @@ pub fn batched_nms(boxes: &Tensor, scores: &Tensor, labels: &Tensor, threshold: 
 }
 
 fn f32s(t: &Tensor) -> Vec<f32> {
-    Vec::<f32>::try_from(t.to_kind(Kind::Float).to_device(tch::Device::Cpu).contiguous().reshape([-1])).unwrap_or_default()
+    Vec::<f32>::try_from(t.to_kind(Kind::Float).to_device(tch::Device::Cpu).contiguous().reshape([-1]))
+        .unwrap_or_default()
 }
 
 /// IoU of two `(x1, y1, x2, y2)` boxes.
@@ -84,7 +86,12 @@ mod tests {
 
     #[test]
     fn hand_case() {
-        let b = tensor_of(&[[0.0, 0.0, 10.0, 10.0], [1.0, 1.0, 11.0, 11.0], [20.0, 20.0, 30.0, 30.0], [0.0, 0.0, 10.0, 10.0]]);
+        let b = tensor_of(&[
+            [0.0, 0.0, 10.0, 10.0],
+            [1.0, 1.0, 11.0, 11.0],
+            [20.0, 20.0, 30.0, 30.0],
+            [0.0, 0.0, 10.0, 10.0],
+        ]);
         let s = Tensor::from_slice(&[0.9f32, 0.95, 0.5, 0.3]);
         assert_eq!(Vec::<i64>::try_from(nms(&b, &s, 0.5)).unwrap(), vec![1, 2]);
         let l = Tensor::from_slice(&[0i64, 1, 0, 0]);

@@ -217,7 +217,10 @@ impl Rpn {
                 let idx = Tensor::cat(&[&pos, &neg], 0);
                 sampled += idx.size()[0];
                 let labels = Tensor::cat(
-                    &[Tensor::ones([pos.size()[0]], (Kind::Float, pos.device())), Tensor::zeros([neg.size()[0]], (Kind::Float, neg.device()))],
+                    &[
+                        Tensor::ones([pos.size()[0]], (Kind::Float, pos.device())),
+                        Tensor::zeros([neg.size()[0]], (Kind::Float, neg.device())),
+                    ],
                     0,
                 );
                 let logits = obj.get(i as i64).index_select(0, &idx);
@@ -225,12 +228,20 @@ impl Rpn {
                 if pos.size()[0] > 0 {
                     let gt = t.boxes.index_select(0, &m.index_select(0, &pos));
                     let target = self.coder.encode(&anchors.index_select(0, &pos), &gt);
-                    box_l.push(smooth_l1_sum(&reg.get(i as i64).index_select(0, &pos), &target, self.cfg.smooth_l1_beta));
+                    box_l.push(smooth_l1_sum(
+                        &reg.get(i as i64).index_select(0, &pos),
+                        &target,
+                        self.cfg.smooth_l1_beta,
+                    ));
                 }
             }
             let norm = sampled.max(1) as f64;
             let o = Tensor::stack(&obj_l, 0).sum(Kind::Float) / norm;
-            let b = if box_l.is_empty() { reg.sum(Kind::Float) * 0.0 } else { Tensor::stack(&box_l, 0).sum(Kind::Float) / norm };
+            let b = if box_l.is_empty() {
+                reg.sum(Kind::Float) * 0.0
+            } else {
+                Tensor::stack(&box_l, 0).sum(Kind::Float) / norm
+            };
             (o, b)
         });
         (proposals, losses)
@@ -282,7 +293,11 @@ impl RoiHeads {
             },
         };
         RoiHeads {
-            pooler: MultiScaleRoiAlign { output: (r, r), sampling_ratio: cfg.sampling_ratio, strides: vec![4, 8, 16, 32] },
+            pooler: MultiScaleRoiAlign {
+                output: (r, r),
+                sampling_ratio: cfg.sampling_ratio,
+                strides: vec![4, 8, 16, 32],
+            },
             head,
             cls_score: linear(p / "cls_score", cfg.fc_dim, classes + 1, Some(0.01)),
             bbox_pred: linear(p / "bbox_pred", cfg.fc_dim, 4 * (classes + 1), Some(0.001)),
@@ -324,7 +339,9 @@ impl RoiHeads {
                 if pos.size()[0] > 0 {
                     let fg = t.labels.index_select(0, &matched) + 1;
                     l = Tensor::cat(&[fg, Tensor::zeros([neg.size()[0]], (Kind::Int64, p.device()))], 0);
-                    reg_t.push(self.coder.encode(&boxes.narrow(0, 0, pos.size()[0]), &t.boxes.index_select(0, &matched)));
+                    reg_t.push(
+                        self.coder.encode(&boxes.narrow(0, 0, pos.size()[0]), &t.boxes.index_select(0, &matched)),
+                    );
                 }
                 let bi = Tensor::full([idx.size()[0], 1], i as f64, (Kind::Float, p.device()));
                 rois.push(Tensor::cat(&[bi, boxes], 1));
@@ -374,8 +391,13 @@ impl RoiHeads {
                 let boxes = clip(&boxes, h, w).reshape([n, k1, 4]).narrow(1, 1, self.classes).reshape([-1, 4]);
                 let scores = pr.narrow(1, 1, self.classes).reshape([-1]);
                 let labels = Tensor::arange(self.classes, (Kind::Int64, p.device())).repeat([n]);
-                let keep = scores.gt(self.cfg.score_threshold).logical_and(&nonempty_mask(&boxes)).nonzero().squeeze_dim(1);
-                let d = Detections { boxes: boxes.index_select(0, &keep), scores: scores.index_select(0, &keep), labels: labels.index_select(0, &keep) };
+                let keep =
+                    scores.gt(self.cfg.score_threshold).logical_and(&nonempty_mask(&boxes)).nonzero().squeeze_dim(1);
+                let d = Detections {
+                    boxes: boxes.index_select(0, &keep),
+                    scores: scores.index_select(0, &keep),
+                    labels: labels.index_select(0, &keep),
+                };
                 let keep = batched_nms(&d.boxes, &d.scores, &d.labels, self.cfg.nms_threshold);
                 d.select(&keep).top(self.cfg.detections_per_image)
             })
@@ -394,7 +416,12 @@ fn rois_of(proposals: &[Tensor]) -> Tensor {
     let v: Vec<Tensor> = proposals
         .iter()
         .enumerate()
-        .map(|(i, p)| Tensor::cat(&[Tensor::full([p.size()[0], 1], i as f64, (Kind::Float, p.device())), p.to_kind(Kind::Float)], 1))
+        .map(|(i, p)| {
+            Tensor::cat(
+                &[Tensor::full([p.size()[0], 1], i as f64, (Kind::Float, p.device())), p.to_kind(Kind::Float)],
+                1,
+            )
+        })
         .collect();
     Tensor::cat(&v, 0)
 }

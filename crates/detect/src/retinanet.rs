@@ -9,12 +9,12 @@
 use crate::anchors::AnchorGenerator;
 use crate::boxes::{BoxCoder, clip, pairwise_iou};
 use crate::layers::{ConvUnit, predictor};
-use detnas_nn::bn::run_bn;
-use detnas_nn::layers::batch_norm;
 use crate::losses::{sigmoid_focal_loss, smooth_l1_sum};
 use crate::matcher::Matcher;
 use crate::nms::batched_nms;
 use crate::target::{Detections, Target};
+use detnas_nn::bn::run_bn;
+use detnas_nn::layers::batch_norm;
 use serde::{Deserialize, Serialize};
 use tch::nn::Module;
 use tch::{Kind, Tensor, nn};
@@ -115,8 +115,6 @@ pub struct RetinaHead {
 struct Flat {
     cls: Vec<Tensor>,
     reg: Vec<Tensor>,
-    /// Anchors per level.
-    sizes: Vec<i64>,
 }
 
 /// `[N, A·C, H, W]` → `[N, H·W·A, C]` (the anchor grid's order).
@@ -135,7 +133,8 @@ impl RetinaHead {
                     let tp = p / name / i;
                     if cfg.tower_bn && cfg.level_bn {
                         let unit = ConvUnit::new(&tp, channels, channels, 3, 1, false, true, Some(0.01));
-                        let bns = (0..levels).map(|l| batch_norm(&(&tp / format!("bn_p{}", l + 3)), channels)).collect();
+                        let bns =
+                            (0..levels).map(|l| batch_norm(&(&tp / format!("bn_p{}", l + 3)), channels)).collect();
                         TowerConv { conv: unit.conv, bns }
                     } else {
                         let unit = ConvUnit::new(&tp, channels, channels, 3, 1, cfg.tower_bn, true, Some(0.01));
@@ -158,7 +157,7 @@ impl RetinaHead {
     }
 
     fn run(&self, feats: &[Tensor], train: bool) -> Flat {
-        let (mut cls, mut reg, mut sizes) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut cls, mut reg) = (Vec::new(), Vec::new());
         for (l, f) in feats.iter().enumerate() {
             let mut c = f.shallow_clone();
             for u in &self.cls_tower {
@@ -169,11 +168,10 @@ impl RetinaHead {
                 b = u.forward_t(&b, l, train);
             }
             let c = flatten_level(&self.cls_logits.forward(&c), self.classes);
-            sizes.push(c.size()[1]);
             cls.push(c);
             reg.push(flatten_level(&self.bbox_pred.forward(&b), 4));
         }
-        Flat { cls, reg, sizes }
+        Flat { cls, reg }
     }
 
     fn level_anchors(&self, feats: &[Tensor]) -> Vec<Tensor> {
@@ -196,11 +194,8 @@ impl RetinaHead {
             let pos_idx = pos.nonzero().squeeze_dim(1);
             num_pos += pos_idx.size()[0];
             let matched = m.clamp_min(0);
-            let labels = if t.labels.size()[0] > 0 {
-                t.labels.index_select(0, &matched)
-            } else {
-                Tensor::zeros_like(&matched)
-            };
+            let labels =
+                if t.labels.size()[0] > 0 { t.labels.index_select(0, &matched) } else { Tensor::zeros_like(&matched) };
             let onehot = labels.one_hot(self.classes).to_kind(Kind::Float) * pos.unsqueeze(1).to_kind(Kind::Float);
             let vidx = valid.nonzero().squeeze_dim(1);
             let logits = cls.get(i as i64).index_select(0, &vidx);
@@ -242,7 +237,7 @@ impl RetinaHead {
             .enumerate()
             .map(|(i, &(h, w))| {
                 let (mut boxes, mut scores, mut labels) = (Vec::new(), Vec::new(), Vec::new());
-                for l in 0..out.sizes.len() {
+                for (l, level_anchors) in anchors.iter().enumerate() {
                     let s = out.cls[l].get(i as i64).sigmoid().reshape([-1]);
                     let cand = s.gt(self.cfg.score_threshold).nonzero().squeeze_dim(1);
                     let n = cand.size()[0].min(self.cfg.pre_nms_top_n);
@@ -254,7 +249,7 @@ impl RetinaHead {
                     let anchor_idx = flat.divide_scalar_mode(k, "floor");
                     let label = flat.remainder(k);
                     let deltas = out.reg[l].get(i as i64).index_select(0, &anchor_idx);
-                    let b = self.coder.decode(&deltas, &anchors[l].index_select(0, &anchor_idx));
+                    let b = self.coder.decode(&deltas, &level_anchors.index_select(0, &anchor_idx));
                     boxes.push(clip(&b, h, w));
                     scores.push(top);
                     labels.push(label);

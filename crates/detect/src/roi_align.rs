@@ -76,7 +76,8 @@ fn align_one(img: &Tensor, rois: &Tensor, out: (i64, i64), scale: f64, sr: i64, 
     let grid = Tensor::stack(&[gx, gy], 3).reshape([1, r * ph * sr, pw * sr, 2]).to_kind(img.kind());
     // interpolation 0 = bilinear, padding 1 = border (the clamp above makes it exact).
     let sampled = img.grid_sampler_2d(&grid, 0, 1, true);
-    let mask = (vy.unsqueeze(2).logical_and(&vx.unsqueeze(1))).to_kind(img.kind()).reshape([1, 1, r * ph * sr, pw * sr]);
+    let mask =
+        (vy.unsqueeze(2).logical_and(&vx.unsqueeze(1))).to_kind(img.kind()).reshape([1, 1, r * ph * sr, pw * sr]);
     (sampled * mask).reshape([c, r, ph, sr, pw, sr]).mean_dim(&[3i64, 5][..], false, None).permute([1, 0, 2, 3])
 }
 
@@ -159,7 +160,10 @@ mod tests {
         }
         let (ly, lx) = (y - y0 as f64, x - x0 as f64);
         let at = |r: i64, c: i64| f[(r * w + c) as usize];
-        (1.0 - ly) * (1.0 - lx) * at(y0, x0) + (1.0 - ly) * lx * at(y0, x1) + ly * (1.0 - lx) * at(y1, x0) + ly * lx * at(y1, x1)
+        (1.0 - ly) * (1.0 - lx) * at(y0, x0)
+            + (1.0 - ly) * lx * at(y0, x1)
+            + ly * (1.0 - lx) * at(y1, x0)
+            + ly * lx * at(y1, x1)
     }
 
     #[test]
@@ -238,8 +242,9 @@ mod tests {
 
     #[test]
     fn levels_by_size() {
-        let rois = Tensor::from_slice(&[0f32, 0.0, 0.0, 224.0, 224.0, 0.0, 0.0, 0.0, 32.0, 32.0, 0.0, 0.0, 0.0, 900.0, 900.0])
-            .reshape([3, 5]);
+        let rois =
+            Tensor::from_slice(&[0f32, 0.0, 0.0, 224.0, 224.0, 0.0, 0.0, 0.0, 32.0, 32.0, 0.0, 0.0, 0.0, 900.0, 900.0])
+                .reshape([3, 5]);
         assert_eq!(Vec::<i64>::try_from(map_levels(&rois, 2, 5, 224.0, 4.0)).unwrap(), vec![2, 0, 3]);
     }
 }

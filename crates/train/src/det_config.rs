@@ -107,8 +107,8 @@ impl FinetuneConfig {
     /// Reads `path`, applies overrides, resolves relative paths against the file's folder,
     /// checks.
     pub fn load(path: &Path, overrides: &[String]) -> Result<FinetuneConfig, TrainError> {
-        let text =
-            std::fs::read_to_string(path).map_err(|e| TrainError::Config(format!("cannot read {}: {e}", path.display())))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| TrainError::Config(format!("cannot read {}: {e}", path.display())))?;
         let mut doc: toml::Table =
             toml::from_str(&text).map_err(|e| TrainError::Config(format!("{}: {}", path.display(), e.message())))?;
         apply_overrides(&mut doc, overrides)?;
@@ -160,7 +160,7 @@ impl FinetuneConfig {
         if s.iterations == 0 || s.batch == 0 || !(s.lr.is_finite() && s.lr > 0.0) {
             return bad("schedule.iterations, schedule.batch and schedule.lr must be positive".into());
         }
-        if s.clip_grad_norm.is_some_and(|c| !(c > 0.0)) {
+        if s.clip_grad_norm.is_some_and(|c| c.is_nan() || c <= 0.0) {
             return bad("schedule.clip_grad_norm must be positive".into());
         }
         let d = &self.data;
@@ -218,7 +218,10 @@ mod tests {
                 let name = p.file_name().unwrap().to_string_lossy().into_owned();
                 if name.starts_with("finetune") && name.ends_with(".toml") {
                     let cfg = FinetuneConfig::load(&p, &[]).unwrap_or_else(|e| panic!("{name}: {e}"));
-                    assert!(cfg.model.space.space == "small" || cfg.model.space.space == "large" || sub == "demo", "{name}");
+                    assert!(
+                        cfg.model.space.space == "small" || cfg.model.space.space == "large" || sub == "demo",
+                        "{name}"
+                    );
                     n += 1;
                 }
             }

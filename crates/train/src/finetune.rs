@@ -139,7 +139,12 @@ pub fn build_detector(
 /// Copies a pre-trained classification supernet's backbone (stem, blocks, their BN
 /// statistics) into `backbone.*` of `vs`; the classification head is not used. With a child
 /// backbone, only the child's path is copied.
-pub fn load_pretrained(vs: &nn::VarStore, ckpt: &Path, space: &SearchSpace, arch: Option<&Arch>) -> Result<usize, TrainError> {
+pub fn load_pretrained(
+    vs: &nn::VarStore,
+    ckpt: &Path,
+    space: &SearchSpace,
+    arch: Option<&Arch>,
+) -> Result<usize, TrainError> {
     let (_, path) = checkpoint::resolve(ckpt)?;
     let (_, state) = read_checkpoint_meta(&path)?;
     if &state.space != space {
@@ -327,7 +332,8 @@ pub fn coco_eval(data: &DetDataset, dets: &[CocoDetection]) -> Result<[f64; 12],
 /// (VOC2010+), 11-point (VOC2007))`, averaged over classes that have ground truth.
 pub fn voc_map(data: &DetDataset, dets: &[CocoDetection]) -> (f64, f64) {
     use detnas_detect::eval::{VocDet, VocGt, voc_eval};
-    let image_of: std::collections::HashMap<u64, usize> = data.images.iter().enumerate().map(|(i, im)| (im.id, i)).collect();
+    let image_of: std::collections::HashMap<u64, usize> =
+        data.images.iter().enumerate().map(|(i, im)| (im.id, i)).collect();
     let label_of: std::collections::HashMap<u64, usize> =
         data.categories.iter().enumerate().map(|(l, c)| (c.id, l)).collect();
     let gts: Vec<VocGt> = data
@@ -347,7 +353,12 @@ pub fn voc_map(data: &DetDataset, dets: &[CocoDetection]) -> (f64, f64) {
         .iter()
         .filter_map(|d| {
             let [x, y, w, h] = d.bbox;
-            Some(VocDet { image: *image_of.get(&d.image_id)?, class: *label_of.get(&d.category_id)?, bbox: [x, y, x + w, y + h], score: d.score })
+            Some(VocDet {
+                image: *image_of.get(&d.image_id)?,
+                class: *label_of.get(&d.category_id)?,
+                bbox: [x, y, x + w, y + h],
+                score: d.score,
+            })
         })
         .collect();
     let k = data.categories.len();
@@ -425,7 +436,8 @@ pub fn open_checkpoint(
 fn clip_gradients<'a>(vars: impl Iterator<Item = &'a (String, Tensor)>, max_norm: f64) -> f64 {
     tch::no_grad(|| {
         let grads: Vec<Tensor> = vars.map(|(_, v)| v.grad()).filter(Tensor::defined).collect();
-        let total: f64 = grads.iter().map(|g| g.pow_tensor_scalar(2).sum(Kind::Double).double_value(&[])).sum::<f64>().sqrt();
+        let total: f64 =
+            grads.iter().map(|g| g.pow_tensor_scalar(2).sum(Kind::Double).double_value(&[])).sum::<f64>().sqrt();
         if total > max_norm {
             let f = max_norm / (total + 1e-6);
             for mut g in grads {
@@ -437,7 +449,12 @@ fn clip_gradients<'a>(vars: impl Iterator<Item = &'a (String, Tensor)>, max_norm
 }
 
 /// Runs (or resumes) fine-tuning into `out`.
-pub fn run(cfg: &FinetuneConfig, out: &Path, device: Device, opts: &FinetuneOptions) -> Result<FinetuneSummary, TrainError> {
+pub fn run(
+    cfg: &FinetuneConfig,
+    out: &Path,
+    device: Device,
+    opts: &FinetuneOptions,
+) -> Result<FinetuneSummary, TrainError> {
     cfg.check()?;
     std::fs::create_dir_all(out).map_err(|e| TrainError::io(out, e))?;
     let space = cfg.space()?;
@@ -514,7 +531,11 @@ pub fn run(cfg: &FinetuneConfig, out: &Path, device: Device, opts: &FinetuneOpti
         drop_last: true,
         epochs: None,
         prefetch: cfg.runtime.prefetch,
-        transform: DetTransform { min_size: cfg.data.min_size.clone(), max_size: cfg.data.max_size, flip: cfg.data.flip },
+        transform: DetTransform {
+            min_size: cfg.data.min_size.clone(),
+            max_size: cfg.data.max_size,
+            flip: cfg.data.flip,
+        },
         convention: cfg.data.convention,
         divisibility: cfg.data.divisibility,
     };
@@ -572,7 +593,12 @@ pub fn run(cfg: &FinetuneConfig, out: &Path, device: Device, opts: &FinetuneOpti
             skipped += r.skipped.len() as u64;
             if !r.skipped.is_empty() {
                 let first: Vec<String> = r.skipped.iter().take(3).map(|(n, why)| format!("{n}: {why}")).collect();
-                tracing::warn!("epoch {}: {} unreadable images skipped: {}", r.epoch, r.skipped.len(), first.join("; "));
+                tracing::warn!(
+                    "epoch {}: {} unreadable images skipped: {}",
+                    r.epoch,
+                    r.skipped.len(),
+                    first.join("; ")
+                );
             }
         }
         let (x, sizes, targets) = batch_inputs(&lb.batch, device);
@@ -588,7 +614,13 @@ pub fn run(cfg: &FinetuneConfig, out: &Path, device: Device, opts: &FinetuneOpti
         if !loss_v.is_finite() {
             let images: Vec<String> =
                 lb.batch.indices.iter().take(8).map(|&i| splits.train.images[i].file.display().to_string()).collect();
-            return Err(TrainError::Numerical { step: step + 1, loss: loss_v, lr, arch: arch.to_string(), images: images.join(", ") });
+            return Err(TrainError::Numerical {
+                step: step + 1,
+                loss: loss_v,
+                lr,
+                arch: arch.to_string(),
+                images: images.join(", "),
+            });
         }
         loss.backward();
         if let Some(c) = cfg.schedule.clip_grad_norm {
@@ -648,7 +680,14 @@ pub fn run(cfg: &FinetuneConfig, out: &Path, device: Device, opts: &FinetuneOpti
             None => sampler.sample(&mut eval_rng)?,
         };
         let arch_ref = if fixed.is_some() { None } else { Some(&arch) };
-        let mut s = evaluate_det(&det, arch_ref, Some((recal.clone(), cfg.eval.bn_mode.into())), splits.test.clone(), cfg, device)?;
+        let mut s = evaluate_det(
+            &det,
+            arch_ref,
+            Some((recal.clone(), cfg.eval.bn_mode.into())),
+            splits.test.clone(),
+            cfg,
+            device,
+        )?;
         s.arch = arch.to_string();
         scores.push(s);
     }

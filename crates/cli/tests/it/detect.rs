@@ -119,8 +119,21 @@ fn both_detectors_train_resume_exactly_evaluate_and_predict() {
         let dt = d.join(format!("{name}-dt.json"));
         let o = engine(
             &[
-                "eval", "det", "--checkpoint", reference.to_str().unwrap(), "--arch", &arch, "--data", "search-val",
-                "--recalibrate-bn", "8", "--threads", "1", "--json", "--dt-out", dt.to_str().unwrap(),
+                "eval",
+                "det",
+                "--checkpoint",
+                reference.to_str().unwrap(),
+                "--arch",
+                &arch,
+                "--data",
+                "search-val",
+                "--recalibrate-bn",
+                "8",
+                "--threads",
+                "1",
+                "--json",
+                "--dt-out",
+                dt.to_str().unwrap(),
             ],
             None,
         );
@@ -136,8 +149,18 @@ fn both_detectors_train_resume_exactly_evaluate_and_predict() {
         let pred = d.join(format!("{name}-pred"));
         ok(&engine(
             &[
-                "predict", "--checkpoint", reference.to_str().unwrap(), "--arch", &arch, "--out", pred.to_str().unwrap(),
-                "--score-threshold", "0.0", "--threads", "1", img.to_str().unwrap(),
+                "predict",
+                "--checkpoint",
+                reference.to_str().unwrap(),
+                "--arch",
+                &arch,
+                "--out",
+                pred.to_str().unwrap(),
+                "--score-threshold",
+                "0.0",
+                "--threads",
+                "1",
+                img.to_str().unwrap(),
             ],
             None,
         ));
@@ -158,8 +181,13 @@ fn eval_coco_json_matches_the_pycocotools_fixture() {
     for case in ["crowd", "many_dets", "undefined"] {
         let o = engine(
             &[
-                "eval", "coco", "--gt", fx.join(format!("{case}.gt.json")).to_str().unwrap(), "--dt",
-                fx.join(format!("{case}.dt.json")).to_str().unwrap(), "--json",
+                "eval",
+                "coco",
+                "--gt",
+                fx.join(format!("{case}.gt.json")).to_str().unwrap(),
+                "--dt",
+                fx.join(format!("{case}.dt.json")).to_str().unwrap(),
+                "--json",
             ],
             None,
         );
@@ -186,7 +214,10 @@ fn eval_coco_json_matches_the_pycocotools_fixture() {
 fn data_synth_writes_a_coco_set_and_bad_annotations_are_reported() {
     let d = dir("synth");
     let out = d.join("set");
-    let o = ok(&engine(&["data", "synth", "--out", out.to_str().unwrap(), "--images", "5", "--size", "48", "--classes", "3"], None));
+    let o = ok(&engine(
+        &["data", "synth", "--out", out.to_str().unwrap(), "--images", "5", "--size", "48", "--classes", "3"],
+        None,
+    ));
     assert!(o.contains("wrote 5 images"), "{o}");
     assert_eq!(std::fs::read_dir(out.join("images")).unwrap().count(), 5);
     let doc: serde_json::Value =

@@ -28,7 +28,8 @@ fn uint(v: &Value, path: &Path, what: &str) -> Result<u64, DataError> {
 
 /// Reads `annotations` (COCO JSON); image files are `images_dir/file_name`.
 pub fn load(annotations: &Path, images_dir: &Path) -> Result<DetDataset, DataError> {
-    let text = std::fs::read_to_string(annotations).map_err(|e| DataError::Io { path: annotations.into(), source: e })?;
+    let text =
+        std::fs::read_to_string(annotations).map_err(|e| DataError::Io { path: annotations.into(), source: e })?;
     let doc: Value = serde_json::from_str(&text).map_err(|e| bad(annotations, format!("malformed JSON: {e}")))?;
     parse(&doc, annotations, images_dir)
 }
@@ -89,7 +90,11 @@ pub fn parse(doc: &Value, path: &Path, images_dir: &Path) -> Result<DetDataset, 
         let Some(bbox) = sanitise(b, w, h, &mut report, || format!("{}: {what}", path.display())) else {
             continue;
         };
-        let area = a.get("area").and_then(Value::as_f64).map(|v| v as f32).unwrap_or((bbox[2] - bbox[0]) * (bbox[3] - bbox[1]));
+        let area = a
+            .get("area")
+            .and_then(Value::as_f64)
+            .map(|v| v as f32)
+            .unwrap_or((bbox[2] - bbox[0]) * (bbox[3] - bbox[1]));
         im.objects.push(Object { bbox, label, crowd, difficult: false, area });
     }
     Ok(DetDataset { images, categories, report, source: path.display().to_string() })
@@ -135,17 +140,29 @@ mod tests {
 
     #[test]
     fn errors_name_file_and_record() {
-        let e = parse(&doc(json!([{"image_id": 8, "category_id": 5, "bbox": [1, 1, 2, 2]}])), Path::new("x.json"), Path::new("."))
-            .unwrap_err()
-            .to_string();
+        let e = parse(
+            &doc(json!([{"image_id": 8, "category_id": 5, "bbox": [1, 1, 2, 2]}])),
+            Path::new("x.json"),
+            Path::new("."),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("x.json") && e.contains("annotations[0]") && e.contains("unknown image id 8"), "{e}");
-        let e = parse(&doc(json!([{"image_id": 7, "category_id": 3, "bbox": [1, 1, 2, 2]}])), Path::new("x.json"), Path::new("."))
-            .unwrap_err()
-            .to_string();
+        let e = parse(
+            &doc(json!([{"image_id": 7, "category_id": 3, "bbox": [1, 1, 2, 2]}])),
+            Path::new("x.json"),
+            Path::new("."),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("unknown category id 3"), "{e}");
-        let e = parse(&doc(json!([{"image_id": 7, "category_id": 5, "bbox": [1, 1, 2]}])), Path::new("x.json"), Path::new("."))
-            .unwrap_err()
-            .to_string();
+        let e = parse(
+            &doc(json!([{"image_id": 7, "category_id": 5, "bbox": [1, 1, 2]}])),
+            Path::new("x.json"),
+            Path::new("."),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("annotations[0].bbox is not four numbers"), "{e}");
         let dir = std::env::temp_dir().join(format!("detnas-coco-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

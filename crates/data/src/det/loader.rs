@@ -100,7 +100,9 @@ impl Producer {
                             samples.push(s);
                             indices.push(i);
                         }
-                        Err(e) => self.report.skipped.push((self.data.images[i].file.display().to_string(), e.to_string())),
+                        Err(e) => {
+                            self.report.skipped.push((self.data.images[i].file.display().to_string(), e.to_string()))
+                        }
                     }
                 }
             }
@@ -123,7 +125,11 @@ impl Producer {
                 self.next_epoch();
             }
             let batch = collate(samples, indices, self.cfg.divisibility);
-            return Some(Ok(DetLoaderBatch { batch, after: self.pos, epoch_reports: std::mem::take(&mut self.pending) }));
+            return Some(Ok(DetLoaderBatch {
+                batch,
+                after: self.pos,
+                epoch_reports: std::mem::take(&mut self.pending),
+            }));
         }
     }
 }
@@ -143,7 +149,11 @@ impl DetLoader {
             return Err(DataError::Invalid("an endless loader must drop incomplete batches".into()));
         }
         if start.cursor > data.len() {
-            return Err(DataError::Invalid(format!("resume position {} is beyond the {} images", start.cursor, data.len())));
+            return Err(DataError::Invalid(format!(
+                "resume position {} is beyond the {} images",
+                start.cursor,
+                data.len()
+            )));
         }
         let (tx, rx) = sync_channel(cfg.prefetch.max(1));
         let order = epoch_order(data.len(), cfg.seed, start.epoch, cfg.shuffle);

@@ -82,7 +82,11 @@ impl SyntheticDetConfig {
     }
 
     pub fn categories(&self) -> Vec<Category> {
-        Shape::ALL[..self.classes].iter().enumerate().map(|(i, s)| Category { id: i as u64 + 1, name: s.name().into() }).collect()
+        Shape::ALL[..self.classes]
+            .iter()
+            .enumerate()
+            .map(|(i, s)| Category { id: i as u64 + 1, name: s.name().into() })
+            .collect()
     }
 
     /// Renders image `i` and its objects.
@@ -107,7 +111,8 @@ impl SyntheticDetConfig {
                     colour: object_colour(&mut rng),
                 };
                 let Some(b) = p.bounds(self.width, self.height) else { continue };
-                if (b[2] - b[0]) < 2.0 || (b[3] - b[1]) < 2.0 || objs.iter().any(|(o, _)| iou(o, &b) > self.max_overlap) {
+                if (b[2] - b[0]) < 2.0 || (b[3] - b[1]) < 2.0 || objs.iter().any(|(o, _)| iou(o, &b) > self.max_overlap)
+                {
                     continue;
                 }
                 p.draw(&mut img);
@@ -161,7 +166,8 @@ impl SyntheticDetConfig {
         }
         let ds = coco::load(&ann_path, &img_dir)?;
         let want = serde_json::to_value(self).expect("serialisable");
-        let text = std::fs::read_to_string(&ann_path).map_err(|source| DataError::Io { path: ann_path.clone(), source })?;
+        let text =
+            std::fs::read_to_string(&ann_path).map_err(|source| DataError::Io { path: ann_path.clone(), source })?;
         let doc: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
         if doc["info"]["config"] != want {
             return Err(DataError::Invalid(format!(

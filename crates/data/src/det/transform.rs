@@ -4,8 +4,8 @@
 //! half-pixel centres; output is CHW `f32` in the chosen [`InputConvention`].
 
 use super::DetImage;
-use crate::transform::present;
 use crate::InputConvention;
+use crate::transform::present;
 use detnas_space::rng::{below, unit};
 use image::RgbImage;
 use rand::RngCore;
@@ -49,7 +49,13 @@ pub fn resized_size(w: u32, h: u32, min_size: u32, max_size: u32) -> (u32, u32) 
 
 impl DetTransform {
     /// Transforms image `img` with annotation `ann`.
-    pub fn apply<R: RngCore + ?Sized>(&self, img: &RgbImage, ann: &DetImage, rng: &mut R, conv: InputConvention) -> DetSample {
+    pub fn apply<R: RngCore + ?Sized>(
+        &self,
+        img: &RgbImage,
+        ann: &DetImage,
+        rng: &mut R,
+        conv: InputConvention,
+    ) -> DetSample {
         let min = self.min_size[below(rng, self.min_size.len() as u64) as usize];
         let flipped = self.flip && unit(rng) < 0.5;
         let (w, h) = resized_size(img.width(), img.height(), min, self.max_size);

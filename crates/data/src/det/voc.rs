@@ -12,8 +12,26 @@ use std::path::Path;
 
 /// The 20 Pascal VOC classes, in the customary order.
 pub const VOC_CLASSES: [&str; 20] = [
-    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable", "dog",
-    "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
 ];
 
 /// One object as written in the XML.
@@ -129,7 +147,8 @@ pub fn load(root: &Path, set: &str, classes: &[&str]) -> Result<DetDataset, Data
     for (k, id) in ids.lines().map(str::trim).filter(|l| !l.is_empty()).enumerate() {
         let id = id.split_whitespace().next().unwrap_or(id);
         let xml_path = root.join("Annotations").join(format!("{id}.xml"));
-        let xml = std::fs::read_to_string(&xml_path).map_err(|e| DataError::Io { path: xml_path.clone(), source: e })?;
+        let xml =
+            std::fs::read_to_string(&xml_path).map_err(|e| DataError::Io { path: xml_path.clone(), source: e })?;
         let ann = parse_xml(&xml, &xml_path)?;
         let mut objects = Vec::new();
         for (j, o) in ann.objects.iter().enumerate() {
@@ -138,7 +157,9 @@ pub fn load(root: &Path, set: &str, classes: &[&str]) -> Result<DetDataset, Data
             })?;
             let [x1, y1, x2, y2] = o.bndbox;
             let b = [x1 - 1.0, y1 - 1.0, x2, y2];
-            if let Some(bbox) = sanitise(b, ann.width, ann.height, &mut report, || format!("{}: object {j}", xml_path.display())) {
+            if let Some(bbox) =
+                sanitise(b, ann.width, ann.height, &mut report, || format!("{}: object {j}", xml_path.display()))
+            {
                 let area = (bbox[2] - bbox[0]) * (bbox[3] - bbox[1]);
                 objects.push(Object { bbox, label, crowd: false, difficult: o.difficult, area });
             }
@@ -180,8 +201,14 @@ mod tests {
         let p = Path::new("bad.xml");
         for (xml, want) in [
             ("<annotation><size><width>5</width>", "bad.xml"),
-            ("<annotation><size><width>5</width><height>5</height></size><object><bndbox><xmin>1</xmin></bndbox></object></annotation>", "has no <name>"),
-            ("<annotation><size><width>5</width><height>5</height></size><object><name>cat</name><bndbox><xmin>1</xmin></bndbox></object></annotation>", "incomplete <bndbox>"),
+            (
+                "<annotation><size><width>5</width><height>5</height></size><object><bndbox><xmin>1</xmin></bndbox></object></annotation>",
+                "has no <name>",
+            ),
+            (
+                "<annotation><size><width>5</width><height>5</height></size><object><name>cat</name><bndbox><xmin>1</xmin></bndbox></object></annotation>",
+                "incomplete <bndbox>",
+            ),
             ("<annotation><size><width>x</width><height>5</height></size></annotation>", "<width> is not a number"),
             ("<annotation><object></annotation>", "bad.xml"),
         ] {
