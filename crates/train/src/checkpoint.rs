@@ -91,6 +91,62 @@ pub fn list(dir: &Path) -> Vec<(u64, PathBuf)> {
     found
 }
 
+/// Saves a training checkpoint `step` into `dir`: the model (`model.safetensors`), the
+/// optimizer's momentum buffers (`optimizer.safetensors`), `state` as `state.json` and the
+/// resolved configuration as `config.toml` — atomically, as [`save`].
+pub fn save_training<S: Serialize>(
+    dir: &Path,
+    step: u64,
+    keep: usize,
+    vs: &tch::nn::VarStore,
+    opt: &crate::PathSgd,
+    state: &S,
+    config_toml: &str,
+) -> Result<PathBuf, TrainError> {
+    save(
+        dir,
+        step,
+        keep,
+        |tmp| {
+            vs.save(tmp.join("model.safetensors"))?;
+            crate::fault::during_save(step);
+            let bufs: Vec<(&str, &tch::Tensor)> = opt.buffers().iter().map(|(k, v)| (k.as_str(), v)).collect();
+            tch::Tensor::write_safetensors(&bufs, tmp.join("optimizer.safetensors"))?;
+            std::fs::write(tmp.join("state.json"), serde_json::to_string_pretty(state).expect("serialisable"))
+                .map_err(|e| TrainError::io(tmp, e))?;
+            std::fs::write(tmp.join("config.toml"), config_toml).map_err(|e| TrainError::io(tmp, e))
+        },
+        || (),
+    )
+}
+
+/// Claims run folder `out` for a configuration: writes `config.toml` (atomically) unless the
+/// folder holds a different one (`hash_of` gives an existing file's result hash; `None`
+/// when unreadable), which is refused unless `allow_mismatch`.
+pub fn claim_run_dir(
+    out: &Path,
+    config_toml: &str,
+    hash: &str,
+    hash_of: impl Fn(&str) -> Option<String>,
+    allow_mismatch: bool,
+) -> Result<(), TrainError> {
+    std::fs::create_dir_all(out).map_err(|e| TrainError::io(out, e))?;
+    let cfg_path = out.join("config.toml");
+    if let Ok(old) = std::fs::read_to_string(&cfg_path) {
+        let same = hash_of(&old).as_deref() == Some(hash);
+        if !same && !allow_mismatch {
+            return Err(TrainError::Config(format!(
+                "{} holds a different configuration; use another --out, or --allow-mismatch to continue with the new one",
+                cfg_path.display()
+            )));
+        }
+        if !same {
+            tracing::warn!("configuration differs from {}; continuing as allowed", cfg_path.display());
+        }
+    }
+    write_atomic(&cfg_path, config_toml.as_bytes())
+}
+
 /// Saves checkpoint `step` into `dir`: `write` fills the given temporary folder with files.
 /// Calls `before_rename` (fault injection) between writing and publishing.
 pub fn save(

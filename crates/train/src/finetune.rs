@@ -456,20 +456,10 @@ pub fn run(
     opts: &FinetuneOptions,
 ) -> Result<FinetuneSummary, TrainError> {
     cfg.check()?;
-    std::fs::create_dir_all(out).map_err(|e| TrainError::io(out, e))?;
     let space = cfg.space()?;
     let hash = cfg.result_hash();
-    let cfg_path = out.join("config.toml");
-    if let Ok(old) = std::fs::read_to_string(&cfg_path) {
-        let same = toml::from_str::<FinetuneConfig>(&old).is_ok_and(|o| o.result_hash() == hash);
-        if !same && !opts.allow_mismatch {
-            return Err(TrainError::Config(format!(
-                "{} holds a different configuration; use another --out, or --allow-mismatch to continue with the new one",
-                cfg_path.display()
-            )));
-        }
-    }
-    write_atomic(&cfg_path, cfg.to_toml().as_bytes())?;
+    let hash_of = |text: &str| toml::from_str::<FinetuneConfig>(text).ok().map(|o| o.result_hash());
+    checkpoint::claim_run_dir(out, &cfg.to_toml(), &hash, hash_of, opts.allow_mismatch)?;
 
     let splits = open_splits(cfg, out)?;
     let fingerprint = format!("{}+{}", splits.train.fingerprint(), splits.search_val.fingerprint());
@@ -558,21 +548,7 @@ pub fn run(
             search_val_ids: search_val_ids.clone(),
             skipped_samples: skipped,
         };
-        checkpoint::save(
-            &ckpt_dir,
-            step,
-            cfg.runtime.keep,
-            |tmp| {
-                vs.save(tmp.join("model.safetensors"))?;
-                fault::during_save(step);
-                let bufs: Vec<(&str, &Tensor)> = opt.buffers().iter().map(|(k, v)| (k.as_str(), v)).collect();
-                Tensor::write_safetensors(&bufs, tmp.join("optimizer.safetensors"))?;
-                std::fs::write(tmp.join("state.json"), serde_json::to_string_pretty(&state).expect("serialisable"))
-                    .map_err(|e| TrainError::io(tmp, e))?;
-                std::fs::write(tmp.join("config.toml"), cfg.to_toml()).map_err(|e| TrainError::io(tmp, e))
-            },
-            || (),
-        )
+        checkpoint::save_training(&ckpt_dir, step, cfg.runtime.keep, vs, opt, &state, &cfg.to_toml())
     };
 
     let total = cfg.schedule.iterations;

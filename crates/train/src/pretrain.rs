@@ -224,27 +224,12 @@ pub fn build_supernet(space: &SearchSpace, classes: usize, device: Device) -> (n
 /// Runs (or resumes) pre-training into `out`.
 pub fn run(cfg: &PretrainConfig, out: &Path, device: Device, opts: &RunOptions) -> Result<Summary, TrainError> {
     cfg.check()?;
-    std::fs::create_dir_all(out).map_err(|e| TrainError::io(out, e))?;
     let space = cfg.space()?;
     let hash = cfg.result_hash();
-
     // The resolved config is written before work starts; an existing, different one is kept
     // unless the mismatch is allowed.
-    let cfg_path = out.join("config.toml");
-    if let Ok(old) = std::fs::read_to_string(&cfg_path) {
-        let old: Result<PretrainConfig, _> = toml::from_str(&old);
-        let same = old.as_ref().is_ok_and(|o| o.result_hash() == hash);
-        if !same && !opts.allow_mismatch {
-            return Err(TrainError::Config(format!(
-                "{} holds a different configuration; use another --out, or --allow-mismatch to continue with the new one",
-                cfg_path.display()
-            )));
-        }
-        if !same {
-            tracing::warn!("configuration differs from {}; continuing as allowed", cfg_path.display());
-        }
-    }
-    write_atomic(&cfg_path, cfg.to_toml().as_bytes())?;
+    let hash_of = |text: &str| toml::from_str::<PretrainConfig>(text).ok().map(|o| o.result_hash());
+    checkpoint::claim_run_dir(out, &cfg.to_toml(), &hash, hash_of, opts.allow_mismatch)?;
 
     let ckpt_dir = out.join("checkpoints");
     let resume = match &opts.resume_from {
@@ -327,21 +312,7 @@ pub fn run(cfg: &PretrainConfig, out: &Path, device: Device, opts: &RunOptions) 
             classes: classes.clone(),
             skipped_samples: skipped,
         };
-        checkpoint::save(
-            &ckpt_dir,
-            step,
-            cfg.runtime.keep,
-            |tmp| {
-                vs.save(tmp.join("model.safetensors"))?;
-                fault::during_save(step);
-                let bufs: Vec<(&str, &Tensor)> = opt.buffers().iter().map(|(k, v)| (k.as_str(), v)).collect();
-                Tensor::write_safetensors(&bufs, tmp.join("optimizer.safetensors"))?;
-                std::fs::write(tmp.join("state.json"), serde_json::to_string_pretty(&state).expect("serialisable"))
-                    .map_err(|e| TrainError::io(tmp, e))?;
-                std::fs::write(tmp.join("config.toml"), cfg.to_toml()).map_err(|e| TrainError::io(tmp, e))
-            },
-            || (),
-        )
+        checkpoint::save_training(&ckpt_dir, step, cfg.runtime.keep, vs, opt, &state, &cfg.to_toml())
     };
 
     let total = cfg.schedule.iterations;
