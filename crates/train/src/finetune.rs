@@ -323,7 +323,7 @@ pub fn detect_all(
 
 /// COCO stats of detections against a dataset's ground truth.
 pub fn coco_eval(data: &DetDataset, dets: &[CocoDetection]) -> Result<[f64; 12], TrainError> {
-    let gt: hotcoco_types::Dataset = serde_json::from_value(data.to_coco_json())
+    let gt: detnas_detect::eval::GtDataset = serde_json::from_value(data.to_coco_json())
         .map_err(|e| TrainError::Config(format!("ground truth of {}: {e}", data.source)))?;
     coco_stats(detnas_detect::eval::coco_from_dataset(gt), dets).map_err(|e| TrainError::Config(e.to_string()))
 }
@@ -367,10 +367,6 @@ pub fn voc_map(data: &DetDataset, dets: &[CocoDetection]) -> (f64, f64) {
         if ok.is_empty() { f64::NAN } else { ok.iter().sum::<f64>() / ok.len() as f64 }
     };
     (mean(voc_eval(&gts, &vdets, k, 0.5, false)), mean(voc_eval(&gts, &vdets, k, 0.5, true)))
-}
-
-mod hotcoco_types {
-    pub use detnas_detect::eval::GtDataset as Dataset;
 }
 
 /// Box AP of path `arch` on `data` after BN recalibration on `recal` (when given).
@@ -436,8 +432,12 @@ pub fn open_checkpoint(
 fn clip_gradients<'a>(vars: impl Iterator<Item = &'a (String, Tensor)>, max_norm: f64) -> f64 {
     tch::no_grad(|| {
         let grads: Vec<Tensor> = vars.map(|(_, v)| v.grad()).filter(Tensor::defined).collect();
-        let total: f64 =
-            grads.iter().map(|g| g.pow_tensor_scalar(2).sum(Kind::Double).double_value(&[])).sum::<f64>().sqrt();
+        if grads.is_empty() {
+            return 0.0;
+        }
+        // One device synchronisation per step, not one per variable.
+        let squares: Vec<Tensor> = grads.iter().map(|g| g.pow_tensor_scalar(2).sum(Kind::Double)).collect();
+        let total = Tensor::stack(&squares, 0).sum(Kind::Double).double_value(&[]).sqrt();
         if total > max_norm {
             let f = max_norm / (total + 1e-6);
             for mut g in grads {
@@ -681,4 +681,26 @@ pub fn run(
     };
     write_atomic(&out.join("summary.json"), serde_json::to_string_pretty(&summary).expect("serialisable").as_bytes())?;
     Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gradient_clipping_scales_to_the_global_norm() {
+        let a = Tensor::from_slice(&[1f32, 1.0]).set_requires_grad(true);
+        let b = Tensor::from_slice(&[1f32]).set_requires_grad(true);
+        let none = Tensor::from_slice(&[1f32]).set_requires_grad(true);
+        // Gradients (3, 0) and (4): global norm 5.
+        ((&a * Tensor::from_slice(&[3f32, 0.0])).sum(Kind::Float) + (&b * 4.0).sum(Kind::Float)).backward();
+        let vars =
+            [("a".to_string(), a.shallow_clone()), ("b".to_string(), b.shallow_clone()), ("n".to_string(), none)];
+        assert!((clip_gradients(vars.iter(), 10.0) - 5.0).abs() < 1e-6);
+        assert_eq!(Vec::<f32>::try_from(a.grad()).unwrap(), vec![3.0, 0.0], "below the limit nothing changes");
+        assert!((clip_gradients(vars.iter(), 1.0) - 5.0).abs() < 1e-6);
+        let ga = Vec::<f32>::try_from(a.grad()).unwrap();
+        let gb = Vec::<f32>::try_from(b.grad()).unwrap();
+        assert!((ga[0] - 0.6).abs() < 1e-5 && (gb[0] - 0.8).abs() < 1e-5, "{ga:?} {gb:?}");
+    }
 }
