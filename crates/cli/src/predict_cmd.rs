@@ -71,9 +71,11 @@ pub fn run(a: PredictArgs) -> Result<(), Failure> {
         (Some(s), None) => Some(state.space.parse_arch(s).map_err(crate::usage)?),
         (None, None) => return Err(crate::usage(anyhow::anyhow!("--arch is required for a supernet checkpoint"))),
     };
-    std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
     let t = test_transform(&cfg);
+    // Every image is decoded and run before anything is written: a bad image leaves no
+    // partial output.
     let mut all = Vec::new();
+    let mut pictures = Vec::new();
     for path in &a.images {
         let img = decode_image(path)?;
         let ann = detnas_data::det::DetImage {
@@ -107,9 +109,13 @@ pub fn run(a: PredictArgs) -> Result<(), Failure> {
         }
         let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "image".into());
         let pic = a.out.join(format!("{stem}.det.png"));
-        drawn.save(&pic).with_context(|| format!("cannot write {}", pic.display()))?;
         println!("{}: {} detections ≥ {} → {}", path.display(), dets.len(), a.score_threshold, pic.display());
+        pictures.push((pic, drawn));
         all.push(serde_json::json!({"image": path, "detections": dets}));
+    }
+    std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
+    for (pic, drawn) in &pictures {
+        drawn.save(pic).with_context(|| format!("cannot write {}", pic.display()))?;
     }
     let out = a.out.join("detections.json");
     std::fs::write(&out, serde_json::to_string_pretty(&all).expect("serialisable"))

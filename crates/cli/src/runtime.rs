@@ -2,6 +2,7 @@
 
 use anyhow::anyhow;
 use clap::Args;
+use std::path::PathBuf;
 use tch::Device;
 
 #[derive(Args, Clone, Debug)]
@@ -59,5 +60,53 @@ pub fn describe(device: Device) -> String {
         Device::Cpu => format!("cpu ({} threads)", tch::get_num_threads()),
         Device::Cuda(i) => format!("cuda:{i}"),
         other => format!("{other:?}"),
+    }
+}
+
+/// Options shared by the training verbs (`pretrain`, `finetune`); `out` is the verb's own.
+#[derive(Args, Clone, Debug)]
+pub struct TrainArgs {
+    /// Override any field: `--set schedule.lr=0.1 --set data.input_size=64`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
+    /// Device (overrides runtime.device): cpu, cuda, cuda:N, auto.
+    #[arg(long)]
+    pub device: Option<String>,
+    /// libtorch threads (overrides runtime.threads).
+    #[arg(long)]
+    pub threads: Option<i32>,
+    /// Resume from this checkpoint (a step-N folder) instead of the run folder's latest.
+    #[arg(long)]
+    pub resume_from: Option<PathBuf>,
+    /// Continue although the configuration or data differ from the checkpoint's (logged).
+    #[arg(long)]
+    pub allow_mismatch: bool,
+    /// No progress bar.
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+impl TrainArgs {
+    /// `--set` overrides with `--device` and `--threads` folded in.
+    pub fn all_overrides(&self) -> Vec<String> {
+        let mut o = self.overrides.clone();
+        if let Some(d) = &self.device {
+            o.push(format!("runtime.device=\"{d}\""));
+        }
+        if let Some(t) = self.threads {
+            o.push(format!("runtime.threads={t}"));
+        }
+        o
+    }
+
+    /// Applies the configured thread count and resolves the configured device.
+    pub fn init(runtime: &detnas_train::config::RuntimeConfig) -> Result<Device, crate::Failure> {
+        if let Some(t) = runtime.threads {
+            if t < 1 {
+                return Err(crate::usage(anyhow!("runtime.threads must be at least 1")));
+            }
+            tch::set_num_threads(t);
+        }
+        parse_device(&runtime.device).map_err(crate::usage)
     }
 }

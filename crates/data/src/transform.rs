@@ -82,7 +82,7 @@ impl ClsTransform {
                 ([(w - side) / 2.0, (h - side) / 2.0, side, side], false, None)
             }
         };
-        resample(img, crop, s, flip, out);
+        resample(img, crop, (s, s), flip, out);
         if let Some([b, c, sat]) = jitter {
             colour_jitter(out, s * s, b, c, sat);
         }
@@ -124,26 +124,34 @@ fn random_resized_crop<R: RngCore + ?Sized>(
 }
 
 /// Bilinear resampling of source box `[x, y, bw, bh]` to `s × s`, CHW RGB in 0–255.
-fn resample(img: &RgbImage, [x0, y0, bw, bh]: [f64; 4], s: usize, flip: bool, out: &mut [f32]) {
+/// Bilinear resampling (half-pixel centres, no antialiasing) of the region `[x0, y0, w, h]`
+/// of `img` to `out_w × out_h`, optionally mirrored, into CHW `out`.
+pub(crate) fn resample(
+    img: &RgbImage,
+    [x0, y0, bw, bh]: [f64; 4],
+    (out_w, out_h): (usize, usize),
+    flip: bool,
+    out: &mut [f32],
+) {
     let (w, h) = (img.width() as usize, img.height() as usize);
     let raw = img.as_raw();
-    let plane = s * s;
-    let axis = |o: usize, start: f64, len: f64, n: usize| {
-        let src = (start + (o as f64 + 0.5) * len / s as f64 - 0.5).clamp(0.0, (n - 1) as f64);
+    let plane = out_w * out_h;
+    let axis = |o: usize, start: f64, len: f64, n_out: usize, n: usize| {
+        let src = (start + (o as f64 + 0.5) * len / n_out as f64 - 0.5).clamp(0.0, (n - 1) as f64);
         let i0 = src.floor() as usize;
         let i1 = (i0 + 1).min(n - 1);
         (i0, i1, (src - i0 as f64) as f32)
     };
-    let xs: Vec<_> = (0..s).map(|o| axis(o, x0, bw, w)).collect();
-    for oy in 0..s {
-        let (y0i, y1i, fy) = axis(oy, y0, bh, h);
-        for ox in 0..s {
-            let (x0i, x1i, fx) = xs[if flip { s - 1 - ox } else { ox }];
+    let xs: Vec<_> = (0..out_w).map(|o| axis(o, x0, bw, out_w, w)).collect();
+    for oy in 0..out_h {
+        let (y0i, y1i, fy) = axis(oy, y0, bh, out_h, h);
+        for ox in 0..out_w {
+            let (x0i, x1i, fx) = xs[if flip { out_w - 1 - ox } else { ox }];
             for c in 0..3 {
                 let p = |yy: usize, xx: usize| raw[(yy * w + xx) * 3 + c] as f32;
                 let top = p(y0i, x0i) * (1.0 - fx) + p(y0i, x1i) * fx;
                 let bot = p(y1i, x0i) * (1.0 - fx) + p(y1i, x1i) * fx;
-                out[c * plane + oy * s + ox] = top * (1.0 - fy) + bot * fy;
+                out[c * plane + oy * out_w + ox] = top * (1.0 - fy) + bot * fy;
             }
         }
     }

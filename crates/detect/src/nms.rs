@@ -47,6 +47,12 @@ pub fn iou(a: &[f32; 4], b: &[f32; 4]) -> f32 {
 
 /// Greedy NMS on rows; returns kept indices by descending score.
 pub fn nms_rows(rows: &[[f32; 4]], scores: &[f32], threshold: f64) -> Vec<i64> {
+    greedy(rows, scores, None, threshold)
+}
+
+/// Greedy NMS; with `labels`, only boxes of the same label suppress each other.
+fn greedy(rows: &[[f32; 4]], scores: &[f32], labels: Option<&[i64]>, threshold: f64) -> Vec<i64> {
+    let same = |i: usize, j: usize| labels.is_none_or(|l| l[i] == l[j]);
     let mut order: Vec<usize> = (0..rows.len()).collect();
     order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
     let mut suppressed = vec![false; rows.len()];
@@ -57,7 +63,7 @@ pub fn nms_rows(rows: &[[f32; 4]], scores: &[f32], threshold: f64) -> Vec<i64> {
         }
         keep.push(i as i64);
         for &j in &order[oi + 1..] {
-            if !suppressed[j] && iou(&rows[i], &rows[j]) > threshold as f32 {
+            if !suppressed[j] && same(i, j) && iou(&rows[i], &rows[j]) > threshold as f32 {
                 suppressed[j] = true;
             }
         }
@@ -105,6 +111,18 @@ mod tests {
             // Coarse scores: many ties.
             let scores: Vec<f32> = raw.iter().map(|r| r.4 as f32 / 20.0).collect();
             prop_assert_eq!(nms_rows(&rows, &scores, thr), brute(&rows, &scores, thr as f32));
+            // Batched: the union of per-label NMS, in descending-score order.
+            let labels: Vec<i64> = raw.iter().map(|r| i64::from(r.4 % 3)).collect();
+            let mut want: Vec<i64> = Vec::new();
+            for l in 0..3 {
+                let idx: Vec<usize> = (0..rows.len()).filter(|&i| labels[i] == l).collect();
+                let sub: Vec<[f32; 4]> = idx.iter().map(|&i| rows[i]).collect();
+                let sc: Vec<f32> = idx.iter().map(|&i| scores[i]).collect();
+                want.extend(brute(&sub, &sc, thr as f32).into_iter().map(|k| idx[k as usize] as i64));
+            }
+            want.sort_by(|&a, &b| scores[b as usize].total_cmp(&scores[a as usize]).then(a.cmp(&b)));
+            let got = batched_nms(&tensor_of(&rows), &Tensor::from_slice(&scores), &Tensor::from_slice(&labels), thr);
+            prop_assert_eq!(Vec::<i64>::try_from(got).unwrap(), want);
         }
     }
 }

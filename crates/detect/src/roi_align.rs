@@ -40,13 +40,18 @@ pub fn roi_align(input: &Tensor, rois: &Tensor, output: (i64, i64), spatial_scal
         order.extend(&idx);
         pieces.push(align_one(&input.get(b).unsqueeze(0), &sel, (ph, pw), spatial_scale, sr, (c, h, w)));
     }
-    let out = Tensor::cat(&pieces, 0);
-    // `out` is grouped by image; put it back in the order of `rois`.
-    let mut inverse = vec![0i64; k as usize];
+    in_original_order(&pieces, &order)
+}
+
+/// Concatenates `pieces`, whose rows are the original rows `order` (a permutation), and puts
+/// the rows back in original order.
+fn in_original_order(pieces: &[Tensor], order: &[i64]) -> Tensor {
+    let out = Tensor::cat(pieces, 0);
+    let mut inverse = vec![0i64; order.len()];
     for (pos, &i) in order.iter().enumerate() {
         inverse[i as usize] = pos as i64;
     }
-    out.index_select(0, &Tensor::from_slice(&inverse).to_device(dev))
+    out.index_select(0, &Tensor::from_slice(&inverse).to_device(out.device()))
 }
 
 /// Sample coordinates `[R, P·sr]` along one axis, and their validity mask.
@@ -122,11 +127,7 @@ impl MultiScaleRoiAlign {
         if pieces.is_empty() {
             return Tensor::zeros([0, c, self.output.0, self.output.1], (features[0].kind(), dev));
         }
-        let mut inverse = vec![0i64; k as usize];
-        for (pos, &i) in order.iter().enumerate() {
-            inverse[i as usize] = pos as i64;
-        }
-        Tensor::cat(&pieces, 0).index_select(0, &Tensor::from_slice(&inverse).to_device(dev))
+        in_original_order(&pieces, &order)
     }
 }
 

@@ -314,21 +314,31 @@ pub fn apply_overrides(doc: &mut toml::Table, overrides: &[String]) -> Result<()
     Ok(())
 }
 
+/// Reads a TOML configuration document from `path` (none: empty), applies `--set`
+/// overrides, and deserialises it; errors name the file and the field.
+pub fn read_document<T: serde::de::DeserializeOwned>(
+    path: Option<&Path>,
+    overrides: &[String],
+) -> Result<T, TrainError> {
+    let mut doc: toml::Table = match path {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| TrainError::Config(format!("cannot read {}: {e}", p.display())))?;
+            toml::from_str(&text).map_err(|e| TrainError::Config(format!("{}: {}", p.display(), e.message())))?
+        }
+        None => toml::Table::new(),
+    };
+    apply_overrides(&mut doc, overrides)?;
+    toml::Value::Table(doc).try_into().map_err(|e: toml::de::Error| match path {
+        Some(p) => TrainError::Config(format!("{}: {}", p.display(), e.message())),
+        None => TrainError::Config(e.message().to_string()),
+    })
+}
+
 impl PretrainConfig {
     /// Reads `path` (if any), applies overrides, checks everything.
     pub fn load(path: Option<&Path>, overrides: &[String]) -> Result<PretrainConfig, TrainError> {
-        let mut doc: toml::Table = match path {
-            Some(p) => {
-                let text = std::fs::read_to_string(p)
-                    .map_err(|e| TrainError::Config(format!("cannot read {}: {e}", p.display())))?;
-                toml::from_str(&text).map_err(|e| TrainError::Config(format!("{}: {}", p.display(), e.message())))?
-            }
-            None => toml::Table::new(),
-        };
-        apply_overrides(&mut doc, overrides)?;
-        let mut cfg: PretrainConfig = toml::Value::Table(doc)
-            .try_into()
-            .map_err(|e: toml::de::Error| TrainError::Config(e.message().to_string()))?;
+        let mut cfg: PretrainConfig = read_document(path, overrides)?;
         if let Some(base) = path.and_then(Path::parent) {
             cfg.resolve_paths(base);
         }

@@ -3,7 +3,7 @@
 //! checked and hashed like [`crate::PretrainConfig`].
 
 use crate::TrainError;
-use crate::config::{EvalConfig, ModelConfig, RuntimeConfig, ScheduleConfig, apply_overrides};
+use crate::config::{EvalConfig, ModelConfig, RuntimeConfig, ScheduleConfig, read_document};
 use detnas_data::InputConvention;
 use detnas_data::det::synth::SyntheticDetConfig;
 use detnas_detect::DetectorConfig;
@@ -107,14 +107,7 @@ impl FinetuneConfig {
     /// Reads `path`, applies overrides, resolves relative paths against the file's folder,
     /// checks.
     pub fn load(path: &Path, overrides: &[String]) -> Result<FinetuneConfig, TrainError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| TrainError::Config(format!("cannot read {}: {e}", path.display())))?;
-        let mut doc: toml::Table =
-            toml::from_str(&text).map_err(|e| TrainError::Config(format!("{}: {}", path.display(), e.message())))?;
-        apply_overrides(&mut doc, overrides)?;
-        let mut cfg: FinetuneConfig = toml::Value::Table(doc)
-            .try_into()
-            .map_err(|e: toml::de::Error| TrainError::Config(format!("{}: {}", path.display(), e.message())))?;
+        let mut cfg: FinetuneConfig = read_document(Some(path), overrides)?;
         if let Some(base) = path.parent() {
             cfg.resolve_paths(base);
         }

@@ -1,11 +1,11 @@
 //! Detection transforms: resize (short side to `min_size`, long side at most `max_size`,
 //! maskrcnn_benchmark's rule), optional horizontal flip (p = 0.5, boxes too), and batch
-//! collation padded to a multiple of `divisibility` (32). Resampling is bilinear with
-//! half-pixel centres; output is CHW `f32` in the chosen [`InputConvention`].
+//! collation padded to a multiple of `divisibility` (32). Resampling is the classification
+//! transforms' bilinear kernel (half-pixel centres); output is CHW `f32` in the chosen [`InputConvention`].
 
 use super::DetImage;
 use crate::InputConvention;
-use crate::transform::present;
+use crate::transform::{present, resample};
 use detnas_space::rng::{below, unit};
 use image::RgbImage;
 use rand::RngCore;
@@ -61,7 +61,8 @@ impl DetTransform {
         let (w, h) = resized_size(img.width(), img.height(), min, self.max_size);
         let (sx, sy) = (w as f32 / img.width() as f32, h as f32 / img.height() as f32);
         let mut data = vec![0f32; 3 * (w * h) as usize];
-        resample(img, w as usize, h as usize, flipped, &mut data);
+        let full = [0.0, 0.0, img.width() as f64, img.height() as f64];
+        resample(img, full, (w as usize, h as usize), flipped, &mut data);
         present(&mut data, (w * h) as usize, conv);
         let (mut boxes, mut labels) = (Vec::new(), Vec::new());
         for o in ann.objects.iter().filter(|o| !o.crowd) {
@@ -72,31 +73,6 @@ impl DetTransform {
             labels.push(o.label as i64);
         }
         DetSample { data, height: h, width: w, scale: (sx, sy), flipped, boxes, labels }
-    }
-}
-
-/// Bilinear resize of `img` to `w × h` (half-pixel centres), optionally mirrored, into CHW.
-fn resample(img: &RgbImage, w: usize, h: usize, flip: bool, out: &mut [f32]) {
-    let (iw, ih) = (img.width() as usize, img.height() as usize);
-    let raw = img.as_raw();
-    let plane = w * h;
-    let axis = |o: usize, n_out: usize, n_in: usize| {
-        let src = ((o as f64 + 0.5) * n_in as f64 / n_out as f64 - 0.5).clamp(0.0, (n_in - 1) as f64);
-        let i0 = src.floor() as usize;
-        (i0, (i0 + 1).min(n_in - 1), (src - i0 as f64) as f32)
-    };
-    let xs: Vec<_> = (0..w).map(|o| axis(o, w, iw)).collect();
-    for oy in 0..h {
-        let (y0, y1, fy) = axis(oy, h, ih);
-        for ox in 0..w {
-            let (x0, x1, fx) = xs[if flip { w - 1 - ox } else { ox }];
-            for c in 0..3 {
-                let p = |yy: usize, xx: usize| raw[(yy * iw + xx) * 3 + c] as f32;
-                let top = p(y0, x0) * (1.0 - fx) + p(y0, x1) * fx;
-                let bot = p(y1, x0) * (1.0 - fx) + p(y1, x1) * fx;
-                out[c * plane + oy * w + ox] = top * (1.0 - fy) + bot * fy;
-            }
-        }
     }
 }
 
