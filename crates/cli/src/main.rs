@@ -10,7 +10,9 @@ mod finetune_cmd;
 mod net_cmd;
 mod predict_cmd;
 mod pretrain_cmd;
+mod run_cmd;
 mod runtime;
+mod search_cmd;
 mod space_cmd;
 
 use clap::{Parser, Subcommand};
@@ -38,6 +40,8 @@ enum Command {
     Finetune(finetune_cmd::FinetuneArgs),
     /// Detect objects in images with one path of a fine-tuned detector.
     Predict(predict_cmd::PredictArgs),
+    /// Evolutionary (or random) search on a trained supernet; `search show RUN` reads one.
+    Search(search_cmd::SearchArgs),
     /// Evaluate one path of a trained supernet, or a detection results file.
     #[command(subcommand)]
     Eval(eval_cmd::EvalCommand),
@@ -46,6 +50,13 @@ enum Command {
     Data(data_cmd::DataCommand),
     /// The embedded demo (no download, CPU).
     Demo(demo::DemoArgs),
+    /// The whole pipeline: data, pre-training, fine-tuning, search, retraining, baselines,
+    /// report (no arguments: the embedded demo). Re-running resumes.
+    Run(run_cmd::RunArgs),
+    /// Regenerate the report of a run folder.
+    Report(run_cmd::ReportArgs),
+    /// Export the found architecture: official-name weights for PyTorch, detector for predict.
+    Export(run_cmd::ExportArgs),
 }
 
 /// An error with the exit code it maps to.
@@ -65,6 +76,10 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
         let error: anyhow::Error = e.into();
         let code = if let Some(t) = error.downcast_ref::<detnas_train::TrainError>() {
             t.exit_code()
+        } else if let Some(s) = error.downcast_ref::<detnas_search::SearchError>() {
+            s.exit_code()
+        } else if let Some(p) = error.downcast_ref::<detnas_pipeline::PipelineError>() {
+            p.exit_code()
         } else if error.downcast_ref::<detnas_data::DataError>().is_some() {
             3
         } else if error.downcast_ref::<detnas_space::SpaceError>().is_some() {
@@ -94,9 +109,13 @@ fn main() -> ExitCode {
         Command::Pretrain(a) => pretrain_cmd::run(a),
         Command::Eval(c) => eval_cmd::run(c),
         Command::Finetune(a) => finetune_cmd::run(a),
+        Command::Search(a) => search_cmd::run(a),
         Command::Predict(a) => predict_cmd::run(a),
         Command::Data(c) => data_cmd::run(c),
         Command::Demo(a) => demo::run(a),
+        Command::Run(a) => run_cmd::run(a),
+        Command::Report(a) => run_cmd::report(a),
+        Command::Export(a) => run_cmd::export(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -7,7 +7,7 @@ use clap::Args;
 use detnas_data::decode_image;
 use detnas_data::det::transform::collate;
 use detnas_space::rng::seeded;
-use detnas_train::finetune::{batch_inputs, open_checkpoint, test_transform};
+use detnas_train::finetune::{batch_inputs, open_model, test_transform};
 use image::{Rgb, RgbImage};
 use std::path::PathBuf;
 
@@ -65,7 +65,7 @@ fn draw_box(img: &mut RgbImage, b: [f64; 4], colour: [u8; 3]) {
 
 pub fn run(a: PredictArgs) -> Result<(), Failure> {
     let device = a.runtime.init()?;
-    let (cfg, state, _splits, det, _vs) = open_checkpoint(&a.checkpoint, device)?;
+    let (cfg, state, det, _vs) = open_model(&a.checkpoint, device)?;
     let arch = match (&a.arch, &cfg.model.arch) {
         (_, Some(_)) => None,
         (Some(s), None) => Some(state.space.parse_arch(s).map_err(crate::usage)?),

@@ -47,6 +47,28 @@ pub enum SpaceCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Measure the per-op latency table of a space on a device (cached for `search`'s
+    /// latency limit): stem and every allowed choice of every block, median of repeats.
+    LatencyTable {
+        #[command(flatten)]
+        space: SpaceArgs,
+        /// Input size: `224` (square) or `HxW`.
+        #[arg(long, default_value = "224", value_parser = crate::args::parse_input)]
+        input: detnas_space::InputSize,
+        #[arg(long, default_value_t = 1)]
+        batch: i64,
+        /// Timed repetitions per op (after 2 warm-up runs).
+        #[arg(long, default_value_t = 20)]
+        repeats: usize,
+        /// Where to write the table (JSON).
+        #[arg(long, default_value = "latency-table.json")]
+        out: std::path::PathBuf,
+        /// Print the per-block table.
+        #[arg(long)]
+        verbose: bool,
+        #[command(flatten)]
+        runtime: crate::runtime::RuntimeArgs,
+    },
     /// Widths, depths, number of paths and the MACs range of a space.
     Show {
         #[command(flatten)]
@@ -121,6 +143,39 @@ pub fn run(cmd: SpaceCommand) -> Result<(), Failure> {
                     );
                 }
             }
+            Ok(())
+        }
+        SpaceCommand::LatencyTable { space, input, batch, repeats, out, verbose, runtime } => {
+            let space = space.resolve()?;
+            let device = runtime.init()?;
+            if batch < 1 || repeats < 1 {
+                return Err(crate::usage(anyhow::anyhow!("--batch and --repeats must be at least 1")));
+            }
+            let t = detnas_nn::latency::measure_table(&space, input, batch, device, repeats);
+            t.write(&out)?;
+            let (lo, hi) = t.bounds();
+            if verbose {
+                println!("block  {:>8}  {:>8}  {:>8}  {:>8}   (ms)", "3x3", "5x5", "7x7", "xcep");
+                for (b, row) in t.blocks.iter().enumerate() {
+                    let cells: Vec<String> = row
+                        .iter()
+                        .map(|v| v.map(|ms| format!("{ms:>8.3}")).unwrap_or_else(|| format!("{:>8}", "-")))
+                        .collect();
+                    println!("{b:>5}  {}", cells.join("  "));
+                }
+            }
+            println!(
+                "latency table of '{}' at {}x{} batch {batch} on {} ({} threads): stem {:.3} ms, architectures {:.2}..{:.2} ms; written to {}",
+                space.name,
+                input.height,
+                input.width,
+                t.device,
+                t.threads,
+                t.stem_ms,
+                lo,
+                hi,
+                out.display()
+            );
             Ok(())
         }
         SpaceCommand::Show { space, cost: c, json } => {

@@ -15,6 +15,7 @@ pub mod block;
 pub mod bn;
 pub mod count;
 pub mod error;
+pub mod latency;
 pub mod layers;
 pub mod net;
 pub mod path;

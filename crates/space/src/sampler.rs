@@ -23,6 +23,8 @@ pub struct PathSampler {
     model: CostModel,
     /// Inner edges of the MACs bins (empty: uniform sampling).
     edges: Vec<u64>,
+    /// Always this path.
+    fixed: Option<Arch>,
 }
 
 impl PathSampler {
@@ -31,7 +33,18 @@ impl PathSampler {
         let constraint = Constraint { max_backbone_macs, max_backbone_params: None };
         let model = CostModel::default();
         constraint.check_satisfiable(space, &model)?;
-        Ok(PathSampler { space: space.clone(), constraint, model, edges: Vec::new() })
+        Ok(PathSampler { space: space.clone(), constraint, model, edges: Vec::new(), fixed: None })
+    }
+
+    /// A sampler that always returns `arch` (one child network trained alone).
+    pub fn fixed(space: &SearchSpace, arch: Arch) -> PathSampler {
+        PathSampler {
+            space: space.clone(),
+            constraint: Constraint::default(),
+            model: CostModel::default(),
+            edges: Vec::new(),
+            fixed: Some(arch),
+        }
     }
 
     /// A FLOPs-binned sampler with `bins` bins.
@@ -61,6 +74,9 @@ impl PathSampler {
 
     /// The next path.
     pub fn sample<R: RngCore + ?Sized>(&self, rng: &mut R) -> Result<Arch, SpaceError> {
+        if let Some(a) = &self.fixed {
+            return Ok(a.clone());
+        }
         if self.edges.is_empty() {
             return sample_constrained(&self.space, &self.constraint, &self.model, MAX_ATTEMPTS, rng);
         }

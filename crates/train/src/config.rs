@@ -175,6 +175,9 @@ pub enum SamplingKind {
     Uniform,
     /// SPOS: a MACs bin uniformly, then a uniform path inside it.
     FlopsBinned,
+    /// Always `sampling.arch`: trains one child network from scratch (retraining a found
+    /// architecture on classification; unsampled choices never move).
+    Fixed,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -188,6 +191,9 @@ pub struct SamplingConfig {
     /// Only paths with backbone MACs at most this (`300M`; counted at 224×224).
     #[serde(default)]
     pub max_backbone_macs: Option<String>,
+    /// The architecture of `kind = "fixed"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arch: Option<String>,
 }
 
 fn d10() -> usize {
@@ -196,7 +202,7 @@ fn d10() -> usize {
 
 impl Default for SamplingConfig {
     fn default() -> SamplingConfig {
-        SamplingConfig { kind: SamplingKind::Uniform, bins: 10, max_backbone_macs: None }
+        SamplingConfig { kind: SamplingKind::Uniform, bins: 10, max_backbone_macs: None, arch: None }
     }
 }
 
@@ -314,6 +320,30 @@ pub fn apply_overrides(doc: &mut toml::Table, overrides: &[String]) -> Result<()
     Ok(())
 }
 
+/// Makes the values of path-valued `--set` overrides (`keys`) absolute against the current
+/// folder: paths written in a configuration file are relative to the file, paths given on
+/// the command line to where the command runs.
+pub fn absolutize_path_overrides(overrides: &[String], keys: &[&str]) -> Vec<String> {
+    let cwd = std::env::current_dir().unwrap_or_default();
+    overrides
+        .iter()
+        .map(|o| {
+            let Some((k, v)) = o.split_once('=') else { return o.clone() };
+            if !keys.contains(&k.trim()) {
+                return o.clone();
+            }
+            let raw = v.trim().trim_matches('"');
+            let p = Path::new(raw);
+            if p.is_relative() && !raw.is_empty() {
+                let abs = cwd.join(p).to_string_lossy().replace('\\', "\\\\").replace('"', "\\\"");
+                format!("{}=\"{abs}\"", k.trim())
+            } else {
+                o.clone()
+            }
+        })
+        .collect()
+}
+
 /// Reads a TOML configuration document from `path` (none: empty), applies `--set`
 /// overrides, and deserialises it; errors name the file and the field.
 pub fn read_document<T: serde::de::DeserializeOwned>(
@@ -403,6 +433,14 @@ impl PretrainConfig {
         if self.sampling.kind == SamplingKind::FlopsBinned && self.sampling.bins == 0 {
             return bad("sampling.bins must be positive".into());
         }
+        match (&self.sampling.arch, self.sampling.kind) {
+            (Some(a), SamplingKind::Fixed) => {
+                self.space()?.parse_arch(a).map_err(|e| TrainError::Config(format!("sampling.arch: {e}")))?;
+            }
+            (None, SamplingKind::Fixed) => return bad("sampling.kind = \"fixed\" needs sampling.arch".into()),
+            (Some(_), _) => return bad("sampling.arch is only used with sampling.kind = \"fixed\"".into()),
+            (None, _) => {}
+        }
         self.max_backbone_macs()?;
         Ok(())
     }
@@ -435,6 +473,18 @@ impl PretrainConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn path_overrides_are_made_absolute_against_the_working_folder() {
+        let cwd = std::env::current_dir().unwrap();
+        let o = absolutize_path_overrides(
+            &["model.pretrained=runs/x".into(), "model.pretrained=\"/abs/y\"".into(), "seed=3".into()],
+            &["model.pretrained"],
+        );
+        assert_eq!(o[0], format!("model.pretrained=\"{}\"", cwd.join("runs/x").display()));
+        assert_eq!(o[1], "model.pretrained=\"/abs/y\"");
+        assert_eq!(o[2], "seed=3");
+    }
 
     const MINIMAL: &str = r#"
 seed = 1

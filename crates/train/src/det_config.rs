@@ -107,7 +107,18 @@ impl FinetuneConfig {
     /// Reads `path`, applies overrides, resolves relative paths against the file's folder,
     /// checks.
     pub fn load(path: &Path, overrides: &[String]) -> Result<FinetuneConfig, TrainError> {
-        let mut cfg: FinetuneConfig = read_document(Some(path), overrides)?;
+        let overrides = crate::config::absolutize_path_overrides(
+            overrides,
+            &[
+                "model.pretrained",
+                "data.source.train_json",
+                "data.source.train_images",
+                "data.source.test_json",
+                "data.source.test_images",
+                "data.source.test_root",
+            ],
+        );
+        let mut cfg: FinetuneConfig = read_document(Some(path), &overrides)?;
         if let Some(base) = path.parent() {
             cfg.resolve_paths(base);
         }

@@ -2,7 +2,9 @@
 //! * `kill_after_step:N` — SIGKILL this process right after step N's update (and its
 //!   checkpoint, if one is due);
 //! * `kill_during_save:N` — SIGKILL while checkpoint N is written, before it is published;
-//! * `nan_at_step:N` — make step N's loss NaN.
+//! * `nan_at_step:N` — make step N's loss NaN;
+//! * `kill_after_candidate:N` — SIGKILL a search right after its N-th ledgered candidate
+//!   (counted over the whole ledger).
 //!
 //! Kill tests run the real binary as a child and assert it died of SIGKILL.
 
@@ -35,4 +37,11 @@ pub fn during_save(step: u64) {
 /// Whether step `step`'s loss must be replaced by NaN.
 pub fn nan_at(step: u64) -> bool {
     value("nan_at_step") == Some(step)
+}
+
+/// Called after a search appended its `count`-th ledger entry.
+pub fn after_candidate(count: u64) {
+    if value("kill_after_candidate") == Some(count) {
+        kill_now();
+    }
 }

@@ -428,6 +428,20 @@ pub fn open_checkpoint(
     Ok((cfg, state, splits, det, vs))
 }
 
+/// Opens a fine-tuning checkpoint for inference only (no dataset is read): config, state,
+/// detector with weights loaded.
+pub fn open_model(
+    ckpt: &Path,
+    device: Device,
+) -> Result<(FinetuneConfig, FinetuneState, Detector, nn::VarStore), TrainError> {
+    let (_, path) = checkpoint::resolve(ckpt)?;
+    let (cfg, state) = read_meta(&path)?;
+    let (mut vs, det, _) = build_detector(&cfg, &state.space, state.categories.len(), device)?;
+    vs.load(path.join("model.safetensors"))
+        .map_err(|e| TrainError::Checkpoint { path: path.clone(), message: format!("model.safetensors: {e}") })?;
+    Ok((cfg, state, det, vs))
+}
+
 /// Global L2 norm clipping of the gradients of `vars` (those with a gradient).
 fn clip_gradients<'a>(vars: impl Iterator<Item = &'a (String, Tensor)>, max_norm: f64) -> f64 {
     tch::no_grad(|| {
@@ -646,7 +660,9 @@ pub fn run(
     let trained = step - start_step;
 
     // A few random paths (or the fixed one) after BN recalibration, on the test split.
-    let recal = Arc::new(recalibration_images(cfg, &splits.train, cfg.eval.recalibrate_images));
+    // `eval.recalibrate_images = 0` keeps the statistics training left (a trained child).
+    let recal = (cfg.eval.recalibrate_images > 0)
+        .then(|| Arc::new(recalibration_images(cfg, &splits.train, cfg.eval.recalibrate_images)));
     let mut eval_rng = seeded(mix_seed(cfg.seed, &[EVAL_STREAM]));
     let mut scores = Vec::new();
     let n_paths = if fixed.is_some() { 1 } else { cfg.eval.final_paths };
@@ -659,7 +675,7 @@ pub fn run(
         let mut s = evaluate_det(
             &det,
             arch_ref,
-            Some((recal.clone(), cfg.eval.bn_mode.into())),
+            recal.clone().map(|r| (r, cfg.eval.bn_mode.into())),
             splits.test.clone(),
             cfg,
             device,

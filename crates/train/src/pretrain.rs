@@ -286,6 +286,14 @@ pub fn run(cfg: &PretrainConfig, out: &Path, device: Device, opts: &RunOptions) 
     let sampler = match cfg.sampling.kind {
         SamplingKind::Uniform => PathSampler::uniform(&space, cfg.max_backbone_macs()?)?,
         SamplingKind::FlopsBinned => PathSampler::flops_binned(&space, cfg.max_backbone_macs()?, cfg.sampling.bins)?,
+        SamplingKind::Fixed => {
+            let text = cfg
+                .sampling
+                .arch
+                .as_deref()
+                .ok_or_else(|| TrainError::Config("sampling.kind = \"fixed\" needs sampling.arch".into()))?;
+            PathSampler::fixed(&space, space.parse_arch(text)?)
+        }
     };
     let schedule = cfg.schedule.lr_schedule();
     let mut metrics = MetricsLog::open(&out.join("metrics.jsonl"), step)?;

@@ -1,7 +1,9 @@
 //! The engine binary as a user runs it: outputs, JSON contracts, errors and exit codes.
 
 mod detect;
+mod pipeline;
 mod pretrain;
+mod search;
 
 use std::process::{Command, Output};
 

@@ -1,0 +1,238 @@
+//! `detnas run` on a shortened pipeline: every stage, the report, stage-level resume after
+//! SIGKILL mid-fine-tuning and mid-search with the same final result, export and predict on
+//! the exported folder.
+
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("detnas-pipe-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn engine(args: &[&str], fault: Option<&str>) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_detnas-engine"));
+    c.args(args);
+    if let Some(f) = fault {
+        c.env("DETNAS_FAULT", f);
+    }
+    c.output().unwrap()
+}
+
+fn ok(o: &Output) -> String {
+    assert!(o.status.success(), "status {:?}\n{}", o.status, String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Stage configs of a pipeline that runs in well under a minute.
+fn write_configs(d: &Path) -> PathBuf {
+    let space = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/demo/space.toml");
+    std::fs::write(
+        d.join("pretrain.toml"),
+        format!(
+            r#"seed = 3
+[model]
+space = "{space}"
+[data]
+input_size = 32
+eval_resize = 32
+[data.source]
+kind = "synthetic"
+train = {{ images = 64, size = 32, seed = 1 }}
+val = {{ images = 24, size = 32, seed = 2 }}
+[schedule]
+iterations = 8
+batch = 8
+lr = 0.1
+[runtime]
+checkpoint_every = 4
+[eval]
+recalibrate_images = 16
+batch = 8
+final_paths = 1
+"#,
+            space = space.display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("finetune.toml"),
+        format!(
+            r#"seed = 5
+[model]
+space = "{space}"
+[detector]
+fpn_channels = 16
+[detector.head]
+kind = "retinanet"
+num_convs = 1
+anchor_sizes = [16.0, 32.0, 64.0, 128.0, 256.0]
+[data]
+min_size = [64]
+max_size = 64
+test_min_size = 64
+search_val_images = 6
+[data.source]
+kind = "synthetic"
+train = {{ images = 30, width = 64, height = 64, classes = 3, seed = 1 }}
+test = {{ images = 6, width = 64, height = 64, classes = 3, seed = 2 }}
+[schedule]
+iterations = 16
+batch = 4
+lr = 0.02
+warmup_iters = 4
+[runtime]
+checkpoint_every = 4
+log_every = 2
+[eval]
+recalibrate_images = 8
+batch = 4
+final_paths = 1
+"#,
+            space = space.display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("search.toml"),
+        r#"seed = 1
+[supernet]
+checkpoint = "unused"
+[strategy]
+population = 4
+top_k = 2
+generations = 2
+mutations = 1
+crossovers = 1
+[constraint]
+input = [64, 64]
+max_backbone_macs = "2.8M"
+[eval]
+recalibrate_images = 8
+batch = 4
+"#,
+    )
+    .unwrap();
+    let p = d.join("pipeline.toml");
+    std::fs::write(
+        &p,
+        r#"name = "tiny"
+seed = 4
+device = "cpu"
+threads = 1
+[pretrain]
+config = "pretrain.toml"
+[finetune]
+config = "finetune.toml"
+[search]
+config = "search.toml"
+[retrain]
+mode = "scratch"
+cls_set = ["schedule.iterations=4"]
+det_set = ["schedule.iterations=6", "eval.recalibrate_images=0"]
+[baselines]
+clsnas_set = ["eval.val_images=16", "eval.batch=8"]
+"#,
+    )
+    .unwrap();
+    p
+}
+
+fn run(cfg: &Path, out: &Path, fault: Option<&str>) -> Output {
+    engine(&["run", "--no-progress", "--config", cfg.to_str().unwrap(), "--out", out.to_str().unwrap()], fault)
+}
+
+fn final_json(out: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(out.join("report/final.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn pipeline_runs_every_stage_resumes_after_kills_and_exports() {
+    let d = dir("run");
+    let cfg = write_configs(&d);
+    let reference = d.join("ref");
+    let printed = ok(&run(&cfg, &reference, None));
+    assert!(printed.contains("found architecture") && printed.contains("clsnas"), "{printed}");
+    let rows = final_json(&reference);
+    let labels: Vec<&str> = rows.as_array().unwrap().iter().map(|r| r["label"].as_str().unwrap()).collect();
+    assert_eq!(labels, ["found", "random", "clsnas"]);
+    for r in rows.as_array().unwrap() {
+        assert_eq!(r["stats"].as_array().unwrap().len(), 12);
+        assert!(r["backbone_macs"].as_u64().unwrap() <= 2_800_000, "{r}");
+    }
+    // Paper protocol: every retrained architecture went through classification first.
+    for l in ["found", "random", "clsnas"] {
+        assert!(reference.join(format!("retrain-{l}/cls/summary.json")).is_file(), "{l}");
+    }
+    let html = std::fs::read_to_string(reference.join("report/report.html")).unwrap();
+    for needle in ["DetNAS search", "ClsNAS search", "Pareto front", "architectures", "<svg", "retraining: detection"] {
+        assert!(html.contains(needle), "report.html lacks {needle}");
+    }
+    let md = std::fs::read_to_string(reference.join("report/report.md")).unwrap();
+    assert!(md.contains("| found |") && md.contains("plots/search_pareto.svg"), "{md}");
+    let plots = std::fs::read_dir(reference.join("report/plots")).unwrap().count();
+    assert!(plots >= 8, "{plots} plots");
+
+    // Killed during fine-tuning (step 10 of 16: pre-training has only 8), then during the
+    // search (after its 3rd candidate), then left to finish: the same final table.
+    let killed = d.join("killed");
+    let o = run(&cfg, &killed, Some("kill_after_step:10"));
+    assert_eq!(o.status.signal(), Some(9), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(killed.join("pretrain/stage.json").is_file() && !killed.join("finetune/stage.json").exists());
+    let o = run(&cfg, &killed, Some("kill_after_candidate:3"));
+    assert_eq!(o.status.signal(), Some(9), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(killed.join("finetune/stage.json").is_file() && !killed.join("search/stage.json").exists());
+    ok(&run(&cfg, &killed, None));
+    assert_eq!(final_json(&killed), final_json(&reference));
+
+    // The report regenerates from the folder alone.
+    std::fs::remove_dir_all(reference.join("report")).unwrap();
+    ok(&engine(&["report", reference.to_str().unwrap()], None));
+    assert_eq!(final_json(&reference), rows);
+
+    // Export, then predict with the exported detector.
+    let ex = d.join("export");
+    ok(&engine(&["export", reference.to_str().unwrap(), "--out", ex.to_str().unwrap()], None));
+    for f in ["arch.json", "backbone.safetensors", "name-mapping.tsv", "README.md"] {
+        assert!(ex.join(f).is_file(), "{f}");
+    }
+    let mapping = std::fs::read_to_string(ex.join("name-mapping.tsv")).unwrap();
+    assert!(mapping.contains("stem.conv.weight\tfirst_conv.conv.weight"), "{mapping}");
+    let img = reference.join("data/test/images");
+    let first = std::fs::read_dir(&img).unwrap().flatten().next().unwrap().path();
+    let pred = d.join("pred");
+    ok(&engine(
+        &[
+            "predict",
+            "--checkpoint",
+            ex.join("detector").to_str().unwrap(),
+            first.to_str().unwrap(),
+            "--out",
+            pred.to_str().unwrap(),
+            "--device",
+            "cpu",
+        ],
+        None,
+    ));
+    assert!(pred.join("detections.json").is_file());
+
+    // Another configuration into the same folder is refused.
+    let o = engine(
+        &[
+            "run",
+            "--no-progress",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--out",
+            reference.to_str().unwrap(),
+            "--set",
+            "seed=5",
+        ],
+        None,
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
+    std::fs::remove_dir_all(&d).unwrap();
+}

@@ -1,0 +1,304 @@
+//! `detnas search` end to end on real (tiny) supernets: DetNAS fitness on a fine-tuned
+//! detector with MACs and latency limits, exact resume after SIGKILL, parallel workers equal
+//! to the sequential run, `search show`, the ClsNAS fitness on a pre-trained supernet, and
+//! refusals.
+
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("detnas-search-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn engine(args: &[&str], fault: Option<&str>) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_detnas-engine"));
+    c.args(args);
+    if let Some(f) = fault {
+        c.env("DETNAS_FAULT", f);
+    }
+    c.output().unwrap()
+}
+
+fn ok(o: &Output) -> String {
+    assert!(o.status.success(), "status {:?}\n{}", o.status, String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn space() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/demo/space.toml").display().to_string()
+}
+
+fn finetune_config(data: &Path, search_val: usize) -> String {
+    format!(
+        r#"
+seed = 5
+[model]
+space = "{space}"
+[detector]
+fpn_channels = 16
+[detector.head]
+kind = "retinanet"
+num_convs = 1
+anchor_sizes = [16.0, 32.0, 64.0, 128.0, 256.0]
+[data]
+min_size = [64]
+max_size = 64
+test_min_size = 64
+search_val_images = {search_val}
+[data.source]
+kind = "synthetic"
+folder = "{data}"
+train = {{ images = 30, width = 64, height = 64, classes = 3, seed = 1 }}
+test = {{ images = 4, width = 64, height = 64, classes = 3, seed = 2 }}
+[schedule]
+iterations = 40
+batch = 4
+lr = 0.02
+warmup_iters = 5
+[runtime]
+device = "cpu"
+threads = 1
+checkpoint_every = 4
+log_every = 1
+[eval]
+recalibrate_images = 4
+batch = 4
+final_paths = 1
+"#,
+        space = space(),
+        data = data.display()
+    )
+}
+
+fn search_config(checkpoint: &Path, fitness: &str, extra: &str) -> String {
+    format!(
+        r#"
+seed = 2
+[supernet]
+checkpoint = "{ckpt}"
+fitness = "{fitness}"
+[strategy]
+population = 4
+top_k = 2
+generations = 3
+mutations = 1
+crossovers = 1
+[eval]
+recalibrate_images = 8
+batch = 4
+{extra}
+[runtime]
+device = "cpu"
+threads = 1
+"#,
+        ckpt = checkpoint.display()
+    )
+}
+
+fn search(cfg: &Path, out: &Path, extra: &[&str], fault: Option<&str>) -> Output {
+    let mut args = vec!["search", "--no-progress", "--config", cfg.to_str().unwrap(), "--out", out.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    engine(&args, fault)
+}
+
+fn json(p: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+/// The state without the per-process counters.
+fn state(out: &Path) -> serde_json::Value {
+    let mut s = json(&out.join("state.json"));
+    for h in s["history"].as_array_mut().unwrap() {
+        h["evaluated_now"] = serde_json::Value::Null;
+    }
+    s
+}
+
+fn ledger(out: &Path) -> Vec<(String, u64)> {
+    let mut v: Vec<(String, u64)> = std::fs::read_to_string(out.join("ledger.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let e: serde_json::Value = serde_json::from_str(l).unwrap();
+            (e["arch"].as_str().unwrap().to_string(), e["fitness"].as_f64().unwrap().to_bits())
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn detection_search_resumes_exactly_after_sigkill_and_parallel_equals_sequential() {
+    let d = dir("det");
+    let ft_cfg = d.join("ft.toml");
+    std::fs::write(&ft_cfg, finetune_config(&d.join("data"), 6)).unwrap();
+    let ft = d.join("ft");
+    ok(&engine(
+        &["finetune", "--no-progress", "--config", ft_cfg.to_str().unwrap(), "--out", ft.to_str().unwrap()],
+        None,
+    ));
+
+    // Limits: backbone MACs at 64x64 below the space's maximum, and a latency limit that
+    // needs the table (measured into the run folder, then reused).
+    let cfg = d.join("search.toml");
+    std::fs::write(
+        &cfg,
+        search_config(
+            &ft,
+            "det",
+            "[constraint]\ninput = [64, 64]\nmax_backbone_macs = \"2.8M\"\nmax_latency_ms = 1000.0\n",
+        ),
+    )
+    .unwrap();
+    let reference = d.join("ref");
+    let out = ok(&search(&cfg, &reference, &[], None));
+    assert!(out.contains("best ") && out.contains("AP"), "{out}");
+    assert!(reference.join("latency-table.json").is_file());
+    let best = json(&reference.join("best_arch.json"));
+    assert_eq!(best["evaluated"], 12);
+    assert_eq!(best["top_k"].as_array().unwrap().len(), 2);
+    assert_eq!(best["metrics"].as_array().unwrap().len(), 12, "the 12 COCO stats");
+    assert!(best["backbone_macs"].as_u64().unwrap() <= 2_800_000);
+    assert!(best["latency_ms"].as_f64().unwrap() > 0.0);
+    assert_eq!(best["provenance"]["seed"], 2);
+    assert_eq!(best["provenance"]["supernet_sha256"].as_str().unwrap().len(), 64);
+    let entries = ledger(&reference);
+    assert_eq!(entries.len(), 12);
+    let ap = best["fitness"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&ap), "{ap}");
+    let mut distinct: Vec<u64> = entries.iter().map(|e| e.1).collect();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert!(ap > 0.0 && distinct.len() >= 3, "the paths must score differently for the test to mean something");
+    // The same search folder: nothing left to do.
+    let again = ok(&search(&cfg, &reference, &[], None));
+    assert!(again.contains(best["arch"].as_str().unwrap()));
+
+    // Killed after candidate 6 (mid-generation 1): rerunning the command finishes with the
+    // same archive and the same ledger, evaluating only what was missing.
+    let killed = d.join("killed");
+    let o = search(&cfg, &killed, &[], Some("kill_after_candidate:6"));
+    assert_eq!(o.status.signal(), Some(9), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(ledger(&killed).len(), 6);
+    ok(&search(&cfg, &killed, &[], None));
+    assert_eq!(state(&killed), state(&reference));
+    assert_eq!(ledger(&killed), entries);
+    let archs = |b: &serde_json::Value| -> Vec<(String, f64)> {
+        b["top_k"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| (e["arch"].as_str().unwrap().into(), e["fitness"].as_f64().unwrap()))
+            .collect()
+    };
+    assert_eq!(archs(&json(&killed.join("best_arch.json"))), archs(&best));
+
+    // Two workers with one thread each: the sequential result.
+    let par = d.join("par");
+    ok(&search(&cfg, &par, &["--workers", "2", "--threads", "2"], None));
+    assert_eq!(state(&par), state(&reference));
+    assert_eq!(ledger(&par), entries);
+
+    // search show: tables and JSON.
+    let shown = ok(&engine(&["search", "show", reference.to_str().unwrap()], None));
+    for needle in [
+        "finished: 3 generations, 12 candidates",
+        "top-k best",
+        "backbone MACs <= 2.80M",
+        best["arch"].as_str().unwrap(),
+    ] {
+        assert!(shown.contains(needle), "{needle}\n{shown}");
+    }
+    let j: serde_json::Value =
+        serde_json::from_str(&ok(&engine(&["search", "show", "--json", killed.to_str().unwrap()], None))).unwrap();
+    assert_eq!(j["history"].as_array().unwrap().len(), 3);
+    assert_eq!(j["evaluated"], 12);
+
+    // Another configuration into the same folder is refused.
+    let o = search(&cfg, &reference, &["--set", "seed=9"], None);
+    assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
+
+    // A pre-training checkpoint is not a detector; a fine-tuning run without a
+    // search-validation split cannot be searched.
+    let ft0_cfg = d.join("ft0.toml");
+    std::fs::write(&ft0_cfg, finetune_config(&d.join("data0"), 0)).unwrap();
+    let ft0 = d.join("ft0");
+    ok(&engine(
+        &["finetune", "--no-progress", "--config", ft0_cfg.to_str().unwrap(), "--out", ft0.to_str().unwrap()],
+        None,
+    ));
+    let cfg0 = d.join("search0.toml");
+    std::fs::write(&cfg0, search_config(&ft0, "det", "")).unwrap();
+    let o = search(&cfg0, &d.join("s0"), &[], None);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("no search-validation split"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let cfg1 = d.join("search1.toml");
+    std::fs::write(&cfg1, search_config(&ft, "cls", "")).unwrap();
+    let o = search(&cfg1, &d.join("s1"), &[], None);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not a pre-training checkpoint"));
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn clsnas_fitness_searches_a_pretrained_supernet() {
+    let d = dir("cls");
+    let pcfg = d.join("pre.toml");
+    std::fs::write(
+        &pcfg,
+        format!(
+            r#"
+seed = 3
+[model]
+space = "{space}"
+[data]
+input_size = 32
+eval_resize = 32
+[data.source]
+kind = "synthetic"
+train = {{ images = 64, size = 32, seed = 1 }}
+val = {{ images = 24, size = 32, seed = 2 }}
+[schedule]
+iterations = 4
+batch = 8
+lr = 0.1
+[runtime]
+device = "cpu"
+threads = 1
+checkpoint_every = 4
+[eval]
+recalibrate_images = 16
+batch = 8
+final_paths = 1
+"#,
+            space = space()
+        ),
+    )
+    .unwrap();
+    let pre = d.join("pre");
+    ok(&engine(
+        &["pretrain", "--no-progress", "--config", pcfg.to_str().unwrap(), "--out", pre.to_str().unwrap()],
+        None,
+    ));
+    let cfg = d.join("search.toml");
+    std::fs::write(&cfg, search_config(&pre, "cls", "val_images = 16")).unwrap();
+    let out = d.join("s");
+    let printed = ok(&search(&cfg, &out, &["--set", "strategy.kind=\"random\""], None));
+    assert!(printed.contains("top1"), "{printed}");
+    let best = json(&out.join("best_arch.json"));
+    assert_eq!(best["fitness_kind"], "cls");
+    assert_eq!(best["strategy"], "random");
+    let top1 = best["fitness"].as_f64().unwrap();
+    // 16 validation images: top-1 is a multiple of 1/16.
+    assert_eq!((top1 * 16.0).fract(), 0.0, "{top1}");
+    assert_eq!(best["metrics"].as_array().unwrap().len(), 2);
+    std::fs::remove_dir_all(&d).unwrap();
+}

@@ -1,0 +1,146 @@
+//! The pipeline configuration (`detnas run --config pipeline.toml`): which stage configs to
+//! use (paths relative to this file) with `--set`-style overrides, the retraining protocol
+//! and the baselines.
+
+use crate::PipelineError;
+use detnas_train::config::read_document;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// One stage: a configuration file and overrides applied to it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageRef {
+    pub config: PathBuf,
+    #[serde(default)]
+    pub set: Vec<String>,
+}
+
+/// How the found architecture (and each baseline) is retrained.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RetrainMode {
+    /// The paper's protocol: the child network trained from scratch on classification (the
+    /// pre-training config with `sampling.kind = "fixed"`), then on detection.
+    #[default]
+    Scratch,
+    /// Detection training of the child starting from its weights inherited from the
+    /// pre-trained supernet (no classification retraining).
+    Inherit,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrainConfig {
+    #[serde(default)]
+    pub mode: RetrainMode,
+    /// Overrides of the pre-training config for the classification retraining (scratch).
+    #[serde(default)]
+    pub cls_set: Vec<String>,
+    /// Overrides of the fine-tuning config for the detection retraining.
+    #[serde(default)]
+    pub det_set: Vec<String>,
+}
+
+/// Baselines retrained with the same protocol as the found architecture.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BaselineConfig {
+    /// A random architecture under the search's constraint.
+    #[serde(default = "yes")]
+    pub random: bool,
+    /// The ClsNAS architecture: the same search with `fitness = "cls"` on the pre-trained
+    /// supernet.
+    #[serde(default = "yes")]
+    pub clsnas: bool,
+    /// Overrides of the search config for the ClsNAS search.
+    #[serde(default)]
+    pub clsnas_set: Vec<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for BaselineConfig {
+    fn default() -> BaselineConfig {
+        BaselineConfig { random: true, clsnas: true, clsnas_set: Vec::new() }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// A name for reports.
+    #[serde(default = "default_name")]
+    pub name: String,
+    /// Seed of the random baseline.
+    #[serde(default)]
+    pub seed: u64,
+    /// `cpu`, `cuda`, `cuda:N` or `auto` for every stage.
+    #[serde(default = "auto")]
+    pub device: String,
+    /// libtorch threads of every stage (default: libtorch's choice).
+    #[serde(default)]
+    pub threads: Option<i32>,
+    pub pretrain: StageRef,
+    pub finetune: StageRef,
+    pub search: StageRef,
+    pub retrain: RetrainConfig,
+    #[serde(default)]
+    pub baselines: BaselineConfig,
+}
+
+fn default_name() -> String {
+    "detnas".into()
+}
+
+fn auto() -> String {
+    "auto".into()
+}
+
+/// The embedded demo: `configs/demo/pipeline.toml` and the stage configs it names, compiled
+/// into the binary so `detnas run` works from any folder.
+pub const EMBEDDED: [(&str, &str); 5] = [
+    ("pipeline.toml", include_str!("../../../configs/demo/pipeline.toml")),
+    ("space.toml", include_str!("../../../configs/demo/space.toml")),
+    ("pretrain.toml", include_str!("../../../configs/demo/pretrain.toml")),
+    ("finetune-retinanet.toml", include_str!("../../../configs/demo/finetune-retinanet.toml")),
+    ("search.toml", include_str!("../../../configs/demo/search.toml")),
+];
+
+impl PipelineConfig {
+    /// Reads `path`, applies overrides, resolves the stage config paths against its folder.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<PipelineConfig, PipelineError> {
+        let mut cfg: PipelineConfig = read_document(Some(path), overrides)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for s in [&mut cfg.pretrain, &mut cfg.finetune, &mut cfg.search] {
+            if s.config.is_relative() {
+                s.config = base.join(&s.config);
+            }
+        }
+        for s in [&cfg.pretrain, &cfg.finetune, &cfg.search] {
+            if !s.config.is_file() {
+                return Err(PipelineError::Config(format!(
+                    "{}: stage config {} not found",
+                    path.display(),
+                    s.config.display()
+                )));
+            }
+        }
+        Ok(cfg)
+    }
+
+    /// Writes the embedded demo configs into `dir` (once; identical files are kept) and
+    /// returns the path of its pipeline.toml.
+    pub fn write_embedded(dir: &Path) -> Result<PathBuf, PipelineError> {
+        std::fs::create_dir_all(dir).map_err(|e| PipelineError::io(dir, e))?;
+        for (name, text) in EMBEDDED {
+            let p = dir.join(name);
+            if std::fs::read_to_string(&p).ok().as_deref() != Some(text) {
+                std::fs::write(&p, text).map_err(|e| PipelineError::io(&p, e))?;
+            }
+        }
+        Ok(dir.join("pipeline.toml"))
+    }
+}

@@ -1,0 +1,326 @@
+//! The run report: `RUN/report/report.md`, a self-contained `report.html` (SVG inline, no
+//! server needed) and `RUN/report/plots/*.svg`, built only from the files of the run folder,
+//! so `detnas report RUN` regenerates it at any time (sections of unfinished stages say so).
+
+use crate::PipelineError;
+use crate::plots;
+use crate::stages::{Retrained, dirs, finished};
+use detnas_search::engine::{SearchState, read_state};
+use detnas_search::ledger::LedgerEntry;
+use detnas_search::run::{BestArch, read_best};
+use detnas_space::{CostModel, LatencyTable, format_count};
+use detnas_train::checkpoint::write_atomic;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+const STAT_NAMES: [&str; 6] = ["AP", "AP50", "AP75", "APs", "APm", "APl"];
+
+/// One row of the final table.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct FinalRow {
+    pub label: String,
+    pub arch: String,
+    pub stats: Vec<f64>,
+    pub backbone_macs: u64,
+    pub backbone_params: u64,
+    pub latency_ms: Option<f64>,
+}
+
+fn curve(path: &Path, key: &str) -> Vec<(f64, f64)> {
+    let Ok(text) = std::fs::read_to_string(path) else { return Vec::new() };
+    text.lines()
+        .filter_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).ok()?;
+            Some((v.get("step")?.as_f64()?, v.get(key)?.as_f64()?))
+        })
+        .collect()
+}
+
+struct Search {
+    state: Option<SearchState>,
+    entries: Vec<LedgerEntry>,
+    best: Option<BestArch>,
+}
+
+fn search(dir: &Path) -> Search {
+    Search {
+        state: read_state(dir).ok().flatten(),
+        entries: detnas_search::ledger::read(&dir.join("ledger.jsonl")).unwrap_or_default(),
+        best: read_best(dir).ok(),
+    }
+}
+
+struct Section {
+    title: String,
+    md: String,
+    html: String,
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
+/// A table as Markdown and HTML.
+fn table(head: &[&str], rows: &[Vec<String>]) -> (String, String) {
+    let mut md = format!("| {} |\n|{}\n", head.join(" | "), "---|".repeat(head.len()));
+    let mut html = String::from("<table><tr>");
+    for h in head {
+        let _ = write!(html, "<th>{}</th>", esc(h));
+    }
+    html.push_str("</tr>");
+    for r in rows {
+        let _ = writeln!(md, "| {} |", r.join(" | "));
+        html.push_str("<tr>");
+        for c in r {
+            let _ = write!(html, "<td>{}</td>", esc(c));
+        }
+        html.push_str("</tr>");
+    }
+    html.push_str("</table>");
+    (md, html)
+}
+
+fn f4(v: f64) -> String {
+    if v < 0.0 { "—".into() } else { format!("{v:.3}") }
+}
+
+/// Writes the report of `run`; returns the report folder.
+pub fn write(run: &Path) -> Result<PathBuf, PipelineError> {
+    let out = dirs::report(run);
+    let plot_dir = out.join("plots");
+    std::fs::create_dir_all(&plot_dir).map_err(|e| PipelineError::io(&plot_dir, e))?;
+    let mut sections: Vec<Section> = Vec::new();
+    let plot = |name: &str, svg: Result<String, String>, sec: &mut Section| -> Result<(), PipelineError> {
+        let svg = svg.map_err(|e| PipelineError::Config(format!("plot {name}: {e}")))?;
+        let p = plot_dir.join(format!("{name}.svg"));
+        std::fs::write(&p, &svg).map_err(|e| PipelineError::io(&p, e))?;
+        let _ = writeln!(sec.md, "\n![{name}](plots/{name}.svg)\n");
+        let _ = write!(sec.html, "<div class=\"plot\">{svg}</div>");
+        Ok(())
+    };
+
+    // Configuration and stage timing.
+    let cfg_text = std::fs::read_to_string(run.join("pipeline.toml")).unwrap_or_else(|_| "(no pipeline.toml)".into());
+    let stage_dirs: Vec<(String, PathBuf)> = {
+        let mut v = vec![
+            ("data".to_string(), dirs::data(run)),
+            ("pretrain".into(), dirs::pretrain(run)),
+            ("finetune".into(), dirs::finetune(run)),
+            ("search".into(), dirs::search(run)),
+            ("search-cls".into(), dirs::search_cls(run)),
+        ];
+        for l in ["found", "random", "clsnas"] {
+            v.push((format!("retrain-{l}"), dirs::retrain(run, l)));
+        }
+        v
+    };
+    let mut rows = Vec::new();
+    let mut total = 0.0;
+    for (name, d) in &stage_dirs {
+        if let Some((s, _)) = finished::<serde_json::Value>(d) {
+            total += s;
+            rows.push(vec![name.clone(), format!("{s:.1}"), "done".into()]);
+        } else if d.exists() {
+            rows.push(vec![name.clone(), "—".into(), "unfinished".into()]);
+        }
+    }
+    rows.push(vec!["total".into(), format!("{total:.1}"), String::new()]);
+    let (md, html) = table(&["stage", "seconds", "status"], &rows);
+    let mut sec = Section { title: "Run".into(), md: String::new(), html: String::new() };
+    let _ =
+        writeln!(sec.md, "Run folder `{}`; code {}.\n\n{md}", run.display(), detnas_train::pretrain::code_version());
+    let _ = write!(
+        sec.html,
+        "<p>Run folder <code>{}</code>; code {}.</p>{html}<details><summary>configuration (pipeline.toml)</summary><pre>{}</pre></details>",
+        esc(&run.display().to_string()),
+        esc(&detnas_train::pretrain::code_version()),
+        esc(&cfg_text)
+    );
+    let _ = writeln!(
+        sec.md,
+        "<details><summary>configuration (pipeline.toml)</summary>\n\n```toml\n{cfg_text}\n```\n</details>\n"
+    );
+    sections.push(sec);
+
+    // Final table.
+    let found = search(&dirs::search(run));
+    let cls = search(&dirs::search_cls(run));
+    let latency = LatencyTable::read(&dirs::search(run).join("latency-table.json")).ok();
+    let mut final_rows = Vec::new();
+    for l in ["found", "random", "clsnas"] {
+        let Some((_, r)) = finished::<Retrained>(&dirs::retrain(run, l)) else { continue };
+        let Some(b) = &found.best else { continue };
+        let arch = b.space.parse_arch(&r.arch)?;
+        let c = detnas_space::cost(&b.space, &arch, &CostModel { input: b.input, classes: 1000 });
+        final_rows.push(FinalRow {
+            label: r.label.clone(),
+            arch: r.arch.clone(),
+            stats: r.det.paths.first().map(|p| p.stats.to_vec()).unwrap_or_default(),
+            backbone_macs: c.backbone_macs,
+            backbone_params: c.backbone_params,
+            latency_ms: latency.as_ref().and_then(|t| t.latency_ms(&arch).ok()),
+        });
+    }
+    let mut sec = Section {
+        title: "Result: retrained architectures on the test split".into(),
+        md: String::new(),
+        html: String::new(),
+    };
+    if final_rows.is_empty() {
+        sec.md.push_str("No architecture retrained yet.\n");
+        sec.html.push_str("<p>No architecture retrained yet.</p>");
+    } else {
+        let mut head: Vec<&str> = vec!["architecture", "choices"];
+        head.extend(STAT_NAMES);
+        head.extend(["backbone MACs", "params", "latency (ms)"]);
+        let rows: Vec<Vec<String>> = final_rows
+            .iter()
+            .map(|r| {
+                let mut v = vec![r.label.clone(), format!("`{}`", r.arch)];
+                v.extend(r.stats.iter().take(6).map(|&s| f4(s)));
+                v.push(format_count(r.backbone_macs));
+                v.push(format_count(r.backbone_params));
+                v.push(r.latency_ms.map(|l| format!("{l:.2}")).unwrap_or_else(|| "—".into()));
+                v
+            })
+            .collect();
+        let (md, html) = table(&head, &rows);
+        let note = "found = DetNAS search (AP on the search-validation split); random = a random architecture under the same limit; clsnas = search by classification top-1 on the pre-trained supernet. All retrained with the same protocol and evaluated on the test split, which no earlier stage saw.";
+        let _ = write!(sec.md, "{md}\n{note}\n");
+        let _ = write!(sec.html, "{html}<p>{note}</p>");
+        std::fs::write(out.join("final.json"), serde_json::to_string_pretty(&final_rows).expect("serialisable"))
+            .map_err(|e| PipelineError::io(out.join("final.json"), e))?;
+    }
+    // Architecture figure.
+    if let Some(b) = &found.best {
+        let mut rows: Vec<(String, Vec<u8>)> = vec![(format!("DetNAS {}", b.arch), b.space.parse_arch(&b.arch)?.ids())];
+        if let Some(c) = &cls.best {
+            rows.push((format!("ClsNAS {}", c.arch), b.space.parse_arch(&c.arch)?.ids()));
+        }
+        if let Some(r) = final_rows.iter().find(|r| r.label == "random") {
+            rows.push((format!("random {}", r.arch), b.space.parse_arch(&r.arch)?.ids()));
+        }
+        plot("architectures", plots::architectures(&rows, &b.space.stage_ends()), &mut sec)?;
+    }
+    sections.push(sec);
+
+    // Search.
+    for (title, s, metric) in [("DetNAS search", &found, "AP (search-val)"), ("ClsNAS search", &cls, "top-1")] {
+        let Some(state) = &s.state else { continue };
+        let mut sec = Section { title: title.into(), md: String::new(), html: String::new() };
+        let name = if title.starts_with("Det") { "search" } else { "search_cls" };
+        let best: Vec<(f64, f64)> = state.history.iter().map(|h| (h.generation as f64, h.elite_best)).collect();
+        let mean: Vec<(f64, f64)> = state.history.iter().map(|h| (h.generation as f64, h.mean)).collect();
+        let topk: Vec<(f64, f64)> = state.history.iter().map(|h| (h.generation as f64, h.elite_mean)).collect();
+        if !best.is_empty() {
+            plot(
+                &format!("{name}_progress"),
+                plots::lines(
+                    &format!("{title}: fitness per generation"),
+                    "generation",
+                    metric,
+                    &[("best so far".into(), best), ("top-k mean".into(), topk), ("generation mean".into(), mean)],
+                ),
+                &mut sec,
+            )?;
+        }
+        if let Some(b) = &s.best {
+            let limit = b.provenance.config.lines().find_map(|l| {
+                l.strip_prefix("max_backbone_macs = ").and_then(|v| v.trim().trim_matches('"').parse::<f64>().ok())
+            });
+            let pts: Vec<(f64, f64, bool)> =
+                s.entries.iter().map(|e| (e.backbone_macs as f64 / 1e6, e.fitness, e.arch == b.arch)).collect();
+            plot(
+                &format!("{name}_pareto"),
+                plots::pareto(&format!("{title}: every candidate"), metric, &pts, limit.map(|l| l / 1e6)),
+                &mut sec,
+            )?;
+            let rows: Vec<Vec<String>> = b
+                .top_k
+                .iter()
+                .enumerate()
+                .map(|(i, e)| {
+                    vec![
+                        (i + 1).to_string(),
+                        format!("`{}`", e.arch),
+                        format!("{:.4}", e.fitness),
+                        format_count(e.backbone_macs),
+                        format_count(e.backbone_params),
+                        e.generation.to_string(),
+                    ]
+                })
+                .collect();
+            let (md, html) = table(&["rank", "arch", "fitness", "MACs", "params", "generation"], &rows);
+            let n = s.entries.len().max(1) as f64;
+            let recal = s.entries.iter().map(|e| e.recalibration_seconds).sum::<f64>() / n;
+            let eval = s.entries.iter().map(|e| e.evaluation_seconds).sum::<f64>() / n;
+            let text = format!(
+                "{} candidates under {}; {:.2} s BN recalibration + {:.2} s evaluation per candidate. Top-{}:",
+                s.entries.len(),
+                b.constraint,
+                recal,
+                eval,
+                b.top_k.len()
+            );
+            let _ = write!(sec.md, "{text}\n\n{md}\n");
+            let _ = write!(sec.html, "<p>{}</p>{html}", esc(&text));
+        }
+        sections.push(sec);
+    }
+
+    // Training curves.
+    let mut sec = Section { title: "Training curves".into(), md: String::new(), html: String::new() };
+    let pre = curve(&dirs::pretrain(run).join("metrics.jsonl"), "loss");
+    if !pre.is_empty() {
+        plot(
+            "pretrain_loss",
+            plots::lines("supernet pre-training", "step", "loss", &[("loss".into(), pre)]),
+            &mut sec,
+        )?;
+    }
+    let ft = curve(&dirs::finetune(run).join("metrics.jsonl"), "loss");
+    if !ft.is_empty() {
+        plot(
+            "finetune_loss",
+            plots::lines("supernet fine-tuning (detection)", "step", "loss", &[("loss".into(), ft)]),
+            &mut sec,
+        )?;
+    }
+    let mut cls_curves = Vec::new();
+    let mut det_curves = Vec::new();
+    for l in ["found", "random", "clsnas"] {
+        let d = dirs::retrain(run, l);
+        let c = curve(&d.join("cls/metrics.jsonl"), "loss");
+        if !c.is_empty() {
+            cls_curves.push((l.to_string(), c));
+        }
+        let c = curve(&d.join("det/metrics.jsonl"), "loss");
+        if !c.is_empty() {
+            det_curves.push((l.to_string(), c));
+        }
+    }
+    if !cls_curves.is_empty() {
+        plot("retrain_cls_loss", plots::lines("retraining: classification", "step", "loss", &cls_curves), &mut sec)?;
+    }
+    if !det_curves.is_empty() {
+        plot("retrain_det_loss", plots::lines("retraining: detection", "step", "loss", &det_curves), &mut sec)?;
+    }
+    sections.push(sec);
+
+    let mut md = String::from("# DetNAS run report\n\n");
+    let mut html = String::from(
+        "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>DetNAS run report</title><style>\
+         body{font-family:sans-serif;max-width:1000px;margin:2em auto;padding:0 1em;color:#222}\
+         table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}\
+         th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}.plot{margin:1em 0}\
+         pre{background:#f7f7f7;padding:1em;overflow:auto}</style></head><body><h1>DetNAS run report</h1>",
+    );
+    for s in &sections {
+        let _ = write!(md, "## {}\n\n{}\n", s.title, s.md);
+        let _ = write!(html, "<h2>{}</h2>{}", esc(&s.title), s.html);
+    }
+    html.push_str("</body></html>\n");
+    write_atomic(&out.join("report.md"), md.as_bytes())?;
+    write_atomic(&out.join("report.html"), html.as_bytes())?;
+    Ok(out)
+}

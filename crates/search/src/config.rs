@@ -1,0 +1,356 @@
+//! The search configuration (`detnas search --config cfg.toml`).
+
+use crate::SearchError;
+use detnas_space::{Constraint, CostModel, InputSize, parse_count};
+use detnas_train::config::{BnModeConfig, read_document};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SearchConfig {
+    /// Seed of the search's random streams (initial population, operators).
+    #[serde(default)]
+    pub seed: u64,
+    pub supernet: SupernetRef,
+    #[serde(default)]
+    pub strategy: StrategyConfig,
+    #[serde(default)]
+    pub constraint: ConstraintConfig,
+    #[serde(default)]
+    pub eval: SearchEvalConfig,
+    #[serde(default)]
+    pub runtime: SearchRuntime,
+}
+
+/// The trained supernet whose paths are scored.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SupernetRef {
+    /// A run folder (its latest checkpoint) or a `step-N` checkpoint folder: a fine-tuning
+    /// run for `fitness = "det"`, a pre-training run for `fitness = "cls"`.
+    pub checkpoint: PathBuf,
+    #[serde(default)]
+    pub fitness: FitnessKind,
+}
+
+/// What a candidate is scored by.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FitnessKind {
+    /// Box AP of the detector on the search-validation split (DetNAS).
+    #[default]
+    Det,
+    /// Top-1 of the classification supernet on its validation set (the ClsNAS baseline).
+    Cls,
+}
+
+/// Evolution (the reference algorithm) or random search (the baseline: only random fill).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StrategyKind {
+    #[default]
+    Evolution,
+    Random,
+}
+
+/// Evolution parameters; defaults are the reference's (SinglePathOneShot/DetNAS
+/// `search.py`): population 50, top-10 parents, 20 mutations (p = 0.1 per gene) + 20
+/// crossovers (p = 0.5) + random fill, 20 generations.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StrategyConfig {
+    pub kind: StrategyKind,
+    /// Candidates per generation (the first generation is all random).
+    pub population: usize,
+    /// Size of the elitist archive the parents are drawn from (and of the reported top-k).
+    pub top_k: usize,
+    pub generations: usize,
+    /// Mutants per generation.
+    pub mutations: usize,
+    /// Probability that a gene is resampled in a mutation.
+    pub mutation_prob: f64,
+    /// Crossover children per generation.
+    pub crossovers: usize,
+    /// Draws allowed per wanted mutant or crossover child (rejections by constraint or
+    /// because already evaluated): the reference's 10.
+    pub max_attempts: usize,
+    /// Random architectures drawn at most per generation to fill the population (the
+    /// reference draws until full, which never ends in a nearly exhausted space).
+    pub max_random_draws: usize,
+}
+
+impl Default for StrategyConfig {
+    fn default() -> StrategyConfig {
+        StrategyConfig {
+            kind: StrategyKind::Evolution,
+            population: 50,
+            top_k: 10,
+            generations: 20,
+            mutations: 20,
+            mutation_prob: 0.1,
+            crossovers: 20,
+            max_attempts: 10,
+            max_random_draws: 100_000,
+        }
+    }
+}
+
+/// A count written as a number or as `"300M"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Count(pub u64);
+
+impl Serialize for Count {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Count {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Count, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u64),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(n) => Ok(Count(n)),
+            Raw::S(s) => parse_count(&s).map(Count).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// Limits every candidate must respect; counted analytically at `input` (classification
+/// convention: the paper's 300M / 1.3G are backbone MACs at 224×224).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConstraintConfig {
+    pub max_backbone_macs: Option<Count>,
+    pub max_backbone_params: Option<Count>,
+    /// Summed per-op latency limit (ms) from a table measured on the search device.
+    pub max_latency_ms: Option<f64>,
+    /// Where the latency table is cached (default: `latency-table.json` in the run folder);
+    /// measured when missing.
+    pub latency_table: Option<PathBuf>,
+    /// `[height, width]` the counts and latencies are taken at.
+    pub input: [u64; 2],
+}
+
+impl Default for ConstraintConfig {
+    fn default() -> ConstraintConfig {
+        ConstraintConfig {
+            max_backbone_macs: None,
+            max_backbone_params: None,
+            max_latency_ms: None,
+            latency_table: None,
+            input: [224, 224],
+        }
+    }
+}
+
+impl ConstraintConfig {
+    pub fn constraint(&self) -> Constraint {
+        Constraint {
+            max_backbone_macs: self.max_backbone_macs.map(|c| c.0),
+            max_backbone_params: self.max_backbone_params.map(|c| c.0),
+        }
+    }
+
+    pub fn cost_model(&self) -> CostModel {
+        CostModel { input: InputSize { height: self.input[0], width: self.input[1] }, classes: 1000 }
+    }
+
+    /// One line for reports.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(m) = self.max_backbone_macs {
+            parts.push(format!("backbone MACs <= {}", detnas_space::format_count(m.0)));
+        }
+        if let Some(p) = self.max_backbone_params {
+            parts.push(format!("backbone params <= {}", detnas_space::format_count(p.0)));
+        }
+        if let Some(l) = self.max_latency_ms {
+            parts.push(format!("latency <= {l} ms"));
+        }
+        if parts.is_empty() {
+            "none".into()
+        } else {
+            format!("{} (at {}x{})", parts.join(", "), self.input[0], self.input[1])
+        }
+    }
+}
+
+/// Metric of detection fitness.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DetMetric {
+    /// COCO AP@[.5:.95] (DetNAS).
+    #[default]
+    Ap,
+    Ap50,
+}
+
+/// How each candidate is scored.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SearchEvalConfig {
+    /// Training images the BN statistics of each candidate are recomputed on.
+    pub recalibrate_images: usize,
+    /// Batch of recalibration and evaluation forwards.
+    pub batch: usize,
+    /// `exact` (average over all recalibration images) or `ema` (the official procedure).
+    pub bn_mode: BnModeConfig,
+    /// Use only the first N images of the validation split (default: all).
+    pub val_images: Option<usize>,
+    pub metric: DetMetric,
+}
+
+impl Default for SearchEvalConfig {
+    fn default() -> SearchEvalConfig {
+        SearchEvalConfig {
+            recalibrate_images: 200,
+            batch: 32,
+            bn_mode: BnModeConfig::Exact,
+            val_images: None,
+            metric: DetMetric::Ap,
+        }
+    }
+}
+
+/// Where and how fast; does not change results.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SearchRuntime {
+    /// `cpu`, `cuda`, `cuda:N` or `auto`.
+    pub device: String,
+    /// libtorch threads in total (split among CPU workers).
+    pub threads: Option<i32>,
+    /// Parallel evaluation workers (default: one per GPU, else 1).
+    pub workers: Option<usize>,
+    /// Batches prepared ahead by the loaders.
+    pub prefetch: usize,
+    /// Finished search folders of the same supernet with the same `[eval]` settings whose
+    /// scores are reused instead of evaluating those candidates again.
+    pub reuse: Vec<PathBuf>,
+}
+
+impl Default for SearchRuntime {
+    fn default() -> SearchRuntime {
+        SearchRuntime { device: "auto".into(), threads: None, workers: None, prefetch: 2, reuse: Vec::new() }
+    }
+}
+
+impl SearchConfig {
+    /// Reads `path`, applies `--set` overrides, resolves relative paths against the file's
+    /// folder, checks.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<SearchConfig, SearchError> {
+        let overrides = detnas_train::config::absolutize_path_overrides(
+            overrides,
+            &["supernet.checkpoint", "constraint.latency_table"],
+        );
+        let mut cfg: SearchConfig = read_document(Some(path), &overrides)?;
+        if let Some(base) = path.parent() {
+            let fix = |p: &mut PathBuf| {
+                if p.is_relative() && !p.as_os_str().is_empty() {
+                    *p = base.join(&*p);
+                }
+            };
+            fix(&mut cfg.supernet.checkpoint);
+            if let Some(p) = &mut cfg.constraint.latency_table {
+                fix(p);
+            }
+            cfg.runtime.reuse.iter_mut().for_each(fix);
+        }
+        cfg.check()?;
+        Ok(cfg)
+    }
+
+    pub fn check(&self) -> Result<(), SearchError> {
+        let bad = |m: &str| Err(SearchError::Config(m.to_string()));
+        let s = &self.strategy;
+        if s.population == 0 || s.generations == 0 || s.top_k == 0 || s.max_attempts == 0 || s.max_random_draws == 0 {
+            return bad("strategy.population, generations, top_k, max_attempts and max_random_draws must be positive");
+        }
+        if !(0.0..=1.0).contains(&s.mutation_prob) {
+            return bad("strategy.mutation_prob must be in [0, 1]");
+        }
+        if s.kind == StrategyKind::Evolution && s.mutations + s.crossovers > s.population {
+            return bad("strategy.mutations + strategy.crossovers must not exceed strategy.population");
+        }
+        if self.eval.batch == 0 {
+            return bad("eval.batch must be positive");
+        }
+        if self.eval.val_images == Some(0) {
+            return bad("eval.val_images must be positive (leave it out for the whole split)");
+        }
+        if self.constraint.input.contains(&0) {
+            return bad("constraint.input must be positive");
+        }
+        if self.constraint.max_latency_ms.is_some_and(|l| !(l.is_finite() && l > 0.0)) {
+            return bad("constraint.max_latency_ms must be positive");
+        }
+        if self.runtime.workers == Some(0) {
+            return bad("runtime.workers must be at least 1");
+        }
+        Ok(())
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("a config always serialises")
+    }
+
+    /// SHA-256 over what determines the search's result (not the runtime).
+    pub fn result_hash(&self) -> String {
+        let v = serde_json::json!({
+            "seed": self.seed, "supernet": self.supernet, "strategy": self.strategy,
+            "constraint": self.constraint, "eval": self.eval,
+        });
+        format!("{:x}", Sha256::digest(v.to_string().as_bytes()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_reference_and_counts_parse() {
+        let cfg: SearchConfig = toml::from_str(
+            "[supernet]\ncheckpoint = \"x\"\n[constraint]\nmax_backbone_macs = \"300M\"\nmax_backbone_params = 3000000\n",
+        )
+        .unwrap();
+        cfg.check().unwrap();
+        let s = &cfg.strategy;
+        assert_eq!((s.population, s.top_k, s.generations, s.mutations, s.crossovers), (50, 10, 20, 20, 20));
+        assert_eq!(s.mutation_prob, 0.1);
+        assert_eq!(cfg.constraint.constraint().max_backbone_macs, Some(300_000_000));
+        assert_eq!(cfg.constraint.constraint().max_backbone_params, Some(3_000_000));
+        assert_eq!(cfg.supernet.fitness, FitnessKind::Det);
+        let back: SearchConfig = toml::from_str(&cfg.to_toml()).unwrap();
+        assert_eq!(back, cfg);
+        assert_eq!(back.result_hash(), cfg.result_hash());
+        let mut other = cfg.clone();
+        other.runtime.workers = Some(4);
+        assert_eq!(other.result_hash(), cfg.result_hash(), "runtime does not change results");
+        other.seed = 1;
+        assert_ne!(other.result_hash(), cfg.result_hash());
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        let base = "[supernet]\ncheckpoint = \"x\"\n";
+        for (extra, needle) in [
+            ("[strategy]\npopulation = 0\n", "population"),
+            ("[strategy]\nmutation_prob = 1.5\n", "mutation_prob"),
+            ("[strategy]\npopulation = 10\nmutations = 8\ncrossovers = 8\n", "must not exceed"),
+            ("[constraint]\nmax_latency_ms = -1.0\n", "max_latency_ms"),
+        ] {
+            let cfg: SearchConfig = toml::from_str(&format!("{base}{extra}")).unwrap();
+            assert!(cfg.check().unwrap_err().to_string().contains(needle), "{extra}");
+        }
+        assert!(toml::from_str::<SearchConfig>(&format!("{base}[constraint]\nmax_backbone_macs = \"3Q\"\n")).is_err());
+        assert!(toml::from_str::<SearchConfig>(&format!("{base}[strategy]\npopulaton = 3\n")).is_err());
+    }
+}

@@ -1,0 +1,222 @@
+//! The two fitness functions of the paper, on a trained supernet:
+//!
+//! * [`DetEvaluator`] (DetNAS): the fine-tuned supernet detector; per candidate, every BN
+//!   statistic of the path (backbone, FPN, heads) is reset and recomputed on training
+//!   images in training mode without gradients, then box AP is measured on the
+//!   search-validation split — the split the fine-tuning run carved out of the training set
+//!   and recorded in its checkpoint (checked here), never trained on.
+//! * [`ClsEvaluator`] (ClsNAS baseline): the pre-trained classification supernet; BN
+//!   recalibration on training images, then top-1 on its validation set.
+
+use crate::SearchError;
+use crate::config::{DetMetric, FitnessKind, SearchConfig, SearchEvalConfig};
+use crate::workers::{Evaluation, Evaluator};
+use detnas_data::Subset;
+use detnas_data::det::DetDataset;
+use detnas_detect::Detector;
+use detnas_nn::{BnMode, Supernet};
+use detnas_space::{Arch, SearchSpace};
+use detnas_train::FinetuneConfig;
+use detnas_train::checkpoint::{resolve, sha256_file};
+use detnas_train::evaluate::{EvalData, evaluate_path};
+use detnas_train::finetune::{self, evaluate_det, recalibration_images};
+use detnas_train::pretrain::{self, SharedDataset};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tch::{Device, nn};
+
+/// What the search needs to know about the supernet before loading it.
+#[derive(Clone, Debug)]
+pub struct SupernetInfo {
+    pub kind: FitnessKind,
+    pub space: SearchSpace,
+    /// The resolved `step-N` checkpoint folder.
+    pub checkpoint: PathBuf,
+    pub step: u64,
+    /// SHA-256 of its `model.safetensors`.
+    pub model_sha256: String,
+}
+
+impl SupernetInfo {
+    /// Resolves and verifies the checkpoint of `cfg.supernet`.
+    pub fn open(cfg: &SearchConfig) -> Result<SupernetInfo, SearchError> {
+        let (step, path) = resolve(&cfg.supernet.checkpoint)?;
+        let space = match cfg.supernet.fitness {
+            FitnessKind::Det => {
+                let (fcfg, state) = finetune::read_meta(&path).map_err(|_| {
+                    SearchError::Config(format!(
+                        "{} is not a fine-tuning checkpoint (fitness = \"det\" needs one; use fitness = \"cls\" for a pre-training run)",
+                        path.display()
+                    ))
+                })?;
+                if fcfg.model.arch.is_some() {
+                    return Err(SearchError::Config(format!(
+                        "{} holds a fixed child network (model.arch), not a supernet",
+                        path.display()
+                    )));
+                }
+                state.space
+            }
+            FitnessKind::Cls => {
+                let (_, state) = pretrain::read_checkpoint_meta(&path).map_err(|_| {
+                    SearchError::Config(format!(
+                        "{} is not a pre-training checkpoint (fitness = \"cls\" needs one)",
+                        path.display()
+                    ))
+                })?;
+                state.space
+            }
+        };
+        let model_sha256 = sha256_file(&path.join("model.safetensors"))?;
+        Ok(SupernetInfo { kind: cfg.supernet.fitness, space, checkpoint: path, step, model_sha256 })
+    }
+
+    /// Opens an evaluator of this supernet on `device` (the caller's thread owns it).
+    pub fn evaluator(
+        &self,
+        eval: &SearchEvalConfig,
+        prefetch: usize,
+        device: Device,
+    ) -> Result<Box<dyn Evaluator>, SearchError> {
+        Ok(match self.kind {
+            FitnessKind::Det => Box::new(DetEvaluator::open(&self.checkpoint, eval, prefetch, device)?),
+            FitnessKind::Cls => Box::new(ClsEvaluator::open(&self.checkpoint, eval, prefetch, device)?),
+        })
+    }
+}
+
+/// Detection fitness of supernet paths (see the module documentation).
+pub struct DetEvaluator {
+    det: Detector,
+    _vs: nn::VarStore,
+    cfg: FinetuneConfig,
+    recal: Arc<DetDataset>,
+    val: Arc<DetDataset>,
+    mode: BnMode,
+    metric: DetMetric,
+    device: Device,
+}
+
+impl DetEvaluator {
+    pub fn open(
+        ckpt: &Path,
+        eval: &SearchEvalConfig,
+        prefetch: usize,
+        device: Device,
+    ) -> Result<DetEvaluator, SearchError> {
+        let (mut cfg, state, splits, det, vs) = finetune::open_checkpoint(ckpt, device)?;
+        if state.search_val_ids.is_empty() {
+            return Err(SearchError::Config(format!(
+                "{}: the fine-tuning run carved no search-validation split (data.search_val_images = 0); \
+                 the search must not score candidates on the test split",
+                ckpt.display()
+            )));
+        }
+        let mut recorded = state.search_val_ids.clone();
+        let mut carved: Vec<u64> = splits.search_val.images.iter().map(|i| i.id).collect();
+        recorded.sort_unstable();
+        carved.sort_unstable();
+        if recorded != carved {
+            return Err(SearchError::Config(format!(
+                "{}: the search-validation split carved now ({} images) differs from the one recorded at fine-tuning ({} images): the data changed",
+                ckpt.display(),
+                carved.len(),
+                recorded.len()
+            )));
+        }
+        let train_ids: std::collections::HashSet<u64> = splits.train.images.iter().map(|i| i.id).collect();
+        if splits.search_val.images.iter().any(|i| train_ids.contains(&i.id)) {
+            return Err(SearchError::Config("the search-validation split overlaps the fine-tuning images".into()));
+        }
+        let val = match eval.val_images {
+            Some(n) if n < splits.search_val.len() => Arc::new(splits.search_val.subset(&(0..n).collect::<Vec<_>>())),
+            _ => splits.search_val.clone(),
+        };
+        cfg.eval.batch = eval.batch;
+        cfg.runtime.prefetch = prefetch;
+        let recal = Arc::new(recalibration_images(&cfg, &splits.train, eval.recalibrate_images));
+        Ok(DetEvaluator { det, _vs: vs, cfg, recal, val, mode: eval.bn_mode.into(), metric: eval.metric, device })
+    }
+
+    /// The validation images.
+    pub fn val(&self) -> &DetDataset {
+        &self.val
+    }
+}
+
+impl Evaluator for DetEvaluator {
+    fn evaluate(&mut self, arch: &Arch) -> Result<Evaluation, SearchError> {
+        let s = evaluate_det(
+            &self.det,
+            Some(arch),
+            Some((self.recal.clone(), self.mode)),
+            self.val.clone(),
+            &self.cfg,
+            self.device,
+        )?;
+        let fitness = match self.metric {
+            DetMetric::Ap => s.stats[0],
+            DetMetric::Ap50 => s.stats[1],
+        };
+        Ok(Evaluation {
+            fitness,
+            metrics: s.stats.to_vec(),
+            recalibration_seconds: s.recalibration_seconds,
+            evaluation_seconds: s.evaluation_seconds,
+        })
+    }
+}
+
+/// Classification fitness (top-1) of supernet paths: the ClsNAS baseline.
+pub struct ClsEvaluator {
+    net: Supernet,
+    _vs: nn::VarStore,
+    recal: SharedDataset,
+    val: SharedDataset,
+    data: EvalData,
+    mode: BnMode,
+    device: Device,
+}
+
+impl ClsEvaluator {
+    pub fn open(
+        ckpt: &Path,
+        eval: &SearchEvalConfig,
+        prefetch: usize,
+        device: Device,
+    ) -> Result<ClsEvaluator, SearchError> {
+        let (_, path) = resolve(ckpt)?;
+        let (pcfg, state) = pretrain::read_checkpoint_meta(&path)?;
+        let (train, val) = pretrain::open_datasets(&pcfg, Some(&state.classes))?;
+        let (mut vs, net) = pretrain::build_supernet(&state.space, state.classes.len(), device);
+        pretrain::load_weights(&path, &mut vs, None)?;
+        let recal = pretrain::recalibration_set(&pcfg, train, Some(eval.recalibrate_images));
+        let val: SharedDataset = match eval.val_images {
+            Some(n) if n < val.len() => Arc::new(Subset::new(val, (0..n).collect())),
+            _ => val,
+        };
+        let mut data = pretrain::eval_data(&pcfg);
+        data.batch = eval.batch;
+        data.prefetch = prefetch;
+        Ok(ClsEvaluator { net, _vs: vs, recal, val, data, mode: eval.bn_mode.into(), device })
+    }
+}
+
+impl Evaluator for ClsEvaluator {
+    fn evaluate(&mut self, arch: &Arch) -> Result<Evaluation, SearchError> {
+        let s = evaluate_path(
+            &self.net,
+            arch,
+            Some((self.recal.clone(), self.mode)),
+            self.val.clone(),
+            &self.data,
+            self.device,
+        )?;
+        Ok(Evaluation {
+            fitness: s.top1,
+            metrics: vec![s.top1, s.top5],
+            recalibration_seconds: s.recalibration_seconds,
+            evaluation_seconds: s.evaluation_seconds,
+        })
+    }
+}

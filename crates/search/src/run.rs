@@ -1,0 +1,266 @@
+//! `detnas search`: a search run folder from a configuration.
+//!
+//! ```text
+//! RUN/config.toml         the resolved configuration
+//! RUN/latency-table.json  per-op latencies (when a latency limit is used and no path given)
+//! RUN/ledger.jsonl        every evaluated candidate (fsynced)
+//! RUN/state.json          the archive and history after the last finished generation
+//! RUN/best_arch.json      the result, with provenance
+//! ```
+
+use crate::SearchError;
+use crate::config::{FitnessKind, SearchConfig, StrategyKind};
+use crate::engine::{self, Outcome, SearchSetup};
+use crate::evolution::Limits;
+use crate::fitness::SupernetInfo;
+use crate::ledger::LedgerEntry;
+use crate::workers::{EvaluatorFactory, Workers};
+use detnas_nn::latency::{device_name, measure_table};
+use detnas_space::{InputSize, LatencyTable, SearchSpace};
+use detnas_train::checkpoint::{claim_run_dir, write_atomic};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tch::Device;
+
+/// Options of one invocation (not part of the configuration).
+#[derive(Clone, Debug)]
+pub struct SearchOptions {
+    pub out: PathBuf,
+    /// Devices of the workers (worker `i` uses `devices[i % len]`).
+    pub devices: Vec<Device>,
+    pub workers: usize,
+    /// libtorch threads of each worker.
+    pub threads_per_worker: Option<i32>,
+    pub progress: bool,
+}
+
+/// Where a result comes from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Provenance {
+    pub supernet_checkpoint: PathBuf,
+    pub supernet_step: u64,
+    pub supernet_sha256: String,
+    pub config_hash: String,
+    pub config: String,
+    pub seed: u64,
+    pub code_version: String,
+}
+
+/// `best_arch.json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BestArch {
+    pub arch: String,
+    pub space: SearchSpace,
+    pub backbone_macs: u64,
+    pub backbone_params: u64,
+    /// Input size the counts are taken at.
+    pub input: InputSize,
+    pub latency_ms: Option<f64>,
+    pub fitness: f64,
+    /// `det` (box AP on the search-validation split) or `cls` (top-1).
+    pub fitness_kind: FitnessKind,
+    pub metric: String,
+    pub metrics: Vec<f64>,
+    pub strategy: StrategyKind,
+    pub constraint: String,
+    pub evaluated: usize,
+    pub provenance: Provenance,
+    /// The final top-k, best first.
+    pub top_k: Vec<LedgerEntry>,
+}
+
+/// What a finished search reports.
+#[derive(Clone, Debug)]
+pub struct SearchReport {
+    pub best: BestArch,
+    pub outcome: Outcome,
+    pub mean_recalibration_seconds: f64,
+    pub mean_evaluation_seconds: f64,
+}
+
+fn metric_name(cfg: &SearchConfig) -> String {
+    match cfg.supernet.fitness {
+        FitnessKind::Cls => "top1".into(),
+        FitnessKind::Det => match cfg.eval.metric {
+            crate::config::DetMetric::Ap => "AP".into(),
+            crate::config::DetMetric::Ap50 => "AP50".into(),
+        },
+    }
+}
+
+/// The latency table of a search: read from its cache when it matches, else measured on
+/// `device` and cached.
+pub fn latency_table(
+    cfg: &SearchConfig,
+    space: &SearchSpace,
+    out: &Path,
+    device: Device,
+) -> Result<LatencyTable, SearchError> {
+    let input = cfg.constraint.cost_model().input;
+    let path = cfg.constraint.latency_table.clone().unwrap_or_else(|| out.join("latency-table.json"));
+    if path.is_file() {
+        let t = LatencyTable::read(&path)?;
+        t.check_matches(space, input, &device_name(device))
+            .map_err(|e| SearchError::Config(format!("{}: {e}", path.display())))?;
+        return Ok(t);
+    }
+    tracing::info!(
+        "measuring the latency table of '{}' at {}x{} on {}",
+        space.name,
+        input.height,
+        input.width,
+        device_name(device)
+    );
+    let t = measure_table(space, input, 1, device, 20);
+    t.write(&path)?;
+    Ok(t)
+}
+
+/// Scores of `cfg.runtime.reuse` folders: each must be a search of the same supernet
+/// checkpoint (same weights hash) with the same fitness and `[eval]` settings.
+fn reused_scores(
+    cfg: &SearchConfig,
+    info: &SupernetInfo,
+) -> Result<std::collections::HashMap<detnas_space::Arch, crate::Evaluation>, SearchError> {
+    let mut prior = std::collections::HashMap::new();
+    for dir in &cfg.runtime.reuse {
+        let refuse = |why: &str| Err(SearchError::Config(format!("runtime.reuse: {}: {why}", dir.display())));
+        let text = std::fs::read_to_string(dir.join("config.toml"))
+            .map_err(|e| SearchError::io(dir.join("config.toml"), e))?;
+        let other: SearchConfig =
+            toml::from_str(&text).map_err(|e| SearchError::Config(format!("{}/config.toml: {e}", dir.display())))?;
+        let best = read_best(dir)?;
+        if best.provenance.supernet_sha256 != info.model_sha256 {
+            return refuse("scored another supernet checkpoint");
+        }
+        if other.eval != cfg.eval || other.supernet.fitness != cfg.supernet.fitness {
+            return refuse("used other [eval] settings or another fitness");
+        }
+        for e in crate::ledger::read(&crate::engine::ledger_path(dir))? {
+            let arch = info.space.parse_arch(&e.arch)?;
+            prior.insert(
+                arch,
+                crate::Evaluation {
+                    fitness: e.fitness,
+                    metrics: e.metrics,
+                    recalibration_seconds: e.recalibration_seconds,
+                    evaluation_seconds: e.evaluation_seconds,
+                },
+            );
+        }
+    }
+    if !prior.is_empty() {
+        tracing::info!("reusing {} scores from {} earlier search(es)", prior.len(), cfg.runtime.reuse.len());
+    }
+    Ok(prior)
+}
+
+/// Runs (or resumes) the search of `cfg` into `opts.out`.
+pub fn search(cfg: &SearchConfig, opts: &SearchOptions) -> Result<SearchReport, SearchError> {
+    cfg.check()?;
+    let hash = cfg.result_hash();
+    let config_toml = cfg.to_toml();
+    claim_run_dir(
+        &opts.out,
+        &config_toml,
+        &hash,
+        |old| toml::from_str::<SearchConfig>(old).ok().map(|c| c.result_hash()),
+        false,
+    )?;
+    let info = SupernetInfo::open(cfg)?;
+    let devices = if opts.devices.is_empty() { vec![Device::Cpu] } else { opts.devices.clone() };
+    let latency = if cfg.constraint.max_latency_ms.is_some() || cfg.constraint.latency_table.is_some() {
+        Some(latency_table(cfg, &info.space, &opts.out, devices[0])?)
+    } else {
+        None
+    };
+    let limits = Limits {
+        space: info.space.clone(),
+        constraint: cfg.constraint.constraint(),
+        model: cfg.constraint.cost_model(),
+        max_latency_ms: cfg.constraint.max_latency_ms,
+        latency,
+    };
+    let prior = reused_scores(cfg, &info)?;
+    let setup = SearchSetup {
+        strategy: cfg.strategy.clone(),
+        seed: cfg.seed,
+        limits: limits.clone(),
+        config_hash: hash.clone(),
+        dir: opts.out.clone(),
+        progress: opts.progress,
+        prior,
+    };
+    let finished = engine::read_state(&opts.out)?.is_some_and(|s| s.finished);
+    let outcome = if finished {
+        // Nothing to evaluate: do not load the supernet.
+        let entries = crate::ledger::read(&engine::ledger_path(&opts.out))?;
+        let state = engine::read_state(&opts.out)?.expect("present");
+        Outcome { top: engine::top_entries(&state, &entries), state, entries, evaluated_now: 0 }
+    } else {
+        let (info2, eval, prefetch, threads) =
+            (info.clone(), cfg.eval.clone(), cfg.runtime.prefetch, opts.threads_per_worker);
+        let devs = devices.clone();
+        let factory: EvaluatorFactory = Arc::new(move |w| {
+            if let Some(t) = threads {
+                tch::set_num_threads(t);
+            }
+            info2.evaluator(&eval, prefetch, devs[w % devs.len()])
+        });
+        let mut workers = Workers::new(factory, opts.workers.max(1))?;
+        tracing::info!(
+            "searching {} ({:?}, {} fitness) with {} worker(s); constraint: {}",
+            info.space.name,
+            cfg.strategy.kind,
+            metric_name(cfg),
+            workers.count(),
+            cfg.constraint.describe()
+        );
+        engine::run(&setup, &mut workers)?
+    };
+    let top = outcome.top.first().ok_or_else(|| SearchError::Config("the search evaluated no candidate".into()))?;
+    let best = BestArch {
+        arch: top.arch.clone(),
+        space: info.space.clone(),
+        backbone_macs: top.backbone_macs,
+        backbone_params: top.backbone_params,
+        input: limits.model.input,
+        latency_ms: top.latency_ms,
+        fitness: top.fitness,
+        fitness_kind: cfg.supernet.fitness,
+        metric: metric_name(cfg),
+        metrics: top.metrics.clone(),
+        strategy: cfg.strategy.kind,
+        constraint: cfg.constraint.describe(),
+        evaluated: outcome.entries.len(),
+        provenance: Provenance {
+            supernet_checkpoint: info.checkpoint.clone(),
+            supernet_step: info.step,
+            supernet_sha256: info.model_sha256.clone(),
+            config_hash: hash,
+            config: config_toml,
+            seed: cfg.seed,
+            code_version: detnas_train::pretrain::code_version(),
+        },
+        top_k: outcome.top.clone(),
+    };
+    write_atomic(
+        &opts.out.join("best_arch.json"),
+        serde_json::to_string_pretty(&best).expect("serialisable").as_bytes(),
+    )?;
+    let n = outcome.entries.len().max(1) as f64;
+    Ok(SearchReport {
+        mean_recalibration_seconds: outcome.entries.iter().map(|e| e.recalibration_seconds).sum::<f64>() / n,
+        mean_evaluation_seconds: outcome.entries.iter().map(|e| e.evaluation_seconds).sum::<f64>() / n,
+        best,
+        outcome,
+    })
+}
+
+/// Reads `best_arch.json` of a search folder.
+pub fn read_best(dir: &Path) -> Result<BestArch, SearchError> {
+    let p = dir.join("best_arch.json");
+    let text = std::fs::read_to_string(&p).map_err(|e| SearchError::io(&p, e))?;
+    serde_json::from_str(&text).map_err(|e| SearchError::Ledger { path: p, line: 0, message: e.to_string() })
+}

@@ -1,0 +1,175 @@
+//! Candidate evaluation on one or several workers.
+//!
+//! An [`Evaluator`] scores architectures on one thread (it owns its own copy of the network,
+//! since BN recalibration writes the statistics). With one worker the evaluator runs on the
+//! calling thread; with N, each worker thread builds its own evaluator through the factory
+//! and takes candidates from a shared queue. Every candidate's score depends only on the
+//! architecture, so the results equal the sequential run's whatever the order of completion.
+
+use crate::SearchError;
+use detnas_space::Arch;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+/// The score of one candidate.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Evaluation {
+    pub fitness: f64,
+    /// Every number the evaluation produced (COCO's 12 stats, or top-1/top-5).
+    pub metrics: Vec<f64>,
+    pub recalibration_seconds: f64,
+    pub evaluation_seconds: f64,
+}
+
+/// Scores architectures; lives on one thread.
+pub trait Evaluator {
+    fn evaluate(&mut self, arch: &Arch) -> Result<Evaluation, SearchError>;
+}
+
+/// Builds worker `i`'s evaluator, on that worker's thread.
+pub type EvaluatorFactory = Arc<dyn Fn(usize) -> Result<Box<dyn Evaluator>, SearchError> + Send + Sync>;
+
+type Job = (usize, Arch);
+type Done = (usize, Arch, usize, Result<Evaluation, SearchError>);
+
+struct Pool {
+    jobs: Option<Sender<Job>>,
+    done: Receiver<Done>,
+    abort: Arc<AtomicBool>,
+    handles: Vec<JoinHandle<()>>,
+}
+
+/// One or several evaluators.
+pub struct Workers {
+    inline: Option<Box<dyn Evaluator>>,
+    pool: Option<Pool>,
+    count: usize,
+}
+
+impl std::fmt::Debug for Workers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Workers({})", self.count)
+    }
+}
+
+impl Workers {
+    /// Starts `n` workers; returns once every evaluator is built (or the first error).
+    pub fn new(factory: EvaluatorFactory, n: usize) -> Result<Workers, SearchError> {
+        if n <= 1 {
+            return Ok(Workers { inline: Some(factory(0)?), pool: None, count: 1 });
+        }
+        let (job_tx, job_rx) = channel::<Job>();
+        let job_rx = Arc::new(Mutex::new(job_rx));
+        let (done_tx, done_rx) = channel::<Done>();
+        let (ready_tx, ready_rx) = channel::<Result<(), SearchError>>();
+        let abort = Arc::new(AtomicBool::new(false));
+        let mut handles = Vec::new();
+        for w in 0..n {
+            let (factory, job_rx, done_tx, ready_tx, abort) =
+                (factory.clone(), job_rx.clone(), done_tx.clone(), ready_tx.clone(), abort.clone());
+            let h = std::thread::Builder::new()
+                .name(format!("search-worker-{w}"))
+                .spawn(move || {
+                    let mut eval = match factory(w) {
+                        Ok(e) => {
+                            let _ = ready_tx.send(Ok(()));
+                            e
+                        }
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    loop {
+                        let job = job_rx.lock().expect("queue lock").recv();
+                        let Ok((i, arch)) = job else { return };
+                        if abort.load(Ordering::SeqCst) {
+                            return;
+                        }
+                        let r = eval.evaluate(&arch);
+                        if done_tx.send((i, arch, w, r)).is_err() {
+                            return;
+                        }
+                    }
+                })
+                .map_err(|e| SearchError::Config(format!("cannot start worker thread: {e}")))?;
+            handles.push(h);
+        }
+        drop(ready_tx);
+        let mut pool = Pool { jobs: Some(job_tx), done: done_rx, abort, handles };
+        for _ in 0..n {
+            match ready_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    pool.shutdown();
+                    return Err(e);
+                }
+                Err(_) => {
+                    pool.shutdown();
+                    return Err(SearchError::Config("a worker thread stopped while starting".into()));
+                }
+            }
+        }
+        Ok(Workers { inline: None, pool: Some(pool), count: n })
+    }
+
+    /// Number of workers.
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    /// Evaluates `jobs` (`(index, arch)`), calling `on_done(index, arch, worker, evaluation)`
+    /// as each finishes; stops at the first error (of an evaluation or of `on_done`).
+    pub fn run(
+        &mut self,
+        jobs: Vec<(usize, Arch)>,
+        on_done: &mut dyn FnMut(usize, Arch, usize, Evaluation) -> Result<(), SearchError>,
+    ) -> Result<(), SearchError> {
+        if let Some(e) = &mut self.inline {
+            for (i, arch) in jobs {
+                let r = e.evaluate(&arch)?;
+                on_done(i, arch, 0, r)?;
+            }
+            return Ok(());
+        }
+        let pool = self.pool.as_mut().expect("a pool when not inline");
+        let n = jobs.len();
+        for j in jobs {
+            pool.jobs
+                .as_ref()
+                .expect("open queue")
+                .send(j)
+                .map_err(|_| SearchError::Config("workers stopped".into()))?;
+        }
+        for _ in 0..n {
+            let (i, arch, w, r) =
+                pool.done.recv().map_err(|_| SearchError::Config("a worker thread stopped unexpectedly".into()))?;
+            let outcome = r.and_then(|ev| on_done(i, arch, w, ev));
+            if let Err(e) = outcome {
+                pool.abort.store(true, Ordering::SeqCst);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Pool {
+    fn shutdown(&mut self) {
+        self.abort.store(true, Ordering::SeqCst);
+        self.jobs = None;
+        for h in self.handles.drain(..) {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        if let Some(p) = &mut self.pool {
+            p.shutdown();
+        }
+    }
+}
