@@ -4,4 +4,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
 cargo build --release --locked -p detnas -p detnas-cli
-exec target/release/detnas demo "$@"
+exec target/release/detnas run "$@"

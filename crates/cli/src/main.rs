@@ -3,8 +3,8 @@
 //! 0 ok, 2 usage or configuration, 3 data, 4 numerical, 5 checkpoint, 1 anything else.
 
 mod args;
+mod bench_cmd;
 mod data_cmd;
-mod demo;
 mod eval_cmd;
 mod finetune_cmd;
 mod net_cmd;
@@ -48,11 +48,14 @@ enum Command {
     /// Generate built-in synthetic data.
     #[command(subcommand)]
     Data(data_cmd::DataCommand),
-    /// The embedded demo (no download, CPU).
-    Demo(demo::DemoArgs),
+    /// The embedded demo: the whole pipeline on built-in synthetic data, CPU, no download
+    /// (the same as `detnas run` without --config).
+    Demo(run_cmd::RunArgs),
     /// The whole pipeline: data, pre-training, fine-tuning, search, retraining, baselines,
     /// report (no arguments: the embedded demo). Re-running resumes.
     Run(run_cmd::RunArgs),
+    /// Measure one benchmark item (bench/run.sh runs them all, beside PyTorch).
+    Bench(bench_cmd::BenchArgs),
     /// Regenerate the report of a run folder.
     Report(run_cmd::ReportArgs),
     /// Export the found architecture: official-name weights for PyTorch, detector for predict.
@@ -112,9 +115,10 @@ fn main() -> ExitCode {
         Command::Search(a) => search_cmd::run(a),
         Command::Predict(a) => predict_cmd::run(a),
         Command::Data(c) => data_cmd::run(c),
-        Command::Demo(a) => demo::run(a),
+        Command::Demo(a) => run_cmd::run(a),
         Command::Run(a) => run_cmd::run(a),
         Command::Report(a) => run_cmd::report(a),
+        Command::Bench(a) => bench_cmd::run(a),
         Command::Export(a) => run_cmd::export(a),
     };
     match result {

@@ -47,9 +47,18 @@ pub fn official_name(space: &SearchSpace, arch: &Arch, name: &str) -> Option<Str
     let (i, rest) = rest.split_once('.')?;
     let i: usize = i.parse().ok()?;
     let slot = space.slots().into_iter().nth(i)?;
-    let ends = space.stage_ends();
-    let stage = ends.iter().filter(|&&e| i >= e).count();
-    let start = if stage == 0 { 0 } else { ends[stage - 1] };
+    // Index of the first block of each stage.
+    let starts: Vec<usize> = space
+        .depths
+        .iter()
+        .scan(0usize, |acc, &d| {
+            let s = *acc;
+            *acc += d as usize;
+            Some(s)
+        })
+        .collect();
+    let stage = starts.iter().rposition(|&s| i >= s)?;
+    let start = starts[stage];
     let sr = format!("{}{}", stage + 1, (b'a' + (i - start) as u8) as char);
     let choice = *arch.choices().get(i)?;
     let (part, rest) = rest.split_once('.')?;

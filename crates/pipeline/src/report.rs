@@ -200,7 +200,16 @@ pub fn write(run: &Path) -> Result<PathBuf, PipelineError> {
         if let Some(r) = final_rows.iter().find(|r| r.label == "random") {
             rows.push((format!("random {}", r.arch), b.space.parse_arch(&r.arch)?.ids()));
         }
-        plot("architectures", plots::architectures(&rows, &b.space.stage_ends()), &mut sec)?;
+        let starts: Vec<usize> = b
+            .space
+            .depths
+            .iter()
+            .scan(0usize, |acc, &d| {
+                *acc += d as usize;
+                Some(*acc)
+            })
+            .collect();
+        plot("architectures", plots::architectures(&rows, &starts), &mut sec)?;
     }
     sections.push(sec);
 

@@ -215,6 +215,10 @@ pub fn run(cfg: &PipelineConfig, opts: &PipelineOptions) -> Result<PipelineOutco
     let mut scfg = SearchConfig::load(&cfg.search.config, &with(&cfg.search.set, &[], &ro))?;
     scfg.supernet.checkpoint = dirs::finetune(run);
     scfg.supernet.fitness = FitnessKind::Det;
+    // Latency of every candidate for the report: measured once into the search folder.
+    if scfg.constraint.latency_table.is_none() {
+        scfg.constraint.latency_table = Some(dirs::search(run).join("latency-table.json"));
+    }
     let found: BestArch =
         stage(
             &dirs::search(run),

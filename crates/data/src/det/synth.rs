@@ -137,7 +137,15 @@ impl SyntheticDetConfig {
                 .map(|i| {
                     let (img, objs) = self.render(i);
                     let p = img_dir.join(format!("{i:06}.png"));
-                    img.save(&p).map_err(|e| DataError::Decode { path: p.clone(), message: e.to_string() })?;
+                    // Fast deflate: the set is written once per run and read many times.
+                    let err = |e: String| DataError::Decode { path: p.clone(), message: e };
+                    let f = std::io::BufWriter::new(std::fs::File::create(&p).map_err(|e| err(e.to_string()))?);
+                    let enc = image::codecs::png::PngEncoder::new_with_quality(
+                        f,
+                        image::codecs::png::CompressionType::Fast,
+                        image::codecs::png::FilterType::Sub,
+                    );
+                    img.write_with_encoder(enc).map_err(|e| err(e.to_string()))?;
                     Ok(objs)
                 })
                 .collect::<Result<_, DataError>>()?;

@@ -1,0 +1,222 @@
+"""PyTorch reference of `detnas bench` (eager mode, same machine, same threads).
+
+The supernet is the official DetNAS definition (megvii-model/DetNAS Supernet-ImageNet
+`shuffle_blocks.py`, `detnasnet.py`; restated in crates/nn/tests/fixtures/golden/make_golden.py
+with detnas's parameter names, which pins detnas to it numerically). Items, shapes, the path
+sequence (exported by detnas: `paths.json`), warm-up and repetitions follow `detnas bench`.
+
+    python bench.py ITEM --paths paths.json --space space.json [--reps 5] [--threads N]
+    python bench.py check --weights supernet.safetensors --io io.safetensors --space space.json
+
+Prints one JSON line like detnas (img/s median, min, max, peak RSS).
+"""
+import argparse
+import json
+import os
+import resource
+import struct
+import sys
+import time
+
+import torch
+import torch.nn as nn
+
+KERNEL = {0: 3, 1: 5, 2: 7, 3: 3}
+SMALL = {"name": "small", "stem": 16, "widths": [64, 160, 320, 640], "depths": [4, 4, 8, 4], "last_conv": 1024,
+         "choices": [0, 1, 2, 3]}
+
+
+def conv_bn(cin, cout, k, stride, depthwise, bias=False, relu=False):
+    m = nn.Sequential()
+    m.add_module("conv", nn.Conv2d(cin, cout, k, stride, k // 2, groups=cin if depthwise else 1, bias=bias))
+    m.add_module("bn", nn.BatchNorm2d(cout))
+    if relu:
+        m.add_module("relu", nn.ReLU())
+    return m
+
+
+def channel_shuffle1(x):
+    b, c, h, w = x.shape
+    x = x.view(b, 2, c // 2, h, w).transpose(1, 2).contiguous().view(b, c, h, w)
+    return x[:, : c // 2], x[:, c // 2:]
+
+
+class Op(nn.Module):
+    def __init__(self, cin, out, stride, choice):
+        super().__init__()
+        self.stride = stride
+        mid = out // 2
+        bin_, bout = (cin // 2, out // 2) if stride == 1 else (cin, out - cin)
+        k = KERNEL[choice]
+        if choice < 3:
+            units = [conv_bn(bin_, mid, 1, 1, False, relu=True), conv_bn(mid, mid, k, stride, True),
+                     conv_bn(mid, bout, 1, 1, False)]
+        else:
+            units = [conv_bn(bin_, bin_, 3, stride, True), conv_bn(bin_, mid, 1, 1, False, relu=True),
+                     conv_bn(mid, mid, 3, 1, True), conv_bn(mid, mid, 1, 1, False, relu=True),
+                     conv_bn(mid, mid, 3, 1, True), conv_bn(mid, bout, 1, 1, False)]
+        self.branch = nn.Sequential(*units)
+        if stride == 2:
+            self.proj = nn.Sequential(conv_bn(cin, cin, k, 2, True), conv_bn(cin, cin, 1, 1, False, relu=True))
+
+    def forward(self, x):
+        if self.stride == 1:
+            x_proj, x = channel_shuffle1(x)
+        else:
+            x_proj = self.proj(x)
+        return torch.cat((x_proj, torch.relu(self.branch(x))), 1)
+
+
+class Supernet(nn.Module):
+    def __init__(self, space, classes):
+        super().__init__()
+        self.stem = conv_bn(3, space["stem"], 3, 2, False, bias=True, relu=True)
+        blocks, cin = [], space["stem"]
+        for w, d in zip(space["widths"], space["depths"]):
+            for j in range(d):
+                ops = nn.ModuleDict({str(c): Op(cin, w, 2 if j == 0 else 1, c) for c in space.get("choices", [0, 1, 2, 3])})
+                blocks.append(ops)
+                cin = w
+        self.features = nn.ModuleList(blocks)
+        self.head = nn.Module()
+        self.head.last_conv = conv_bn(cin, space["last_conv"], 1, 1, False, bias=True, relu=True)
+        self.head.fc = nn.Linear(space["last_conv"], classes)
+
+    def forward(self, x, path):
+        x = self.stem(x)
+        for i, c in enumerate(path):
+            x = self.features[i][str(c)](x)
+        y = self.head.last_conv(x)
+        y = nn.functional.dropout2d(y, 0.2, self.training)
+        return self.head.fc(y.mean(dim=(2, 3)))
+
+
+def read_safetensors(path):
+    with open(path, "rb") as f:
+        data = f.read()
+    n = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8:8 + n])
+    body = data[8 + n:]
+    dt = {"F32": torch.float32, "I64": torch.int64, "F64": torch.float64}
+    out = {}
+    for k, v in header.items():
+        if k == "__metadata__":
+            continue
+        a, b = v["data_offsets"]
+        out[k] = torch.frombuffer(bytearray(body[a:b]), dtype=dt[v["dtype"]]).reshape(v["shape"]).clone()
+    return out
+
+
+def peak_rss_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def timed(reps, f):
+    f(0)
+    t = []
+    for r in range(1, reps + 1):
+        s = time.perf_counter()
+        f(r)
+        t.append(time.perf_counter() - s)
+    return t
+
+
+def sgd_step(net, path, lr=0.1, momentum=0.9, wd=4e-5, bufs={}):
+    """detnas's PathSgd: momentum SGD on the sampled path's parameters only (plus stem and
+    head), weight decay on conv/FC weights."""
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if p.grad is None:
+                continue
+            d = p.grad + wd * p if (name.endswith(".weight") and p.dim() >= 2) else p.grad.clone()
+            if name in bufs:
+                bufs[name].mul_(momentum).add_(d)
+                d = bufs[name]
+            else:
+                bufs[name] = d.clone()
+            p.sub_(lr * d)
+            p.grad = None
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("item")
+    ap.add_argument("--paths")
+    ap.add_argument("--space")
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--threads", type=int)
+    ap.add_argument("--weights")
+    ap.add_argument("--io")
+    a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    demo = json.load(open(a.space)) if a.space else None
+    if a.item == "check":
+        net = Supernet(demo, 10)
+        state = read_safetensors(a.weights)
+        missing = net.load_state_dict({k: v for k, v in state.items()}, strict=False)
+        assert not missing.missing_keys or all(k.endswith("num_batches_tracked") for k in missing.missing_keys), missing
+        io = read_safetensors(a.io)
+        net.eval()
+        worst = 0.0
+        for p in json.load(open(a.paths)):
+            with torch.no_grad():
+                y = net(io["x"], [int(c) for c in p])
+            ref = io[f"logits.{p}"]
+            worst = max(worst, ((y - ref).abs().max() / ref.abs().max().clamp_min(1.0)).item())
+        print(json.dumps({"item": "check", "max_relative_difference": worst}))
+        sys.exit(0 if worst < 1e-4 else 1)
+    paths = [[int(c) for c in p] for p in json.load(open(a.paths))]
+    small = a.item.endswith("small")
+    space, side, classes = (SMALL, 224, 1000) if small else (demo, 32, 10)
+    net = Supernet(space, classes)
+    if a.item.startswith("cls-"):
+        batch = 32 if small else 64
+        x = torch.randn(batch, 3, side, side)
+        y = torch.randint(0, classes, (batch,))
+        if "train" in a.item:
+            net.train()
+            lossf = nn.CrossEntropyLoss()
+
+            def step(r):
+                loss = lossf(net(x, paths[r]), y)
+                loss.backward()
+                sgd_step(net, paths[r])
+        else:
+            net.eval()
+
+            def step(r):
+                with torch.no_grad():
+                    net(x, paths[r])
+        t = timed(a.reps, step)
+        per = batch
+    elif a.item.startswith("recal-"):
+        batch, n = (32, 256) if small else (200, 1000)
+        xs = [torch.randn(batch, 3, side, side) for _ in range(n // batch)]
+
+        def step(r):
+            # The official procedure: reset, then training-mode forwards with cumulative
+            # averaging (momentum None), no gradients.
+            for m in net.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.reset_running_stats()
+                    m.momentum = None
+            net.train()
+            with torch.no_grad():
+                for x in xs:
+                    net(x, paths[r])
+        t = timed(a.reps, step)
+        per = n
+    else:
+        print(json.dumps({"item": a.item, "impl": "pytorch", "error": "not implemented in the reference"}))
+        return
+    s = sorted(t)
+    print(json.dumps({"item": a.item, "impl": "pytorch", "unit": "img/s", "median": per / s[len(s) // 2],
+                      "min": per / s[-1], "max": per / s[0], "median_seconds": s[len(s) // 2], "reps": len(t),
+                      "threads": torch.get_num_threads(), "device": "cpu", "peak_rss_mb": peak_rss_mb(),
+                      "torch": torch.__version__}))
+
+
+if __name__ == "__main__":
+    main()
