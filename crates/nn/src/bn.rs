@@ -6,8 +6,12 @@
 //! reports its input to it:
 //!
 //! * [`BnMode::Exact`] (default): the running mean and variance become the exact mean and
-//!   (unbiased) variance of the BN's input over *all* recalibration images — sums of `x` and
-//!   `x²` in f64 across batches — so the result does not depend on the order of the batches.
+//!   (unbiased) variance of the BN's input over *all* recalibration images. Each batch's
+//!   mean and biased variance come out of the BN forward itself (libtorch's
+//!   `native_batch_norm`, no extra pass over the activations); batches are pooled in f64 with
+//!   Chan's parallel formula (`M2 += n_b·var_b + δ²·n·n_b/(n + n_b)`), which stays accurate
+//!   when the mean is large against the spread, so the result does not depend on how the
+//!   images are split into batches (to float rounding of the per-batch statistics).
 //!   Inside the forward each BN still normalises with its batch's statistics, as in training
 //!   (and as the official code), so deeper BNs see what training-mode batches produce: with
 //!   the whole set in one batch this is exactly each BN's batch statistics.
@@ -31,10 +35,15 @@ pub enum BnMode {
 struct Entry {
     running_mean: Tensor,
     running_var: Tensor,
-    sum: Tensor,
-    sum_sq: Tensor,
+    /// Pooled mean (f64, per channel).
+    mean: Tensor,
+    /// Pooled sum of squared deviations (f64, per channel).
+    m2: Tensor,
     count: i64,
 }
+
+/// ε of every BN of these networks (PyTorch's default, see `layers::batch_norm`).
+const EPS: f64 = 1e-5;
 
 struct Session {
     mode: BnMode,
@@ -62,19 +71,29 @@ pub(crate) fn observe(bn: &nn::BatchNorm, y: &Tensor) -> Option<Tensor> {
             Entry {
                 running_mean: bn.running_mean.shallow_clone(),
                 running_var: bn.running_var.shallow_clone(),
-                sum: zeros.copy(),
-                sum_sq: zeros,
+                mean: zeros.copy(),
+                m2: zeros,
                 count: 0,
             }
         });
-        if mode == BnMode::Exact {
-            let yd = y.to_kind(Kind::Double);
-            entry.sum += yd.sum_dim_intlist(&[0i64, 2, 3][..], false, Kind::Double);
-            entry.sum_sq += (&yd * &yd).sum_dim_intlist(&[0i64, 2, 3][..], false, Kind::Double);
-            let s = y.size();
-            entry.count += s[0] * s[2] * s[3];
+        if mode == BnMode::Ema {
+            return Some(bn.forward_t(y, true));
         }
-        Some(bn.forward_t(y, true))
+        // Training-mode BN without touching the running statistics; its saved batch mean and
+        // inverse std give this batch's statistics.
+        let (out, mean_b, invstd) =
+            y.native_batch_norm(bn.ws.as_ref(), bn.bs.as_ref(), None::<&Tensor>, None::<&Tensor>, true, 0.1, EPS);
+        let s = y.size();
+        let nb = (s[0] * s[2] * s[3]) as f64;
+        let mean_b = mean_b.to_kind(Kind::Double);
+        let invstd = invstd.to_kind(Kind::Double);
+        let var_b = (invstd.square().reciprocal() - EPS).clamp_min(0.0);
+        let n = entry.count as f64;
+        let delta = &mean_b - &entry.mean;
+        entry.mean += &delta * (nb / (n + nb));
+        entry.m2 += var_b * nb + delta.square() * (n * nb / (n + nb));
+        entry.count += nb as i64;
+        Some(out)
     })
 }
 
@@ -113,9 +132,8 @@ impl Recalibration {
             tch::no_grad(|| {
                 for e in session.entries.into_values() {
                     let count = e.count as f64;
-                    let mean = &e.sum / count;
-                    let var = (&e.sum_sq / count - &mean * &mean).clamp_min(0.0) * (count / (count - 1.0).max(1.0));
-                    e.running_mean.shallow_clone().copy_(&mean.to_kind(e.running_mean.kind()));
+                    let var = &e.m2 / (count - 1.0).max(1.0);
+                    e.running_mean.shallow_clone().copy_(&e.mean.to_kind(e.running_mean.kind()));
                     e.running_var.shallow_clone().copy_(&var.to_kind(e.running_var.kind()));
                 }
             });
