@@ -14,58 +14,23 @@ import argparse
 import json
 import os
 import resource
-import struct
 import sys
 import time
 
 import torch
 import torch.nn as nn
 
-KERNEL = {0: 3, 1: 5, 2: 7, 3: 3}
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.join(HERE, "..", "..")
+# The official blocks with detnas's parameter names (the golden-test restatement), and the
+# safetensors reader of the export test.
+sys.path.insert(0, os.path.join(ROOT, "crates", "nn", "tests", "fixtures", "golden"))
+sys.path.insert(0, os.path.join(ROOT, "crates", "pipeline", "tests", "official"))
+from make_golden import Op, conv_bn  # noqa: E402
+from check_official import read_safetensors  # noqa: E402
+
 SMALL = {"name": "small", "stem": 16, "widths": [64, 160, 320, 640], "depths": [4, 4, 8, 4], "last_conv": 1024,
          "choices": [0, 1, 2, 3]}
-
-
-def conv_bn(cin, cout, k, stride, depthwise, bias=False, relu=False):
-    m = nn.Sequential()
-    m.add_module("conv", nn.Conv2d(cin, cout, k, stride, k // 2, groups=cin if depthwise else 1, bias=bias))
-    m.add_module("bn", nn.BatchNorm2d(cout))
-    if relu:
-        m.add_module("relu", nn.ReLU())
-    return m
-
-
-def channel_shuffle1(x):
-    b, c, h, w = x.shape
-    x = x.view(b, 2, c // 2, h, w).transpose(1, 2).contiguous().view(b, c, h, w)
-    return x[:, : c // 2], x[:, c // 2:]
-
-
-class Op(nn.Module):
-    def __init__(self, cin, out, stride, choice):
-        super().__init__()
-        self.stride = stride
-        mid = out // 2
-        bin_, bout = (cin // 2, out // 2) if stride == 1 else (cin, out - cin)
-        k = KERNEL[choice]
-        if choice < 3:
-            units = [conv_bn(bin_, mid, 1, 1, False, relu=True), conv_bn(mid, mid, k, stride, True),
-                     conv_bn(mid, bout, 1, 1, False)]
-        else:
-            units = [conv_bn(bin_, bin_, 3, stride, True), conv_bn(bin_, mid, 1, 1, False, relu=True),
-                     conv_bn(mid, mid, 3, 1, True), conv_bn(mid, mid, 1, 1, False, relu=True),
-                     conv_bn(mid, mid, 3, 1, True), conv_bn(mid, bout, 1, 1, False)]
-        self.branch = nn.Sequential(*units)
-        if stride == 2:
-            self.proj = nn.Sequential(conv_bn(cin, cin, k, 2, True), conv_bn(cin, cin, 1, 1, False, relu=True))
-
-    def forward(self, x):
-        if self.stride == 1:
-            x_proj, x = channel_shuffle1(x)
-        else:
-            x_proj = self.proj(x)
-        return torch.cat((x_proj, torch.relu(self.branch(x))), 1)
-
 
 class Supernet(nn.Module):
     def __init__(self, space, classes):
@@ -89,22 +54,6 @@ class Supernet(nn.Module):
         y = self.head.last_conv(x)
         y = nn.functional.dropout2d(y, 0.2, self.training)
         return self.head.fc(y.mean(dim=(2, 3)))
-
-
-def read_safetensors(path):
-    with open(path, "rb") as f:
-        data = f.read()
-    n = struct.unpack("<Q", data[:8])[0]
-    header = json.loads(data[8:8 + n])
-    body = data[8 + n:]
-    dt = {"F32": torch.float32, "I64": torch.int64, "F64": torch.float64}
-    out = {}
-    for k, v in header.items():
-        if k == "__metadata__":
-            continue
-        a, b = v["data_offsets"]
-        out[k] = torch.frombuffer(bytearray(body[a:b]), dtype=dt[v["dtype"]]).reshape(v["shape"]).clone()
-    return out
 
 
 def peak_rss_mb():

@@ -27,7 +27,7 @@ pub fn run(a: FinetuneArgs) -> Result<(), Failure> {
     let opts = FinetuneOptions {
         resume_from: a.train.resume_from,
         allow_mismatch: a.train.allow_mismatch,
-        progress: !a.train.no_progress,
+        progress: !a.train.job.no_progress,
     };
     let s = train(&cfg, &a.out, device, &opts)?;
     for p in &s.paths {

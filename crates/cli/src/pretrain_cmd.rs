@@ -26,7 +26,7 @@ pub fn run(a: PretrainArgs) -> Result<(), Failure> {
     let opts = RunOptions {
         resume_from: a.train.resume_from,
         allow_mismatch: a.train.allow_mismatch,
-        progress: !a.train.no_progress,
+        progress: !a.train.job.no_progress,
     };
     let s = train(&cfg, &a.out, device, &opts)?;
     for p in &s.paths {

@@ -2,7 +2,7 @@
 //! and `detnas export RUN --out DIR`.
 
 use crate::Failure;
-use crate::runtime::{describe, parse_device};
+use crate::runtime::{JobArgs, describe, parse_device};
 use clap::Args;
 use detnas_pipeline::{PipelineConfig, PipelineOptions};
 use std::path::PathBuf;
@@ -15,18 +15,8 @@ pub struct RunArgs {
     /// Run folder; re-running the same command resumes where it stopped.
     #[arg(long, default_value = "runs/demo")]
     out: PathBuf,
-    /// Override any pipeline field: `--set retrain.mode="scratch"`.
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    overrides: Vec<String>,
-    /// Device of every stage (overrides the config): cpu, cuda, cuda:N, auto.
-    #[arg(long)]
-    device: Option<String>,
-    /// libtorch threads of every stage.
-    #[arg(long)]
-    threads: Option<i32>,
-    /// No progress bars.
-    #[arg(long)]
-    no_progress: bool,
+    #[command(flatten)]
+    job: JobArgs,
 }
 
 #[derive(Args)]
@@ -45,13 +35,7 @@ pub struct ExportArgs {
 }
 
 pub fn run(a: RunArgs) -> Result<(), Failure> {
-    let mut overrides = a.overrides.clone();
-    if let Some(d) = &a.device {
-        overrides.push(format!("device=\"{d}\""));
-    }
-    if let Some(t) = a.threads {
-        overrides.push(format!("threads={t}"));
-    }
+    let overrides = a.job.all_overrides("");
     let path = match &a.config {
         Some(p) => p.clone(),
         None => PipelineConfig::write_embedded(&a.out.join("configs"))?,
@@ -62,7 +46,7 @@ pub fn run(a: RunArgs) -> Result<(), Failure> {
     }
     let device = parse_device(&cfg.device).map_err(crate::usage)?;
     tracing::info!("pipeline '{}' on {} into {}", cfg.name, describe(device), a.out.display());
-    let o = detnas_pipeline::run(&cfg, &PipelineOptions { out: a.out.clone(), device, progress: !a.no_progress })?;
+    let o = detnas_pipeline::run(&cfg, &PipelineOptions { out: a.out.clone(), device, progress: !a.job.no_progress })?;
     println!(
         "found architecture {} ({} {:.4} on the search-validation split)",
         o.found.arch, o.found.metric, o.found.fitness

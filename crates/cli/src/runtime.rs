@@ -66,37 +66,20 @@ pub fn describe(device: Device) -> String {
 /// Options shared by the training verbs (`pretrain`, `finetune`); `out` is the verb's own.
 #[derive(Args, Clone, Debug)]
 pub struct TrainArgs {
-    /// Override any field: `--set schedule.lr=0.1 --set data.input_size=64`.
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    pub overrides: Vec<String>,
-    /// Device (overrides runtime.device): cpu, cuda, cuda:N, auto.
-    #[arg(long)]
-    pub device: Option<String>,
-    /// libtorch threads (overrides runtime.threads).
-    #[arg(long)]
-    pub threads: Option<i32>,
+    #[command(flatten)]
+    pub job: JobArgs,
     /// Resume from this checkpoint (a step-N folder) instead of the run folder's latest.
     #[arg(long)]
     pub resume_from: Option<PathBuf>,
     /// Continue although the configuration or data differ from the checkpoint's (logged).
     #[arg(long)]
     pub allow_mismatch: bool,
-    /// No progress bar.
-    #[arg(long)]
-    pub no_progress: bool,
 }
 
 impl TrainArgs {
     /// `--set` overrides with `--device` and `--threads` folded in.
     pub fn all_overrides(&self) -> Vec<String> {
-        let mut o = self.overrides.clone();
-        if let Some(d) = &self.device {
-            o.push(format!("runtime.device=\"{d}\""));
-        }
-        if let Some(t) = self.threads {
-            o.push(format!("runtime.threads={t}"));
-        }
-        o
+        self.job.all_overrides("runtime.")
     }
 
     /// Applies the configured thread count and resolves the configured device.
@@ -108,5 +91,38 @@ impl TrainArgs {
             tch::set_num_threads(t);
         }
         parse_device(&runtime.device).map_err(crate::usage)
+    }
+}
+
+/// `--set`, `--device`, `--threads` and `--no-progress` of the verbs that run a configured
+/// job (`search`, `run`).
+#[derive(Args, Clone, Debug)]
+pub struct JobArgs {
+    /// Override any field: `--set strategy.generations=5`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
+    /// Device (overrides the config): cpu, cuda, cuda:N, auto.
+    #[arg(long)]
+    pub device: Option<String>,
+    /// libtorch threads (overrides the config).
+    #[arg(long)]
+    pub threads: Option<i32>,
+    /// No progress bars.
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+impl JobArgs {
+    /// `--set` overrides with `--device` / `--threads` folded in as `{section}device` /
+    /// `{section}threads` (`section` is `"runtime."` or `""`).
+    pub fn all_overrides(&self, section: &str) -> Vec<String> {
+        let mut o = self.overrides.clone();
+        if let Some(d) = &self.device {
+            o.push(format!("{section}device=\"{d}\""));
+        }
+        if let Some(t) = self.threads {
+            o.push(format!("{section}threads={t}"));
+        }
+        o
     }
 }

@@ -2,7 +2,7 @@
 //! `detnas search show RUN` to read a search folder.
 
 use crate::Failure;
-use crate::runtime::{describe, parse_device};
+use crate::runtime::{JobArgs, describe, parse_device};
 use anyhow::anyhow;
 use clap::{Args, Subcommand};
 use detnas_search::engine::{SearchState, ledger_path, read_state};
@@ -25,21 +25,11 @@ pub struct SearchArgs {
     /// command resumes where it stopped.
     #[arg(long, default_value = "runs/search")]
     out: PathBuf,
-    /// Override any field: `--set strategy.generations=5`.
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    overrides: Vec<String>,
-    /// Device (overrides runtime.device): cpu, cuda, cuda:N, auto.
-    #[arg(long)]
-    device: Option<String>,
-    /// libtorch threads in total (overrides runtime.threads).
-    #[arg(long)]
-    threads: Option<i32>,
+    #[command(flatten)]
+    job: JobArgs,
     /// Parallel evaluation workers (overrides runtime.workers).
     #[arg(long)]
     workers: Option<usize>,
-    /// No progress bar.
-    #[arg(long)]
-    no_progress: bool,
 }
 
 #[derive(Subcommand)]
@@ -64,13 +54,7 @@ pub fn run(a: SearchArgs) -> Result<(), Failure> {
     let Some(path) = a.config else {
         return Err(crate::usage(anyhow!("detnas search needs --config FILE (or: detnas search show RUN_DIR)")));
     };
-    let mut overrides = a.overrides.clone();
-    if let Some(d) = &a.device {
-        overrides.push(format!("runtime.device=\"{d}\""));
-    }
-    if let Some(t) = a.threads {
-        overrides.push(format!("runtime.threads={t}"));
-    }
+    let mut overrides = a.job.all_overrides("runtime.");
     if let Some(w) = a.workers {
         overrides.push(format!("runtime.workers={w}"));
     }
@@ -95,7 +79,7 @@ pub fn run(a: SearchArgs) -> Result<(), Failure> {
     tracing::info!("search on {} with {workers} worker(s) into {}", describe(device), a.out.display());
     let r = search(
         &cfg,
-        &SearchOptions { out: a.out.clone(), devices, workers, threads_per_worker, progress: !a.no_progress },
+        &SearchOptions { out: a.out.clone(), devices, workers, threads_per_worker, progress: !a.job.no_progress },
     )?;
     let b = &r.best;
     println!(

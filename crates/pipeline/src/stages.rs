@@ -152,9 +152,12 @@ fn finetune_config(
 
 /// Runs (or resumes) the pipeline of `cfg` into `opts.out`.
 pub fn run(cfg: &PipelineConfig, opts: &PipelineOptions) -> Result<PipelineOutcome, PipelineError> {
-    let run = opts.out.as_path();
     let started = Instant::now();
-    std::fs::create_dir_all(run).map_err(|e| PipelineError::io(run, e))?;
+    std::fs::create_dir_all(&opts.out).map_err(|e| PipelineError::io(&opts.out, e))?;
+    // Absolute: stage configs carry these paths, and a relative synthetic-data folder would be
+    // taken relative to each stage's own run folder.
+    let run_abs = std::fs::canonicalize(&opts.out).map_err(|e| PipelineError::io(&opts.out, e))?;
+    let run = run_abs.as_path();
     let ro = runtime_overrides(cfg, opts.device);
     let progress = opts.progress;
 

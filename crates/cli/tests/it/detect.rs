@@ -3,27 +3,12 @@
 
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
+
+use crate::{engine, ok};
 
 fn dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("detnas-det-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn engine(args: &[&str], fault: Option<&str>) -> Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_detnas-engine"));
-    c.args(args);
-    if let Some(f) = fault {
-        c.env("DETNAS_FAULT", f);
-    }
-    c.output().unwrap()
-}
-
-fn ok(o: &Output) -> String {
-    assert!(o.status.success(), "status {:?}\n{}", o.status, String::from_utf8_lossy(&o.stderr));
-    String::from_utf8_lossy(&o.stdout).into_owned()
+    crate::temp_dir("det", name)
 }
 
 /// A tiny config: 5-block demo-like space at 64×64, a few iterations.

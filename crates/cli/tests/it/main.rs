@@ -5,7 +5,32 @@ mod pipeline;
 mod pretrain;
 mod search;
 
+use std::path::PathBuf;
 use std::process::{Command, Output};
+
+/// A fresh temporary folder for one test (`detnas-{what}-{name}-{pid}`).
+fn temp_dir(what: &str, name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("detnas-{what}-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Runs the engine, optionally with a `DETNAS_FAULT` injection.
+fn engine(args: &[&str], fault: Option<&str>) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_detnas-engine"));
+    c.args(args);
+    if let Some(f) = fault {
+        c.env("DETNAS_FAULT", f);
+    }
+    c.output().unwrap()
+}
+
+/// Asserts success; returns stdout.
+fn ok(o: &Output) -> String {
+    assert!(o.status.success(), "status {:?}\n{}", o.status, String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
 
 fn detnas(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_detnas-engine")).args(args).output().expect("engine runs")
