@@ -321,13 +321,3 @@ pub fn top_entries(state: &SearchState, entries: &[LedgerEntry]) -> Vec<LedgerEn
     let by_arch: HashMap<&str, &LedgerEntry> = entries.iter().map(|e| (e.arch.as_str(), e)).collect();
     state.elite.iter().filter_map(|e| by_arch.get(e.arch.as_str()).map(|x| (*x).clone())).collect()
 }
-
-/// Ranks ledger entries best first (same order as the archive).
-pub fn ranked(entries: &[LedgerEntry], space: &detnas_space::SearchSpace) -> Vec<LedgerEntry> {
-    let mut s: Vec<(Scored, &LedgerEntry)> = entries
-        .iter()
-        .filter_map(|e| Some((Scored { arch: space.parse_arch(&e.arch).ok()?, fitness: e.fitness }, e)))
-        .collect();
-    s.sort_by(|(a, _), (b, _)| b.fitness.total_cmp(&a.fitness).then_with(|| a.arch.cmp(&b.arch)));
-    s.into_iter().map(|(_, e)| e.clone()).collect()
-}
