@@ -26,6 +26,84 @@ fn engine(args: &[&str], fault: Option<&str>) -> Output {
     c.output().unwrap()
 }
 
+/// The demo space file.
+fn demo_space() -> String {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/demo/space.toml").display().to_string()
+}
+
+/// A pre-training config of a few seconds: demo space, 32×32 synthetic shapes, CPU, 1 thread.
+fn tiny_pretrain(iterations: u64) -> String {
+    format!(
+        r#"seed = 3
+[model]
+space = "{space}"
+[data]
+input_size = 32
+eval_resize = 32
+[data.source]
+kind = "synthetic"
+train = {{ images = 64, size = 32, seed = 1 }}
+val = {{ images = 24, size = 32, seed = 2 }}
+[schedule]
+iterations = {iterations}
+batch = 8
+lr = 0.1
+[runtime]
+device = "cpu"
+threads = 1
+checkpoint_every = 4
+[eval]
+recalibrate_images = 16
+batch = 8
+final_paths = 1
+"#,
+        space = demo_space()
+    )
+}
+
+/// A RetinaNet fine-tuning config of a few seconds (64×64 synthetic set, 40 steps: enough
+/// for non-zero AP on some paths); `data` is the synthetic set's folder.
+fn tiny_finetune(data: &std::path::Path, search_val: usize) -> String {
+    format!(
+        r#"seed = 5
+[model]
+space = "{space}"
+[detector]
+fpn_channels = 16
+[detector.head]
+kind = "retinanet"
+num_convs = 1
+anchor_sizes = [16.0, 32.0, 64.0, 128.0, 256.0]
+[data]
+min_size = [64]
+max_size = 64
+test_min_size = 64
+search_val_images = {search_val}
+[data.source]
+kind = "synthetic"
+folder = "{data}"
+train = {{ images = 30, width = 64, height = 64, classes = 3, seed = 1 }}
+test = {{ images = 6, width = 64, height = 64, classes = 3, seed = 2 }}
+[schedule]
+iterations = 40
+batch = 4
+lr = 0.02
+warmup_iters = 4
+[runtime]
+device = "cpu"
+threads = 1
+checkpoint_every = 4
+log_every = 2
+[eval]
+recalibrate_images = 8
+batch = 4
+final_paths = 1
+"#,
+        space = demo_space(),
+        data = data.display()
+    )
+}
+
 /// Asserts success; returns stdout.
 fn ok(o: &Output) -> String {
     assert!(o.status.success(), "status {:?}\n{}", o.status, String::from_utf8_lossy(&o.stderr));

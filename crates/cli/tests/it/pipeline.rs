@@ -14,73 +14,9 @@ fn dir(name: &str) -> PathBuf {
 
 /// Stage configs of a pipeline that runs in well under a minute.
 fn write_configs(d: &Path) -> PathBuf {
-    let space = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/demo/space.toml");
-    std::fs::write(
-        d.join("pretrain.toml"),
-        format!(
-            r#"seed = 3
-[model]
-space = "{space}"
-[data]
-input_size = 32
-eval_resize = 32
-[data.source]
-kind = "synthetic"
-train = {{ images = 64, size = 32, seed = 1 }}
-val = {{ images = 24, size = 32, seed = 2 }}
-[schedule]
-iterations = 8
-batch = 8
-lr = 0.1
-[runtime]
-checkpoint_every = 4
-[eval]
-recalibrate_images = 16
-batch = 8
-final_paths = 1
-"#,
-            space = space.display()
-        ),
-    )
-    .unwrap();
-    std::fs::write(
-        d.join("finetune.toml"),
-        format!(
-            r#"seed = 5
-[model]
-space = "{space}"
-[detector]
-fpn_channels = 16
-[detector.head]
-kind = "retinanet"
-num_convs = 1
-anchor_sizes = [16.0, 32.0, 64.0, 128.0, 256.0]
-[data]
-min_size = [64]
-max_size = 64
-test_min_size = 64
-search_val_images = 6
-[data.source]
-kind = "synthetic"
-train = {{ images = 30, width = 64, height = 64, classes = 3, seed = 1 }}
-test = {{ images = 6, width = 64, height = 64, classes = 3, seed = 2 }}
-[schedule]
-iterations = 40
-batch = 4
-lr = 0.02
-warmup_iters = 4
-[runtime]
-checkpoint_every = 4
-log_every = 2
-[eval]
-recalibrate_images = 8
-batch = 4
-final_paths = 1
-"#,
-            space = space.display()
-        ),
-    )
-    .unwrap();
+    std::fs::write(d.join("pretrain.toml"), crate::tiny_pretrain(8)).unwrap();
+    // The pipeline puts the synthetic set in RUN/data whatever the folder says.
+    std::fs::write(d.join("finetune.toml"), crate::tiny_finetune(&d.join("unused-data"), 6)).unwrap();
     std::fs::write(
         d.join("search.toml"),
         r#"seed = 1

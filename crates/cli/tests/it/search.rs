@@ -13,52 +13,6 @@ fn dir(name: &str) -> PathBuf {
     crate::temp_dir("search-cli", name)
 }
 
-fn space() -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/demo/space.toml").display().to_string()
-}
-
-fn finetune_config(data: &Path, search_val: usize) -> String {
-    format!(
-        r#"
-seed = 5
-[model]
-space = "{space}"
-[detector]
-fpn_channels = 16
-[detector.head]
-kind = "retinanet"
-num_convs = 1
-anchor_sizes = [16.0, 32.0, 64.0, 128.0, 256.0]
-[data]
-min_size = [64]
-max_size = 64
-test_min_size = 64
-search_val_images = {search_val}
-[data.source]
-kind = "synthetic"
-folder = "{data}"
-train = {{ images = 30, width = 64, height = 64, classes = 3, seed = 1 }}
-test = {{ images = 4, width = 64, height = 64, classes = 3, seed = 2 }}
-[schedule]
-iterations = 40
-batch = 4
-lr = 0.02
-warmup_iters = 5
-[runtime]
-device = "cpu"
-threads = 1
-checkpoint_every = 4
-log_every = 1
-[eval]
-recalibrate_images = 4
-batch = 4
-final_paths = 1
-"#,
-        space = space(),
-        data = data.display()
-    )
-}
-
 fn search_config(checkpoint: &Path, fitness: &str, extra: &str) -> String {
     format!(
         r#"
@@ -120,7 +74,7 @@ fn ledger(out: &Path) -> Vec<(String, u64)> {
 fn detection_search_resumes_exactly_after_sigkill_and_parallel_equals_sequential() {
     let d = dir("det");
     let ft_cfg = d.join("ft.toml");
-    std::fs::write(&ft_cfg, finetune_config(&d.join("data"), 6)).unwrap();
+    std::fs::write(&ft_cfg, crate::tiny_finetune(&d.join("data"), 6)).unwrap();
     let ft = d.join("ft");
     ok(&engine(
         &["finetune", "--no-progress", "--config", ft_cfg.to_str().unwrap(), "--out", ft.to_str().unwrap()],
@@ -210,7 +164,7 @@ fn detection_search_resumes_exactly_after_sigkill_and_parallel_equals_sequential
     // A pre-training checkpoint is not a detector; a fine-tuning run without a
     // search-validation split cannot be searched.
     let ft0_cfg = d.join("ft0.toml");
-    std::fs::write(&ft0_cfg, finetune_config(&d.join("data0"), 0)).unwrap();
+    std::fs::write(&ft0_cfg, crate::tiny_finetune(&d.join("data0"), 0)).unwrap();
     let ft0 = d.join("ft0");
     ok(&engine(
         &["finetune", "--no-progress", "--config", ft0_cfg.to_str().unwrap(), "--out", ft0.to_str().unwrap()],
@@ -237,37 +191,7 @@ fn detection_search_resumes_exactly_after_sigkill_and_parallel_equals_sequential
 fn clsnas_fitness_searches_a_pretrained_supernet() {
     let d = dir("cls");
     let pcfg = d.join("pre.toml");
-    std::fs::write(
-        &pcfg,
-        format!(
-            r#"
-seed = 3
-[model]
-space = "{space}"
-[data]
-input_size = 32
-eval_resize = 32
-[data.source]
-kind = "synthetic"
-train = {{ images = 64, size = 32, seed = 1 }}
-val = {{ images = 24, size = 32, seed = 2 }}
-[schedule]
-iterations = 4
-batch = 8
-lr = 0.1
-[runtime]
-device = "cpu"
-threads = 1
-checkpoint_every = 4
-[eval]
-recalibrate_images = 16
-batch = 8
-final_paths = 1
-"#,
-            space = space()
-        ),
-    )
-    .unwrap();
+    std::fs::write(&pcfg, crate::tiny_pretrain(4)).unwrap();
     let pre = d.join("pre");
     ok(&engine(
         &["pretrain", "--no-progress", "--config", pcfg.to_str().unwrap(), "--out", pre.to_str().unwrap()],
