@@ -1,5 +1,7 @@
 //! SVG charts of the report (plotters' SVG backend: text as SVG `<text>`, no font files).
 
+use plotters::coord::Shift;
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
 /// Colours of the four choices (0 = 3×3, 1 = 5×5, 2 = 7×7, 3 = Xception) and of series.
@@ -26,6 +28,45 @@ fn range(values: impl Iterator<Item = f64>) -> (f64, f64) {
     (lo - pad, hi + pad)
 }
 
+type Chart<'a, 'b> = ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// A titled chart with labelled axes over `x` × `y`.
+fn axes<'a, 'b>(
+    root: &'a DrawingArea<SVGBackend<'b>, Shift>,
+    title: &str,
+    x_desc: &str,
+    y_desc: &str,
+    x: (f64, f64),
+    y: (f64, f64),
+) -> Result<Chart<'a, 'b>, String> {
+    let mut chart = ChartBuilder::on(root)
+        .caption(title, ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(60)
+        .build_cartesian_2d(x.0..x.1, y.0..y.1)
+        .map_err(|e| e.to_string())?;
+    chart
+        .configure_mesh()
+        .x_desc(x_desc)
+        .y_desc(y_desc)
+        .light_line_style(WHITE.mix(0.0))
+        .draw()
+        .map_err(|e| e.to_string())?;
+    Ok(chart)
+}
+
+/// The series legend at `position`.
+fn legend<'a, 'b: 'a>(chart: &mut Chart<'a, 'b>, position: SeriesLabelPosition) -> Result<(), String> {
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK.mix(0.3))
+        .position(position)
+        .draw()
+        .map_err(|e| e.to_string())
+}
+
 /// Line chart of named series `(name, [(x, y)])`.
 pub fn lines(title: &str, x_desc: &str, y_desc: &str, series: &[(String, Vec<(f64, f64)>)]) -> Res {
     let mut svg = String::new();
@@ -34,20 +75,7 @@ pub fn lines(title: &str, x_desc: &str, y_desc: &str, series: &[(String, Vec<(f6
         root.fill(&WHITE).map_err(|e| e.to_string())?;
         let (x0, x1) = range(series.iter().flat_map(|(_, p)| p.iter().map(|q| q.0)));
         let (y0, y1) = range(series.iter().flat_map(|(_, p)| p.iter().map(|q| q.1)));
-        let mut chart = ChartBuilder::on(&root)
-            .caption(title, ("sans-serif", 18))
-            .margin(12)
-            .x_label_area_size(36)
-            .y_label_area_size(60)
-            .build_cartesian_2d(x0..x1, y0..y1)
-            .map_err(|e| e.to_string())?;
-        chart
-            .configure_mesh()
-            .x_desc(x_desc)
-            .y_desc(y_desc)
-            .light_line_style(WHITE.mix(0.0))
-            .draw()
-            .map_err(|e| e.to_string())?;
+        let mut chart = axes(&root, title, x_desc, y_desc, (x0, x1), (y0, y1))?;
         for (i, (name, pts)) in series.iter().enumerate() {
             let c = SERIES[i % SERIES.len()];
             chart
@@ -57,13 +85,7 @@ pub fn lines(title: &str, x_desc: &str, y_desc: &str, series: &[(String, Vec<(f6
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2)));
         }
         if series.len() > 1 {
-            chart
-                .configure_series_labels()
-                .background_style(WHITE.mix(0.85))
-                .border_style(BLACK.mix(0.3))
-                .position(SeriesLabelPosition::UpperRight)
-                .draw()
-                .map_err(|e| e.to_string())?;
+            legend(&mut chart, SeriesLabelPosition::UpperRight)?;
         }
         root.present().map_err(|e| e.to_string())?;
     }
@@ -79,20 +101,7 @@ pub fn pareto(title: &str, y_desc: &str, points: &[(f64, f64, bool)], limit: Opt
         root.fill(&WHITE).map_err(|e| e.to_string())?;
         let (x0, x1) = range(points.iter().map(|p| p.0).chain(limit));
         let (y0, y1) = range(points.iter().map(|p| p.1));
-        let mut chart = ChartBuilder::on(&root)
-            .caption(title, ("sans-serif", 18))
-            .margin(12)
-            .x_label_area_size(36)
-            .y_label_area_size(60)
-            .build_cartesian_2d(x0..x1, y0..y1)
-            .map_err(|e| e.to_string())?;
-        chart
-            .configure_mesh()
-            .x_desc("backbone MACs (M)")
-            .y_desc(y_desc)
-            .light_line_style(WHITE.mix(0.0))
-            .draw()
-            .map_err(|e| e.to_string())?;
+        let mut chart = axes(&root, title, "backbone MACs (M)", y_desc, (x0, x1), (y0, y1))?;
         let grey = RGBColor(120, 120, 120);
         chart
             .draw_series(points.iter().map(|&(x, y, _)| Circle::new((x, y), 3, grey.mix(0.6).filled())))
@@ -127,13 +136,7 @@ pub fn pareto(title: &str, y_desc: &str, points: &[(f64, f64, bool)], limit: Opt
                 .label("constraint")
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], k));
         }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK.mix(0.3))
-            .position(SeriesLabelPosition::LowerRight)
-            .draw()
-            .map_err(|e| e.to_string())?;
+        legend(&mut chart, SeriesLabelPosition::LowerRight)?;
         root.present().map_err(|e| e.to_string())?;
     }
     Ok(svg)
