@@ -1,94 +1,89 @@
 #!/usr/bin/env bash
 # Rust (detnas) vs PyTorch eager, side by side, measured in one run on this machine, written
 # to BENCHMARKS.md. Each item runs in its own process (peak memory per item).
-#   bench/run.sh [--threads N] [--reps R] [--quick] [--device cpu|cuda]
+#   bench/run.sh [--threads N] [--reps R] [--quick] [--device cpu|cuda] [--out FILE]
 # --quick skips the 800x1333 detection items and the Small-space training step.
-# The PyTorch reference (bench/reference/bench.py) runs in the project's cached venv (the PyPI
-# torch==2.11.0 wheel installed by scripts/env.sh).
+# The candidate items evaluate paths of a fine-tuned demo supernet: DETNAS_BENCH_CHECKPOINT=RUN
+# names one (e.g. runs/demo/finetune after ./scripts/demo.sh); without it a short fine-tuning
+# run (300 iterations, no pre-training) is made first.
+# The PyTorch reference (bench/reference/) runs in its own venv (bench/reference/setup.sh):
+# the PyPI torch==2.11.0 wheel of the libtorch venv, torchvision 0.26.0 and pycocotools.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-threads=$(nproc); reps=5; quick=0; device=cpu
+threads=$(nproc); reps=5; quick=0; device=cpu; out=BENCHMARKS.md
 while [ $# -gt 0 ]; do
   case $1 in
     --threads) threads=$2; shift 2 ;;
     --reps) reps=$2; shift 2 ;;
     --quick) quick=1; shift ;;
     --device) device=$2; shift 2 ;;
+    --out) out=$2; shift 2 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
 source scripts/env.sh
 cargo build --release --locked -p detnas -p detnas-cli >/dev/null
+source bench/reference/setup.sh
 bin=target/release/detnas
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-"$bin" bench export --out "$work" --reps "$reps" --threads "$threads" >/dev/null
+ckpt=${DETNAS_BENCH_CHECKPOINT:-}
+if [ -z "$ckpt" ]; then
+  echo "bench: fine-tuning a demo RetinaNet supernet for the candidate items (300 iterations)" >&2
+  "$bin" finetune --config configs/demo/finetune-retinanet.toml --out "$work/finetune" --no-progress \
+    --threads "$threads" --set schedule.iterations=300 --set schedule.milestones=[250] >/dev/null 2>&1
+  ckpt=$work/finetune
+fi
+"$bin" bench export --out "$work" --reps "$reps" --threads "$threads" --checkpoint "$ckpt" >/dev/null
 python3 bench/reference/bench.py check --weights "$work/supernet.safetensors" --io "$work/io.safetensors" \
   --space "$work/space.json" --paths "$work/check-paths.json" > "$work/check.json"
+python3 bench/reference/detection.py check --dir "$work" > "$work/check-det.json"
 # A folder of JPEGs for the loader item.
 python3 - "$work/jpegs" <<'PY'
-import os, sys, random
+import os, sys
 import numpy as np
+from PIL import Image
 out = sys.argv[1]
-try:
-    from PIL import Image
-except ImportError:
-    Image = None
-random.seed(0)
 for c in range(4):
     os.makedirs(f"{out}/class{c}", exist_ok=True)
     for i in range(128):
         a = (np.random.RandomState(c * 1000 + i).rand(375, 500, 3) * 255).astype("uint8")
-        if Image is not None:
-            Image.fromarray(a).save(f"{out}/class{c}/{i}.jpg", quality=90)
+        Image.fromarray(a).save(f"{out}/class{c}/{i}.jpg", quality=90)
 PY
 items="cls-train-demo cls-infer-demo cls-infer-small recal-demo recal-small det-train-retinanet-demo det-infer-retinanet-demo det-train-fpn-demo det-infer-fpn-demo"
 [ $quick = 1 ] || items="cls-train-small $items det-train-retinanet-800 det-infer-retinanet-800 det-train-fpn-800 det-infer-fpn-800"
-[ -n "$(ls "$work/jpegs/class0" 2>/dev/null)" ] && items="$items loader"
-[ -n "${DETNAS_BENCH_CHECKPOINT:-}" ] && items="$items candidate"
+items="$items candidate candidate-parallel loader"
 : > "$work/results.jsonl"
 for item in $items; do
-  extra=()
-  [ $item = loader ] && extra=(--images "$work/jpegs")
-  [ $item = candidate ] && extra=(--checkpoint "$DETNAS_BENCH_CHECKPOINT")
-  "$bin" bench "$item" --reps "$reps" --threads "$threads" --device "$device" "${extra[@]}" >> "$work/results.jsonl"
+  echo "bench: $item" >&2
+  case $item in
+    loader) "$bin" bench loader --images "$work/jpegs" --reps "$reps" --threads "$threads" --device "$device" ;;
+    candidate) "$bin" bench candidate --checkpoint "$ckpt" --reps "$reps" --threads "$threads" --device "$device" ;;
+    candidate-parallel)
+      # One evaluator per core, one thread each: how the search runs on a CPU.
+      "$bin" bench candidate --checkpoint "$ckpt" --reps "$reps" --threads "$threads" --workers "$threads" \
+        --device "$device" | sed 's/"item":"candidate"/"item":"candidate-parallel"/' ;;
+    *) "$bin" bench "$item" --reps "$reps" --threads "$threads" --device "$device" ;;
+  esac >> "$work/results.jsonl"
+  [ "$device" = cpu ] || continue
   case $item in
     cls-*|recal-*)
       space=demo; [[ $item == *small ]] && space=small
       python3 bench/reference/bench.py "$item" --paths "$work/paths-$space.json" --space "$work/space.json" \
         --reps "$reps" --threads "$threads" >> "$work/results.jsonl" ;;
+    det-*)
+      python3 bench/reference/detection.py "$item" --dir "$work" --reps "$reps" --threads "$threads" >> "$work/results.jsonl" ;;
+    candidate)
+      python3 bench/reference/detection.py candidate --dir "$work/candidate" --reps "$reps" --threads "$threads" \
+        >> "$work/results.jsonl" ;;
+    candidate-parallel)
+      # The same with PyTorch: one process per core, one thread each, side by side.
+      for p in $(seq 0 $((threads - 1))); do
+        python3 bench/reference/detection.py candidate --dir "$work/candidate" --reps "$reps" --threads 1 \
+          --offset "$p" > "$work/par-$p.json" &
+      done
+      wait
+      cat "$work"/par-*.json | sed 's/"item": "candidate"/"item": "candidate-parallel"/' >> "$work/results.jsonl" ;;
   esac
 done
-python3 - "$work" "$threads" "$device" <<'PY'
-import json, platform, subprocess, sys
-work, threads, device = sys.argv[1], sys.argv[2], sys.argv[3]
-rows = [json.loads(l) for l in open(f"{work}/results.jsonl") if l.strip()]
-check = json.load(open(f"{work}/check.json"))
-cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
-import torch
-by = {}
-for r in rows:
-    by.setdefault(r["item"], {})[r["impl"]] = r
-out = ["# Benchmarks: detnas (Rust, libtorch) vs PyTorch eager", "",
-       f"Machine: {cpu}, {threads} threads, device {device}; torch {torch.__version__}; "
-       f"generated by `bench/run.sh` in one run. Throughput is the median over repetitions "
-       f"(after one warm-up), with min–max; peak RSS per item (own process).", "",
-       f"Numeric check (same weights exported from detnas, eval mode, 4 paths of the demo supernet): "
-       f"max relative difference of the logits {check['max_relative_difference']:.2e} (pass < 1e-4).", "",
-       "| item | detnas | PyTorch | ratio | detnas peak RSS | PyTorch peak RSS |", "|---|---|---|---|---|---|"]
-for item, d in by.items():
-    r = d.get("detnas"); p = d.get("pytorch")
-    fmt = lambda x: f"{x['median']:.2f} {x['unit']} ({x['min']:.2f}–{x['max']:.2f})" if x and "median" in x else "—"
-    ratio = f"{r['median'] / p['median']:.2f}×" if r and p and "median" in p else "—"
-    mem = lambda x: f"{x['peak_rss_mb']:.0f} MB" if x and "peak_rss_mb" in x else "—"
-    out.append(f"| {item} | {fmt(r)} | {fmt(p)} | {ratio} | {mem(r)} | {mem(p)} |")
-out += ["", "Items: cls-train/infer = supernet classification training step (forward, backward, path-wise SGD) or "
-        "inference at 224×224 batch 32 (Small) and 32×32 batch 64 (demo space); recal = BN recalibration of one path "
-        "(256 images at 224, 1000 at 32); det-* = detection training step / inference of the demo detectors at "
-        "128×128 batch 8 and of the reference-width detectors on the Small supernet at 800×1344 batch 2; "
-        "candidate = BN recalibration (100 images) + inference + NMS + COCO AP on the 200-image search split; "
-        "loader = JPEG decode + random-resized-crop/flip/jitter to 224, batch 64. "
-        "The PyTorch reference covers the supernet items; '—' marks items it does not implement."]
-open("BENCHMARKS.md", "w").write("\n".join(out) + "\n")
-print("\n".join(out))
-PY
+python3 bench/report.py "$work" "$threads" "$device" "$out"

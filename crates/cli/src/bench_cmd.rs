@@ -52,6 +52,9 @@ pub struct BenchArgs {
     /// `candidate`: a fine-tuning run (its search-validation split is evaluated).
     #[arg(long)]
     checkpoint: Option<PathBuf>,
+    /// `candidate`: parallel evaluators (the search's `--workers`), sharing the threads.
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
     /// `loader`: a folder of class sub-folders of JPEGs (ImageFolder layout).
     #[arg(long)]
     images: Option<PathBuf>,
@@ -109,6 +112,8 @@ pub fn run(a: BenchArgs) -> Result<(), Failure> {
     }
     tch::manual_seed(0);
     let item = a.item.as_str();
+    // Item-specific fields of the JSON line.
+    let mut extra = json!({});
     if item == "export" {
         return export(&a);
     }
@@ -158,20 +163,52 @@ pub fn run(a: BenchArgs) -> Result<(), Failure> {
         }
         i if i.starts_with("det-") => det_item(&a, device)?,
         "candidate" => {
+            // The search's evaluation: `--workers` evaluators in parallel (each with its share
+            // of the threads), one warm-up candidate each, then `reps` candidates per worker;
+            // the rate is candidates finished per second of wall time.
             let ckpt = a.checkpoint.clone().ok_or_else(|| crate::usage(anyhow!("candidate needs --checkpoint RUN")))?;
-            let eval =
-                detnas_search::config::SearchEvalConfig { recalibrate_images: 100, batch: 50, ..Default::default() };
-            let mut e = detnas_search::fitness::DetEvaluator::open(&ckpt, &eval, 2, device)?;
-            let n = e.val().len();
-            let space = demo_space(&a)?;
-            let seq = paths(&space, a.reps + 1);
-            use detnas_search::Evaluator;
-            let t = time(a.reps, device, |r| {
-                let _ = e.evaluate(&seq[r])?;
+            let space = candidate_space(&ckpt)?;
+            let w = a.workers.max(1);
+            let per_worker = (tch::get_num_threads() / w as i32).max(1);
+            let seq = paths(&space, a.reps * w + w);
+            let factory: detnas_search::EvaluatorFactory = {
+                let ckpt = ckpt.clone();
+                std::sync::Arc::new(move |_| {
+                    if w > 1 {
+                        tch::set_num_threads(per_worker);
+                    }
+                    let e: Box<dyn detnas_search::Evaluator> = Box::new(candidate_evaluator(&ckpt, device)?);
+                    Ok(e)
+                })
+            };
+            let mut pool = detnas_search::Workers::new(factory, w)?;
+            let mut done: Vec<(usize, detnas_search::Evaluation)> = Vec::new();
+            let mut record = |i: usize, _: Arch, _: usize, ev: detnas_search::Evaluation| {
+                done.push((i, ev));
                 Ok(())
-            })?;
-            let _ = n;
-            (t, 1.0, "candidates/s")
+            };
+            pool.run(seq[..w].iter().cloned().enumerate().collect(), &mut record)?;
+            sync(device);
+            let s = Instant::now();
+            pool.run(seq[w..].iter().cloned().enumerate().map(|(i, p)| (i + w, p)).collect(), &mut record)?;
+            sync(device);
+            let wall = s.elapsed().as_secs_f64();
+            done.sort_by_key(|d| d.0);
+            let timed: Vec<&detnas_search::Evaluation> = done.iter().filter(|d| d.0 >= w).map(|d| &d.1).collect();
+            let mid = |mut v: Vec<f64>| {
+                v.sort_by(f64::total_cmp);
+                v[v.len() / 2]
+            };
+            extra = json!({
+                "workers": w,
+                "threads_per_worker": if w > 1 { per_worker } else { tch::get_num_threads() },
+                "recalibration_seconds": mid(timed.iter().map(|e| e.recalibration_seconds).collect()),
+                "evaluation_seconds": mid(timed.iter().map(|e| e.evaluation_seconds).collect()),
+                "paths": seq[w..].iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+                "ap": timed.iter().map(|e| e.metrics[0]).collect::<Vec<_>>(),
+            });
+            // One "repetition" per worker round: the wall time of `w` candidates.
+            (vec![wall / a.reps as f64; a.reps], w as f64, "candidates/s")
         }
         "loader" => {
             let dir = a.images.clone().ok_or_else(|| crate::usage(anyhow!("loader needs --images FOLDER")))?;
@@ -207,15 +244,16 @@ pub fn run(a: BenchArgs) -> Result<(), Failure> {
     let mut s = secs.clone();
     s.sort_by(f64::total_cmp);
     let median = s[s.len() / 2];
-    println!(
-        "{}",
-        json!({
-            "item": item, "impl": "detnas", "unit": unit,
-            "median": per_rep / median, "min": per_rep / s[s.len() - 1], "max": per_rep / s[0],
-            "median_seconds": median, "reps": secs.len(), "threads": tch::get_num_threads(),
-            "device": describe(device), "peak_rss_mb": peak_rss_mb(),
-        })
-    );
+    let mut line = json!({
+        "item": item, "impl": "detnas", "unit": unit,
+        "median": per_rep / median, "min": per_rep / s[s.len() - 1], "max": per_rep / s[0],
+        "median_seconds": median, "reps": secs.len(), "threads": tch::get_num_threads(),
+        "device": describe(device), "peak_rss_mb": peak_rss_mb(),
+    });
+    if let (Some(l), Some(x)) = (line.as_object_mut(), extra.as_object()) {
+        l.extend(x.clone());
+    }
+    println!("{line}");
     Ok(())
 }
 
@@ -243,27 +281,11 @@ fn det_item(a: &BenchArgs, device: Device) -> Result<(Vec<f64>, f64, &'static st
     let seq = paths(&space, a.reps + 1);
     let x = Tensor::rand([batch, 3, side_h, side_w], (Kind::Float, device)) * 255.0;
     let sizes = vec![(side_h, side_w); batch as usize];
-    let mut rng = seeded(1);
-    let targets: Vec<detnas_detect::Target> = (0..batch)
-        .map(|_| {
-            let k = 3;
-            let boxes: Vec<[f32; 4]> = (0..k)
-                .map(|_| {
-                    let u = |r: &mut _| detnas_space::rng::unit(r) as f32;
-                    let (cx, cy) = (u(&mut rng) * side_w as f32, u(&mut rng) * side_h as f32);
-                    let (w, h) = (16.0 + u(&mut rng) * side_w as f32 * 0.4, 16.0 + u(&mut rng) * side_h as f32 * 0.4);
-                    [
-                        (cx - w / 2.0).max(0.0),
-                        (cy - h / 2.0).max(0.0),
-                        (cx + w / 2.0).min(side_w as f32),
-                        (cy + h / 2.0).min(side_h as f32),
-                    ]
-                })
-                .collect();
-            detnas_detect::Target {
-                boxes: detnas_detect::boxes::tensor_of(&boxes).to_device(device),
-                labels: Tensor::from_slice(&[0i64, 1, 2]).to_device(device),
-            }
+    let targets: Vec<detnas_detect::Target> = bench_targets(batch, side_h, side_w)
+        .iter()
+        .map(|boxes| detnas_detect::Target {
+            boxes: detnas_detect::boxes::tensor_of(boxes).to_device(device),
+            labels: Tensor::from_slice(&[0i64, 1, 2]).to_device(device),
         })
         .collect();
     let reps = if scale == "800" { a.reps.min(2) } else { a.reps };
@@ -282,6 +304,46 @@ fn det_item(a: &BenchArgs, device: Device) -> Result<(Vec<f64>, f64, &'static st
     Ok((t, batch as f64, "img/s"))
 }
 
+/// The ground truth of the detection training items: 3 boxes (labels 0, 1, 2) per image.
+fn bench_targets(batch: i64, side_h: i64, side_w: i64) -> Vec<Vec<[f32; 4]>> {
+    let mut rng = seeded(1);
+    (0..batch)
+        .map(|_| {
+            (0..3)
+                .map(|_| {
+                    let u = |r: &mut _| detnas_space::rng::unit(r) as f32;
+                    let (cx, cy) = (u(&mut rng) * side_w as f32, u(&mut rng) * side_h as f32);
+                    let (w, h) = (16.0 + u(&mut rng) * side_w as f32 * 0.4, 16.0 + u(&mut rng) * side_h as f32 * 0.4);
+                    [
+                        (cx - w / 2.0).max(0.0),
+                        (cy - h / 2.0).max(0.0),
+                        (cx + w / 2.0).min(side_w as f32),
+                        (cy + h / 2.0).min(side_h as f32),
+                    ]
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Random BN affine parameters and statistics (γ, σ² in [0.5, 1.5), β, μ ~ N(0, 0.1²)), so
+/// that a numeric check exercises them.
+fn randomize_bn(vs: &tch::nn::VarStore) {
+    tch::no_grad(|| {
+        for (name, mut v) in vs.variables() {
+            let parent = name.rsplit('.').nth(1).unwrap_or("");
+            if !parent.starts_with("bn") {
+                continue;
+            }
+            if name.ends_with("running_var") || name.ends_with(".weight") {
+                v.copy_(&(Tensor::rand_like(&v) + 0.5));
+            } else if name.ends_with("running_mean") || name.ends_with(".bias") {
+                v.copy_(&(Tensor::randn_like(&v) * 0.1));
+            }
+        }
+    });
+}
+
 /// Writes what the PyTorch reference needs: the path sequences of both spaces, the demo space,
 /// and for the numeric check a demo supernet with random weights and BN statistics with the
 /// eval-mode logits of a few paths.
@@ -296,26 +358,110 @@ fn export(a: &BenchArgs) -> Result<(), Failure> {
     std::fs::write(out.join("space.json"), serde_json::to_string(&demo)?)?;
     tch::manual_seed(3);
     let (vs, net) = build_supernet(&demo, 10, Device::Cpu);
-    tch::no_grad(|| {
-        for (name, mut v) in vs.variables() {
-            if name.ends_with("running_var") || name.ends_with("bn.weight") {
-                v.copy_(&(Tensor::rand_like(&v) + 0.5));
-            } else if name.ends_with("running_mean") || name.ends_with("bn.bias") {
-                v.copy_(&(Tensor::randn_like(&v) * 0.1));
-            }
-        }
-    });
+    randomize_bn(&vs);
     vs.save(out.join("supernet.safetensors"))?;
     let x = Tensor::randn([4, 3, 32, 32], (Kind::Float, Device::Cpu));
     let check: Vec<Arch> = paths(&demo, 4);
     let mut named = vec![("x".to_string(), x.shallow_clone())];
     for p in &check {
-        named.push((format!("logits.{p}"), tch::no_grad(|| net.forward_t(&x, p, false))?));
+        named.push((format!("logits.{p}"), tch::no_grad(|| net.forward_t(&x, p, false))?.contiguous()));
     }
     let refs: Vec<(&str, &Tensor)> = named.iter().map(|(k, v)| (k.as_str(), v)).collect();
     Tensor::write_safetensors(&refs, out.join("io.safetensors"))?;
     let names: Vec<String> = check.iter().map(|p| p.to_string()).collect();
     std::fs::write(out.join("check-paths.json"), serde_json::to_string(&names)?)?;
+    export_detectors(a, &out, &demo)?;
+    if let Some(ckpt) = &a.checkpoint {
+        export_candidate(a, ckpt, &out.join("candidate"))?;
+    }
     println!("{}", json!({"item": "export", "out": out}));
     Ok(())
+}
+
+/// The demo detectors (random weights and BN statistics) with their eval-mode traces
+/// (pyramid, raw head outputs, proposals) for 2 paths, the ground truth of the detection
+/// training items, and the detector configurations.
+fn export_detectors(a: &BenchArgs, out: &std::path::Path, demo: &SearchSpace) -> Result<(), Failure> {
+    for head in ["retinanet", "fpn"] {
+        let file = a.configs.join(if head == "fpn" { "finetune-fpn.toml" } else { "finetune-retinanet.toml" });
+        let cfg = detnas_train::FinetuneConfig::load(&file, &[])?;
+        std::fs::write(out.join(format!("det-{head}.json")), serde_json::to_string(&cfg.detector)?)?;
+        tch::manual_seed(5);
+        let (vs, det, _) = detnas_train::finetune::build_detector(&cfg, demo, 6, Device::Cpu)?;
+        randomize_bn(&vs);
+        vs.save(out.join(format!("det-{head}.safetensors")))?;
+        let x = Tensor::rand([2, 3, 128, 128], (Kind::Float, Device::Cpu)) * 4.0 - 2.0;
+        let sizes = vec![(128, 128), (120, 100)];
+        let mut named = vec![("x".to_string(), x.shallow_clone())];
+        let check = paths(demo, 2);
+        for p in &check {
+            for (k, v) in det.trace(&x, &sizes, Some(p)).map_err(|e| anyhow!("{e}"))? {
+                named.push((format!("{p}.{k}"), v.contiguous()));
+            }
+        }
+        let refs: Vec<(&str, &Tensor)> = named.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        Tensor::write_safetensors(&refs, out.join(format!("det-{head}-io.safetensors")))?;
+        let names: Vec<String> = check.iter().map(|p| p.to_string()).collect();
+        std::fs::write(out.join(format!("det-{head}-paths.json")), serde_json::to_string(&names)?)?;
+    }
+    for (scale, h, w, n) in [("demo", 128, 128, 8), ("800", 800, 1344, 2)] {
+        std::fs::write(out.join(format!("det-targets-{scale}.json")), serde_json::to_string(&bench_targets(n, h, w))?)?;
+    }
+    Ok(())
+}
+
+/// The candidate item's inputs for the reference: the preprocessed recalibration and
+/// validation batches, the validation ground truth (COCO JSON), the candidate paths and the
+/// checkpoint folder (its config.toml and model.safetensors define the detector).
+fn export_candidate(a: &BenchArgs, ckpt: &std::path::Path, out: &std::path::Path) -> Result<(), Failure> {
+    std::fs::create_dir_all(out)?;
+    let e = candidate_evaluator(ckpt, Device::Cpu)?;
+    let cfg = e.config();
+    let mut named: Vec<(String, Tensor)> = Vec::new();
+    let mut meta = serde_json::Map::new();
+    for (name, data) in [("recal", e.recalibration_images().clone()), ("val", std::sync::Arc::new(e.val().clone()))] {
+        let mut loader = detnas_train::finetune::finite_loader(data.clone(), cfg, cfg.eval.batch)?;
+        let mut b_i = 0;
+        let mut batches = Vec::new();
+        while let Some(b) = loader.next_batch() {
+            let b = b?;
+            let (x, sizes, _) = detnas_train::finetune::batch_inputs(&b.batch, Device::Cpu);
+            named.push((format!("{name}.{b_i}.x"), x.contiguous()));
+            let ids: Vec<u64> = b.batch.indices.iter().map(|&i| data.images[i].id).collect();
+            let scales: Vec<[f32; 2]> = b.batch.samples.iter().map(|s| [s.scale.0, s.scale.1]).collect();
+            batches.push(json!({"sizes": sizes, "ids": ids, "scales": scales}));
+            b_i += 1;
+        }
+        meta.insert(name.to_string(), json!(batches));
+    }
+    let refs: Vec<(&str, &Tensor)> = named.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    Tensor::write_safetensors(&refs, out.join("inputs.safetensors"))?;
+    std::fs::write(out.join("gt.json"), serde_json::to_string(&e.val().to_coco_json())?)?;
+    let (_, resolved) = detnas_train::checkpoint::resolve(ckpt)?;
+    let space = candidate_space(ckpt)?;
+    // reps + 1 paths per evaluator, for up to one evaluator per thread (the candidate items).
+    let n = (a.reps + 1) * tch::get_num_threads().max(1) as usize;
+    let seq: Vec<String> = paths(&space, n).iter().map(|p| p.to_string()).collect();
+    meta.insert("checkpoint".into(), json!(std::fs::canonicalize(&resolved)?));
+    meta.insert("paths".into(), json!(seq));
+    meta.insert("space".into(), serde_json::to_value(&space)?);
+    meta.insert("categories".into(), json!(e.val().categories.iter().map(|c| c.id).collect::<Vec<_>>()));
+    std::fs::write(out.join("meta.json"), serde_json::to_string(&meta)?)?;
+    Ok(())
+}
+
+/// The search space of a fine-tuning checkpoint.
+fn candidate_space(ckpt: &std::path::Path) -> Result<SearchSpace, Failure> {
+    let (_, resolved) = detnas_train::checkpoint::resolve(ckpt)?;
+    Ok(detnas_train::finetune::read_meta(&resolved)?.1.space)
+}
+
+/// The search's evaluator of the candidate item: BN recalibration on 100 training images,
+/// AP on the fine-tuning run's search-validation split, batches of 50.
+fn candidate_evaluator(
+    ckpt: &std::path::Path,
+    device: Device,
+) -> Result<detnas_search::fitness::DetEvaluator, detnas_search::SearchError> {
+    let eval = detnas_search::config::SearchEvalConfig { recalibrate_images: 100, batch: 50, ..Default::default() };
+    detnas_search::fitness::DetEvaluator::open(ckpt, &eval, 2, device)
 }

@@ -28,6 +28,11 @@ impl RuntimeArgs {
     }
 }
 
+/// Why CUDA can read as unavailable although a GPU is present: the engine does not link
+/// `libtorch_cuda.so`; the `detnas` launcher preloads it on machines with an NVIDIA GPU.
+const CUDA_HINT: &str = "; CUDA is loaded by the `detnas` launcher when it finds an NVIDIA GPU \
+     (DETNAS_CUDA=1 forces it); running detnas-engine directly needs LD_PRELOAD=<torch lib>/libtorch_cuda.so";
+
 /// Resolves a device name, checking that a requested GPU exists.
 pub fn parse_device(text: &str) -> anyhow::Result<Device> {
     let gpus = || if tch::Cuda::is_available() { tch::Cuda::device_count() as usize } else { 0 };
@@ -36,7 +41,10 @@ pub fn parse_device(text: &str) -> anyhow::Result<Device> {
         "auto" => Ok(Device::cuda_if_available()),
         "cuda" => {
             if gpus() == 0 {
-                return Err(anyhow!("--device cuda: libtorch sees no usable GPU (use --device cpu or auto)"));
+                return Err(anyhow!(
+                    "--device cuda: libtorch sees no usable GPU (use --device cpu or auto){}",
+                    CUDA_HINT
+                ));
             }
             Ok(Device::Cuda(0))
         }
@@ -47,7 +55,10 @@ pub fn parse_device(text: &str) -> anyhow::Result<Device> {
             let n: usize = n.parse().map_err(|_| anyhow!("--device '{other}': '{n}' is not a GPU index"))?;
             let count = gpus();
             if n >= count {
-                return Err(anyhow!("--device {other}: libtorch sees {count} GPU(s)"));
+                return Err(anyhow!(
+                    "--device {other}: libtorch sees {count} GPU(s){}",
+                    if count == 0 { CUDA_HINT } else { "" }
+                ));
             }
             Ok(Device::Cuda(n))
         }

@@ -66,7 +66,6 @@ pub fn run(a: SearchArgs) -> Result<(), Failure> {
         (Device::Cuda(_), "cuda" | "auto") if gpus > 1 => (0..gpus).map(Device::Cuda).collect(),
         _ => vec![device],
     };
-    let workers = cfg.runtime.workers.unwrap_or(devices.len());
     if let Some(t) = cfg.runtime.threads {
         if t < 1 {
             return Err(crate::usage(anyhow!("runtime.threads must be at least 1")));
@@ -74,8 +73,11 @@ pub fn run(a: SearchArgs) -> Result<(), Failure> {
         tch::set_num_threads(t);
     }
     let total = tch::get_num_threads().max(1);
-    let threads_per_worker =
-        if workers > 1 && device == Device::Cpu { Some((total / workers as i32).max(1)) } else { cfg.runtime.threads };
+    let (workers, threads_per_worker) = match cfg.runtime.workers {
+        None => detnas_search::run::default_workers(&devices, total),
+        Some(w) if w > 1 && device == Device::Cpu => (w, Some((total / w as i32).max(1))),
+        Some(w) => (w, cfg.runtime.threads),
+    };
     tracing::info!("search on {} with {workers} worker(s) into {}", describe(device), a.out.display());
     let r = search(
         &cfg,

@@ -176,4 +176,46 @@ impl Detector {
             Ok(())
         })
     }
+
+    /// Eval-mode intermediate outputs, named, for parity checks against a reference
+    /// implementation: pyramid levels `p{k}` (`p3`..`p7` for RetinaNet, `p2`..`p6` for Faster
+    /// R-CNN), then RetinaNet's `cls.{l}` `[N, H·W·A, K]` and `reg.{l}` `[N, H·W·A, 4]`, or
+    /// the RPN's `rpn_obj.{l}` and `rpn_reg.{l}`, the test-time `proposals.{i}` `[P_i, 4]`
+    /// and the box head's `roi_cls` `[ΣP_i, K+1]` and `roi_reg` `[ΣP_i, 4(K+1)]` on them.
+    pub fn trace(
+        &self,
+        images: &Tensor,
+        sizes: &[(i64, i64)],
+        arch: Option<&Arch>,
+    ) -> Result<Vec<(String, Tensor)>, DetectError> {
+        tch::no_grad(|| {
+            let p = self.pyramid(images, arch, false)?;
+            let first = match self.head {
+                Heads::Retina(_) => 3,
+                Heads::Rcnn(_) => 2,
+            };
+            let mut out: Vec<(String, Tensor)> =
+                p.iter().enumerate().map(|(l, t)| (format!("p{}", l + first), t.shallow_clone())).collect();
+            let mut levels = |a: &str, b: &str, (x, y): (Vec<Tensor>, Vec<Tensor>)| {
+                for (l, (x, y)) in x.into_iter().zip(y).enumerate() {
+                    out.push((format!("{a}.{l}"), x));
+                    out.push((format!("{b}.{l}"), y));
+                }
+            };
+            match &self.head {
+                Heads::Retina(h) => levels("cls", "reg", h.raw_outputs(&p)),
+                Heads::Rcnn(h) => {
+                    levels("rpn_obj", "rpn_reg", h.0.raw_outputs(&p));
+                    let (props, _) = h.0.forward(&p, sizes, None, false);
+                    let (c, r) = h.1.raw_outputs(&p, &props);
+                    for (i, b) in props.into_iter().enumerate() {
+                        out.push((format!("proposals.{i}"), b));
+                    }
+                    out.push(("roi_cls".into(), c));
+                    out.push(("roi_reg".into(), r));
+                }
+            }
+            Ok(out)
+        })
+    }
 }

@@ -157,6 +157,17 @@ impl Rpn {
         }
     }
 
+    /// Objectness `[N, H·W·A]` and deltas `[N, H·W·A, 4]` per level.
+    pub fn raw_outputs(&self, feats: &[Tensor]) -> (Vec<Tensor>, Vec<Tensor>) {
+        let (mut obj, mut reg) = (Vec::new(), Vec::new());
+        for f in feats {
+            let t = self.conv.forward(f).relu();
+            obj.push(flatten_level(&self.cls.forward(&t), 1).squeeze_dim(2));
+            reg.push(flatten_level(&self.bbox.forward(&t), 4));
+        }
+        (obj, reg)
+    }
+
     /// Proposals `[P_i, 4]` per image, and (with targets) the RPN losses.
     pub fn forward(
         &self,
@@ -165,12 +176,7 @@ impl Rpn {
         targets: Option<&[Target]>,
         train: bool,
     ) -> (Vec<Tensor>, Option<(Tensor, Tensor)>) {
-        let (mut obj, mut reg) = (Vec::new(), Vec::new());
-        for f in feats {
-            let t = self.conv.forward(f).relu();
-            obj.push(flatten_level(&self.cls.forward(&t), 1).squeeze_dim(2));
-            reg.push(flatten_level(&self.bbox.forward(&t), 4));
-        }
+        let (obj, reg) = self.raw_outputs(feats);
         let hw: Vec<(i64, i64)> = feats.iter().map(|f| (f.size()[2], f.size()[3])).collect();
         let anchors = self.anchors.grid(&hw, feats[0].device());
         let (pre, post) = if train {
@@ -363,6 +369,12 @@ impl RoiHeads {
             smooth_l1_sum(&d, &Tensor::cat(&reg_t, 0), self.cfg.smooth_l1_beta) / n
         };
         (cls, box_loss)
+    }
+
+    /// Eval-mode class logits `[R, K+1]` and deltas `[R, 4(K+1)]` of the proposals of all
+    /// images, in order (for parity checks against a reference implementation).
+    pub fn raw_outputs(&self, feats: &[Tensor], proposals: &[Tensor]) -> (Tensor, Tensor) {
+        self.run(feats, &rois_of(proposals), false)
     }
 
     /// Runs the box head in training mode on `proposals` without losses (BN recalibration).

@@ -156,17 +156,23 @@ impl RetinaHead {
         }
     }
 
+    /// The towers' outputs of level `l` (classification, box).
+    fn towers(&self, f: &Tensor, l: usize, train: bool) -> (Tensor, Tensor) {
+        let mut c = f.shallow_clone();
+        for u in &self.cls_tower {
+            c = u.forward_t(&c, l, train);
+        }
+        let mut b = f.shallow_clone();
+        for u in &self.box_tower {
+            b = u.forward_t(&b, l, train);
+        }
+        (c, b)
+    }
+
     fn run(&self, feats: &[Tensor], train: bool) -> Flat {
         let (mut cls, mut reg) = (Vec::new(), Vec::new());
         for (l, f) in feats.iter().enumerate() {
-            let mut c = f.shallow_clone();
-            for u in &self.cls_tower {
-                c = u.forward_t(&c, l, train);
-            }
-            let mut b = f.shallow_clone();
-            for u in &self.box_tower {
-                b = u.forward_t(&b, l, train);
-            }
+            let (c, b) = self.towers(f, l, train);
             let c = flatten_level(&self.cls_logits.forward(&c), self.classes);
             cls.push(c);
             reg.push(flatten_level(&self.bbox_pred.forward(&b), 4));
@@ -222,9 +228,19 @@ impl RetinaHead {
         (cls_loss, box_loss)
     }
 
-    /// Runs the head in training mode without losses (BN recalibration).
+    /// Eval-mode raw outputs per level: logits `[N, H·W·A, K]` and deltas `[N, H·W·A, 4]`
+    /// (for parity checks against a reference implementation).
+    pub fn raw_outputs(&self, feats: &[Tensor]) -> (Vec<Tensor>, Vec<Tensor>) {
+        let out = self.run(feats, false);
+        (out.cls, out.reg)
+    }
+
+    /// Runs the head's BN-bearing towers in training mode (BN recalibration); the predictor
+    /// convs, which have no BN, are skipped.
     pub fn observe(&self, feats: &[Tensor]) {
-        let _ = self.run(feats, true);
+        for (l, f) in feats.iter().enumerate() {
+            let _ = self.towers(f, l, true);
+        }
     }
 
     /// Detections per image; `sizes` are the unpadded `(height, width)` for clipping.

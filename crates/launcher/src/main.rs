@@ -7,6 +7,12 @@
 //! silently replaced); otherwise, in order, the folder recorded at build time, the default
 //! cache venv (`$DETNAS_CACHE` or `~/.cache/detnas`, `torch-2.11.0`), and the `torch`
 //! package of `python3` on `PATH`.
+//!
+//! CUDA: the engine does not link `libtorch_cuda.so` (it would cost every process about
+//! 230 MB of memory). When the machine has an NVIDIA GPU (`/dev/nvidiactl` or
+//! `/proc/driver/nvidia/gpus/*`) and the libtorch folder has `libtorch_cuda.so`, the launcher
+//! adds it to `LD_PRELOAD`, which registers libtorch's CUDA backend as linking would.
+//! `DETNAS_CUDA=1` forces the preload, `DETNAS_CUDA=0` prevents it.
 
 use std::ffi::OsString;
 use std::os::unix::process::CommandExt;
@@ -73,6 +79,23 @@ fn find_libtorch() -> Result<PathBuf, String> {
     Err(if tried.is_empty() { "nothing found".into() } else { format!("tried {}", tried.join(", ")) })
 }
 
+/// Whether this machine shows an NVIDIA GPU to processes.
+fn nvidia_gpu_present() -> bool {
+    Path::new("/dev/nvidiactl").exists()
+        || std::fs::read_dir("/proc/driver/nvidia/gpus").is_ok_and(|mut d| d.next().is_some())
+}
+
+/// `libtorch_cuda.so` of `lib` when CUDA should be loaded (see the module documentation).
+fn cuda_preload(lib: &Path, flag: Option<&str>, gpu: bool) -> Option<PathBuf> {
+    let so = lib.join("libtorch_cuda.so");
+    let wanted = match flag {
+        Some("0") => false,
+        Some("1") => true,
+        _ => gpu,
+    };
+    (wanted && so.is_file()).then_some(so)
+}
+
 fn main() -> ExitCode {
     let lib = match find_libtorch() {
         Ok(lib) => lib,
@@ -97,7 +120,18 @@ fn main() -> ExitCode {
         path.push(":");
         path.push(old);
     }
-    let err = Command::new(&engine).args(std::env::args_os().skip(1)).env("LD_LIBRARY_PATH", path).exec();
+    let mut cmd = Command::new(&engine);
+    cmd.args(std::env::args_os().skip(1)).env("LD_LIBRARY_PATH", path);
+    let flag = std::env::var("DETNAS_CUDA").ok();
+    if let Some(so) = cuda_preload(&lib, flag.as_deref(), nvidia_gpu_present()) {
+        let mut pre = OsString::from(so.as_os_str());
+        if let Some(old) = std::env::var_os("LD_PRELOAD").filter(|p| !p.is_empty()) {
+            pre.push(":");
+            pre.push(old);
+        }
+        cmd.env("LD_PRELOAD", pre);
+    }
+    let err = cmd.exec();
     eprintln!("error: cannot start {}: {err}", engine.display());
     ExitCode::from(1)
 }
@@ -105,6 +139,21 @@ fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cuda_preload_follows_gpu_and_flag() {
+        let dir = std::env::temp_dir().join(format!("detnas-launcher-cuda-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // No libtorch_cuda.so: never preloaded (a CPU-only torch build).
+        assert_eq!(cuda_preload(&dir, Some("1"), true), None);
+        std::fs::write(dir.join("libtorch_cuda.so"), b"").unwrap();
+        let so = Some(dir.join("libtorch_cuda.so"));
+        assert_eq!(cuda_preload(&dir, None, true), so);
+        assert_eq!(cuda_preload(&dir, None, false), None);
+        assert_eq!(cuda_preload(&dir, Some("1"), false), so);
+        assert_eq!(cuda_preload(&dir, Some("0"), true), None);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 
     #[test]
     fn reads_torch_version_file() {

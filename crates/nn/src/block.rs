@@ -65,9 +65,16 @@ impl ChoiceOp {
 
 /// Channel shuffle "method 1" of the official code: view `[N, 2, C/2, H, W]`, swap dims 1
 /// and 2, flatten back; the first half of the channels is `x_proj`, the second `x`.
+///
+/// A channels-last input (NHWC strides) gives channels-last halves: the same permutation
+/// is taken on the NHWC view, so the block's convolutions keep oneDNN's NHWC layout.
 pub fn channel_shuffle_split(x: &Tensor) -> (Tensor, Tensor) {
     let (n, c, h, w) = x.size4().expect("a block input is 4-D");
-    let shuffled = x.view([n, 2, c / 2, h, w]).transpose(1, 2).reshape([n, c, h, w]);
+    let shuffled = if crate::layout::is_channels_last(x) {
+        x.permute([0, 2, 3, 1]).view([n, h, w, 2, c / 2]).transpose(3, 4).reshape([n, h, w, c]).permute([0, 3, 1, 2])
+    } else {
+        x.view([n, 2, c / 2, h, w]).transpose(1, 2).reshape([n, c, h, w])
+    };
     (shuffled.narrow(1, 0, c / 2), shuffled.narrow(1, c / 2, c / 2))
 }
 

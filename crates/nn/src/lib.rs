@@ -17,6 +17,7 @@ pub mod count;
 pub mod error;
 pub mod latency;
 pub mod layers;
+pub mod layout;
 pub mod net;
 pub mod path;
 

@@ -15,7 +15,9 @@ fn backbone_forward<'a>(
     x: &Tensor,
     train: bool,
 ) -> Vec<Tensor> {
-    let mut y = stem.forward_t(x, train);
+    // Channels-last throughout (see `layout`): oneDNN's NHWC convolutions, no reorders.
+    let x = crate::layout::to_channels_last(x);
+    let mut y = stem.forward_t(&x, train);
     let mut feats = Vec::with_capacity(stage_ends.len());
     for (i, op) in ops.enumerate() {
         y = op.forward_t(&y, train);
@@ -91,7 +93,8 @@ impl Supernet {
     /// Backbone features C2..C5 (one per stage) of path `arch`.
     ///
     /// # Shapes
-    /// `[N, 3, H, W] → [[N, widths[s], H/2^(s+2), W/2^(s+2)]; stages]` (rounded up).
+    /// `[N, 3, H, W] → [[N, widths[s], H/2^(s+2), W/2^(s+2)]; stages]` (rounded up), with
+    /// channels-last strides (the network runs NHWC; `.contiguous()` for an NCHW copy).
     pub fn features_t(&self, x: &Tensor, arch: &Arch, train: bool) -> Result<Vec<Tensor>, NnError> {
         Ok(backbone_forward(&self.stem, self.ops(arch)?, &self.space.stage_ends(), x, train))
     }

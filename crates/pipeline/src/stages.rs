@@ -208,13 +208,10 @@ pub fn run(cfg: &PipelineConfig, opts: &PipelineOptions) -> Result<PipelineOutco
         )?)
     })?;
 
-    let search_opts = |out: PathBuf| SearchOptions {
-        out,
-        devices: vec![opts.device],
-        workers: 1,
-        threads_per_worker: cfg.threads,
-        progress,
-    };
+    let (workers, threads_per_worker) =
+        detnas_search::run::default_workers(&[opts.device], cfg.threads.unwrap_or_else(tch::get_num_threads));
+    let search_opts =
+        |out: PathBuf| SearchOptions { out, devices: vec![opts.device], workers, threads_per_worker, progress };
     let mut scfg = SearchConfig::load(&cfg.search.config, &with(&cfg.search.set, &[], &ro))?;
     scfg.supernet.checkpoint = dirs::finetune(run);
     scfg.supernet.fitness = FitnessKind::Det;

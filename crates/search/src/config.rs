@@ -227,7 +227,8 @@ pub struct SearchRuntime {
     pub device: String,
     /// libtorch threads in total (split among CPU workers).
     pub threads: Option<i32>,
-    /// Parallel evaluation workers (default: one per GPU, else 1).
+    /// Parallel evaluation workers (default: one per GPU; on the CPU one single-threaded
+    /// worker per libtorch thread, at most 4).
     pub workers: Option<usize>,
     /// Batches prepared ahead by the loaders.
     pub prefetch: usize,

@@ -142,6 +142,16 @@ impl DetEvaluator {
     pub fn val(&self) -> &DetDataset {
         &self.val
     }
+
+    /// The BN recalibration images.
+    pub fn recalibration_images(&self) -> &Arc<DetDataset> {
+        &self.recal
+    }
+
+    /// The fine-tuning configuration (with this evaluator's batch and prefetch).
+    pub fn config(&self) -> &FinetuneConfig {
+        &self.cfg
+    }
 }
 
 impl Evaluator for DetEvaluator {

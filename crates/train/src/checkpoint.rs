@@ -110,7 +110,10 @@ pub fn save_training<S: Serialize>(
         |tmp| {
             vs.save(tmp.join("model.safetensors"))?;
             crate::fault::during_save(step);
-            let bufs: Vec<(&str, &tch::Tensor)> = opt.buffers().iter().map(|(k, v)| (k.as_str(), v)).collect();
+            // Contiguous copies: a buffer may have the channels-last strides of its gradient.
+            let bufs: Vec<(&str, tch::Tensor)> =
+                opt.buffers().iter().map(|(k, v)| (k.as_str(), v.contiguous())).collect();
+            let bufs: Vec<(&str, &tch::Tensor)> = bufs.iter().map(|(k, v)| (*k, v)).collect();
             tch::Tensor::write_safetensors(&bufs, tmp.join("optimizer.safetensors"))?;
             std::fs::write(tmp.join("state.json"), serde_json::to_string_pretty(state).expect("serialisable"))
                 .map_err(|e| TrainError::io(tmp, e))?;

@@ -240,7 +240,8 @@ pub fn test_transform(cfg: &FinetuneConfig) -> DetTransform {
     DetTransform { min_size: vec![cfg.data.test_min_size], max_size: cfg.data.max_size, flip: false }
 }
 
-fn finite_loader(data: Arc<DetDataset>, cfg: &FinetuneConfig, batch: usize) -> Result<DetLoader, TrainError> {
+/// One pass over `data` in order, test transform, batches of `batch`.
+pub fn finite_loader(data: Arc<DetDataset>, cfg: &FinetuneConfig, batch: usize) -> Result<DetLoader, TrainError> {
     Ok(DetLoader::new(
         data,
         DetLoaderConfig {

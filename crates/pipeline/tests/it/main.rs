@@ -74,7 +74,7 @@ fn exported_weights_round_trip_and_load_into_the_official_definition() {
     // The official definition in PyTorch.
     let io = d.join("io.safetensors");
     let named: Vec<(String, Tensor)> = std::iter::once(("input".to_string(), x.shallow_clone()))
-        .chain(want.iter().enumerate().map(|(i, t)| (format!("c{}", i + 2), t.shallow_clone())))
+        .chain(want.iter().enumerate().map(|(i, t)| (format!("c{}", i + 2), t.contiguous())))
         .collect();
     let refs: Vec<(&str, &Tensor)> = named.iter().map(|(k, v)| (k.as_str(), v)).collect();
     Tensor::write_safetensors(&refs, &io).unwrap();
