@@ -110,7 +110,14 @@ impl Detector {
     }
 
     fn pyramid(&self, images: &Tensor, arch: Option<&Arch>, train: bool) -> Result<Vec<Tensor>, DetectError> {
-        let c = self.backbone.features(images, arch, train)?;
+        let mut c = self.backbone.features(images, arch, train)?;
+        if train {
+            // The backbone runs channels-last; in training the neck and heads run NCHW, whose
+            // backward kernels are faster for their wide 3×3 convs on large maps (measured,
+            // Small + RetinaNet at 800×1344 batch 2, one step on 2 cores: 42.1 s channels-last
+            // vs 28.6 s; 128×128 demo: 0.248 vs 0.237 s). Inference keeps channels-last.
+            c = c.iter().map(|t| t.contiguous()).collect();
+        }
         Ok(match self.head {
             Heads::Retina(_) => self.fpn.forward_t(&c[1..], train),
             Heads::Rcnn(_) => self.fpn.forward_t(&c, train),

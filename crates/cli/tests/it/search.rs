@@ -94,7 +94,8 @@ fn detection_search_resumes_exactly_after_sigkill_and_parallel_equals_sequential
     )
     .unwrap();
     let reference = d.join("ref");
-    let out = ok(&search(&cfg, &reference, &[], None));
+    // The sequential reference (on the CPU the default is one worker per thread).
+    let out = ok(&search(&cfg, &reference, &["--workers", "1"], None));
     assert!(out.contains("best ") && out.contains("AP"), "{out}");
     assert!(reference.join("latency-table.json").is_file());
     let best = json(&reference.join("best_arch.json"));
@@ -114,7 +115,7 @@ fn detection_search_resumes_exactly_after_sigkill_and_parallel_equals_sequential
     distinct.dedup();
     assert!(ap > 0.0 && distinct.len() >= 3, "the paths must score differently for the test to mean something");
     // The same search folder: nothing left to do.
-    let again = ok(&search(&cfg, &reference, &[], None));
+    let again = ok(&search(&cfg, &reference, &["--workers", "1"], None));
     assert!(again.contains(best["arch"].as_str().unwrap()));
 
     // Killed after candidate 6 (mid-generation 1): rerunning the command finishes with the
