@@ -39,8 +39,13 @@ for r in rows:
         d[r["impl"]] = dict(r)
 
 
+def num(v):
+    """Three significant digits at least, two decimals for large values."""
+    return f"{v:.2f}" if v >= 10 else f"{v:.3g}"
+
+
 def fmt(x):
-    return f"{x['median']:.2f} {x['unit']} ({x['min']:.2f}–{x['max']:.2f})" if x and "median" in x else "—"
+    return f"{num(x['median'])} {x['unit']} ({num(x['min'])}–{num(x['max'])})" if x and "median" in x else "—"
 
 
 def ratio(item, key="median", inverse=False):
@@ -123,8 +128,9 @@ if best_cand:
 out += ["", "Items: cls-train/infer = supernet classification training step (forward, backward, path-wise SGD) or "
         "inference at 224×224 batch 32 (Small) and 32×32 batch 64 (demo space); recal = BN recalibration of one path "
         "(256 images at 224, 1000 at 32); det-* = detection training step / inference (post-processing included) of "
-        "the demo detectors at 128×128 batch 8 and of the reference-width detectors on the Small supernet at "
-        "800×1344 batch 2; candidate = BN recalibration (100 training images) + inference + NMS + COCO AP on the "
+        "the demo detectors at 128×128 batch 8 and, at 800×1344 batch 2, of the same detector settings on the Small "
+        "supernet with 256-wide FPN (RetinaNet towers 256 wide; the Faster R-CNN box head keeps the demo's "
+        "32-channel convs, 256-d FC and 32 RoIs per image); candidate = BN recalibration (100 training images) + inference + NMS + COCO AP on the "
         "200-image search split of a fine-tuned demo RetinaNet supernet (detnas: its search evaluator; PyTorch: "
         "the preprocessed images exported by detnas, so its time excludes image decoding, + pycocotools); "
         "candidate-parallel = the same with one evaluator per core, one thread each (detnas: the search's "

@@ -86,4 +86,5 @@ for item in $items; do
       cat "$work"/par-*.json | sed 's/"item": "candidate"/"item": "candidate-parallel"/' >> "$work/results.jsonl" ;;
   esac
 done
+cp "$work/results.jsonl" "${out%.md}.jsonl"   # the raw lines behind the table
 python3 bench/report.py "$work" "$threads" "$device" "$out"

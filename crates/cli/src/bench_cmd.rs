@@ -259,7 +259,8 @@ pub fn run(a: BenchArgs) -> Result<(), Failure> {
 
 /// Detection items: a training step (forward, losses, backward, SGD on the path) or
 /// inference (detections after NMS) of the demo detectors at their demo input (128×128,
-/// batch 8) or at 800×1333 batch 2 with the Small supernet and the reference widths.
+/// batch 8) or at 800×1344 batch 2 with the Small supernet and a 256-wide FPN (RetinaNet towers
+/// 256 wide; the Faster R-CNN box head keeps the demo widths and 32 RoIs per image).
 fn det_item(a: &BenchArgs, device: Device) -> Result<(Vec<f64>, f64, &'static str), Failure> {
     let parts: Vec<&str> = a.item.split('-').collect();
     let (train, head, scale) = match parts.as_slice() {
