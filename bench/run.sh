@@ -31,13 +31,16 @@ ckpt=${DETNAS_BENCH_CHECKPOINT:-}
 if [ -z "$ckpt" ]; then
   echo "bench: fine-tuning a demo RetinaNet supernet for the candidate items (300 iterations)" >&2
   "$bin" finetune --config configs/demo/finetune-retinanet.toml --out "$work/finetune" --no-progress \
-    --threads "$threads" --set schedule.iterations=300 --set schedule.milestones=[250] >/dev/null 2>&1
+    --threads "$threads" --set schedule.iterations=300 --set schedule.milestones=[250] >"$work/finetune.log" 2>&1 ||
+    { echo "bench: the fine-tuning run failed:" >&2; tail -20 "$work/finetune.log" >&2; exit 1; }
   ckpt=$work/finetune
 fi
 "$bin" bench export --out "$work" --reps "$reps" --threads "$threads" --checkpoint "$ckpt" >/dev/null
 python3 bench/reference/bench.py check --weights "$work/supernet.safetensors" --io "$work/io.safetensors" \
-  --space "$work/space.json" --paths "$work/check-paths.json" > "$work/check.json"
-python3 bench/reference/detection.py check --dir "$work" > "$work/check-det.json"
+  --space "$work/space.json" --paths "$work/check-paths.json" > "$work/check.json" ||
+  { echo "bench: the supernet differs from the PyTorch reference: $(cat "$work/check.json")" >&2; exit 1; }
+python3 bench/reference/detection.py check --dir "$work" > "$work/check-det.json" ||
+  { echo "bench: the detectors differ from the PyTorch reference: $(cat "$work/check-det.json")" >&2; exit 1; }
 # A folder of JPEGs for the loader item.
 python3 - "$work/jpegs" <<'PY'
 import os, sys

@@ -75,7 +75,7 @@ pub fn run(a: SearchArgs) -> Result<(), Failure> {
     let total = tch::get_num_threads().max(1);
     let (workers, threads_per_worker) = match cfg.runtime.workers {
         None => detnas_search::run::default_workers(&devices, total),
-        Some(w) if w > 1 && device == Device::Cpu => (w, Some((total / w as i32).max(1))),
+        Some(w) if w > 1 && device == Device::Cpu => (w, Some(detnas_search::run::threads_per_cpu_worker(total, w))),
         Some(w) => (w, cfg.runtime.threads),
     };
     tracing::info!("search on {} with {workers} worker(s) into {}", describe(device), a.out.display());
