@@ -1,8 +1,8 @@
 //! Conv (+ BN) (+ ReLU) units of the detection neck and heads. Their BNs run through
-//! [`detnas_nn::bn::run_bn`], so BN recalibration covers the FPN and heads as well as the
+//! [`detnas_nn::bn::conv_bn_t`] (folded in eval mode), so BN recalibration covers the FPN and heads as well as the
 //! backbone (reference §6: every BN statistic of a candidate is recomputed).
 
-use detnas_nn::bn::run_bn;
+use detnas_nn::bn::{ConvGeometry, conv_bn_t};
 use detnas_nn::layers::batch_norm;
 use tch::Tensor;
 use tch::nn::{self, Module};
@@ -11,6 +11,7 @@ use tch::nn::{self, Module};
 #[derive(Debug)]
 pub struct ConvUnit {
     pub conv: nn::Conv2D,
+    pub geometry: ConvGeometry,
     pub bn: Option<nn::BatchNorm>,
     pub relu: bool,
 }
@@ -35,16 +36,16 @@ impl ConvUnit {
                 ..Default::default()
             },
         );
-        ConvUnit { conv, bn: bn.then(|| batch_norm(&(p / "bn"), cout)), relu }
+        let geometry = ConvGeometry { stride, padding: k / 2, groups: 1 };
+        ConvUnit { conv, geometry, bn: bn.then(|| batch_norm(&(p / "bn"), cout)), relu }
     }
 
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        let y = self.conv.forward(x);
-        let y = match &self.bn {
-            Some(bn) => run_bn(bn, &y, train),
-            None => y,
+        let mut y = match &self.bn {
+            Some(bn) => conv_bn_t(&self.conv, self.geometry, bn, x, train),
+            None => self.conv.forward(x),
         };
-        if self.relu { y.relu() } else { y }
+        if self.relu { y.relu_() } else { y }
     }
 }
 

@@ -13,7 +13,10 @@ use crate::losses::{sigmoid_focal_loss, smooth_l1_sum};
 use crate::matcher::Matcher;
 use crate::nms::batched_nms;
 use crate::target::{Detections, Target};
-use detnas_nn::bn::run_bn;
+use detnas_nn::bn::{ConvGeometry, conv_bn_t};
+
+/// The towers' 3×3 stride-1 convs.
+const SAME_3X3: ConvGeometry = ConvGeometry { stride: 1, padding: 1, groups: 1 };
 use detnas_nn::layers::batch_norm;
 use serde::{Deserialize, Serialize};
 use tch::nn::Module;
@@ -89,13 +92,12 @@ struct TowerConv {
 
 impl TowerConv {
     fn forward_t(&self, x: &Tensor, level: usize, train: bool) -> Tensor {
-        let y = self.conv.forward(x);
-        let y = match self.bns.len() {
-            0 => y,
-            1 => run_bn(&self.bns[0], &y, train),
-            _ => run_bn(&self.bns[level], &y, train),
+        let mut y = match self.bns.len() {
+            0 => self.conv.forward(x),
+            1 => conv_bn_t(&self.conv, SAME_3X3, &self.bns[0], x, train),
+            _ => conv_bn_t(&self.conv, SAME_3X3, &self.bns[level], x, train),
         };
-        y.relu()
+        y.relu_()
     }
 }
 

@@ -1,5 +1,6 @@
 //! Conv + BN (+ ReLU) units with the official initialisation, and the classification head.
 
+use crate::bn::{ConvGeometry, conv_bn_t};
 use crate::count;
 use tch::Tensor;
 use tch::nn::{self, Module, ModuleT};
@@ -21,6 +22,7 @@ pub fn batch_norm(p: &nn::Path, channels: i64) -> nn::BatchNorm {
 #[derive(Debug)]
 pub struct ConvBn {
     pub conv: nn::Conv2D,
+    pub geometry: ConvGeometry,
     pub bn: nn::BatchNorm,
     pub relu: bool,
 }
@@ -70,16 +72,16 @@ impl ConvBnConfig {
                 ..Default::default()
             },
         );
-        ConvBn { conv, bn: batch_norm(&(p / "bn"), self.cout), relu: self.relu }
+        let geometry = ConvGeometry { stride: self.stride, padding: self.kernel / 2, groups };
+        ConvBn { conv, geometry, bn: batch_norm(&(p / "bn"), self.cout), relu: self.relu }
     }
 }
 
 impl ModuleT for ConvBn {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        let y = self.conv.forward(xs);
+        let mut y = conv_bn_t(&self.conv, self.geometry, &self.bn, xs, train);
         count::record_conv(&self.conv.ws, &y);
-        let y = crate::bn::run_bn(&self.bn, &y, train);
-        if self.relu { y.relu() } else { y }
+        if self.relu { y.relu_() } else { y }
     }
 }
 

@@ -113,3 +113,51 @@ fn off_path_statistics_are_untouched() {
         assert_eq!(t.equal(&after[k]), !on_path, "{k}");
     }
 }
+
+/// Eval-mode conv+BN runs folded (`W·s`, `β + (b − μ)·s`); it must equal conv then BN with
+/// the running statistics, for plain and depthwise convs, with and without conv bias, at
+/// strides 1 and 2, on NCHW and channels-last inputs, and training mode must be untouched.
+#[test]
+fn folded_eval_equals_conv_then_bn() {
+    use detnas_nn::bn::{ConvGeometry, conv_bn_t};
+    use detnas_nn::layers::ConvBnConfig;
+    use tch::nn::{Module, ModuleT};
+    tch::manual_seed(3);
+    for (depthwise, bias, stride, k) in [(false, false, 1, 1), (true, false, 2, 5), (false, true, 2, 3), (true, false, 1, 3)] {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let (cin, cout) = (8, if depthwise { 8 } else { 12 });
+        let unit = ConvBnConfig { cin, cout, kernel: k, stride, depthwise, bias, relu: false, std: None }.build(&vs.root());
+        tch::no_grad(|| {
+            // Non-trivial statistics and affine parameters.
+            let _ = unit.bn.running_mean.shallow_clone().copy_(&(Tensor::randn([cout], (Kind::Float, Device::Cpu)) * 3.0));
+            let _ = unit.bn.running_var.shallow_clone().copy_(&(Tensor::rand([cout], (Kind::Float, Device::Cpu)) * 4.0 + 0.1));
+            let _ = unit.bn.ws.as_ref().unwrap().shallow_clone().copy_(&Tensor::randn([cout], (Kind::Float, Device::Cpu)));
+            let _ = unit.bn.bs.as_ref().unwrap().shallow_clone().copy_(&Tensor::randn([cout], (Kind::Float, Device::Cpu)));
+            if let Some(b) = &unit.conv.bs {
+                let _ = b.shallow_clone().copy_(&Tensor::randn([cout], (Kind::Float, Device::Cpu)));
+            }
+        });
+        let geometry = ConvGeometry { stride, padding: k / 2, groups: if depthwise { cin } else { 1 } };
+        assert_eq!(unit.geometry, geometry);
+        let x = Tensor::randn([2, cin, 9, 11], (Kind::Float, Device::Cpu));
+        for x in [x.shallow_clone(), detnas_nn::layout::to_channels_last(&x)] {
+            let folded = tch::no_grad(|| conv_bn_t(&unit.conv, geometry, &unit.bn, &x, false));
+            let reference = tch::no_grad(|| unit.bn.forward_t(&unit.conv.forward(&x), false));
+            let scale = reference.abs().max().double_value(&[]);
+            let diff = (&folded - &reference).abs().max().double_value(&[]);
+            assert!(diff <= 1e-5 * scale.max(1.0), "depthwise {depthwise} bias {bias} stride {stride}: {diff} of {scale}");
+            assert!(scale > 1.0, "the statistics must matter");
+            // Training mode: conv then BN with batch statistics, as before.
+            let before = unit.bn.running_mean.copy();
+            let train = tch::no_grad(|| conv_bn_t(&unit.conv, geometry, &unit.bn, &x, true));
+            let y = tch::no_grad(|| unit.conv.forward(&x));
+            let batch_norm = (&y - y.mean_dim(&[0i64, 2, 3][..], true, None))
+                / (y.var_dim(&[0i64, 2, 3][..], false, true) + 1e-5).sqrt();
+            let expect = batch_norm * unit.bn.ws.as_ref().unwrap().view([1, -1, 1, 1])
+                + unit.bn.bs.as_ref().unwrap().view([1, -1, 1, 1]);
+            let diff = (&train - &expect).abs().max().double_value(&[]);
+            assert!(diff < 1e-4, "training mode: {diff}");
+            assert!(!unit.bn.running_mean.allclose(&before, 0.0, 0.0, false), "training mode updates the statistics");
+        }
+    }
+}
