@@ -18,6 +18,31 @@ mod space_cmd;
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+/// jemalloc is the malloc of the whole process (its symbols are unprefixed, so libtorch's
+/// CPU tensors come from it too). Measured on 2 cores against glibc malloc, same binary
+/// otherwise: Small 224×224 training step 1.19× faster at 0.72× the peak memory, inference
+/// 1.08×, BN recalibration 1.11×; demo-scale supernet and RetinaNet items 1.07–1.32×; FPN
+/// inference and candidate evaluation unchanged. See [`malloc_conf`] for the settings.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// A C string in a `static` (a thin, immutable pointer).
+#[repr(transparent)]
+pub struct ConfString(*const u8);
+// SAFETY: points to an immutable `'static` byte string.
+#[allow(unsafe_code)]
+unsafe impl Sync for ConfString {}
+
+/// jemalloc's compiled-in options (`MALLOC_CONF` in the environment still overrides them):
+/// freed pages are never returned to the kernel (`dirty_decay_ms:-1`, `muzzy_decay_ms:-1`) and
+/// large tensors share the ordinary arenas (`oversize_threshold:0`). With jemalloc's defaults
+/// every large activation was unmapped and faulted in again at each step: the Small-space
+/// training step ran at 9.0 img/s instead of 13.7 img/s (glibc: 12.4). The process's resident memory
+/// therefore stays at its high-water mark, which is what the peak already is.
+#[allow(non_upper_case_globals, unsafe_code)]
+#[unsafe(no_mangle)]
+pub static malloc_conf: ConfString = ConfString(b"dirty_decay_ms:-1,muzzy_decay_ms:-1,oversize_threshold:0\0".as_ptr());
+
 /// DetNAS: backbone search for object detection.
 #[derive(Parser)]
 #[command(name = "detnas", bin_name = "detnas", version, about, propagate_version = true)]

@@ -123,16 +123,26 @@ fn folded_eval_equals_conv_then_bn() {
     use detnas_nn::layers::ConvBnConfig;
     use tch::nn::{Module, ModuleT};
     tch::manual_seed(3);
-    for (depthwise, bias, stride, k) in [(false, false, 1, 1), (true, false, 2, 5), (false, true, 2, 3), (true, false, 1, 3)] {
+    for (depthwise, bias, stride, k) in
+        [(false, false, 1, 1), (true, false, 2, 5), (false, true, 2, 3), (true, false, 1, 3)]
+    {
         let vs = nn::VarStore::new(Device::Cpu);
         let (cin, cout) = (8, if depthwise { 8 } else { 12 });
-        let unit = ConvBnConfig { cin, cout, kernel: k, stride, depthwise, bias, relu: false, std: None }.build(&vs.root());
+        let unit =
+            ConvBnConfig { cin, cout, kernel: k, stride, depthwise, bias, relu: false, std: None }.build(&vs.root());
         tch::no_grad(|| {
             // Non-trivial statistics and affine parameters.
-            let _ = unit.bn.running_mean.shallow_clone().copy_(&(Tensor::randn([cout], (Kind::Float, Device::Cpu)) * 3.0));
-            let _ = unit.bn.running_var.shallow_clone().copy_(&(Tensor::rand([cout], (Kind::Float, Device::Cpu)) * 4.0 + 0.1));
-            let _ = unit.bn.ws.as_ref().unwrap().shallow_clone().copy_(&Tensor::randn([cout], (Kind::Float, Device::Cpu)));
-            let _ = unit.bn.bs.as_ref().unwrap().shallow_clone().copy_(&Tensor::randn([cout], (Kind::Float, Device::Cpu)));
+            let _ =
+                unit.bn.running_mean.shallow_clone().copy_(&(Tensor::randn([cout], (Kind::Float, Device::Cpu)) * 3.0));
+            let _ = unit
+                .bn
+                .running_var
+                .shallow_clone()
+                .copy_(&(Tensor::rand([cout], (Kind::Float, Device::Cpu)) * 4.0 + 0.1));
+            let _ =
+                unit.bn.ws.as_ref().unwrap().shallow_clone().copy_(&Tensor::randn([cout], (Kind::Float, Device::Cpu)));
+            let _ =
+                unit.bn.bs.as_ref().unwrap().shallow_clone().copy_(&Tensor::randn([cout], (Kind::Float, Device::Cpu)));
             if let Some(b) = &unit.conv.bs {
                 let _ = b.shallow_clone().copy_(&Tensor::randn([cout], (Kind::Float, Device::Cpu)));
             }
@@ -145,7 +155,10 @@ fn folded_eval_equals_conv_then_bn() {
             let reference = tch::no_grad(|| unit.bn.forward_t(&unit.conv.forward(&x), false));
             let scale = reference.abs().max().double_value(&[]);
             let diff = (&folded - &reference).abs().max().double_value(&[]);
-            assert!(diff <= 1e-5 * scale.max(1.0), "depthwise {depthwise} bias {bias} stride {stride}: {diff} of {scale}");
+            assert!(
+                diff <= 1e-5 * scale.max(1.0),
+                "depthwise {depthwise} bias {bias} stride {stride}: {diff} of {scale}"
+            );
             assert!(scale > 1.0, "the statistics must matter");
             // Training mode: conv then BN with batch statistics, as before.
             let before = unit.bn.running_mean.copy();
