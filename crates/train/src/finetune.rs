@@ -278,14 +278,80 @@ pub fn recalibrate(
     mode: BnMode,
     device: Device,
 ) -> Result<usize, TrainError> {
+    recalibrate_inputs(det, arch, &DetInputs::Read(images), cfg, mode, device)
+}
+
+/// [`recalibrate`] on evaluation inputs, read or prepared.
+pub fn recalibrate_inputs(
+    det: &Detector,
+    arch: Option<&Arch>,
+    images: &DetInputs,
+    cfg: &FinetuneConfig,
+    mode: BnMode,
+    device: Device,
+) -> Result<usize, TrainError> {
     let session = Recalibration::begin(mode);
-    let mut loader = finite_loader(images, cfg, cfg.eval.batch)?;
-    while let Some(b) = loader.next_batch() {
-        let b = b?;
-        let (x, sizes, _) = batch_inputs(&b.batch, device);
-        det.observe(&x, &sizes, arch).map_err(|e| TrainError::Config(e.to_string()))?;
-    }
+    images.for_each(cfg, |b| {
+        let (x, sizes, _) = batch_inputs(b, device);
+        det.observe(&x, &sizes, arch).map_err(|e| TrainError::Config(e.to_string()))
+    })?;
     Ok(session.finish())
+}
+
+/// The images of an evaluation as model inputs: read (decoded, test-transformed, batched)
+/// on every pass, or prepared once and kept in memory — the search scores every candidate
+/// on the same images, so it prepares them when they fit (see [`DetInputs::prepare`]).
+/// Both give the same batches, hence the same statistics and detections.
+#[derive(Clone, Debug)]
+pub enum DetInputs {
+    Read(Arc<DetDataset>),
+    Prepared(Arc<Vec<DetBatch>>),
+}
+
+impl DetInputs {
+    /// One pass of the test loader over `data` kept in memory (batches of `cfg.eval.batch`)
+    /// when its estimated size — every image at the test transform's largest size, padded to
+    /// the divisibility, 3 float channels — is at most `budget_bytes`; otherwise `Read`.
+    pub fn prepare(data: Arc<DetDataset>, cfg: &FinetuneConfig, budget_bytes: u64) -> Result<DetInputs, TrainError> {
+        let d = cfg.data.divisibility.max(1) as u64;
+        let side = (cfg.data.max_size as u64).div_ceil(d) * d;
+        let estimate = data.len() as u64 * 3 * side * side * 4;
+        if estimate > budget_bytes {
+            return Ok(DetInputs::Read(data));
+        }
+        let mut batches = Vec::new();
+        let mut loader = finite_loader(data, cfg, cfg.eval.batch)?;
+        while let Some(b) = loader.next_batch() {
+            batches.push(b?.batch);
+        }
+        Ok(DetInputs::Prepared(Arc::new(batches)))
+    }
+
+    /// Whether the batches are held in memory.
+    pub fn is_prepared(&self) -> bool {
+        matches!(self, DetInputs::Prepared(_))
+    }
+
+    fn for_each(
+        &self,
+        cfg: &FinetuneConfig,
+        mut f: impl FnMut(&DetBatch) -> Result<(), TrainError>,
+    ) -> Result<(), TrainError> {
+        match self {
+            DetInputs::Read(data) => {
+                let mut loader = finite_loader(data.clone(), cfg, cfg.eval.batch)?;
+                while let Some(b) = loader.next_batch() {
+                    f(&b?.batch)?;
+                }
+            }
+            DetInputs::Prepared(batches) => {
+                for b in batches.iter() {
+                    f(b)?;
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Runs path `arch` on `data` and returns COCO results (original image coordinates and
@@ -297,13 +363,23 @@ pub fn detect_all(
     cfg: &FinetuneConfig,
     device: Device,
 ) -> Result<Vec<CocoDetection>, TrainError> {
+    detect_inputs(det, arch, &data, &DetInputs::Read(data.clone()), cfg, device)
+}
+
+/// [`detect_all`] on evaluation inputs of `data`, read or prepared.
+pub fn detect_inputs(
+    det: &Detector,
+    arch: Option<&Arch>,
+    data: &DetDataset,
+    inputs: &DetInputs,
+    cfg: &FinetuneConfig,
+    device: Device,
+) -> Result<Vec<CocoDetection>, TrainError> {
     let mut out = Vec::new();
-    let mut loader = finite_loader(data.clone(), cfg, cfg.eval.batch)?;
-    while let Some(b) = loader.next_batch() {
-        let b = b?;
-        let (x, sizes, _) = batch_inputs(&b.batch, device);
+    inputs.for_each(cfg, |b| {
+        let (x, sizes, _) = batch_inputs(b, device);
         let dets = det.detect(&x, &sizes, arch).map_err(|e| TrainError::Config(e.to_string()))?;
-        for ((d, s), &i) in dets.iter().zip(&b.batch.samples).zip(&b.batch.indices) {
+        for ((d, s), &i) in dets.iter().zip(&b.samples).zip(&b.indices) {
             let boxes = detnas_detect::boxes::rows_of(&d.boxes);
             let scores = Vec::<f32>::try_from(d.scores.to_device(Device::Cpu))?;
             let labels = Vec::<i64>::try_from(d.labels.to_device(Device::Cpu))?;
@@ -318,7 +394,8 @@ pub fn detect_all(
                 });
             }
         }
-    }
+        Ok(())
+    })?;
     Ok(out)
 }
 
@@ -380,14 +457,29 @@ pub fn evaluate_det(
     cfg: &FinetuneConfig,
     device: Device,
 ) -> Result<DetScore, TrainError> {
+    let recal = recal.map(|(images, mode)| (DetInputs::Read(images), mode));
+    let inputs = DetInputs::Read(data.clone());
+    evaluate_det_inputs(det, arch, recal.as_ref().map(|(i, m)| (i, *m)), &data, &inputs, cfg, device)
+}
+
+/// [`evaluate_det`] on evaluation inputs (read or prepared) of `data`.
+pub fn evaluate_det_inputs(
+    det: &Detector,
+    arch: Option<&Arch>,
+    recal: Option<(&DetInputs, BnMode)>,
+    data: &DetDataset,
+    inputs: &DetInputs,
+    cfg: &FinetuneConfig,
+    device: Device,
+) -> Result<DetScore, TrainError> {
     let t0 = Instant::now();
     let layers = match recal {
-        Some((images, mode)) => recalibrate(det, arch, images, cfg, mode, device)?,
+        Some((images, mode)) => recalibrate_inputs(det, arch, images, cfg, mode, device)?,
         None => 0,
     };
     let t1 = Instant::now();
-    let dets = detect_all(det, arch, data.clone(), cfg, device)?;
-    let stats = coco_eval(&data, &dets)?;
+    let dets = detect_inputs(det, arch, data, inputs, cfg, device)?;
+    let stats = coco_eval(data, &dets)?;
     Ok(DetScore {
         arch: arch.map(|a| a.to_string()).unwrap_or_default(),
         stats,

@@ -114,6 +114,26 @@ fn detection_search_resumes_exactly_after_sigkill_and_parallel_equals_sequential
     distinct.sort_unstable();
     distinct.dedup();
     assert!(ap > 0.0 && distinct.len() >= 3, "the paths must score differently for the test to mean something");
+    // The search scores candidates on inputs prepared once; `eval det` reads the images on
+    // every pass: the same path, recalibration images and batch size give the same AP.
+    let shown = ok(&engine(
+        &[
+            "eval",
+            "det",
+            "--checkpoint",
+            ft.to_str().unwrap(),
+            "--arch",
+            best["arch"].as_str().unwrap(),
+            "--data",
+            "search-val",
+            "--recalibrate-bn",
+            "8",
+            "--json",
+        ],
+        None,
+    ));
+    let read: serde_json::Value = serde_json::from_str(shown.lines().last().unwrap()).unwrap();
+    assert_eq!(read["stats"][0].as_f64().unwrap(), ap, "{shown}");
     // The same search folder: nothing left to do.
     let again = ok(&search(&cfg, &reference, &["--workers", "1"], None));
     assert!(again.contains(best["arch"].as_str().unwrap()));
