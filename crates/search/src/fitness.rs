@@ -147,6 +147,11 @@ impl DetEvaluator {
         let recal = Arc::new(recalibration_images(&cfg, &splits.train, eval.recalibrate_images));
         let recal_inputs = DetInputs::prepare(recal.clone(), &cfg, PREPARED_INPUTS_BUDGET / 3)?;
         let val_inputs = DetInputs::prepare(val.clone(), &cfg, PREPARED_INPUTS_BUDGET * 2 / 3)?;
+        tracing::debug!(
+            recalibration_prepared = recal_inputs.is_prepared(),
+            validation_prepared = val_inputs.is_prepared(),
+            "detection evaluator inputs"
+        );
         Ok(DetEvaluator {
             det,
             _vs: vs,
