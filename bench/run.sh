@@ -2,15 +2,21 @@
 # Rust (detnas) vs PyTorch eager, side by side, measured in one run on this machine, written
 # to BENCHMARKS.md. Each item runs in its own process (peak memory per item).
 #   bench/run.sh [--threads N] [--reps R] [--quick] [--device cpu|cuda] [--out FILE]
+#                [--bin DIR] [--python system]
 # --quick skips the 800x1333 detection items and the Small-space training step.
 # The candidate items evaluate paths of a fine-tuned demo supernet: DETNAS_BENCH_CHECKPOINT=RUN
 # names one (e.g. runs/demo/finetune after ./scripts/demo.sh); without it a short fine-tuning
 # run (300 iterations, no pre-training) is made first.
 # The PyTorch reference (bench/reference/) runs in its own venv (bench/reference/setup.sh):
 # the PyPI torch==2.11.0 wheel of the libtorch venv, torchvision 0.26.0 and pycocotools.
+# On a machine without Rust or network (a lent GPU machine, see bench/gpu.sh): --bin DIR runs
+# prebuilt binaries (libtorch from python3's torch), --python system uses python3 on PATH as
+# the reference (items whose imports it lacks are measured for detnas only).
+# --device cuda runs both sides on the GPU; the numeric checks and the loader stay on the CPU,
+# and candidate-parallel (one evaluator per core) is a CPU layout, so it is skipped there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-threads=$(nproc); reps=5; quick=0; device=cpu; out=BENCHMARKS.md
+threads=$(nproc); reps=5; quick=0; device=cpu; out=BENCHMARKS.md; bindir=; python=venv
 while [ $# -gt 0 ]; do
   case $1 in
     --threads) threads=$2; shift 2 ;;
@@ -18,20 +24,37 @@ while [ $# -gt 0 ]; do
     --quick) quick=1; shift ;;
     --device) device=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
+    --bin) bindir=$2; shift 2 ;;
+    --python) python=$2; shift 2 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
-source scripts/env.sh
-cargo build --release --locked -p detnas -p detnas-cli >/dev/null
-source bench/reference/setup.sh
-bin=target/release/detnas
+if [ -z "$bindir" ]; then
+  source scripts/env.sh
+  cargo build --release --locked -p detnas -p detnas-cli >/dev/null
+  bindir=target/release
+fi
+[ -x "$bindir/detnas" ] && [ -x "$bindir/detnas-engine" ] ||
+  { echo "bench: no detnas and detnas-engine binaries in $bindir" >&2; exit 2; }
+case $python in
+  venv) [ -n "${DETNAS_CACHE:-}" ] || source scripts/env.sh; source bench/reference/setup.sh ;;
+  system) ;;
+  *) echo "bench: --python is venv or system" >&2; exit 2 ;;
+esac
+has() { python3 -c "import $1" 2>/dev/null; }
+has torch || { echo "bench: python3 has no torch: the PyTorch reference cannot run" >&2; exit 2; }
+det_ref=1; has torchvision && has pycocotools ||
+  { det_ref=0; echo "bench: python3 lacks torchvision or pycocotools: detection items are measured for detnas only" >&2; }
+bin=$bindir/detnas
+mkdir -p "$(dirname "$out")"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 ckpt=${DETNAS_BENCH_CHECKPOINT:-}
 if [ -z "$ckpt" ]; then
   echo "bench: fine-tuning a demo RetinaNet supernet for the candidate items (300 iterations)" >&2
   "$bin" finetune --config configs/demo/finetune-retinanet.toml --out "$work/finetune" --no-progress \
-    --threads "$threads" --set schedule.iterations=300 --set schedule.milestones=[250] >"$work/finetune.log" 2>&1 ||
+    --threads "$threads" --device "$device" --set schedule.iterations=300 --set schedule.milestones=[250] \
+    >"$work/finetune.log" 2>&1 ||
     { echo "bench: the fine-tuning run failed:" >&2; tail -20 "$work/finetune.log" >&2; exit 1; }
   ckpt=$work/finetune
 fi
@@ -39,10 +62,15 @@ fi
 python3 bench/reference/bench.py check --weights "$work/supernet.safetensors" --io "$work/io.safetensors" \
   --space "$work/space.json" --paths "$work/check-paths.json" > "$work/check.json" ||
   { echo "bench: the supernet differs from the PyTorch reference: $(cat "$work/check.json")" >&2; exit 1; }
-python3 bench/reference/detection.py check --dir "$work" > "$work/check-det.json" ||
-  { echo "bench: the detectors differ from the PyTorch reference: $(cat "$work/check-det.json")" >&2; exit 1; }
-# A folder of JPEGs for the loader item.
-python3 - "$work/jpegs" <<'PY'
+if [ $det_ref = 1 ]; then
+  python3 bench/reference/detection.py check --dir "$work" > "$work/check-det.json" ||
+    { echo "bench: the detectors differ from the PyTorch reference: $(cat "$work/check-det.json")" >&2; exit 1; }
+fi
+loader=0
+if [ "$device" = cpu ] && has PIL && has numpy; then
+  loader=1
+  # A folder of JPEGs for the loader item.
+  python3 - "$work/jpegs" <<'PY'
 import os, sys
 import numpy as np
 from PIL import Image
@@ -53,9 +81,12 @@ for c in range(4):
         a = (np.random.RandomState(c * 1000 + i).rand(375, 500, 3) * 255).astype("uint8")
         Image.fromarray(a).save(f"{out}/class{c}/{i}.jpg", quality=90)
 PY
+fi
 items="cls-train-demo cls-infer-demo cls-infer-small recal-demo recal-small det-train-retinanet-demo det-infer-retinanet-demo det-train-fpn-demo det-infer-fpn-demo"
 [ $quick = 1 ] || items="cls-train-small $items det-train-retinanet-800 det-infer-retinanet-800 det-train-fpn-800 det-infer-fpn-800"
-items="$items candidate candidate-parallel loader"
+items="$items candidate"
+[ "$device" = cpu ] && items="$items candidate-parallel"
+[ $loader = 1 ] && items="$items loader"
 : > "$work/results.jsonl"
 for item in $items; do
   echo "bench: $item" >&2
@@ -68,18 +99,21 @@ for item in $items; do
         --device "$device" | sed 's/"item":"candidate"/"item":"candidate-parallel"/' ;;
     *) "$bin" bench "$item" --reps "$reps" --threads "$threads" --device "$device" ;;
   esac >> "$work/results.jsonl"
-  [ "$device" = cpu ] || continue
   case $item in
     cls-*|recal-*)
       space=demo; [[ $item == *small ]] && space=small
       python3 bench/reference/bench.py "$item" --paths "$work/paths-$space.json" --space "$work/space.json" \
-        --reps "$reps" --threads "$threads" >> "$work/results.jsonl" ;;
+        --reps "$reps" --threads "$threads" --device "$device" >> "$work/results.jsonl" ;;
     det-*)
-      python3 bench/reference/detection.py "$item" --dir "$work" --reps "$reps" --threads "$threads" >> "$work/results.jsonl" ;;
+      [ $det_ref = 1 ] || continue
+      python3 bench/reference/detection.py "$item" --dir "$work" --reps "$reps" --threads "$threads" \
+        --device "$device" >> "$work/results.jsonl" ;;
     candidate)
+      [ $det_ref = 1 ] || continue
       python3 bench/reference/detection.py candidate --dir "$work/candidate" --reps "$reps" --threads "$threads" \
-        >> "$work/results.jsonl" ;;
+        --device "$device" >> "$work/results.jsonl" ;;
     candidate-parallel)
+      [ $det_ref = 1 ] || continue
       # The same with PyTorch: one process per core, one thread each, side by side.
       for p in $(seq 0 $((threads - 1))); do
         python3 bench/reference/detection.py candidate --dir "$work/candidate" --reps "$reps" --threads 1 \

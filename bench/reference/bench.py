@@ -60,12 +60,28 @@ def peak_rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def timed(reps, f):
+def synchronizer(dev):
+    """Waits for the device's queued work (CUDA kernels run asynchronously)."""
+    return torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+
+
+def describe(dev):
+    return f"cuda ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else "cpu"
+
+
+def gpu_memory(dev):
+    """Peak GPU memory allocated by tensors (PyTorch's caching allocator), when on a GPU."""
+    return {"gpu_peak_mb": torch.cuda.max_memory_allocated(dev) / 2**20} if dev.type == "cuda" else {}
+
+
+def timed(reps, f, sync=lambda: None):
     f(0)
+    sync()
     t = []
     for r in range(1, reps + 1):
         s = time.perf_counter()
         f(r)
+        sync()
         t.append(time.perf_counter() - s)
     return t
 
@@ -96,7 +112,9 @@ def main():
     ap.add_argument("--threads", type=int)
     ap.add_argument("--weights")
     ap.add_argument("--io")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (timed items; the check runs on the CPU)")
     a = ap.parse_args()
+    dev = torch.device(a.device)
     if a.threads:
         torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -119,11 +137,12 @@ def main():
     paths = [[int(c) for c in p] for p in json.load(open(a.paths))]
     small = a.item.endswith("small")
     space, side, classes = (SMALL, 224, 1000) if small else (demo, 32, 10)
-    net = Supernet(space, classes)
+    net = Supernet(space, classes).to(dev)
+    sync = synchronizer(dev)
     if a.item.startswith("cls-"):
         batch = 32 if small else 64
-        x = torch.randn(batch, 3, side, side)
-        y = torch.randint(0, classes, (batch,))
+        x = torch.randn(batch, 3, side, side, device=dev)
+        y = torch.randint(0, classes, (batch,), device=dev)
         if "train" in a.item:
             net.train()
             lossf = nn.CrossEntropyLoss()
@@ -138,11 +157,11 @@ def main():
             def step(r):
                 with torch.no_grad():
                     net(x, paths[r])
-        t = timed(a.reps, step)
+        t = timed(a.reps, step, sync)
         per = batch
     elif a.item.startswith("recal-"):
         batch, n = (32, 256) if small else (200, 1000)
-        xs = [torch.randn(batch, 3, side, side) for _ in range(n // batch)]
+        xs = [torch.randn(batch, 3, side, side, device=dev) for _ in range(n // batch)]
 
         def step(r):
             # The official procedure: reset, then training-mode forwards with cumulative
@@ -155,7 +174,7 @@ def main():
             with torch.no_grad():
                 for x in xs:
                     net(x, paths[r])
-        t = timed(a.reps, step)
+        t = timed(a.reps, step, sync)
         per = n
     else:
         print(json.dumps({"item": a.item, "impl": "pytorch", "error": "not implemented in the reference"}))
@@ -163,8 +182,8 @@ def main():
     s = sorted(t)
     print(json.dumps({"item": a.item, "impl": "pytorch", "unit": "img/s", "median": per / s[len(s) // 2],
                       "min": per / s[-1], "max": per / s[0], "median_seconds": s[len(s) // 2], "reps": len(t),
-                      "threads": torch.get_num_threads(), "device": "cpu", "peak_rss_mb": peak_rss_mb(),
-                      "torch": torch.__version__}))
+                      "threads": torch.get_num_threads(), "device": describe(dev), "peak_rss_mb": peak_rss_mb(),
+                      "torch": torch.__version__, **gpu_memory(dev)}))
 
 
 if __name__ == "__main__":

@@ -175,7 +175,8 @@ def sample(m, per_image, fraction):
     neg = torch.nonzero(m == -1).squeeze(1)
     n_pos = min(pos.numel(), int(per_image * fraction))
     n_neg = min(neg.numel(), per_image - n_pos)
-    return pos[torch.randperm(pos.numel())[:n_pos]], neg[torch.randperm(neg.numel())[:n_neg]]
+    return (pos[torch.randperm(pos.numel(), device=m.device)[:n_pos]],
+            neg[torch.randperm(neg.numel(), device=m.device)[:n_neg]])
 
 
 def smooth_l1(a, b, beta):
@@ -285,7 +286,9 @@ class RetinaHead(nn.Module):
                 scores.append(top)
                 labels.append(lab)
             if not boxes:
-                out.append((torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.int64)))
+                dev = feats[0].device
+                out.append((torch.zeros(0, 4, device=dev), torch.zeros(0, device=dev),
+                            torch.zeros(0, dtype=torch.int64, device=dev)))
                 continue
             b, s, lab = torch.cat(boxes), torch.cat(scores), torch.cat(labels)
             keep = batched_nms(b, s, lab, cfg["nms_threshold"])[: cfg["detections_per_image"]]
@@ -332,7 +335,7 @@ class Rpn(nn.Module):
                     keep = torch.nonzero(((b[:, 2] - b[:, 0]) >= ms) & ((b[:, 3] - b[:, 1]) >= ms)).squeeze(1)
                     boxes.append(b[keep])
                     scores.append(s[keep])
-                    levels.append(torch.full((keep.numel(),), l, dtype=torch.int64))
+                    levels.append(torch.full((keep.numel(),), l, dtype=torch.int64, device=b.device))
                 b, s, lv = torch.cat(boxes), torch.cat(scores), torch.cat(levels)
                 keep = batched_nms(b, s, lv, cfg["nms_threshold"])[:post]
                 props.append(b[keep])
@@ -347,7 +350,7 @@ class Rpn(nn.Module):
             pos, neg = sample(m, cfg["batch_per_image"], cfg["positive_fraction"])
             idx = torch.cat([pos, neg])
             sampled += idx.numel()
-            lab = torch.cat([torch.ones(pos.numel()), torch.zeros(neg.numel())])
+            lab = torch.cat([torch.ones(pos.numel(), device=obj.device), torch.zeros(neg.numel(), device=obj.device)])
             obj_l.append(F.binary_cross_entropy_with_logits(obj[i][idx], lab, reduction="sum"))
             if pos.numel():
                 box_l.append(smooth_l1(reg[i][pos], encode(anchors[pos], boxes[m[pos]]), cfg["smooth_l1_beta"]))
@@ -357,7 +360,7 @@ class Rpn(nn.Module):
 
 
 def rois_of(props):
-    return torch.cat([torch.cat([torch.full((p.shape[0], 1), float(i)), p.float()], 1) for i, p in enumerate(props)])
+    return torch.cat([torch.cat([torch.full((p.shape[0], 1), float(i), device=p.device), p.float()], 1) for i, p in enumerate(props)])
 
 
 class RoiHeads(nn.Module):
@@ -382,7 +385,7 @@ class RoiHeads(nn.Module):
         b = rois[:, 1:]
         s = ((b[:, 2] - b[:, 0]).clamp(min=0) * (b[:, 3] - b[:, 1]).clamp(min=0)).sqrt()
         lvl = (torch.log2(s / 224 + 1e-6) + 4).floor().clamp(2, 5).long() - 2
-        out = torch.zeros(rois.shape[0], feats[0].shape[1], r, r)
+        out = torch.zeros(rois.shape[0], feats[0].shape[1], r, r, device=feats[0].device)
         for l, f in enumerate(feats[:4]):
             idx = torch.nonzero(lvl == l).squeeze(1)
             if idx.numel():
@@ -408,11 +411,11 @@ class RoiHeads(nn.Module):
                 m = match(box_iou(boxes, p), cfg["fg_iou"], cfg["bg_iou"], False)
                 pos, neg = sample(m, cfg["batch_per_image"], cfg["positive_fraction"])
                 idx = torch.cat([pos, neg])
-                l = torch.zeros(idx.numel(), dtype=torch.int64)
+                l = torch.zeros(idx.numel(), dtype=torch.int64, device=p.device)
                 l[: pos.numel()] = lab[m[pos]] + 1
                 if pos.numel():
                     reg_t.append(encode(p[pos], boxes[m[pos]], cfg["bbox_weights"]))
-                rois.append(torch.cat([torch.full((idx.numel(), 1), float(i)), p[idx]], 1))
+                rois.append(torch.cat([torch.full((idx.numel(), 1), float(i), device=p.device), p[idx]], 1))
                 labels.append(l)
         rois, labels = torch.cat(rois), torch.cat(labels)
         logits, deltas = self(feats, rois)
@@ -420,7 +423,7 @@ class RoiHeads(nn.Module):
         loss = F.cross_entropy(logits, labels, reduction="sum") / n
         pos = torch.nonzero(labels > 0).squeeze(1)
         if pos.numel():
-            d = deltas[pos].reshape(-1, self.k + 1, 4)[torch.arange(pos.numel()), labels[pos]]
+            d = deltas[pos].reshape(-1, self.k + 1, 4)[torch.arange(pos.numel(), device=pos.device), labels[pos]]
             loss = loss + smooth_l1(d, torch.cat(reg_t), cfg["smooth_l1_beta"]) / n
         return loss
 
@@ -434,7 +437,7 @@ class RoiHeads(nn.Module):
             b = clip(decode(deltas[start:start + n], p, cfg["bbox_weights"]).reshape(-1, 4), h, w)
             b = b.reshape(n, k1, 4)[:, 1:].reshape(-1, 4)
             s = probs[start:start + n, 1:].reshape(-1)
-            lab = torch.arange(self.k).repeat(n)
+            lab = torch.arange(self.k, device=p.device).repeat(n)
             start += n
             keep = (s > cfg["score_threshold"]) & ((b[:, 2] - b[:, 0]) > 1e-3) & ((b[:, 3] - b[:, 1]) > 1e-3)
             b, s, lab = b[keep], s[keep], lab[keep]
@@ -546,7 +549,7 @@ def bench_targets(d, scale):
     return [(torch.tensor(b, dtype=torch.float32), torch.tensor([0, 1, 2])) for b in t]
 
 
-def det_item(item, d, reps):
+def det_item(item, d, reps, dev):
     _, mode, head, scale = item.split("-")
     space = json.load(open(f"{d}/space.json"))
     cfg = json.load(open(f"{d}/det-{head}.json"))
@@ -554,11 +557,11 @@ def det_item(item, d, reps):
         space, cfg["fpn_channels"], (h, w, batch) = bench.SMALL, 256, (800, 1344, 2)
     else:
         h, w, batch = 128, 128, 8
-    det = Detector(cfg, space, 6)
+    det = Detector(cfg, space, 6).to(dev)
     paths = [[int(c) for c in p] for p in json.load(open(f"{d}/paths-{'small' if scale == '800' else 'demo'}.json"))]
-    x = torch.rand(batch, 3, h, w) * 255
+    x = (torch.rand(batch, 3, h, w) * 255).to(dev)
     sizes = [(h, w)] * batch
-    targets = bench_targets(d, scale)
+    targets = [(b.to(dev), l.to(dev)) for b, l in bench_targets(d, scale)]
     if mode == "train":
         det.train()
 
@@ -572,10 +575,10 @@ def det_item(item, d, reps):
         def step(r):
             det.detect(x, sizes, paths[r])
     reps = min(reps, 2) if scale == "800" else reps
-    return bench.timed(reps, step), batch
+    return bench.timed(reps, step, bench.synchronizer(dev)), batch
 
 
-def candidate(d, reps, offset=0):
+def candidate(d, reps, offset=0, dev=torch.device("cpu")):
     """BN recalibration (reset, cumulative averages, training-mode forwards without
     gradients, as the official code), inference, post-processing and pycocotools AP."""
     from pycocotools.coco import COCO
@@ -587,7 +590,8 @@ def candidate(d, reps, offset=0):
     cfg = tomllib.load(open(f"{ck}/config.toml", "rb"))["detector"]
     det = Detector(cfg, meta["space"], len(meta["categories"]))
     load(det, f"{ck}/model.safetensors")
-    inputs = bench.read_safetensors(f"{d}/inputs.safetensors")
+    det.to(dev)
+    inputs = {k: v.to(dev) for k, v in bench.read_safetensors(f"{d}/inputs.safetensors").items()}
     recal = [inputs[f"recal.{i}.x"] for i in range(len(meta["recal"]))]
     recal_sizes = [[tuple(s) for s in b["sizes"]] for b in meta["recal"]]
     val = [(inputs[f"val.{i}.x"], b) for i, b in enumerate(meta["val"])]
@@ -624,7 +628,7 @@ def candidate(d, reps, offset=0):
             done.append("".join(map(str, path)))
 
     done = []
-    t = bench.timed(reps, one)
+    t = bench.timed(reps, one, bench.synchronizer(dev))
     return t, aps, done
 
 
@@ -635,7 +639,9 @@ def main():
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--threads", type=int)
     ap.add_argument("--offset", type=int, default=0, help="candidate: which block of reps+1 exported paths")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (timed items; the check runs on the CPU)")
     a = ap.parse_args()
+    dev = torch.device(a.device)
     if a.threads:
         torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -645,17 +651,17 @@ def main():
         sys.exit(0 if worst < 1e-4 else 1)
     extra = {}
     if a.item == "candidate":
-        t, aps, done = candidate(a.dir, a.reps, a.offset)
+        t, aps, done = candidate(a.dir, a.reps, a.offset, dev)
         per, unit = 1, "candidates/s"
         extra["ap"], extra["paths"] = aps, done
     else:
-        t, per = det_item(a.item, a.dir, a.reps)
+        t, per = det_item(a.item, a.dir, a.reps, dev)
         unit = "img/s"
     s = sorted(t)
     print(json.dumps({"item": a.item, "impl": "pytorch", "unit": unit, "median": per / s[len(s) // 2],
                       "min": per / s[-1], "max": per / s[0], "median_seconds": s[len(s) // 2], "reps": len(t),
-                      "threads": torch.get_num_threads(), "device": "cpu", "peak_rss_mb": bench.peak_rss_mb(),
-                      "torch": torch.__version__, **extra}))
+                      "threads": torch.get_num_threads(), "device": bench.describe(dev), "peak_rss_mb": bench.peak_rss_mb(),
+                      "torch": torch.__version__, **bench.gpu_memory(dev), **extra}))
 
 
 if __name__ == "__main__":

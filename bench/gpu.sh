@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# GPU numbers of the benchmark items a–e (bench/run.sh's items except the CPU-only loader and
+# candidate-parallel), for a lent GPU machine that has torch==2.11.0 with CUDA but neither
+# Rust nor network. Two halves:
+#   bench/gpu.sh --pack     here, after a release build (scripts/demo.sh or `cargo build
+#                           --release -p detnas -p detnas-cli`): strips the two binaries into
+#                           target/gpu-bin (about 15 MB, small enough to carry there)
+#   bench/gpu.sh OUT_DIR    there, with target/gpu-bin carried: detnas (libtorch from python3's
+#                           torch) and the PyTorch reference (python3 itself) on the GPU, side by
+#                           side; writes OUT_DIR/BENCHMARKS-gpu.md and .jsonl, to merge into
+#                           BENCHMARKS.md. REPS=R sets the repetitions (default 5).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ "${1:-}" = --pack ]; then
+  mkdir -p target/gpu-bin
+  for b in detnas detnas-engine; do
+    [ -x "target/release/$b" ] || { echo "gpu.sh: build target/release/$b first" >&2; exit 2; }
+    strip -o "target/gpu-bin/$b" "target/release/$b"
+  done
+  ls -la target/gpu-bin
+  exit 0
+fi
+out=${1:?usage: bench/gpu.sh --pack | bench/gpu.sh OUT_DIR}
+mkdir -p "$out"
+nvidia-smi -L >&2 || true
+python3 -c "import torch; assert torch.cuda.is_available(), 'torch sees no GPU'; print('torch', torch.__version__, torch.cuda.get_device_name(0))" >&2
+# The launcher finds python3's torch and preloads its CUDA library: one forward on the GPU
+# fails early, with the launcher's message, when it cannot.
+target/gpu-bin/detnas net check --space configs/demo/space.toml --input 64 --device cuda --repeat 1 >&2
+exec bench/run.sh --device cuda --bin target/gpu-bin --python system --reps "${REPS:-5}" --out "$out/BENCHMARKS-gpu.md"
