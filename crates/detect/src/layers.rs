@@ -1,6 +1,7 @@
 //! Conv (+ BN) (+ ReLU) units of the detection neck and heads. Their BNs run through
-//! [`detnas_nn::bn::conv_bn_t`] (folded in eval mode), so BN recalibration covers the FPN and heads as well as the
-//! backbone (reference §6: every BN statistic of a candidate is recomputed).
+//! [`detnas_nn::bn::conv_bn_t`] (folded into the conv in eval mode), so BN recalibration
+//! covers the FPN and heads as well as the backbone (reference §6: every BN statistic of a
+//! candidate is recomputed).
 
 use detnas_nn::bn::{ConvGeometry, conv_bn_t};
 use detnas_nn::layers::batch_norm;

@@ -14,9 +14,6 @@ use crate::matcher::Matcher;
 use crate::nms::batched_nms;
 use crate::target::{Detections, Target};
 use detnas_nn::bn::{ConvGeometry, conv_bn_t};
-
-/// The towers' 3×3 stride-1 convs.
-const SAME_3X3: ConvGeometry = ConvGeometry { stride: 1, padding: 1, groups: 1 };
 use detnas_nn::layers::batch_norm;
 use serde::{Deserialize, Serialize};
 use tch::nn::Module;
@@ -81,6 +78,9 @@ impl RetinaNetConfig {
         AnchorGenerator::retinanet(&self.anchor_sizes, &self.strides(), self.scales_per_octave, &self.aspect_ratios)
     }
 }
+
+/// The towers' 3×3 stride-1 convs.
+const SAME_3X3: ConvGeometry = ConvGeometry { stride: 1, padding: 1, groups: 1 };
 
 /// A tower conv shared by all levels, followed by BN (one shared, one per level, or none)
 /// and ReLU.

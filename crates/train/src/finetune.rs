@@ -448,7 +448,6 @@ pub fn voc_map(data: &DetDataset, dets: &[CocoDetection]) -> (f64, f64) {
 }
 
 /// Box AP of path `arch` on `data` after BN recalibration on `recal` (when given).
-#[allow(clippy::too_many_arguments)]
 pub fn evaluate_det(
     det: &Detector,
     arch: Option<&Arch>,
