@@ -4,11 +4,13 @@
 # Rust nor network. Two halves:
 #   bench/gpu.sh --pack     here, after a release build (scripts/demo.sh or `cargo build
 #                           --release -p detnas -p detnas-cli`): strips the two binaries into
-#                           target/gpu-bin (about 15 MB, small enough to carry there)
-#   bench/gpu.sh OUT_DIR    there, with target/gpu-bin carried: detnas (libtorch from python3's
+#                           target/gpu-bin (11 MB, small enough to carry there)
+#   bench/gpu.sh OUT_DIR    there (the device tool: carry ["target/gpu-bin"], OUT_DIR "$OUT";
+#                           not yet run on a GPU, so its duration is unknown): detnas (libtorch from python3's
 #                           torch) and the PyTorch reference (python3 itself) on the GPU, side by
 #                           side; writes OUT_DIR/BENCHMARKS-gpu.md and .jsonl, to merge into
-#                           BENCHMARKS.md. REPS=R sets the repetitions (default 5).
+#                           BENCHMARKS.md. REPS=R sets the repetitions (default 3), QUICK=1
+#                           skips the 800x1333 items and the Small training step.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "${1:-}" = --pack ]; then
@@ -27,4 +29,6 @@ python3 -c "import torch; assert torch.cuda.is_available(), 'torch sees no GPU';
 # The launcher finds python3's torch and preloads its CUDA library: one forward on the GPU
 # fails early, with the launcher's message, when it cannot.
 target/gpu-bin/detnas net check --space configs/demo/space.toml --input 64 --device cuda --repeat 1 >&2
-exec bench/run.sh --device cuda --bin target/gpu-bin --python system --reps "${REPS:-5}" --out "$out/BENCHMARKS-gpu.md"
+quick=(); [ "${QUICK:-0}" = 1 ] && quick=(--quick)
+exec bench/run.sh --device cuda --bin target/gpu-bin --python system --reps "${REPS:-3}" "${quick[@]}" \
+  --out "$out/BENCHMARKS-gpu.md"
