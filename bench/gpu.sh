@@ -10,7 +10,9 @@
 #                           torch) and the PyTorch reference (python3 itself) on the GPU, side by
 #                           side; writes OUT_DIR/BENCHMARKS-gpu.md and .jsonl, to merge into
 #                           BENCHMARKS.md. REPS=R sets the repetitions (default 3), QUICK=1
-#                           skips the 800x1333 items and the Small training step.
+#                           skips the 800x1333 items and the Small training step, ITEMS="..."
+#                           measures only those (the device tool stops a command after 10
+#                           minutes: split the items over two calls if one does not fit).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "${1:-}" = --pack ]; then
@@ -29,6 +31,7 @@ python3 -c "import torch; assert torch.cuda.is_available(), 'torch sees no GPU';
 # The launcher finds python3's torch and preloads its CUDA library: one forward on the GPU
 # fails early, with the launcher's message, when it cannot.
 target/gpu-bin/detnas net check --space configs/demo/space.toml --input 64 --device cuda --repeat 1 >&2
-quick=(); [ "${QUICK:-0}" = 1 ] && quick=(--quick)
-exec bench/run.sh --device cuda --bin target/gpu-bin --python system --reps "${REPS:-3}" "${quick[@]}" \
-  --out "$out/BENCHMARKS-gpu.md"
+args=(--device cuda --bin target/gpu-bin --python system --reps "${REPS:-3}" --out "$out/BENCHMARKS-gpu.md")
+[ "${QUICK:-0}" = 1 ] && args+=(--quick)
+[ -n "${ITEMS:-}" ] && args+=(--items "$ITEMS")
+exec bench/run.sh "${args[@]}"

@@ -12,11 +12,12 @@
 # On a machine without Rust or network (a lent GPU machine, see bench/gpu.sh): --bin DIR runs
 # prebuilt binaries (libtorch from python3's torch), --python system uses python3 on PATH as
 # the reference (items whose imports it lacks are measured for detnas only).
-# --device cuda runs both sides on the GPU; the numeric checks and the loader stay on the CPU,
-# and candidate-parallel (one evaluator per core) is a CPU layout, so it is skipped there.
+# --device cuda runs both sides on the GPU; the numeric checks stay on the CPU, and the loader
+# (CPU work) and candidate-parallel (one evaluator per core, a CPU layout) are skipped there.
+# --items "A B ..." measures only those items (the device tool allows 10 minutes a command).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-threads=$(nproc); reps=5; quick=0; device=cpu; out=BENCHMARKS.md; bindir=; python=venv
+threads=$(nproc); reps=5; quick=0; device=cpu; out=BENCHMARKS.md; bindir=; python=venv; only=
 while [ $# -gt 0 ]; do
   case $1 in
     --threads) threads=$2; shift 2 ;;
@@ -26,6 +27,7 @@ while [ $# -gt 0 ]; do
     --out) out=$2; shift 2 ;;
     --bin) bindir=$2; shift 2 ;;
     --python) python=$2; shift 2 ;;
+    --items) only=$2; shift 2 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -37,7 +39,7 @@ fi
 [ -x "$bindir/detnas" ] && [ -x "$bindir/detnas-engine" ] ||
   { echo "bench: no detnas and detnas-engine binaries in $bindir" >&2; exit 2; }
 case $python in
-  venv) [ -n "${DETNAS_CACHE:-}" ] || source scripts/env.sh; source bench/reference/setup.sh ;;
+  venv) source scripts/env.sh; source bench/reference/setup.sh ;;
   system) ;;
   *) echo "bench: --python is venv or system" >&2; exit 2 ;;
 esac
@@ -49,8 +51,15 @@ bin=$bindir/detnas
 mkdir -p "$(dirname "$out")"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
+items="cls-train-demo cls-infer-demo cls-infer-small recal-demo recal-small det-train-retinanet-demo det-infer-retinanet-demo det-train-fpn-demo det-infer-fpn-demo"
+[ $quick = 1 ] || items="cls-train-small $items det-train-retinanet-800 det-infer-retinanet-800 det-train-fpn-800 det-infer-fpn-800"
+items="$items candidate"
+[ "$device" = cpu ] && items="$items candidate-parallel"
+[ "$device" = cpu ] && has PIL && has numpy && items="$items loader"
+[ -z "$only" ] || items=$only
 ckpt=${DETNAS_BENCH_CHECKPOINT:-}
-if [ -z "$ckpt" ]; then
+candidates=0; [[ " $items " == *" candidate"* ]] && candidates=1
+if [ -z "$ckpt" ] && [ $candidates = 1 ]; then
   echo "bench: fine-tuning a demo RetinaNet supernet for the candidate items (300 iterations)" >&2
   "$bin" finetune --config configs/demo/finetune-retinanet.toml --out "$work/finetune" --no-progress \
     --threads "$threads" --device "$device" --set schedule.iterations=300 --set schedule.milestones=[250] \
@@ -58,7 +67,8 @@ if [ -z "$ckpt" ]; then
     { echo "bench: the fine-tuning run failed:" >&2; tail -20 "$work/finetune.log" >&2; exit 1; }
   ckpt=$work/finetune
 fi
-"$bin" bench export --out "$work" --reps "$reps" --threads "$threads" --checkpoint "$ckpt" >/dev/null
+export_ckpt=(); [ $candidates = 1 ] && export_ckpt=(--checkpoint "$ckpt")
+"$bin" bench export --out "$work" --reps "$reps" --threads "$threads" ${export_ckpt[@]+"${export_ckpt[@]}"} >/dev/null
 python3 bench/reference/bench.py check --weights "$work/supernet.safetensors" --io "$work/io.safetensors" \
   --space "$work/space.json" --paths "$work/check-paths.json" > "$work/check.json" ||
   { echo "bench: the supernet differs from the PyTorch reference: $(cat "$work/check.json")" >&2; exit 1; }
@@ -66,9 +76,7 @@ if [ $det_ref = 1 ]; then
   python3 bench/reference/detection.py check --dir "$work" > "$work/check-det.json" ||
     { echo "bench: the detectors differ from the PyTorch reference: $(cat "$work/check-det.json")" >&2; exit 1; }
 fi
-loader=0
-if [ "$device" = cpu ] && has PIL && has numpy; then
-  loader=1
+if [[ " $items " == *" loader "* ]]; then
   # A folder of JPEGs for the loader item.
   python3 - "$work/jpegs" <<'PY'
 import os, sys
@@ -82,11 +90,6 @@ for c in range(4):
         Image.fromarray(a).save(f"{out}/class{c}/{i}.jpg", quality=90)
 PY
 fi
-items="cls-train-demo cls-infer-demo cls-infer-small recal-demo recal-small det-train-retinanet-demo det-infer-retinanet-demo det-train-fpn-demo det-infer-fpn-demo"
-[ $quick = 1 ] || items="cls-train-small $items det-train-retinanet-800 det-infer-retinanet-800 det-train-fpn-800 det-infer-fpn-800"
-items="$items candidate"
-[ "$device" = cpu ] && items="$items candidate-parallel"
-[ $loader = 1 ] && items="$items loader"
 : > "$work/results.jsonl"
 for item in $items; do
   echo "bench: $item" >&2
@@ -115,11 +118,13 @@ for item in $items; do
     candidate-parallel)
       [ $det_ref = 1 ] || continue
       # The same with PyTorch: one process per core, one thread each, side by side.
+      pids=()
       for p in $(seq 0 $((threads - 1))); do
         python3 bench/reference/detection.py candidate --dir "$work/candidate" --reps "$reps" --threads 1 \
           --offset "$p" > "$work/par-$p.json" &
+        pids+=($!)
       done
-      wait
+      for pid in "${pids[@]}"; do wait "$pid"; done
       cat "$work"/par-*.json | sed 's/"item": "candidate"/"item": "candidate-parallel"/' >> "$work/results.jsonl" ;;
   esac
 done

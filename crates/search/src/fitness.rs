@@ -92,8 +92,8 @@ pub struct DetEvaluator {
     cfg: FinetuneConfig,
     recal: Arc<DetDataset>,
     val: Arc<DetDataset>,
-    /// The recalibration and validation images as model inputs (prepared once when they fit
-    /// in [`PREPARED_INPUTS_BUDGET`]).
+    /// The recalibration and validation images as model inputs (prepared once when together
+    /// they fit in [`PREPARED_INPUTS_BUDGET`]).
     recal_inputs: DetInputs,
     val_inputs: DetInputs,
     mode: BnMode,
@@ -101,11 +101,11 @@ pub struct DetEvaluator {
     device: Device,
 }
 
-/// Memory one detection evaluator may spend on prepared inputs (recalibration and
-/// validation images decoded and test-transformed once, instead of once per candidate).
-/// The demo's 100 + 200 images at 128×128 take 59 MB; COCO-scale splits exceed it and are
-/// read per candidate as before. Measured at the demo scale on 2 cores: see the README.
-pub const PREPARED_INPUTS_BUDGET: u64 = 512 << 20;
+/// Memory one detection evaluator (one search worker; each holds its own copy) may spend on
+/// prepared inputs: recalibration and validation images decoded and test-transformed once,
+/// instead of once per candidate. The demo's 100 + 200 images at 128×128 take 59 MB;
+/// COCO-scale splits exceed it and are read per candidate as before.
+pub const PREPARED_INPUTS_BUDGET: u64 = 256 << 20;
 
 impl DetEvaluator {
     pub fn open(
@@ -145,8 +145,9 @@ impl DetEvaluator {
         cfg.eval.batch = eval.batch;
         cfg.runtime.prefetch = prefetch;
         let recal = Arc::new(recalibration_images(&cfg, &splits.train, eval.recalibrate_images));
-        let recal_inputs = DetInputs::prepare(recal.clone(), &cfg, PREPARED_INPUTS_BUDGET / 3)?;
-        let val_inputs = DetInputs::prepare(val.clone(), &cfg, PREPARED_INPUTS_BUDGET * 2 / 3)?;
+        let mut inputs = DetInputs::prepare_all(&[recal.clone(), val.clone()], &cfg, PREPARED_INPUTS_BUDGET)?;
+        let val_inputs = inputs.pop().expect("two sets");
+        let recal_inputs = inputs.pop().expect("two sets");
         tracing::debug!(
             recalibration_prepared = recal_inputs.is_prepared(),
             validation_prepared = val_inputs.is_prepared(),
@@ -188,7 +189,6 @@ impl Evaluator for DetEvaluator {
             &self.det,
             Some(arch),
             Some((&self.recal_inputs, self.mode)),
-            &self.val,
             &self.val_inputs,
             &self.cfg,
             self.device,

@@ -300,36 +300,62 @@ pub fn recalibrate_inputs(
 
 /// The images of an evaluation as model inputs: read (decoded, test-transformed, batched)
 /// on every pass, or prepared once and kept in memory — the search scores every candidate
-/// on the same images, so it prepares them when they fit (see [`DetInputs::prepare`]).
+/// on the same images, so it prepares them when they fit (see [`DetInputs::prepare_all`]).
 /// Both give the same batches, hence the same statistics and detections.
 #[derive(Clone, Debug)]
 pub enum DetInputs {
     Read(Arc<DetDataset>),
-    Prepared(Arc<Vec<DetBatch>>),
+    Prepared { data: Arc<DetDataset>, batches: Arc<Vec<DetBatch>> },
 }
 
 impl DetInputs {
-    /// One pass of the test loader over `data` kept in memory (batches of `cfg.eval.batch`)
-    /// when its estimated size — every image at the test transform's largest size, padded to
-    /// the divisibility, 3 float channels — is at most `budget_bytes`; otherwise `Read`.
-    pub fn prepare(data: Arc<DetDataset>, cfg: &FinetuneConfig, budget_bytes: u64) -> Result<DetInputs, TrainError> {
+    /// Bytes that `data`'s prepared batches take at most: every image at the test
+    /// transform's largest size, padded to the divisibility, 3 float channels.
+    pub fn prepared_bytes(data: &DetDataset, cfg: &FinetuneConfig) -> u64 {
         let d = cfg.data.divisibility.max(1) as u64;
         let side = (cfg.data.max_size as u64).div_ceil(d) * d;
-        let estimate = data.len() as u64 * 3 * side * side * 4;
-        if estimate > budget_bytes {
-            return Ok(DetInputs::Read(data));
+        data.len() as u64 * 3 * side * side * 4
+    }
+
+    /// Prepares every set of `sets` (one pass of the test loader each, batches of
+    /// `cfg.eval.batch`) when together they take at most `budget_bytes`
+    /// ([`DetInputs::prepared_bytes`]); otherwise all are read on every pass.
+    pub fn prepare_all(
+        sets: &[Arc<DetDataset>],
+        cfg: &FinetuneConfig,
+        budget_bytes: u64,
+    ) -> Result<Vec<DetInputs>, TrainError> {
+        let total: u64 = sets.iter().map(|d| Self::prepared_bytes(d, cfg)).sum();
+        if total > budget_bytes {
+            return Ok(sets.iter().map(|d| DetInputs::Read(d.clone())).collect());
         }
-        let mut batches = Vec::new();
-        let mut loader = finite_loader(data, cfg, cfg.eval.batch)?;
-        while let Some(b) = loader.next_batch() {
-            batches.push(b?.batch);
+        sets.iter()
+            .map(|data| {
+                let mut batches = Vec::new();
+                let mut loader = finite_loader(data.clone(), cfg, cfg.eval.batch)?;
+                while let Some(b) = loader.next_batch() {
+                    let mut batch = b?.batch;
+                    // Only the padded batch is fed to the model; drop the per-sample copies.
+                    for s in &mut batch.samples {
+                        s.data = Vec::new();
+                    }
+                    batches.push(batch);
+                }
+                Ok(DetInputs::Prepared { data: data.clone(), batches: Arc::new(batches) })
+            })
+            .collect()
+    }
+
+    /// The dataset the inputs come from.
+    pub fn data(&self) -> &Arc<DetDataset> {
+        match self {
+            DetInputs::Read(data) | DetInputs::Prepared { data, .. } => data,
         }
-        Ok(DetInputs::Prepared(Arc::new(batches)))
     }
 
     /// Whether the batches are held in memory.
     pub fn is_prepared(&self) -> bool {
-        matches!(self, DetInputs::Prepared(_))
+        matches!(self, DetInputs::Prepared { .. })
     }
 
     fn for_each(
@@ -344,7 +370,7 @@ impl DetInputs {
                     f(&b?.batch)?;
                 }
             }
-            DetInputs::Prepared(batches) => {
+            DetInputs::Prepared { batches, .. } => {
                 for b in batches.iter() {
                     f(b)?;
                 }
@@ -363,18 +389,18 @@ pub fn detect_all(
     cfg: &FinetuneConfig,
     device: Device,
 ) -> Result<Vec<CocoDetection>, TrainError> {
-    detect_inputs(det, arch, &data, &DetInputs::Read(data.clone()), cfg, device)
+    detect_inputs(det, arch, &DetInputs::Read(data), cfg, device)
 }
 
-/// [`detect_all`] on evaluation inputs of `data`, read or prepared.
+/// [`detect_all`] on evaluation inputs, read or prepared.
 pub fn detect_inputs(
     det: &Detector,
     arch: Option<&Arch>,
-    data: &DetDataset,
     inputs: &DetInputs,
     cfg: &FinetuneConfig,
     device: Device,
 ) -> Result<Vec<CocoDetection>, TrainError> {
+    let data = inputs.data();
     let mut out = Vec::new();
     inputs.for_each(cfg, |b| {
         let (x, sizes, _) = batch_inputs(b, device);
@@ -457,27 +483,26 @@ pub fn evaluate_det(
     device: Device,
 ) -> Result<DetScore, TrainError> {
     let recal = recal.map(|(images, mode)| (DetInputs::Read(images), mode));
-    let inputs = DetInputs::Read(data.clone());
-    evaluate_det_inputs(det, arch, recal.as_ref().map(|(i, m)| (i, *m)), &data, &inputs, cfg, device)
+    evaluate_det_inputs(det, arch, recal.as_ref().map(|(i, m)| (i, *m)), &DetInputs::Read(data), cfg, device)
 }
 
-/// [`evaluate_det`] on evaluation inputs (read or prepared) of `data`.
+/// [`evaluate_det`] on evaluation inputs, read or prepared.
 pub fn evaluate_det_inputs(
     det: &Detector,
     arch: Option<&Arch>,
     recal: Option<(&DetInputs, BnMode)>,
-    data: &DetDataset,
     inputs: &DetInputs,
     cfg: &FinetuneConfig,
     device: Device,
 ) -> Result<DetScore, TrainError> {
+    let data = inputs.data();
     let t0 = Instant::now();
     let layers = match recal {
         Some((images, mode)) => recalibrate_inputs(det, arch, images, cfg, mode, device)?,
         None => 0,
     };
     let t1 = Instant::now();
-    let dets = detect_inputs(det, arch, data, inputs, cfg, device)?;
+    let dets = detect_inputs(det, arch, inputs, cfg, device)?;
     let stats = coco_eval(data, &dets)?;
     Ok(DetScore {
         arch: arch.map(|a| a.to_string()).unwrap_or_default(),
