@@ -28,7 +28,7 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// A C string in a `static` (a thin, immutable pointer).
 #[repr(transparent)]
-pub struct ConfString(*const u8);
+pub struct ConfString(*const std::ffi::c_char);
 // SAFETY: points to an immutable `'static` byte string.
 #[allow(unsafe_code)]
 unsafe impl Sync for ConfString {}
@@ -41,7 +41,7 @@ unsafe impl Sync for ConfString {}
 /// therefore stays at its high-water mark, which is what the peak already is.
 #[allow(non_upper_case_globals, unsafe_code)]
 #[unsafe(no_mangle)]
-pub static malloc_conf: ConfString = ConfString(b"dirty_decay_ms:-1,muzzy_decay_ms:-1,oversize_threshold:0\0".as_ptr());
+pub static malloc_conf: ConfString = ConfString(c"dirty_decay_ms:-1,muzzy_decay_ms:-1,oversize_threshold:0".as_ptr());
 
 /// DetNAS: backbone search for object detection.
 #[derive(Parser)]

@@ -132,19 +132,12 @@ fn folded_eval_equals_conv_then_bn() {
             ConvBnConfig { cin, cout, kernel: k, stride, depthwise, bias, relu: false, std: None }.build(&vs.root());
         tch::no_grad(|| {
             // Non-trivial statistics and affine parameters.
-            let _ =
-                unit.bn.running_mean.shallow_clone().copy_(&(Tensor::randn([cout], (Kind::Float, Device::Cpu)) * 3.0));
-            let _ = unit
-                .bn
-                .running_var
-                .shallow_clone()
-                .copy_(&(Tensor::rand([cout], (Kind::Float, Device::Cpu)) * 4.0 + 0.1));
-            let _ =
-                unit.bn.ws.as_ref().unwrap().shallow_clone().copy_(&Tensor::randn([cout], (Kind::Float, Device::Cpu)));
-            let _ =
-                unit.bn.bs.as_ref().unwrap().shallow_clone().copy_(&Tensor::randn([cout], (Kind::Float, Device::Cpu)));
+            unit.bn.running_mean.shallow_clone().copy_(&(Tensor::randn([cout], (Kind::Float, Device::Cpu)) * 3.0));
+            unit.bn.running_var.shallow_clone().copy_(&(Tensor::rand([cout], (Kind::Float, Device::Cpu)) * 4.0 + 0.1));
+            unit.bn.ws.as_ref().unwrap().shallow_clone().copy_(&Tensor::randn([cout], (Kind::Float, Device::Cpu)));
+            unit.bn.bs.as_ref().unwrap().shallow_clone().copy_(&Tensor::randn([cout], (Kind::Float, Device::Cpu)));
             if let Some(b) = &unit.conv.bs {
-                let _ = b.shallow_clone().copy_(&Tensor::randn([cout], (Kind::Float, Device::Cpu)));
+                b.shallow_clone().copy_(&Tensor::randn([cout], (Kind::Float, Device::Cpu)));
             }
         });
         let geometry = ConvGeometry { stride, padding: k / 2, groups: if depthwise { cin } else { 1 } };
