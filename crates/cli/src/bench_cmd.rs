@@ -421,7 +421,7 @@ fn export_candidate(a: &BenchArgs, ckpt: &std::path::Path, out: &std::path::Path
     let cfg = e.config();
     let mut named: Vec<(String, Tensor)> = Vec::new();
     let mut meta = serde_json::Map::new();
-    for (name, data) in [("recal", e.recalibration_images().clone()), ("val", std::sync::Arc::new(e.val().clone()))] {
+    for (name, data) in [("recal", e.recalibration_images().clone()), ("val", e.val().clone())] {
         let mut loader = detnas_train::finetune::finite_loader(data.clone(), cfg, cfg.eval.batch)?;
         let mut b_i = 0;
         let mut batches = Vec::new();

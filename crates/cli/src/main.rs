@@ -37,8 +37,8 @@ unsafe impl Sync for ConfString {}
 /// freed pages are never returned to the kernel (`dirty_decay_ms:-1`, `muzzy_decay_ms:-1`) and
 /// large tensors share the ordinary arenas (`oversize_threshold:0`). With jemalloc's defaults
 /// every large activation was unmapped and faulted in again at each step: the Small-space
-/// training step ran at 9.0 img/s instead of 13.7 img/s (glibc: 12.4). The process's resident memory
-/// therefore stays at its high-water mark, which is what the peak already is.
+/// training step ran at 9.0 img/s, below glibc's 12.4–12.7 img/s. The process's resident
+/// memory therefore stays at its high-water mark, which is what the peak already is.
 #[allow(non_upper_case_globals, unsafe_code)]
 #[unsafe(no_mangle)]
 pub static malloc_conf: ConfString = ConfString(c"dirty_decay_ms:-1,muzzy_decay_ms:-1,oversize_threshold:0".as_ptr());

@@ -79,14 +79,12 @@ impl RetinaNetConfig {
     }
 }
 
-/// The towers' 3×3 stride-1 convs.
-const SAME_3X3: ConvGeometry = ConvGeometry { stride: 1, padding: 1, groups: 1 };
-
 /// A tower conv shared by all levels, followed by BN (one shared, one per level, or none)
 /// and ReLU.
 #[derive(Debug)]
 struct TowerConv {
     conv: nn::Conv2D,
+    geometry: ConvGeometry,
     bns: Vec<nn::BatchNorm>,
 }
 
@@ -94,8 +92,8 @@ impl TowerConv {
     fn forward_t(&self, x: &Tensor, level: usize, train: bool) -> Tensor {
         let mut y = match self.bns.len() {
             0 => self.conv.forward(x),
-            1 => conv_bn_t(&self.conv, SAME_3X3, &self.bns[0], x, train),
-            _ => conv_bn_t(&self.conv, SAME_3X3, &self.bns[level], x, train),
+            1 => conv_bn_t(&self.conv, self.geometry, &self.bns[0], x, train),
+            _ => conv_bn_t(&self.conv, self.geometry, &self.bns[level], x, train),
         };
         y.relu_()
     }
@@ -137,10 +135,10 @@ impl RetinaHead {
                         let unit = ConvUnit::new(&tp, channels, channels, 3, 1, false, true, Some(0.01));
                         let bns =
                             (0..levels).map(|l| batch_norm(&(&tp / format!("bn_p{}", l + 3)), channels)).collect();
-                        TowerConv { conv: unit.conv, bns }
+                        TowerConv { conv: unit.conv, geometry: unit.geometry, bns }
                     } else {
                         let unit = ConvUnit::new(&tp, channels, channels, 3, 1, cfg.tower_bn, true, Some(0.01));
-                        TowerConv { conv: unit.conv, bns: unit.bn.into_iter().collect() }
+                        TowerConv { conv: unit.conv, geometry: unit.geometry, bns: unit.bn.into_iter().collect() }
                     }
                 })
                 .collect()

@@ -90,8 +90,6 @@ pub struct DetEvaluator {
     det: Detector,
     _vs: nn::VarStore,
     cfg: FinetuneConfig,
-    recal: Arc<DetDataset>,
-    val: Arc<DetDataset>,
     /// The recalibration and validation images as model inputs (prepared once when together
     /// they fit in [`PREPARED_INPUTS_BUDGET`]).
     recal_inputs: DetInputs,
@@ -145,7 +143,7 @@ impl DetEvaluator {
         cfg.eval.batch = eval.batch;
         cfg.runtime.prefetch = prefetch;
         let recal = Arc::new(recalibration_images(&cfg, &splits.train, eval.recalibrate_images));
-        let mut inputs = DetInputs::prepare_all(&[recal.clone(), val.clone()], &cfg, PREPARED_INPUTS_BUDGET)?;
+        let mut inputs = DetInputs::prepare_all(&[recal, val], &cfg, PREPARED_INPUTS_BUDGET)?;
         let val_inputs = inputs.pop().expect("two sets");
         let recal_inputs = inputs.pop().expect("two sets");
         tracing::debug!(
@@ -157,8 +155,6 @@ impl DetEvaluator {
             det,
             _vs: vs,
             cfg,
-            recal,
-            val,
             recal_inputs,
             val_inputs,
             mode: eval.bn_mode.into(),
@@ -168,13 +164,13 @@ impl DetEvaluator {
     }
 
     /// The validation images.
-    pub fn val(&self) -> &DetDataset {
-        &self.val
+    pub fn val(&self) -> &Arc<DetDataset> {
+        self.val_inputs.data()
     }
 
     /// The BN recalibration images.
     pub fn recalibration_images(&self) -> &Arc<DetDataset> {
-        &self.recal
+        self.recal_inputs.data()
     }
 
     /// The fine-tuning configuration (with this evaluator's batch and prefetch).

@@ -311,7 +311,7 @@ pub enum DetInputs {
 impl DetInputs {
     /// Bytes that `data`'s prepared batches take at most: every image at the test
     /// transform's largest size, padded to the divisibility, 3 float channels.
-    pub fn prepared_bytes(data: &DetDataset, cfg: &FinetuneConfig) -> u64 {
+    fn prepared_bytes(data: &DetDataset, cfg: &FinetuneConfig) -> u64 {
         let d = cfg.data.divisibility.max(1) as u64;
         let side = (cfg.data.max_size as u64).div_ceil(d) * d;
         data.len() as u64 * 3 * side * side * 4
