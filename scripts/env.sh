@@ -2,8 +2,10 @@
 # Source this file to get a shell that builds and runs detnas:
 #   source scripts/env.sh
 # It makes sure the cached libtorch virtual environment exists (installing the
-# PyPI wheel torch==2.11.0 into it when missing), then exports what tch's build
-# script and the run-time loader need. Nothing is written inside the checkout.
+# PyPI wheel torch==2.11.0 into it when missing), adds the headers the c10d shim
+# of crates/dist compiles against (gloo's, from Debian/Ubuntu's libgloo-dev; the
+# CUDA crt/cccl headers NCCL's header needs, from PyPI), then exports what tch's
+# build script and the run-time loader need. Nothing is written inside the checkout.
 #
 # DETNAS_CACHE    cache folder (default: ${XDG_CACHE_HOME:-$HOME/.cache}/detnas)
 # DETNAS_PYTHON   the Python 3 used to create the venv (default: python3)
@@ -30,13 +32,41 @@ _detnas_setup_venv() {
   ) 9>"$DETNAS_CACHE/.install.lock"
 }
 
-if [ -f "$DETNAS_VENV/.detnas-ok" ] || _detnas_setup_venv; then
+# Headers for crates/dist (once; a missing piece only disables that backend, with a build
+# warning): gloo's headers (declarations only; the library is inside libtorch_cpu) and the
+# CUDA headers at the versions the torch wheel's CUDA runtime pins.
+DETNAS_GLOO_HEADERS="$DETNAS_CACHE/gloo-headers"
+_detnas_setup_headers() {
+  (
+    flock 9
+    [ -f "$DETNAS_VENV/.detnas-headers-ok" ] && exit 0
+    if [ ! -f "$DETNAS_GLOO_HEADERS/usr/include/gloo/context.h" ]; then
+      tmp=$(mktemp -d)
+      if (cd "$tmp" && { apt-get download libgloo-dev >/dev/null 2>&1 ||
+        { apt-get update -qq >/dev/null 2>&1 && apt-get download libgloo-dev >/dev/null 2>&1; }; }); then
+        dpkg-deb -x "$tmp"/libgloo-dev_*.deb "$DETNAS_GLOO_HEADERS"
+      else
+        echo "detnas setup: could not fetch libgloo-dev (apt): multi-process CPU runs will not be built in" >&2
+      fi
+      rm -rf "$tmp"
+    fi
+    "$DETNAS_VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps \
+      "nvidia-cuda-crt==13.0.88.*" "nvidia-cuda-cccl==13.0.85.*" ||
+      echo "detnas setup: could not install the CUDA headers: the NCCL shim will not be built" >&2
+    touch "$DETNAS_VENV/.detnas-headers-ok"
+  ) 9>"$DETNAS_CACHE/.headers.lock"
+}
+
+if { [ -f "$DETNAS_VENV/.detnas-ok" ] || _detnas_setup_venv; } && _detnas_setup_headers; then
   export VIRTUAL_ENV="$DETNAS_VENV"
   export PATH="$DETNAS_VENV/bin:$PATH"
   export LIBTORCH_USE_PYTORCH=1
   DETNAS_LIBTORCH_LIB=$("$DETNAS_VENV/bin/python" -c "import os, torch; print(os.path.join(os.path.dirname(torch.__file__), 'lib'))")
   export DETNAS_LIBTORCH_LIB
   export LD_LIBRARY_PATH="$DETNAS_LIBTORCH_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  if [ -f "$DETNAS_GLOO_HEADERS/usr/include/gloo/context.h" ]; then
+    export DETNAS_GLOO_INCLUDE="$DETNAS_GLOO_HEADERS/usr/include"
+  fi
 else
   echo "detnas setup: could not install libtorch into $DETNAS_VENV" >&2
   return 1 2>/dev/null || exit 1

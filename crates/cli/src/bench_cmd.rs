@@ -11,6 +11,7 @@ use detnas_nn::{BnMode, PathIndex, Recalibration};
 use detnas_space::rng::seeded;
 use detnas_space::{Arch, PathSampler, SearchSpace};
 use detnas_train::PathSgd;
+use detnas_train::engine::optimize;
 use detnas_train::pretrain::build_supernet;
 use serde_json::json;
 use std::path::PathBuf;
@@ -134,8 +135,8 @@ pub fn run(a: BenchArgs) -> Result<(), Failure> {
                 let arch = &seq[r];
                 if train {
                     let loss = net.forward_t(&x, arch, true)?.cross_entropy_for_logits(&y);
-                    loss.backward();
-                    opt.step(index.vars(arch), 0.1);
+                    let term = detnas_detect::losses::LossTerm { name: "ce", sum: loss, count: 1.0 };
+                    optimize(&[term], &[1.0], &index.vars(arch).collect::<Vec<_>>(), &mut opt, 0.1, None, None)?;
                 } else {
                     let _ = tch::no_grad(|| net.forward_t(&x, arch, false))?;
                 }
@@ -230,9 +231,10 @@ pub fn run(a: BenchArgs) -> Result<(), Failure> {
                     jitter: 0.4,
                 },
                 convention: detnas_data::InputConvention::default(),
+                shard: None,
             };
             let t = time(a.reps, device, |_| {
-                let mut l = detnas_data::Loader::new(data.clone(), cfg.clone(), detnas_data::Position::default())?;
+                let mut l = detnas_data::ClsLoader::new(data.clone(), cfg.clone(), detnas_data::Position::default())?;
                 while let Some(b) = l.next_batch() {
                     let _ = b?;
                 }
@@ -285,9 +287,11 @@ fn det_item(a: &BenchArgs, device: Device) -> Result<(Vec<f64>, f64, &'static st
     let sizes = vec![(side_h, side_w); batch as usize];
     let targets: Vec<detnas_detect::Target> = bench_targets(batch, side_h, side_w)
         .iter()
-        .map(|boxes| detnas_detect::Target {
+        .enumerate()
+        .map(|(i, boxes)| detnas_detect::Target {
             boxes: detnas_detect::boxes::tensor_of(boxes).to_device(device),
             labels: Tensor::from_slice(&[0i64, 1, 2]).to_device(device),
+            seed: i as u64,
         })
         .collect();
     let reps = if scale == "800" { a.reps.min(2) } else { a.reps };
@@ -295,9 +299,8 @@ fn det_item(a: &BenchArgs, device: Device) -> Result<(Vec<f64>, f64, &'static st
         let arch = &seq[r];
         if train {
             let losses = det.losses(&x, &sizes, &targets, Some(arch)).map_err(|e| anyhow!("{e}"))?;
-            let loss = losses.iter().map(|(_, l)| l.shallow_clone()).reduce(|p, q| p + q).expect("losses");
-            loss.backward();
-            opt.step(index.vars(arch), 0.01);
+            let norms: Vec<f64> = losses.iter().map(|l| l.count.max(1.0)).collect();
+            optimize(&losses, &norms, &index.vars(arch).collect::<Vec<_>>(), &mut opt, 0.01, None, None)?;
         } else {
             let _ = det.detect(&x, &sizes, Some(arch)).map_err(|e| anyhow!("{e}"))?;
         }
@@ -418,16 +421,16 @@ fn export_detectors(a: &BenchArgs, out: &std::path::Path, demo: &SearchSpace) ->
 fn export_candidate(a: &BenchArgs, ckpt: &std::path::Path, out: &std::path::Path) -> Result<(), Failure> {
     std::fs::create_dir_all(out)?;
     let e = candidate_evaluator(ckpt, Device::Cpu)?;
-    let cfg = e.config();
+    let settings = e.settings();
     let mut named: Vec<(String, Tensor)> = Vec::new();
     let mut meta = serde_json::Map::new();
     for (name, data) in [("recal", e.recalibration_images().clone()), ("val", e.val().clone())] {
-        let mut loader = detnas_train::finetune::finite_loader(data.clone(), cfg, cfg.eval.batch)?;
+        let mut loader = settings.loader(data.clone())?;
         let mut b_i = 0;
         let mut batches = Vec::new();
         while let Some(b) = loader.next_batch() {
             let b = b?;
-            let (x, sizes, _) = detnas_train::finetune::batch_inputs(&b.batch, Device::Cpu);
+            let (x, sizes, _) = detnas_detect::evaluate::batch_inputs(&b.batch, Device::Cpu);
             named.push((format!("{name}.{b_i}.x"), x.contiguous()));
             let ids: Vec<u64> = b.batch.indices.iter().map(|&i| data.images[i].id).collect();
             let scales: Vec<[f32; 2]> = b.batch.samples.iter().map(|s| [s.scale.0, s.scale.1]).collect();

@@ -6,10 +6,9 @@ use crate::runtime::RuntimeArgs;
 use clap::{Args, Subcommand, ValueEnum};
 use detnas_nn::BnMode;
 use detnas_train::checkpoint;
+use detnas_train::engine::load_weights;
 use detnas_train::evaluate::evaluate_path;
-use detnas_train::pretrain::{
-    build_supernet, eval_data, load_weights, open_datasets, read_checkpoint_meta, recalibration_set,
-};
+use detnas_train::pretrain::{build_supernet, eval_data, open_datasets, read_checkpoint_meta, recalibration_set};
 use serde_json::json;
 use std::path::PathBuf;
 
@@ -92,10 +91,14 @@ fn run_coco(a: CocoArgs) -> Result<(), Failure> {
 }
 
 fn run_det(a: DetArgs) -> Result<(), Failure> {
-    use detnas_train::finetune::{coco_eval, detect_all, open_checkpoint, recalibrate, recalibration_images, voc_map};
+    use detnas_detect::evaluate::{DetInputs, coco_eval, detect, recalibrate, voc_map};
+    use detnas_train::finetune::{OpenedDetector, recalibration_images};
     use std::sync::Arc;
     let device = a.runtime.init()?;
-    let (cfg, state, splits, det, _vs) = open_checkpoint(&a.checkpoint, device)?;
+    let opened = OpenedDetector::open(&a.checkpoint, device)?;
+    let splits = opened.splits()?;
+    let OpenedDetector { config: cfg, state, detector: det, .. } = opened;
+    let settings = cfg.eval_settings();
     let arch = match (&a.arch, &cfg.model.arch) {
         (_, Some(_)) => None,
         (Some(s), None) => Some(state.space.parse_arch(s).map_err(crate::usage)?),
@@ -107,8 +110,8 @@ fn run_det(a: DetArgs) -> Result<(), Failure> {
     };
     let t0 = std::time::Instant::now();
     let layers = if a.recalibrate_bn > 0 {
-        let imgs = Arc::new(recalibration_images(&cfg, &splits.train, a.recalibrate_bn));
-        recalibrate(&det, arch.as_ref(), imgs, &cfg, mode, device)?
+        let imgs = DetInputs::Read(Arc::new(recalibration_images(&cfg, &splits.train, a.recalibrate_bn)));
+        recalibrate(&det, arch.as_ref(), &imgs, &settings, mode, device)?
     } else {
         0
     };
@@ -120,7 +123,7 @@ fn run_det(a: DetArgs) -> Result<(), Failure> {
     if data.is_empty() {
         return Err(crate::usage(anyhow::anyhow!("the chosen split is empty (data.search_val_images = 0?)")));
     }
-    let dets = detect_all(&det, arch.as_ref(), data.clone(), &cfg, device)?;
+    let dets = detect(&det, arch.as_ref(), &DetInputs::Read(data.clone()), &settings, device)?;
     let stats = coco_eval(&data, &dets)?;
     if let Some(p) = &a.dt_out {
         std::fs::write(p, serde_json::to_string(&dets).expect("serialisable"))
@@ -189,8 +192,8 @@ pub fn run(cmd: EvalCommand) -> Result<(), Failure> {
     let (_, ckpt) = checkpoint::resolve(&a.checkpoint)?;
     let (cfg, state) = read_checkpoint_meta(&ckpt)?;
     let arch = state.space.parse_arch(&a.arch).map_err(crate::usage)?;
-    let (train, val) = open_datasets(&cfg, Some(&state.classes))?;
-    let (mut vs, net) = build_supernet(&state.space, state.classes.len(), device);
+    let (train, val) = open_datasets(&cfg, Some(&state.task.classes))?;
+    let (mut vs, net) = build_supernet(&state.space, state.task.classes.len(), device);
     load_weights(&ckpt, &mut vs, None)?;
     let mut ed = eval_data(&cfg);
     if let Some(b) = a.batch {

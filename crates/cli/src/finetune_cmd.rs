@@ -5,7 +5,8 @@ use crate::runtime::{TrainArgs, describe};
 use clap::Args;
 use detnas_detect::eval::COCO_STAT_NAMES;
 use detnas_train::FinetuneConfig;
-use detnas_train::finetune::{FinetuneOptions, run as train};
+use detnas_train::RunOptions;
+use detnas_train::finetune::run as train;
 use std::path::PathBuf;
 
 #[derive(Args, Clone, Debug)]
@@ -22,12 +23,20 @@ pub struct FinetuneArgs {
 
 pub fn run(a: FinetuneArgs) -> Result<(), Failure> {
     let cfg = FinetuneConfig::load(&a.config, &a.train.all_overrides())?;
-    let device = TrainArgs::init(&cfg.runtime)?;
+    let launch = crate::dist_cmd::launch()?;
+    let device = crate::dist_cmd::rank_device(TrainArgs::init(&cfg.runtime)?, launch.as_ref());
+    let dist = crate::dist_cmd::join(
+        launch.as_ref(),
+        device,
+        std::time::Duration::from_secs(cfg.runtime.dist_timeout_s),
+    )?;
     tracing::info!("fine-tuning on {} into {}", describe(device), a.out.display());
-    let opts = FinetuneOptions {
+    let opts = RunOptions {
         resume_from: a.train.resume_from,
         allow_mismatch: a.train.allow_mismatch,
         progress: !a.train.job.no_progress,
+        cancel: crate::cancel_on_signals()?,
+        dist,
     };
     let s = train(&cfg, &a.out, device, &opts)?;
     for p in &s.paths {
@@ -36,11 +45,11 @@ pub fn run(a: FinetuneArgs) -> Result<(), Failure> {
     }
     println!(
         "finetune done: {} steps in {:.1} s ({:.1} img/s), final loss {:.3}; checkpoint {}",
-        s.steps,
-        s.seconds,
-        s.images_per_second,
-        s.final_loss,
-        s.checkpoint.display()
+        s.train.steps,
+        s.train.seconds,
+        s.train.images_per_second,
+        s.train.final_loss,
+        s.train.checkpoint.display()
     );
     Ok(())
 }

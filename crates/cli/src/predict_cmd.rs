@@ -7,7 +7,9 @@ use clap::Args;
 use detnas_data::decode_image;
 use detnas_data::det::transform::collate;
 use detnas_space::rng::seeded;
-use detnas_train::finetune::{batch_inputs, open_model, test_transform};
+use detnas_data::det::transform::DetTransform;
+use detnas_detect::evaluate::batch_inputs;
+use detnas_train::finetune::OpenedDetector;
 use image::{Rgb, RgbImage};
 use std::path::PathBuf;
 
@@ -65,13 +67,13 @@ fn draw_box(img: &mut RgbImage, b: [f64; 4], colour: [u8; 3]) {
 
 pub fn run(a: PredictArgs) -> Result<(), Failure> {
     let device = a.runtime.init()?;
-    let (cfg, state, det, _vs) = open_model(&a.checkpoint, device)?;
+    let OpenedDetector { config: cfg, state, detector: det, .. } = OpenedDetector::open(&a.checkpoint, device)?;
     let arch = match (&a.arch, &cfg.model.arch) {
         (_, Some(_)) => None,
         (Some(s), None) => Some(state.space.parse_arch(s).map_err(crate::usage)?),
         (None, None) => return Err(crate::usage(anyhow::anyhow!("--arch is required for a supernet checkpoint"))),
     };
-    let t = test_transform(&cfg);
+    let t = DetTransform { min_size: vec![cfg.data.test_min_size], max_size: cfg.data.max_size, flip: false };
     // Every image is decoded and run before anything is written: a bad image leaves no
     // partial output.
     let mut all = Vec::new();
@@ -101,7 +103,10 @@ pub fn run(a: PredictArgs) -> Result<(), Failure> {
             }
             let bb = [b[0] as f64 / sx, b[1] as f64 / sy, b[2] as f64 / sx, b[3] as f64 / sy];
             draw_box(&mut drawn, bb, PALETTE[l as usize % PALETTE.len()]);
-            let cat = &state.categories[l as usize];
+            let cat = usize::try_from(l)
+                .ok()
+                .and_then(|l| state.task.categories.get(l))
+                .ok_or_else(|| anyhow::anyhow!("label {l} is outside the checkpoint's categories"))?;
             dets.push(serde_json::json!({
                 "bbox": [bb[0], bb[1], bb[2] - bb[0], bb[3] - bb[1]], "score": s,
                 "category_id": cat.id, "category": cat.name,

@@ -4,7 +4,8 @@ use crate::Failure;
 use crate::runtime::{TrainArgs, describe};
 use clap::Args;
 use detnas_train::PretrainConfig;
-use detnas_train::pretrain::{RunOptions, run as train};
+use detnas_train::RunOptions;
+use detnas_train::pretrain::run as train;
 use std::path::PathBuf;
 
 #[derive(Args, Clone, Debug)]
@@ -21,12 +22,20 @@ pub struct PretrainArgs {
 
 pub fn run(a: PretrainArgs) -> Result<(), Failure> {
     let cfg = PretrainConfig::load(Some(&a.config), &a.train.all_overrides())?;
-    let device = TrainArgs::init(&cfg.runtime)?;
+    let launch = crate::dist_cmd::launch()?;
+    let device = crate::dist_cmd::rank_device(TrainArgs::init(&cfg.runtime)?, launch.as_ref());
+    let dist = crate::dist_cmd::join(
+        launch.as_ref(),
+        device,
+        std::time::Duration::from_secs(cfg.runtime.dist_timeout_s),
+    )?;
     tracing::info!("pretraining {} on {} into {}", cfg.model.space, describe(device), a.out.display());
     let opts = RunOptions {
         resume_from: a.train.resume_from,
         allow_mismatch: a.train.allow_mismatch,
         progress: !a.train.job.no_progress,
+        cancel: crate::cancel_on_signals()?,
+        dist,
     };
     let s = train(&cfg, &a.out, device, &opts)?;
     for p in &s.paths {
@@ -34,14 +43,14 @@ pub fn run(a: PretrainArgs) -> Result<(), Failure> {
     }
     println!(
         "pretrain done: {} steps in {:.1} s ({:.1} img/s), final loss {:.3}, mean top-1 of {} random paths {:.2}%, {} samples skipped; checkpoint {}",
-        s.steps,
-        s.seconds,
-        s.images_per_second,
-        s.final_train_loss,
+        s.train.steps,
+        s.train.seconds,
+        s.train.images_per_second,
+        s.train.final_loss,
         s.paths.len(),
         100.0 * s.mean_top1,
-        s.skipped_samples,
-        s.checkpoint.display()
+        s.train.skipped_samples,
+        s.train.checkpoint.display()
     );
     Ok(())
 }

@@ -44,9 +44,18 @@ pub fn run(a: RunArgs) -> Result<(), Failure> {
     if let Some(t) = cfg.threads {
         tch::set_num_threads(t.max(1));
     }
-    let device = parse_device(&cfg.device).map_err(crate::usage)?;
+    let launch = crate::dist_cmd::launch()?;
+    let device = crate::dist_cmd::rank_device(parse_device(&cfg.device).map_err(crate::usage)?, launch.as_ref());
+    let dist = crate::dist_cmd::join(launch.as_ref(), device, std::time::Duration::from_secs(cfg.dist_timeout_s))?;
     tracing::info!("pipeline '{}' on {} into {}", cfg.name, describe(device), a.out.display());
-    let o = detnas_pipeline::run(&cfg, &PipelineOptions { out: a.out.clone(), device, progress: !a.job.no_progress })?;
+    let opts = PipelineOptions {
+        out: a.out.clone(),
+        device,
+        progress: !a.job.no_progress,
+        cancel: crate::cancel_on_signals()?,
+        dist,
+    };
+    let o = detnas_pipeline::run(&cfg, &opts)?;
     println!(
         "found architecture {} ({} {:.4} on the search-validation split)",
         o.found.arch, o.found.metric, o.found.fitness

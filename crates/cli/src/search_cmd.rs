@@ -59,13 +59,15 @@ pub fn run(a: SearchArgs) -> Result<(), Failure> {
         overrides.push(format!("runtime.workers={w}"));
     }
     let cfg = SearchConfig::load(&path, &overrides)?;
-    let device = parse_device(&cfg.runtime.device).map_err(crate::usage)?;
+    let launch = crate::dist_cmd::launch()?;
+    let device = crate::dist_cmd::rank_device(parse_device(&cfg.runtime.device).map_err(crate::usage)?, launch.as_ref());
     let gpus = if tch::Cuda::is_available() { tch::Cuda::device_count() as usize } else { 0 };
-    // Several GPUs and the generic `cuda`/`auto`: one worker per GPU.
+    // Several GPUs and the generic `cuda`/`auto`: one worker per GPU (in a job: one per rank).
     let devices: Vec<Device> = match (device, cfg.runtime.device.as_str()) {
-        (Device::Cuda(_), "cuda" | "auto") if gpus > 1 => (0..gpus).map(Device::Cuda).collect(),
+        (Device::Cuda(_), "cuda" | "auto") if gpus > 1 && launch.is_none() => (0..gpus).map(Device::Cuda).collect(),
         _ => vec![device],
     };
+    let dist = crate::dist_cmd::join(launch.as_ref(), device, std::time::Duration::from_secs(cfg.runtime.dist_timeout_s))?;
     if let Some(t) = cfg.runtime.threads {
         if t < 1 {
             return Err(crate::usage(anyhow!("runtime.threads must be at least 1")));
@@ -81,7 +83,15 @@ pub fn run(a: SearchArgs) -> Result<(), Failure> {
     tracing::info!("search on {} with {workers} worker(s) into {}", describe(device), a.out.display());
     let r = search(
         &cfg,
-        &SearchOptions { out: a.out.clone(), devices, workers, threads_per_worker, progress: !a.job.no_progress },
+        &SearchOptions {
+            out: a.out.clone(),
+            devices,
+            workers,
+            threads_per_worker,
+            progress: !a.job.no_progress,
+            cancel: crate::cancel_on_signals()?,
+            dist,
+        },
     )?;
     let b = &r.best;
     println!(

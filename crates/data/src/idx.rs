@@ -48,12 +48,18 @@ fn parse_idx<'a>(bytes: &'a [u8], path: &Path, want_dims: usize) -> Result<(Vec<
     if bytes.len() < header {
         return Err(err("truncated header".into()));
     }
-    let dims: Vec<usize> = (0..ndims)
-        .map(|k| u32::from_be_bytes(bytes[4 + 4 * k..8 + 4 * k].try_into().expect("4 bytes")) as usize)
+    let dims: Vec<usize> = bytes[4..header]
+        .chunks_exact(4)
+        .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as usize)
         .collect();
-    let n: usize = dims.iter().product();
-    if bytes.len() - header != n {
-        return Err(err(format!("payload has {} bytes, the header announces {n}", bytes.len() - header)));
+    // The product of the dimensions can overflow (a corrupt header); compare in u128.
+    let n: u128 = dims.iter().map(|&d| d as u128).product();
+    if (bytes.len() - header) as u128 != n {
+        return Err(err(format!(
+            "payload has {} bytes, the header announces {n} ({})",
+            bytes.len() - header,
+            dims.iter().map(usize::to_string).collect::<Vec<_>>().join(" × ")
+        )));
     }
     Ok((dims, &bytes[header..]))
 }
@@ -74,14 +80,23 @@ impl IdxDataset {
         if idims[0] == 0 || idims[1] == 0 || idims[2] == 0 {
             return Err(DataError::Idx { path: images.to_path_buf(), message: "no images".into() });
         }
-        let max = *labels_raw.iter().max().expect("non-empty") as usize;
+        let (height, width) = match (u32::try_from(idims[1]), u32::try_from(idims[2])) {
+            (Ok(h), Ok(w)) if (h as u64) * (w as u64) <= u32::MAX as u64 => (h, w),
+            _ => {
+                return Err(DataError::Idx {
+                    path: images.to_path_buf(),
+                    message: format!("images of {} × {} pixels are too large", idims[1], idims[2]),
+                });
+            }
+        };
+        let max = labels_raw.iter().copied().max().unwrap_or(0) as usize;
         let classes = (0..=max).map(|c| c.to_string()).collect();
         let mut h = Sha256::new();
         h.update(&ib);
         h.update(&lb);
         Ok(IdxDataset {
-            height: idims[1] as u32,
-            width: idims[2] as u32,
+            height,
+            width,
             pixels: pixels.to_vec(),
             labels: labels_raw.to_vec(),
             classes,
@@ -110,10 +125,14 @@ impl ClsDataset for IdxDataset {
         self.labels[i] as usize
     }
     fn load(&self, i: usize) -> Result<RgbImage, DataError> {
-        let n = (self.height * self.width) as usize;
-        let grey = &self.pixels[i * n..(i + 1) * n];
+        let n = self.height as usize * self.width as usize;
+        let grey = self
+            .pixels
+            .get(i * n..(i + 1) * n)
+            .ok_or_else(|| DataError::Invalid(format!("IDX image #{i} is outside the {} images", self.len())))?;
         let rgb: Vec<u8> = grey.iter().flat_map(|&g| [g, g, g]).collect();
-        Ok(RgbImage::from_raw(self.width, self.height, rgb).expect("sizes match"))
+        RgbImage::from_raw(self.width, self.height, rgb)
+            .ok_or_else(|| DataError::Invalid(format!("IDX image #{i}: {} pixels", grey.len())))
     }
     fn name(&self, i: usize) -> String {
         format!("IDX image #{i}")

@@ -5,6 +5,8 @@
 //! `(seed, epoch)`, and the augmentation of a sample is seeded by `(seed, epoch, index)`, so
 //! a batch depends only on the loader's position — never on thread scheduling — and a
 //! loader restarted at a saved position yields exactly the batches the original would have.
+//!
+//! Depends only on `detnas_space` (its seeded RNG), not on tch: a batch is plain `f32`s.
 
 pub mod decode;
 pub mod det;
@@ -21,7 +23,7 @@ pub use decode::decode_image;
 pub use error::DataError;
 pub use folder::ImageFolder;
 pub use idx::IdxDataset;
-pub use loader::{Batch, Loader, LoaderConfig, Position, SkipReport};
+pub use loader::{Batch, ClsLoader, Loaded, Loader, LoaderConfig, Position, SampleSource, SkipReport, StreamConfig};
 pub use subset::Subset;
 pub use synth::SyntheticCls;
 pub use transform::{ClsTransform, InputConvention};

@@ -1,18 +1,22 @@
-//! A deterministic, parallel, prefetching batch loader for classification.
+//! One deterministic, parallel, prefetching batch loader for every kind of sample.
 //!
-//! A background thread assembles batches (decoding and augmenting the images of a batch in
+//! A background thread assembles batches (loading and augmenting the samples of a batch in
 //! parallel with rayon) and keeps up to `prefetch` of them ready. The stream of batches is a
-//! pure function of the dataset, the config and the start [`Position`]:
+//! pure function of the [`SampleSource`], the [`StreamConfig`] and the start [`Position`]:
 //! * epoch `e`'s order is a Fisher–Yates shuffle seeded by `(seed, e)` (identity when not
 //!   shuffling);
-//! * sample `i` of epoch `e` is augmented with a stream seeded by `(seed, e, i)`;
-//! * a sample that fails to load is skipped (never fed), counted with its reason and the
+//! * sample `i` of epoch `e` is produced with the seed `(seed, e, i)`;
+//! * a sample that fails to load is skipped (never fed), counted with its reason, and the
 //!   batch is filled from the next samples of the epoch; the epoch's [`SkipReport`] rides on
-//!   its last batch.
+//!   the batch that ends it;
+//! * an epoch seen whole from which nothing loads is an error, never an endless loop.
 //!
 //! With `drop_last`, the incomplete tail of an epoch is dropped (counted in the report) and
 //! the stream continues with the next epoch forever; without it, the tail is yielded and the
 //! stream ends after `epochs` epochs.
+//!
+//! Classification ([`Loader::new`] on [`Batch`]) and detection
+//! ([`crate::det::loader::DetLoader`]) are two sources of this one loader.
 
 use crate::transform::{ClsTransform, InputConvention};
 use crate::{ClsDataset, DataError, mix_seed};
@@ -23,7 +27,50 @@ use std::sync::Arc;
 use std::sync::mpsc::{Receiver, sync_channel};
 use std::thread::JoinHandle;
 
-/// Loader settings.
+/// Where samples come from and how a batch is made of them.
+pub trait SampleSource: Send + Sync + 'static {
+    /// One loaded, augmented sample.
+    type Sample: Send;
+    /// A batch of samples.
+    type Batch: Send + 'static;
+    /// Number of samples.
+    fn len(&self) -> usize;
+    /// `true` when there are no samples.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// What the samples are (for messages), e.g. the annotation file.
+    fn describe(&self) -> String;
+    /// A human name of sample `i` (its file, or `synthetic #i`).
+    fn name(&self, i: usize) -> String;
+    /// Loads and augments sample `i`; `seed` is this (epoch, sample)'s own seed.
+    ///
+    /// # Errors
+    /// Why the sample cannot be used (unreadable or corrupt file); the loader skips it.
+    fn load(&self, i: usize, seed: u64) -> Result<Self::Sample, DataError>;
+    /// Makes a batch of `samples` (dataset indices `indices`, in batch order).
+    fn collate(&self, samples: Vec<Self::Sample>, indices: Vec<usize>) -> Self::Batch;
+}
+
+/// How a source is walked: batch size, order, epochs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamConfig {
+    /// Samples per batch.
+    pub batch: usize,
+    /// Seed of the epoch orders and of every sample's augmentation.
+    pub seed: u64,
+    pub shuffle: bool,
+    /// Drop an epoch's incomplete last batch (and continue with the next epoch).
+    pub drop_last: bool,
+    /// Stop after this many epochs (`None`: never; only with `drop_last`).
+    pub epochs: Option<u64>,
+    /// Batches prepared ahead.
+    pub prefetch: usize,
+    /// `(rank, world)`: this process walks only its shard of every epoch (see [`shard`]).
+    pub shard: Option<(usize, usize)>,
+}
+
+/// Classification loader settings: the stream and the per-sample transform.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LoaderConfig {
     pub batch: usize,
@@ -36,6 +83,9 @@ pub struct LoaderConfig {
     pub prefetch: usize,
     pub transform: ClsTransform,
     pub convention: InputConvention,
+    /// `(rank, world)`: only this rank's shard of every epoch ([`shard`]).
+    #[serde(default)]
+    pub shard: Option<(usize, usize)>,
 }
 
 /// Where the stream stands: the next sample is entry `cursor` of epoch `epoch`'s order.
@@ -55,7 +105,18 @@ pub struct SkipReport {
     pub dropped_tail: usize,
 }
 
-/// One batch: `images` is `[n, 3, size, size]` row-major.
+/// A batch and where the stream stands after it.
+#[derive(Debug)]
+pub struct Loaded<B> {
+    pub batch: B,
+    /// The position after this batch (save it to resume after it).
+    pub after: Position,
+    /// Reports of the epochs that ended with (or, when a tail was dropped, just before) this
+    /// batch.
+    pub epoch_reports: Vec<SkipReport>,
+}
+
+/// A classification batch: `images` is `[n, 3, size, size]` row-major.
 #[derive(Clone, Debug)]
 pub struct Batch {
     pub images: Vec<f32>,
@@ -63,11 +124,6 @@ pub struct Batch {
     pub labels: Vec<i64>,
     /// Dataset indices of the samples, in batch order.
     pub indices: Vec<usize>,
-    /// The position after this batch (save it to resume after it).
-    pub after: Position,
-    /// Reports of the epochs that ended with (or, when a tail was dropped, just before) this
-    /// batch.
-    pub epoch_reports: Vec<SkipReport>,
 }
 
 impl Batch {
@@ -81,18 +137,6 @@ impl Batch {
     }
 }
 
-/// The running loader; dropping it stops the background thread.
-pub struct Loader {
-    rx: Option<Receiver<Result<Batch, DataError>>>,
-    worker: Option<JoinHandle<()>>,
-}
-
-impl std::fmt::Debug for Loader {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Loader")
-    }
-}
-
 /// The order of epoch `epoch`.
 pub fn epoch_order(len: usize, seed: u64, epoch: u64, shuffled: bool) -> Vec<usize> {
     let mut order: Vec<usize> = (0..len).collect();
@@ -102,17 +146,58 @@ pub fn epoch_order(len: usize, seed: u64, epoch: u64, shuffled: bool) -> Vec<usi
     order
 }
 
-/// Loads and transforms sample `i` of epoch `epoch`.
-fn prepare(data: &dyn ClsDataset, cfg: &LoaderConfig, epoch: u64, i: usize, out: &mut [f32]) -> Result<(), DataError> {
-    let img = data.load(i)?;
-    let mut rng = seeded(mix_seed(cfg.seed, &[epoch, i as u64]));
-    cfg.transform.apply(&img, &mut rng, cfg.convention, out);
-    Ok(())
+/// Rank `rank`'s shard of an epoch's `order` among `world` ranks: the order cut to a multiple
+/// of `world`, then every `world`-th entry from `rank` on (torch's `DistributedSampler` without
+/// padding). With a global batch of `B = world·b`, the ranks' `k`-th batches of `b` together
+/// hold exactly the entries of a single process's `k`-th batch of `B`, and every rank has the
+/// same number of batches per epoch.
+pub fn shard(order: &[usize], rank: usize, world: usize) -> Vec<usize> {
+    let keep = order.len() / world * world;
+    order[..keep].iter().skip(rank).step_by(world).copied().collect()
 }
 
-struct Producer {
+/// Classification samples: a dataset, a transform and a pixel convention.
+struct ClsSamples {
     data: Arc<dyn ClsDataset>,
-    cfg: LoaderConfig,
+    transform: ClsTransform,
+    convention: InputConvention,
+}
+
+impl SampleSource for ClsSamples {
+    type Sample = (Vec<f32>, i64);
+    type Batch = Batch;
+
+    fn len(&self) -> usize {
+        self.data.len()
+    }
+    fn describe(&self) -> String {
+        "the dataset".into()
+    }
+    fn name(&self, i: usize) -> String {
+        self.data.name(i)
+    }
+    fn load(&self, i: usize, seed: u64) -> Result<(Vec<f32>, i64), DataError> {
+        let img = self.data.load(i)?;
+        let s = self.transform.output_size() as usize;
+        let mut out = vec![0f32; 3 * s * s];
+        self.transform.apply(&img, &mut seeded(seed), self.convention, &mut out);
+        Ok((out, self.data.label(i) as i64))
+    }
+    fn collate(&self, samples: Vec<(Vec<f32>, i64)>, indices: Vec<usize>) -> Batch {
+        let size = self.transform.output_size() as usize;
+        let mut images = Vec::with_capacity(samples.len() * 3 * size * size);
+        let mut labels = Vec::with_capacity(samples.len());
+        for (data, label) in samples {
+            images.extend_from_slice(&data);
+            labels.push(label);
+        }
+        Batch { images, size, labels, indices }
+    }
+}
+
+struct Producer<S: SampleSource> {
+    source: S,
+    cfg: StreamConfig,
     pos: Position,
     order: Vec<usize>,
     report: SkipReport,
@@ -124,67 +209,50 @@ struct Producer {
     pending: Vec<SkipReport>,
 }
 
-impl Producer {
-    fn new(data: Arc<dyn ClsDataset>, cfg: LoaderConfig, pos: Position) -> Producer {
-        let order = epoch_order(data.len(), cfg.seed, pos.epoch, cfg.shuffle);
-        Producer {
-            report: SkipReport { epoch: pos.epoch, ..Default::default() },
-            data,
-            cfg,
-            pos,
-            order,
-            ok_in_epoch: 0,
-            whole_epoch: pos.cursor == 0,
-            pending: Vec::new(),
-        }
+/// The entries of epoch `epoch` this loader walks: the whole order, or its shard.
+fn walk(len: usize, cfg: &StreamConfig, epoch: u64) -> Vec<usize> {
+    let order = epoch_order(len, cfg.seed, epoch, cfg.shuffle);
+    match cfg.shard {
+        Some((rank, world)) if world > 1 => shard(&order, rank, world),
+        _ => order,
     }
+}
 
-    fn finished(&self) -> bool {
-        self.cfg.epochs.is_some_and(|e| self.pos.epoch >= e)
-    }
-
-    fn next_epoch(&mut self) -> SkipReport {
+impl<S: SampleSource> Producer<S> {
+    fn next_epoch(&mut self) {
         self.ok_in_epoch = 0;
         self.whole_epoch = true;
         self.pos = Position { epoch: self.pos.epoch + 1, cursor: 0 };
-        self.order = epoch_order(self.data.len(), self.cfg.seed, self.pos.epoch, self.cfg.shuffle);
-        std::mem::replace(&mut self.report, SkipReport { epoch: self.pos.epoch, ..Default::default() })
+        self.order = walk(self.source.len(), &self.cfg, self.pos.epoch);
+        let r = std::mem::replace(&mut self.report, SkipReport { epoch: self.pos.epoch, ..Default::default() });
+        self.pending.push(r);
     }
 
     /// The next batch, `None` at the end of the stream; an error when a whole epoch failed.
-    fn next_batch(&mut self) -> Option<Result<Batch, DataError>> {
-        let s = self.cfg.transform.output_size() as usize;
-        let per = 3 * s * s;
+    fn next_batch(&mut self) -> Option<Result<Loaded<S::Batch>, DataError>> {
         let want = self.cfg.batch;
         loop {
-            if self.finished() {
+            if self.cfg.epochs.is_some_and(|e| self.pos.epoch >= e) {
                 return None;
             }
-            let mut images = Vec::with_capacity(want * per);
-            let mut labels = Vec::with_capacity(want);
+            let mut samples = Vec::with_capacity(want);
             let mut indices = Vec::with_capacity(want);
             // Take candidates in order; replace failures from further in the epoch.
-            while labels.len() < want && self.pos.cursor < self.order.len() {
-                let take = (want - labels.len()).min(self.order.len() - self.pos.cursor);
-                let cand: Vec<usize> = self.order[self.pos.cursor..self.pos.cursor + take].to_vec();
+            while samples.len() < want && self.pos.cursor < self.order.len() {
+                let take = (want - samples.len()).min(self.order.len() - self.pos.cursor);
+                let cand = self.order[self.pos.cursor..self.pos.cursor + take].to_vec();
                 self.pos.cursor += take;
-                let epoch = self.pos.epoch;
-                let results: Vec<(usize, Result<Vec<f32>, DataError>)> = cand
-                    .par_iter()
-                    .map(|&i| {
-                        let mut buf = vec![0f32; per];
-                        (i, prepare(self.data.as_ref(), &self.cfg, epoch, i, &mut buf).map(|_| buf))
-                    })
-                    .collect();
+                let (epoch, seed, source) = (self.pos.epoch, self.cfg.seed, &self.source);
+                let results: Vec<(usize, Result<S::Sample, DataError>)> =
+                    cand.par_iter().map(|&i| (i, source.load(i, mix_seed(seed, &[epoch, i as u64])))).collect();
                 for (i, r) in results {
                     match r {
-                        Ok(buf) => {
+                        Ok(s) => {
                             self.ok_in_epoch += 1;
-                            images.extend_from_slice(&buf);
-                            labels.push(self.data.label(i) as i64);
+                            samples.push(s);
                             indices.push(i);
                         }
-                        Err(e) => self.report.skipped.push((self.data.name(i), e.to_string())),
+                        Err(e) => self.report.skipped.push((self.source.name(i), e.to_string())),
                     }
                 }
             }
@@ -193,49 +261,90 @@ impl Producer {
             if epoch_done && self.ok_in_epoch == 0 && self.whole_epoch {
                 let (name, why) = self.report.skipped.first().cloned().unwrap_or_default();
                 return Some(Err(DataError::Invalid(format!(
-                    "no sample of epoch {} could be loaded ({} failed; first: {name}: {why})",
+                    "no sample of epoch {} of {} could be loaded ({} failed; first: {name}: {why})",
                     self.pos.epoch,
+                    self.source.describe(),
                     self.report.skipped.len()
                 ))));
             }
-            let full = labels.len() == want;
-            if !full && (self.cfg.drop_last || labels.is_empty()) {
-                self.report.dropped_tail += labels.len();
-                let r = self.next_epoch();
-                self.pending.push(r);
+            if samples.len() < want && (self.cfg.drop_last || samples.is_empty()) {
+                self.report.dropped_tail += samples.len();
+                self.next_epoch();
                 continue;
             }
             if epoch_done {
-                let r = self.next_epoch();
-                self.pending.push(r);
+                self.next_epoch();
             }
-            let epoch_reports = std::mem::take(&mut self.pending);
-            return Some(Ok(Batch { images, size: s, labels, indices, after: self.pos, epoch_reports }));
+            let batch = self.source.collate(samples, indices);
+            return Some(Ok(Loaded { batch, after: self.pos, epoch_reports: std::mem::take(&mut self.pending) }));
         }
     }
 }
 
-impl Loader {
-    /// Starts the stream at `start`.
-    pub fn new(data: Arc<dyn ClsDataset>, cfg: LoaderConfig, start: Position) -> Result<Loader, DataError> {
+/// The classification loader.
+pub type ClsLoader = Loader<Batch>;
+
+/// The running loader; dropping it stops the background thread.
+pub struct Loader<B> {
+    rx: Option<Receiver<Result<Loaded<B>, DataError>>>,
+    worker: Option<JoinHandle<()>>,
+}
+
+impl<B> std::fmt::Debug for Loader<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Loader")
+    }
+}
+
+impl<B: Send + 'static> Loader<B> {
+    /// Starts the stream of `source` at `start`.
+    ///
+    /// # Errors
+    /// [`DataError::Invalid`] for a zero batch size, an empty source, an endless stream that
+    /// keeps incomplete batches, or a start position beyond the source.
+    pub fn start<S: SampleSource<Batch = B>>(
+        source: S,
+        cfg: StreamConfig,
+        start: Position,
+    ) -> Result<Loader<B>, DataError> {
         if cfg.batch == 0 {
             return Err(DataError::Invalid("batch size must be positive".into()));
         }
-        if data.is_empty() {
-            return Err(DataError::Invalid("the dataset is empty".into()));
+        if source.is_empty() {
+            return Err(DataError::Invalid(format!("{} has no samples", source.describe())));
         }
         if cfg.epochs.is_none() && !cfg.drop_last {
             return Err(DataError::Invalid("an endless loader must drop incomplete batches".into()));
         }
-        if start.cursor > data.len() {
+        if let Some((rank, world)) = cfg.shard
+            && (world == 0 || rank >= world || source.len() < world)
+        {
             return Err(DataError::Invalid(format!(
-                "resume position {} is beyond the dataset's {} samples",
+                "shard {rank} of {world}: {} has {} samples",
+                source.describe(),
+                source.len()
+            )));
+        }
+        let order = walk(source.len(), &cfg, start.epoch);
+        if start.cursor > order.len() {
+            return Err(DataError::Invalid(format!(
+                "resume position {} is beyond the {} samples of {}",
                 start.cursor,
-                data.len()
+                order.len(),
+                source.describe()
             )));
         }
         let (tx, rx) = sync_channel(cfg.prefetch.max(1));
-        let mut producer = Producer::new(data, cfg, start);
+        let mut producer = Producer {
+            source,
+            cfg,
+            pos: start,
+            order,
+            report: SkipReport { epoch: start.epoch, ..Default::default() },
+            ok_in_epoch: 0,
+            whole_epoch: start.cursor == 0,
+            pending: Vec::new(),
+        };
         let worker = std::thread::Builder::new()
             .name("detnas-loader".into())
             .spawn(move || {
@@ -251,12 +360,31 @@ impl Loader {
     }
 
     /// The next batch; `None` when the stream ended.
-    pub fn next_batch(&mut self) -> Option<Result<Batch, DataError>> {
+    pub fn next_batch(&mut self) -> Option<Result<Loaded<B>, DataError>> {
         self.rx.as_ref()?.recv().ok()
     }
 }
 
-impl Drop for Loader {
+impl Loader<Batch> {
+    /// A classification loader over `data`, started at `start`.
+    ///
+    /// # Errors
+    /// As [`Loader::start`].
+    pub fn new(data: Arc<dyn ClsDataset>, cfg: LoaderConfig, start: Position) -> Result<Loader<Batch>, DataError> {
+        let stream = StreamConfig {
+            batch: cfg.batch,
+            seed: cfg.seed,
+            shuffle: cfg.shuffle,
+            drop_last: cfg.drop_last,
+            epochs: cfg.epochs,
+            prefetch: cfg.prefetch,
+            shard: cfg.shard,
+        };
+        Loader::start(ClsSamples { data, transform: cfg.transform, convention: cfg.convention }, stream, start)
+    }
+}
+
+impl<B> Drop for Loader<B> {
     fn drop(&mut self) {
         self.rx.take();
         if let Some(w) = self.worker.take() {

@@ -36,6 +36,11 @@ impl Backbone {
         self.space().widths.iter().map(|&w| w as i64).collect()
     }
 
+    /// Strides of C2..C5 in pixels (4, 8, 16, 32 for the DetNAS spaces).
+    pub fn strides(&self) -> Vec<i64> {
+        self.space().stage_strides().into_iter().map(|s| s as i64).collect()
+    }
+
     /// C2..C5 of path `arch` (required for a supernet; a child checks it is its own).
     pub fn features(&self, x: &Tensor, arch: Option<&Arch>, train: bool) -> Result<Vec<Tensor>, DetectError> {
         match self {

@@ -4,6 +4,7 @@
 //! `[N, 3, H, W]` padded batches; `sizes` the unpadded `(height, width)` of each image.
 
 use crate::DetectError;
+use crate::losses::LossTerm;
 use crate::backbone::Backbone;
 use crate::fpn::{Fpn, TopBlock};
 use crate::rcnn::{FasterRcnnConfig, RoiHeads, Rpn};
@@ -56,7 +57,7 @@ impl DetectorConfig {
             Some(a) => Backbone::child(&(p / "backbone"), space, a)?,
             None => Backbone::supernet(&(p / "backbone"), space),
         };
-        let ch = backbone.channels();
+        let (ch, st) = (backbone.channels(), backbone.strides());
         if ch.len() != 4 {
             return Err(DetectError::Config(format!("FPN needs 4 backbone stages, the space has {}", ch.len())));
         }
@@ -66,22 +67,18 @@ impl DetectorConfig {
                 if r.anchor_sizes.len() != 5 {
                     return Err(DetectError::Config("retinanet.anchor_sizes needs 5 levels (P3–P7)".into()));
                 }
-                (
-                    Fpn::new(&(p / "fpn"), &ch[1..], c, self.fpn_bn, TopBlock::P6P7),
-                    Heads::Retina(RetinaHead::new(&(p / "retina"), r, c, classes)),
-                )
+                let fpn = Fpn::new(&(p / "fpn"), &ch[1..], &st[1..], c, self.fpn_bn, TopBlock::P6P7);
+                let head = RetinaHead::new(&(p / "retina"), r, c, classes, fpn.strides());
+                (fpn, Heads::Retina(head))
             }
             HeadConfig::FasterRcnn(f) => {
                 if f.rpn.anchor_sizes.len() != 5 {
                     return Err(DetectError::Config("rpn.anchor_sizes needs 5 levels (P2–P6)".into()));
                 }
-                (
-                    Fpn::new(&(p / "fpn"), &ch, c, self.fpn_bn, TopBlock::MaxPool),
-                    Heads::Rcnn(Box::new((
-                        Rpn::new(&(p / "rpn"), &f.rpn, c),
-                        RoiHeads::new(&(p / "roi_heads"), &f.roi, c, classes),
-                    ))),
-                )
+                let fpn = Fpn::new(&(p / "fpn"), &ch, &st, c, self.fpn_bn, TopBlock::MaxPool);
+                let rpn = Rpn::new(&(p / "rpn"), &f.rpn, c, fpn.strides());
+                let roi = RoiHeads::new(&(p / "roi_heads"), &f.roi, c, classes, fpn.input_strides());
+                (fpn, Heads::Rcnn(Box::new((rpn, roi))))
             }
         };
         Ok(Detector { backbone, fpn, head, classes })
@@ -124,26 +121,34 @@ impl Detector {
         })
     }
 
-    /// Named training losses (BN in training mode everywhere).
+    /// The training losses, each as a sum and its normaliser (BN in training mode
+    /// everywhere): RetinaNet's `cls`, `box`; Faster R-CNN's `rpn_obj`, `rpn_box`, `cls`,
+    /// `box`.
+    ///
+    /// # Errors
+    /// [`DetectError`] for a supernet without a path, or a child given another one.
     pub fn losses(
         &self,
         images: &Tensor,
         sizes: &[(i64, i64)],
         targets: &[Target],
         arch: Option<&Arch>,
-    ) -> Result<Vec<(&'static str, Tensor)>, DetectError> {
+    ) -> Result<Vec<LossTerm>, DetectError> {
         let p = self.pyramid(images, arch, true)?;
         Ok(match &self.head {
             Heads::Retina(h) => {
                 let (c, b) = h.losses(&p, targets);
-                vec![("cls", c), ("box", b)]
+                vec![c, b]
             }
             Heads::Rcnn(h) => {
                 let (rpn, roi) = (&h.0, &h.1);
-                let (props, l) = rpn.forward(&p, sizes, Some(targets), true);
-                let (o, rb) = l.expect("targets given");
-                let (c, b) = roi.losses(&p, &props, targets);
-                vec![("rpn_obj", o), ("rpn_box", rb), ("cls", c), ("box", b)]
+                let out = rpn.run(&p);
+                let proposals = rpn.proposals(&out, sizes, true);
+                let (o, rb) = rpn.losses(&out, targets);
+                let sample = roi.sample(&proposals, targets);
+                let (logits, deltas) = roi.run(&p, &sample.rois, true);
+                let (c, b) = roi.losses(&logits, &deltas, &sample);
+                vec![o, rb, c, b]
             }
         })
     }
@@ -160,7 +165,7 @@ impl Detector {
             Ok(match &self.head {
                 Heads::Retina(h) => h.detect(&p, sizes),
                 Heads::Rcnn(h) => {
-                    let (props, _) = h.0.forward(&p, sizes, None, false);
+                    let props = h.0.proposals(&h.0.run(&p), sizes, false);
                     h.1.detect(&p, &props, sizes)
                 }
             })
@@ -176,7 +181,7 @@ impl Detector {
             match &self.head {
                 Heads::Retina(h) => h.observe(&p),
                 Heads::Rcnn(h) => {
-                    let (props, _) = h.0.forward(&p, sizes, None, false);
+                    let props = h.0.proposals(&h.0.run(&p), sizes, false);
                     h.1.observe(&p, &props);
                 }
             }
@@ -212,8 +217,9 @@ impl Detector {
             match &self.head {
                 Heads::Retina(h) => levels("cls", "reg", h.raw_outputs(&p)),
                 Heads::Rcnn(h) => {
-                    levels("rpn_obj", "rpn_reg", h.0.raw_outputs(&p));
-                    let (props, _) = h.0.forward(&p, sizes, None, false);
+                    let rpn_out = h.0.run(&p);
+                    let props = h.0.proposals(&rpn_out, sizes, false);
+                    levels("rpn_obj", "rpn_reg", (rpn_out.objectness, rpn_out.deltas));
                     let (c, r) = h.1.raw_outputs(&p, &props);
                     for (i, b) in props.into_iter().enumerate() {
                         out.push((format!("proposals.{i}"), b));

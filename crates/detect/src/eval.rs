@@ -138,7 +138,7 @@ pub fn voc_eval(gts: &[VocGt], dets: &[VocDet], classes: usize, iou: f64, use_07
                 let mut best = (-1.0, usize::MAX);
                 for (j, gt) in g.iter().enumerate() {
                     if gt.image == det.image {
-                        let o = box_iou(&gt.bbox, &det.bbox);
+                        let o = detnas_data::det::iou(&gt.bbox, &det.bbox);
                         if o > best.0 {
                             best = (o, j);
                         }
@@ -164,14 +164,6 @@ pub fn voc_eval(gts: &[VocGt], dets: &[VocDet], classes: usize, iou: f64, use_07
             voc_ap(&tp, &fp, npos, use_07)
         })
         .collect()
-}
-
-fn box_iou(a: &[f64; 4], b: &[f64; 4]) -> f64 {
-    let iw = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
-    let ih = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
-    let inter = iw * ih;
-    let u = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter;
-    if u > 0.0 { inter / u } else { 0.0 }
 }
 
 #[cfg(test)]

@@ -8,7 +8,9 @@
 //! Inputs `C_first..C5` (strides `2^first..32`), outputs `P_first..P5` of `out_channels`
 //! plus the top block's levels.
 
-use crate::layers::ConvUnit;
+use crate::layers::{bn_if, conv_unit};
+use detnas_nn::layers::ConvBn;
+use tch::nn::ModuleT;
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 use tch::nn;
@@ -20,40 +22,64 @@ pub enum TopBlock {
     P6P7,
 }
 
+/// The pyramid: lateral and output convs per input level, and the top block.
 #[derive(Debug)]
 pub struct Fpn {
-    lateral: Vec<ConvUnit>,
-    output: Vec<ConvUnit>,
-    p6: Option<ConvUnit>,
-    p7: Option<ConvUnit>,
+    lateral: Vec<ConvBn>,
+    output: Vec<ConvBn>,
+    p6: Option<ConvBn>,
+    p7: Option<ConvBn>,
     top: TopBlock,
+    strides: Vec<i64>,
 }
 
 impl Fpn {
-    /// `in_channels`: channels of the backbone levels used (e.g. C2..C5 or C3..C5).
-    pub fn new(p: &nn::Path, in_channels: &[i64], out: i64, bn: bool, top: TopBlock) -> Fpn {
+    /// `in_channels` and `in_strides` (pixels): the backbone levels used (e.g. C2..C5 or
+    /// C3..C5); `out` channels on every output level.
+    pub fn new(p: &nn::Path, in_channels: &[i64], in_strides: &[i64], out: i64, bn: bool, top: TopBlock) -> Fpn {
         let lateral = in_channels
             .iter()
             .enumerate()
-            .map(|(i, &c)| ConvUnit::new(&(p / format!("inner{i}")), c, out, 1, 1, bn, false, None))
+            .map(|(i, &c)| conv_unit(&(p / format!("inner{i}")), (c, out, 1, 1), bn_if(bn), false, None))
             .collect();
         let output = (0..in_channels.len())
-            .map(|i| ConvUnit::new(&(p / format!("layer{i}")), out, out, 3, 1, bn, false, None))
+            .map(|i| conv_unit(&(p / format!("layer{i}")), (out, out, 3, 1), bn_if(bn), false, None))
             .collect();
         let (p6, p7) = match top {
             TopBlock::MaxPool => (None, None),
             TopBlock::P6P7 => {
                 let c5 = *in_channels.last().expect("at least one level");
                 (
-                    Some(ConvUnit::new(&(p / "p6"), c5, out, 3, 2, bn, false, None)),
-                    Some(ConvUnit::new(&(p / "p7"), out, out, 3, 2, bn, false, None)),
+                    Some(conv_unit(&(p / "p6"), (c5, out, 3, 2), bn_if(bn), false, None)),
+                    Some(conv_unit(&(p / "p7"), (out, out, 3, 2), bn_if(bn), false, None)),
                 )
             }
         };
-        Fpn { lateral, output, p6, p7, top }
+        let last = *in_strides.last().expect("at least one level");
+        let mut strides = in_strides.to_vec();
+        strides.push(2 * last);
+        if top == TopBlock::P6P7 {
+            strides.push(4 * last);
+        }
+        Fpn { lateral, output, p6, p7, top, strides }
+    }
+
+    /// Strides (pixels) of the output levels, finest first: the input levels', then the top
+    /// block's (one level for `MaxPool`, two for `P6P7`).
+    pub fn strides(&self) -> &[i64] {
+        &self.strides
+    }
+
+    /// Strides of the output levels that come from backbone levels (without the top block).
+    pub fn input_strides(&self) -> &[i64] {
+        &self.strides[..self.lateral.len()]
     }
 
     /// Pyramid levels, finest first.
+    ///
+    /// # Shapes
+    /// `feats[l]`: `[N, in_channels[l], H/s_l, W/s_l]` → `[N, out, H/s, W/s]` for every
+    /// stride of [`Fpn::strides`].
     pub fn forward_t(&self, feats: &[Tensor], train: bool) -> Vec<Tensor> {
         let n = feats.len();
         let mut last = self.lateral[n - 1].forward_t(&feats[n - 1], train);

@@ -1,53 +1,40 @@
-//! Conv (+ BN) (+ ReLU) units of the detection neck and heads. Their BNs run through
-//! [`detnas_nn::bn::conv_bn_t`] (folded into the conv in eval mode), so BN recalibration
-//! covers the FPN and heads as well as the backbone (reference §6: every BN statistic of a
-//! candidate is recomputed).
+//! Conv units of the detection neck and heads: the backbone's [`ConvBn`] (its BNs run
+//! through [`detnas_nn::bn::conv_bn_t`], so BN recalibration covers the FPN and heads as well
+//! as the backbone: DetNAS arXiv:1903.10979 §3.3 recomputes every BN statistic of a
+//! candidate), initialised as maskrcnn_benchmark initialises them, and the plain predictor
+//! convs.
 
-use detnas_nn::bn::{ConvGeometry, conv_bn_t};
-use detnas_nn::layers::batch_norm;
-use tch::Tensor;
-use tch::nn::{self, Module};
+use detnas_nn::layers::{ConvBn, ConvBnConfig, NormKind};
+use tch::nn;
 
-/// A `k × k` conv; with `bn`, bias-free and followed by BN (γ = 1); optionally ReLU.
-#[derive(Debug)]
-pub struct ConvUnit {
-    pub conv: nn::Conv2D,
-    pub geometry: ConvGeometry,
-    pub bn: Option<nn::BatchNorm>,
-    pub relu: bool,
+/// A `k × k` conv unit under `p` (`p.conv.*`, `p.bn.*`): with BN (`norm` not `None`) and
+/// without a per-level BN the conv has no bias; weights `N(0, std)` with `std = None` as
+/// `1/√fan_in` (the variance of PyTorch's default and of maskrcnn_benchmark's
+/// `kaiming_uniform_(a=1)` for FPN convs).
+pub fn conv_unit(
+    p: &nn::Path,
+    (cin, cout, k, stride): (i64, i64, i64, i64),
+    norm: NormKind,
+    relu: bool,
+    std: Option<f64>,
+) -> ConvBn {
+    ConvBnConfig {
+        cin,
+        cout,
+        kernel: k,
+        stride,
+        depthwise: false,
+        bias: !matches!(norm, NormKind::Bn),
+        relu,
+        std: Some(std.unwrap_or(1.0 / ((cin * k * k) as f64).sqrt())),
+        norm,
+    }
+    .build(p)
 }
 
-impl ConvUnit {
-    /// Weights `N(0, std)`; `std = None` is `1/√fan_in` (the variance of PyTorch's default
-    /// and of maskrcnn_benchmark's `kaiming_uniform_(a=1)` for FPN convs).
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(p: &nn::Path, cin: i64, cout: i64, k: i64, stride: i64, bn: bool, relu: bool, std: Option<f64>) -> Self {
-        let std = std.unwrap_or(1.0 / ((cin * k * k) as f64).sqrt());
-        let conv = nn::conv2d(
-            p / "conv",
-            cin,
-            cout,
-            k,
-            nn::ConvConfig {
-                stride,
-                padding: k / 2,
-                bias: !bn,
-                ws_init: nn::Init::Randn { mean: 0.0, stdev: std },
-                bs_init: nn::Init::Const(0.0),
-                ..Default::default()
-            },
-        );
-        let geometry = ConvGeometry { stride, padding: k / 2, groups: 1 };
-        ConvUnit { conv, geometry, bn: bn.then(|| batch_norm(&(p / "bn"), cout)), relu }
-    }
-
-    pub fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        let mut y = match &self.bn {
-            Some(bn) => conv_bn_t(&self.conv, self.geometry, bn, x, train),
-            None => self.conv.forward(x),
-        };
-        if self.relu { y.relu_() } else { y }
-    }
+/// The BN of a unit: one, or none.
+pub fn bn_if(bn: bool) -> NormKind {
+    if bn { NormKind::Bn } else { NormKind::None }
 }
 
 /// A plain predictor conv with bias: weights `N(0, std)`, bias `bias`.

@@ -1,6 +1,13 @@
-//! Detectors on DetNAS backbones (reference §5): FPN, RetinaNet and FPN Faster R-CNN,
-//! their building blocks (anchors, matcher, box coding, NMS, RoIAlign), and COCO / VOC
-//! evaluation. Box coordinates follow [`boxes`]' documented convention everywhere.
+//! Detectors on DetNAS backbones (DetNAS arXiv:1903.10979 §4; the official
+//! maskrcnn_benchmark configs `e2e_faster_rcnn_DETNAS_*.yaml`, `retinanet_DETNAS_*.yaml`): FPN,
+//! RetinaNet and FPN Faster R-CNN, their building blocks (anchors, matcher, box coding, NMS,
+//! RoIAlign), and COCO / VOC evaluation. Box coordinates follow [`boxes`]' documented
+//! convention everywhere.
+//!
+//! [`evaluate`] scores one path on a dataset (BN recalibration, inference, COCO and VOC
+//! metrics); it is what training, the search and `detnas eval det` call. Depends on
+//! `detnas_nn` (backbones), `detnas_data` (datasets and batches) and `detnas_space`; never on
+//! training, search or the pipeline.
 
 pub mod anchors;
 pub mod backbone;
@@ -8,6 +15,7 @@ pub mod boxes;
 pub mod detector;
 pub mod error;
 pub mod eval;
+pub mod evaluate;
 pub mod fpn;
 pub mod layers;
 pub mod losses;
@@ -16,6 +24,8 @@ pub mod nms;
 pub mod rcnn;
 pub mod retinanet;
 pub mod roi_align;
+pub mod roi_heads;
+pub mod rpn;
 pub mod target;
 
 pub use backbone::Backbone;

@@ -1,6 +1,26 @@
-//! Detection losses.
+//! Detection losses, and [`LossTerm`]: a loss as a sum and its normaliser.
 
 use tch::{Kind, Reduction, Tensor};
+
+/// A loss as the sum of its terms over the batch and the count it is normalised by: the loss
+/// is `sum / max(count, 1)`. Data-parallel training sums both over the ranks before dividing,
+/// so the loss and its gradient are the global batch's whatever the number of processes
+/// (maskrcnn_benchmark divides by per-GPU counts; with one process the two agree).
+#[derive(Debug)]
+pub struct LossTerm {
+    pub name: &'static str,
+    /// Sum over the batch, scalar.
+    pub sum: Tensor,
+    /// What the sum is divided by (positive anchors, sampled anchors or RoIs, images, …).
+    pub count: f64,
+}
+
+impl LossTerm {
+    /// `sum / max(count, 1)`: the loss of a single process.
+    pub fn value(&self) -> Tensor {
+        &self.sum / self.count.max(1.0)
+    }
+}
 
 /// Sigmoid focal loss (Lin et al. 2017), summed: for logit `x`, target `t ∈ {0, 1}` and
 /// `p = σ(x)`: `−α_t (1 − p_t)^γ ln p_t` with `p_t = p` if `t = 1` else `1 − p`, and

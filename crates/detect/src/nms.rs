@@ -4,6 +4,7 @@
 //! kept unless it overlaps an already kept box by IoU **>** `threshold` (torchvision's rule).
 
 use crate::boxes::rows_of;
+use detnas_data::det::iou;
 use tch::{Kind, Tensor};
 
 /// Kept indices (i64, by descending score) of `[N, 4]` boxes with scores `[N]`.
@@ -33,16 +34,6 @@ pub fn batched_nms(boxes: &Tensor, scores: &Tensor, labels: &Tensor, threshold: 
 fn f32s(t: &Tensor) -> Vec<f32> {
     Vec::<f32>::try_from(t.to_kind(Kind::Float).to_device(tch::Device::Cpu).contiguous().reshape([-1]))
         .unwrap_or_default()
-}
-
-/// IoU of two `(x1, y1, x2, y2)` boxes.
-pub fn iou(a: &[f32; 4], b: &[f32; 4]) -> f32 {
-    let iw = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
-    let ih = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
-    let inter = iw * ih;
-    let area = |r: &[f32; 4]| (r[2] - r[0]).max(0.0) * (r[3] - r[1]).max(0.0);
-    let union = area(a) + area(b) - inter;
-    if union > 0.0 { inter / union } else { 0.0 }
 }
 
 /// Greedy NMS on rows; returns kept indices by descending score.

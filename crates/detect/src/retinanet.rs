@@ -1,47 +1,69 @@
 //! RetinaNet (Lin et al. 2017) head, loss and post-processing, with maskrcnn_benchmark's
-//! defaults (DetNAS `retinanet_DETNAS_COCO_FPN_300M_*.yaml`): levels P3–P7, anchors
+//! defaults as DetNAS configures them (`retinanet_DETNAS_COCO_FPN_300M_*.yaml`;
+//! `modeling/rpn/retinanet/{retinanet,loss,inference}.py`): levels P3–P7, anchors
 //! `32·2^(l−3)` × 3 octave scales × ratios {0.5, 1, 2}, matcher 0.5/0.4 with low-quality
-//! matches, focal loss α 0.25 γ 2 (normalised by the number of positive anchors), smooth-L1
-//! β 0.11 on positives, two towers of 4 conv3×3+ReLU (BN optional) shared across levels,
-//! classification prior 0.01 (option: one BN per level in the towers), inference: per level score > 0.05 and top 1000, class-wise
-//! NMS 0.5, at most 100 detections per image.
+//! matches, two towers of 4 conv3×3+ReLU (BN optional; option: one BN per level) shared
+//! across levels, classification prior 0.01; inference: per level score > 0.05 and top 1000,
+//! class-wise NMS 0.5, at most 100 detections per image.
+//!
+//! Losses, as `RetinaNetLossComputation`: the sigmoid focal loss (α 0.25, γ 2) summed over
+//! every anchor that is not between the thresholds, divided by `num_pos + N` (positive
+//! anchors over the batch plus the number of images); smooth-L1 (β 0.11) summed over the
+//! positive anchors, divided by `max(1, num_pos)`. Box deltas use the no-`+1` box
+//! convention of [`crate::boxes`] (torchvision's), not maskrcnn_benchmark's `TO_REMOVE = 1`.
 
 use crate::anchors::AnchorGenerator;
 use crate::boxes::{BoxCoder, clip, pairwise_iou};
-use crate::layers::{ConvUnit, predictor};
-use crate::losses::{sigmoid_focal_loss, smooth_l1_sum};
+use crate::layers::{bn_if, conv_unit, predictor};
+use crate::losses::{LossTerm, sigmoid_focal_loss, smooth_l1_sum};
 use crate::matcher::Matcher;
 use crate::nms::batched_nms;
 use crate::target::{Detections, Target};
-use detnas_nn::bn::{ConvGeometry, conv_bn_t};
-use detnas_nn::layers::batch_norm;
+use detnas_nn::layers::{ConvBn, NormKind};
 use serde::{Deserialize, Serialize};
 use tch::nn::Module;
 use tch::{Kind, Tensor, nn};
 
+/// RetinaNet settings (`[detector.head]` with `kind = "retinanet"`). Defaults are
+/// maskrcnn_benchmark's (`MODEL.RETINANET.*`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetinaNetConfig {
+    /// Convs in each tower. Default 4.
     pub num_convs: usize,
-    /// BN after each tower conv (DetNAS trains BN everywhere).
+    /// BN after each tower conv (DetNAS trains BN everywhere). Default true.
     pub tower_bn: bool,
     /// One BN per pyramid level after each (level-shared) tower conv, instead of one BN
     /// shared by all levels as in maskrcnn_benchmark. Levels have different statistics; a
     /// shared BN's running averages mix them, which costs accuracy in short schedules.
+    /// Default false.
     pub level_bn: bool,
+    /// Prior probability of the classification bias init. Default 0.01.
     pub prior: f64,
-    /// Anchor base size of each level P3..P7.
+    /// Anchor base size (√area, pixels of the network input) of each level P3..P7. Default
+    /// `[32, 64, 128, 256, 512]`.
     pub anchor_sizes: Vec<f64>,
+    /// Anchor scales per octave (sizes `base·2^(i/n)`). Default 3.
     pub scales_per_octave: usize,
+    /// Anchor aspect ratios (height / width). Default `[0.5, 1, 2]`.
     pub aspect_ratios: Vec<f64>,
+    /// IoU from which an anchor is positive. Default 0.5.
     pub fg_iou: f64,
+    /// IoU below which an anchor is negative (in between: ignored). Default 0.4.
     pub bg_iou: f64,
+    /// Focal loss α. Default 0.25.
     pub focal_alpha: f64,
+    /// Focal loss γ. Default 2.
     pub focal_gamma: f64,
+    /// Smooth-L1 transition of the box loss. Default 0.11.
     pub smooth_l1_beta: f64,
+    /// Detections below this score are dropped before NMS. Default 0.05.
     pub score_threshold: f64,
+    /// Candidates kept per level (per image) before NMS. Default 1000.
     pub pre_nms_top_n: i64,
+    /// IoU of the class-wise NMS. Default 0.5.
     pub nms_threshold: f64,
+    /// Detections kept per image. Default 100.
     pub detections_per_image: i64,
 }
 
@@ -69,33 +91,9 @@ impl Default for RetinaNetConfig {
 }
 
 impl RetinaNetConfig {
-    /// Strides of P3..P7.
-    pub fn strides(&self) -> Vec<i64> {
-        (3..3 + self.anchor_sizes.len() as i64).map(|l| 1 << l).collect()
-    }
-
-    pub fn anchors(&self) -> AnchorGenerator {
-        AnchorGenerator::retinanet(&self.anchor_sizes, &self.strides(), self.scales_per_octave, &self.aspect_ratios)
-    }
-}
-
-/// A tower conv shared by all levels, followed by BN (one shared, one per level, or none)
-/// and ReLU.
-#[derive(Debug)]
-struct TowerConv {
-    conv: nn::Conv2D,
-    geometry: ConvGeometry,
-    bns: Vec<nn::BatchNorm>,
-}
-
-impl TowerConv {
-    fn forward_t(&self, x: &Tensor, level: usize, train: bool) -> Tensor {
-        let mut y = match self.bns.len() {
-            0 => self.conv.forward(x),
-            1 => conv_bn_t(&self.conv, self.geometry, &self.bns[0], x, train),
-            _ => conv_bn_t(&self.conv, self.geometry, &self.bns[level], x, train),
-        };
-        y.relu_()
+    /// The anchors of pyramid levels of `strides` (pixels, one per level of `anchor_sizes`).
+    pub fn anchors(&self, strides: &[i64]) -> AnchorGenerator {
+        AnchorGenerator::retinanet(&self.anchor_sizes, strides, self.scales_per_octave, &self.aspect_ratios)
     }
 }
 
@@ -103,18 +101,20 @@ impl TowerConv {
 pub struct RetinaHead {
     cfg: RetinaNetConfig,
     classes: i64,
-    cls_tower: Vec<TowerConv>,
-    box_tower: Vec<TowerConv>,
+    cls_tower: Vec<ConvBn>,
+    box_tower: Vec<ConvBn>,
     cls_logits: nn::Conv2D,
     bbox_pred: nn::Conv2D,
     anchors: AnchorGenerator,
     coder: BoxCoder,
 }
 
-/// Per-image head outputs over all levels: `cls` `[A_total, K]`, `reg` `[A_total, 4]`.
-struct Flat {
-    cls: Vec<Tensor>,
-    reg: Vec<Tensor>,
+/// Head outputs per level: `cls[l]` `[N, H_l·W_l·A, K]` logits, `reg[l]` `[N, H_l·W_l·A, 4]`
+/// deltas, in the anchor grid's order.
+#[derive(Debug)]
+pub struct RetinaOutputs {
+    pub cls: Vec<Tensor>,
+    pub reg: Vec<Tensor>,
 }
 
 /// `[N, A·C, H, W]` → `[N, H·W·A, C]` (the anchor grid's order).
@@ -124,23 +124,20 @@ pub fn flatten_level(t: &Tensor, c: i64) -> Tensor {
 }
 
 impl RetinaHead {
-    pub fn new(p: &nn::Path, cfg: &RetinaNetConfig, channels: i64, classes: i64) -> RetinaHead {
+    /// The head under `p` for pyramid levels of `channels` channels and `strides` (pixels),
+    /// with `classes` foreground classes.
+    pub fn new(p: &nn::Path, cfg: &RetinaNetConfig, channels: i64, classes: i64, strides: &[i64]) -> RetinaHead {
         let a = (cfg.scales_per_octave * cfg.aspect_ratios.len()) as i64;
         let levels = cfg.anchor_sizes.len();
+        // Tower convs are shared by the levels; their BN is one shared BN, one per level
+        // (`bn_p3`…), or none.
+        let norm = match (cfg.tower_bn, cfg.level_bn) {
+            (true, true) => NormKind::PerLevel { levels, first: 3 },
+            (bn, _) => bn_if(bn),
+        };
         let tower = |name: &str| {
             (0..cfg.num_convs)
-                .map(|i| {
-                    let tp = p / name / i;
-                    if cfg.tower_bn && cfg.level_bn {
-                        let unit = ConvUnit::new(&tp, channels, channels, 3, 1, false, true, Some(0.01));
-                        let bns =
-                            (0..levels).map(|l| batch_norm(&(&tp / format!("bn_p{}", l + 3)), channels)).collect();
-                        TowerConv { conv: unit.conv, geometry: unit.geometry, bns }
-                    } else {
-                        let unit = ConvUnit::new(&tp, channels, channels, 3, 1, cfg.tower_bn, true, Some(0.01));
-                        TowerConv { conv: unit.conv, geometry: unit.geometry, bns: unit.bn.into_iter().collect() }
-                    }
-                })
+                .map(|i| conv_unit(&(p / name / i), (channels, channels, 3, 1), norm, true, Some(0.01)))
                 .collect()
         };
         let bias = -((1.0 - cfg.prior) / cfg.prior).ln();
@@ -149,7 +146,7 @@ impl RetinaHead {
             box_tower: tower("bbox_tower"),
             cls_logits: predictor(p / "cls_logits", channels, a * classes, 3, 0.01, bias),
             bbox_pred: predictor(p / "bbox_pred", channels, a * 4, 3, 0.01, 0.0),
-            anchors: cfg.anchors(),
+            anchors: cfg.anchors(strides),
             coder: BoxCoder::new([1.0; 4]),
             cfg: cfg.clone(),
             classes,
@@ -160,16 +157,17 @@ impl RetinaHead {
     fn towers(&self, f: &Tensor, l: usize, train: bool) -> (Tensor, Tensor) {
         let mut c = f.shallow_clone();
         for u in &self.cls_tower {
-            c = u.forward_t(&c, l, train);
+            c = u.forward_level(&c, l, train);
         }
         let mut b = f.shallow_clone();
         for u in &self.box_tower {
-            b = u.forward_t(&b, l, train);
+            b = u.forward_level(&b, l, train);
         }
         (c, b)
     }
 
-    fn run(&self, feats: &[Tensor], train: bool) -> Flat {
+    /// The head's outputs on pyramid `feats` (P3..P7, `[N, C, H_l, W_l]`).
+    pub fn run(&self, feats: &[Tensor], train: bool) -> RetinaOutputs {
         let (mut cls, mut reg) = (Vec::new(), Vec::new());
         for (l, f) in feats.iter().enumerate() {
             let (c, b) = self.towers(f, l, train);
@@ -177,18 +175,29 @@ impl RetinaHead {
             cls.push(c);
             reg.push(flatten_level(&self.bbox_pred.forward(&b), 4));
         }
-        Flat { cls, reg }
+        RetinaOutputs { cls, reg }
     }
 
-    fn level_anchors(&self, feats: &[Tensor]) -> Vec<Tensor> {
+    /// Anchors `[H_l·W_l·A, 4]` of each level of `feats`.
+    pub fn level_anchors(&self, feats: &[Tensor]) -> Vec<Tensor> {
         let hw: Vec<(i64, i64)> = feats.iter().map(|f| (f.size()[2], f.size()[3])).collect();
         self.anchors.grid(&hw, feats[0].device())
     }
 
     /// Training losses `(classification, box regression)` for pyramid `feats` (P3..P7).
-    pub fn losses(&self, feats: &[Tensor], targets: &[Target]) -> (Tensor, Tensor) {
+    pub fn losses(&self, feats: &[Tensor], targets: &[Target]) -> (LossTerm, LossTerm) {
         let out = self.run(feats, true);
-        let anchors = Tensor::cat(&self.level_anchors(feats), 0);
+        self.loss(&out, &self.level_anchors(feats), targets)
+    }
+
+    /// The losses `(classification, box regression)` of head outputs against `targets` (one
+    /// per image; crowd regions left out), with the normalisers of the module documentation:
+    /// `num_pos + N` and `num_pos`.
+    ///
+    /// # Shapes
+    /// `anchors[l]` `[H_l·W_l·A, 4]`, matching `out`'s levels.
+    pub fn loss(&self, out: &RetinaOutputs, anchors: &[Tensor], targets: &[Target]) -> (LossTerm, LossTerm) {
+        let anchors = Tensor::cat(anchors, 0);
         let cls = Tensor::cat(&out.cls, 1);
         let reg = Tensor::cat(&out.reg, 1);
         let matcher = Matcher { high: self.cfg.fg_iou, low: self.cfg.bg_iou, allow_low_quality: true };
@@ -218,14 +227,13 @@ impl RetinaHead {
                 box_loss.push(smooth_l1_sum(&pred, &target, self.cfg.smooth_l1_beta));
             }
         }
-        let norm = num_pos.max(1) as f64;
-        let cls_loss = Tensor::stack(&cls_loss, 0).sum(Kind::Float) / norm;
-        let box_loss = if box_loss.is_empty() {
-            reg.sum(Kind::Float) * 0.0
-        } else {
-            Tensor::stack(&box_loss, 0).sum(Kind::Float) / norm
-        };
-        (cls_loss, box_loss)
+        let cls_sum = Tensor::stack(&cls_loss, 0).sum(Kind::Float);
+        let box_sum =
+            if box_loss.is_empty() { reg.sum(Kind::Float) * 0.0 } else { Tensor::stack(&box_loss, 0).sum(Kind::Float) };
+        (
+            LossTerm { name: "cls", sum: cls_sum, count: (num_pos + targets.len() as i64) as f64 },
+            LossTerm { name: "box", sum: box_sum, count: num_pos as f64 },
+        )
     }
 
     /// Eval-mode raw outputs per level: logits `[N, H·W·A, K]` and deltas `[N, H·W·A, 4]`

@@ -10,6 +10,10 @@ pub struct Target {
     pub boxes: Tensor,
     /// `[G]` i64, contiguous class indices `0..K`.
     pub labels: Tensor,
+    /// Seed of this image's random choices (the RPN's and the box head's samplers): set per
+    /// image and step by the trainer, so the draws do not depend on which process or batch
+    /// position the image lands in.
+    pub seed: u64,
 }
 
 /// Detections of one image: `boxes` `[D, 4]`, `scores` `[D]`, `labels` `[D]` (`0..K`),

@@ -1,4 +1,5 @@
-//! One choice of one ShuffleNetV2 block (reference §2).
+//! One choice of one ShuffleNetV2 block (DetNAS arXiv:1903.10979 §3.1, Fig. 2; the official
+//! `shuffle_blocks.py` of megvii-model/DetNAS).
 
 use crate::layers::{ConvBn, ConvBnConfig};
 use detnas_space::Choice;

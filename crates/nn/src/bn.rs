@@ -1,7 +1,8 @@
 //! BatchNorm recalibration: recompute the running statistics of every BN a forward touches.
 //!
 //! A one-shot supernet's BN statistics are a mix over all paths, so before a path is
-//! evaluated its statistics are recomputed on training images (reference §6). While a
+//! evaluated its statistics are recomputed on training images (DetNAS arXiv:1903.10979
+//! §3.3). While a
 //! [`Recalibration`] is active on the current thread, every conv+BN unit run in training mode
 //! reports its input to it:
 //!
@@ -19,10 +20,141 @@
 //!   is seen, then updated as in training (momentum 0.1).
 //!
 //! Run the forwards under `tch::no_grad`.
+//!
+//! **Synchronized BatchNorm.** While a [`BnSync`] is installed on the current thread
+//! ([`synchronize`]), every BN run in training mode normalises with the statistics of the
+//! *global* batch — every rank's share of it — as PyTorch's `SyncBatchNorm` does (DetNAS
+//! trains the detector's BNs synchronized over 8 GPUs): each rank's per-channel mean, biased
+//! variance and count are gathered (differentiably, so gradients flow across the ranks),
+//! combined, used to normalise, and folded into the running statistics (unbiased variance,
+//! momentum 0.1). A recalibration under a [`BnSync`] pools every rank's statistics at
+//! [`Recalibration::finish`], so several ranks recalibrating their shards of the images give
+//! the statistics one process gets from all of them.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::rc::Rc;
 use tch::{Kind, Tensor, nn, nn::ModuleT};
+
+/// What synchronized BatchNorm needs from a multi-process runtime.
+pub trait BnSync {
+    /// The ranks' `stats` `[k, C]` concatenated along dim 0 in rank order, `[world·k, C]`;
+    /// differentiable (the gradient of each rank's slice flows back to that rank's `stats`).
+    ///
+    /// # Errors
+    /// A failed collective (a rank died, the timeout passed), as a message.
+    fn all_gather(&self, stats: &Tensor) -> Result<Tensor, String>;
+
+    /// `t` summed over the ranks (no gradient).
+    ///
+    /// # Errors
+    /// As [`BnSync::all_gather`].
+    fn all_reduce_sum(&self, t: &Tensor) -> Result<Tensor, String>;
+}
+
+thread_local! {
+    static SYNC: RefCell<Option<Rc<dyn BnSync>>> = const { RefCell::new(None) };
+    static SYNC_ERROR: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// Synchronized BatchNorm on this thread while the guard lives.
+#[must_use = "synchronization stops when the guard is dropped"]
+pub struct SyncGuard {
+    previous: Option<Rc<dyn BnSync>>,
+}
+
+impl std::fmt::Debug for SyncGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SyncGuard")
+    }
+}
+
+/// Installs `sync` for the BNs run on this thread until the guard is dropped.
+pub fn synchronize(sync: Rc<dyn BnSync>) -> SyncGuard {
+    let previous = SYNC.with(|s| s.borrow_mut().replace(sync));
+    SyncGuard { previous }
+}
+
+impl Drop for SyncGuard {
+    fn drop(&mut self) {
+        SYNC.with(|s| *s.borrow_mut() = self.previous.take());
+    }
+}
+
+/// The first collective failure inside a synchronized BN forward since the last call (a
+/// forward cannot return an error; the caller checks after it).
+pub fn take_sync_error() -> Option<String> {
+    SYNC_ERROR.with(|e| e.borrow_mut().take())
+}
+
+fn sync() -> Option<Rc<dyn BnSync>> {
+    SYNC.with(|s| s.borrow().clone())
+}
+
+/// `(mean, biased variance)` `[C]` of the global batch from every rank's `[3, C]`
+/// (mean, biased variance, count) gathered into `[world·3, C]`, and the global count `[C]`.
+fn combine(gathered: &Tensor) -> (Tensor, Tensor, Tensor) {
+    let c = gathered.size()[1];
+    let g = gathered.view([-1, 3, c]);
+    let (means, vars, counts) = (g.select(1, 0), g.select(1, 1), g.select(1, 2));
+    let total = counts.sum_dim_intlist(&[0i64][..], false, None);
+    let mean = (&means * &counts).sum_dim_intlist(&[0i64][..], false, None) / &total;
+    let var = ((vars + (&means - mean.unsqueeze(0)).square()) * &counts).sum_dim_intlist(&[0i64][..], false, None) / &total;
+    (mean, var, total)
+}
+
+/// This rank's per-channel `[3, C]` (mean, biased variance, count) of `y` `[N, C, H, W]`.
+fn local_stats(y: &Tensor) -> Tensor {
+    let s = y.size();
+    let n = (s[0] * s[2] * s[3]) as f64;
+    let dims = &[0i64, 2, 3][..];
+    let yf = y.to_kind(Kind::Float);
+    let (mean, var) = if n > 0.0 {
+        let mean = yf.mean_dim(dims, false, Kind::Float);
+        let var = (&yf - mean.view([1, -1, 1, 1])).square().mean_dim(dims, false, Kind::Float);
+        (mean, var)
+    } else {
+        let z = Tensor::zeros([s[1]], (Kind::Float, y.device()));
+        (z.copy(), z)
+    };
+    Tensor::stack(&[mean, var, Tensor::full([s[1]], n, (Kind::Float, y.device()))], 0)
+}
+
+/// `y` normalised with `mean` and `var` `[C]`, then scaled and shifted by the BN's affine.
+fn normalise(bn: &nn::BatchNorm, y: &Tensor, mean: &Tensor, var: &Tensor) -> Tensor {
+    let shape = [1i64, -1, 1, 1];
+    let mut out = (y - mean.view(shape)) * (var + EPS).rsqrt().view(shape);
+    if let Some(w) = &bn.ws {
+        out = out * w.view(shape);
+    }
+    if let Some(b) = &bn.bs {
+        out = out + b.view(shape);
+    }
+    out.to_kind(y.kind())
+}
+
+/// Synchronized BN in training mode: global statistics, running statistics updated.
+fn sync_forward(bn: &nn::BatchNorm, y: &Tensor, sync: &dyn BnSync) -> Tensor {
+    let gathered = match sync.all_gather(&local_stats(y)) {
+        Ok(g) => g,
+        Err(e) => {
+            SYNC_ERROR.with(|s| s.borrow_mut().get_or_insert(e).clone());
+            return y.zeros_like();
+        }
+    };
+    let (mean, var, total) = combine(&gathered);
+    tch::no_grad(|| {
+        let m = 0.1;
+        let unbiased = &var * &total / (&total - 1.0).clamp_min(1.0);
+        let mut rm = bn.running_mean.shallow_clone();
+        let mut rv = bn.running_var.shallow_clone();
+        let new_mean = &rm * (1.0 - m) + mean.detach().to_kind(rm.kind()) * m;
+        let new_var = &rv * (1.0 - m) + unbiased.detach().to_kind(rv.kind()) * m;
+        rm.copy_(&new_mean);
+        rv.copy_(&new_var);
+    });
+    normalise(bn, y, &mean, &var)
+}
 
 /// How statistics are recomputed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -48,6 +180,8 @@ const EPS: f64 = 1e-5;
 struct Session {
     mode: BnMode,
     entries: HashMap<usize, Entry>,
+    /// Keys in the order the BNs were first seen (the same on every rank).
+    order: Vec<usize>,
 }
 
 thread_local! {
@@ -62,6 +196,9 @@ pub(crate) fn observe(bn: &nn::BatchNorm, y: &Tensor) -> Option<Tensor> {
         let session = s.as_mut()?;
         let key = bn.running_mean.data_ptr() as usize;
         let mode = session.mode;
+        if !session.entries.contains_key(&key) {
+            session.order.push(key);
+        }
         let entry = session.entries.entry(key).or_insert_with(|| {
             if mode == BnMode::Ema {
                 let _ = bn.running_mean.shallow_clone().fill_(0.0);
@@ -77,22 +214,52 @@ pub(crate) fn observe(bn: &nn::BatchNorm, y: &Tensor) -> Option<Tensor> {
             }
         });
         if mode == BnMode::Ema {
-            return Some(bn.forward_t(y, true));
+            return Some(match sync() {
+                Some(sy) => sync_forward(bn, y, sy.as_ref()),
+                None => bn.forward_t(y, true),
+            });
         }
-        // Training-mode BN without touching the running statistics; its saved batch mean and
-        // inverse std give this batch's statistics.
-        let (out, mean_b, invstd) =
-            y.native_batch_norm(bn.ws.as_ref(), bn.bs.as_ref(), None::<&Tensor>, None::<&Tensor>, true, 0.1, EPS);
         let s = y.size();
         let nb = (s[0] * s[2] * s[3]) as f64;
-        let mean_b = mean_b.to_kind(Kind::Double);
-        let invstd = invstd.to_kind(Kind::Double);
-        let var_b = (invstd.square().reciprocal() - EPS).clamp_min(0.0);
-        let n = entry.count as f64;
-        let delta = &mean_b - &entry.mean;
-        entry.mean += &delta * (nb / (n + nb));
-        entry.m2 += var_b * nb + delta.square() * (n * nb / (n + nb));
-        entry.count += nb as i64;
+        let (out, mean_b, var_b) = match sync() {
+            // This rank's statistics are pooled; the forward normalises with the global batch's.
+            Some(sy) => {
+                let local = local_stats(y);
+                let out = match sy.all_gather(&local) {
+                    Ok(g) => {
+                        let (mean, var, _) = combine(&g);
+                        normalise(bn, y, &mean, &var)
+                    }
+                    Err(e) => {
+                        SYNC_ERROR.with(|s| s.borrow_mut().get_or_insert(e).clone());
+                        y.zeros_like()
+                    }
+                };
+                (out, local.get(0).to_kind(Kind::Double), local.get(1).to_kind(Kind::Double))
+            }
+            None => {
+                // Training-mode BN without touching the running statistics; its saved batch
+                // mean and inverse std give this batch's statistics.
+                let (out, mean_b, invstd) = y.native_batch_norm(
+                    bn.ws.as_ref(),
+                    bn.bs.as_ref(),
+                    None::<&Tensor>,
+                    None::<&Tensor>,
+                    true,
+                    0.1,
+                    EPS,
+                );
+                let invstd = invstd.to_kind(Kind::Double);
+                (out, mean_b.to_kind(Kind::Double), (invstd.square().reciprocal() - EPS).clamp_min(0.0))
+            }
+        };
+        if nb > 0.0 {
+            let n = entry.count as f64;
+            let delta = &mean_b - &entry.mean;
+            entry.mean += &delta * (nb / (n + nb));
+            entry.m2 += var_b * nb + delta.square() * (n * nb / (n + nb));
+            entry.count += nb as i64;
+        }
         Some(out)
     })
 }
@@ -119,25 +286,57 @@ impl Recalibration {
         SESSION.with(|s| {
             let mut s = s.borrow_mut();
             assert!(s.is_none(), "a BN recalibration is already active on this thread");
-            *s = Some(Session { mode, entries: HashMap::new() });
+            *s = Some(Session { mode, entries: HashMap::new(), order: Vec::new() });
         });
         Recalibration { _not_send: std::marker::PhantomData }
     }
 
-    /// Writes the recomputed statistics; returns how many BN layers were recalibrated.
+    /// Writes the recomputed statistics; returns how many BN layers were recalibrated. Under
+    /// a [`BnSync`], every rank's statistics are pooled first (one all-reduce of each BN's
+    /// count, `Σ n·mean` and `Σ (M2 + n·mean²)` in f64); a failed collective leaves the
+    /// statistics unchanged and is reported by [`take_sync_error`].
     pub fn finish(self) -> usize {
-        let session = SESSION.with(|s| s.borrow_mut().take()).expect("begun");
-        let n = session.entries.len();
-        if session.mode == BnMode::Exact {
-            tch::no_grad(|| {
-                for e in session.entries.into_values() {
-                    let count = e.count as f64;
-                    let var = &e.m2 / (count - 1.0).max(1.0);
-                    e.running_mean.shallow_clone().copy_(&e.mean.to_kind(e.running_mean.kind()));
-                    e.running_var.shallow_clone().copy_(&var.to_kind(e.running_var.kind()));
-                }
-            });
+        let mut session = SESSION.with(|s| s.borrow_mut().take()).expect("begun");
+        let n = session.order.len();
+        if session.mode != BnMode::Exact {
+            return n;
         }
+        let mut entries: Vec<Entry> = session.order.iter().filter_map(|k| session.entries.remove(k)).collect();
+        tch::no_grad(|| {
+            if let Some(sy) = sync() {
+                let packed: Vec<Tensor> = entries
+                    .iter()
+                    .map(|e| {
+                        let count = Tensor::full_like(&e.mean, e.count as f64);
+                        Tensor::cat(&[count, &e.mean * e.count as f64, &e.m2 + e.mean.square() * e.count as f64], 0)
+                    })
+                    .collect();
+                match sy.all_reduce_sum(&Tensor::cat(&packed, 0)) {
+                    Ok(sum) => {
+                        let mut at = 0;
+                        for e in &mut entries {
+                            let c = e.mean.size()[0];
+                            let total = f64::try_from(sum.get(at)).unwrap_or(0.0);
+                            let mean = sum.narrow(0, at + c, c) / total.max(1.0);
+                            e.m2 = sum.narrow(0, at + 2 * c, c) - mean.square() * total;
+                            e.mean = mean;
+                            e.count = total as i64;
+                            at += 3 * c;
+                        }
+                    }
+                    Err(err) => {
+                        SYNC_ERROR.with(|s| s.borrow_mut().get_or_insert(err).clone());
+                        return;
+                    }
+                }
+            }
+            for e in entries {
+                let count = e.count as f64;
+                let var = &e.m2 / (count - 1.0).max(1.0);
+                e.running_mean.shallow_clone().copy_(&e.mean.to_kind(e.running_mean.kind()));
+                e.running_var.shallow_clone().copy_(&var.to_kind(e.running_var.kind()));
+            }
+        });
         n
     }
 }
@@ -188,10 +387,14 @@ pub fn conv_bn_t(conv: &nn::Conv2D, geom: ConvGeometry, bn: &nn::BatchNorm, x: &
 }
 
 /// Runs a BN (of any module, detection heads included): through the active recalibration
-/// in training mode, else normally.
+/// in training mode, synchronized over the ranks while a [`BnSync`] is installed, else
+/// normally.
 pub fn run_bn(bn: &nn::BatchNorm, y: &Tensor, train: bool) -> Tensor {
     if train && let Some(out) = observe(bn, y) {
         return out;
+    }
+    if train && let Some(sy) = sync() {
+        return sync_forward(bn, y, sy.as_ref());
     }
     bn.forward_t(y, train)
 }

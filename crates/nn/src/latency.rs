@@ -92,16 +92,23 @@ mod tests {
     use super::*;
     use detnas_space::{Arch, Choice};
 
+    /// Every allowed choice of every block is measured, and an architecture's latency is the
+    /// stem plus its choices' entries: the sum computed here by hand from the table, between
+    /// the table's bounds (fastest and slowest choice of every block).
     #[test]
-    fn table_covers_every_allowed_choice_and_orders_kernels() {
+    fn table_covers_every_allowed_choice_and_sums_an_architecture() {
         let space = SearchSpace::small().scaled(0.25).unwrap();
         let t = measure_table(&space, InputSize::square(64), 1, Device::Cpu, 3);
         assert_eq!(t.blocks.len(), space.num_blocks());
         assert!(t.blocks.iter().flatten().all(|v| v.is_some_and(|ms| ms > 0.0 && ms.is_finite())));
         assert!(t.stem_ms > 0.0);
+        let arch: Arch = "01230123012301230123".parse().unwrap();
+        let by_hand = t.stem_ms
+            + arch.choices().iter().zip(&t.blocks).map(|(c, row)| row[c.id() as usize].unwrap()).sum::<f64>();
+        assert!((t.latency_ms(&arch).unwrap() - by_hand).abs() < 1e-9);
         let all3 = t.latency_ms(&Arch::uniform(Choice::Shuffle3, space.num_blocks())).unwrap();
         let (lo, hi) = t.bounds();
-        assert!(lo <= all3 && all3 <= hi, "{lo} {all3} {hi}");
+        assert!(lo <= all3 && all3 <= hi && lo <= by_hand && by_hand <= hi, "{lo} {all3} {by_hand} {hi}");
         t.check_matches(&space, InputSize::square(64), "cpu").unwrap();
     }
 }

@@ -15,7 +15,22 @@ pub fn batch_norm(p: &nn::Path, channels: i64) -> nn::BatchNorm {
     )
 }
 
-/// A conv (optionally with bias) followed by BN and optionally ReLU.
+/// The BatchNorm after a unit's conv.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NormKind {
+    /// No BN.
+    None,
+    /// One BN (`p.bn.*`).
+    Bn,
+    /// One BN per pyramid level (`p.bn_p{first}.*`, `p.bn_p{first+1}.*`, …) after a conv shared
+    /// by the levels.
+    PerLevel { levels: usize, first: usize },
+}
+
+/// A conv (optionally with bias) followed by BN (none, one, or one per pyramid level) and
+/// optionally ReLU: the one conv unit of the backbone, the FPN and the detection heads. Its BN
+/// runs through [`conv_bn_t`] (folded into the conv in eval mode, observed by BN
+/// recalibration in training mode).
 ///
 /// # Shapes
 /// `[N, in, H, W] → [N, out, H', W']` with `H' = ⌊(H + 2·⌊k/2⌋ − k)/stride⌋ + 1`.
@@ -23,11 +38,12 @@ pub fn batch_norm(p: &nn::Path, channels: i64) -> nn::BatchNorm {
 pub struct ConvBn {
     pub conv: nn::Conv2D,
     pub geometry: ConvGeometry,
-    pub bn: nn::BatchNorm,
+    /// The BNs: none, one, or one per level.
+    pub bns: Vec<nn::BatchNorm>,
     pub relu: bool,
 }
 
-/// Geometry of a [`ConvBn`].
+/// Geometry and initialisation of a [`ConvBn`].
 #[derive(Clone, Copy, Debug)]
 pub struct ConvBnConfig {
     pub cin: i64,
@@ -40,20 +56,21 @@ pub struct ConvBnConfig {
     pub relu: bool,
     /// Weight std; `None` is the official `1 / (cin / groups)`.
     pub std: Option<f64>,
+    pub norm: NormKind,
 }
 
 impl ConvBnConfig {
-    /// A bias-free 1×1 conv.
+    /// A bias-free 1×1 conv with BN.
     pub fn pointwise(cin: i64, cout: i64, relu: bool) -> ConvBnConfig {
-        ConvBnConfig { cin, cout, kernel: 1, stride: 1, depthwise: false, bias: false, relu, std: None }
+        ConvBnConfig { cin, cout, kernel: 1, stride: 1, depthwise: false, bias: false, relu, std: None, norm: NormKind::Bn }
     }
 
-    /// A bias-free depthwise `kernel × kernel` conv, never followed by ReLU.
+    /// A bias-free depthwise `kernel × kernel` conv with BN, never followed by ReLU.
     pub fn depthwise(c: i64, kernel: i64, stride: i64) -> ConvBnConfig {
-        ConvBnConfig { cin: c, cout: c, kernel, stride, depthwise: true, bias: false, relu: false, std: None }
+        ConvBnConfig { cin: c, cout: c, kernel, stride, depthwise: true, bias: false, relu: false, std: None, norm: NormKind::Bn }
     }
 
-    /// Builds the unit under `p` (`p.conv.*`, `p.bn.*`).
+    /// Builds the unit under `p` (`p.conv.*`, then `p.bn.*` or `p.bn_p{l}.*`).
     pub fn build(self, p: &nn::Path) -> ConvBn {
         let groups = if self.depthwise { self.cin } else { 1 };
         let std = self.std.unwrap_or(1.0 / (self.cin / groups) as f64);
@@ -73,15 +90,38 @@ impl ConvBnConfig {
             },
         );
         let geometry = ConvGeometry { stride: self.stride, padding: self.kernel / 2, groups };
-        ConvBn { conv, geometry, bn: batch_norm(&(p / "bn"), self.cout), relu: self.relu }
+        let bns = match self.norm {
+            NormKind::None => Vec::new(),
+            NormKind::Bn => vec![batch_norm(&(p / "bn"), self.cout)],
+            NormKind::PerLevel { levels, first } => {
+                (0..levels).map(|l| batch_norm(&(p / format!("bn_p{}", first + l)), self.cout)).collect()
+            }
+        };
+        ConvBn { conv, geometry, bns, relu: self.relu }
+    }
+}
+
+impl ConvBn {
+    /// The unit's (first) BN, if it has one.
+    pub fn bn(&self) -> Option<&nn::BatchNorm> {
+        self.bns.first()
+    }
+
+    /// The unit on pyramid level `level` (which selects the BN of a per-level unit).
+    pub fn forward_level(&self, xs: &Tensor, level: usize, train: bool) -> Tensor {
+        let mut y = match self.bns.len() {
+            0 => self.conv.forward(xs),
+            1 => conv_bn_t(&self.conv, self.geometry, &self.bns[0], xs, train),
+            _ => conv_bn_t(&self.conv, self.geometry, &self.bns[level], xs, train),
+        };
+        count::record_conv(&self.conv.ws, &y);
+        if self.relu { y.relu_() } else { y }
     }
 }
 
 impl ModuleT for ConvBn {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        let mut y = conv_bn_t(&self.conv, self.geometry, &self.bn, xs, train);
-        count::record_conv(&self.conv.ws, &y);
-        if self.relu { y.relu_() } else { y }
+        self.forward_level(xs, 0, train)
     }
 }
 
@@ -96,6 +136,7 @@ pub fn stem(p: &nn::Path, channels: i64) -> ConvBn {
         bias: true,
         relu: true,
         std: Some(0.01),
+        norm: NormKind::Bn,
     }
     .build(p)
 }
@@ -115,9 +156,18 @@ pub struct ClsHead {
 impl ClsHead {
     /// Builds `last_conv.*` and `fc.*` under `p`.
     pub fn new(p: &nn::Path, cin: i64, last: i64, classes: i64) -> ClsHead {
-        let last_conv =
-            ConvBnConfig { cin, cout: last, kernel: 1, stride: 1, depthwise: false, bias: true, relu: true, std: None }
-                .build(&(p / "last_conv"));
+        let last_conv = ConvBnConfig {
+            cin,
+            cout: last,
+            kernel: 1,
+            stride: 1,
+            depthwise: false,
+            bias: true,
+            relu: true,
+            std: None,
+            norm: NormKind::Bn,
+        }
+        .build(&(p / "last_conv"));
         let fc = nn::linear(
             p / "fc",
             last,
@@ -132,11 +182,52 @@ impl ClsHead {
     }
 }
 
-impl ModuleT for ClsHead {
-    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        let y = self.last_conv.forward_t(xs, train).feature_dropout(self.dropout, train);
+impl ClsHead {
+    /// Channels the dropout acts on (the last conv's).
+    pub fn channels(&self) -> i64 {
+        self.last_conv.conv.ws.size()[0]
+    }
+
+    /// The head with a given channel-dropout mask in training mode: `mask` `[N, C]` holds
+    /// `0` for a dropped channel and `1/(1 − p)` for a kept one. `None` draws the mask from
+    /// libtorch's generator (`Dropout2d`).
+    ///
+    /// # Shapes
+    /// `[N, C5, H, W] → [N, classes]`
+    pub fn forward_masked(&self, xs: &Tensor, train: bool, mask: Option<&Tensor>) -> Tensor {
+        let y = self.last_conv.forward_t(xs, train);
+        let y = match (train, mask) {
+            (true, Some(m)) => {
+                let s = m.size();
+                let kind = y.kind();
+                y * m.view([s[0], s[1], 1, 1]).to_kind(kind)
+            }
+            _ => y.feature_dropout(self.dropout, train),
+        };
         let y = y.mean_dim(&[2i64, 3][..], false, None);
         count::record_linear(&self.fc.ws);
         self.fc.forward(&y)
     }
+}
+
+impl ModuleT for ClsHead {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        self.forward_masked(xs, train, None)
+    }
+}
+
+/// A channel-dropout mask `[n, channels]` for samples with `seeds` (one each): channel `c`
+/// of sample `i` is dropped with probability `p` by the ChaCha8 stream of `seeds[i]`, and
+/// kept ones are scaled by `1/(1 − p)`, as `Dropout2d` in training mode. A sample's mask
+/// depends only on its seed.
+pub fn dropout_mask(seeds: &[u64], channels: i64, p: f64) -> Tensor {
+    let scale = if p < 1.0 { 1.0 / (1.0 - p) } else { 0.0 };
+    let mut v = Vec::with_capacity(seeds.len() * channels as usize);
+    for &s in seeds {
+        let mut rng = detnas_space::rng::seeded(s);
+        for _ in 0..channels {
+            v.push(if detnas_space::rng::bernoulli(&mut rng, p) { 0f32 } else { scale as f32 });
+        }
+    }
+    Tensor::from_slice(&v).reshape([seeds.len() as i64, channels])
 }

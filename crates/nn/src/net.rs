@@ -109,9 +109,23 @@ impl Supernet {
     /// # Panics
     /// If built without a head.
     pub fn forward_t(&self, x: &Tensor, arch: &Arch, train: bool) -> Result<Tensor, NnError> {
+        self.forward_masked(x, arch, train, None)
+    }
+
+    /// [`Supernet::forward_t`] with the head's channel-dropout mask given (see
+    /// [`ClsHead::forward_masked`]).
+    ///
+    /// # Panics
+    /// If built without a head.
+    pub fn forward_masked(&self, x: &Tensor, arch: &Arch, train: bool, mask: Option<&Tensor>) -> Result<Tensor, NnError> {
         let head = self.head.as_ref().expect("supernet built without a classification head");
         let feats = self.features_t(x, arch, train)?;
-        Ok(head.forward_t(feats.last().expect("at least one stage"), train))
+        Ok(head.forward_masked(feats.last().expect("at least one stage"), train, mask))
+    }
+
+    /// The classification head, if built.
+    pub fn head(&self) -> Option<&ClsHead> {
+        self.head.as_ref()
     }
 }
 

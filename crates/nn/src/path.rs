@@ -1,6 +1,7 @@
 //! Which variables belong to a path of the supernet.
 //!
-//! Path-wise training (reference §4) must move only the sampled path's parameters: the
+//! Path-wise training (DetNAS arXiv:1903.10979 §3.2, after single-path one-shot NAS) must
+//! move only the sampled path's parameters: the
 //! optimizer is handed exactly these variables, so off-path choices get no gradient step, no
 //! momentum step and no weight decay — whatever their `.grad` holds.
 

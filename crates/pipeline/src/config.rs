@@ -3,7 +3,8 @@
 //! and the baselines.
 
 use crate::PipelineError;
-use detnas_train::config::read_document;
+use detnas_runtime::ConfigDocument;
+use detnas_runtime::config::resolve_path;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -83,12 +84,20 @@ pub struct PipelineConfig {
     /// libtorch threads of every stage (default: libtorch's choice).
     #[serde(default)]
     pub threads: Option<i32>,
+    /// In a multi-process job: how long a wait on the other processes may take (seconds).
+    /// Default 1800.
+    #[serde(default = "d1800")]
+    pub dist_timeout_s: u64,
     pub pretrain: StageRef,
     pub finetune: StageRef,
     pub search: StageRef,
     pub retrain: RetrainConfig,
     #[serde(default)]
     pub baselines: BaselineConfig,
+}
+
+fn d1800() -> u64 {
+    1800
 }
 
 fn default_name() -> String {
@@ -109,26 +118,39 @@ pub const EMBEDDED: [(&str, &str); 5] = [
     ("search.toml", include_str!("../../../configs/demo/search.toml")),
 ];
 
-impl PipelineConfig {
-    /// Reads `path`, applies overrides, resolves the stage config paths against its folder.
-    pub fn load(path: &Path, overrides: &[String]) -> Result<PipelineConfig, PipelineError> {
-        let mut cfg: PipelineConfig = read_document(Some(path), overrides)?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        for s in [&mut cfg.pretrain, &mut cfg.finetune, &mut cfg.search] {
-            if s.config.is_relative() {
-                s.config = base.join(&s.config);
-            }
+impl ConfigDocument for PipelineConfig {
+    type Error = PipelineError;
+
+    fn resolve_paths(&mut self, base: &Path) {
+        for s in [&mut self.pretrain, &mut self.finetune, &mut self.search] {
+            resolve_path(&mut s.config, base);
         }
-        for s in [&cfg.pretrain, &cfg.finetune, &cfg.search] {
+    }
+
+    /// Every stage config exists.
+    fn check(&self) -> Result<(), PipelineError> {
+        for (what, s) in [("pretrain", &self.pretrain), ("finetune", &self.finetune), ("search", &self.search)] {
             if !s.config.is_file() {
-                return Err(PipelineError::Config(format!(
-                    "{}: stage config {} not found",
-                    path.display(),
-                    s.config.display()
-                )));
+                return Err(PipelineError::Config(format!("{what}.config: {} not found", s.config.display())));
             }
         }
-        Ok(cfg)
+        Ok(())
+    }
+
+    /// The whole pipeline configuration determines the result.
+    fn result_parts(&self) -> serde_json::Value {
+        serde_json::to_value(self).expect("a pipeline configuration serialises")
+    }
+}
+
+impl PipelineConfig {
+    /// Reads `path`, applies overrides, resolves the stage config paths against its folder,
+    /// checks that they exist ([`ConfigDocument::load`] with a file).
+    ///
+    /// # Errors
+    /// As [`ConfigDocument::load`].
+    pub fn load(path: &Path, overrides: &[String]) -> Result<PipelineConfig, PipelineError> {
+        <PipelineConfig as ConfigDocument>::load(Some(path), overrides)
     }
 
     /// Writes the embedded demo configs into `dir` (once; identical files are kept) and

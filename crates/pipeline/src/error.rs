@@ -18,6 +18,12 @@ pub enum PipelineError {
     Data(#[from] detnas_data::DataError),
 }
 
+impl From<detnas_runtime::RuntimeError> for PipelineError {
+    fn from(e: detnas_runtime::RuntimeError) -> PipelineError {
+        PipelineError::Train(e.into())
+    }
+}
+
 impl PipelineError {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> PipelineError {
         PipelineError::Io { path: path.into(), source }

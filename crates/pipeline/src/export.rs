@@ -28,9 +28,9 @@
 //! `BatchNorm2d` state dicts do, `num_batches_tracked` (0).
 
 use crate::PipelineError;
-use crate::stages::{Retrained, dirs, finished};
+use crate::layout::{self as dirs, Retrained, finished};
 use detnas_space::{Arch, Choice, SearchSpace};
-use detnas_train::checkpoint::resolve;
+use detnas_runtime::checkpoint::resolve;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use tch::Tensor;

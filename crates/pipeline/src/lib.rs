@@ -5,10 +5,15 @@
 //!   after its outputs are written, so re-running resumes.
 //! * [`report`] / [`plots`] — report.md / report.html with SVG plots from a run folder.
 //! * [`export`] — the child network under the official DetNAS parameter names.
+//! * [`layout`] — the run folder's layout and stage records (shared by the above).
+//!
+//! The top library: it composes training, search and evaluation; only the command line
+//! depends on it.
 
 pub mod config;
 pub mod error;
 pub mod export;
+pub mod layout;
 pub mod plots;
 pub mod report;
 pub mod stages;

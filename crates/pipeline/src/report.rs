@@ -4,12 +4,12 @@
 
 use crate::PipelineError;
 use crate::plots;
-use crate::stages::{Retrained, dirs, finished};
+use crate::layout::{self as dirs, RETRAINED, Retrained, finished, stage_record};
 use detnas_search::engine::{SearchState, read_state};
 use detnas_search::ledger::LedgerEntry;
 use detnas_search::run::{BestArch, read_best};
 use detnas_space::{CostModel, LatencyTable, format_count};
-use detnas_train::checkpoint::write_atomic;
+use detnas_runtime::fsx::write_atomic;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -101,39 +101,44 @@ pub fn write(run: &Path) -> Result<PathBuf, PipelineError> {
 
     // Configuration and stage timing.
     let cfg_text = std::fs::read_to_string(run.join("pipeline.toml")).unwrap_or_else(|_| "(no pipeline.toml)".into());
-    let stage_dirs: Vec<(String, PathBuf)> = {
-        let mut v = vec![
-            ("data".to_string(), dirs::data(run)),
-            ("pretrain".into(), dirs::pretrain(run)),
-            ("finetune".into(), dirs::finetune(run)),
-            ("search".into(), dirs::search(run)),
-            ("search-cls".into(), dirs::search_cls(run)),
-        ];
-        for l in ["found", "random", "clsnas"] {
-            v.push((format!("retrain-{l}"), dirs::retrain(run, l)));
-        }
-        v
-    };
+    let stage_dirs = dirs::stages(run);
     let mut rows = Vec::new();
-    let mut total = 0.0;
+    let (mut total, mut peak) = (0.0, 0.0f64);
     for (name, d) in &stage_dirs {
-        if let Some((s, _)) = finished::<serde_json::Value>(d) {
-            total += s;
-            rows.push(vec![name.clone(), format!("{s:.1}"), "done".into()]);
+        if let Some(r) = stage_record::<serde_json::Value>(d) {
+            total += r.seconds;
+            let mib = |m: Option<f64>| m.map_or("—".into(), |m| format!("{m:.0}"));
+            peak = peak.max(r.memory.peak_rss_mib.unwrap_or(0.0));
+            rows.push(vec![
+                name.clone(),
+                format!("{:.1}", r.seconds),
+                mib(r.memory.peak_rss_mib),
+                mib(r.memory.gpu_peak_mib),
+                "done".into(),
+            ]);
         } else if d.exists() {
-            rows.push(vec![name.clone(), "—".into(), "unfinished".into()]);
+            rows.push(vec![name.clone(), "—".into(), "—".into(), "—".into(), "unfinished".into()]);
         }
     }
-    rows.push(vec!["total".into(), format!("{total:.1}"), String::new()]);
-    let (md, html) = table(&["stage", "seconds", "status"], &rows);
+    rows.push(vec!["total".into(), format!("{total:.1}"), format!("{peak:.0}"), String::new(), String::new()]);
+    let (md, html) = table(&["stage", "seconds", "peak RSS (MiB)", "GPU peak (MiB)", "status"], &rows);
     let mut sec = Section { title: "Run".into(), md: String::new(), html: String::new() };
-    let _ =
-        writeln!(sec.md, "Run folder `{}`; code {}.\n\n{md}", run.display(), detnas_train::pretrain::code_version());
+    let memory = format!(
+        "Peak resident memory of the run: {peak:.0} MiB (the largest stage peak; each stage's peak is measured \
+         from its own start)."
+    );
+    let _ = writeln!(
+        sec.md,
+        "Run folder `{}`; code {}.\n\n{md}\n{memory}\n",
+        run.display(),
+        detnas_runtime::code_version()
+    );
     let _ = write!(
         sec.html,
-        "<p>Run folder <code>{}</code>; code {}.</p>{html}<details><summary>configuration (pipeline.toml)</summary><pre>{}</pre></details>",
+        "<p>Run folder <code>{}</code>; code {}.</p>{html}<p>{}</p><details><summary>configuration (pipeline.toml)</summary><pre>{}</pre></details>",
         esc(&run.display().to_string()),
-        esc(&detnas_train::pretrain::code_version()),
+        esc(&detnas_runtime::code_version()),
+        esc(&memory),
         esc(&cfg_text)
     );
     let _ = writeln!(
@@ -147,7 +152,7 @@ pub fn write(run: &Path) -> Result<PathBuf, PipelineError> {
     let cls = search(&dirs::search_cls(run));
     let latency = LatencyTable::read(&dirs::search(run).join("latency-table.json")).ok();
     let mut final_rows = Vec::new();
-    for l in ["found", "random", "clsnas"] {
+    for l in RETRAINED {
         let Some((_, r)) = finished::<Retrained>(&dirs::retrain(run, l)) else { continue };
         let Some(b) = &found.best else { continue };
         let arch = b.space.parse_arch(&r.arch)?;
@@ -297,7 +302,7 @@ pub fn write(run: &Path) -> Result<PathBuf, PipelineError> {
     }
     let mut cls_curves = Vec::new();
     let mut det_curves = Vec::new();
-    for l in ["found", "random", "clsnas"] {
+    for l in RETRAINED {
         let d = dirs::retrain(run, l);
         let c = curve(&d.join("cls/metrics.jsonl"), "loss");
         if !c.is_empty() {

@@ -1,39 +1,30 @@
-//! `detnas run`: every DetNAS stage in order, each in its own folder of the run directory,
-//! each marked complete (`stage.json`, written atomically) only after its outputs are fully
-//! written. Re-running the same command skips finished stages and resumes the unfinished one
-//! at its own checkpoint (training steps, search ledger).
-//!
-//! ```text
-//! RUN/configs/          the pipeline and stage configs used (embedded demo: written here)
-//! RUN/data/             the synthetic detection set (train/, test/), shared by all stages
-//! RUN/pretrain/         supernet pre-training (classification, path-wise)
-//! RUN/finetune/         supernet fine-tuning as the detector backbone (path-wise)
-//! RUN/search/           evolutionary search, fitness = AP on the search-validation split
-//! RUN/search-cls/       the ClsNAS baseline search, fitness = top-1 on the pre-trained supernet
-//! RUN/retrain-NAME/     cls/ (from scratch, paper protocol) and det/ for found, random, clsnas
-//! RUN/report/           report.md, report.html, plots (regenerable: detnas report RUN)
-//! ```
+//! `detnas run`: every DetNAS stage in order, each in its own folder of the run directory
+//! ([`crate::layout`]), each marked complete (`stage.json`, written atomically) only after its
+//! outputs are fully written. Re-running the same command skips finished stages and resumes
+//! the unfinished one at its own checkpoint (training steps, search ledger).
 
 use crate::PipelineError;
 use crate::config::{PipelineConfig, RetrainMode};
+use crate::layout::{self as dirs, Retrained, STAGE_FILE, StageRecord, finished};
 use detnas_data::det::DetDataset;
 use detnas_data::mix_seed;
+use detnas_runtime::mem::PeakMeter;
+use detnas_dist::ProcessGroup;
+use detnas_runtime::{Cancel, ConfigDocument};
+use std::sync::Arc;
 use detnas_search::run::BestArch;
 use detnas_search::{FitnessKind, SearchConfig, SearchOptions};
 use detnas_space::rng::seeded;
 use detnas_space::sample_constrained;
-use detnas_train::checkpoint::write_atomic;
+use detnas_runtime::fsx::write_atomic;
 use detnas_train::det_config::DetSource;
-use detnas_train::finetune::{FinetuneOptions, FinetuneSummary};
-use detnas_train::pretrain::{RunOptions, Summary};
-use detnas_train::{FinetuneConfig, PretrainConfig};
+use detnas_train::{FinetuneConfig, PretrainConfig, RunOptions};
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tch::Device;
 
-const STAGE_FILE: &str = "stage.json";
 const RANDOM_STREAM: u64 = 0x4A4D;
 
 /// Options of one invocation.
@@ -42,23 +33,32 @@ pub struct PipelineOptions {
     pub out: PathBuf,
     pub device: Device,
     pub progress: bool,
+    /// Raised by the binary's signal handlers: the running stage stops at its next safe point.
+    pub cancel: Cancel,
+    /// The job's process group when several processes run the pipeline together: every
+    /// training stage and the search run data-parallel, rank 0 writes the stage records, the
+    /// synthetic data and the report.
+    pub dist: Option<Arc<ProcessGroup>>,
 }
 
-#[derive(Serialize, Deserialize)]
-struct StageRecord<T> {
-    stage: String,
-    seconds: f64,
-    result: T,
+impl PipelineOptions {
+    fn writer(&self) -> bool {
+        self.dist.as_ref().is_none_or(|pg| pg.rank() == 0)
+    }
+
+    /// Waits for every rank (no-op for a single process).
+    fn barrier(&self) -> Result<(), PipelineError> {
+        if let Some(pg) = &self.dist {
+            pg.barrier().map_err(detnas_train::TrainError::from)?;
+        }
+        Ok(())
+    }
 }
 
-/// The marker of a finished stage, if any.
-pub fn finished<T: DeserializeOwned>(dir: &Path) -> Option<(f64, T)> {
-    let text = std::fs::read_to_string(dir.join(STAGE_FILE)).ok()?;
-    let r: StageRecord<T> = serde_json::from_str(&text).ok()?;
-    Some((r.seconds, r.result))
-}
-
+/// Runs stage `name` into `dir` unless it finished earlier, and records it (rank 0). Every
+/// rank runs `run` (training and the search are collective); the ranks leave together.
 fn stage<T: Serialize + DeserializeOwned>(
+    opts: &PipelineOptions,
     dir: &Path,
     name: &str,
     run: impl FnOnce() -> Result<T, PipelineError>,
@@ -69,21 +69,21 @@ fn stage<T: Serialize + DeserializeOwned>(
     }
     tracing::info!("stage {name}: running into {}", dir.display());
     let t = Instant::now();
+    let meter = PeakMeter::start();
     let result = run()?;
-    std::fs::create_dir_all(dir).map_err(|e| PipelineError::io(dir, e))?;
-    let rec = StageRecord { stage: name.to_string(), seconds: t.elapsed().as_secs_f64(), result };
-    write_atomic(&dir.join(STAGE_FILE), serde_json::to_string_pretty(&rec).expect("serialisable").as_bytes())?;
-    tracing::info!("stage {name}: done in {:.1} s", rec.seconds);
+    let memory = meter.finish();
+    let rec = StageRecord { stage: name.to_string(), seconds: t.elapsed().as_secs_f64(), result, memory };
+    if opts.writer() {
+        std::fs::create_dir_all(dir).map_err(|e| PipelineError::io(dir, e))?;
+        write_atomic(&dir.join(STAGE_FILE), serde_json::to_string_pretty(&rec).expect("serialisable").as_bytes())?;
+    }
+    opts.barrier()?;
+    tracing::info!(
+        "stage {name}: done in {:.1} s, peak resident memory {}",
+        rec.seconds,
+        memory.peak_rss_mib.map_or("unknown".into(), |m| format!("{m:.0} MiB"))
+    );
     Ok(rec.result)
-}
-
-/// One retrained architecture.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Retrained {
-    pub label: String,
-    pub arch: String,
-    pub cls: Option<Summary>,
-    pub det: FinetuneSummary,
 }
 
 /// What a finished pipeline produced.
@@ -109,32 +109,6 @@ fn runtime_overrides(cfg: &PipelineConfig, device: Device) -> Vec<String> {
 
 fn with(a: &[String], b: &[String], c: &[String]) -> Vec<String> {
     a.iter().chain(b).chain(c).cloned().collect()
-}
-
-/// The folders of a run.
-pub mod dirs {
-    use std::path::{Path, PathBuf};
-    pub fn data(run: &Path) -> PathBuf {
-        run.join("data")
-    }
-    pub fn pretrain(run: &Path) -> PathBuf {
-        run.join("pretrain")
-    }
-    pub fn finetune(run: &Path) -> PathBuf {
-        run.join("finetune")
-    }
-    pub fn search(run: &Path) -> PathBuf {
-        run.join("search")
-    }
-    pub fn search_cls(run: &Path) -> PathBuf {
-        run.join("search-cls")
-    }
-    pub fn retrain(run: &Path, label: &str) -> PathBuf {
-        run.join(format!("retrain-{label}"))
-    }
-    pub fn report(run: &Path) -> PathBuf {
-        run.join("report")
-    }
 }
 
 fn finetune_config(
@@ -172,12 +146,16 @@ pub fn run(cfg: &PipelineConfig, opts: &PipelineOptions) -> Result<PipelineOutco
             )));
         }
         Ok(_) => {}
-        Err(_) => write_atomic(&cfg_path, text.as_bytes())?,
+        Err(_) if opts.writer() => write_atomic(&cfg_path, text.as_bytes())?,
+        Err(_) => {}
     }
+    opts.barrier()?;
 
     let ft_base = finetune_config(cfg, run, &[], &ro)?;
-    stage(&dirs::data(run), "data", || {
-        if let DetSource::Synthetic { train, test, .. } = &ft_base.data.source {
+    stage(opts, &dirs::data(run), "data", || {
+        if let DetSource::Synthetic { train, test, .. } = &ft_base.data.source
+            && opts.writer()
+        {
             let a: DetDataset = train.write(&dirs::data(run).join("train"))?;
             let b: DetDataset = test.write(&dirs::data(run).join("test"))?;
             Ok(serde_json::json!({"train_images": a.len(), "test_images": b.len()}))
@@ -187,31 +165,41 @@ pub fn run(cfg: &PipelineConfig, opts: &PipelineOptions) -> Result<PipelineOutco
     })?;
 
     let pre_cfg = PretrainConfig::load(Some(&cfg.pretrain.config), &with(&cfg.pretrain.set, &[], &ro))?;
-    stage(&dirs::pretrain(run), "pretrain", || {
+    let train_opts =
+        RunOptions { progress, cancel: opts.cancel.clone(), dist: opts.dist.clone(), ..RunOptions::default() };
+    stage(opts, &dirs::pretrain(run), "pretrain", || {
         Ok(detnas_train::pretrain::run(
             &pre_cfg,
             &dirs::pretrain(run),
             opts.device,
-            &RunOptions { progress, ..RunOptions::default() },
+            &train_opts,
         )?)
     })?;
 
     let mut ft = ft_base.clone();
     ft.model.pretrained = Some(dirs::pretrain(run));
     ft.check()?;
-    stage(&dirs::finetune(run), "finetune", || {
+    stage(opts, &dirs::finetune(run), "finetune", || {
         Ok(detnas_train::finetune::run(
             &ft,
             &dirs::finetune(run),
             opts.device,
-            &FinetuneOptions { progress, ..FinetuneOptions::default() },
+            &train_opts,
         )?)
     })?;
 
     let (workers, threads_per_worker) =
         detnas_search::run::default_workers(&[opts.device], cfg.threads.unwrap_or_else(tch::get_num_threads));
     let search_opts =
-        |out: PathBuf| SearchOptions { out, devices: vec![opts.device], workers, threads_per_worker, progress };
+        |out: PathBuf| SearchOptions {
+            out,
+            devices: vec![opts.device],
+            workers,
+            threads_per_worker,
+            progress,
+            cancel: opts.cancel.clone(),
+            dist: opts.dist.clone(),
+        };
     let mut scfg = SearchConfig::load(&cfg.search.config, &with(&cfg.search.set, &[], &ro))?;
     scfg.supernet.checkpoint = dirs::finetune(run);
     scfg.supernet.fitness = FitnessKind::Det;
@@ -221,6 +209,7 @@ pub fn run(cfg: &PipelineConfig, opts: &PipelineOptions) -> Result<PipelineOutco
     }
     let found: BestArch =
         stage(
+            opts,
             &dirs::search(run),
             "search",
             || Ok(detnas_search::search(&scfg, &search_opts(dirs::search(run)))?.best),
@@ -231,7 +220,7 @@ pub fn run(cfg: &PipelineConfig, opts: &PipelineOptions) -> Result<PipelineOutco
         c.supernet.checkpoint = dirs::pretrain(run);
         c.supernet.fitness = FitnessKind::Cls;
         c.runtime.reuse.clear();
-        Some(stage(&dirs::search_cls(run), "search-cls", || {
+        Some(stage(opts, &dirs::search_cls(run), "search-cls", || {
             Ok(detnas_search::search(&c, &search_opts(dirs::search_cls(run)))?.best)
         })?)
     } else {
@@ -257,7 +246,7 @@ pub fn run(cfg: &PipelineConfig, opts: &PipelineOptions) -> Result<PipelineOutco
     let mut retrained = Vec::new();
     for (label, arch) in archs {
         let dir = dirs::retrain(run, &label);
-        let r: Retrained = stage(&dir, &format!("retrain-{label}"), || {
+        let r: Retrained = stage(opts, &dir, &format!("retrain-{label}"), || {
             let cls = match cfg.retrain.mode {
                 RetrainMode::Scratch => {
                     let mut p = PretrainConfig::load(
@@ -273,7 +262,7 @@ pub fn run(cfg: &PipelineConfig, opts: &PipelineOptions) -> Result<PipelineOutco
                         &p,
                         &dir.join("cls"),
                         opts.device,
-                        &RunOptions { progress, ..RunOptions::default() },
+                        &train_opts,
                     )?)
                 }
                 RetrainMode::Inherit => None,
@@ -286,13 +275,16 @@ pub fn run(cfg: &PipelineConfig, opts: &PipelineOptions) -> Result<PipelineOutco
                 &f,
                 &dir.join("det"),
                 opts.device,
-                &FinetuneOptions { progress, ..FinetuneOptions::default() },
+                &train_opts,
             )?;
             Ok(Retrained { label: label.clone(), arch: arch.clone(), cls, det })
         })?;
         retrained.push(r);
     }
     let outcome = PipelineOutcome { found, clsnas, retrained, seconds: started.elapsed().as_secs_f64() };
-    crate::report::write(run)?;
+    if opts.writer() {
+        crate::report::write(run)?;
+    }
+    opts.barrier()?;
     Ok(outcome)
 }

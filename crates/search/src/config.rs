@@ -2,9 +2,10 @@
 
 use crate::SearchError;
 use detnas_space::{Constraint, CostModel, InputSize, parse_count};
-use detnas_train::config::{BnModeConfig, read_document};
+use detnas_runtime::ConfigDocument;
+use detnas_runtime::config::resolve_path;
+use detnas_train::config::BnModeConfig;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -223,52 +224,58 @@ impl Default for SearchEvalConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SearchRuntime {
-    /// `cpu`, `cuda`, `cuda:N` or `auto`.
+    /// `cpu`, `cuda`, `cuda:N` or `auto`. Default `auto`.
     pub device: String,
-    /// libtorch threads in total (split among CPU workers).
+    /// libtorch threads in total (split among CPU workers). Default: libtorch's choice.
     pub threads: Option<i32>,
     /// Parallel evaluation workers (default: one per GPU; on the CPU one single-threaded
-    /// worker per libtorch thread, at most 4).
+    /// worker per libtorch thread, at most 4; in a multi-process job, one per rank).
     pub workers: Option<usize>,
-    /// Batches prepared ahead by the loaders.
+    /// Batches prepared ahead by the loaders. Default 2.
     pub prefetch: usize,
     /// Finished search folders of the same supernet with the same `[eval]` settings whose
-    /// scores are reused instead of evaluating those candidates again.
+    /// scores are reused instead of evaluating those candidates again. Default none.
     pub reuse: Vec<PathBuf>,
+    /// In a multi-process job: how long a wait on the other processes may take, and how long
+    /// a candidate may go without a result before it is handed out again (seconds). Default
+    /// 1800.
+    #[serde(default = "d1800")]
+    pub dist_timeout_s: u64,
+}
+
+fn d1800() -> u64 {
+    1800
 }
 
 impl Default for SearchRuntime {
     fn default() -> SearchRuntime {
-        SearchRuntime { device: "auto".into(), threads: None, workers: None, prefetch: 2, reuse: Vec::new() }
+        SearchRuntime {
+            device: "auto".into(),
+            threads: None,
+            workers: None,
+            prefetch: 2,
+            reuse: Vec::new(),
+            dist_timeout_s: 1800,
+        }
     }
 }
 
-impl SearchConfig {
-    /// Reads `path`, applies `--set` overrides, resolves relative paths against the file's
-    /// folder, checks.
-    pub fn load(path: &Path, overrides: &[String]) -> Result<SearchConfig, SearchError> {
-        let overrides = detnas_train::config::absolutize_path_overrides(
-            overrides,
-            &["supernet.checkpoint", "constraint.latency_table"],
-        );
-        let mut cfg: SearchConfig = read_document(Some(path), &overrides)?;
-        if let Some(base) = path.parent() {
-            let fix = |p: &mut PathBuf| {
-                if p.is_relative() && !p.as_os_str().is_empty() {
-                    *p = base.join(&*p);
-                }
-            };
-            fix(&mut cfg.supernet.checkpoint);
-            if let Some(p) = &mut cfg.constraint.latency_table {
-                fix(p);
-            }
-            cfg.runtime.reuse.iter_mut().for_each(fix);
+impl ConfigDocument for SearchConfig {
+    type Error = SearchError;
+
+    const PATH_KEYS: &'static [&'static str] = &["supernet.checkpoint", "constraint.latency_table"];
+
+    fn resolve_paths(&mut self, base: &Path) {
+        resolve_path(&mut self.supernet.checkpoint, base);
+        if let Some(p) = &mut self.constraint.latency_table {
+            resolve_path(p, base);
         }
-        cfg.check()?;
-        Ok(cfg)
+        for p in &mut self.runtime.reuse {
+            resolve_path(p, base);
+        }
     }
 
-    pub fn check(&self) -> Result<(), SearchError> {
+    fn check(&self) -> Result<(), SearchError> {
         let bad = |m: &str| Err(SearchError::Config(m.to_string()));
         let s = &self.strategy;
         if s.population == 0 || s.generations == 0 || s.top_k == 0 || s.max_attempts == 0 || s.max_random_draws == 0 {
@@ -298,17 +305,24 @@ impl SearchConfig {
         Ok(())
     }
 
-    pub fn to_toml(&self) -> String {
-        toml::to_string(self).expect("a config always serialises")
-    }
-
-    /// SHA-256 over what determines the search's result (not the runtime).
-    pub fn result_hash(&self) -> String {
-        let v = serde_json::json!({
+    /// What determines the search's result (not the runtime): `seed`, `supernet`, `strategy`,
+    /// `constraint`, `eval`.
+    fn result_parts(&self) -> serde_json::Value {
+        serde_json::json!({
             "seed": self.seed, "supernet": self.supernet, "strategy": self.strategy,
             "constraint": self.constraint, "eval": self.eval,
-        });
-        format!("{:x}", Sha256::digest(v.to_string().as_bytes()))
+        })
+    }
+}
+
+impl SearchConfig {
+    /// Reads `path`, applies `--set` overrides, resolves relative paths against the file's
+    /// folder, checks ([`ConfigDocument::load`] with a file).
+    ///
+    /// # Errors
+    /// As [`ConfigDocument::load`].
+    pub fn load(path: &Path, overrides: &[String]) -> Result<SearchConfig, SearchError> {
+        <SearchConfig as ConfigDocument>::load(Some(path), overrides)
     }
 }
 

@@ -16,7 +16,8 @@ use crate::workers::{Evaluation, Workers};
 use detnas_data::mix_seed;
 use detnas_space::Arch;
 use detnas_space::rng::seeded;
-use detnas_train::checkpoint::write_atomic;
+use detnas_runtime::fsx::write_atomic;
+use detnas_runtime::{Cancel, fault};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -39,6 +40,8 @@ pub struct SearchSetup {
     /// settings (`runtime.reuse`): taken instead of evaluating again (exact, since a
     /// candidate's score depends only on the architecture).
     pub prior: HashMap<Arch, Evaluation>,
+    /// Raised by the binary's signal handlers: stop after the candidate being recorded.
+    pub cancel: Cancel,
 }
 
 /// An archive member as stored.
@@ -183,7 +186,7 @@ pub fn run(setup: &SearchSetup, workers: &mut Workers) -> Result<Outcome, Search
             all_entries.len()
         );
     }
-    let pb = detnas_train::progress::bar(
+    let pb = detnas_runtime::progress::bar(
         (cfg.population * cfg.generations) as u64,
         all_entries.len() as u64,
         "search",
@@ -243,15 +246,20 @@ pub fn run(setup: &SearchSetup, workers: &mut Workers) -> Result<Outcome, Search
                     recalibration_seconds: ev.recalibration_seconds,
                     evaluation_seconds: ev.evaluation_seconds,
                     worker,
+                    rss_mib: detnas_runtime::mem::rss_mib(),
                 };
                 ledger.append(&entry)?;
                 all_entries.push(entry.clone());
-                detnas_train::fault::after_candidate(all_entries.len() as u64);
+                fault::after_candidate(all_entries.len() as u64);
                 best_so_far = best_so_far.max(entry.fitness);
                 gen_sum += entry.fitness;
                 gen_n += 1;
                 cache.insert(arch, entry);
                 evaluated_now += 1;
+                if let Some(signal) = setup.cancel.requested() {
+                    // The entry is in the ledger: a re-run takes it from there.
+                    return Err(SearchError::Interrupted { signal, evaluated: all_entries.len() });
+                }
                 pb.inc(1);
                 pb.set_message(format!(
                     "gen {}/{} best {best_so_far:.4} gen-mean {:.4}",
@@ -312,8 +320,7 @@ pub fn run(setup: &SearchSetup, workers: &mut Workers) -> Result<Outcome, Search
 }
 
 fn write_state(dir: &Path, state: &SearchState) -> Result<(), SearchError> {
-    write_atomic(&state_path(dir), serde_json::to_string_pretty(state).expect("serialisable").as_bytes())?;
-    Ok(())
+    Ok(write_atomic(&state_path(dir), serde_json::to_string_pretty(state).expect("serialisable").as_bytes())?)
 }
 
 /// The archive's ledger entries, best first.

@@ -18,6 +18,19 @@ pub enum SearchError {
     Train(#[from] TrainError),
     #[error(transparent)]
     Space(#[from] SpaceError),
+    #[error(transparent)]
+    Detect(#[from] detnas_detect::DetectError),
+    #[error(
+        "interrupted by {} after {evaluated} candidates; they are in the ledger, re-run the same command to resume",
+        .signal.name()
+    )]
+    Interrupted { signal: detnas_runtime::Signal, evaluated: usize },
+}
+
+impl From<detnas_runtime::RuntimeError> for SearchError {
+    fn from(e: detnas_runtime::RuntimeError) -> SearchError {
+        SearchError::Train(e.into())
+    }
 }
 
 impl SearchError {
@@ -31,6 +44,10 @@ impl SearchError {
             SearchError::Config(_) | SearchError::Space(_) => 2,
             SearchError::Ledger { .. } => 5,
             SearchError::Train(t) => t.exit_code(),
+            SearchError::Detect(detnas_detect::DetectError::Data(_)) => 3,
+            SearchError::Detect(detnas_detect::DetectError::Config(_)) => 2,
+            SearchError::Detect(_) => 1,
+            SearchError::Interrupted { signal, .. } => signal.exit_code(),
             SearchError::Io { .. } | SearchError::Evaluation { .. } => 1,
         }
     }

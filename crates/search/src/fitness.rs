@@ -16,10 +16,12 @@ use detnas_data::det::DetDataset;
 use detnas_detect::Detector;
 use detnas_nn::{BnMode, Supernet};
 use detnas_space::{Arch, SearchSpace};
-use detnas_train::FinetuneConfig;
-use detnas_train::checkpoint::{resolve, sha256_file};
+use detnas_detect::evaluate::{DetInputs, EvalSettings, evaluate};
+use detnas_runtime::checkpoint::resolve;
+use detnas_runtime::fsx::sha256_file;
+use detnas_train::engine::load_weights;
 use detnas_train::evaluate::{EvalData, evaluate_path};
-use detnas_train::finetune::{self, DetInputs, evaluate_det_inputs, recalibration_images};
+use detnas_train::finetune::{self, OpenedDetector, recalibration_images};
 use detnas_train::pretrain::{self, SharedDataset};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -89,7 +91,7 @@ impl SupernetInfo {
 pub struct DetEvaluator {
     det: Detector,
     _vs: nn::VarStore,
-    cfg: FinetuneConfig,
+    settings: EvalSettings,
     /// The recalibration and validation images as model inputs (prepared once when together
     /// they fit in [`PREPARED_INPUTS_BUDGET`]).
     recal_inputs: DetInputs,
@@ -112,15 +114,17 @@ impl DetEvaluator {
         prefetch: usize,
         device: Device,
     ) -> Result<DetEvaluator, SearchError> {
-        let (mut cfg, state, splits, det, vs) = finetune::open_checkpoint(ckpt, device)?;
-        if state.search_val_ids.is_empty() {
+        let opened = OpenedDetector::open(ckpt, device)?;
+        let splits = opened.splits()?;
+        let OpenedDetector { config: cfg, state, detector: det, vs, .. } = opened;
+        if state.task.search_val_ids.is_empty() {
             return Err(SearchError::Config(format!(
                 "{}: the fine-tuning run carved no search-validation split (data.search_val_images = 0); \
                  the search must not score candidates on the test split",
                 ckpt.display()
             )));
         }
-        let mut recorded = state.search_val_ids.clone();
+        let mut recorded = state.task.search_val_ids.clone();
         let mut carved: Vec<u64> = splits.search_val.images.iter().map(|i| i.id).collect();
         recorded.sort_unstable();
         carved.sort_unstable();
@@ -140,10 +144,9 @@ impl DetEvaluator {
             Some(n) if n < splits.search_val.len() => Arc::new(splits.search_val.subset(&(0..n).collect::<Vec<_>>())),
             _ => splits.search_val.clone(),
         };
-        cfg.eval.batch = eval.batch;
-        cfg.runtime.prefetch = prefetch;
+        let settings = EvalSettings { batch: eval.batch, prefetch, ..cfg.eval_settings() };
         let recal = Arc::new(recalibration_images(&cfg, &splits.train, eval.recalibrate_images));
-        let mut inputs = DetInputs::prepare_all(&[recal, val], &cfg, PREPARED_INPUTS_BUDGET)?;
+        let mut inputs = DetInputs::prepare_all(&[recal, val], &settings, PREPARED_INPUTS_BUDGET)?;
         let val_inputs = inputs.pop().expect("two sets");
         let recal_inputs = inputs.pop().expect("two sets");
         tracing::debug!(
@@ -154,7 +157,7 @@ impl DetEvaluator {
         Ok(DetEvaluator {
             det,
             _vs: vs,
-            cfg,
+            settings,
             recal_inputs,
             val_inputs,
             mode: eval.bn_mode.into(),
@@ -173,20 +176,21 @@ impl DetEvaluator {
         self.recal_inputs.data()
     }
 
-    /// The fine-tuning configuration (with this evaluator's batch and prefetch).
-    pub fn config(&self) -> &FinetuneConfig {
-        &self.cfg
+    /// How this evaluator presents images (the fine-tuning run's test transform, the
+    /// search's batch and prefetch).
+    pub fn settings(&self) -> &EvalSettings {
+        &self.settings
     }
 }
 
 impl Evaluator for DetEvaluator {
     fn evaluate(&mut self, arch: &Arch) -> Result<Evaluation, SearchError> {
-        let s = evaluate_det_inputs(
+        let s = evaluate(
             &self.det,
             Some(arch),
             Some((&self.recal_inputs, self.mode)),
             &self.val_inputs,
-            &self.cfg,
+            &self.settings,
             self.device,
         )?;
         let fitness = match self.metric {
@@ -222,9 +226,9 @@ impl ClsEvaluator {
     ) -> Result<ClsEvaluator, SearchError> {
         let (_, path) = resolve(ckpt)?;
         let (pcfg, state) = pretrain::read_checkpoint_meta(&path)?;
-        let (train, val) = pretrain::open_datasets(&pcfg, Some(&state.classes))?;
-        let (mut vs, net) = pretrain::build_supernet(&state.space, state.classes.len(), device);
-        pretrain::load_weights(&path, &mut vs, None)?;
+        let (train, val) = pretrain::open_datasets(&pcfg, Some(&state.task.classes))?;
+        let (mut vs, net) = pretrain::build_supernet(&state.space, state.task.classes.len(), device);
+        load_weights(&path, &mut vs, None)?;
         let recal = pretrain::recalibration_set(&pcfg, train, Some(eval.recalibrate_images));
         let val: SharedDataset = match eval.val_images {
             Some(n) if n < val.len() => Arc::new(Subset::new(val, (0..n).collect())),

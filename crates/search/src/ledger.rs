@@ -26,6 +26,9 @@ pub struct LedgerEntry {
     pub recalibration_seconds: f64,
     pub evaluation_seconds: f64,
     pub worker: usize,
+    /// Resident memory of the search process when the entry was recorded, MiB.
+    #[serde(default)]
+    pub rss_mib: Option<f64>,
 }
 
 /// The append side of the ledger.
@@ -112,6 +115,7 @@ mod tests {
             recalibration_seconds: 0.5,
             evaluation_seconds: 0.25,
             worker: 0,
+            rss_mib: Some(123.5),
         }
     }
 

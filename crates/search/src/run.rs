@@ -6,6 +6,7 @@
 //! RUN/ledger.jsonl        every evaluated candidate (fsynced)
 //! RUN/state.json          the archive and history after the last finished generation
 //! RUN/best_arch.json      the result, with provenance
+//! RUN/summary.json        the last invocation: candidates, time, resident memory
 //! ```
 
 use crate::SearchError;
@@ -16,8 +17,12 @@ use crate::fitness::SupernetInfo;
 use crate::ledger::LedgerEntry;
 use crate::workers::{EvaluatorFactory, Workers};
 use detnas_nn::latency::{device_name, measure_table};
+use detnas_runtime::mem::{MemoryRecord, PeakMeter};
 use detnas_space::{InputSize, LatencyTable, SearchSpace};
-use detnas_train::checkpoint::{claim_run_dir, write_atomic};
+use detnas_runtime::checkpoint::claim_run_dir;
+use detnas_runtime::fsx::write_atomic;
+use detnas_dist::ProcessGroup;
+use detnas_runtime::{Cancel, ConfigDocument};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -54,6 +59,12 @@ pub struct SearchOptions {
     /// libtorch threads of each worker.
     pub threads_per_worker: Option<i32>,
     pub progress: bool,
+    /// Raised by the binary's signal handlers: stop after the candidate being recorded.
+    pub cancel: Cancel,
+    /// The job's process group when several processes search together: rank 0 runs the
+    /// evolution and writes the run folder, every rank evaluates candidates on its device
+    /// ([`crate::remote`]).
+    pub dist: Option<Arc<ProcessGroup>>,
 }
 
 /// Where a result comes from.
@@ -177,11 +188,31 @@ fn reused_scores(
     Ok(prior)
 }
 
+/// `summary.json` of a search folder: what this invocation did and what it cost.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SearchSummary {
+    /// Candidates in the ledger.
+    pub evaluated: usize,
+    /// Candidates evaluated by this invocation (the rest came from an earlier, interrupted one).
+    pub evaluated_now: usize,
+    /// Wall time of this invocation, seconds.
+    pub seconds: f64,
+    pub mean_recalibration_seconds: f64,
+    pub mean_evaluation_seconds: f64,
+    /// Resident memory of this invocation (every worker included; MiB).
+    pub memory: MemoryRecord,
+}
+
 /// Runs (or resumes) the search of `cfg` into `opts.out`.
 pub fn search(cfg: &SearchConfig, opts: &SearchOptions) -> Result<SearchReport, SearchError> {
     cfg.check()?;
+    let started = std::time::Instant::now();
+    let meter = PeakMeter::observe();
     let hash = cfg.result_hash();
     let config_toml = cfg.to_toml();
+    if let Some(pg) = opts.dist.as_ref().filter(|pg| pg.rank() != 0) {
+        return serve_search(cfg, opts, pg, &hash);
+    }
     claim_run_dir(
         &opts.out,
         &config_toml,
@@ -212,6 +243,7 @@ pub fn search(cfg: &SearchConfig, opts: &SearchOptions) -> Result<SearchReport, 
         dir: opts.out.clone(),
         progress: opts.progress,
         prior,
+        cancel: opts.cancel.clone(),
     };
     let finished = engine::read_state(&opts.out)?.is_some_and(|s| s.finished);
     let outcome = if finished {
@@ -229,7 +261,15 @@ pub fn search(cfg: &SearchConfig, opts: &SearchOptions) -> Result<SearchReport, 
             }
             info2.evaluator(&eval, prefetch, devs[w % devs.len()])
         });
-        let mut workers = Workers::new(factory, opts.workers.max(1))?;
+        let mut workers = match &opts.dist {
+            Some(pg) => Workers::remote(crate::remote::Remote::new(
+                pg.clone(),
+                info.evaluator(&cfg.eval, cfg.runtime.prefetch, devices[0])?,
+                &queue_prefix(&hash),
+                pg.timeout(),
+            )),
+            None => Workers::new(factory, opts.workers.max(1))?,
+        };
         tracing::info!(
             "searching {} ({:?}, {} fitness) with {} worker(s); constraint: {}",
             info.space.name,
@@ -238,7 +278,11 @@ pub fn search(cfg: &SearchConfig, opts: &SearchOptions) -> Result<SearchReport, 
             workers.count(),
             cfg.constraint.describe()
         );
-        engine::run(&setup, &mut workers)?
+        let outcome = engine::run(&setup, &mut workers);
+        if outcome.is_err() {
+            let _ = workers.stop_remote();
+        }
+        outcome?
     };
     let top = outcome.top.first().ok_or_else(|| SearchError::Config("the search evaluated no candidate".into()))?;
     let best = BestArch {
@@ -259,10 +303,10 @@ pub fn search(cfg: &SearchConfig, opts: &SearchOptions) -> Result<SearchReport, 
             supernet_checkpoint: info.checkpoint.clone(),
             supernet_step: info.step,
             supernet_sha256: info.model_sha256.clone(),
-            config_hash: hash,
+            config_hash: hash.clone(),
             config: config_toml,
             seed: cfg.seed,
-            code_version: detnas_train::pretrain::code_version(),
+            code_version: detnas_runtime::code_version(),
         },
         top_k: outcome.top.clone(),
     };
@@ -270,12 +314,63 @@ pub fn search(cfg: &SearchConfig, opts: &SearchOptions) -> Result<SearchReport, 
         &opts.out.join("best_arch.json"),
         serde_json::to_string_pretty(&best).expect("serialisable").as_bytes(),
     )?;
+    // The worker ranks read best_arch.json once told to stop.
+    if let Some(pg) = &opts.dist {
+        crate::remote::stop_all(pg, &queue_prefix(&hash))?;
+    }
     let n = outcome.entries.len().max(1) as f64;
-    Ok(SearchReport {
+    let summary = SearchSummary {
+        evaluated: outcome.entries.len(),
+        evaluated_now: outcome.evaluated_now,
+        seconds: started.elapsed().as_secs_f64(),
         mean_recalibration_seconds: outcome.entries.iter().map(|e| e.recalibration_seconds).sum::<f64>() / n,
         mean_evaluation_seconds: outcome.entries.iter().map(|e| e.evaluation_seconds).sum::<f64>() / n,
+        memory: meter.finish(),
+    };
+    write_atomic(
+        &opts.out.join("summary.json"),
+        serde_json::to_string_pretty(&summary).expect("serialisable").as_bytes(),
+    )?;
+    Ok(SearchReport {
+        mean_recalibration_seconds: summary.mean_recalibration_seconds,
+        mean_evaluation_seconds: summary.mean_evaluation_seconds,
         best,
         outcome,
+    })
+}
+
+/// The store prefix of a search's job queue (distinct for every configuration, so the DetNAS
+/// and ClsNAS searches of one pipeline job never share it).
+fn queue_prefix(hash: &str) -> String {
+    format!("search/{}", &hash[..16.min(hash.len())])
+}
+
+/// A worker rank's search: evaluate what rank 0 hands out, then read the result rank 0
+/// wrote.
+fn serve_search(cfg: &SearchConfig, opts: &SearchOptions, pg: &ProcessGroup, hash: &str) -> Result<SearchReport, SearchError> {
+    let info = SupernetInfo::open(cfg)?;
+    let finished = engine::read_state(&opts.out)?.is_some_and(|s| s.finished);
+    if !finished {
+        let device = opts.devices.first().copied().unwrap_or(Device::Cpu);
+        let mut eval = info.evaluator(&cfg.eval, cfg.runtime.prefetch, device)?;
+        let n = crate::remote::serve(pg, &info.space, eval.as_mut(), &queue_prefix(hash), pg.timeout())?;
+        tracing::debug!("rank {} evaluated {n} candidates", pg.rank());
+    }
+    report_of(&opts.out)
+}
+
+/// The report of a finished search folder, from its files.
+fn report_of(dir: &Path) -> Result<SearchReport, SearchError> {
+    let best = read_best(dir)?;
+    let entries = crate::ledger::read(&engine::ledger_path(dir))?;
+    let state = engine::read_state(dir)?
+        .ok_or_else(|| SearchError::Config(format!("{}: no state.json after the search", dir.display())))?;
+    let n = entries.len().max(1) as f64;
+    Ok(SearchReport {
+        mean_recalibration_seconds: entries.iter().map(|e| e.recalibration_seconds).sum::<f64>() / n,
+        mean_evaluation_seconds: entries.iter().map(|e| e.evaluation_seconds).sum::<f64>() / n,
+        outcome: Outcome { top: engine::top_entries(&state, &entries), state, entries, evaluated_now: 0 },
+        best,
     })
 }
 

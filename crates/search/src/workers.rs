@@ -41,10 +41,11 @@ struct Pool {
     handles: Vec<JoinHandle<()>>,
 }
 
-/// One or several evaluators.
+/// One or several evaluators: on this thread, on worker threads, or on the ranks of a job.
 pub struct Workers {
     inline: Option<Box<dyn Evaluator>>,
     pool: Option<Pool>,
+    remote: Option<crate::remote::Remote>,
     count: usize,
 }
 
@@ -58,7 +59,7 @@ impl Workers {
     /// Starts `n` workers; returns once every evaluator is built (or the first error).
     pub fn new(factory: EvaluatorFactory, n: usize) -> Result<Workers, SearchError> {
         if n <= 1 {
-            return Ok(Workers { inline: Some(factory(0)?), pool: None, count: 1 });
+            return Ok(Workers { inline: Some(factory(0)?), pool: None, remote: None, count: 1 });
         }
         let (job_tx, job_rx) = channel::<Job>();
         let job_rx = Arc::new(Mutex::new(job_rx));
@@ -112,7 +113,24 @@ impl Workers {
                 }
             }
         }
-        Ok(Workers { inline: None, pool: Some(pool), count: n })
+        Ok(Workers { inline: None, pool: Some(pool), remote: None, count: n })
+    }
+
+    /// The ranks of a job as the workers (rank 0's side; see [`crate::remote`]).
+    pub fn remote(remote: crate::remote::Remote) -> Workers {
+        let count = remote.count();
+        Workers { inline: None, pool: None, remote: Some(remote), count }
+    }
+
+    /// Tells the ranks of a job that the search is over (no-op otherwise).
+    ///
+    /// # Errors
+    /// A store failure.
+    pub fn stop_remote(&self) -> Result<(), SearchError> {
+        match &self.remote {
+            Some(r) => r.stop(),
+            None => Ok(()),
+        }
     }
 
     /// Number of workers.
@@ -133,6 +151,9 @@ impl Workers {
                 on_done(i, arch, 0, r)?;
             }
             return Ok(());
+        }
+        if let Some(r) = &mut self.remote {
+            return r.run(jobs, on_done);
         }
         let pool = self.pool.as_mut().expect("a pool when not inline");
         let n = jobs.len();

@@ -1,4 +1,5 @@
-//! Analytic MACs and parameter counts (reference §3).
+//! Analytic MACs and parameter counts, in DetNAS's convention (arXiv:1903.10979, Table 2 and
+//! the official model zoo: FLOPs are multiply-accumulates of conv and FC layers at 224×224).
 //!
 //! FLOPs are multiply-accumulates of conv and linear layers only:
 //! `out_c · k · k · in_c/groups · H_out · W_out` per conv, `in · out` per linear layer; BN,
@@ -84,7 +85,7 @@ fn block(slot: &BlockSlot, choice: Choice, h: u64, w: u64) -> (Tally, u64, u64) 
     let (hw_in, hw_out) = (h * w, ho * wo);
     let out = slot.out_channels;
     let mid = out / 2;
-    // The branch input and output widths (reference §2).
+    // The branch input and output widths (official `shuffle_blocks.py`).
     let (bin, bout) = if s == 1 { (slot.in_channels / 2, out / 2) } else { (slot.in_channels, out - slot.in_channels) };
     match choice {
         Choice::Shuffle3 | Choice::Shuffle5 | Choice::Shuffle7 => {
@@ -217,7 +218,8 @@ mod tests {
         assert_eq!([c.backbone_macs, c.total_macs, c.backbone_params, c.total_params], expected, "{arch}");
     }
 
-    /// The reference table of `shared/docs/detnas-reference.md` §3, to the unit.
+    /// The published architectures (DetNAS's model zoo: COCO-FPN-300M, COCO-RetinaNet-300M,
+    /// COCO-FPN-1.3G), counted to the unit.
     #[test]
     fn reference_table() {
         check(SearchSpace::small(), "21202112331300313132", [288_082_368, 321_219_008, 1_849_680, 3_533_112]);

@@ -5,7 +5,8 @@ use crate::{Arch, Choice, SpaceError};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
-/// A ShuffleNetV2 search space (reference §1).
+/// A ShuffleNetV2 search space (DetNAS arXiv:1903.10979 §3.1, Table 6; official
+/// `detnasnet.py`).
 ///
 /// The backbone is a stem (3×3 conv, stride 2, with bias, BN, ReLU) followed by
 /// `sum(depths)` choice blocks; the first block of each stage has stride 2. For

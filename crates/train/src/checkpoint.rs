@@ -1,329 +1,48 @@
-//! Durable checkpoints.
-//!
-//! Layout: `DIR/step-00000123/` holding the files a caller writes plus `manifest.json`
-//! (format version and SHA-256 of every file), and `DIR/LATEST` naming the newest.
-//!
-//! Writing: files go into `DIR/.tmp-step-…`, each is fsynced, the manifest is written and
-//! fsynced, the folder is fsynced, renamed to its final name, and `DIR` is fsynced; then
-//! `LATEST` is replaced the same way (temporary file, fsync, rename). A crash at any point
-//! leaves either the previous checkpoint set or the new complete one; stray temporary folders
-//! are removed by the next save or load. Old checkpoints beyond `keep` are deleted after the
-//! new one is durable.
-//!
-//! Reading: the latest checkpoint is the `step-N` folder with the largest parsed `N` (never a
-//! string sort; `LATEST` is informative). Every file's checksum is verified; a missing file,
-//! an unknown file, a checksum mismatch or an unknown format is an error — never a silent
-//! fallback to an older checkpoint or a fresh start.
+//! Training checkpoints: the model and the optimizer's momentum buffers as safetensors, the
+//! state and the resolved configuration, written through the durable checkpoint folders of
+//! [`detnas_runtime::checkpoint`] (re-exported here: discovery, verification, run-folder
+//! claiming).
 
-use crate::TrainError;
-use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
-use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::Write;
+use crate::{PathSgd, TrainError};
+pub use detnas_runtime::checkpoint::*;
+use detnas_runtime::{RuntimeError, fault};
+use serde::Serialize;
 use std::path::{Path, PathBuf};
-
-/// Version of the checkpoint layout.
-pub const FORMAT: u32 = 1;
-const MANIFEST: &str = "manifest.json";
-
-#[derive(Debug, Serialize, Deserialize)]
-struct Manifest {
-    format: u32,
-    step: u64,
-    files: BTreeMap<String, String>,
-}
-
-fn err(path: &Path, message: impl Into<String>) -> TrainError {
-    TrainError::Checkpoint { path: path.to_path_buf(), message: message.into() }
-}
-
-/// SHA-256 of a file, hex.
-pub fn sha256_file(path: &Path) -> Result<String, TrainError> {
-    let bytes = std::fs::read(path).map_err(|e| TrainError::io(path, e))?;
-    Ok(format!("{:x}", Sha256::digest(&bytes)))
-}
-
-fn fsync_path(path: &Path) -> Result<(), TrainError> {
-    File::open(path).and_then(|f| f.sync_all()).map_err(|e| TrainError::io(path, e))
-}
-
-/// Writes `bytes` to `path` atomically (temporary file, fsync, rename, fsync of the folder).
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(".tmp-{}", path.file_name().and_then(|n| n.to_str()).unwrap_or("file")));
-    {
-        let mut f = File::create(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
-        f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| TrainError::io(&tmp, e))?;
-    }
-    std::fs::rename(&tmp, path).map_err(|e| TrainError::io(path, e))?;
-    fsync_path(dir)
-}
-
-fn step_dir_name(step: u64) -> String {
-    format!("step-{step:08}")
-}
-
-/// Parses `step-N`.
-pub fn parse_step_dir(name: &str) -> Option<u64> {
-    name.strip_prefix("step-")?.parse().ok()
-}
-
-fn remove_stray_temps(dir: &Path) {
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            if e.file_name().to_string_lossy().starts_with(".tmp-step-") {
-                let _ = std::fs::remove_dir_all(e.path());
-            }
-        }
-    }
-}
-
-/// All complete-looking checkpoints (`step-N` folders), sorted by step ascending.
-pub fn list(dir: &Path) -> Vec<(u64, PathBuf)> {
-    let mut found: Vec<(u64, PathBuf)> = std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| parse_step_dir(&e.file_name().to_string_lossy()).map(|s| (s, e.path())))
-        .collect();
-    found.sort_by_key(|(s, _)| *s);
-    found
-}
 
 /// Saves a training checkpoint `step` into `dir`: the model (`model.safetensors`), the
 /// optimizer's momentum buffers (`optimizer.safetensors`), `state` as `state.json` and the
-/// resolved configuration as `config.toml` — atomically, as [`save`].
+/// resolved configuration as `config.toml` — atomically ([`save`]); the newest `keep` are
+/// kept.
+///
+/// # Errors
+/// [`TrainError::Checkpoint`] or [`TrainError::Io`] when a file cannot be written; the
+/// previous checkpoints are left intact.
 pub fn save_training<S: Serialize>(
     dir: &Path,
     step: u64,
     keep: usize,
     vs: &tch::nn::VarStore,
-    opt: &crate::PathSgd,
+    opt: &PathSgd,
     state: &S,
     config_toml: &str,
 ) -> Result<PathBuf, TrainError> {
-    save(
+    let tensors = |e: tch::TchError, tmp: &Path| RuntimeError::checkpoint(tmp, e.to_string());
+    Ok(save(
         dir,
         step,
         keep,
         |tmp| {
-            vs.save(tmp.join("model.safetensors"))?;
-            crate::fault::during_save(step);
+            vs.save(tmp.join("model.safetensors")).map_err(|e| tensors(e, tmp))?;
+            fault::during_save(step);
             // Contiguous copies: a buffer may have the channels-last strides of its gradient.
             let bufs: Vec<(&str, tch::Tensor)> =
                 opt.buffers().iter().map(|(k, v)| (k.as_str(), v.contiguous())).collect();
             let bufs: Vec<(&str, &tch::Tensor)> = bufs.iter().map(|(k, v)| (*k, v)).collect();
-            tch::Tensor::write_safetensors(&bufs, tmp.join("optimizer.safetensors"))?;
-            std::fs::write(tmp.join("state.json"), serde_json::to_string_pretty(state).expect("serialisable"))
-                .map_err(|e| TrainError::io(tmp, e))?;
-            std::fs::write(tmp.join("config.toml"), config_toml).map_err(|e| TrainError::io(tmp, e))
+            tch::Tensor::write_safetensors(&bufs, tmp.join("optimizer.safetensors")).map_err(|e| tensors(e, tmp))?;
+            let json = serde_json::to_string_pretty(state).map_err(|e| RuntimeError::checkpoint(tmp, e.to_string()))?;
+            std::fs::write(tmp.join("state.json"), json).map_err(|e| RuntimeError::io(tmp, e))?;
+            std::fs::write(tmp.join("config.toml"), config_toml).map_err(|e| RuntimeError::io(tmp, e))
         },
         || (),
-    )
-}
-
-/// Claims run folder `out` for a configuration: writes `config.toml` (atomically) unless the
-/// folder holds a different one (`hash_of` gives an existing file's result hash; `None`
-/// when unreadable), which is refused unless `allow_mismatch`.
-pub fn claim_run_dir(
-    out: &Path,
-    config_toml: &str,
-    hash: &str,
-    hash_of: impl Fn(&str) -> Option<String>,
-    allow_mismatch: bool,
-) -> Result<(), TrainError> {
-    std::fs::create_dir_all(out).map_err(|e| TrainError::io(out, e))?;
-    let cfg_path = out.join("config.toml");
-    if let Ok(old) = std::fs::read_to_string(&cfg_path) {
-        let same = hash_of(&old).as_deref() == Some(hash);
-        if !same && !allow_mismatch {
-            return Err(TrainError::Config(format!(
-                "{} holds a different configuration; use another --out, or --allow-mismatch to continue with the new one",
-                cfg_path.display()
-            )));
-        }
-        if !same {
-            tracing::warn!("configuration differs from {}; continuing as allowed", cfg_path.display());
-        }
-    }
-    write_atomic(&cfg_path, config_toml.as_bytes())
-}
-
-/// Saves checkpoint `step` into `dir`: `write` fills the given temporary folder with files.
-/// Calls `before_rename` (fault injection) between writing and publishing.
-pub fn save(
-    dir: &Path,
-    step: u64,
-    keep: usize,
-    write: impl FnOnce(&Path) -> Result<(), TrainError>,
-    before_rename: impl FnOnce(),
-) -> Result<PathBuf, TrainError> {
-    std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
-    remove_stray_temps(dir);
-    let name = step_dir_name(step);
-    let tmp = dir.join(format!(".tmp-{name}"));
-    std::fs::create_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
-    write(&tmp)?;
-    let mut files = BTreeMap::new();
-    for e in std::fs::read_dir(&tmp).map_err(|e| TrainError::io(&tmp, e))? {
-        let e = e.map_err(|e| TrainError::io(&tmp, e))?;
-        let fname = e.file_name().to_string_lossy().into_owned();
-        fsync_path(&e.path())?;
-        files.insert(fname, sha256_file(&e.path())?);
-    }
-    let manifest = Manifest { format: FORMAT, step, files };
-    write_atomic(&tmp.join(MANIFEST), serde_json::to_string_pretty(&manifest).expect("serialisable").as_bytes())?;
-    fsync_path(&tmp)?;
-    before_rename();
-    let final_dir = dir.join(&name);
-    if final_dir.exists() {
-        std::fs::remove_dir_all(&final_dir).map_err(|e| TrainError::io(&final_dir, e))?;
-    }
-    std::fs::rename(&tmp, &final_dir).map_err(|e| TrainError::io(&final_dir, e))?;
-    fsync_path(dir)?;
-    write_atomic(&dir.join("LATEST"), format!("{name}\n").as_bytes())?;
-    let all = list(dir);
-    if all.len() > keep.max(1) {
-        for (_, old) in &all[..all.len() - keep.max(1)] {
-            let _ = std::fs::remove_dir_all(old);
-        }
-    }
-    Ok(final_dir)
-}
-
-/// Verifies a checkpoint folder: format, every listed file present with its checksum, no
-/// unlisted file. Returns its step.
-pub fn verify(path: &Path) -> Result<u64, TrainError> {
-    let mpath = path.join(MANIFEST);
-    let text = std::fs::read_to_string(&mpath).map_err(|e| err(path, format!("no readable manifest.json ({e})")))?;
-    let m: Manifest = serde_json::from_str(&text).map_err(|e| err(path, format!("corrupt manifest.json: {e}")))?;
-    if m.format != FORMAT {
-        return Err(err(path, format!("checkpoint format {} is not the supported format {FORMAT}", m.format)));
-    }
-    for (name, want) in &m.files {
-        let f = path.join(name);
-        if !f.is_file() {
-            return Err(err(path, format!("file {name} listed in the manifest is missing")));
-        }
-        let got = sha256_file(&f)?;
-        if &got != want {
-            return Err(err(path, format!("checksum mismatch for {name} (file corrupted or modified)")));
-        }
-    }
-    for e in std::fs::read_dir(path).map_err(|e| TrainError::io(path, e))?.flatten() {
-        let n = e.file_name().to_string_lossy().into_owned();
-        if n != MANIFEST && !m.files.contains_key(&n) {
-            return Err(err(path, format!("unexpected file {n} not in the manifest")));
-        }
-    }
-    Ok(m.step)
-}
-
-/// The newest verified checkpoint of `dir`, or `None` when there is none at all.
-pub fn latest(dir: &Path) -> Result<Option<(u64, PathBuf)>, TrainError> {
-    remove_stray_temps(dir);
-    let all = list(dir);
-    let Some((step, path)) = all.last().cloned() else { return Ok(None) };
-    let verified = verify(&path).map_err(|e| {
-        let older: Vec<String> = all[..all.len() - 1].iter().map(|(_, p)| p.display().to_string()).collect();
-        match e {
-            TrainError::Checkpoint { path, message } if !older.is_empty() => TrainError::Checkpoint {
-                path,
-                message: format!(
-                    "{message}; older checkpoints exist ({}) — pass one explicitly to resume from it",
-                    older.join(", ")
-                ),
-            },
-            other => other,
-        }
-    })?;
-    if verified != step {
-        return Err(err(&path, format!("manifest says step {verified}, folder name says {step}")));
-    }
-    Ok(Some((step, path)))
-}
-
-/// Resolves a user-given checkpoint path: a `step-N` folder, or a run/checkpoints folder
-/// (its latest). Verifies it.
-pub fn resolve(path: &Path) -> Result<(u64, PathBuf), TrainError> {
-    if path.join(MANIFEST).is_file() {
-        return Ok((verify(path)?, path.to_path_buf()));
-    }
-    for dir in [path.join("checkpoints"), path.to_path_buf()] {
-        if let Some(found) = latest(&dir)? {
-            return Ok(found);
-        }
-    }
-    Err(err(path, "no checkpoint found (expected a step-N folder, a checkpoints folder or a run folder)"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn tmpdir(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("detnas-ckpt-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        d
-    }
-
-    fn save_text(dir: &Path, step: u64, keep: usize, text: &str) -> PathBuf {
-        save(dir, step, keep, |tmp| std::fs::write(tmp.join("a.txt"), text).map_err(|e| TrainError::io(tmp, e)), || ())
-            .unwrap()
-    }
-
-    #[test]
-    fn latest_by_parsed_step_with_keep() {
-        let d = tmpdir("order");
-        for s in [9, 10, 100, 99] {
-            save_text(&d, s, 3, &s.to_string());
-        }
-        // keep = 3 removed the smallest step (by number, not by string).
-        assert_eq!(list(&d).iter().map(|x| x.0).collect::<Vec<_>>(), vec![10, 99, 100]);
-        assert_eq!(latest(&d).unwrap().unwrap().0, 100);
-        assert_eq!(std::fs::read_to_string(d.join("LATEST")).unwrap().trim(), "step-00000099");
-        std::fs::remove_dir_all(&d).unwrap();
-    }
-
-    #[test]
-    fn corruption_is_an_error_not_a_fallback() {
-        let d = tmpdir("corrupt");
-        save_text(&d, 1, 5, "one");
-        let p = save_text(&d, 2, 5, "two");
-        std::fs::write(p.join("a.txt"), "tw0").unwrap();
-        let e = latest(&d).unwrap_err().to_string();
-        assert!(e.contains("checksum mismatch for a.txt") && e.contains("step-00000001"), "{e}");
-        std::fs::write(p.join("a.txt"), "two").unwrap();
-        assert_eq!(latest(&d).unwrap().unwrap().0, 2);
-        std::fs::write(p.join("extra"), "x").unwrap();
-        assert!(latest(&d).unwrap_err().to_string().contains("unexpected file extra"));
-        std::fs::remove_file(p.join("extra")).unwrap();
-        std::fs::remove_file(p.join("a.txt")).unwrap();
-        assert!(latest(&d).unwrap_err().to_string().contains("missing"));
-        std::fs::write(p.join(MANIFEST), "{").unwrap();
-        assert!(latest(&d).unwrap_err().to_string().contains("corrupt manifest"));
-        std::fs::remove_dir_all(&d).unwrap();
-    }
-
-    #[test]
-    fn interrupted_save_leaves_previous_checkpoint() {
-        let d = tmpdir("interrupt");
-        save_text(&d, 1, 5, "one");
-        // A save that dies before publishing leaves only a temporary folder.
-        let r = std::panic::catch_unwind(|| {
-            save(
-                &d,
-                2,
-                5,
-                |tmp| std::fs::write(tmp.join("a.txt"), "two").map_err(|e| TrainError::io(tmp, e)),
-                || panic!("killed"),
-            )
-        });
-        assert!(r.is_err());
-        assert!(d.join(".tmp-step-00000002").exists());
-        assert_eq!(latest(&d).unwrap().unwrap().0, 1);
-        assert!(!d.join(".tmp-step-00000002").exists(), "stray temporary folder removed");
-        std::fs::remove_dir_all(&d).unwrap();
-    }
+    )?)
 }

@@ -12,32 +12,42 @@ use crate::schedule::{LrSchedule, ScheduleKind};
 use detnas_data::InputConvention;
 use detnas_data::synth::SyntheticClsConfig;
 use detnas_space::{SearchSpace, SpaceSpec};
+use detnas_runtime::ConfigDocument;
+use detnas_runtime::config::resolve_path;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
+/// The pre-training configuration (`detnas pretrain --config …`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PretrainConfig {
     /// Seed of every random stream (paths, data order, augmentation, dropout).
     pub seed: u64,
+    /// The search space of the supernet.
     pub model: ModelConfig,
+    /// Images and their presentation.
     pub data: DataConfig,
+    /// Optimisation: iterations, batch, learning rate and its schedule.
     pub schedule: ScheduleConfig,
+    /// How paths are drawn (default: uniform).
     #[serde(default)]
     pub sampling: SamplingConfig,
+    /// Device, threads, checkpoint and logging intervals (not part of the result hash).
     #[serde(default)]
     pub runtime: RuntimeConfig,
+    /// The evaluation after training (not part of the result hash).
     #[serde(default)]
     pub eval: EvalConfig,
 }
 
+/// The search space (`[model]`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
-    /// `small`, `large`, `large-3.8g` or a space TOML file.
+    /// `small`, `large`, `large-3.8g` or a space TOML file (relative to the config file).
     pub space: String,
-    /// Width multiplier (1.0 = the published widths).
+    /// Width multiplier (1.0 = the published widths; widths rounded to multiples of 4).
+    /// Default 1.0.
     #[serde(default = "one")]
     pub width_mult: f64,
 }
@@ -58,9 +68,11 @@ pub enum ClsSource {
     Idx { train_images: PathBuf, train_labels: PathBuf, val_images: PathBuf, val_labels: PathBuf },
 }
 
+/// Classification data (`[data]`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataConfig {
+    /// Where the images come from (`[data.source] kind = …`).
     pub source: ClsSource,
     /// Training crop side (RandomResizedCrop output), pixels. Default 224.
     #[serde(default = "d224")]
@@ -74,6 +86,7 @@ pub struct DataConfig {
     /// Smallest crop area fraction of RandomResizedCrop (default 0.08).
     #[serde(default = "d008")]
     pub scale_min: f64,
+    /// Random horizontal flip (p = 0.5). Default true.
     #[serde(default = "yes")]
     pub flip: bool,
     /// Colour-jitter strength (default 0.4, as the official code).
@@ -97,40 +110,56 @@ fn d04() -> f32 {
     0.4
 }
 
+/// The shape of the learning-rate schedule (see [`crate::schedule`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum LrKind {
+    /// `lr · (1 − t/T)`, the official pre-training schedule.
     Linear,
+    /// `lr · ½(1 + cos(π t/T))`.
     Cosine,
+    /// `lr · γ^k` after the k-th of `milestones` (detection fine-tuning).
     Step,
 }
 
+/// Optimisation (`[schedule]`), shared by pre-training and fine-tuning.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScheduleConfig {
+    /// Optimisation steps (one batch each). Required.
     pub iterations: u64,
+    /// Images per step: the global batch (`IMS_PER_BATCH` of maskrcnn_benchmark). Required.
     pub batch: usize,
-    /// Base learning rate (official: 0.5 at batch 1024).
+    /// Base learning rate (official: 0.5 at batch 1024 for pre-training, 0.02 at batch 16
+    /// for FPN fine-tuning). Required.
     pub lr: f64,
+    /// Schedule shape. Default `linear`.
     #[serde(default = "linear")]
     pub lr_schedule: LrKind,
-    /// Step schedule: iterations at which the rate is multiplied by `gamma`.
+    /// Step schedule: iterations at which the rate is multiplied by `gamma`, increasing.
+    /// Default none.
     #[serde(default)]
     pub milestones: Vec<u64>,
+    /// Step schedule factor. Default 0.1.
     #[serde(default = "d01")]
     pub gamma: f64,
+    /// Iterations of linear warm-up. Default 0.
     #[serde(default)]
     pub warmup_iters: u64,
+    /// Learning-rate factor at step 0 of the warm-up. Default 1/3.
     #[serde(default = "third")]
     pub warmup_factor: f64,
+    /// SGD momentum. Default 0.9.
     #[serde(default = "d09")]
     pub momentum: f64,
-    /// On conv and FC weights only (official: 4e-5).
+    /// On conv and FC weights only. Default 4e-5 (official pre-training; fine-tuning 1e-4).
     #[serde(default = "d4e5")]
     pub weight_decay: f64,
+    /// Label smoothing of the classification loss, in [0, 1). Default 0.1.
     #[serde(default = "d01")]
     pub label_smoothing: f64,
     /// Clip the path's gradient to this global L2 norm (detection fine-tuning option).
+    /// Default none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clip_grad_norm: Option<f64>,
 }
@@ -167,6 +196,7 @@ impl ScheduleConfig {
     }
 }
 
+/// How the path of each step is drawn.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum SamplingKind {
@@ -180,15 +210,17 @@ pub enum SamplingKind {
     Fixed,
 }
 
+/// Path sampling (`[sampling]`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SamplingConfig {
+    /// Default `uniform`.
     #[serde(default)]
     pub kind: SamplingKind,
-    /// Number of MACs bins (flops-binned).
+    /// Number of MACs bins (flops-binned). Default 10.
     #[serde(default = "d10")]
     pub bins: usize,
-    /// Only paths with backbone MACs at most this (`300M`; counted at 224×224).
+    /// Only paths with backbone MACs at most this (`300M`; counted at 224×224). Default none.
     #[serde(default)]
     pub max_backbone_macs: Option<String>,
     /// The architecture of `kind = "fixed"`.
@@ -206,27 +238,40 @@ impl Default for SamplingConfig {
     }
 }
 
+/// How a run executes (`[runtime]`); not part of the result hash.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuntimeConfig {
-    /// `cpu`, `cuda`, `cuda:N` or `auto`.
+    /// `cpu`, `cuda`, `cuda:N` or `auto`. Default `auto`.
     #[serde(default = "auto")]
     pub device: String,
-    /// libtorch intra-op threads (default: libtorch's choice).
+    /// libtorch intra-op threads. Default: libtorch's choice.
     #[serde(default)]
     pub threads: Option<i32>,
-    /// Steps between checkpoints (the most work a crash can lose).
+    /// Steps between checkpoints (the most work a crash can lose). Default 500.
     #[serde(default = "d500")]
     pub checkpoint_every: u64,
-    /// Checkpoints kept.
+    /// Checkpoints kept. Default 3.
     #[serde(default = "d3")]
     pub keep: usize,
-    /// Steps between metric lines.
+    /// Steps between metric lines. Default 20.
     #[serde(default = "d20")]
     pub log_every: u64,
-    /// Batches prepared ahead by the loader.
+    /// Batches prepared ahead by the loader. Default 4.
     #[serde(default = "d4")]
     pub prefetch: usize,
+    /// Synchronized BatchNorm when several processes train together (statistics of the
+    /// global batch). Default: on for fine-tuning (DetNAS), off for pre-training.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync_bn: Option<bool>,
+    /// How long a collective or the store may wait for the other processes before the run
+    /// fails (seconds). Default 1800.
+    #[serde(default = "d1800")]
+    pub dist_timeout_s: u64,
+}
+
+fn d1800() -> u64 {
+    1800
 }
 
 fn auto() -> String {
@@ -247,15 +292,27 @@ fn d4() -> usize {
 
 impl Default for RuntimeConfig {
     fn default() -> RuntimeConfig {
-        RuntimeConfig { device: auto(), threads: None, checkpoint_every: 500, keep: 3, log_every: 20, prefetch: 4 }
+        RuntimeConfig {
+            device: auto(),
+            threads: None,
+            checkpoint_every: 500,
+            keep: 3,
+            log_every: 20,
+            prefetch: 4,
+            sync_bn: None,
+            dist_timeout_s: 1800,
+        }
     }
 }
 
+/// How BN statistics are recomputed before a path is evaluated.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum BnModeConfig {
+    /// The exact mean and variance over the recalibration images.
     #[default]
     Exact,
+    /// The official exponential moving average (momentum 0.1) after a reset.
     Ema,
 }
 
@@ -268,17 +325,21 @@ impl From<BnModeConfig> for detnas_nn::BnMode {
     }
 }
 
+/// The evaluation after training (`[eval]`); not part of the result hash.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EvalConfig {
-    /// Training images used to recompute BN statistics before evaluating a path.
+    /// Training images used to recompute BN statistics before evaluating a path (0: keep
+    /// the statistics training left). Default 1000.
     #[serde(default = "d1000")]
     pub recalibrate_images: usize,
+    /// Images per evaluation batch. Default 100.
     #[serde(default = "d100")]
     pub batch: usize,
+    /// Default `exact`.
     #[serde(default)]
     pub bn_mode: BnModeConfig,
-    /// Random paths evaluated at the end of training.
+    /// Random paths evaluated at the end of training (a child network: itself). Default 3.
     #[serde(default = "d3")]
     pub final_paths: usize,
 }
@@ -296,116 +357,34 @@ impl Default for EvalConfig {
     }
 }
 
-/// Applies `key.path=value` overrides to a TOML document. Values are parsed as TOML
-/// (`0.1`, `true`, `[1, 2]`, `"x"`), bare words as strings.
-pub fn apply_overrides(doc: &mut toml::Table, overrides: &[String]) -> Result<(), TrainError> {
-    for o in overrides {
-        let (key, raw) =
-            o.split_once('=').ok_or_else(|| TrainError::Config(format!("--set '{o}': expected key=value")))?;
-        let value: toml::Value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
-            .ok()
-            .and_then(|mut t| t.remove("v"))
-            .unwrap_or_else(|| toml::Value::String(raw.to_string()));
-        let parts: Vec<&str> = key.trim().split('.').collect();
-        let mut table = &mut *doc;
-        for p in &parts[..parts.len() - 1] {
-            table = table
-                .entry(p.to_string())
-                .or_insert_with(|| toml::Value::Table(toml::Table::new()))
-                .as_table_mut()
-                .ok_or_else(|| TrainError::Config(format!("--set '{o}': '{p}' is not a section")))?;
-        }
-        table.insert(parts[parts.len() - 1].to_string(), value);
-    }
-    Ok(())
-}
-
-/// Makes the values of path-valued `--set` overrides (`keys`) absolute against the current
-/// folder: paths written in a configuration file are relative to the file, paths given on
-/// the command line to where the command runs.
-pub fn absolutize_path_overrides(overrides: &[String], keys: &[&str]) -> Vec<String> {
-    let cwd = std::env::current_dir().unwrap_or_default();
-    overrides
-        .iter()
-        .map(|o| {
-            let Some((k, v)) = o.split_once('=') else { return o.clone() };
-            if !keys.contains(&k.trim()) {
-                return o.clone();
-            }
-            let raw = v.trim().trim_matches('"');
-            let p = Path::new(raw);
-            if p.is_relative() && !raw.is_empty() {
-                let abs = cwd.join(p).to_string_lossy().replace('\\', "\\\\").replace('"', "\\\"");
-                format!("{}=\"{abs}\"", k.trim())
-            } else {
-                o.clone()
-            }
-        })
-        .collect()
-}
-
-/// Reads a TOML configuration document from `path` (none: empty), applies `--set`
-/// overrides, and deserialises it; errors name the file and the field.
-pub fn read_document<T: serde::de::DeserializeOwned>(
-    path: Option<&Path>,
-    overrides: &[String],
-) -> Result<T, TrainError> {
-    let mut doc: toml::Table = match path {
-        Some(p) => {
-            let text = std::fs::read_to_string(p)
-                .map_err(|e| TrainError::Config(format!("cannot read {}: {e}", p.display())))?;
-            toml::from_str(&text).map_err(|e| TrainError::Config(format!("{}: {}", p.display(), e.message())))?
-        }
-        None => toml::Table::new(),
-    };
-    apply_overrides(&mut doc, overrides)?;
-    toml::Value::Table(doc).try_into().map_err(|e: toml::de::Error| match path {
-        Some(p) => TrainError::Config(format!("{}: {}", p.display(), e.message())),
-        None => TrainError::Config(e.message().to_string()),
-    })
-}
-
-impl PretrainConfig {
-    /// Reads `path` (if any), applies overrides, checks everything.
-    pub fn load(path: Option<&Path>, overrides: &[String]) -> Result<PretrainConfig, TrainError> {
-        let mut cfg: PretrainConfig = read_document(path, overrides)?;
-        if let Some(base) = path.and_then(Path::parent) {
-            cfg.resolve_paths(base);
-        }
-        cfg.check()?;
-        Ok(cfg)
-    }
+impl ConfigDocument for PretrainConfig {
+    type Error = TrainError;
 
     /// Makes relative file paths (a space TOML, dataset folders and files) relative to
     /// `base`, the folder of the config file, so a config works from any working directory.
     /// The resolved config written into the run folder then holds the full paths.
-    pub fn resolve_paths(&mut self, base: &Path) {
-        let fix = |p: &mut PathBuf| {
-            if p.is_relative() && !p.as_os_str().is_empty() {
-                *p = base.join(&*p);
-            }
-        };
+    fn resolve_paths(&mut self, base: &Path) {
         if self.model.space.ends_with(".toml") {
             let mut p = PathBuf::from(&self.model.space);
-            fix(&mut p);
+            resolve_path(&mut p, base);
             self.model.space = p.to_string_lossy().into_owned();
         }
         match &mut self.data.source {
             ClsSource::Synthetic { .. } => {}
             ClsSource::ImageFolder { train, val } => {
-                fix(train);
-                fix(val);
+                resolve_path(train, base);
+                resolve_path(val, base);
             }
             ClsSource::Idx { train_images, train_labels, val_images, val_labels } => {
                 for p in [train_images, train_labels, val_images, val_labels] {
-                    fix(p);
+                    resolve_path(p, base);
                 }
             }
         }
     }
 
     /// Cross-field rules, checked before any work.
-    pub fn check(&self) -> Result<(), TrainError> {
+    fn check(&self) -> Result<(), TrainError> {
         let bad = |m: String| Err(TrainError::Config(m));
         self.space()?;
         let s = &self.schedule;
@@ -445,46 +424,45 @@ impl PretrainConfig {
         Ok(())
     }
 
+    /// What determines the trained weights: `model`, `data`, `schedule`, `sampling`, `seed`.
+    fn result_parts(&self) -> serde_json::Value {
+        serde_json::json!({
+            "seed": self.seed, "model": self.model, "data": self.data,
+            "schedule": self.schedule, "sampling": self.sampling,
+        })
+    }
+}
+
+impl PretrainConfig {
+    /// Reads `path` (if any), applies overrides, resolves paths, checks
+    /// ([`ConfigDocument::load`]).
+    ///
+    /// # Errors
+    /// As [`ConfigDocument::load`].
+    pub fn load(path: Option<&Path>, overrides: &[String]) -> Result<PretrainConfig, TrainError> {
+        <PretrainConfig as ConfigDocument>::load(path, overrides)
+    }
+
     /// The resolved search space.
+    ///
+    /// # Errors
+    /// A space error for an unknown space name or an invalid space file.
     pub fn space(&self) -> Result<SearchSpace, TrainError> {
         Ok(SpaceSpec { space: self.model.space.clone(), width_mult: self.model.width_mult }.resolve()?)
     }
 
     /// The MACs limit, parsed.
+    ///
+    /// # Errors
+    /// A space error for a count that does not parse (`300M`, `1.3G`).
     pub fn max_backbone_macs(&self) -> Result<Option<u64>, TrainError> {
         self.sampling.max_backbone_macs.as_deref().map(detnas_space::parse_count).transpose().map_err(Into::into)
-    }
-
-    /// TOML text of the resolved configuration.
-    pub fn to_toml(&self) -> String {
-        toml::to_string(self).expect("a config always serialises")
-    }
-
-    /// SHA-256 over the fields that determine the trained weights.
-    pub fn result_hash(&self) -> String {
-        let v = serde_json::json!({
-            "seed": self.seed, "model": self.model, "data": self.data,
-            "schedule": self.schedule, "sampling": self.sampling,
-        });
-        format!("{:x}", Sha256::digest(v.to_string().as_bytes()))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn path_overrides_are_made_absolute_against_the_working_folder() {
-        let cwd = std::env::current_dir().unwrap();
-        let o = absolutize_path_overrides(
-            &["model.pretrained=runs/x".into(), "model.pretrained=\"/abs/y\"".into(), "seed=3".into()],
-            &["model.pretrained"],
-        );
-        assert_eq!(o[0], format!("model.pretrained=\"{}\"", cwd.join("runs/x").display()));
-        assert_eq!(o[1], "model.pretrained=\"/abs/y\"");
-        assert_eq!(o[2], "seed=3");
-    }
 
     const MINIMAL: &str = r#"
 seed = 1
@@ -506,7 +484,7 @@ lr = 0.1
 
     fn load(overrides: &[&str]) -> Result<PretrainConfig, TrainError> {
         let mut doc: toml::Table = toml::from_str(MINIMAL).unwrap();
-        apply_overrides(&mut doc, &overrides.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
+        detnas_runtime::config::apply_overrides(&mut doc, &overrides.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
         let cfg: PretrainConfig =
             toml::Value::Table(doc).try_into().map_err(|e: toml::de::Error| TrainError::Config(e.to_string()))?;
         cfg.check()?;

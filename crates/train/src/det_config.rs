@@ -3,32 +3,44 @@
 //! checked and hashed like [`crate::PretrainConfig`].
 
 use crate::TrainError;
-use crate::config::{EvalConfig, ModelConfig, RuntimeConfig, ScheduleConfig, read_document};
+use crate::config::{EvalConfig, ModelConfig, RuntimeConfig, ScheduleConfig};
 use detnas_data::InputConvention;
 use detnas_data::det::synth::SyntheticDetConfig;
 use detnas_detect::DetectorConfig;
 use detnas_space::{SearchSpace, SpaceSpec};
+use detnas_runtime::ConfigDocument;
+use detnas_runtime::config::resolve_path;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
+/// The fine-tuning configuration (`detnas finetune --config …`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FinetuneConfig {
+    /// Seed of every random stream (paths, data order, augmentation, samplers, the
+    /// search-validation carve).
     pub seed: u64,
+    /// The backbone: space, pre-trained supernet, or a fixed child.
     pub model: FinetuneModel,
+    /// FPN and head (`[detector]`, `[detector.head]`).
     pub detector: DetectorConfig,
+    /// Detection data and its presentation.
     pub data: DetDataConfig,
+    /// Optimisation (`[schedule]`; DetNAS: lr 0.02, ×0.1 at 60k and 80k of 90k).
     pub schedule: ScheduleConfig,
+    /// Device, threads, checkpoint and logging intervals (not part of the result hash).
     #[serde(default)]
     pub runtime: RuntimeConfig,
+    /// The evaluation after training (not part of the result hash).
     #[serde(default)]
     pub eval: EvalConfig,
 }
 
+/// The backbone (`[model]`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FinetuneModel {
+    /// `space` and `width_mult`, as in pre-training.
     #[serde(flatten)]
     pub space: ModelConfig,
     /// A pre-training checkpoint (step-N folder) or run folder (its latest checkpoint), or
@@ -36,6 +48,7 @@ pub struct FinetuneModel {
     #[serde(default)]
     pub pretrained: Option<PathBuf>,
     /// Train one fixed architecture (a child backbone) instead of the supernet path-wise.
+    /// Default none.
     #[serde(default)]
     pub arch: Option<String>,
 }
@@ -54,7 +67,8 @@ pub enum DetSource {
     },
     /// COCO: instances JSON + image folder for the training and test splits.
     Coco { train_json: PathBuf, train_images: PathBuf, test_json: PathBuf, test_images: PathBuf },
-    /// Pascal VOC roots (`VOC2007/`), image sets for train and test.
+    /// Pascal VOC roots (`VOC2007/`), image sets (`ImageSets/Main/<set>.txt`) for train and
+    /// test.
     Voc { train_roots: Vec<PathBuf>, train_set: String, test_root: PathBuf, test_set: String },
 }
 
@@ -62,27 +76,32 @@ fn synth_folder() -> PathBuf {
     PathBuf::from("data")
 }
 
+/// Detection data (`[data]`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DetDataConfig {
+    /// Where the images and annotations come from (`[data.source] kind = …`).
     pub source: DetSource,
-    /// Training short side(s) (one drawn per image). Reference: 800.
+    /// Training short side(s), pixels (one drawn per image). Default `[800]`.
     #[serde(default = "d800")]
     pub min_size: Vec<u32>,
-    /// Long side bound. Reference: 1333.
+    /// Long side bound, pixels. Default 1333.
     #[serde(default = "d1333")]
     pub max_size: u32,
-    /// Test short side. Reference: 800.
+    /// Test short side, pixels. Default 800.
     #[serde(default = "d800_1")]
     pub test_min_size: u32,
+    /// Random horizontal flip in training (p = 0.5). Default true.
     #[serde(default = "yes")]
     pub flip: bool,
+    /// Pixel convention. Default: the official BGR 0–255.
     #[serde(default)]
     pub convention: InputConvention,
+    /// Batches are padded to a multiple of this, pixels. Default 32.
     #[serde(default = "d32")]
     pub divisibility: u32,
     /// Images carved from the training set as the architecture-search validation split
-    /// (never fine-tuned on; DetNAS §3.3). 0: none.
+    /// (never fine-tuned on; DetNAS arXiv:1903.10979 §3.3). Default 0: none.
     #[serde(default)]
     pub search_val_images: usize,
 }
@@ -103,58 +122,44 @@ fn d32() -> u32 {
     32
 }
 
-impl FinetuneConfig {
-    /// Reads `path`, applies overrides, resolves relative paths against the file's folder,
-    /// checks.
-    pub fn load(path: &Path, overrides: &[String]) -> Result<FinetuneConfig, TrainError> {
-        let overrides = crate::config::absolutize_path_overrides(
-            overrides,
-            &[
-                "model.pretrained",
-                "data.source.train_json",
-                "data.source.train_images",
-                "data.source.test_json",
-                "data.source.test_images",
-                "data.source.test_root",
-            ],
-        );
-        let mut cfg: FinetuneConfig = read_document(Some(path), &overrides)?;
-        if let Some(base) = path.parent() {
-            cfg.resolve_paths(base);
-        }
-        cfg.check()?;
-        Ok(cfg)
-    }
+impl ConfigDocument for FinetuneConfig {
+    type Error = TrainError;
 
-    pub fn resolve_paths(&mut self, base: &Path) {
-        let fix = |p: &mut PathBuf| {
-            if p.is_relative() && !p.as_os_str().is_empty() {
-                *p = base.join(&*p);
-            }
-        };
+    const PATH_KEYS: &'static [&'static str] = &[
+        "model.pretrained",
+        "data.source.train_json",
+        "data.source.train_images",
+        "data.source.test_json",
+        "data.source.test_images",
+        "data.source.test_root",
+    ];
+
+    fn resolve_paths(&mut self, base: &Path) {
         if self.model.space.space.ends_with(".toml") {
             let mut p = PathBuf::from(&self.model.space.space);
-            fix(&mut p);
+            resolve_path(&mut p, base);
             self.model.space.space = p.to_string_lossy().into_owned();
         }
         if let Some(p) = &mut self.model.pretrained {
-            fix(p);
+            resolve_path(p, base);
         }
         match &mut self.data.source {
             DetSource::Synthetic { .. } => {}
             DetSource::Coco { train_json, train_images, test_json, test_images } => {
                 for p in [train_json, train_images, test_json, test_images] {
-                    fix(p);
+                    resolve_path(p, base);
                 }
             }
             DetSource::Voc { train_roots, test_root, .. } => {
-                train_roots.iter_mut().for_each(fix);
-                fix(test_root);
+                for p in train_roots.iter_mut() {
+                    resolve_path(p, base);
+                }
+                resolve_path(test_root, base);
             }
         }
     }
 
-    pub fn check(&self) -> Result<(), TrainError> {
+    fn check(&self) -> Result<(), TrainError> {
         let bad = |m: String| Err(TrainError::Config(m));
         let space = self.space()?;
         if let Some(a) = &self.model.arch {
@@ -187,21 +192,44 @@ impl FinetuneConfig {
         Ok(())
     }
 
+    /// What determines the fine-tuned weights: `model`, `detector`, `data`, `schedule`,
+    /// `seed`.
+    fn result_parts(&self) -> serde_json::Value {
+        serde_json::json!({
+            "seed": self.seed, "model": self.model, "detector": self.detector, "data": self.data,
+            "schedule": self.schedule,
+        })
+    }
+}
+
+impl FinetuneConfig {
+    /// Reads `path`, applies overrides, resolves relative paths against the file's folder,
+    /// checks ([`ConfigDocument::load`] with a file).
+    ///
+    /// # Errors
+    /// As [`ConfigDocument::load`].
+    pub fn load(path: &Path, overrides: &[String]) -> Result<FinetuneConfig, TrainError> {
+        <FinetuneConfig as ConfigDocument>::load(Some(path), overrides)
+    }
+
+    /// The resolved search space.
+    ///
+    /// # Errors
+    /// A space error for an unknown space name or an invalid space file.
     pub fn space(&self) -> Result<SearchSpace, TrainError> {
         Ok(SpaceSpec { space: self.model.space.space.clone(), width_mult: self.model.space.width_mult }.resolve()?)
     }
 
-    pub fn to_toml(&self) -> String {
-        toml::to_string(self).expect("a config always serialises")
-    }
-
-    /// SHA-256 over what determines the fine-tuned weights.
-    pub fn result_hash(&self) -> String {
-        let v = serde_json::json!({
-            "seed": self.seed, "model": self.model, "detector": self.detector, "data": self.data,
-            "schedule": self.schedule,
-        });
-        format!("{:x}", Sha256::digest(v.to_string().as_bytes()))
+    /// How evaluation images are presented (test transform, `eval.batch`).
+    pub fn eval_settings(&self) -> detnas_detect::evaluate::EvalSettings {
+        detnas_detect::evaluate::EvalSettings {
+            min_size: self.data.test_min_size,
+            max_size: self.data.max_size,
+            convention: self.data.convention,
+            divisibility: self.data.divisibility,
+            batch: self.eval.batch,
+            prefetch: self.runtime.prefetch,
+        }
     }
 }
 

@@ -13,15 +13,20 @@ pub enum TrainError {
     #[error("checkpoint {path}: {message}")]
     Checkpoint { path: PathBuf, message: String },
     #[error(
-        "interrupted by {signal} after step {step}; the checkpoint of step {step} is saved, re-run the same command to resume"
+        "interrupted by {} after step {step}; the checkpoint of step {step} is saved, re-run the same command to resume",
+        .signal.name()
     )]
-    Interrupted { signal: &'static str, step: u64 },
+    Interrupted { signal: detnas_runtime::Signal, step: u64 },
     #[error(transparent)]
     Space(#[from] detnas_space::SpaceError),
     #[error(transparent)]
     Nn(#[from] detnas_nn::NnError),
     #[error(transparent)]
     Torch(#[from] tch::TchError),
+    #[error(transparent)]
+    Detect(#[from] detnas_detect::DetectError),
+    #[error(transparent)]
+    Dist(#[from] detnas_dist::DistError),
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
 }
@@ -34,19 +39,26 @@ impl TrainError {
             TrainError::Data(_) => 3,
             TrainError::Numerical { .. } => 4,
             TrainError::Checkpoint { .. } => 5,
-            TrainError::Interrupted { signal, .. } => {
-                if *signal == "SIGINT" {
-                    130
-                } else {
-                    143
-                }
-            }
+            TrainError::Interrupted { signal, .. } => signal.exit_code(),
             TrainError::Nn(detnas_nn::NnError::Space(_)) => 2,
+            TrainError::Detect(detnas_detect::DetectError::Data(_)) => 3,
+            TrainError::Detect(detnas_detect::DetectError::Config(_)) => 2,
+            TrainError::Dist(d) => d.exit_code(),
             _ => 1,
         }
     }
 
-    pub(crate) fn io(path: &std::path::Path, source: std::io::Error) -> TrainError {
-        TrainError::Io { path: path.to_path_buf(), source }
+}
+
+impl From<detnas_runtime::RuntimeError> for TrainError {
+    fn from(e: detnas_runtime::RuntimeError) -> TrainError {
+        use detnas_runtime::RuntimeError as R;
+        match e {
+            R::Config(m) => TrainError::Config(m),
+            R::Checkpoint { path, message } => TrainError::Checkpoint { path, message },
+            R::Io { path, source } => TrainError::Io { path, source },
+        }
     }
 }
+
+

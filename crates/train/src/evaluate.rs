@@ -2,7 +2,7 @@
 
 use crate::TrainError;
 use crate::loss::topk_correct;
-use detnas_data::{ClsDataset, ClsTransform, InputConvention, Loader, LoaderConfig, Position, Subset};
+use detnas_data::{ClsDataset, ClsLoader, ClsTransform, InputConvention, LoaderConfig, Position, Subset};
 use detnas_nn::{BnMode, Recalibration, Supernet};
 use detnas_space::Arch;
 use detnas_space::rng::{seeded, shuffle};
@@ -33,7 +33,7 @@ pub struct ClsScore {
 }
 
 /// A finite, unshuffled loader over `data`.
-pub fn finite_loader(data: Arc<dyn ClsDataset>, d: &EvalData) -> Result<Loader, TrainError> {
+pub fn finite_loader(data: Arc<dyn ClsDataset>, d: &EvalData) -> Result<ClsLoader, TrainError> {
     let cfg = LoaderConfig {
         batch: d.batch,
         seed: 0,
@@ -43,8 +43,9 @@ pub fn finite_loader(data: Arc<dyn ClsDataset>, d: &EvalData) -> Result<Loader, 
         prefetch: d.prefetch,
         transform: d.transform.clone(),
         convention: d.convention,
+        shard: None,
     };
-    Ok(Loader::new(data, cfg, Position::default())?)
+    Ok(ClsLoader::new(data, cfg, Position::default())?)
 }
 
 /// Moves a loader batch to `device` as `([n, 3, s, s] f32, [n] i64)`.
@@ -75,7 +76,7 @@ pub fn recalibrate(
     let mut loader = finite_loader(images, d)?;
     let session = Recalibration::begin(mode);
     while let Some(b) = loader.next_batch() {
-        let (x, _) = batch_tensors(&b?, device);
+        let (x, _) = batch_tensors(&b?.batch, device);
         let _ = tch::no_grad(|| net.forward_t(&x, arch, true))?;
     }
     Ok(session.finish())
@@ -99,7 +100,7 @@ pub fn evaluate_path(
     let mut loader = finite_loader(val, d)?;
     let (mut n, mut c1, mut c5) = (0usize, 0i64, 0i64);
     while let Some(b) = loader.next_batch() {
-        let b = b?;
+        let b = b?.batch;
         let (x, y) = batch_tensors(&b, device);
         let logits = tch::no_grad(|| net.forward_t(&x, arch, false))?.to_kind(Kind::Float);
         c1 += topk_correct(&logits, &y, 1);

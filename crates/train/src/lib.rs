@@ -1,22 +1,28 @@
-//! Training of DetNAS supernets: path-wise SGD, learning-rate schedules, label-smoothed
-//! loss, durable checkpoints with exact resume, and classification evaluation with BN
-//! recalibration.
+//! Training of DetNAS supernets and child networks (arXiv:1903.10979 §3.2): one training
+//! engine ([`engine`]) for path-wise pre-training on classification ([`pretrain`]) and
+//! fine-tuning as a detector's backbone ([`finetune`]), with their configurations,
+//! learning-rate schedules, path-wise SGD, losses, checkpoints, and classification
+//! evaluation with BN recalibration ([`evaluate`]).
+//!
+//! Detection evaluation lives in `detnas_detect::evaluate`, the shared plumbing (config
+//! documents, durable files, cancellation) in `detnas_runtime`; this crate may not depend on
+//! the search or the pipeline.
 
 pub mod checkpoint;
 pub mod config;
 pub mod det_config;
+pub mod engine;
 pub mod error;
 pub mod evaluate;
-pub mod fault;
 pub mod finetune;
 pub mod loss;
 pub mod optim;
 pub mod pretrain;
-pub mod progress;
 pub mod schedule;
 
 pub use config::PretrainConfig;
 pub use det_config::FinetuneConfig;
+pub use engine::{RunOptions, TrainOutcome, Trainer};
 pub use error::TrainError;
 pub use optim::PathSgd;
 pub use schedule::{LrSchedule, ScheduleKind};

@@ -1,9 +1,11 @@
 //! The engine binary as a user runs it: outputs, JSON contracts, errors and exit codes.
 
 mod detect;
+mod dist;
 mod pipeline;
 mod pretrain;
 mod search;
+mod soak;
 
 use std::path::PathBuf;
 use std::process::{Command, Output};

@@ -60,8 +60,11 @@ pub fn parse(doc: &Value, path: &Path, images_dir: &Path) -> Result<DetDataset, 
         let file = field(im, "file_name", path, &what)?
             .as_str()
             .ok_or_else(|| bad(path, format!("{what}.file_name is not a string")))?;
-        let width = uint(field(im, "width", path, &what)?, path, &format!("{what}.width"))? as u32;
-        let height = uint(field(im, "height", path, &what)?, path, &format!("{what}.height"))? as u32;
+        let side = |key: &str| -> Result<u32, DataError> {
+            let v = uint(field(im, key, path, &what)?, path, &format!("{what}.{key}"))?;
+            u32::try_from(v).map_err(|_| bad(path, format!("{what}.{key} = {v} is not an image size")))
+        };
+        let (width, height) = (side("width")?, side("height")?);
         if width == 0 || height == 0 {
             return Err(bad(path, format!("{what} (id {id}): zero width or height")));
         }

@@ -91,6 +91,51 @@ impl std::fmt::Display for DropReport {
     }
 }
 
+/// A box coordinate type: `f32` or `f64`.
+pub trait Coord:
+    Copy
+    + PartialOrd
+    + std::ops::Add<Output = Self>
+    + std::ops::Sub<Output = Self>
+    + std::ops::Mul<Output = Self>
+    + std::ops::Div<Output = Self>
+{
+    const ZERO: Self;
+    fn max(self, other: Self) -> Self;
+    fn min(self, other: Self) -> Self;
+}
+
+impl Coord for f32 {
+    const ZERO: f32 = 0.0;
+    fn max(self, other: f32) -> f32 {
+        f32::max(self, other)
+    }
+    fn min(self, other: f32) -> f32 {
+        f32::min(self, other)
+    }
+}
+
+impl Coord for f64 {
+    const ZERO: f64 = 0.0;
+    fn max(self, other: f64) -> f64 {
+        f64::max(self, other)
+    }
+    fn min(self, other: f64) -> f64 {
+        f64::min(self, other)
+    }
+}
+
+/// Intersection over union of two `(x1, y1, x2, y2)` boxes in continuous coordinates (width
+/// `x2 − x1`, no `+1`; a box with a negative side has area 0); 0 when the union is empty.
+pub fn iou<T: Coord>(a: &[T; 4], b: &[T; 4]) -> T {
+    let iw = (a[2].min(b[2]) - a[0].max(b[0])).max(T::ZERO);
+    let ih = (a[3].min(b[3]) - a[1].max(b[1])).max(T::ZERO);
+    let inter = iw * ih;
+    let area = |r: &[T; 4]| (r[2] - r[0]).max(T::ZERO) * (r[3] - r[1]).max(T::ZERO);
+    let union = area(a) + area(b) - inter;
+    if union > T::ZERO { inter / union } else { T::ZERO }
+}
+
 /// Checks and clips one box against a `width × height` image. `None`: dropped (counted).
 pub(crate) fn sanitise(
     b: [f64; 4],

@@ -5,7 +5,7 @@
 //! set as PNG files plus a COCO instances JSON, which is then read like any COCO set.
 
 use super::coco;
-use super::{Category, DetDataset};
+use super::{Category, DetDataset, iou};
 use crate::shapes::{Placement, Shape, background, object_colour, uniform};
 use crate::{DataError, mix_seed};
 use detnas_space::rng::{below, seeded};
@@ -185,13 +185,6 @@ impl SyntheticDetConfig {
         }
         Ok(ds)
     }
-}
-
-fn iou(a: &[f64; 4], b: &[f64; 4]) -> f64 {
-    let iw = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
-    let ih = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
-    let i = iw * ih;
-    i / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - i)
 }
 
 #[cfg(test)]

@@ -67,6 +67,9 @@ pub fn parse_xml(xml: &str, path: &Path) -> Result<VocAnnotation, DataError> {
             Ok(Event::Start(e)) => {
                 let name = String::from_utf8_lossy(e.name().as_ref()).into_owned();
                 if name == "object" {
+                    if obj.is_some() {
+                        return Err(bad(format!("<object> inside object {}", ann.objects.len())));
+                    }
                     obj = Some((VocObject::default(), [false; 4]));
                 }
                 stack.push(name);
@@ -77,7 +80,7 @@ pub fn parse_xml(xml: &str, path: &Path) -> Result<VocAnnotation, DataError> {
                     return Err(bad(format!("unbalanced tag </{name}>")));
                 }
                 if name == "object" {
-                    let (o, seen) = obj.take().expect("inside an object");
+                    let (o, seen) = obj.take().ok_or_else(|| bad("</object> without <object>".into()))?;
                     let k = ann.objects.len();
                     if o.name.is_empty() {
                         return Err(bad(format!("object {k} has no <name>")));
@@ -96,16 +99,27 @@ pub fn parse_xml(xml: &str, path: &Path) -> Result<VocAnnotation, DataError> {
                 let tag = stack.last().map(String::as_str).unwrap_or("");
                 let parent = stack.len().checked_sub(2).map(|i| stack[i].as_str()).unwrap_or("");
                 let num = |what: &str| -> Result<f64, DataError> {
-                    text.parse::<f64>().map_err(|_| bad(format!("<{what}> is not a number: '{text}'")))
+                    text.parse::<f64>()
+                        .ok()
+                        .filter(|v| v.is_finite())
+                        .ok_or_else(|| bad(format!("<{what}> is not a number: '{text}'")))
+                };
+                let side = |what: &str| -> Result<u32, DataError> {
+                    let v = num(what)?;
+                    if v.fract() == 0.0 && (0.0..=u32::MAX as f64).contains(&v) {
+                        Ok(v as u32)
+                    } else {
+                        Err(bad(format!("<{what}> is not an image size: '{text}'")))
+                    }
                 };
                 match (parent, tag, obj.as_mut()) {
                     ("annotation", "filename", _) => ann.filename = text.clone(),
                     ("size", "width", _) => {
-                        ann.width = num("width")? as u32;
+                        ann.width = side("width")?;
                         seen_size[0] = true;
                     }
                     ("size", "height", _) => {
-                        ann.height = num("height")? as u32;
+                        ann.height = side("height")?;
                         seen_size[1] = true;
                     }
                     ("object", "name", Some((o, _))) => o.name = text.clone(),
@@ -128,7 +142,7 @@ pub fn parse_xml(xml: &str, path: &Path) -> Result<VocAnnotation, DataError> {
         }
     }
     if !stack.is_empty() {
-        return Err(bad(format!("unclosed <{}>", stack.last().expect("non-empty"))));
+        return Err(bad(format!("unclosed <{}>", stack.join("><"))));
     }
     if !(seen_size[0] && seen_size[1]) || ann.width == 0 || ann.height == 0 {
         return Err(bad("no positive <size><width>/<height>".into()));

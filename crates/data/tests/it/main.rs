@@ -1,9 +1,12 @@
-//! detnas-data integration tests: strict decoding, dataset errors, loader determinism.
+//! detnas-data integration tests: strict decoding, dataset errors, loader determinism, and
+//! malformed annotation files (`fuzz`).
+
+mod fuzz;
 
 use detnas_data::synth::{SyntheticCls, SyntheticClsConfig};
 use detnas_data::{
-    ClsDataset, ClsTransform, DataError, IdxDataset, ImageFolder, InputConvention, Loader, LoaderConfig, Position,
-    decode_image,
+    Batch, ClsDataset, ClsLoader, ClsTransform, DataError, IdxDataset, ImageFolder, InputConvention, Loaded, LoaderConfig,
+    Position, decode_image,
 };
 use image::{Rgb, RgbImage};
 use std::io::Write;
@@ -146,6 +149,7 @@ fn cfg(batch: usize, drop_last: bool, epochs: Option<u64>) -> LoaderConfig {
         prefetch: 2,
         transform: ClsTransform::train(16),
         convention: InputConvention::OfficialBgr,
+        shard: None,
     }
 }
 
@@ -163,32 +167,35 @@ fn synth(n: usize) -> Arc<dyn ClsDataset> {
     )
 }
 
-fn collect(loader: &mut Loader, n: usize) -> Vec<detnas_data::Batch> {
+fn collect(loader: &mut ClsLoader, n: usize) -> Vec<Loaded<Batch>> {
     (0..n).map(|_| loader.next_batch().unwrap().unwrap()).collect()
 }
 
 #[test]
 fn loader_is_deterministic_and_resumes_exactly() {
     let data = synth(50);
-    let mut a = Loader::new(data.clone(), cfg(8, true, None), Position::default()).unwrap();
+    let mut a = ClsLoader::new(data.clone(), cfg(8, true, None), Position::default()).unwrap();
     let first = collect(&mut a, 14); // 6 batches per epoch: crosses two epoch boundaries
-    let mut b = Loader::new(data.clone(), cfg(8, true, None), Position::default()).unwrap();
+    let mut b = ClsLoader::new(data.clone(), cfg(8, true, None), Position::default()).unwrap();
     let again = collect(&mut b, 14);
     for (x, y) in first.iter().zip(&again) {
-        assert_eq!((&x.images, &x.labels, &x.indices, x.after), (&y.images, &y.labels, &y.indices, y.after));
+        assert_eq!(
+            (&x.batch.images, &x.batch.labels, &x.batch.indices, x.after),
+            (&y.batch.images, &y.batch.labels, &y.batch.indices, y.after)
+        );
     }
     // Each epoch covers 48 distinct samples, the 2 left over are dropped and reported.
-    let epoch0: std::collections::BTreeSet<usize> = first[..6].iter().flat_map(|b| b.indices.clone()).collect();
+    let epoch0: std::collections::BTreeSet<usize> = first[..6].iter().flat_map(|b| b.batch.indices.clone()).collect();
     assert_eq!(epoch0.len(), 48);
     let reports: Vec<_> = first.iter().flat_map(|b| b.epoch_reports.clone()).collect();
     assert_eq!(reports.len(), 2);
     assert!(reports.iter().all(|r| r.dropped_tail == 2 && r.skipped.is_empty()));
-    assert_ne!(first[0].indices, first[6].indices, "epochs are reshuffled");
+    assert_ne!(first[0].batch.indices, first[6].batch.indices, "epochs are reshuffled");
     // Resume after batch 4 (mid-epoch) and after batch 6 (epoch boundary).
     for k in [4, 6, 9] {
-        let mut r = Loader::new(data.clone(), cfg(8, true, None), first[k - 1].after).unwrap();
+        let mut r = ClsLoader::new(data.clone(), cfg(8, true, None), first[k - 1].after).unwrap();
         for (x, y) in collect(&mut r, 14 - k).iter().zip(&first[k..]) {
-            assert_eq!((&x.images, &x.indices), (&y.images, &y.indices), "resume after batch {k}");
+            assert_eq!((&x.batch.images, &x.batch.indices), (&y.batch.images, &y.batch.indices), "resume after batch {k}");
         }
     }
 }
@@ -197,8 +204,8 @@ fn loader_is_deterministic_and_resumes_exactly() {
 fn finite_loader_yields_the_tail_once() {
     let data = synth(21);
     let mut l =
-        Loader::new(data, LoaderConfig { shuffle: false, ..cfg(8, false, Some(1)) }, Position::default()).unwrap();
-    let sizes: Vec<usize> = std::iter::from_fn(|| l.next_batch()).map(|b| b.unwrap().len()).collect();
+        ClsLoader::new(data, LoaderConfig { shuffle: false, ..cfg(8, false, Some(1)) }, Position::default()).unwrap();
+    let sizes: Vec<usize> = std::iter::from_fn(|| l.next_batch()).map(|b| b.unwrap().batch.len()).collect();
     assert_eq!(sizes, vec![8, 8, 5]);
 }
 
@@ -214,9 +221,9 @@ fn broken_files_are_skipped_counted_and_never_fed() {
     truncate(&d.join("a").join("2.jpg"), 0.5);
     std::fs::write(d.join("b").join("5.jpg"), b"").unwrap();
     let folder = Arc::new(ImageFolder::open(&d, None).unwrap());
-    let mut l = Loader::new(folder.clone(), cfg(4, true, None), Position::default()).unwrap();
+    let mut l = ClsLoader::new(folder.clone(), cfg(4, true, None), Position::default()).unwrap();
     let batches = collect(&mut l, 3);
-    let fed: Vec<String> = batches[..2].iter().flat_map(|b| b.indices.iter().map(|&i| folder.name(i))).collect();
+    let fed: Vec<String> = batches[..2].iter().flat_map(|b| b.batch.indices.iter().map(|&i| folder.name(i))).collect();
     assert_eq!(fed.len(), 8);
     assert!(fed.iter().all(|n| !n.ends_with("a/2.jpg") && !n.ends_with("b/5.jpg")));
     assert_eq!(batches[2].after.epoch, 1, "the third batch belongs to the next epoch");
@@ -233,7 +240,7 @@ fn broken_files_are_skipped_counted_and_never_fed() {
     std::fs::create_dir_all(bad.join("x")).unwrap();
     std::fs::write(bad.join("x").join("0.jpg"), b"nope").unwrap();
     let mut l =
-        Loader::new(Arc::new(ImageFolder::open(&bad, None).unwrap()), cfg(4, true, None), Position::default()).unwrap();
+        ClsLoader::new(Arc::new(ImageFolder::open(&bad, None).unwrap()), cfg(4, true, None), Position::default()).unwrap();
     let e = l.next_batch().unwrap().unwrap_err().to_string();
     assert!(e.contains("no sample of epoch 0") && e.contains("0.jpg"), "{e}");
     std::fs::remove_dir_all(&d).unwrap();
@@ -269,8 +276,8 @@ fn synthetic_split_round_trips_through_image_folder() {
 fn batches_hold_the_samples_they_name() {
     let data = synth(40);
     let c = LoaderConfig { transform: ClsTransform::Eval { resize: 24, crop: 24 }, ..cfg(8, true, None) };
-    let mut l = Loader::new(data.clone(), c.clone(), Position::default()).unwrap();
-    for b in collect(&mut l, 5) {
+    let mut l = ClsLoader::new(data.clone(), c.clone(), Position::default()).unwrap();
+    for b in collect(&mut l, 5).into_iter().map(|l| l.batch) {
         let per = 3 * 24 * 24;
         for (k, &i) in b.indices.iter().enumerate() {
             assert_eq!(b.labels[k], data.label(i) as i64);

@@ -43,6 +43,7 @@ fn targets() -> Vec<Target> {
     let t = |rows: &[[f32; 4]], labels: &[i64]| Target {
         boxes: detnas_detect::boxes::tensor_of(rows),
         labels: Tensor::from_slice(labels),
+        seed: rows.len() as u64,
     };
     vec![t(&[[4.0, 6.0, 30.0, 40.0], [40.0, 10.0, 60.0, 26.0]], &[0, 2]), t(&[[10.0, 10.0, 50.0, 50.0]], &[1])]
 }
@@ -60,7 +61,7 @@ fn losses_gradients_and_child_equivalence() {
         let sizes = [(64, 64), (60, 64)];
         tch::manual_seed(1);
         let losses = det.losses(&x, &sizes, &targets(), Some(&arch)).unwrap();
-        let total = losses.iter().map(|(_, l)| l.shallow_clone()).reduce(|a, b| a + b).unwrap();
+        let total = losses.iter().map(|l| l.value()).reduce(|a, b| a + b).unwrap();
         let v = f64::try_from(&total).unwrap();
         assert!(v.is_finite() && v > 0.0, "{head:?}: {losses:?}");
         total.backward();
@@ -74,7 +75,10 @@ fn losses_gradients_and_child_equivalence() {
         assert!(det.detect(&x, &sizes, None).is_err());
 
         // Give BN non-trivial statistics, then compare with a child holding the path's weights.
-        let _ = det.observe(&x, &sizes, Some(&arch));
+        let fpn_mean = || vs.variables()["fpn.inner0.bn.running_mean"].copy();
+        let before = fpn_mean();
+        det.observe(&x, &sizes, Some(&arch)).unwrap();
+        assert!(!fpn_mean().equal(&before), "{head:?}: observing in training mode moves the running statistics");
         let d_super = det.detect(&x, &sizes, Some(&arch)).unwrap();
         let mut cvs = nn::VarStore::new(Device::Cpu);
         let child = cfg.build(&cvs.root(), &space, Some(&arch), 3).unwrap();

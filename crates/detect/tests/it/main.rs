@@ -2,3 +2,4 @@
 
 mod coco_parity;
 mod detector;
+mod losses;

@@ -120,7 +120,7 @@ fn off_path_statistics_are_untouched() {
 #[test]
 fn folded_eval_equals_conv_then_bn() {
     use detnas_nn::bn::{ConvGeometry, conv_bn_t};
-    use detnas_nn::layers::ConvBnConfig;
+    use detnas_nn::layers::{ConvBnConfig, NormKind};
     use tch::nn::{Module, ModuleT};
     tch::manual_seed(3);
     for (depthwise, bias, stride, k) in
@@ -129,13 +129,14 @@ fn folded_eval_equals_conv_then_bn() {
         let vs = nn::VarStore::new(Device::Cpu);
         let (cin, cout) = (8, if depthwise { 8 } else { 12 });
         let unit =
-            ConvBnConfig { cin, cout, kernel: k, stride, depthwise, bias, relu: false, std: None }.build(&vs.root());
+            ConvBnConfig { cin, cout, kernel: k, stride, depthwise, bias, relu: false, std: None, norm: NormKind::Bn }
+                .build(&vs.root());
         tch::no_grad(|| {
             // Non-trivial statistics and affine parameters.
-            unit.bn.running_mean.shallow_clone().copy_(&(Tensor::randn([cout], (Kind::Float, Device::Cpu)) * 3.0));
-            unit.bn.running_var.shallow_clone().copy_(&(Tensor::rand([cout], (Kind::Float, Device::Cpu)) * 4.0 + 0.1));
-            unit.bn.ws.as_ref().unwrap().shallow_clone().copy_(&Tensor::randn([cout], (Kind::Float, Device::Cpu)));
-            unit.bn.bs.as_ref().unwrap().shallow_clone().copy_(&Tensor::randn([cout], (Kind::Float, Device::Cpu)));
+            unit.bns[0].running_mean.shallow_clone().copy_(&(Tensor::randn([cout], (Kind::Float, Device::Cpu)) * 3.0));
+            unit.bns[0].running_var.shallow_clone().copy_(&(Tensor::rand([cout], (Kind::Float, Device::Cpu)) * 4.0 + 0.1));
+            unit.bns[0].ws.as_ref().unwrap().shallow_clone().copy_(&Tensor::randn([cout], (Kind::Float, Device::Cpu)));
+            unit.bns[0].bs.as_ref().unwrap().shallow_clone().copy_(&Tensor::randn([cout], (Kind::Float, Device::Cpu)));
             if let Some(b) = &unit.conv.bs {
                 b.shallow_clone().copy_(&Tensor::randn([cout], (Kind::Float, Device::Cpu)));
             }
@@ -144,8 +145,8 @@ fn folded_eval_equals_conv_then_bn() {
         assert_eq!(unit.geometry, geometry);
         let x = Tensor::randn([2, cin, 9, 11], (Kind::Float, Device::Cpu));
         for x in [x.shallow_clone(), detnas_nn::layout::to_channels_last(&x)] {
-            let folded = tch::no_grad(|| conv_bn_t(&unit.conv, geometry, &unit.bn, &x, false));
-            let reference = tch::no_grad(|| unit.bn.forward_t(&unit.conv.forward(&x), false));
+            let folded = tch::no_grad(|| conv_bn_t(&unit.conv, geometry, &unit.bns[0], &x, false));
+            let reference = tch::no_grad(|| unit.bns[0].forward_t(&unit.conv.forward(&x), false));
             let scale = reference.abs().max().double_value(&[]);
             let diff = (&folded - &reference).abs().max().double_value(&[]);
             assert!(
@@ -154,16 +155,16 @@ fn folded_eval_equals_conv_then_bn() {
             );
             assert!(scale > 1.0, "the statistics must matter");
             // Training mode: conv then BN with batch statistics, as before.
-            let before = unit.bn.running_mean.copy();
-            let train = tch::no_grad(|| conv_bn_t(&unit.conv, geometry, &unit.bn, &x, true));
+            let before = unit.bns[0].running_mean.copy();
+            let train = tch::no_grad(|| conv_bn_t(&unit.conv, geometry, &unit.bns[0], &x, true));
             let y = tch::no_grad(|| unit.conv.forward(&x));
             let batch_norm = (&y - y.mean_dim(&[0i64, 2, 3][..], true, None))
                 / (y.var_dim(&[0i64, 2, 3][..], false, true) + 1e-5).sqrt();
-            let expect = batch_norm * unit.bn.ws.as_ref().unwrap().view([1, -1, 1, 1])
-                + unit.bn.bs.as_ref().unwrap().view([1, -1, 1, 1]);
+            let expect = batch_norm * unit.bns[0].ws.as_ref().unwrap().view([1, -1, 1, 1])
+                + unit.bns[0].bs.as_ref().unwrap().view([1, -1, 1, 1]);
             let diff = (&train - &expect).abs().max().double_value(&[]);
             assert!(diff < 1e-4, "training mode: {diff}");
-            assert!(!unit.bn.running_mean.allclose(&before, 0.0, 0.0, false), "training mode updates the statistics");
+            assert!(!unit.bns[0].running_mean.allclose(&before, 0.0, 0.0, false), "training mode updates the statistics");
         }
     }
 }

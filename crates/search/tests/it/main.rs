@@ -66,6 +66,7 @@ fn setup(name: &str, strategy: StrategyConfig, seed: u64) -> SearchSetup {
         dir: dir(name),
         progress: false,
         prior: Default::default(),
+        cancel: Default::default(),
     }
 }
 
@@ -231,6 +232,7 @@ fn an_exhausted_space_stops_the_search_with_a_reason() {
         dir: dir("tiny"),
         progress: false,
         prior: Default::default(),
+        cancel: Default::default(),
     };
     let calls = Arc::new(AtomicUsize::new(0));
     struct Cheap(Arc<AtomicUsize>);

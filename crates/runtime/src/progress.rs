@@ -1,7 +1,7 @@
-//! Progress display and the metrics log.
+//! Progress display and the append-only metrics log of a run.
 
-use crate::TrainError;
-use crate::checkpoint::write_atomic;
+use crate::RuntimeError;
+use crate::fsx::write_atomic;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -32,7 +32,7 @@ pub struct MetricsLog {
 impl MetricsLog {
     /// Opens `path` for appending, first dropping lines with `step > keep_upto` (written by
     /// a run that crashed after its last checkpoint, and about to be redone).
-    pub fn open(path: &Path, keep_upto: u64) -> Result<MetricsLog, TrainError> {
+    pub fn open(path: &Path, keep_upto: u64) -> Result<MetricsLog, RuntimeError> {
         if let Ok(text) = std::fs::read_to_string(path) {
             let kept: String = text
                 .lines()
@@ -47,17 +47,17 @@ impl MetricsLog {
             write_atomic(path, kept.as_bytes())?;
         }
         let file =
-            std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(|e| TrainError::io(path, e))?;
+            std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(|e| RuntimeError::io(path, e))?;
         Ok(MetricsLog { path: path.to_path_buf(), file })
     }
 
     /// Appends one record.
-    pub fn write(&mut self, record: &serde_json::Value) -> Result<(), TrainError> {
-        writeln!(self.file, "{record}").map_err(|e| TrainError::io(&self.path, e))
+    pub fn write(&mut self, record: &serde_json::Value) -> Result<(), RuntimeError> {
+        writeln!(self.file, "{record}").map_err(|e| RuntimeError::io(&self.path, e))
     }
 
     /// Flushes to disk (called at checkpoints).
-    pub fn sync(&mut self) -> Result<(), TrainError> {
-        self.file.sync_data().map_err(|e| TrainError::io(&self.path, e))
+    pub fn sync(&mut self) -> Result<(), RuntimeError> {
+        self.file.sync_data().map_err(|e| RuntimeError::io(&self.path, e))
     }
 }

@@ -1,0 +1,340 @@
+//! Detection evaluation of one path of a detector: BN recalibration on training images,
+//! inference on an evaluation split, COCO box AP (pycocotools-exact, [`crate::eval`]) and
+//! Pascal VOC mAP. Used after fine-tuning, by every search candidate (DetNAS
+//! arXiv:1903.10979 §3.3: each candidate's BN statistics are recomputed before it is scored)
+//! and by `detnas eval det`.
+//!
+//! Inputs are read through the test transform ([`EvalSettings`]): decoded, resized, padded
+//! and batched on every pass ([`DetInputs::Read`]), or prepared once and kept in memory
+//! ([`DetInputs::prepare_all`]) when a search scores many candidates on the same images. Both
+//! give the same batches, hence the same statistics and detections.
+
+use crate::eval::{CocoDetection, GtDataset, VocDet, VocGt, coco_from_dataset, coco_stats, voc_eval};
+use crate::{DetectError, Detector, Target};
+use detnas_data::det::DetDataset;
+use detnas_data::det::loader::{DetLoader, DetLoaderConfig};
+use detnas_data::det::transform::{DetBatch, DetTransform};
+use detnas_data::{InputConvention, Position};
+use detnas_nn::{BnMode, Recalibration};
+use detnas_space::Arch;
+use detnas_space::rng::{seeded, shuffle};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+use tch::{Device, Tensor};
+
+/// How evaluation images are presented to the detector.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EvalSettings {
+    /// Short side after resizing, pixels (reference: 800).
+    pub min_size: u32,
+    /// Upper bound of the long side, pixels (reference: 1333).
+    pub max_size: u32,
+    pub convention: InputConvention,
+    /// Batches are padded to a multiple of this, pixels (32).
+    pub divisibility: u32,
+    /// Images per batch.
+    pub batch: usize,
+    /// Batches prepared ahead by the loader.
+    pub prefetch: usize,
+}
+
+impl EvalSettings {
+    /// One pass over `data` in order, test transform.
+    ///
+    /// # Errors
+    /// [`DetectError::Data`] for an empty dataset or a zero batch size.
+    pub fn loader(&self, data: Arc<DetDataset>) -> Result<DetLoader, DetectError> {
+        Ok(DetLoader::new(
+            data,
+            DetLoaderConfig {
+                batch: self.batch,
+                seed: 0,
+                shuffle: false,
+                drop_last: false,
+                epochs: Some(1),
+                prefetch: self.prefetch,
+                transform: DetTransform { min_size: vec![self.min_size], max_size: self.max_size, flip: false },
+                convention: self.convention,
+                divisibility: self.divisibility,
+                shard: None,
+            },
+            Position::default(),
+        )?)
+    }
+
+    /// Bytes that `data`'s prepared batches take at most: every image at the largest size,
+    /// padded to the divisibility, 3 float channels.
+    fn prepared_bytes(&self, data: &DetDataset) -> u64 {
+        let d = self.divisibility.max(1) as u64;
+        let side = (self.max_size as u64).div_ceil(d) * d;
+        data.len() as u64 * 3 * side * side * 4
+    }
+}
+
+/// Tensors of a batch on `device`: images `[N, 3, H, W]`, the unpadded `(height, width)` of
+/// each image, and its targets (network-input coordinates; each target's sampler seed is
+/// its dataset index, which a trainer replaces by a per-step seed).
+pub fn batch_inputs(b: &DetBatch, device: Device) -> (Tensor, Vec<(i64, i64)>, Vec<Target>) {
+    let n = b.samples.len() as i64;
+    let x = Tensor::from_slice(&b.images).reshape([n, 3, b.height as i64, b.width as i64]).to_device(device);
+    let sizes = b.samples.iter().map(|s| (s.height as i64, s.width as i64)).collect();
+    let targets = b
+        .samples
+        .iter()
+        .zip(&b.indices)
+        .map(|(s, &i)| Target {
+            boxes: crate::boxes::tensor_of(&s.boxes).to_device(device),
+            labels: Tensor::from_slice(&s.labels).to_device(device),
+            seed: i as u64,
+        })
+        .collect();
+    (x, sizes, targets)
+}
+
+/// The first `n` images of a permutation of `train` seeded by `seed`: a recalibration set.
+pub fn recalibration_subset(train: &DetDataset, n: usize, seed: u64) -> DetDataset {
+    let mut order: Vec<usize> = (0..train.len()).collect();
+    shuffle(&mut seeded(seed), &mut order);
+    order.truncate(n.min(train.len()));
+    train.subset(&order)
+}
+
+/// The images of an evaluation as model inputs: read on every pass, or prepared once.
+#[derive(Clone, Debug)]
+pub enum DetInputs {
+    Read(Arc<DetDataset>),
+    Prepared { data: Arc<DetDataset>, batches: Arc<Vec<DetBatch>> },
+}
+
+impl DetInputs {
+    /// Prepares every set of `sets` (one pass of the test loader each) when together they
+    /// take at most `budget_bytes`; otherwise all are read on every pass.
+    ///
+    /// # Errors
+    /// [`DetectError::Data`] when a set cannot be read.
+    pub fn prepare_all(
+        sets: &[Arc<DetDataset>],
+        settings: &EvalSettings,
+        budget_bytes: u64,
+    ) -> Result<Vec<DetInputs>, DetectError> {
+        let total: u64 = sets.iter().map(|d| settings.prepared_bytes(d)).sum();
+        if total > budget_bytes {
+            return Ok(sets.iter().map(|d| DetInputs::Read(d.clone())).collect());
+        }
+        sets.iter()
+            .map(|data| {
+                let mut batches = Vec::new();
+                let mut loader = settings.loader(data.clone())?;
+                while let Some(b) = loader.next_batch() {
+                    let mut batch = b?.batch;
+                    // Only the padded batch is fed to the model; drop the per-sample copies.
+                    for s in &mut batch.samples {
+                        s.data = Vec::new();
+                    }
+                    batches.push(batch);
+                }
+                Ok(DetInputs::Prepared { data: data.clone(), batches: Arc::new(batches) })
+            })
+            .collect()
+    }
+
+    /// The dataset the inputs come from.
+    pub fn data(&self) -> &Arc<DetDataset> {
+        match self {
+            DetInputs::Read(data) | DetInputs::Prepared { data, .. } => data,
+        }
+    }
+
+    /// Whether the batches are held in memory.
+    pub fn is_prepared(&self) -> bool {
+        matches!(self, DetInputs::Prepared { .. })
+    }
+
+    fn for_each(
+        &self,
+        settings: &EvalSettings,
+        mut f: impl FnMut(&DetBatch) -> Result<(), DetectError>,
+    ) -> Result<(), DetectError> {
+        match self {
+            DetInputs::Read(data) => {
+                let mut loader = settings.loader(data.clone())?;
+                while let Some(b) = loader.next_batch() {
+                    f(&b?.batch)?;
+                }
+            }
+            DetInputs::Prepared { batches, .. } => {
+                for b in batches.iter() {
+                    f(b)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Resets and recomputes every BN statistic (backbone, FPN, heads) of path `arch` (`None`: a
+/// child network) on `images`, in training mode without gradients. Returns the number of BN
+/// layers recalibrated.
+///
+/// # Errors
+/// A data error reading the images, or a model error.
+pub fn recalibrate(
+    det: &Detector,
+    arch: Option<&Arch>,
+    images: &DetInputs,
+    settings: &EvalSettings,
+    mode: BnMode,
+    device: Device,
+) -> Result<usize, DetectError> {
+    let session = Recalibration::begin(mode);
+    images.for_each(settings, |b| {
+        let (x, sizes, _) = batch_inputs(b, device);
+        det.observe(&x, &sizes, arch)
+    })?;
+    Ok(session.finish())
+}
+
+/// Runs path `arch` on `inputs` and returns COCO results: original image coordinates
+/// (`[x, y, w, h]`), dataset image and category ids.
+///
+/// # Errors
+/// A data error reading the images, or a model error.
+pub fn detect(
+    det: &Detector,
+    arch: Option<&Arch>,
+    inputs: &DetInputs,
+    settings: &EvalSettings,
+    device: Device,
+) -> Result<Vec<CocoDetection>, DetectError> {
+    let data = inputs.data();
+    if det.classes() as usize != data.categories.len() {
+        return Err(DetectError::Config(format!(
+            "the detector has {} classes, {} has {} categories",
+            det.classes(),
+            data.source,
+            data.categories.len()
+        )));
+    }
+    let mut out = Vec::new();
+    inputs.for_each(settings, |b| {
+        let (x, sizes, _) = batch_inputs(b, device);
+        let dets = det.detect(&x, &sizes, arch)?;
+        for ((d, s), &i) in dets.iter().zip(&b.samples).zip(&b.indices) {
+            let boxes = crate::boxes::rows_of(&d.boxes);
+            let scores = Vec::<f32>::try_from(d.scores.to_device(Device::Cpu))?;
+            let labels = Vec::<i64>::try_from(d.labels.to_device(Device::Cpu))?;
+            for ((bx, sc), l) in boxes.iter().zip(scores).zip(labels) {
+                let (sx, sy) = (s.scale.0 as f64, s.scale.1 as f64);
+                let [x1, y1, x2, y2] = bx.map(f64::from);
+                let category = usize::try_from(l).ok().and_then(|l| data.categories.get(l)).ok_or_else(|| {
+                    DetectError::Eval(format!("label {l} is outside the {} categories", data.categories.len()))
+                })?;
+                out.push(CocoDetection {
+                    image_id: data.images[i].id,
+                    category_id: category.id,
+                    bbox: [x1 / sx, y1 / sy, (x2 - x1) / sx, (y2 - y1) / sy],
+                    score: sc as f64,
+                });
+            }
+        }
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// COCO stats of detections against a dataset's ground truth.
+///
+/// # Errors
+/// [`DetectError::Eval`] when the ground truth or a detection record is rejected.
+pub fn coco_eval(data: &DetDataset, dets: &[CocoDetection]) -> Result<[f64; 12], DetectError> {
+    let gt: GtDataset = serde_json::from_value(data.to_coco_json())
+        .map_err(|e| DetectError::Eval(format!("ground truth of {}: {e}", data.source)))?;
+    coco_stats(coco_from_dataset(gt), dets)
+}
+
+/// Pascal VOC mAP at IoU 0.5 with difficult objects ignored: `(area under the envelope
+/// (VOC2010+), 11-point (VOC2007))`, averaged over classes that have ground truth (NaN when
+/// none has).
+pub fn voc_map(data: &DetDataset, dets: &[CocoDetection]) -> (f64, f64) {
+    let image_of: HashMap<u64, usize> = data.images.iter().enumerate().map(|(i, im)| (im.id, i)).collect();
+    let label_of: HashMap<u64, usize> = data.categories.iter().enumerate().map(|(l, c)| (c.id, l)).collect();
+    let gts: Vec<VocGt> = data
+        .images
+        .iter()
+        .enumerate()
+        .flat_map(|(i, im)| {
+            im.objects.iter().filter(|o| !o.crowd).map(move |o| VocGt {
+                image: i,
+                class: o.label,
+                bbox: o.bbox.map(f64::from),
+                difficult: o.difficult,
+            })
+        })
+        .collect();
+    let vdets: Vec<VocDet> = dets
+        .iter()
+        .filter_map(|d| {
+            let [x, y, w, h] = d.bbox;
+            Some(VocDet {
+                image: *image_of.get(&d.image_id)?,
+                class: *label_of.get(&d.category_id)?,
+                bbox: [x, y, x + w, y + h],
+                score: d.score,
+            })
+        })
+        .collect();
+    let k = data.categories.len();
+    let mean = |v: Vec<f64>| {
+        let ok: Vec<f64> = v.into_iter().filter(|a| a.is_finite()).collect();
+        if ok.is_empty() { f64::NAN } else { ok.iter().sum::<f64>() / ok.len() as f64 }
+    };
+    (mean(voc_eval(&gts, &vdets, k, 0.5, false)), mean(voc_eval(&gts, &vdets, k, 0.5, true)))
+}
+
+/// Detection score of one path.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DetScore {
+    pub arch: String,
+    /// COCO box stats (AP, AP50, AP75, APs, APm, APl, AR1, AR10, AR100, ARs, ARm, ARl).
+    pub stats: [f64; 12],
+    pub images: usize,
+    pub detections: usize,
+    pub bn_layers_recalibrated: usize,
+    pub recalibration_seconds: f64,
+    pub evaluation_seconds: f64,
+}
+
+/// Box AP of path `arch` on `inputs`, after BN recalibration on `recal` when given.
+///
+/// # Errors
+/// A data error reading the images, a model error, or [`DetectError::Eval`] from COCO
+/// evaluation.
+pub fn evaluate(
+    det: &Detector,
+    arch: Option<&Arch>,
+    recal: Option<(&DetInputs, BnMode)>,
+    inputs: &DetInputs,
+    settings: &EvalSettings,
+    device: Device,
+) -> Result<DetScore, DetectError> {
+    let data = inputs.data();
+    let t0 = Instant::now();
+    let layers = match recal {
+        Some((images, mode)) => recalibrate(det, arch, images, settings, mode, device)?,
+        None => 0,
+    };
+    let t1 = Instant::now();
+    let dets = detect(det, arch, inputs, settings, device)?;
+    let stats = coco_eval(data, &dets)?;
+    Ok(DetScore {
+        arch: arch.map(|a| a.to_string()).unwrap_or_default(),
+        stats,
+        images: data.len(),
+        detections: dets.len(),
+        bn_layers_recalibrated: layers,
+        recalibration_seconds: (t1 - t0).as_secs_f64(),
+        evaluation_seconds: t1.elapsed().as_secs_f64(),
+    })
+}

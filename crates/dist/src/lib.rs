@@ -1,0 +1,132 @@
+//! Multi-process runs on PyTorch's c10d (the runtime under torch.distributed and DDP), which
+//! ships in the same torch wheel as libtorch: the TCP store, the Gloo backend for CPU tensors
+//! and the NCCL backend for CUDA tensors, reached through a small C++ shim compiled by this
+//! crate's build script. No transport of its own.
+//!
+//! * [`launch`] — who this process is, from torchrun's, Slurm's or Open MPI's environment;
+//! * [`ProcessGroup`] — the group of the whole job: all-reduce, broadcast, barrier, a
+//!   differentiable all-gather (for synchronized BatchNorm) and the job's key-value store
+//!   (with queues, for handing out search candidates);
+//! * [`GradReducer`] — gradients summed over the ranks in flat buckets.
+//!
+//! Depends on tch only (and links libtorch_cpu's c10d; the NCCL part is a library of its own,
+//! loaded only when a rank computes on a GPU, so CPU processes never load libtorch_cuda).
+
+pub mod group;
+pub mod launch;
+
+pub use group::{ProcessGroup, set_grad};
+pub use launch::{Launch, Launcher};
+
+use std::path::PathBuf;
+use tch::{Kind, Tensor};
+
+/// A failure to join or run a multi-process job.
+#[derive(Debug, thiserror::Error)]
+pub enum DistError {
+    /// The launcher's environment is incomplete or inconsistent (exit code 2).
+    #[error("distributed launch: {0}")]
+    Launch(String),
+    /// A collective, the store or a backend failed: a rank died, the network broke or the
+    /// timeout passed (exit code 1).
+    #[error("distributed: {0}")]
+    Collective(String),
+}
+
+impl DistError {
+    /// 2 for a launch problem, 1 for a failure while running.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            DistError::Launch(_) => 2,
+            DistError::Collective(_) => 1,
+        }
+    }
+}
+
+/// The NCCL shim (`libdetnas_c10d_nccl.so`): beside the running executable, else where the
+/// build script wrote it.
+///
+/// # Errors
+/// [`DistError::Launch`] when it was not built (no CUDA headers at build time) or is missing.
+pub fn nccl_library() -> Result<PathBuf, DistError> {
+    const NAME: &str = "libdetnas_c10d_nccl.so";
+    let beside = std::env::current_exe().ok().and_then(|e| e.parent().map(|d| d.join(NAME)));
+    let built = option_env!("DETNAS_NCCL_SHIM").map(PathBuf::from);
+    beside.into_iter().chain(built).find(|p| p.is_file()).ok_or_else(|| {
+        DistError::Launch(format!(
+            "{NAME} was not found beside the executable: this build has no NCCL support (build it where the CUDA \
+             headers are installed: scripts/env.sh installs them)"
+        ))
+    })
+}
+
+/// Sums the gradients of a set of variables over the ranks, in flat buckets of at most
+/// `bucket_bytes` (one collective per bucket instead of one per tensor, as DDP does).
+/// A variable takes part when some rank has a gradient for it (a rank without one adds
+/// zeros and receives the sum); a variable no rank has a gradient for keeps none, as in a
+/// single process.
+#[derive(Debug)]
+pub struct GradReducer {
+    bucket_bytes: usize,
+}
+
+impl GradReducer {
+    /// Buckets of at most `bucket_bytes` (DDP's default is 25 MiB).
+    pub fn new(bucket_bytes: usize) -> GradReducer {
+        GradReducer { bucket_bytes: bucket_bytes.max(1) }
+    }
+
+    /// Replaces each variable's gradient by its sum over the ranks. Every rank passes the same
+    /// variables in the same order (the sampled path's, which every rank shares).
+    ///
+    /// # Errors
+    /// [`DistError::Collective`] when a rank fails or the timeout passes.
+    pub fn all_reduce_sum(&self, pg: &ProcessGroup, vars: &[&Tensor]) -> Result<(), DistError> {
+        let defined: Vec<f32> = vars.iter().map(|v| if v.grad().defined() { 1.0 } else { 0.0 }).collect();
+        let mask = Tensor::from_slice(&defined).to_device(pg.device());
+        pg.all_reduce_sum(&[&mask])?;
+        let mask = Vec::<f32>::try_from(mask.to_device(tch::Device::Cpu))
+            .map_err(|e| DistError::Collective(format!("gradient mask: {e}")))?;
+        let vars: Vec<&Tensor> = vars.iter().zip(&mask).filter(|(_, m)| **m > 0.0).map(|(v, _)| *v).collect();
+        let mut start = 0;
+        while start < vars.len() {
+            let mut end = start;
+            let mut bytes = 0;
+            while end < vars.len() && (end == start || bytes + 4 * vars[end].numel() <= self.bucket_bytes) {
+                bytes += 4 * vars[end].numel();
+                end += 1;
+            }
+            reduce_bucket(pg, &vars[start..end])?;
+            start = end;
+        }
+        Ok(())
+    }
+}
+
+fn reduce_bucket(pg: &ProcessGroup, vars: &[&Tensor]) -> Result<(), DistError> {
+    tch::no_grad(|| {
+        let flat: Vec<Tensor> = vars
+            .iter()
+            .map(|v| {
+                let g = v.grad();
+                if g.defined() { g.to_kind(Kind::Float).reshape([-1]) } else { v.zeros_like().to_kind(Kind::Float).reshape([-1]) }
+            })
+            .collect();
+        let bucket = Tensor::cat(&flat, 0);
+        pg.all_reduce_sum(&[&bucket])?;
+        let mut offset = 0;
+        for v in vars {
+            let n = v.numel() as i64;
+            let summed = bucket.narrow(0, offset, n).view_as(v).to_kind(v.kind());
+            let mut g = v.grad();
+            if g.defined() {
+                g.copy_(&summed);
+            } else {
+                // A variable this rank did not use: it gets the others' gradient.
+                group::set_grad(v, &summed.copy())?;
+            }
+            offset += n;
+        }
+        Ok(())
+    })
+}

@@ -1,0 +1,817 @@
+//! The training engine shared by pre-training, fine-tuning and retraining: path-wise SGD
+//! (DetNAS, arXiv:1903.10979 §3.2; SPOS single-path training), with everything a long run
+//! needs around the step.
+//!
+//! A [`TrainTask`] supplies batches and named losses; the [`Trainer`] owns the rest:
+//! * **resume** — the run folder's latest verified checkpoint (or an explicit one) restores
+//!   weights, momentum buffers, the step, the loader position and the path stream; a
+//!   checkpoint of another search space, configuration or dataset is refused unless the
+//!   mismatch is allowed (then it is logged);
+//! * **the step** — the path is drawn from the run's ChaCha8 path stream (or fixed), the
+//!   task's losses are summed, a non-finite loss stops the run before the update
+//!   ([`TrainError::Numerical`] names the step, path and images), the gradient is optionally
+//!   clipped, and [`PathSgd`] moves the path's variables only. libtorch's generator is not
+//!   used: the tasks' random draws (dropout masks, the detectors' samplers) come from
+//!   ChaCha8 streams seeded per sample by `(seed, step, dataset index)`;
+//! * **metrics** — window averages every `runtime.log_every` steps to `metrics.jsonl`
+//!   (with the resident memory), and a progress bar;
+//! * **checkpoints** — every `runtime.checkpoint_every` steps, at the end, and when the
+//!   [`Cancel`] token is raised (the step is finished, saved, then the run stops with
+//!   [`TrainError::Interrupted`]);
+//! * **the summary** — [`TrainOutcome`], which the task completes and [`write_summary`]
+//!   records.
+//!
+//! Exactness: every random draw depends only on the run's seed, the step and the loader
+//! position, all of which a checkpoint restores, so a resumed run ends with bit-identical
+//! weights to an uninterrupted one on the CPU backend.
+//!
+//! **Data parallelism** (a [`ProcessGroup`] in [`RunOptions::dist`]): `schedule.batch` stays
+//! the global batch (maskrcnn_benchmark's `IMS_PER_BATCH`); each of the `W` ranks loads its
+//! shard of every epoch and `batch / W` images per step. Every rank draws the same path from
+//! the same path stream. Each loss is a sum and a count ([`LossTerm`]); the counts (and the
+//! sums, for the logged values) are summed over the ranks before dividing, and the path's
+//! gradients are summed over the ranks in buckets ([`GradReducer`]), so the update is the one a
+//! single process makes on the whole batch — with synchronized BatchNorm (`runtime.sync_bn`),
+//! to float rounding. Rank 0 alone writes checkpoints (with every rank's loader position),
+//! metrics and the summary; at every checkpoint the ranks check that their weights are
+//! bit-identical. A resumed run must have the same number of ranks.
+
+use crate::checkpoint;
+use crate::config::{RuntimeConfig, ScheduleConfig};
+use detnas_detect::losses::LossTerm;
+use detnas_dist::{GradReducer, ProcessGroup};
+use std::rc::Rc;
+use std::sync::Arc;
+use detnas_runtime::progress::{MetricsLog, bar};
+use crate::{PathSgd, TrainError};
+use detnas_data::{Position, SkipReport, mix_seed};
+use detnas_nn::PathIndex;
+use detnas_runtime::mem::{MemoryRecord, PeakMeter};
+use detnas_runtime::{Cancel, fault};
+use detnas_space::rng::{ChaCha8Rng, seeded};
+use detnas_space::{Arch, PathSampler, SearchSpace};
+use rand::SeedableRng;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use tch::{Kind, Tensor, nn};
+
+/// Options of one invocation (not part of the configuration).
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// Resume from this checkpoint instead of the run folder's latest.
+    pub resume_from: Option<PathBuf>,
+    /// Accept a configuration or dataset that differs from the checkpoint's (logged).
+    pub allow_mismatch: bool,
+    /// Draw a progress bar on stderr.
+    pub progress: bool,
+    /// Raised by the binary's signal handlers: finish the step, save, stop.
+    pub cancel: Cancel,
+    /// The job's process group when several processes train together.
+    pub dist: Option<Arc<ProcessGroup>>,
+}
+
+/// Everything besides tensors that a training checkpoint holds (`state.json`): the engine's
+/// part, and the task's (`T`, flattened into the same object).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TrainState<T> {
+    pub format: u32,
+    /// Completed updates.
+    pub step: u64,
+    pub loader: Position,
+    /// Word position of the path stream (decimal string: it is a u128).
+    pub path_rng_word_pos: String,
+    pub config_hash: String,
+    pub seed: u64,
+    pub code_version: String,
+    pub data_fingerprint: String,
+    pub space: SearchSpace,
+    /// Samples skipped so far because they could not be loaded.
+    pub skipped_samples: u64,
+    /// Processes that trained together (1 for a single process).
+    #[serde(default = "one")]
+    pub world_size: usize,
+    /// Every rank's loader position, by rank (empty for a single process).
+    #[serde(default)]
+    pub rank_positions: Vec<Position>,
+    #[serde(flatten)]
+    pub task: T,
+}
+
+fn one() -> usize {
+    1
+}
+
+/// Reads the configuration (`C`) and state saved in a verified checkpoint folder.
+///
+/// # Errors
+/// [`TrainError::Checkpoint`] when `config.toml` or `state.json` is missing, does not parse as
+/// this kind of checkpoint, or has another format version.
+pub fn read_meta<C: DeserializeOwned, T: DeserializeOwned>(path: &Path) -> Result<(C, TrainState<T>), TrainError> {
+    let err = |m: String| TrainError::Checkpoint { path: path.to_path_buf(), message: m };
+    let text = std::fs::read_to_string(path.join("config.toml")).map_err(|e| err(format!("config.toml: {e}")))?;
+    let cfg: C = toml::from_str(&text).map_err(|e| err(format!("config.toml: {e}")))?;
+    let text = std::fs::read_to_string(path.join("state.json")).map_err(|e| err(format!("state.json: {e}")))?;
+    let state: TrainState<T> = serde_json::from_str(&text).map_err(|e| err(format!("state.json: {e}")))?;
+    if state.format != checkpoint::FORMAT {
+        return Err(err(format!("state format {} is not {}", state.format, checkpoint::FORMAT)));
+    }
+    Ok((cfg, state))
+}
+
+/// Loads the model (and optimizer) tensors of a verified checkpoint folder.
+///
+/// # Errors
+/// [`TrainError::Checkpoint`] when a file is missing or does not match the variables.
+pub fn load_weights(path: &Path, vs: &mut nn::VarStore, opt: Option<&mut PathSgd>) -> Result<(), TrainError> {
+    let err = |m: String| TrainError::Checkpoint { path: path.to_path_buf(), message: m };
+    vs.load(path.join("model.safetensors")).map_err(|e| err(format!("model.safetensors: {e}")))?;
+    if let Some(opt) = opt {
+        let device = vs.device();
+        let buffers: BTreeMap<String, Tensor> = Tensor::read_safetensors(path.join("optimizer.safetensors"))
+            .map_err(|e| err(format!("optimizer.safetensors: {e}")))?
+            .into_iter()
+            .map(|(k, t)| (k, t.to_device(device)))
+            .collect();
+        opt.set_buffers(buffers);
+    }
+    Ok(())
+}
+
+/// A checkpoint to resume from, found before the task builds its data (which may depend on
+/// the task state, e.g. a class mapping).
+#[derive(Debug)]
+pub struct Resume<T> {
+    pub step: u64,
+    pub path: PathBuf,
+    pub state: TrainState<T>,
+}
+
+impl<T: DeserializeOwned> Resume<T> {
+    /// The checkpoint `opts.resume_from` names, else the latest of `out/checkpoints`, else
+    /// `None` (a fresh run).
+    ///
+    /// # Errors
+    /// [`TrainError::Checkpoint`] for a checkpoint that fails verification or cannot be read
+    /// as this kind — never a silent fresh start.
+    pub fn find(out: &Path, opts: &RunOptions) -> Result<Option<Resume<T>>, TrainError> {
+        let found = match &opts.resume_from {
+            Some(p) => Some(checkpoint::resolve(p)?),
+            None => checkpoint::latest(&out.join("checkpoints"))?,
+        };
+        found
+            .map(|(step, path)| {
+                let (_, state): (toml::Table, TrainState<T>) = read_meta(&path)?;
+                Ok(Resume { step, path, state })
+            })
+            .transpose()
+    }
+}
+
+/// What the engine needs to know about a run besides the task.
+#[derive(Debug)]
+pub struct TrainerSpec<'a> {
+    /// `pretrain` or `finetune` (progress bar and logs).
+    pub what: &'static str,
+    /// The run folder (`checkpoints/`, `metrics.jsonl`).
+    pub out: &'a Path,
+    pub seed: u64,
+    pub schedule: &'a ScheduleConfig,
+    pub runtime: &'a RuntimeConfig,
+    pub space: &'a SearchSpace,
+    pub config_hash: String,
+    pub config_toml: String,
+    pub data_fingerprint: String,
+    /// Stream id (see [`mix_seed`]) of the path stream.
+    pub path_stream: u64,
+    /// Synchronized BatchNorm when `runtime.sync_bn` is unset and several processes train
+    /// (fine-tuning: on, as DetNAS; pre-training: off).
+    pub sync_bn_default: bool,
+}
+
+/// Which path each step trains.
+#[derive(Debug)]
+pub enum Paths {
+    /// A path of the supernet drawn every step from the path stream (uniform, FLOPs-binned,
+    /// or always the same one).
+    Sampled(PathSampler),
+    /// A child network of this fixed architecture (its variables hold no choice).
+    Child(Arch),
+}
+
+/// One batch as the engine sees it.
+#[derive(Debug)]
+pub struct LoadedBatch<B> {
+    pub batch: B,
+    /// Samples in the batch.
+    pub len: usize,
+    /// The loader position after this batch.
+    pub after: Position,
+    /// Epochs that ended with this batch.
+    pub epoch_reports: Vec<SkipReport>,
+}
+
+/// One step's output of a task.
+#[derive(Debug)]
+pub struct StepLosses {
+    /// The losses, each a sum and a count; the optimised loss is `Σ sum / max(count, 1)`.
+    pub losses: Vec<LossTerm>,
+    /// Named metrics as `(name, sum, count)` (e.g. top-1: correct, images), logged as
+    /// `sum / count` over the global batch, averaged over the logging window.
+    pub metrics: Vec<(&'static str, f64, f64)>,
+}
+
+/// What a training task supplies to the [`Trainer`].
+pub trait TrainTask {
+    type Batch;
+
+    /// The next training batch.
+    ///
+    /// # Errors
+    /// A data error that stops the run (a whole epoch unreadable, the stream ended).
+    fn next_batch(&mut self) -> Result<LoadedBatch<Self::Batch>, TrainError>;
+
+    /// Losses of `batch` on path `arch` (`None` for a child network), in training mode, at
+    /// step `step` (0-based; per-sample random draws are seeded from it and the sample's
+    /// dataset index, so they do not depend on how the batch is split over processes).
+    ///
+    /// # Errors
+    /// A model error (e.g. an architecture the network cannot run).
+    fn losses(&mut self, batch: &Self::Batch, arch: Option<&Arch>, step: u64) -> Result<StepLosses, TrainError>;
+
+    /// Names of up to 8 samples of `batch`, for the non-finite-loss diagnostic.
+    fn describe(&self, batch: &Self::Batch) -> Vec<String>;
+}
+
+/// What a finished training loop reports (the common part of every `summary.json`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TrainOutcome {
+    pub steps: u64,
+    pub resumed_from_step: Option<u64>,
+    pub seconds: f64,
+    pub images_per_second: f64,
+    /// The loss of the last step.
+    #[serde(alias = "final_train_loss")]
+    pub final_loss: f64,
+    pub skipped_samples: u64,
+    pub config_hash: String,
+    pub code_version: String,
+    pub seed: u64,
+    pub data_fingerprint: String,
+    /// The last checkpoint written (or resumed from).
+    pub checkpoint: PathBuf,
+    /// Resident memory of the run (MiB; this process's).
+    #[serde(default)]
+    pub memory: MemoryRecord,
+    /// Processes that trained together.
+    #[serde(default = "one")]
+    pub world_size: usize,
+}
+
+/// Writes `summary` to `out/summary.json` atomically.
+///
+/// # Errors
+/// [`TrainError::Io`] when the file cannot be written.
+pub fn write_summary<S: Serialize>(out: &Path, summary: &S) -> Result<(), TrainError> {
+    Ok(detnas_runtime::fsx::write_json_atomic(&out.join("summary.json"), summary)?)
+}
+
+/// Global L2 norm clipping of the gradients of `vars` (those with a gradient); returns the
+/// norm before clipping.
+pub fn clip_gradients<'a>(vars: impl Iterator<Item = &'a (String, Tensor)>, max_norm: f64) -> f64 {
+    tch::no_grad(|| {
+        let grads: Vec<Tensor> = vars.map(|(_, v)| v.grad()).filter(Tensor::defined).collect();
+        if grads.is_empty() {
+            return 0.0;
+        }
+        // One device synchronisation per step, not one per variable.
+        let squares: Vec<Tensor> = grads.iter().map(|g| g.pow_tensor_scalar(2).sum(Kind::Double)).collect();
+        let total = Tensor::stack(&squares, 0).sum(Kind::Double).double_value(&[]).sqrt();
+        if total > max_norm {
+            let f = max_norm / (total + 1e-6);
+            for mut g in grads {
+                g *= f;
+            }
+        }
+        total
+    })
+}
+
+/// The global values of a step: each loss term's `Σ sum / max(Σ count, 1)` and each metric's
+/// `Σ sum / Σ count` (sums over the ranks), and whether any rank was asked to stop.
+#[derive(Debug)]
+pub struct StepValues {
+    pub losses: Vec<f64>,
+    /// The count each loss term is divided by (over the ranks, at least 1).
+    pub normalisers: Vec<f64>,
+    pub metrics: Vec<f64>,
+    pub stop: bool,
+}
+
+impl StepValues {
+    /// The optimised loss: the sum of the terms.
+    pub fn total(&self) -> f64 {
+        self.losses.iter().sum()
+    }
+}
+
+/// Reduces a step's numbers over the ranks (one collective), or takes them as they are.
+///
+/// # Errors
+/// [`TrainError::Dist`] when the collective fails.
+pub fn step_values(
+    out: &StepLosses,
+    stop: bool,
+    nan_injected: bool,
+    dist: Option<&ProcessGroup>,
+) -> Result<StepValues, TrainError> {
+    let mut v: Vec<f64> = Vec::new();
+    for t in &out.losses {
+        v.push(if nan_injected { f64::NAN } else { t.sum.double_value(&[]) });
+        v.push(t.count);
+    }
+    for (_, sum, count) in &out.metrics {
+        v.push(*sum);
+        v.push(*count);
+    }
+    v.push(f64::from(u8::from(stop)));
+    if let Some(pg) = dist {
+        let t = Tensor::from_slice(&v).to_device(pg.device());
+        pg.all_reduce_sum(&[&t])?;
+        v = Vec::<f64>::try_from(t.to_device(tch::Device::Cpu)).map_err(TrainError::Torch)?;
+    }
+    let n = out.losses.len();
+    let normalisers: Vec<f64> = (0..n).map(|i| v[2 * i + 1].max(1.0)).collect();
+    Ok(StepValues {
+        losses: (0..n).map(|i| v[2 * i] / normalisers[i]).collect(),
+        normalisers,
+        metrics: (0..out.metrics.len()).map(|i| v[2 * n + 2 * i] / v[2 * n + 2 * i + 1].max(1e-12)).collect(),
+        stop: v[v.len() - 1] > 0.0,
+    })
+}
+
+/// One optimisation step: backward of `Σ sum / normaliser` (the global normalisers of
+/// [`step_values`]), the gradients summed over the ranks, optional clipping, the path's
+/// update.
+///
+/// # Errors
+/// [`TrainError::Dist`] when the gradient all-reduce fails.
+pub fn optimize(
+    losses: &[LossTerm],
+    normalisers: &[f64],
+    vars: &[&(String, Tensor)],
+    opt: &mut PathSgd,
+    lr: f64,
+    clip_grad_norm: Option<f64>,
+    dist: Option<&ProcessGroup>,
+) -> Result<(), TrainError> {
+    let loss = losses
+        .iter()
+        .zip(normalisers)
+        .map(|(t, &n)| &t.sum / n)
+        .reduce(|a, b| a + b)
+        .ok_or_else(|| TrainError::Config("a training task returned no loss".into()))?;
+    loss.backward();
+    if let Some(pg) = dist {
+        let tensors: Vec<&Tensor> = vars.iter().map(|(_, t)| t).collect();
+        GradReducer::new(25 << 20).all_reduce_sum(pg, &tensors)?;
+    }
+    if let Some(c) = clip_grad_norm {
+        clip_gradients(vars.iter().copied(), c);
+    }
+    opt.step(vars.iter().copied(), lr);
+    Ok(())
+}
+
+/// Synchronized BatchNorm over a process group.
+struct GroupSync(Arc<ProcessGroup>);
+
+impl detnas_nn::bn::BnSync for GroupSync {
+    fn all_gather(&self, stats: &Tensor) -> Result<Tensor, String> {
+        self.0.all_gather(stats).map_err(|e| e.to_string())
+    }
+
+    fn all_reduce_sum(&self, t: &Tensor) -> Result<Tensor, String> {
+        let t = t.copy();
+        self.0.all_reduce_sum(&[&t]).map_err(|e| e.to_string())?;
+        Ok(t)
+    }
+}
+
+/// Synchronized BatchNorm on this thread over `pg` while the guard lives.
+pub fn sync_bn(pg: &Arc<ProcessGroup>) -> detnas_nn::bn::SyncGuard {
+    detnas_nn::bn::synchronize(Rc::new(GroupSync(pg.clone())))
+}
+
+/// Fails with the collective error a synchronized BN forward recorded, if any.
+///
+/// # Errors
+/// [`TrainError::Dist`] with that error.
+pub fn check_sync() -> Result<(), TrainError> {
+    match detnas_nn::bn::take_sync_error() {
+        Some(e) => Err(TrainError::Dist(detnas_dist::DistError::Collective(format!(
+            "{} [in a synchronized BatchNorm]",
+            e.strip_prefix("distributed: ").unwrap_or(&e)
+        )))),
+        None => Ok(()),
+    }
+}
+
+/// The training loop of one run.
+#[derive(Debug)]
+pub struct Trainer<'a> {
+    spec: TrainerSpec<'a>,
+    paths: Paths,
+    index: PathIndex,
+    opt: PathSgd,
+    path_rng: ChaCha8Rng,
+    position: Position,
+    step: u64,
+    skipped: u64,
+    resumed_from: Option<(u64, PathBuf)>,
+    dist: Option<Arc<ProcessGroup>>,
+}
+
+impl<'a> Trainer<'a> {
+    /// Builds the engine state for `vs`: a fresh run, or the state of `resume` after checking
+    /// that it belongs to this run and loading its tensors into `vs`. With several processes,
+    /// every rank must resume the same checkpoint, and rank 0's weights are broadcast.
+    ///
+    /// # Errors
+    /// [`TrainError::Checkpoint`] for a checkpoint of another space, configuration, dataset
+    /// or number of processes (the first three allowed by `opts.allow_mismatch`), or
+    /// unreadable tensors; [`TrainError::Config`] for a global batch the ranks cannot share;
+    /// [`TrainError::Dist`] when the ranks disagree or a collective fails.
+    pub fn new<T>(
+        spec: TrainerSpec<'a>,
+        paths: Paths,
+        vs: &mut nn::VarStore,
+        resume: Option<&Resume<T>>,
+        opts: &RunOptions,
+    ) -> Result<Trainer<'a>, TrainError> {
+        let dist = opts.dist.clone();
+        let (rank, world) = dist.as_ref().map_or((0, 1), |pg| (pg.rank(), pg.world()));
+        if spec.schedule.batch % world != 0 {
+            return Err(TrainError::Config(format!(
+                "schedule.batch = {} (the global batch) cannot be shared by {world} processes",
+                spec.schedule.batch
+            )));
+        }
+        let index = PathIndex::new(vs);
+        let mut opt = PathSgd::new(spec.schedule.momentum, spec.schedule.weight_decay);
+        let mut path_rng = seeded(mix_seed(spec.seed, &[spec.path_stream]));
+        let (mut position, mut step, mut skipped, mut resumed_from) = (Position::default(), 0, 0, None);
+        if let Some(pg) = &dist {
+            // Every rank resumes from the same step (a shared run folder).
+            agree(pg, resume.map_or(0, |r| r.step), "the checkpoint step to resume from")?;
+        }
+        if let Some(r) = resume {
+            let mismatch = |what: &str| TrainError::Checkpoint {
+                path: r.path.clone(),
+                message: format!(
+                    "{what} differs from this run's; refusing to resume (use --allow-mismatch to override)"
+                ),
+            };
+            let s = &r.state;
+            if &s.space != spec.space {
+                return Err(mismatch("the search space"));
+            }
+            if s.world_size != world {
+                return Err(TrainError::Checkpoint {
+                    path: r.path.clone(),
+                    message: format!(
+                        "was written by {} process(es); this run has {world}: resume with the same number \
+                         (the data stream is sharded per process)",
+                        s.world_size
+                    ),
+                });
+            }
+            for (differs, what) in [
+                (s.config_hash != spec.config_hash, "the configuration"),
+                (s.data_fingerprint != spec.data_fingerprint, "the training data"),
+            ] {
+                if differs {
+                    if !opts.allow_mismatch {
+                        return Err(mismatch(what));
+                    }
+                    tracing::warn!("resuming {} with {what} changed (allowed by --allow-mismatch)", r.path.display());
+                }
+            }
+            load_weights(&r.path, vs, Some(&mut opt))?;
+            let pos: u128 = s.path_rng_word_pos.parse().map_err(|_| mismatch("path_rng_word_pos"))?;
+            path_rng = ChaCha8Rng::seed_from_u64(mix_seed(spec.seed, &[spec.path_stream]));
+            path_rng.set_word_pos(pos);
+            position = if world > 1 {
+                *s.rank_positions.get(rank).ok_or_else(|| mismatch("the loader positions of the ranks"))?
+            } else {
+                s.loader
+            };
+            step = s.step;
+            skipped = s.skipped_samples;
+            resumed_from = Some((r.step, r.path.clone()));
+            if rank == 0 {
+                tracing::info!("resuming from {} (step {step})", r.path.display());
+            }
+        }
+        if let Some(pg) = &dist {
+            // Identical initial weights everywhere: rank 0's.
+            // Sorted by name: the store's map has a per-process order.
+            let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+            vars.sort_by(|a, b| a.0.cmp(&b.0));
+            tch::no_grad(|| pg.broadcast(&vars.iter().map(|v| &v.1).collect::<Vec<_>>(), 0))?;
+        }
+        Ok(Trainer { spec, paths, index, opt, path_rng, position, step, skipped, resumed_from, dist })
+    }
+
+    /// Where this rank's loader starts (the resumed position, or the beginning).
+    pub fn position(&self) -> Position {
+        self.position
+    }
+
+    /// The step the loop starts at.
+    pub fn step(&self) -> u64 {
+        self.step
+    }
+
+    /// The path stream (for draws after training, e.g. the final evaluation).
+    pub fn paths(&self) -> &Paths {
+        &self.paths
+    }
+
+    /// `(rank, world)` of a multi-process run: the loader's shard.
+    pub fn shard(&self) -> Option<(usize, usize)> {
+        self.dist.as_ref().map(|pg| (pg.rank(), pg.world()))
+    }
+
+    /// Whether this process writes the run's files (rank 0, or a single process).
+    pub fn is_writer(&self) -> bool {
+        self.dist.as_ref().is_none_or(|pg| pg.rank() == 0)
+    }
+
+    fn save<T: Serialize>(&self, vs: &nn::VarStore, task_state: &T) -> Result<Option<PathBuf>, TrainError> {
+        let (world, rank_positions) = match &self.dist {
+            None => (1, Vec::new()),
+            Some(pg) => {
+                check_identical(pg, vs)?;
+                (pg.world(), gather_positions(pg, self.position)?)
+            }
+        };
+        if !self.is_writer() {
+            return Ok(None);
+        }
+        let state = TrainState {
+            format: checkpoint::FORMAT,
+            step: self.step,
+            loader: self.position,
+            path_rng_word_pos: self.path_rng.get_word_pos().to_string(),
+            config_hash: self.spec.config_hash.clone(),
+            seed: self.spec.seed,
+            code_version: detnas_runtime::code_version(),
+            data_fingerprint: self.spec.data_fingerprint.clone(),
+            space: self.spec.space.clone(),
+            skipped_samples: self.skipped,
+            world_size: world,
+            rank_positions,
+            task: task_state,
+        };
+        checkpoint::save_training(
+            &self.spec.out.join("checkpoints"),
+            self.step,
+            self.spec.runtime.keep,
+            vs,
+            &self.opt,
+            &state,
+            &self.spec.config_toml,
+        )
+        .map(Some)
+    }
+
+    fn report_skips(&mut self, reports: &[SkipReport]) {
+        for r in reports {
+            self.skipped += r.skipped.len() as u64;
+            if r.skipped.is_empty() {
+                tracing::debug!(
+                    "epoch {} done; {} samples of the last partial batch left for the next epoch",
+                    r.epoch,
+                    r.dropped_tail
+                );
+            } else {
+                let first: Vec<String> = r.skipped.iter().take(3).map(|(n, why)| format!("{n}: {why}")).collect();
+                tracing::warn!(
+                    "epoch {}: {} unreadable samples skipped (never fed to the network): {}{}",
+                    r.epoch,
+                    r.skipped.len(),
+                    first.join("; "),
+                    if r.skipped.len() > 3 { "; …" } else { "" }
+                );
+            }
+        }
+    }
+
+    /// Trains until `schedule.iterations`, checkpointing as configured; `task_state` is
+    /// saved with every checkpoint.
+    ///
+    /// # Errors
+    /// [`TrainError::Numerical`] for a non-finite loss (nothing is updated at that step),
+    /// [`TrainError::Interrupted`] after saving when `opts.cancel` was raised (on any rank),
+    /// [`TrainError::Dist`] when a collective fails, and any error of the task, the metrics
+    /// file or a checkpoint.
+    pub fn run<B, T: Serialize>(
+        &mut self,
+        task: &mut impl TrainTask<Batch = B>,
+        vs: &nn::VarStore,
+        task_state: &T,
+        opts: &RunOptions,
+    ) -> Result<TrainOutcome, TrainError> {
+        let schedule = self.spec.schedule.lr_schedule();
+        let total = self.spec.schedule.iterations;
+        let writer = self.is_writer();
+        let mut metrics =
+            if writer { Some(MetricsLog::open(&self.spec.out.join("metrics.jsonl"), self.step)?) } else { None };
+        let meter = PeakMeter::observe();
+        let pb = bar(total, self.step, self.spec.what, opts.progress && writer);
+        let dist = self.dist.clone();
+        let sync = match &dist {
+            Some(pg) if self.spec.runtime.sync_bn.unwrap_or(self.spec.sync_bn_default) => Some(sync_bn(pg)),
+            _ => None,
+        };
+        let started = Instant::now();
+        let start_step = self.step;
+        let mut window: BTreeMap<String, f64> = BTreeMap::new();
+        let (mut win_steps, mut win_images, mut win_start) = (0usize, 0usize, Instant::now());
+        let mut last_loss = f64::NAN;
+        let mut last_ckpt = self.resumed_from.as_ref().map(|(_, p)| p.clone());
+        while self.step < total {
+            let arch = match &self.paths {
+                Paths::Sampled(s) => s.sample(&mut self.path_rng)?,
+                Paths::Child(a) => a.clone(),
+            };
+            let lb = task.next_batch()?;
+            self.report_skips(&lb.epoch_reports);
+            let lr = schedule.lr(self.step);
+            let on_path = match self.paths {
+                Paths::Sampled(_) => Some(&arch),
+                Paths::Child(_) => None,
+            };
+            let out = task.losses(&lb.batch, on_path, self.step)?;
+            check_sync()?;
+            let signal = opts.cancel.requested();
+            let values = step_values(&out, signal.is_some(), fault::nan_at(self.step + 1), dist.as_deref())?;
+            let value = values.total();
+            if !value.is_finite() {
+                return Err(TrainError::Numerical {
+                    step: self.step + 1,
+                    loss: value,
+                    lr,
+                    arch: arch.to_string(),
+                    images: task.describe(&lb.batch).join(", "),
+                });
+            }
+            let vars: Vec<&(String, Tensor)> = self.index.vars(&arch).collect();
+            optimize(
+                &out.losses,
+                &values.normalisers,
+                &vars,
+                &mut self.opt,
+                lr,
+                self.spec.schedule.clip_grad_norm,
+                dist.as_deref(),
+            )?;
+            check_sync()?;
+            self.step += 1;
+            self.position = lb.after;
+            last_loss = value;
+            for (t, v) in out.losses.iter().zip(&values.losses) {
+                *window.entry(format!("loss_{}", t.name)).or_default() += v;
+            }
+            for ((name, _, _), v) in out.metrics.iter().zip(&values.metrics) {
+                *window.entry((*name).to_string()).or_default() += v;
+            }
+            win_steps += 1;
+            win_images += lb.len * dist.as_ref().map_or(1, |pg| pg.world());
+
+            // Every rank stops at the same step when any was asked to.
+            let stop = values.stop.then(|| signal.unwrap_or(detnas_runtime::Signal::Terminate));
+            let step = self.step;
+            if step % self.spec.runtime.log_every == 0 || step == total || stop.is_some() {
+                let secs = win_start.elapsed().as_secs_f64();
+                let mut rec = serde_json::json!({
+                    "step": step, "epoch": self.position.epoch, "lr": lr,
+                    "images_per_second": win_images as f64 / secs, "arch": arch.to_string(),
+                    "rss_mib": detnas_runtime::mem::rss_mib(),
+                });
+                let mut sum = 0.0;
+                for (k, v) in &window {
+                    let mean = v / win_steps as f64;
+                    rec[k] = serde_json::json!(mean);
+                    if k.starts_with("loss_") {
+                        sum += mean;
+                    }
+                }
+                rec["loss"] = serde_json::json!(sum);
+                if let Some(m) = &mut metrics {
+                    m.write(&rec)?;
+                }
+                pb.set_message(format!("loss {sum:.3} lr {lr:.4} {:.1} img/s", win_images as f64 / secs));
+                (window, win_steps, win_images, win_start) = (BTreeMap::new(), 0, 0, Instant::now());
+            }
+            pb.set_position(step);
+            if step % self.spec.runtime.checkpoint_every == 0 || step == total || stop.is_some() {
+                if let Some(m) = &mut metrics {
+                    m.sync()?;
+                }
+                if let Some(p) = self.save(vs, task_state)? {
+                    last_ckpt = Some(p);
+                }
+            }
+            fault::after_step(step);
+            if let Some(signal) = stop {
+                pb.abandon();
+                return Err(TrainError::Interrupted { signal, step });
+            }
+        }
+        drop(sync);
+        pb.finish_and_clear();
+        let seconds = started.elapsed().as_secs_f64();
+        let trained = self.step - start_step;
+        Ok(TrainOutcome {
+            steps: self.step,
+            resumed_from_step: self.resumed_from.as_ref().map(|(s, _)| *s),
+            seconds,
+            images_per_second: trained as f64 * self.spec.schedule.batch as f64 / seconds.max(1e-9),
+            final_loss: last_loss,
+            skipped_samples: self.skipped,
+            config_hash: self.spec.config_hash.clone(),
+            code_version: detnas_runtime::code_version(),
+            seed: self.spec.seed,
+            data_fingerprint: self.spec.data_fingerprint.clone(),
+            checkpoint: last_ckpt.unwrap_or_default(),
+            memory: meter.finish(),
+            world_size: dist.as_ref().map_or(1, |pg| pg.world()),
+        })
+    }
+}
+
+/// Waits at the end of a run until every rank has finished it (rank 0 evaluates and writes
+/// while the others wait), so that the ranks start the next stage together.
+///
+/// # Errors
+/// [`TrainError::Dist`] when a rank failed or the timeout passed.
+pub fn finish_rank(opts: &RunOptions) -> Result<(), TrainError> {
+    if let Some(pg) = &opts.dist {
+        pg.barrier()?;
+    }
+    Ok(())
+}
+
+/// Fails unless every rank holds the same `value` (rank 0's, broadcast).
+fn agree(pg: &ProcessGroup, value: u64, what: &str) -> Result<(), TrainError> {
+    let mine = Tensor::from_slice(&[value as f64]);
+    let root = mine.copy();
+    pg.broadcast(&[&root], 0)?;
+    let differs = Tensor::from_slice(&[f64::from(u8::from(!mine.equal(&root)))]);
+    pg.all_reduce_sum(&[&differs])?;
+    if differs.double_value(&[0]) > 0.0 {
+        return Err(TrainError::Dist(detnas_dist::DistError::Collective(format!(
+            "the ranks disagree on {what} (rank {} has {value}, rank 0 has {}): they must share the run folder",
+            pg.rank(),
+            root.double_value(&[0])
+        ))));
+    }
+    Ok(())
+}
+
+/// Every rank's loader position, by rank.
+fn gather_positions(pg: &ProcessGroup, mine: Position) -> Result<Vec<Position>, TrainError> {
+    let w = pg.world();
+    let mut v = vec![0f64; 2 * w];
+    v[2 * pg.rank()] = mine.epoch as f64;
+    v[2 * pg.rank() + 1] = mine.cursor as f64;
+    let t = Tensor::from_slice(&v);
+    pg.all_reduce_sum(&[&t])?;
+    let v = Vec::<f64>::try_from(&t).map_err(TrainError::Torch)?;
+    Ok((0..w).map(|r| Position { epoch: v[2 * r] as u64, cursor: v[2 * r + 1] as usize }).collect())
+}
+
+/// Fails unless every rank's weights are bit-identical to rank 0's (checked through a
+/// checksum of every variable).
+fn check_identical(pg: &ProcessGroup, vs: &nn::VarStore) -> Result<(), TrainError> {
+    let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    let sums: Vec<f64> = tch::no_grad(|| {
+        vars.iter().map(|(_, t)| t.to_kind(Kind::Double).sum(Kind::Double).double_value(&[])).collect()
+    });
+    let mine = Tensor::from_slice(&sums);
+    let root = mine.copy();
+    pg.broadcast(&[&root], 0)?;
+    let differs = Tensor::from_slice(&[f64::from(u8::from(!mine.equal(&root)))]);
+    pg.all_reduce_sum(&[&differs])?;
+    if differs.double_value(&[0]) > 0.0 {
+        return Err(TrainError::Dist(detnas_dist::DistError::Collective(
+            "the ranks' weights differ from rank 0's: the data-parallel update diverged".into(),
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,209 @@
+//! Path-wise fine-tuning of the supernet as a detector's backbone (DetNAS arXiv:1903.10979
+//! §3.2, step 2): a uniform path every iteration, BN in training mode everywhere (never
+//! frozen), the path's variables plus the shared FPN and heads updated ([`crate::engine`]
+//! runs the loop). With `model.arch`, one child network is trained instead (retraining).
+//! After training, a few random paths (or the child) are scored on the test split after BN
+//! recalibration ([`detnas_detect::evaluate`]).
+//!
+//! * [`splits`] — training, search-validation and test data;
+//! * [`model`] — building the detector, initialising it from a pre-trained supernet, opening
+//!   a fine-tuning checkpoint.
+
+pub mod model;
+pub mod splits;
+
+pub use model::{OpenedDetector, build_detector, load_pretrained, read_meta, run_dir_of};
+pub use splits::{DetSplits, open_splits};
+
+use crate::engine::{LoadedBatch, Paths, Resume, RunOptions, StepLosses, TrainOutcome, TrainTask, Trainer, TrainerSpec};
+use crate::det_config::FinetuneConfig;
+use crate::{TrainError, checkpoint};
+use detnas_data::det::loader::{DetLoader, DetLoaderConfig};
+use detnas_data::det::transform::{DetBatch, DetTransform};
+use detnas_data::det::{Category, DetDataset};
+use detnas_data::mix_seed;
+use detnas_detect::Detector;
+use detnas_detect::evaluate::{DetInputs, DetScore, batch_inputs, evaluate, recalibration_subset};
+use detnas_runtime::ConfigDocument;
+use detnas_space::rng::seeded;
+use detnas_space::{Arch, PathSampler};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use std::sync::Arc;
+use tch::Device;
+
+const PATH_STREAM: u64 = 0x9A7C;
+const EVAL_STREAM: u64 = 0xE7A2;
+const INIT_STREAM: u64 = 0x1418;
+const SAMPLER_STREAM: u64 = 0x5A3B;
+
+/// The detection part of a checkpoint's state.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DetState {
+    /// The dataset's categories, in label order.
+    pub categories: Vec<Category>,
+    /// Image ids of the search-validation split carved from the training set: never
+    /// fine-tuned on; the search checks it uses exactly these.
+    pub search_val_ids: Vec<u64>,
+}
+
+/// A fine-tuning checkpoint's state.
+pub type TrainState = crate::engine::TrainState<DetState>;
+
+/// What a finished run reports (also written to `summary.json`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FinetuneSummary {
+    #[serde(flatten)]
+    pub train: TrainOutcome,
+    /// Random paths (or the child) scored on the test split after BN recalibration.
+    pub paths: Vec<DetScore>,
+}
+
+/// The recalibration images of a run: the first `n` of a permutation of the training split
+/// seeded by the run's seed (the same set after training, in the search and in `eval det`).
+pub fn recalibration_images(cfg: &FinetuneConfig, train: &DetDataset, n: usize) -> DetDataset {
+    recalibration_subset(train, n, mix_seed(cfg.seed, &[EVAL_STREAM, 1]))
+}
+
+/// Detection batches and the detector's losses.
+struct DetTask<'a> {
+    det: &'a Detector,
+    loader: DetLoader,
+    train: Arc<DetDataset>,
+    device: Device,
+    /// The run's seed (the samplers' per-image seeds derive from it).
+    seed: u64,
+}
+
+impl TrainTask for DetTask<'_> {
+    type Batch = DetBatch;
+
+    fn next_batch(&mut self) -> Result<LoadedBatch<DetBatch>, TrainError> {
+        let l = self.loader.next_batch().ok_or_else(|| TrainError::Config("the training stream ended".into()))??;
+        Ok(LoadedBatch { len: l.batch.samples.len(), batch: l.batch, after: l.after, epoch_reports: l.epoch_reports })
+    }
+
+    fn losses(&mut self, batch: &DetBatch, arch: Option<&Arch>, step: u64) -> Result<StepLosses, TrainError> {
+        let (x, sizes, mut targets) = batch_inputs(batch, self.device);
+        for t in &mut targets {
+            t.seed = mix_seed(self.seed, &[SAMPLER_STREAM, step, t.seed]);
+        }
+        Ok(StepLosses { losses: self.det.losses(&x, &sizes, &targets, arch)?, metrics: Vec::new() })
+    }
+
+    fn describe(&self, batch: &DetBatch) -> Vec<String> {
+        batch.indices.iter().take(8).map(|&i| self.train.images[i].file.display().to_string()).collect()
+    }
+}
+
+/// Runs (or resumes) fine-tuning into `out`.
+///
+/// # Errors
+/// [`TrainError::Config`] for a configuration that fails its checks or a run folder holding
+/// another one, [`TrainError::Checkpoint`] for a checkpoint that cannot be resumed or a
+/// pre-trained supernet that does not fit, data errors, and the numerical and interruption
+/// errors of the loop ([`Trainer::run`]).
+pub fn run(cfg: &FinetuneConfig, out: &Path, device: Device, opts: &RunOptions) -> Result<FinetuneSummary, TrainError> {
+    cfg.check()?;
+    let space = cfg.space()?;
+    let hash = cfg.result_hash();
+    let hash_of = |text: &str| toml::from_str::<FinetuneConfig>(text).ok().map(|o| o.result_hash());
+    let writer = opts.dist.as_ref().is_none_or(|pg| pg.rank() == 0);
+    if writer {
+        checkpoint::claim_run_dir(out, &cfg.to_toml(), &hash, hash_of, opts.allow_mismatch)?;
+    }
+
+    let splits = open_splits(cfg, out)?;
+    let state = DetState {
+        categories: splits.train.categories.clone(),
+        search_val_ids: splits.search_val.images.iter().map(|i| i.id).collect(),
+    };
+    tracing::info!(
+        "fine-tuning on {} images ({} carved for the search, {} test images, {} classes)",
+        splits.train.len(),
+        splits.search_val.len(),
+        splits.test.len(),
+        state.categories.len()
+    );
+    let resume: Option<Resume<DetState>> = Resume::find(out, opts)?;
+
+    tch::manual_seed(mix_seed(cfg.seed, &[INIT_STREAM]) as i64);
+    let (mut vs, det, fixed) = build_detector(cfg, &space, state.categories.len(), device)?;
+    if resume.is_none() {
+        match &cfg.model.pretrained {
+            Some(p) => {
+                let n = load_pretrained(&vs, p, &space, fixed.as_ref())?;
+                tracing::info!("backbone initialised from {} ({n} tensors)", p.display());
+            }
+            None => tracing::info!("backbone initialised from scratch"),
+        }
+    }
+    let sampler = PathSampler::uniform(&space, None)?;
+    let paths = match &fixed {
+        Some(a) => Paths::Child(a.clone()),
+        None => Paths::Sampled(sampler.clone()),
+    };
+    let spec = TrainerSpec {
+        what: "finetune",
+        out,
+        seed: cfg.seed,
+        schedule: &cfg.schedule,
+        runtime: &cfg.runtime,
+        space: &space,
+        config_hash: hash,
+        config_toml: cfg.to_toml(),
+        data_fingerprint: format!("{}+{}", splits.train.fingerprint(), splits.search_val.fingerprint()),
+        path_stream: PATH_STREAM,
+        sync_bn_default: true,
+    };
+    let mut trainer = Trainer::new(spec, paths, &mut vs, resume.as_ref(), opts)?;
+    let loader_cfg = DetLoaderConfig {
+        batch: cfg.schedule.batch / trainer.shard().map_or(1, |s| s.1),
+        seed: mix_seed(cfg.seed, &[0xDA7B]),
+        shuffle: true,
+        drop_last: true,
+        epochs: None,
+        prefetch: cfg.runtime.prefetch,
+        transform: DetTransform { min_size: cfg.data.min_size.clone(), max_size: cfg.data.max_size, flip: cfg.data.flip },
+        convention: cfg.data.convention,
+        divisibility: cfg.data.divisibility,
+        shard: trainer.shard(),
+    };
+    let loader = DetLoader::new(splits.train.clone(), loader_cfg, trainer.position())?;
+    let mut task = DetTask { det: &det, loader, train: splits.train.clone(), device, seed: cfg.seed };
+    let outcome = trainer.run(&mut task, &vs, &state, opts)?;
+    drop(task);
+    if !writer {
+        // Rank 0 evaluates and writes the summary.
+        crate::engine::finish_rank(opts)?;
+        return Ok(FinetuneSummary { train: outcome, paths: Vec::new() });
+    }
+
+    // A few random paths (or the child) after BN recalibration, on the test split.
+    // `eval.recalibrate_images = 0` keeps the statistics training left (a trained child).
+    let settings = cfg.eval_settings();
+    let recal = (cfg.eval.recalibrate_images > 0).then(|| {
+        DetInputs::Read(Arc::new(recalibration_images(cfg, &splits.train, cfg.eval.recalibrate_images)))
+    });
+    let test = DetInputs::Read(splits.test.clone());
+    let mut eval_rng = seeded(mix_seed(cfg.seed, &[EVAL_STREAM]));
+    let mut scores = Vec::new();
+    let n_paths = if fixed.is_some() { 1 } else { cfg.eval.final_paths };
+    for _ in 0..n_paths {
+        let (arch, on_path) = match &fixed {
+            Some(a) => (a.clone(), None),
+            None => {
+                let a = sampler.sample(&mut eval_rng)?;
+                (a.clone(), Some(a))
+            }
+        };
+        let mode = cfg.eval.bn_mode.into();
+        let mut s = evaluate(&det, on_path.as_ref(), recal.as_ref().map(|r| (r, mode)), &test, &settings, device)?;
+        s.arch = arch.to_string();
+        scores.push(s);
+    }
+    let summary = FinetuneSummary { train: outcome, paths: scores };
+    crate::engine::write_summary(out, &summary)?;
+    crate::engine::finish_rank(opts)?;
+    Ok(summary)
+}

@@ -1,0 +1,151 @@
+//! The detector of a fine-tuning run: built from the configuration, initialised from a
+//! pre-trained supernet, or opened from a fine-tuning checkpoint.
+
+use super::{DetState, TrainState};
+use super::splits::{DetSplits, open_splits};
+use crate::det_config::FinetuneConfig;
+use crate::{TrainError, checkpoint};
+use detnas_detect::Detector;
+use detnas_space::{Arch, SearchSpace};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use tch::{Device, Tensor, nn};
+
+/// Builds the detector of a config with `classes` foreground classes: a supernet backbone,
+/// or a child backbone when `model.arch` fixes one (returned too).
+///
+/// # Errors
+/// [`TrainError::Config`] for an invalid architecture or detector configuration.
+pub fn build_detector(
+    cfg: &FinetuneConfig,
+    space: &SearchSpace,
+    classes: usize,
+    device: Device,
+) -> Result<(nn::VarStore, Detector, Option<Arch>), TrainError> {
+    let vs = nn::VarStore::new(device);
+    let fixed = cfg.model.arch.as_deref().map(|a| space.parse_arch(a)).transpose()?;
+    let det = cfg.detector.build(&vs.root(), space, fixed.as_ref(), classes as i64)?;
+    Ok((vs, det, fixed))
+}
+
+/// Copies a pre-trained classification supernet's backbone (stem, blocks, their BN
+/// statistics) into `backbone.*` of `vs`; the classification head is not used. With a child
+/// backbone, only the child's path is copied. Returns the number of tensors copied.
+///
+/// # Errors
+/// [`TrainError::Checkpoint`] for a checkpoint of another space, or one lacking a variable or
+/// holding it with another shape.
+pub fn load_pretrained(vs: &nn::VarStore, ckpt: &Path, space: &SearchSpace, arch: Option<&Arch>) -> Result<usize, TrainError> {
+    let (_, path) = checkpoint::resolve(ckpt)?;
+    let (_, state) = crate::pretrain::read_checkpoint_meta(&path)?;
+    if &state.space != space {
+        return Err(TrainError::Checkpoint {
+            path: path.clone(),
+            message: "the pre-trained supernet's search space differs from model.space".into(),
+        });
+    }
+    let saved: BTreeMap<String, Tensor> = Tensor::read_safetensors(path.join("model.safetensors"))
+        .map_err(|e| TrainError::Checkpoint { path: path.clone(), message: format!("model.safetensors: {e}") })?
+        .into_iter()
+        .collect();
+    let vars = vs.variables();
+    let mut copied = 0;
+    tch::no_grad(|| -> Result<(), TrainError> {
+        for (name, var) in &vars {
+            let Some(rest) = name.strip_prefix("backbone.") else { continue };
+            let src_name = match arch {
+                Some(a) => detnas_nn::net::supernet_name(rest, a)?,
+                None => rest.to_string(),
+            };
+            let src = saved.get(&src_name).ok_or_else(|| TrainError::Checkpoint {
+                path: path.clone(),
+                message: format!("has no '{src_name}' for backbone variable '{name}'"),
+            })?;
+            if src.size() != var.size() {
+                return Err(TrainError::Checkpoint {
+                    path: path.clone(),
+                    message: format!("'{src_name}' has shape {:?}, '{name}' needs {:?}", src.size(), var.size()),
+                });
+            }
+            var.shallow_clone().copy_(src);
+            copied += 1;
+        }
+        Ok(())
+    })?;
+    Ok(copied)
+}
+
+/// Reads the configuration and state of a fine-tuning checkpoint folder.
+///
+/// # Errors
+/// [`TrainError::Checkpoint`] when it is not a readable fine-tuning checkpoint (a
+/// pre-training checkpoint included).
+pub fn read_meta(path: &Path) -> Result<(FinetuneConfig, TrainState), TrainError> {
+    crate::engine::read_meta(path)
+}
+
+/// The run folder of a checkpoint folder (`RUN/checkpoints/step-N`).
+pub fn run_dir_of(ckpt: &Path) -> PathBuf {
+    ckpt.parent().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// A fine-tuning checkpoint opened for inference: its configuration, state and detector
+/// with the weights loaded.
+#[derive(Debug)]
+pub struct OpenedDetector {
+    pub config: FinetuneConfig,
+    pub state: TrainState,
+    pub detector: Detector,
+    pub vs: nn::VarStore,
+    /// The resolved `step-N` folder.
+    pub path: PathBuf,
+}
+
+impl OpenedDetector {
+    /// Opens a fine-tuning checkpoint (a `step-N` folder, or a run folder's latest).
+    ///
+    /// # Errors
+    /// [`TrainError::Checkpoint`] for a missing, corrupt or foreign checkpoint.
+    pub fn open(ckpt: &Path, device: Device) -> Result<OpenedDetector, TrainError> {
+        let (_, path) = checkpoint::resolve(ckpt)?;
+        let (config, state) = read_meta(&path)?;
+        let (mut vs, detector, _) = build_detector(&config, &state.space, state.task.categories.len(), device)?;
+        vs.load(path.join("model.safetensors"))
+            .map_err(|e| TrainError::Checkpoint { path: path.clone(), message: format!("model.safetensors: {e}") })?;
+        Ok(OpenedDetector { config, state, detector, vs, path })
+    }
+
+    /// The splits the checkpoint was trained with, checked against it: the same categories
+    /// (ids and names, in order) as the checkpoint's detector.
+    ///
+    /// # Errors
+    /// As [`open_splits`], and [`TrainError::Config`] when the data's categories are not the
+    /// checkpoint's.
+    pub fn splits(&self) -> Result<DetSplits, TrainError> {
+        let splits = open_splits(&self.config, &run_dir_of(&self.path))?;
+        check_categories(&self.state.task, &splits)?;
+        Ok(splits)
+    }
+}
+
+/// Refuses data whose categories differ from the ones a detector was trained with: their
+/// labels would be read as other classes.
+///
+/// # Errors
+/// [`TrainError::Config`] naming the first difference.
+pub fn check_categories(state: &DetState, splits: &DetSplits) -> Result<(), TrainError> {
+    for (what, d) in [("training", &splits.train), ("test", &splits.test)] {
+        if d.categories != state.categories {
+            let show = |c: &[detnas_data::det::Category]| {
+                c.iter().map(|c| format!("{}:{}", c.id, c.name)).collect::<Vec<_>>().join(", ")
+            };
+            return Err(TrainError::Config(format!(
+                "the {what} data ({}) has categories [{}], the checkpoint was trained on [{}]",
+                d.source,
+                show(&d.categories),
+                show(&state.categories)
+            )));
+        }
+    }
+    Ok(())
+}
