@@ -13,6 +13,13 @@
 #                           skips the 800x1333 items and the Small training step, ITEMS="..."
 #                           measures only those (the device tool stops a command after 10
 #                           minutes: split the items over two calls if one does not fit).
+#   bench/gpu.sh --dist OUT_DIR   there: the NCCL path. `detnas dist check --device cuda` under
+#                           torchrun with one process per GPU (collectives, bandwidth, SyncBN
+#                           against one BN, recalibration), then bench/dist.sh (pre-training and
+#                           fine-tuning, 1 process vs one per GPU, collectives' share) into
+#                           OUT_DIR/dist-gpu.md. NCCL cannot put two ranks on one GPU, so a
+#                           one-GPU machine checks only that the NCCL library loads and
+#                           one rank joins (a job of one over NCCL).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "${1:-}" = --pack ]; then
@@ -21,10 +28,32 @@ if [ "${1:-}" = --pack ]; then
     [ -x "target/release/$b" ] || { echo "gpu.sh: build target/release/$b first" >&2; exit 2; }
     strip -o "target/gpu-bin/$b" "target/release/$b"
   done
+  if [ -f target/release/libdetnas_c10d_nccl.so ]; then
+    strip -o target/gpu-bin/libdetnas_c10d_nccl.so target/release/libdetnas_c10d_nccl.so
+  else
+    echo "gpu.sh: no libdetnas_c10d_nccl.so (built without CUDA headers): --dist will fail" >&2
+  fi
   ls -la target/gpu-bin
   exit 0
 fi
-out=${1:?usage: bench/gpu.sh --pack | bench/gpu.sh OUT_DIR}
+if [ "${1:-}" = --dist ]; then
+  out=${2:?usage: bench/gpu.sh --dist OUT_DIR}
+  mkdir -p "$out"
+  gpus=$(nvidia-smi -L | wc -l)
+  echo "gpu.sh: $gpus GPU(s)" >&2
+  export OMP_NUM_THREADS=1
+  if [ "$gpus" -ge 2 ]; then
+    torchrun --standalone --nproc-per-node="$gpus" --no-python target/gpu-bin/detnas dist check --device cuda \
+      --timeout 120 | tee "$out/dist-check.jsonl"
+    DETNAS_BIN=target/gpu-bin/detnas bench/dist.sh --device cuda --nproc "$gpus" --rounds 2 | tee "$out/dist-gpu.md"
+  else
+    # A job of one: DETNAS_DIST=1 joins even a world of one, so NCCL is loaded and used.
+    DETNAS_DIST=1 RANK=0 WORLD_SIZE=1 LOCAL_RANK=0 LOCAL_WORLD_SIZE=1 MASTER_ADDR=127.0.0.1 MASTER_PORT=29511 \
+      target/gpu-bin/detnas dist check --device cuda --timeout 120 | tee "$out/dist-check.jsonl"
+  fi
+  exit 0
+fi
+out=${1:?usage: bench/gpu.sh --pack | bench/gpu.sh OUT_DIR | bench/gpu.sh --dist OUT_DIR}
 mkdir -p "$out"
 nvidia-smi -L >&2 || true
 python3 -c "import torch; assert torch.cuda.is_available(), 'torch sees no GPU'; print('torch', torch.__version__, torch.cuda.get_device_name(0))" >&2

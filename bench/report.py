@@ -157,5 +157,13 @@ out += ["", "Items: cls-train/infer = supernet classification training step (for
         "candidate-parallel = the same with one evaluator per core, one thread each (detnas: the search's "
         "workers; PyTorch: one process per core); loader = JPEG decode + random-resized-crop/flip/jitter to 224, "
         "batch 64 (detnas only)."]
-open(out_path, "w").write("\n".join(out) + "\n")
+# Sections measured by other scripts (bench/malloc.sh, bench/dist.sh) follow this marker and
+# are kept when the table above is regenerated.
+MARKER = "<!-- sections below: other scripts, kept by bench/report.py -->"
+kept = ""
+if os.path.exists(out_path):
+    old = open(out_path).read()
+    if MARKER in old:
+        kept = "\n" + old[old.index(MARKER):]
+open(out_path, "w").write("\n".join(out) + "\n" + kept)
 print("\n".join(out))

@@ -24,7 +24,8 @@ fn main() {
     let root = lib.parent().expect("libtorch's lib folder has a parent").to_path_buf();
     let includes = [root.join("include"), root.join("include/torch/csrc/api/include")];
 
-    let gloo = std::env::var_os("DETNAS_GLOO_INCLUDE").map(PathBuf::from).filter(|p| p.join("gloo/context.h").is_file());
+    let gloo =
+        std::env::var_os("DETNAS_GLOO_INCLUDE").map(PathBuf::from).filter(|p| p.join("gloo/context.h").is_file());
     let mut b = cc::Build::new();
     b.cpp(true)
         .file("cxx/c10d_shim.cpp")

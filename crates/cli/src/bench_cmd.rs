@@ -217,12 +217,15 @@ pub fn run(a: BenchArgs) -> Result<(), Failure> {
             let data = std::sync::Arc::new(detnas_data::ImageFolder::open(&dir, None)?);
             let n = detnas_data::ClsDataset::len(&*data);
             let cfg = detnas_data::LoaderConfig {
-                batch: 64,
-                seed: 0,
-                shuffle: true,
-                drop_last: false,
-                epochs: Some(1),
-                prefetch: 4,
+                stream: detnas_data::StreamConfig {
+                    batch: 64,
+                    seed: 0,
+                    shuffle: true,
+                    drop_last: false,
+                    epochs: Some(1),
+                    prefetch: 4,
+                    shard: None,
+                },
                 transform: detnas_data::ClsTransform::Train {
                     size: 224,
                     scale: (0.08, 1.0),
@@ -231,7 +234,6 @@ pub fn run(a: BenchArgs) -> Result<(), Failure> {
                     jitter: 0.4,
                 },
                 convention: detnas_data::InputConvention::default(),
-                shard: None,
             };
             let t = time(a.reps, device, |_| {
                 let mut l = detnas_data::ClsLoader::new(data.clone(), cfg.clone(), detnas_data::Position::default())?;

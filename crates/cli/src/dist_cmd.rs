@@ -28,6 +28,12 @@ pub fn rank_device(device: Device, launch: Option<&Launch>) -> Device {
     }
 }
 
+/// Whether this process is a rank other than 0 of a job (which leaves the printed results to
+/// rank 0).
+pub fn is_follower(launch: Option<&Launch>) -> bool {
+    launch.is_some_and(|l| l.rank != 0)
+}
+
 /// Joins the job of `launch` on `device` (none: `None`).
 ///
 /// # Errors
@@ -141,7 +147,10 @@ pub fn check(a: CheckArgs) -> Result<(), Failure> {
         })
     );
     if !ok {
-        return Err(Failure { code: 1, error: anyhow::anyhow!("rank {}: a collective gave a wrong result", pg.rank()) });
+        return Err(Failure {
+            code: 1,
+            error: anyhow::anyhow!("rank {}: a collective gave a wrong result", pg.rank()),
+        });
     }
     Ok(())
 }
@@ -168,8 +177,8 @@ fn check_sync_bn(pg: &Arc<ProcessGroup>, device: Device) -> Result<(f64, f64), F
         let vs = nn::VarStore::new(device);
         let bn = detnas_nn::layers::batch_norm(&(vs.root() / "bn"), 5);
         tch::no_grad(|| {
-            let _ = bn.ws.as_ref().expect("affine").shallow_clone().copy_(&Tensor::randn([5], (Kind::Float, device)));
-            let _ = bn.bs.as_ref().expect("affine").shallow_clone().copy_(&Tensor::randn([5], (Kind::Float, device)));
+            bn.ws.as_ref().expect("affine").shallow_clone().copy_(&Tensor::randn([5], (Kind::Float, device)));
+            bn.bs.as_ref().expect("affine").shallow_clone().copy_(&Tensor::randn([5], (Kind::Float, device)));
         });
         (vs, bn)
     };
@@ -198,7 +207,8 @@ fn check_sync_bn(pg: &Arc<ProcessGroup>, device: Device) -> Result<(f64, f64), F
     ];
 
     // Recalibration: two batches of `per · world` images, this rank's rows of each.
-    let batches: Vec<Tensor> = (0..2).map(|_| Tensor::randn([per * w, 5, 4, 4], (Kind::Float, device)) * 3.0 + 2.0).collect();
+    let batches: Vec<Tensor> =
+        (0..2).map(|_| Tensor::randn([per * w, 5, 4, 4], (Kind::Float, device)) * 3.0 + 2.0).collect();
     drop(guard);
     let session = Recalibration::begin(BnMode::Exact);
     for b in &batches {
@@ -212,6 +222,7 @@ fn check_sync_bn(pg: &Arc<ProcessGroup>, device: Device) -> Result<(f64, f64), F
     }
     session.finish();
     detnas_train::engine::check_sync()?;
-    let recal = rel(&synced.running_mean, &reference.running_mean).max(rel(&synced.running_var, &reference.running_var));
+    let recal =
+        rel(&synced.running_mean, &reference.running_mean).max(rel(&synced.running_var, &reference.running_var));
     Ok((diffs.into_iter().fold(0.0, f64::max), recal))
 }

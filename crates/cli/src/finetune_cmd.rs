@@ -5,7 +5,6 @@ use crate::runtime::{TrainArgs, describe};
 use clap::Args;
 use detnas_detect::eval::COCO_STAT_NAMES;
 use detnas_train::FinetuneConfig;
-use detnas_train::RunOptions;
 use detnas_train::finetune::run as train;
 use std::path::PathBuf;
 
@@ -25,20 +24,14 @@ pub fn run(a: FinetuneArgs) -> Result<(), Failure> {
     let cfg = FinetuneConfig::load(&a.config, &a.train.all_overrides())?;
     let launch = crate::dist_cmd::launch()?;
     let device = crate::dist_cmd::rank_device(TrainArgs::init(&cfg.runtime)?, launch.as_ref());
-    let dist = crate::dist_cmd::join(
-        launch.as_ref(),
-        device,
-        std::time::Duration::from_secs(cfg.runtime.dist_timeout_s),
-    )?;
+    let dist =
+        crate::dist_cmd::join(launch.as_ref(), device, std::time::Duration::from_secs(cfg.runtime.dist_timeout_s))?;
     tracing::info!("fine-tuning on {} into {}", describe(device), a.out.display());
-    let opts = RunOptions {
-        resume_from: a.train.resume_from,
-        allow_mismatch: a.train.allow_mismatch,
-        progress: !a.train.job.no_progress,
-        cancel: crate::cancel_on_signals()?,
-        dist,
-    };
+    let opts = a.train.run_options(dist)?;
     let s = train(&cfg, &a.out, device, &opts)?;
+    if crate::dist_cmd::is_follower(launch.as_ref()) {
+        return Ok(()); // rank 0 prints the job's results
+    }
     for p in &s.paths {
         let stats: Vec<String> = COCO_STAT_NAMES.iter().zip(p.stats).map(|(n, v)| format!("{n} {v:.3}")).collect();
         println!("path {}  {}  ({} test images)", p.arch, stats.join("  "), p.images);

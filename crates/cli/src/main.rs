@@ -50,7 +50,8 @@ unsafe impl Sync for ConfString {}
 ///   to step 2000, and `retain:false` or decay are not needed.
 #[allow(non_upper_case_globals, unsafe_code)]
 #[unsafe(no_mangle)]
-pub static malloc_conf: ConfString = ConfString(c"dirty_decay_ms:-1,muzzy_decay_ms:-1,oversize_threshold:0,lg_extent_max_active_fit:20".as_ptr());
+pub static malloc_conf: ConfString =
+    ConfString(c"dirty_decay_ms:-1,muzzy_decay_ms:-1,oversize_threshold:0,lg_extent_max_active_fit:20".as_ptr());
 
 /// DetNAS: backbone search for object detection.
 #[derive(Parser)]
@@ -118,7 +119,9 @@ pub struct Failure {
 /// signal behaviour.
 pub fn cancel_on_signals() -> Result<detnas_runtime::Cancel, Failure> {
     let cancel = detnas_runtime::Cancel::new();
-    cancel.install_signal_handlers().map_err(|e| Failure { code: 1, error: anyhow::anyhow!("cannot install signal handlers: {e}") })?;
+    cancel
+        .install_signal_handlers()
+        .map_err(|e| Failure { code: 1, error: anyhow::anyhow!("cannot install signal handlers: {e}") })?;
     Ok(cancel)
 }
 

@@ -5,10 +5,10 @@ use crate::runtime::RuntimeArgs;
 use anyhow::Context;
 use clap::Args;
 use detnas_data::decode_image;
-use detnas_data::det::transform::collate;
-use detnas_space::rng::seeded;
 use detnas_data::det::transform::DetTransform;
+use detnas_data::det::transform::collate;
 use detnas_detect::evaluate::batch_inputs;
+use detnas_space::rng::seeded;
 use detnas_train::finetune::OpenedDetector;
 use image::{Rgb, RgbImage};
 use std::path::PathBuf;
@@ -74,10 +74,47 @@ pub fn run(a: PredictArgs) -> Result<(), Failure> {
         (None, None) => return Err(crate::usage(anyhow::anyhow!("--arch is required for a supernet checkpoint"))),
     };
     let t = DetTransform { min_size: vec![cfg.data.test_min_size], max_size: cfg.data.max_size, flip: false };
-    // Every image is decoded and run before anything is written: a bad image leaves no
+    // Pictures go to a staging folder as they are drawn (memory stays flat over any number of
+    // images) and move into OUT only when every image has succeeded: a bad image leaves no
     // partial output.
+    let created = !a.out.exists();
+    std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
+    let staging = a.out.join(".predict-partial");
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::create_dir_all(&staging).with_context(|| format!("cannot create {}", staging.display()))?;
+    let result = predict_into(&a, &staging, device, &cfg, &state, &det, arch.as_ref(), &t);
+    let finished = result.and_then(|all| {
+        for e in std::fs::read_dir(&staging).with_context(|| format!("cannot read {}", staging.display()))? {
+            let e = e?;
+            let to = a.out.join(e.file_name());
+            std::fs::rename(e.path(), &to).with_context(|| format!("cannot write {}", to.display()))?;
+        }
+        let out = a.out.join("detections.json");
+        detnas_runtime::fsx::write_atomic(&out, serde_json::to_string_pretty(&all).expect("serialisable").as_bytes())
+            .with_context(|| format!("cannot write {}", out.display()))?;
+        println!("wrote {}", out.display());
+        Ok(())
+    });
+    let _ = std::fs::remove_dir_all(&staging);
+    if finished.is_err() && created {
+        let _ = std::fs::remove_dir(&a.out);
+    }
+    finished.map_err(Failure::from)
+}
+
+/// Runs every image, writing its picture into `staging`; returns the detections of all.
+#[allow(clippy::too_many_arguments)]
+fn predict_into(
+    a: &PredictArgs,
+    staging: &std::path::Path,
+    device: tch::Device,
+    cfg: &detnas_train::det_config::FinetuneConfig,
+    state: &detnas_train::finetune::TrainState,
+    det: &detnas_detect::Detector,
+    arch: Option<&detnas_space::Arch>,
+    t: &DetTransform,
+) -> anyhow::Result<Vec<serde_json::Value>> {
     let mut all = Vec::new();
-    let mut pictures = Vec::new();
     for path in &a.images {
         let img = decode_image(path)?;
         let ann = detnas_data::det::DetImage {
@@ -91,7 +128,7 @@ pub fn run(a: PredictArgs) -> Result<(), Failure> {
         let (sx, sy) = (sample.scale.0 as f64, sample.scale.1 as f64);
         let batch = collate(vec![sample], vec![0], cfg.data.divisibility);
         let (x, sizes, _) = batch_inputs(&batch, device);
-        let d = det.detect(&x, &sizes, arch.as_ref()).map_err(|e| anyhow::anyhow!("{e}"))?.remove(0);
+        let d = det.detect(&x, &sizes, arch).map_err(|e| anyhow::anyhow!("{e}"))?.remove(0);
         let boxes = detnas_detect::boxes::rows_of(&d.boxes);
         let scores = Vec::<f32>::try_from(d.scores.to_device(tch::Device::Cpu)).map_err(anyhow::Error::from)?;
         let labels = Vec::<i64>::try_from(d.labels.to_device(tch::Device::Cpu)).map_err(anyhow::Error::from)?;
@@ -113,18 +150,11 @@ pub fn run(a: PredictArgs) -> Result<(), Failure> {
             }));
         }
         let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "image".into());
-        let pic = a.out.join(format!("{stem}.det.png"));
-        println!("{}: {} detections ≥ {} → {}", path.display(), dets.len(), a.score_threshold, pic.display());
-        pictures.push((pic, drawn));
+        let name = format!("{stem}.det.png");
+        let staged = staging.join(&name);
+        drawn.save(&staged).with_context(|| format!("cannot write {}", staged.display()))?;
+        println!("{}: {} detections ≥ {} → {}", path.display(), dets.len(), a.score_threshold, a.out.join(&name).display());
         all.push(serde_json::json!({"image": path, "detections": dets}));
     }
-    std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
-    for (pic, drawn) in &pictures {
-        drawn.save(pic).with_context(|| format!("cannot write {}", pic.display()))?;
-    }
-    let out = a.out.join("detections.json");
-    std::fs::write(&out, serde_json::to_string_pretty(&all).expect("serialisable"))
-        .with_context(|| format!("cannot write {}", out.display()))?;
-    println!("wrote {}", out.display());
-    Ok(())
+    Ok(all)
 }

@@ -4,7 +4,6 @@ use crate::Failure;
 use crate::runtime::{TrainArgs, describe};
 use clap::Args;
 use detnas_train::PretrainConfig;
-use detnas_train::RunOptions;
 use detnas_train::pretrain::run as train;
 use std::path::PathBuf;
 
@@ -24,20 +23,14 @@ pub fn run(a: PretrainArgs) -> Result<(), Failure> {
     let cfg = PretrainConfig::load(Some(&a.config), &a.train.all_overrides())?;
     let launch = crate::dist_cmd::launch()?;
     let device = crate::dist_cmd::rank_device(TrainArgs::init(&cfg.runtime)?, launch.as_ref());
-    let dist = crate::dist_cmd::join(
-        launch.as_ref(),
-        device,
-        std::time::Duration::from_secs(cfg.runtime.dist_timeout_s),
-    )?;
+    let dist =
+        crate::dist_cmd::join(launch.as_ref(), device, std::time::Duration::from_secs(cfg.runtime.dist_timeout_s))?;
     tracing::info!("pretraining {} on {} into {}", cfg.model.space, describe(device), a.out.display());
-    let opts = RunOptions {
-        resume_from: a.train.resume_from,
-        allow_mismatch: a.train.allow_mismatch,
-        progress: !a.train.job.no_progress,
-        cancel: crate::cancel_on_signals()?,
-        dist,
-    };
+    let opts = a.train.run_options(dist)?;
     let s = train(&cfg, &a.out, device, &opts)?;
+    if crate::dist_cmd::is_follower(launch.as_ref()) {
+        return Ok(()); // rank 0 prints the job's results
+    }
     for p in &s.paths {
         println!("path {}  top-1 {:.2}%  top-5 {:.2}%  ({} images)", p.arch, 100.0 * p.top1, 100.0 * p.top5, p.images);
     }

@@ -56,6 +56,9 @@ pub fn run(a: RunArgs) -> Result<(), Failure> {
         dist,
     };
     let o = detnas_pipeline::run(&cfg, &opts)?;
+    if crate::dist_cmd::is_follower(launch.as_ref()) {
+        return Ok(()); // rank 0 prints the job's results
+    }
     println!(
         "found architecture {} ({} {:.4} on the search-validation split)",
         o.found.arch, o.found.metric, o.found.fitness

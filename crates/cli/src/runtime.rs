@@ -103,6 +103,21 @@ impl TrainArgs {
         }
         parse_device(&runtime.device).map_err(crate::usage)
     }
+
+    /// The run options of a training verb: these flags, signal handling, and the job `dist`
+    /// this process joined (if any).
+    pub fn run_options(
+        &self,
+        dist: Option<std::sync::Arc<detnas_dist::ProcessGroup>>,
+    ) -> Result<detnas_train::RunOptions, crate::Failure> {
+        Ok(detnas_train::RunOptions {
+            resume_from: self.resume_from.clone(),
+            allow_mismatch: self.allow_mismatch,
+            progress: !self.job.no_progress,
+            cancel: crate::cancel_on_signals()?,
+            dist,
+        })
+    }
 }
 
 /// `--set`, `--device`, `--threads` and `--no-progress` of the verbs that run a configured

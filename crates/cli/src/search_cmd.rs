@@ -60,14 +60,16 @@ pub fn run(a: SearchArgs) -> Result<(), Failure> {
     }
     let cfg = SearchConfig::load(&path, &overrides)?;
     let launch = crate::dist_cmd::launch()?;
-    let device = crate::dist_cmd::rank_device(parse_device(&cfg.runtime.device).map_err(crate::usage)?, launch.as_ref());
+    let device =
+        crate::dist_cmd::rank_device(parse_device(&cfg.runtime.device).map_err(crate::usage)?, launch.as_ref());
     let gpus = if tch::Cuda::is_available() { tch::Cuda::device_count() as usize } else { 0 };
     // Several GPUs and the generic `cuda`/`auto`: one worker per GPU (in a job: one per rank).
     let devices: Vec<Device> = match (device, cfg.runtime.device.as_str()) {
         (Device::Cuda(_), "cuda" | "auto") if gpus > 1 && launch.is_none() => (0..gpus).map(Device::Cuda).collect(),
         _ => vec![device],
     };
-    let dist = crate::dist_cmd::join(launch.as_ref(), device, std::time::Duration::from_secs(cfg.runtime.dist_timeout_s))?;
+    let dist =
+        crate::dist_cmd::join(launch.as_ref(), device, std::time::Duration::from_secs(cfg.runtime.dist_timeout_s))?;
     if let Some(t) = cfg.runtime.threads {
         if t < 1 {
             return Err(crate::usage(anyhow!("runtime.threads must be at least 1")));
@@ -93,6 +95,9 @@ pub fn run(a: SearchArgs) -> Result<(), Failure> {
             dist,
         },
     )?;
+    if crate::dist_cmd::is_follower(launch.as_ref()) {
+        return Ok(()); // rank 0 prints the job's results
+    }
     let b = &r.best;
     println!(
         "best {}  {} {:.4}  backbone {} MACs, {} params{}  ({} candidates evaluated; recalibration {:.2} s + evaluation {:.2} s per candidate)",

@@ -9,12 +9,19 @@ use image::{ImageFormat, RgbImage};
 use std::path::Path;
 
 /// Reads and decodes `path` to RGB.
+///
+/// # Errors
+/// [`DataError::Io`] when the file cannot be read; otherwise as [`decode_bytes`].
 pub fn decode_image(path: &Path) -> Result<RgbImage, DataError> {
     let bytes = std::fs::read(path).map_err(|source| DataError::Io { path: path.to_path_buf(), source })?;
     decode_bytes(&bytes, path)
 }
 
 /// Decodes an in-memory file; `path` only names it in errors.
+///
+/// # Errors
+/// [`DataError::Decode`] for an empty file, a format other than JPEG or PNG, a JPEG without
+/// its end-of-image marker, or a corrupt or zero-size image.
 pub fn decode_bytes(bytes: &[u8], path: &Path) -> Result<RgbImage, DataError> {
     let err = |message: String| DataError::Decode { path: path.to_path_buf(), message };
     if bytes.is_empty() {

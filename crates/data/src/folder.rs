@@ -25,6 +25,11 @@ impl ImageFolder {
     /// Lists `root`. Errors before any training starts: unreadable root, no class folders, a
     /// class folder without images. With `classes = Some(list)` the class mapping is imposed
     /// (e.g. the one saved in a checkpoint) and every folder must be in it.
+    ///
+    /// # Errors
+    /// [`DataError::BadRoot`] when `root` cannot be listed, [`DataError::NoClasses`] without class
+    /// folders, [`DataError::EmptyClass`] for a class without images, [`DataError::Invalid`] for a
+    /// folder outside `classes`, [`DataError::Io`] when listing `root` or a class folder fails.
     pub fn open(root: &Path, classes: Option<&[String]>) -> Result<ImageFolder, DataError> {
         let entries = std::fs::read_dir(root).map_err(|_| DataError::BadRoot(root.to_path_buf()))?;
         let mut found: Vec<String> = Vec::new();

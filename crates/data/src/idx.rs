@@ -48,10 +48,8 @@ fn parse_idx<'a>(bytes: &'a [u8], path: &Path, want_dims: usize) -> Result<(Vec<
     if bytes.len() < header {
         return Err(err("truncated header".into()));
     }
-    let dims: Vec<usize> = bytes[4..header]
-        .chunks_exact(4)
-        .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as usize)
-        .collect();
+    let dims: Vec<usize> =
+        bytes[4..header].chunks_exact(4).map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as usize).collect();
     // The product of the dimensions can overflow (a corrupt header); compare in u128.
     let n: u128 = dims.iter().map(|&d| d as u128).product();
     if (bytes.len() - header) as u128 != n {
@@ -66,6 +64,10 @@ fn parse_idx<'a>(bytes: &'a [u8], path: &Path, want_dims: usize) -> Result<(Vec<
 
 impl IdxDataset {
     /// Reads an images file (3-D) and a labels file (1-D) of equal count.
+    ///
+    /// # Errors
+    /// [`DataError::Io`] when a file cannot be read; [`DataError::Idx`] for bad gzip, a bad header
+    /// or payload size, unequal counts, no images, or images too large.
     pub fn open(images: &Path, labels: &Path) -> Result<IdxDataset, DataError> {
         let ib = read_maybe_gz(images)?;
         let lb = read_maybe_gz(labels)?;
@@ -105,6 +107,9 @@ impl IdxDataset {
     }
 
     /// Imposes a class list (e.g. from a checkpoint); labels must be inside it.
+    ///
+    /// # Errors
+    /// [`DataError::Invalid`] when a label is not below `classes.len()`.
     pub fn with_classes(mut self, classes: Vec<String>) -> Result<IdxDataset, DataError> {
         if let Some(&l) = self.labels.iter().find(|&&l| l as usize >= classes.len()) {
             return Err(DataError::Invalid(format!("IDX label {l} is outside the {} classes", classes.len())));

@@ -67,25 +67,30 @@ pub struct StreamConfig {
     /// Batches prepared ahead.
     pub prefetch: usize,
     /// `(rank, world)`: this process walks only its shard of every epoch (see [`shard`]).
+    #[serde(default)]
     pub shard: Option<(usize, usize)>,
+}
+
+impl StreamConfig {
+    /// One unshuffled pass (evaluation, recalibration): every sample once, in order, the
+    /// last batch possibly smaller.
+    pub fn single_pass(batch: usize, prefetch: usize) -> StreamConfig {
+        StreamConfig { batch, seed: 0, shuffle: false, drop_last: false, epochs: Some(1), prefetch, shard: None }
+    }
+
+    /// Endless shuffled epochs of full batches (training), seeded, optionally one rank's shard.
+    pub fn training(batch: usize, seed: u64, prefetch: usize, shard: Option<(usize, usize)>) -> StreamConfig {
+        StreamConfig { batch, seed, shuffle: true, drop_last: true, epochs: None, prefetch, shard }
+    }
 }
 
 /// Classification loader settings: the stream and the per-sample transform.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LoaderConfig {
-    pub batch: usize,
-    pub seed: u64,
-    pub shuffle: bool,
-    pub drop_last: bool,
-    /// Stop after this many epochs (`None`: never; only with `drop_last`).
-    pub epochs: Option<u64>,
-    /// Batches prepared ahead.
-    pub prefetch: usize,
+    #[serde(flatten)]
+    pub stream: StreamConfig,
     pub transform: ClsTransform,
     pub convention: InputConvention,
-    /// `(rank, world)`: only this rank's shard of every epoch ([`shard`]).
-    #[serde(default)]
-    pub shard: Option<(usize, usize)>,
 }
 
 /// Where the stream stands: the next sample is entry `cursor` of epoch `epoch`'s order.
@@ -371,16 +376,7 @@ impl Loader<Batch> {
     /// # Errors
     /// As [`Loader::start`].
     pub fn new(data: Arc<dyn ClsDataset>, cfg: LoaderConfig, start: Position) -> Result<Loader<Batch>, DataError> {
-        let stream = StreamConfig {
-            batch: cfg.batch,
-            seed: cfg.seed,
-            shuffle: cfg.shuffle,
-            drop_last: cfg.drop_last,
-            epochs: cfg.epochs,
-            prefetch: cfg.prefetch,
-            shard: cfg.shard,
-        };
-        Loader::start(ClsSamples { data, transform: cfg.transform, convention: cfg.convention }, stream, start)
+        Loader::start(ClsSamples { data, transform: cfg.transform, convention: cfg.convention }, cfg.stream, start)
     }
 }
 

@@ -54,6 +54,9 @@ pub struct SyntheticCls {
 
 impl SyntheticCls {
     /// Checks the parameters.
+    ///
+    /// # Errors
+    /// [`DataError::Invalid`] when `classes` is not in 1..=10 or `size` is below 8.
     pub fn new(config: SyntheticClsConfig) -> Result<SyntheticCls, DataError> {
         if !(1..=Shape::ALL.len()).contains(&config.classes) {
             return Err(DataError::Invalid(format!("synthetic classes must be 1..=10, got {}", config.classes)));
@@ -91,6 +94,10 @@ impl SyntheticCls {
     }
 
     /// Writes the split as an ImageFolder (`dir/<class>/<index>.png`).
+    ///
+    /// # Errors
+    /// [`DataError::Io`] when a class folder cannot be created or an image cannot be encoded or
+    /// written.
     pub fn write_image_folder(&self, dir: &Path) -> Result<(), DataError> {
         for name in &self.names {
             let d = dir.join(name);

@@ -20,6 +20,9 @@ impl Backbone {
     }
 
     /// A child backbone of `arch` under `p`.
+    ///
+    /// # Errors
+    /// [`DetectError::Nn`] when `arch` does not fit `space`.
     pub fn child(p: &nn::Path, space: &SearchSpace, arch: &Arch) -> Result<Backbone, DetectError> {
         Ok(Backbone::Child(ChildNetConfig { space: space.clone(), arch: arch.clone(), classes: None }.build(p)?))
     }
@@ -42,6 +45,13 @@ impl Backbone {
     }
 
     /// C2..C5 of path `arch` (required for a supernet; a child checks it is its own).
+    ///
+    /// # Shapes
+    /// `[N, 3, H, W] → [[N, widths[s], H/2^(s+2), W/2^(s+2)]; 4]` (strides 4, 8, 16, 32).
+    ///
+    /// # Errors
+    /// [`DetectError::Config`] when a supernet gets no path; [`DetectError::Nn`] when the path
+    /// does not fit the space, or a child is given another architecture.
     pub fn features(&self, x: &Tensor, arch: Option<&Arch>, train: bool) -> Result<Vec<Tensor>, DetectError> {
         match self {
             Backbone::Supernet(s) => {

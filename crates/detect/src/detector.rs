@@ -4,9 +4,9 @@
 //! `[N, 3, H, W]` padded batches; `sizes` the unpadded `(height, width)` of each image.
 
 use crate::DetectError;
-use crate::losses::LossTerm;
 use crate::backbone::Backbone;
 use crate::fpn::{Fpn, TopBlock};
+use crate::losses::LossTerm;
 use crate::rcnn::{FasterRcnnConfig, RoiHeads, Rpn};
 use crate::retinanet::{RetinaHead, RetinaNetConfig};
 use crate::target::{Detections, Target};
@@ -43,6 +43,10 @@ fn yes() -> bool {
 impl DetectorConfig {
     /// Builds a detector with `classes` foreground classes under `p`; `arch` fixes a child
     /// backbone, `None` builds the supernet.
+    ///
+    /// # Errors
+    /// [`DetectError::Config`] for fewer than one class, a space without exactly 4 stages, or
+    /// anchor sizes not given for 5 levels; [`DetectError::Nn`] when `arch` does not fit `space`.
     pub fn build(
         &self,
         p: &nn::Path,
@@ -154,6 +158,9 @@ impl Detector {
     }
 
     /// Detections per image (BN in evaluation mode).
+    ///
+    /// # Errors
+    /// As [`Backbone::features`].
     pub fn detect(
         &self,
         images: &Tensor,
@@ -175,6 +182,9 @@ impl Detector {
     /// A forward through every BN-bearing module in training mode, without gradients or
     /// losses — what BN recalibration runs (backbone, FPN, heads; the box head on the
     /// test-time proposals).
+    ///
+    /// # Errors
+    /// As [`Backbone::features`].
     pub fn observe(&self, images: &Tensor, sizes: &[(i64, i64)], arch: Option<&Arch>) -> Result<(), DetectError> {
         tch::no_grad(|| {
             let p = self.pyramid(images, arch, true)?;
@@ -194,6 +204,9 @@ impl Detector {
     /// R-CNN), then RetinaNet's `cls.{l}` `[N, H·W·A, K]` and `reg.{l}` `[N, H·W·A, 4]`, or
     /// the RPN's `rpn_obj.{l}` and `rpn_reg.{l}`, the test-time `proposals.{i}` `[P_i, 4]`
     /// and the box head's `roi_cls` `[ΣP_i, K+1]` and `roi_reg` `[ΣP_i, 4(K+1)]` on them.
+    ///
+    /// # Errors
+    /// As [`Backbone::features`].
     pub fn trace(
         &self,
         images: &Tensor,

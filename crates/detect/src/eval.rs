@@ -21,6 +21,10 @@ pub struct CocoDetection {
 }
 
 /// The 12 COCO box stats of `dt` against `gt` (−1 where undefined).
+///
+/// # Errors
+/// [`DetectError::Eval`] when a detection cannot be converted, `hotcoco` rejects the results,
+/// or the evaluation fails or yields no statistics.
 pub fn coco_stats(gt: COCO, dt: &[CocoDetection]) -> Result<[f64; 12], DetectError> {
     let anns: Vec<hotcoco::Annotation> = dt
         .iter()
@@ -50,6 +54,9 @@ fn run_eval(gt: COCO, dt: COCO) -> Result<[f64; 12], DetectError> {
 }
 
 /// The 12 COCO box stats of a results file against a ground-truth file.
+///
+/// # Errors
+/// [`DetectError::Eval`] when either file cannot be read or parsed, or the evaluation fails.
 pub fn coco_stats_files(gt: &Path, dt: &Path) -> Result<[f64; 12], DetectError> {
     let g = COCO::new(gt).map_err(|e| DetectError::Eval(format!("{}: {e}", gt.display())))?;
     let d = g.load_res(dt).map_err(|e| DetectError::Eval(format!("{}: {e}", dt.display())))?;

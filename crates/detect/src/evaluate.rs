@@ -14,7 +14,7 @@ use crate::{DetectError, Detector, Target};
 use detnas_data::det::DetDataset;
 use detnas_data::det::loader::{DetLoader, DetLoaderConfig};
 use detnas_data::det::transform::{DetBatch, DetTransform};
-use detnas_data::{InputConvention, Position};
+use detnas_data::{InputConvention, Position, StreamConfig};
 use detnas_nn::{BnMode, Recalibration};
 use detnas_space::Arch;
 use detnas_space::rng::{seeded, shuffle};
@@ -49,16 +49,10 @@ impl EvalSettings {
         Ok(DetLoader::new(
             data,
             DetLoaderConfig {
-                batch: self.batch,
-                seed: 0,
-                shuffle: false,
-                drop_last: false,
-                epochs: Some(1),
-                prefetch: self.prefetch,
+                stream: StreamConfig::single_pass(self.batch, self.prefetch),
                 transform: DetTransform { min_size: vec![self.min_size], max_size: self.max_size, flip: false },
                 convention: self.convention,
                 divisibility: self.divisibility,
-                shard: None,
             },
             Position::default(),
         )?)

@@ -10,10 +10,10 @@
 
 use crate::layers::{bn_if, conv_unit};
 use detnas_nn::layers::ConvBn;
-use tch::nn::ModuleT;
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 use tch::nn;
+use tch::nn::ModuleT;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

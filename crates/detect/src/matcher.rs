@@ -116,9 +116,8 @@ mod tests {
         // The draw is a function of the seed alone.
         let again = sample_balanced(&m, 16, 0.25, 7);
         assert!(again.0.equal(&sample_balanced(&m, 16, 0.25, 7).0));
-        let other: Vec<Vec<i64>> = (0..8)
-            .map(|s| Vec::<i64>::try_from(&sample_balanced(&m, 16, 0.25, s).1).unwrap())
-            .collect();
+        let other: Vec<Vec<i64>> =
+            (0..8).map(|s| Vec::<i64>::try_from(&sample_balanced(&m, 16, 0.25, s).1).unwrap()).collect();
         assert!(other.windows(2).any(|w| w[0] != w[1]), "different seeds draw different negatives");
     }
 }

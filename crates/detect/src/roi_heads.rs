@@ -13,16 +13,16 @@
 
 use crate::boxes::{BoxCoder, clip, pairwise_iou};
 use crate::layers::{bn_if, conv_unit};
-use detnas_nn::layers::ConvBn;
-use tch::nn::ModuleT;
 use crate::losses::{LossTerm, smooth_l1_sum};
 use crate::matcher::{Matcher, sample_balanced};
 use crate::nms::batched_nms;
 use crate::retinanet::empty;
 use crate::roi_align::MultiScaleRoiAlign;
 use crate::target::{Detections, Target};
+use detnas_nn::layers::ConvBn;
 use serde::{Deserialize, Serialize};
 use tch::nn::Module;
+use tch::nn::ModuleT;
 use tch::{Kind, Reduction, Tensor, nn};
 
 /// The box head's feature extractor.
@@ -154,7 +154,11 @@ impl RoiHeads {
             },
         };
         RoiHeads {
-            pooler: MultiScaleRoiAlign { output: (r, r), sampling_ratio: cfg.sampling_ratio, strides: strides.to_vec() },
+            pooler: MultiScaleRoiAlign {
+                output: (r, r),
+                sampling_ratio: cfg.sampling_ratio,
+                strides: strides.to_vec(),
+            },
             head,
             cls_score: linear(p / "cls_score", cfg.fc_dim, classes + 1, Some(0.01)),
             bbox_pred: linear(p / "bbox_pred", cfg.fc_dim, 4 * (classes + 1), Some(0.001)),

@@ -132,6 +132,10 @@ impl Rpn {
     }
 
     /// The head's outputs and the anchors of `feats`.
+    ///
+    /// # Shapes
+    /// `feats[l]`: `[N, C, H_l, W_l]`; per level, objectness `[N, H_l·W_l·A]`, deltas
+    /// `[N, H_l·W_l·A, 4]` and anchors `[H_l·W_l·A, 4]` (x1, y1, x2, y2, input pixels).
     pub fn run(&self, feats: &[Tensor]) -> RpnOutputs {
         let (objectness, deltas) = self.raw_outputs(feats);
         let hw: Vec<(i64, i64)> = feats.iter().map(|f| (f.size()[2], f.size()[3])).collect();

@@ -3,6 +3,7 @@
 // opens this library with dlopen when a rank computes on a GPU and calls the one function
 // below; the backend is then bound to the rank's current CUDA device.
 
+#include <c10/cuda/CUDACachingAllocator.h>
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 
 #include <cstring>
@@ -21,5 +22,26 @@ extern "C" c10d::Backend* detnas_c10d_make_nccl(const c10::intrusive_ptr<c10d::S
       err[errlen - 1] = '\0';
     }
     return nullptr;
+  }
+}
+
+// The CUDA caching allocator's peak of allocated bytes on `device` since the last reset
+// (torch.cuda.max_memory_allocated), or -1 when CUDA cannot answer.
+extern "C" int64_t detnas_cuda_max_allocated(int device) {
+  try {
+    auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(static_cast<c10::DeviceIndex>(device));
+    return stats.allocated_bytes[static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE)].peak;
+  } catch (...) {
+    return -1;
+  }
+}
+
+// Resets that peak (torch.cuda.reset_peak_memory_stats); 0 on success.
+extern "C" int detnas_cuda_reset_peak(int device) {
+  try {
+    c10::cuda::CUDACachingAllocator::resetPeakStats(static_cast<c10::DeviceIndex>(device));
+    return 0;
+  } catch (...) {
+    return -1;
   }
 }

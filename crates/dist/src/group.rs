@@ -24,8 +24,13 @@ unsafe extern "C" {
         errlen: usize,
     ) -> i32;
     fn detnas_c10d_free(ctx: *mut c_void);
-    fn detnas_c10d_allreduce_sum(ctx: *mut c_void, ts: *const *mut c_void, n: usize, err: *mut c_char, errlen: usize)
-    -> i32;
+    fn detnas_c10d_allreduce_sum(
+        ctx: *mut c_void,
+        ts: *const *mut c_void,
+        n: usize,
+        err: *mut c_char,
+        errlen: usize,
+    ) -> i32;
     fn detnas_c10d_broadcast(
         ctx: *mut c_void,
         ts: *const *mut c_void,
@@ -35,8 +40,13 @@ unsafe extern "C" {
         errlen: usize,
     ) -> i32;
     fn detnas_c10d_barrier(ctx: *mut c_void, err: *mut c_char, errlen: usize) -> i32;
-    fn detnas_c10d_all_gather(ctx: *mut c_void, t: *mut c_void, out: *mut *mut c_void, err: *mut c_char, errlen: usize)
-    -> i32;
+    fn detnas_c10d_all_gather(
+        ctx: *mut c_void,
+        t: *mut c_void,
+        out: *mut *mut c_void,
+        err: *mut c_char,
+        errlen: usize,
+    ) -> i32;
     fn detnas_c10d_store_set(
         ctx: *mut c_void,
         key: *const c_char,
@@ -131,6 +141,8 @@ pub struct ProcessGroup {
     launch: Launch,
     device: Device,
     timeout: Duration,
+    /// Nanoseconds spent waiting in collectives (see [`ProcessGroup::collective_seconds`]).
+    busy_ns: std::sync::atomic::AtomicU64,
 }
 
 // SAFETY: c10d process groups and stores are thread-safe (torch.distributed calls them from
@@ -190,7 +202,7 @@ impl ProcessGroup {
             ))
         })?;
         let ctx = NonNull::new(ctx).ok_or_else(|| DistError::Collective("the shim returned no group".into()))?;
-        Ok(ProcessGroup { ctx, launch: launch.clone(), device, timeout })
+        Ok(ProcessGroup { ctx, launch: launch.clone(), device, timeout, busy_ns: Default::default() })
     }
 
     /// This process's place in the job.
@@ -218,6 +230,20 @@ impl ProcessGroup {
         self.timeout
     }
 
+    /// Seconds this process has spent inside all-reduce, broadcast, barrier and all-gather
+    /// calls since the group was built (the transfer and the wait for slower ranks; the
+    /// backward of a differentiable all-gather runs inside autograd and is not counted).
+    pub fn collective_seconds(&self) -> f64 {
+        self.busy_ns.load(std::sync::atomic::Ordering::Relaxed) as f64 * 1e-9
+    }
+
+    fn timed<T>(&self, f: impl FnOnce() -> T) -> T {
+        let t = std::time::Instant::now();
+        let r = f();
+        self.busy_ns.fetch_add(t.elapsed().as_nanos() as u64, std::sync::atomic::Ordering::Relaxed);
+        r
+    }
+
     fn fail(&self, what: &str) -> impl Fn(DistError) -> DistError + '_ {
         let what = what.to_string();
         move |e| {
@@ -243,8 +269,10 @@ impl ProcessGroup {
     pub fn all_reduce_sum(&self, tensors: &[&Tensor]) -> Result<(), DistError> {
         let ptrs: Vec<*mut c_void> = tensors.iter().map(|t| t.as_ptr() as *mut c_void).collect();
         // SAFETY: the pointers are live tch tensors (`torch::Tensor*`) for the whole call.
-        call("all-reduce", |err, len| unsafe {
-            detnas_c10d_allreduce_sum(self.ctx.as_ptr(), ptrs.as_ptr(), ptrs.len(), err, len)
+        self.timed(|| {
+            call("all-reduce", |err, len| unsafe {
+                detnas_c10d_allreduce_sum(self.ctx.as_ptr(), ptrs.as_ptr(), ptrs.len(), err, len)
+            })
         })
         .map_err(self.fail("all-reduce"))
     }
@@ -257,8 +285,10 @@ impl ProcessGroup {
     pub fn broadcast(&self, tensors: &[&Tensor], root: usize) -> Result<(), DistError> {
         let ptrs: Vec<*mut c_void> = tensors.iter().map(|t| t.as_ptr() as *mut c_void).collect();
         // SAFETY: as in all_reduce_sum.
-        call("broadcast", |err, len| unsafe {
-            detnas_c10d_broadcast(self.ctx.as_ptr(), ptrs.as_ptr(), ptrs.len(), root as i32, err, len)
+        self.timed(|| {
+            call("broadcast", |err, len| unsafe {
+                detnas_c10d_broadcast(self.ctx.as_ptr(), ptrs.as_ptr(), ptrs.len(), root as i32, err, len)
+            })
         })
         .map_err(self.fail("broadcast"))
     }
@@ -270,7 +300,7 @@ impl ProcessGroup {
     #[allow(unsafe_code)]
     pub fn barrier(&self) -> Result<(), DistError> {
         // SAFETY: the context is live.
-        call("barrier", |err, len| unsafe { detnas_c10d_barrier(self.ctx.as_ptr(), err, len) })
+        self.timed(|| call("barrier", |err, len| unsafe { detnas_c10d_barrier(self.ctx.as_ptr(), err, len) }))
             .map_err(self.fail("barrier"))
     }
 
@@ -285,8 +315,10 @@ impl ProcessGroup {
         let mut out: *mut c_void = std::ptr::null_mut();
         // SAFETY: `t` is a live tensor; on success `out` is a new `torch::Tensor*` that tch
         // owns from here on.
-        call("all-gather", |err, len| unsafe {
-            detnas_c10d_all_gather(self.ctx.as_ptr(), t.as_ptr() as *mut c_void, &mut out, err, len)
+        self.timed(|| {
+            call("all-gather", |err, len| unsafe {
+                detnas_c10d_all_gather(self.ctx.as_ptr(), t.as_ptr() as *mut c_void, &mut out, err, len)
+            })
         })
         .map_err(self.fail("all-gather"))?;
         // SAFETY: `out` was allocated by the shim as a `torch::Tensor`, which is tch's C_tensor.

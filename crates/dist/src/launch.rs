@@ -12,7 +12,8 @@
 //!   (passed with `mpirun -x MASTER_ADDR`) or, when every rank is on this node, 127.0.0.1.
 //!
 //! Without any of them, or with a world of one, the process runs alone ([`Launch::from_env`]
-//! returns `None`); `DETNAS_DIST=0` forces that. Outside torchrun, rank 0 hosts the store.
+//! returns `None`); `DETNAS_DIST=0` forces that, and `DETNAS_DIST=1` joins even a job of one
+//! (to check a backend with one device). Outside torchrun, rank 0 hosts the store.
 
 use crate::DistError;
 
@@ -205,7 +206,10 @@ impl Launch {
                 launch.rank, launch.local_rank, launch.world, launch.local_world
             )));
         }
-        Ok((launch.world > 1).then_some(launch))
+        // A world of one runs alone, unless DETNAS_DIST=1 asks to join it anyway (checks of
+        // a backend on a machine with one device).
+        let force = var(env, "DETNAS_DIST").as_deref() == Some("1");
+        Ok((launch.world > 1 || force).then_some(launch))
     }
 }
 
@@ -243,6 +247,11 @@ mod tests {
         assert!(launch(&[("RANK", "4"), ("WORLD_SIZE", "4")]).is_err());
         assert!(launch(&[("RANK", "x"), ("WORLD_SIZE", "4")]).unwrap_err().to_string().contains("RANK=x"));
         assert_eq!(launch(&[("DETNAS_DIST", "0"), ("RANK", "1"), ("WORLD_SIZE", "2")]).unwrap(), None);
+        assert_eq!(launch(&[("RANK", "0"), ("WORLD_SIZE", "1")]).unwrap(), None);
+        assert_eq!(
+            launch(&[("DETNAS_DIST", "1"), ("RANK", "0"), ("WORLD_SIZE", "1")]).unwrap().map(|l| l.world),
+            Some(1)
+        );
     }
 
     #[test]

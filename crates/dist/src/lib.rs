@@ -60,6 +60,77 @@ pub fn nccl_library() -> Result<PathBuf, DistError> {
     })
 }
 
+/// The CUDA caching allocator's peak, read through the CUDA-side shim
+/// (`libdetnas_c10d_nccl.so`, which links libtorch_cuda).
+pub mod cuda_memory {
+    use std::ffi::{CString, c_int};
+    use std::sync::OnceLock;
+
+    struct Fns {
+        max_allocated: unsafe extern "C" fn(c_int) -> i64,
+        reset_peak: unsafe extern "C" fn(c_int) -> c_int,
+    }
+
+    /// The shim's functions; `None` without the shim or where it cannot be loaded (no CUDA).
+    #[allow(unsafe_code)]
+    fn fns() -> Option<&'static Fns> {
+        static FNS: OnceLock<Option<Fns>> = OnceLock::new();
+        FNS.get_or_init(|| {
+            let path = CString::new(super::nccl_library().ok()?.to_string_lossy().as_bytes()).ok()?;
+            // SAFETY: dlopen/dlsym with valid C strings; the handle is never closed, so the
+            // function pointers stay valid for the process's life.
+            unsafe {
+                let h = libc::dlopen(path.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL);
+                if h.is_null() {
+                    return None;
+                }
+                let m = libc::dlsym(h, c"detnas_cuda_max_allocated".as_ptr());
+                let r = libc::dlsym(h, c"detnas_cuda_reset_peak".as_ptr());
+                if m.is_null() || r.is_null() {
+                    return None;
+                }
+                Some(Fns {
+                    max_allocated: std::mem::transmute::<*mut libc::c_void, unsafe extern "C" fn(c_int) -> i64>(m),
+                    reset_peak: std::mem::transmute::<*mut libc::c_void, unsafe extern "C" fn(c_int) -> c_int>(r),
+                })
+            }
+        })
+        .as_ref()
+    }
+
+    /// Peak bytes the CUDA caching allocator has handed out on GPU `device` since the last
+    /// [`reset_peak`] (`torch.cuda.max_memory_allocated`), MiB; `None` without CUDA.
+    #[allow(unsafe_code)]
+    pub fn peak_mib(device: usize) -> Option<f64> {
+        let f = fns()?;
+        // SAFETY: a plain C function of the shim.
+        let b = unsafe { (f.max_allocated)(device as c_int) };
+        (b >= 0).then(|| b as f64 / (1024.0 * 1024.0))
+    }
+
+    /// [`peak_mib`] of `device` when it is a GPU.
+    pub fn peak_of(device: tch::Device) -> Option<f64> {
+        match device {
+            tch::Device::Cuda(i) => peak_mib(i),
+            _ => None,
+        }
+    }
+
+    /// [`reset_peak`] of `device` when it is a GPU.
+    pub fn reset_of(device: tch::Device) {
+        if let tch::Device::Cuda(i) = device {
+            reset_peak(i);
+        }
+    }
+
+    /// Resets that peak; `false` without CUDA.
+    #[allow(unsafe_code)]
+    pub fn reset_peak(device: usize) -> bool {
+        // SAFETY: a plain C function of the shim.
+        fns().is_some_and(|f| unsafe { (f.reset_peak)(device as c_int) } == 0)
+    }
+}
+
 /// Sums the gradients of a set of variables over the ranks, in flat buckets of at most
 /// `bucket_bytes` (one collective per bucket instead of one per tensor, as DDP does).
 /// A variable takes part when some rank has a gradient for it (a rank without one adds
@@ -109,7 +180,11 @@ fn reduce_bucket(pg: &ProcessGroup, vars: &[&Tensor]) -> Result<(), DistError> {
             .iter()
             .map(|v| {
                 let g = v.grad();
-                if g.defined() { g.to_kind(Kind::Float).reshape([-1]) } else { v.zeros_like().to_kind(Kind::Float).reshape([-1]) }
+                if g.defined() {
+                    g.to_kind(Kind::Float).reshape([-1])
+                } else {
+                    v.zeros_like().to_kind(Kind::Float).reshape([-1])
+                }
             })
             .collect();
         let bucket = Tensor::cat(&flat, 0);

@@ -99,7 +99,8 @@ fn combine(gathered: &Tensor) -> (Tensor, Tensor, Tensor) {
     let (means, vars, counts) = (g.select(1, 0), g.select(1, 1), g.select(1, 2));
     let total = counts.sum_dim_intlist(&[0i64][..], false, None);
     let mean = (&means * &counts).sum_dim_intlist(&[0i64][..], false, None) / &total;
-    let var = ((vars + (&means - mean.unsqueeze(0)).square()) * &counts).sum_dim_intlist(&[0i64][..], false, None) / &total;
+    let var =
+        ((vars + (&means - mean.unsqueeze(0)).square()) * &counts).sum_dim_intlist(&[0i64][..], false, None) / &total;
     (mean, var, total)
 }
 
@@ -123,13 +124,16 @@ fn local_stats(y: &Tensor) -> Tensor {
 /// `y` normalised with `mean` and `var` `[C]`, then scaled and shifted by the BN's affine.
 fn normalise(bn: &nn::BatchNorm, y: &Tensor, mean: &Tensor, var: &Tensor) -> Tensor {
     let shape = [1i64, -1, 1, 1];
-    let mut out = (y - mean.view(shape)) * (var + EPS).rsqrt().view(shape);
-    if let Some(w) = &bn.ws {
-        out = out * w.view(shape);
-    }
-    if let Some(b) = &bn.bs {
-        out = out + b.view(shape);
-    }
+    // Out-of-place throughout: autograd needs every intermediate.
+    let out = (y - mean.view(shape)) * (var + EPS).rsqrt().view(shape);
+    let out = match &bn.ws {
+        Some(w) => out * w.view(shape),
+        None => out,
+    };
+    let out = match &bn.bs {
+        Some(b) => out + b.view(shape),
+        None => out,
+    };
     out.to_kind(y.kind())
 }
 

@@ -103,8 +103,8 @@ mod tests {
         assert!(t.blocks.iter().flatten().all(|v| v.is_some_and(|ms| ms > 0.0 && ms.is_finite())));
         assert!(t.stem_ms > 0.0);
         let arch: Arch = "01230123012301230123".parse().unwrap();
-        let by_hand = t.stem_ms
-            + arch.choices().iter().zip(&t.blocks).map(|(c, row)| row[c.id() as usize].unwrap()).sum::<f64>();
+        let by_hand =
+            t.stem_ms + arch.choices().iter().zip(&t.blocks).map(|(c, row)| row[c.id() as usize].unwrap()).sum::<f64>();
         assert!((t.latency_ms(&arch).unwrap() - by_hand).abs() < 1e-9);
         let all3 = t.latency_ms(&Arch::uniform(Choice::Shuffle3, space.num_blocks())).unwrap();
         let (lo, hi) = t.bounds();

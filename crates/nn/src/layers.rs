@@ -62,12 +62,32 @@ pub struct ConvBnConfig {
 impl ConvBnConfig {
     /// A bias-free 1×1 conv with BN.
     pub fn pointwise(cin: i64, cout: i64, relu: bool) -> ConvBnConfig {
-        ConvBnConfig { cin, cout, kernel: 1, stride: 1, depthwise: false, bias: false, relu, std: None, norm: NormKind::Bn }
+        ConvBnConfig {
+            cin,
+            cout,
+            kernel: 1,
+            stride: 1,
+            depthwise: false,
+            bias: false,
+            relu,
+            std: None,
+            norm: NormKind::Bn,
+        }
     }
 
     /// A bias-free depthwise `kernel × kernel` conv with BN, never followed by ReLU.
     pub fn depthwise(c: i64, kernel: i64, stride: i64) -> ConvBnConfig {
-        ConvBnConfig { cin: c, cout: c, kernel, stride, depthwise: true, bias: false, relu: false, std: None, norm: NormKind::Bn }
+        ConvBnConfig {
+            cin: c,
+            cout: c,
+            kernel,
+            stride,
+            depthwise: true,
+            bias: false,
+            relu: false,
+            std: None,
+            norm: NormKind::Bn,
+        }
     }
 
     /// Builds the unit under `p` (`p.conv.*`, then `p.bn.*` or `p.bn_p{l}.*`).
@@ -108,6 +128,9 @@ impl ConvBn {
     }
 
     /// The unit on pyramid level `level` (which selects the BN of a per-level unit).
+    ///
+    /// # Shapes
+    /// `[N, in, H, W] → [N, out, H/stride, W/stride]`.
     pub fn forward_level(&self, xs: &Tensor, level: usize, train: bool) -> Tensor {
         let mut y = match self.bns.len() {
             0 => self.conv.forward(xs),

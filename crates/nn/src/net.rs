@@ -97,6 +97,10 @@ impl Supernet {
     /// # Shapes
     /// `[N, 3, H, W] → [[N, widths[s], H/2^(s+2), W/2^(s+2)]; stages]` (rounded up), with
     /// channels-last strides (the network runs NHWC; `.contiguous()` for an NCHW copy).
+    ///
+    /// # Errors
+    /// [`NnError::Space`] when `arch` does not fit the space (wrong length or a choice not
+    /// allowed).
     pub fn features_t(&self, x: &Tensor, arch: &Arch, train: bool) -> Result<Vec<Tensor>, NnError> {
         Ok(backbone_forward(&self.stem, self.ops(arch)?, &self.space.stage_ends(), x, train))
     }
@@ -105,6 +109,9 @@ impl Supernet {
     ///
     /// # Shapes
     /// `[N, 3, H, W] → [N, classes]`
+    ///
+    /// # Errors
+    /// As [`Supernet::features_t`].
     ///
     /// # Panics
     /// If built without a head.
@@ -115,9 +122,18 @@ impl Supernet {
     /// [`Supernet::forward_t`] with the head's channel-dropout mask given (see
     /// [`ClsHead::forward_masked`]).
     ///
+    /// # Errors
+    /// As [`Supernet::features_t`].
+    ///
     /// # Panics
     /// If built without a head.
-    pub fn forward_masked(&self, x: &Tensor, arch: &Arch, train: bool, mask: Option<&Tensor>) -> Result<Tensor, NnError> {
+    pub fn forward_masked(
+        &self,
+        x: &Tensor,
+        arch: &Arch,
+        train: bool,
+        mask: Option<&Tensor>,
+    ) -> Result<Tensor, NnError> {
         let head = self.head.as_ref().expect("supernet built without a classification head");
         let feats = self.features_t(x, arch, train)?;
         Ok(head.forward_masked(feats.last().expect("at least one stage"), train, mask))
@@ -139,6 +155,9 @@ pub struct ChildNetConfig {
 
 impl ChildNetConfig {
     /// Creates the child's variables under `p` (`stem.*`, `features.i.*`, `head.*`).
+    ///
+    /// # Errors
+    /// [`NnError::Space`] when `arch` does not fit `space`.
     pub fn build(&self, p: &nn::Path) -> Result<ChildNet, NnError> {
         self.space.validate(&self.arch)?;
         let fp = p / "features";
@@ -203,6 +222,10 @@ impl ChildNet {
 /// The supernet variable that holds child variable `name` for `arch`
 /// (`[prefix.]features.i.rest` → `[prefix.]features.i.c.rest`, e.g. a detector's
 /// `backbone.features.…`; every other name is shared).
+///
+/// # Errors
+/// [`NnError::Inherit`] when a `features.` name has a malformed block index or no leaf, or
+/// its block index is beyond `arch`.
 pub fn supernet_name(name: &str, arch: &Arch) -> Result<String, NnError> {
     let (prefix, rest) = match name.strip_prefix("features.") {
         Some(r) => ("", r),
@@ -226,6 +249,10 @@ pub fn supernet_name(name: &str, arch: &Arch) -> Result<String, NnError> {
 /// Copies path `arch`'s weights and BN statistics from a supernet var store into a child's.
 /// Every child variable must be found with the same shape; nothing is partially copied on
 /// error except variables already visited.
+///
+/// # Errors
+/// [`NnError::Inherit`] when a child variable's name is malformed, has no supernet
+/// counterpart, or differs from it in shape.
 pub fn inherit(supernet: &nn::VarStore, child: &mut nn::VarStore, arch: &Arch) -> Result<(), NnError> {
     let src = supernet.variables();
     let dst = child.variables();

@@ -155,6 +155,9 @@ impl PipelineConfig {
 
     /// Writes the embedded demo configs into `dir` (once; identical files are kept) and
     /// returns the path of its pipeline.toml.
+    ///
+    /// # Errors
+    /// [`PipelineError::Io`] when `dir` cannot be created or a file cannot be written.
     pub fn write_embedded(dir: &Path) -> Result<PathBuf, PipelineError> {
         std::fs::create_dir_all(dir).map_err(|e| PipelineError::io(dir, e))?;
         for (name, text) in EMBEDDED {

@@ -29,8 +29,8 @@
 
 use crate::PipelineError;
 use crate::layout::{self as dirs, Retrained, finished};
-use detnas_space::{Arch, Choice, SearchSpace};
 use detnas_runtime::checkpoint::resolve;
+use detnas_space::{Arch, Choice, SearchSpace};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use tch::Tensor;
@@ -103,6 +103,10 @@ pub type NameMapping = Vec<(String, String)>;
 
 /// Maps a detnas child backbone (names without prefix) to the official state dict,
 /// adding `num_batches_tracked` for every BN.
+///
+/// # Errors
+/// [`PipelineError::Config`] naming a variable without an official name (outside `stem.` and
+/// `features.`, malformed, or beyond the space or `arch`).
 pub fn to_official(
     space: &SearchSpace,
     arch: &Arch,
@@ -123,6 +127,11 @@ pub fn to_official(
 }
 
 /// Exports the retrained found architecture of `run` into `out`.
+///
+/// # Errors
+/// [`PipelineError::Config`] when the found architecture is not retrained yet; otherwise the
+/// error of resolving its checkpoint, reading `best_arch.json` or parsing the architecture,
+/// then as [`export_checkpoint`].
 pub fn export(run: &Path, out: &Path) -> Result<PathBuf, PipelineError> {
     let (_, r) = finished::<Retrained>(&dirs::retrain(run, "found")).ok_or_else(|| {
         PipelineError::Config(format!(
@@ -136,6 +145,11 @@ pub fn export(run: &Path, out: &Path) -> Result<PathBuf, PipelineError> {
 }
 
 /// Exports a fixed-architecture detection checkpoint `ckpt`.
+///
+/// # Errors
+/// [`PipelineError::Config`] when `model.safetensors` cannot be read or has no backbone, or
+/// `backbone.safetensors` cannot be written, and as [`to_official`]; [`PipelineError::Io`]
+/// when `out` or another file cannot be written or the checkpoint cannot be copied.
 pub fn export_checkpoint(
     ckpt: &Path,
     space: &SearchSpace,

@@ -3,13 +3,13 @@
 //! so `detnas report RUN` regenerates it at any time (sections of unfinished stages say so).
 
 use crate::PipelineError;
-use crate::plots;
 use crate::layout::{self as dirs, RETRAINED, Retrained, finished, stage_record};
+use crate::plots;
+use detnas_runtime::fsx::write_atomic;
 use detnas_search::engine::{SearchState, read_state};
 use detnas_search::ledger::LedgerEntry;
 use detnas_search::run::{BestArch, read_best};
 use detnas_space::{CostModel, LatencyTable, format_count};
-use detnas_runtime::fsx::write_atomic;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -85,6 +85,11 @@ fn f4(v: f64) -> String {
 }
 
 /// Writes the report of `run`; returns the report folder.
+///
+/// # Errors
+/// [`PipelineError::Io`] or [`PipelineError::Train`] (atomic writes) when a report file cannot
+/// be written; [`PipelineError::Config`] when a plot cannot be drawn; [`PipelineError::Space`]
+/// when a retrained architecture does not fit the space.
 pub fn write(run: &Path) -> Result<PathBuf, PipelineError> {
     let out = dirs::report(run);
     let plot_dir = out.join("plots");

@@ -8,20 +8,20 @@ use crate::config::{PipelineConfig, RetrainMode};
 use crate::layout::{self as dirs, Retrained, STAGE_FILE, StageRecord, finished};
 use detnas_data::det::DetDataset;
 use detnas_data::mix_seed;
-use detnas_runtime::mem::PeakMeter;
 use detnas_dist::ProcessGroup;
+use detnas_runtime::fsx::write_atomic;
+use detnas_runtime::mem::{MemoryRecord, PeakMeter};
 use detnas_runtime::{Cancel, ConfigDocument};
-use std::sync::Arc;
 use detnas_search::run::BestArch;
 use detnas_search::{FitnessKind, SearchConfig, SearchOptions};
 use detnas_space::rng::seeded;
 use detnas_space::sample_constrained;
-use detnas_runtime::fsx::write_atomic;
 use detnas_train::det_config::DetSource;
 use detnas_train::{FinetuneConfig, PretrainConfig, RunOptions};
-use serde::de::DeserializeOwned;
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 use tch::Device;
 
@@ -70,8 +70,9 @@ fn stage<T: Serialize + DeserializeOwned>(
     tracing::info!("stage {name}: running into {}", dir.display());
     let t = Instant::now();
     let meter = PeakMeter::start();
+    detnas_dist::cuda_memory::reset_of(opts.device);
     let result = run()?;
-    let memory = meter.finish();
+    let memory = MemoryRecord { gpu_peak_mib: detnas_dist::cuda_memory::peak_of(opts.device), ..meter.finish() };
     let rec = StageRecord { stage: name.to_string(), seconds: t.elapsed().as_secs_f64(), result, memory };
     if opts.writer() {
         std::fs::create_dir_all(dir).map_err(|e| PipelineError::io(dir, e))?;
@@ -125,6 +126,11 @@ fn finetune_config(
 }
 
 /// Runs (or resumes) the pipeline of `cfg` into `opts.out`.
+///
+/// # Errors
+/// [`PipelineError::Config`] when `opts.out` holds another pipeline configuration;
+/// [`PipelineError::Io`] when it cannot be created; otherwise the first error of a stage (its
+/// configuration, training, search, record or the report).
 pub fn run(cfg: &PipelineConfig, opts: &PipelineOptions) -> Result<PipelineOutcome, PipelineError> {
     let started = Instant::now();
     std::fs::create_dir_all(&opts.out).map_err(|e| PipelineError::io(&opts.out, e))?;
@@ -168,38 +174,27 @@ pub fn run(cfg: &PipelineConfig, opts: &PipelineOptions) -> Result<PipelineOutco
     let train_opts =
         RunOptions { progress, cancel: opts.cancel.clone(), dist: opts.dist.clone(), ..RunOptions::default() };
     stage(opts, &dirs::pretrain(run), "pretrain", || {
-        Ok(detnas_train::pretrain::run(
-            &pre_cfg,
-            &dirs::pretrain(run),
-            opts.device,
-            &train_opts,
-        )?)
+        Ok(detnas_train::pretrain::run(&pre_cfg, &dirs::pretrain(run), opts.device, &train_opts)?)
     })?;
 
     let mut ft = ft_base.clone();
     ft.model.pretrained = Some(dirs::pretrain(run));
     ft.check()?;
     stage(opts, &dirs::finetune(run), "finetune", || {
-        Ok(detnas_train::finetune::run(
-            &ft,
-            &dirs::finetune(run),
-            opts.device,
-            &train_opts,
-        )?)
+        Ok(detnas_train::finetune::run(&ft, &dirs::finetune(run), opts.device, &train_opts)?)
     })?;
 
     let (workers, threads_per_worker) =
         detnas_search::run::default_workers(&[opts.device], cfg.threads.unwrap_or_else(tch::get_num_threads));
-    let search_opts =
-        |out: PathBuf| SearchOptions {
-            out,
-            devices: vec![opts.device],
-            workers,
-            threads_per_worker,
-            progress,
-            cancel: opts.cancel.clone(),
-            dist: opts.dist.clone(),
-        };
+    let search_opts = |out: PathBuf| SearchOptions {
+        out,
+        devices: vec![opts.device],
+        workers,
+        threads_per_worker,
+        progress,
+        cancel: opts.cancel.clone(),
+        dist: opts.dist.clone(),
+    };
     let mut scfg = SearchConfig::load(&cfg.search.config, &with(&cfg.search.set, &[], &ro))?;
     scfg.supernet.checkpoint = dirs::finetune(run);
     scfg.supernet.fitness = FitnessKind::Det;
@@ -207,13 +202,9 @@ pub fn run(cfg: &PipelineConfig, opts: &PipelineOptions) -> Result<PipelineOutco
     if scfg.constraint.latency_table.is_none() {
         scfg.constraint.latency_table = Some(dirs::search(run).join("latency-table.json"));
     }
-    let found: BestArch =
-        stage(
-            opts,
-            &dirs::search(run),
-            "search",
-            || Ok(detnas_search::search(&scfg, &search_opts(dirs::search(run)))?.best),
-        )?;
+    let found: BestArch = stage(opts, &dirs::search(run), "search", || {
+        Ok(detnas_search::search(&scfg, &search_opts(dirs::search(run)))?.best)
+    })?;
 
     let clsnas: Option<BestArch> = if cfg.baselines.clsnas {
         let mut c = SearchConfig::load(&cfg.search.config, &with(&cfg.search.set, &cfg.baselines.clsnas_set, &ro))?;
@@ -258,12 +249,7 @@ pub fn run(cfg: &PipelineConfig, opts: &PipelineOptions) -> Result<PipelineOutco
                     p.sampling.max_backbone_macs = None;
                     p.eval.final_paths = 1;
                     p.check()?;
-                    Some(detnas_train::pretrain::run(
-                        &p,
-                        &dir.join("cls"),
-                        opts.device,
-                        &train_opts,
-                    )?)
+                    Some(detnas_train::pretrain::run(&p, &dir.join("cls"), opts.device, &train_opts)?)
                 }
                 RetrainMode::Inherit => None,
             };
@@ -271,12 +257,7 @@ pub fn run(cfg: &PipelineConfig, opts: &PipelineOptions) -> Result<PipelineOutco
             f.model.arch = Some(arch.clone());
             f.model.pretrained = Some(if cls.is_some() { dir.join("cls") } else { dirs::pretrain(run) });
             f.check()?;
-            let det = detnas_train::finetune::run(
-                &f,
-                &dir.join("det"),
-                opts.device,
-                &train_opts,
-            )?;
+            let det = detnas_train::finetune::run(&f, &dir.join("det"), opts.device, &train_opts)?;
             Ok(Retrained { label: label.clone(), arch: arch.clone(), cls, det })
         })?;
         retrained.push(r);

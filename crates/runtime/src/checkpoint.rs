@@ -66,6 +66,10 @@ pub fn list(dir: &Path) -> Vec<(u64, PathBuf)> {
 /// Claims run folder `out` for a configuration: writes `config.toml` (atomically) unless the
 /// folder holds a different one (`hash_of` gives an existing file's result hash; `None`
 /// when unreadable), which is refused unless `allow_mismatch`.
+///
+/// # Errors
+/// [`RuntimeError::Config`] when `out` holds a different configuration and `allow_mismatch`
+/// is false; [`RuntimeError::Io`] when `out` cannot be created or `config.toml` written.
 pub fn claim_run_dir(
     out: &Path,
     config_toml: &str,
@@ -92,6 +96,10 @@ pub fn claim_run_dir(
 
 /// Saves checkpoint `step` into `dir`: `write` fills the given temporary folder with files.
 /// Calls `before_rename` (fault injection) between writing and publishing.
+///
+/// # Errors
+/// Whatever `write` returns; [`RuntimeError::Io`] when a folder or file cannot be created,
+/// read, synced or renamed.
 pub fn save(
     dir: &Path,
     step: u64,
@@ -134,12 +142,21 @@ pub fn save(
 
 /// Verifies a checkpoint folder: format, every listed file present with its checksum, no
 /// unlisted file. Returns its step.
+///
+/// # Errors
+/// [`RuntimeError::Checkpoint`] for a missing or corrupt manifest, an unsupported format, or a
+/// missing, altered or unlisted file; [`RuntimeError::Io`] when a file cannot be read.
 pub fn verify(path: &Path) -> Result<u64, RuntimeError> {
     let mpath = path.join(MANIFEST);
-    let text = std::fs::read_to_string(&mpath).map_err(|e| RuntimeError::checkpoint(path, format!("no readable manifest.json ({e})")))?;
-    let m: Manifest = serde_json::from_str(&text).map_err(|e| RuntimeError::checkpoint(path, format!("corrupt manifest.json: {e}")))?;
+    let text = std::fs::read_to_string(&mpath)
+        .map_err(|e| RuntimeError::checkpoint(path, format!("no readable manifest.json ({e})")))?;
+    let m: Manifest = serde_json::from_str(&text)
+        .map_err(|e| RuntimeError::checkpoint(path, format!("corrupt manifest.json: {e}")))?;
     if m.format != FORMAT {
-        return Err(RuntimeError::checkpoint(path, format!("checkpoint format {} is not the supported format {FORMAT}", m.format)));
+        return Err(RuntimeError::checkpoint(
+            path,
+            format!("checkpoint format {} is not the supported format {FORMAT}", m.format),
+        ));
     }
     for (name, want) in &m.files {
         let f = path.join(name);
@@ -148,7 +165,10 @@ pub fn verify(path: &Path) -> Result<u64, RuntimeError> {
         }
         let got = sha256_file(&f)?;
         if &got != want {
-            return Err(RuntimeError::checkpoint(path, format!("checksum mismatch for {name} (file corrupted or modified)")));
+            return Err(RuntimeError::checkpoint(
+                path,
+                format!("checksum mismatch for {name} (file corrupted or modified)"),
+            ));
         }
     }
     for e in std::fs::read_dir(path).map_err(|e| RuntimeError::io(path, e))?.flatten() {
@@ -161,6 +181,10 @@ pub fn verify(path: &Path) -> Result<u64, RuntimeError> {
 }
 
 /// The newest verified checkpoint of `dir`, or `None` when there is none at all.
+///
+/// # Errors
+/// As [`verify`] for the newest `step-N` folder (the message lists the older ones), and
+/// [`RuntimeError::Checkpoint`] when its manifest's step differs from its name.
 pub fn latest(dir: &Path) -> Result<Option<(u64, PathBuf)>, RuntimeError> {
     remove_stray_temps(dir);
     let all = list(dir);
@@ -186,6 +210,9 @@ pub fn latest(dir: &Path) -> Result<Option<(u64, PathBuf)>, RuntimeError> {
 
 /// Resolves a user-given checkpoint path: a `step-N` folder, or a run/checkpoints folder
 /// (its latest). Verifies it.
+///
+/// # Errors
+/// As [`verify`] and [`latest`]; [`RuntimeError::Checkpoint`] when no checkpoint is found.
 pub fn resolve(path: &Path) -> Result<(u64, PathBuf), RuntimeError> {
     if path.join(MANIFEST).is_file() {
         return Ok((verify(path)?, path.to_path_buf()));
@@ -195,7 +222,10 @@ pub fn resolve(path: &Path) -> Result<(u64, PathBuf), RuntimeError> {
             return Ok(found);
         }
     }
-    Err(RuntimeError::checkpoint(path, "no checkpoint found (expected a step-N folder, a checkpoints folder or a run folder)"))
+    Err(RuntimeError::checkpoint(
+        path,
+        "no checkpoint found (expected a step-N folder, a checkpoints folder or a run folder)",
+    ))
 }
 
 #[cfg(test)]
@@ -209,8 +239,14 @@ mod tests {
     }
 
     fn save_text(dir: &Path, step: u64, keep: usize, text: &str) -> PathBuf {
-        save(dir, step, keep, |tmp| std::fs::write(tmp.join("a.txt"), text).map_err(|e| RuntimeError::io(tmp, e)), || ())
-            .unwrap()
+        save(
+            dir,
+            step,
+            keep,
+            |tmp| std::fs::write(tmp.join("a.txt"), text).map_err(|e| RuntimeError::io(tmp, e)),
+            || (),
+        )
+        .unwrap()
     }
 
     #[test]

@@ -36,7 +36,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RuntimeError> {
 /// # Errors
 /// As [`write_atomic`].
 pub fn write_json_atomic<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), RuntimeError> {
-    let text = serde_json::to_string_pretty(value).map_err(|e| RuntimeError::Config(format!("{}: {e}", path.display())))?;
+    let text =
+        serde_json::to_string_pretty(value).map_err(|e| RuntimeError::Config(format!("{}: {e}", path.display())))?;
     write_atomic(path, text.as_bytes())
 }
 

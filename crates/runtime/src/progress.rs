@@ -32,6 +32,10 @@ pub struct MetricsLog {
 impl MetricsLog {
     /// Opens `path` for appending, first dropping lines with `step > keep_upto` (written by
     /// a run that crashed after its last checkpoint, and about to be redone).
+    ///
+    /// # Errors
+    /// [`RuntimeError::Io`] when an existing log cannot be rewritten or `path` cannot be opened
+    /// for appending.
     pub fn open(path: &Path, keep_upto: u64) -> Result<MetricsLog, RuntimeError> {
         if let Ok(text) = std::fs::read_to_string(path) {
             let kept: String = text
@@ -52,11 +56,17 @@ impl MetricsLog {
     }
 
     /// Appends one record.
+    ///
+    /// # Errors
+    /// [`RuntimeError::Io`] when the write fails.
     pub fn write(&mut self, record: &serde_json::Value) -> Result<(), RuntimeError> {
         writeln!(self.file, "{record}").map_err(|e| RuntimeError::io(&self.path, e))
     }
 
     /// Flushes to disk (called at checkpoints).
+    ///
+    /// # Errors
+    /// [`RuntimeError::Io`] when the flush fails.
     pub fn sync(&mut self) -> Result<(), RuntimeError> {
         self.file.sync_data().map_err(|e| RuntimeError::io(&self.path, e))
     }

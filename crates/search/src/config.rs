@@ -1,9 +1,9 @@
 //! The search configuration (`detnas search --config cfg.toml`).
 
 use crate::SearchError;
-use detnas_space::{Constraint, CostModel, InputSize, parse_count};
 use detnas_runtime::ConfigDocument;
 use detnas_runtime::config::resolve_path;
+use detnas_space::{Constraint, CostModel, InputSize, parse_count};
 use detnas_train::config::BnModeConfig;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};

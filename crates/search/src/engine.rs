@@ -14,10 +14,10 @@ use crate::evolution::{Limits, Scored, propose, update_elite};
 use crate::ledger::{Ledger, LedgerEntry};
 use crate::workers::{Evaluation, Workers};
 use detnas_data::mix_seed;
-use detnas_space::Arch;
-use detnas_space::rng::seeded;
 use detnas_runtime::fsx::write_atomic;
 use detnas_runtime::{Cancel, fault};
+use detnas_space::Arch;
+use detnas_space::rng::seeded;
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -102,6 +102,10 @@ pub fn ledger_path(dir: &Path) -> PathBuf {
 }
 
 /// Reads `state.json` of a search folder, if present.
+///
+/// # Errors
+/// [`SearchError::Io`] when `state.json` exists but cannot be read; [`SearchError::Ledger`]
+/// when it is malformed.
 pub fn read_state(dir: &Path) -> Result<Option<SearchState>, SearchError> {
     let p = state_path(dir);
     match std::fs::read_to_string(&p) {
@@ -121,6 +125,11 @@ fn mean(v: impl Iterator<Item = f64>) -> f64 {
 }
 
 /// Runs (or resumes) the search in `setup.dir`.
+///
+/// # Errors
+/// [`SearchError::Space`] when the limits cannot be met; [`SearchError::Config`] when the
+/// folder belongs to another configuration; [`SearchError::Ledger`] for a malformed ledger or
+/// one at odds with `state.json`; [`SearchError::Interrupted`]; I/O and evaluation errors.
 pub fn run(setup: &SearchSetup, workers: &mut Workers) -> Result<Outcome, SearchError> {
     let cfg = &setup.strategy;
     let space = &setup.limits.space;

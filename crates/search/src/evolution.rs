@@ -78,6 +78,10 @@ impl Limits {
     }
 
     /// An error when no architecture can satisfy the limits.
+    ///
+    /// # Errors
+    /// `SpaceError::Unsatisfiable` when even the cheapest architecture exceeds a MACs, parameter
+    /// or latency limit; `SpaceError::InvalidParameter` for a latency limit without a table.
     pub fn check_satisfiable(&self) -> Result<(), detnas_space::SpaceError> {
         self.constraint.check_satisfiable(&self.space, &self.model)?;
         if let Some(limit) = self.max_latency_ms {

@@ -14,11 +14,11 @@ use crate::workers::{Evaluation, Evaluator};
 use detnas_data::Subset;
 use detnas_data::det::DetDataset;
 use detnas_detect::Detector;
-use detnas_nn::{BnMode, Supernet};
-use detnas_space::{Arch, SearchSpace};
 use detnas_detect::evaluate::{DetInputs, EvalSettings, evaluate};
+use detnas_nn::{BnMode, Supernet};
 use detnas_runtime::checkpoint::resolve;
 use detnas_runtime::fsx::sha256_file;
+use detnas_space::{Arch, SearchSpace};
 use detnas_train::engine::load_weights;
 use detnas_train::evaluate::{EvalData, evaluate_path};
 use detnas_train::finetune::{self, OpenedDetector, recalibration_images};
@@ -41,6 +41,11 @@ pub struct SupernetInfo {
 
 impl SupernetInfo {
     /// Resolves and verifies the checkpoint of `cfg.supernet`.
+    ///
+    /// # Errors
+    /// [`SearchError::Train`] when the checkpoint cannot be resolved, verified or hashed;
+    /// [`SearchError::Config`] when it is not of the kind the fitness needs (any error reading its
+    /// metadata included) or holds a fixed child network.
     pub fn open(cfg: &SearchConfig) -> Result<SupernetInfo, SearchError> {
         let (step, path) = resolve(&cfg.supernet.checkpoint)?;
         let space = match cfg.supernet.fitness {
@@ -74,6 +79,9 @@ impl SupernetInfo {
     }
 
     /// Opens an evaluator of this supernet on `device` (the caller's thread owns it).
+    ///
+    /// # Errors
+    /// As [`DetEvaluator::open`] or [`ClsEvaluator::open`].
     pub fn evaluator(
         &self,
         eval: &SearchEvalConfig,
@@ -108,6 +116,13 @@ pub struct DetEvaluator {
 pub const PREPARED_INPUTS_BUDGET: u64 = 256 << 20;
 
 impl DetEvaluator {
+    /// Opens the fine-tuned supernet detector of `ckpt` with its recalibration and
+    /// search-validation images.
+    ///
+    /// # Errors
+    /// [`SearchError::Train`] when the checkpoint or its data splits cannot be opened;
+    /// [`SearchError::Config`] when the search-validation split is empty, differs from the one
+    /// recorded or overlaps the training images; [`SearchError::Detect`] for unreadable images.
     pub fn open(
         ckpt: &Path,
         eval: &SearchEvalConfig,
@@ -218,6 +233,11 @@ pub struct ClsEvaluator {
 }
 
 impl ClsEvaluator {
+    /// Opens the pre-trained supernet of `ckpt` with its recalibration and validation images.
+    ///
+    /// # Errors
+    /// [`SearchError::Train`] when the checkpoint cannot be resolved or is not a pre-training
+    /// checkpoint, or its datasets or weights cannot be loaded.
     pub fn open(
         ckpt: &Path,
         eval: &SearchEvalConfig,

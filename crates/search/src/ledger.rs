@@ -42,6 +42,10 @@ impl Ledger {
     /// Opens (creating) the ledger at `path`, returning the complete entries already there.
     /// An incomplete last line (a crash mid-write) is dropped and truncated away; a
     /// malformed complete line is an error naming the line.
+    ///
+    /// # Errors
+    /// [`SearchError::Io`] when the file cannot be read, truncated or opened for appending;
+    /// [`SearchError::Ledger`] naming the first malformed line.
     pub fn open(path: &Path) -> Result<(Ledger, Vec<LedgerEntry>), SearchError> {
         let entries = match std::fs::read(path) {
             Ok(bytes) => {
@@ -61,6 +65,9 @@ impl Ledger {
     }
 
     /// Appends one entry and fsyncs it.
+    ///
+    /// # Errors
+    /// [`SearchError::Io`] when the write or the fsync fails.
     pub fn append(&mut self, e: &LedgerEntry) -> Result<(), SearchError> {
         let mut line = serde_json::to_string(e).expect("serialisable");
         line.push('\n');
@@ -91,6 +98,10 @@ fn parse(path: &Path, bytes: &[u8]) -> Result<Vec<LedgerEntry>, SearchError> {
 }
 
 /// Reads a ledger without opening it for writing.
+///
+/// # Errors
+/// [`SearchError::Io`] when the file cannot be read; [`SearchError::Ledger`] naming the first
+/// malformed complete line.
 pub fn read(path: &Path) -> Result<Vec<LedgerEntry>, SearchError> {
     let bytes = std::fs::read(path).map_err(|e| SearchError::io(path, e))?;
     let keep = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);

@@ -127,13 +127,13 @@ impl Remote {
             // Nothing arrived: evaluate a candidate here, or wait a little.
             if let Some(bytes) = self.pg.queue_pop(&self.key("jobs"), false).map_err(dist)? {
                 match serde_json::from_slice::<Message>(&bytes) {
-                    Ok(Message::Job { id, .. }) => match open.remove(&id) {
-                        Some((i, arch, _)) => {
+                    Ok(Message::Job { id, .. }) => {
+                        // None: a duplicate of a job already scored.
+                        if let Some((i, arch, _)) = open.remove(&id) {
                             let ev = self.local.evaluate(&arch)?;
                             on_done(i, arch, 0, ev)?;
                         }
-                        None => {} // a duplicate of a job already scored
-                    },
+                    }
                     _ => return Err(SearchError::Config("an unexpected message in the job queue".into())),
                 }
                 continue;
@@ -155,7 +155,8 @@ impl Remote {
                         who.as_deref().unwrap_or("none")
                     );
                     *at = now;
-                    let m = serde_json::to_vec(&Message::Job { id: *id, arch: arch.to_string() }).expect("serialisable");
+                    let m =
+                        serde_json::to_vec(&Message::Job { id: *id, arch: arch.to_string() }).expect("serialisable");
                     self.pg.queue_push(&self.key("jobs"), &m).map_err(dist)?;
                 }
             }

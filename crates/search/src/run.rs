@@ -16,13 +16,13 @@ use crate::evolution::Limits;
 use crate::fitness::SupernetInfo;
 use crate::ledger::LedgerEntry;
 use crate::workers::{EvaluatorFactory, Workers};
+use detnas_dist::ProcessGroup;
 use detnas_nn::latency::{device_name, measure_table};
-use detnas_runtime::mem::{MemoryRecord, PeakMeter};
-use detnas_space::{InputSize, LatencyTable, SearchSpace};
 use detnas_runtime::checkpoint::claim_run_dir;
 use detnas_runtime::fsx::write_atomic;
-use detnas_dist::ProcessGroup;
+use detnas_runtime::mem::{MemoryRecord, PeakMeter};
 use detnas_runtime::{Cancel, ConfigDocument};
+use detnas_space::{InputSize, LatencyTable, SearchSpace};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -123,6 +123,10 @@ fn metric_name(cfg: &SearchConfig) -> String {
 
 /// The latency table of a search: read from its cache when it matches, else measured on
 /// `device` and cached.
+///
+/// # Errors
+/// [`SearchError::Space`] when the cached table cannot be read or the measured one written;
+/// [`SearchError::Config`] when the cache is for another space, input size or device.
 pub fn latency_table(
     cfg: &SearchConfig,
     space: &SearchSpace,
@@ -204,6 +208,11 @@ pub struct SearchSummary {
 }
 
 /// Runs (or resumes) the search of `cfg` into `opts.out`.
+///
+/// # Errors
+/// [`SearchError::Config`] for an invalid configuration, a mismatched `runtime.reuse` folder or
+/// no candidate; [`SearchError::Train`] when `opts.out` holds another configuration or the
+/// supernet cannot be opened; and as [`latency_table`] and [`engine::run`].
 pub fn search(cfg: &SearchConfig, opts: &SearchOptions) -> Result<SearchReport, SearchError> {
     cfg.check()?;
     let started = std::time::Instant::now();
@@ -325,7 +334,10 @@ pub fn search(cfg: &SearchConfig, opts: &SearchOptions) -> Result<SearchReport, 
         seconds: started.elapsed().as_secs_f64(),
         mean_recalibration_seconds: outcome.entries.iter().map(|e| e.recalibration_seconds).sum::<f64>() / n,
         mean_evaluation_seconds: outcome.entries.iter().map(|e| e.evaluation_seconds).sum::<f64>() / n,
-        memory: meter.finish(),
+        memory: MemoryRecord {
+            gpu_peak_mib: devices.iter().filter_map(|&d| detnas_dist::cuda_memory::peak_of(d)).reduce(f64::max),
+            ..meter.finish()
+        },
     };
     write_atomic(
         &opts.out.join("summary.json"),
@@ -347,7 +359,12 @@ fn queue_prefix(hash: &str) -> String {
 
 /// A worker rank's search: evaluate what rank 0 hands out, then read the result rank 0
 /// wrote.
-fn serve_search(cfg: &SearchConfig, opts: &SearchOptions, pg: &ProcessGroup, hash: &str) -> Result<SearchReport, SearchError> {
+fn serve_search(
+    cfg: &SearchConfig,
+    opts: &SearchOptions,
+    pg: &ProcessGroup,
+    hash: &str,
+) -> Result<SearchReport, SearchError> {
     let info = SupernetInfo::open(cfg)?;
     let finished = engine::read_state(&opts.out)?.is_some_and(|s| s.finished);
     if !finished {
@@ -375,6 +392,10 @@ fn report_of(dir: &Path) -> Result<SearchReport, SearchError> {
 }
 
 /// Reads `best_arch.json` of a search folder.
+///
+/// # Errors
+/// [`SearchError::Io`] when `best_arch.json` cannot be read; [`SearchError::Ledger`] when it is
+/// malformed.
 pub fn read_best(dir: &Path) -> Result<BestArch, SearchError> {
     let p = dir.join("best_arch.json");
     let text = std::fs::read_to_string(&p).map_err(|e| SearchError::io(&p, e))?;

@@ -57,6 +57,10 @@ impl std::fmt::Debug for Workers {
 
 impl Workers {
     /// Starts `n` workers; returns once every evaluator is built (or the first error).
+    ///
+    /// # Errors
+    /// Whatever `factory` returns first; [`SearchError::Config`] when a worker thread cannot be
+    /// started or stops while starting.
     pub fn new(factory: EvaluatorFactory, n: usize) -> Result<Workers, SearchError> {
         if n <= 1 {
             return Ok(Workers { inline: Some(factory(0)?), pool: None, remote: None, count: 1 });
@@ -89,7 +93,21 @@ impl Workers {
                         if abort.load(Ordering::SeqCst) {
                             return;
                         }
-                        let r = eval.evaluate(&arch);
+                        // A panic inside libtorch (out of memory, a kernel's check) becomes this
+                        // candidate's error: the pool never waits for a result that cannot come.
+                        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| eval.evaluate(&arch)))
+                            .unwrap_or_else(|p| {
+                                let msg = p
+                                    .downcast_ref::<String>()
+                                    .map(String::as_str)
+                                    .or_else(|| p.downcast_ref::<&str>().copied())
+                                    .unwrap_or("panic");
+                                let first = msg.lines().next().unwrap_or(msg);
+                                Err(SearchError::Evaluation {
+                                    arch: arch.to_string(),
+                                    message: format!("worker {w} failed: {first}"),
+                                })
+                            });
                         if done_tx.send((i, arch, w, r)).is_err() {
                             return;
                         }
@@ -140,6 +158,10 @@ impl Workers {
 
     /// Evaluates `jobs` (`(index, arch)`), calling `on_done(index, arch, worker, evaluation)`
     /// as each finishes; stops at the first error (of an evaluation or of `on_done`).
+    ///
+    /// # Errors
+    /// The first error of an evaluation or of `on_done`; [`SearchError::Config`] when the worker
+    /// threads have stopped; a store failure with remote workers.
     pub fn run(
         &mut self,
         jobs: Vec<(usize, Arch)>,

@@ -33,6 +33,10 @@ pub struct LatencyTable {
 
 impl LatencyTable {
     /// Summed latency of `arch` (stem + its choice in every block), in milliseconds.
+    ///
+    /// # Errors
+    /// [`SpaceError::WrongLength`] or [`SpaceError::ChoiceNotAllowed`] when `arch` does not fit
+    /// the table's space; [`SpaceError::InvalidParameter`] for a missing entry.
     pub fn latency_ms(&self, arch: &Arch) -> Result<f64, SpaceError> {
         self.space.validate(arch)?;
         let mut total = self.stem_ms;
@@ -45,6 +49,10 @@ impl LatencyTable {
     }
 
     /// An error unless the table was measured for `space`, `input` and `device`.
+    ///
+    /// # Errors
+    /// [`SpaceError::InvalidParameter`] naming the first mismatch: space, input size, device or
+    /// number of blocks.
     pub fn check_matches(&self, space: &SearchSpace, input: InputSize, device: &str) -> Result<(), SpaceError> {
         let mismatch = |what: &str| {
             Err(SpaceError::InvalidParameter(format!(
@@ -78,6 +86,10 @@ impl LatencyTable {
     }
 
     /// Reads a table written by [`LatencyTable::write`].
+    ///
+    /// # Errors
+    /// [`SpaceError::Io`] when the file cannot be read; [`SpaceError::Toml`] when its JSON is not a
+    /// table.
     pub fn read(path: &Path) -> Result<LatencyTable, SpaceError> {
         let text = std::fs::read_to_string(path).map_err(|e| SpaceError::Io { path: path.to_path_buf(), source: e })?;
         serde_json::from_str(&text)
@@ -85,6 +97,9 @@ impl LatencyTable {
     }
 
     /// Writes the table as JSON (through a temporary file and a rename).
+    ///
+    /// # Errors
+    /// [`SpaceError::Io`] when the folder or the temporary file cannot be written or renamed.
     pub fn write(&self, path: &Path) -> Result<(), SpaceError> {
         let io = |e| SpaceError::Io { path: path.to_path_buf(), source: e };
         if let Some(d) = path.parent().filter(|d| !d.as_os_str().is_empty()) {

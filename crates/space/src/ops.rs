@@ -34,6 +34,9 @@ impl Constraint {
 
     /// An error when no architecture of the space can satisfy the constraint (the cheapest
     /// choice per block already exceeds a limit).
+    ///
+    /// # Errors
+    /// [`SpaceError::Unsatisfiable`] naming the MACs or parameter limit that cannot be met.
     pub fn check_satisfiable(&self, space: &SearchSpace, model: &CostModel) -> Result<(), SpaceError> {
         let (lo, _) = backbone_bounds(space, model.input);
         if let Some(m) = self.max_backbone_macs
@@ -73,6 +76,10 @@ pub fn sample_uniform<R: RngCore + ?Sized>(space: &SearchSpace, rng: &mut R) -> 
 /// A uniform architecture conditioned on `constraint`, by rejection with at most
 /// `max_attempts` draws. Fails at once when the constraint cannot be met by any architecture,
 /// and after `max_attempts` when it is met too rarely to find by chance.
+///
+/// # Errors
+/// [`SpaceError::Unsatisfiable`] when no architecture can meet `constraint`, or none meeting it
+/// was drawn in `max_attempts` tries.
 pub fn sample_constrained<R: RngCore + ?Sized>(
     space: &SearchSpace,
     constraint: &Constraint,

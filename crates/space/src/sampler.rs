@@ -29,6 +29,10 @@ pub struct PathSampler {
 
 impl PathSampler {
     /// A uniform sampler under `max_backbone_macs` (at 224×224).
+    ///
+    /// # Errors
+    /// [`SpaceError::Unsatisfiable`] when even the cheapest architecture exceeds
+    /// `max_backbone_macs`.
     pub fn uniform(space: &SearchSpace, max_backbone_macs: Option<u64>) -> Result<PathSampler, SpaceError> {
         let constraint = Constraint { max_backbone_macs, max_backbone_params: None };
         let model = CostModel::default();
@@ -48,6 +52,10 @@ impl PathSampler {
     }
 
     /// A FLOPs-binned sampler with `bins` bins.
+    ///
+    /// # Errors
+    /// As [`PathSampler::uniform`], and [`SpaceError::Unsatisfiable`] when admissible paths are too
+    /// rare to draw.
     pub fn flops_binned(
         space: &SearchSpace,
         max_backbone_macs: Option<u64>,
@@ -73,6 +81,10 @@ impl PathSampler {
     }
 
     /// The next path.
+    ///
+    /// # Errors
+    /// [`SpaceError::Unsatisfiable`] when no admissible path (in the drawn bin) is found within
+    /// [`MAX_ATTEMPTS`] draws; never for a fixed sampler.
     pub fn sample<R: RngCore + ?Sized>(&self, rng: &mut R) -> Result<Arch, SpaceError> {
         if let Some(a) = &self.fixed {
             return Ok(a.clone());

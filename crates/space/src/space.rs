@@ -50,6 +50,9 @@ fn one() -> f64 {
 
 impl SpaceSpec {
     /// Resolves the spec to a validated space.
+    ///
+    /// # Errors
+    /// As [`SearchSpace::named`] and [`SearchSpace::scaled`].
     pub fn resolve(&self) -> Result<SearchSpace, SpaceError> {
         let base = SearchSpace::named(&self.space)?;
         if self.width_mult == 1.0 { Ok(base) } else { base.scaled(self.width_mult) }
@@ -99,6 +102,10 @@ impl SearchSpace {
     }
 
     /// A preset by name, or a space read from a `.toml` file.
+    ///
+    /// # Errors
+    /// [`SpaceError::UnknownSpace`] for another name that is neither a file nor ends in `.toml`;
+    /// as [`SearchSpace::from_toml_file`] for a file.
     pub fn named(name: &str) -> Result<SearchSpace, SpaceError> {
         match name {
             "small" => Ok(SearchSpace::small()),
@@ -113,6 +120,10 @@ impl SearchSpace {
 
     /// Reads and validates a space from TOML (fields as in this struct; `name` defaults to
     /// the file stem, `choices` to all four).
+    ///
+    /// # Errors
+    /// [`SpaceError::Io`] when the file cannot be read; otherwise as
+    /// [`SearchSpace::from_toml_str`], with the path in [`SpaceError::Toml`].
     pub fn from_toml_file(path: &Path) -> Result<SearchSpace, SpaceError> {
         let text =
             std::fs::read_to_string(path).map_err(|source| SpaceError::Io { path: path.to_path_buf(), source })?;
@@ -124,6 +135,10 @@ impl SearchSpace {
     }
 
     /// Parses and validates a space from TOML text.
+    ///
+    /// # Errors
+    /// [`SpaceError::Toml`] for invalid TOML or unknown or missing fields;
+    /// [`SpaceError::InvalidSpace`] as [`SearchSpace::check`].
     pub fn from_toml_str(text: &str, default_name: &str) -> Result<SearchSpace, SpaceError> {
         #[derive(Deserialize)]
         #[serde(deny_unknown_fields)]
@@ -158,6 +173,11 @@ impl SearchSpace {
     /// Every width multiplied by `mult` and rounded to the nearest multiple of 4 (at least 4);
     /// depths and choices unchanged. The stage split and channel shuffle need widths
     /// divisible by 4.
+    ///
+    /// # Errors
+    /// [`SpaceError::InvalidParameter`] when `mult` is not finite and positive;
+    /// [`SpaceError::InvalidSpace`] when the rounded widths break [`SearchSpace::check`] (e.g. no
+    /// longer increasing).
     pub fn scaled(&self, mult: f64) -> Result<SearchSpace, SpaceError> {
         if !(mult.is_finite() && mult > 0.0) {
             return Err(SpaceError::InvalidParameter(format!("width multiplier must be positive, got {mult}")));
@@ -176,6 +196,9 @@ impl SearchSpace {
     }
 
     /// Checks the structural rules a space must satisfy.
+    ///
+    /// # Errors
+    /// [`SpaceError::InvalidSpace`] naming the first rule broken.
     pub fn check(&self) -> Result<(), SpaceError> {
         let bad = |message: String| Err(SpaceError::InvalidSpace { space: self.name.clone(), message });
         if self.widths.is_empty() {
@@ -282,6 +305,10 @@ impl SearchSpace {
     }
 
     /// Checks that `arch` has one allowed choice per block.
+    ///
+    /// # Errors
+    /// [`SpaceError::WrongLength`] for a wrong number of genes; [`SpaceError::ChoiceNotAllowed`]
+    /// naming the first block with a choice the space does not allow.
     pub fn validate(&self, arch: &Arch) -> Result<(), SpaceError> {
         if arch.len() != self.num_blocks() {
             return Err(SpaceError::WrongLength {
@@ -304,6 +331,10 @@ impl SearchSpace {
     }
 
     /// Parses an architecture string and validates it against this space.
+    ///
+    /// # Errors
+    /// [`SpaceError::ParseArch`] for text that is not choice ids 0..=3; then as
+    /// [`SearchSpace::validate`].
     pub fn parse_arch(&self, text: &str) -> Result<Arch, SpaceError> {
         let arch: Arch = text.parse()?;
         self.validate(&arch)?;

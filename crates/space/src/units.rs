@@ -5,6 +5,10 @@ use crate::SpaceError;
 /// Parses a non-negative count with an optional SI suffix (`k`, `M`, `G`, `T`; case of `k`
 /// and `m` is accepted either way, `m` meaning mega since milli makes no sense here).
 /// Fractions are allowed when the result is a whole number (`1.3G`), underscores are ignored.
+///
+/// # Errors
+/// [`SpaceError::ParseCount`] for empty text, a non-number, or a negative, non-finite, too
+/// large or fractional count.
 pub fn parse_count(text: &str) -> Result<u64, SpaceError> {
     let err = |message: &str| SpaceError::ParseCount { text: text.to_string(), message: message.to_string() };
     let cleaned: String = text.trim().chars().filter(|c| *c != '_').collect();

@@ -11,9 +11,9 @@ use crate::TrainError;
 use crate::schedule::{LrSchedule, ScheduleKind};
 use detnas_data::InputConvention;
 use detnas_data::synth::SyntheticClsConfig;
-use detnas_space::{SearchSpace, SpaceSpec};
 use detnas_runtime::ConfigDocument;
 use detnas_runtime::config::resolve_path;
+use detnas_space::{SearchSpace, SpaceSpec};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -484,7 +484,10 @@ lr = 0.1
 
     fn load(overrides: &[&str]) -> Result<PretrainConfig, TrainError> {
         let mut doc: toml::Table = toml::from_str(MINIMAL).unwrap();
-        detnas_runtime::config::apply_overrides(&mut doc, &overrides.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
+        detnas_runtime::config::apply_overrides(
+            &mut doc,
+            &overrides.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+        )?;
         let cfg: PretrainConfig =
             toml::Value::Table(doc).try_into().map_err(|e: toml::de::Error| TrainError::Config(e.to_string()))?;
         cfg.check()?;

@@ -7,9 +7,9 @@ use crate::config::{EvalConfig, ModelConfig, RuntimeConfig, ScheduleConfig};
 use detnas_data::InputConvention;
 use detnas_data::det::synth::SyntheticDetConfig;
 use detnas_detect::DetectorConfig;
-use detnas_space::{SearchSpace, SpaceSpec};
 use detnas_runtime::ConfigDocument;
 use detnas_runtime::config::resolve_path;
+use detnas_space::{SearchSpace, SpaceSpec};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 

@@ -38,15 +38,13 @@
 
 use crate::checkpoint;
 use crate::config::{RuntimeConfig, ScheduleConfig};
-use detnas_detect::losses::LossTerm;
-use detnas_dist::{GradReducer, ProcessGroup};
-use std::rc::Rc;
-use std::sync::Arc;
-use detnas_runtime::progress::{MetricsLog, bar};
 use crate::{PathSgd, TrainError};
 use detnas_data::{Position, SkipReport, mix_seed};
+use detnas_detect::losses::LossTerm;
+use detnas_dist::{GradReducer, ProcessGroup};
 use detnas_nn::PathIndex;
 use detnas_runtime::mem::{MemoryRecord, PeakMeter};
+use detnas_runtime::progress::{MetricsLog, bar};
 use detnas_runtime::{Cancel, fault};
 use detnas_space::rng::{ChaCha8Rng, seeded};
 use detnas_space::{Arch, PathSampler, SearchSpace};
@@ -55,6 +53,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Instant;
 use tch::{Kind, Tensor, nn};
 
@@ -268,6 +268,10 @@ pub struct TrainOutcome {
     /// Processes that trained together.
     #[serde(default = "one")]
     pub world_size: usize,
+    /// Seconds this rank spent in collectives during the loop (gradient all-reduce, the
+    /// per-step loss sums, SyncBN's forward gathers); `None` in a single process.
+    #[serde(default)]
+    pub collective_seconds: Option<f64>,
 }
 
 /// Writes `summary` to `out/summary.json` atomically.
@@ -554,6 +558,7 @@ impl<'a> Trainer<'a> {
         let (world, rank_positions) = match &self.dist {
             None => (1, Vec::new()),
             Some(pg) => {
+                broadcast_buffers(pg, vs)?;
                 check_identical(pg, vs)?;
                 (pg.world(), gather_positions(pg, self.position)?)
             }
@@ -638,6 +643,7 @@ impl<'a> Trainer<'a> {
             _ => None,
         };
         let started = Instant::now();
+        let comm_start = dist.as_ref().map(|pg| pg.collective_seconds());
         let start_step = self.step;
         let mut window: BTreeMap<String, f64> = BTreeMap::new();
         let (mut win_steps, mut win_images, mut win_start) = (0usize, 0usize, Instant::now());
@@ -748,8 +754,9 @@ impl<'a> Trainer<'a> {
             seed: self.spec.seed,
             data_fingerprint: self.spec.data_fingerprint.clone(),
             checkpoint: last_ckpt.unwrap_or_default(),
-            memory: meter.finish(),
+            memory: MemoryRecord { gpu_peak_mib: detnas_dist::cuda_memory::peak_of(vs.device()), ..meter.finish() },
             world_size: dist.as_ref().map_or(1, |pg| pg.world()),
+            collective_seconds: dist.as_ref().zip(comm_start).map(|(pg, s)| pg.collective_seconds() - s),
         })
     }
 }
@@ -793,6 +800,18 @@ fn gather_positions(pg: &ProcessGroup, mine: Position) -> Result<Vec<Position>, 
     pg.all_reduce_sum(&[&t])?;
     let v = Vec::<f64>::try_from(&t).map_err(TrainError::Torch)?;
     Ok((0..w).map(|r| Position { epoch: v[2 * r] as u64, cursor: v[2 * r + 1] as usize }).collect())
+}
+
+/// Gives every rank rank 0's buffers (BN running statistics), as DDP's `broadcast_buffers`
+/// does. Without SyncBN each rank's running statistics follow its own shard; a checkpoint
+/// holds rank 0's, so every rank continues from the state a resumed run would load.
+fn broadcast_buffers(pg: &ProcessGroup, vs: &nn::VarStore) -> Result<(), TrainError> {
+    let mut bufs: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, t)| !t.requires_grad()).collect();
+    bufs.sort_by(|a, b| a.0.cmp(&b.0));
+    if !bufs.is_empty() {
+        tch::no_grad(|| pg.broadcast(&bufs.iter().map(|b| &b.1).collect::<Vec<_>>(), 0))?;
+    }
+    Ok(())
 }
 
 /// Fails unless every rank's weights are bit-identical to rank 0's (checked through a

@@ -47,7 +47,6 @@ impl TrainError {
             _ => 1,
         }
     }
-
 }
 
 impl From<detnas_runtime::RuntimeError> for TrainError {
@@ -60,5 +59,3 @@ impl From<detnas_runtime::RuntimeError> for TrainError {
         }
     }
 }
-
-

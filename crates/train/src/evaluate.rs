@@ -2,7 +2,7 @@
 
 use crate::TrainError;
 use crate::loss::topk_correct;
-use detnas_data::{ClsDataset, ClsLoader, ClsTransform, InputConvention, LoaderConfig, Position, Subset};
+use detnas_data::{ClsDataset, ClsLoader, ClsTransform, InputConvention, LoaderConfig, Position, StreamConfig, Subset};
 use detnas_nn::{BnMode, Recalibration, Supernet};
 use detnas_space::Arch;
 use detnas_space::rng::{seeded, shuffle};
@@ -33,17 +33,14 @@ pub struct ClsScore {
 }
 
 /// A finite, unshuffled loader over `data`.
+///
+/// # Errors
+/// [`TrainError::Data`] when `data` is empty or `d.batch` is zero.
 pub fn finite_loader(data: Arc<dyn ClsDataset>, d: &EvalData) -> Result<ClsLoader, TrainError> {
     let cfg = LoaderConfig {
-        batch: d.batch,
-        seed: 0,
-        shuffle: false,
-        drop_last: false,
-        epochs: Some(1),
-        prefetch: d.prefetch,
+        stream: StreamConfig::single_pass(d.batch, d.prefetch),
         transform: d.transform.clone(),
         convention: d.convention,
-        shard: None,
     };
     Ok(ClsLoader::new(data, cfg, Position::default())?)
 }
@@ -65,6 +62,10 @@ pub fn recalibration_subset(train: Arc<dyn ClsDataset>, n: usize, seed: u64) -> 
 
 /// Recomputes the BN statistics of `arch` on `images` (train mode, no gradients): every BN
 /// of the path, including the classification head's last conv (dropout comes after it).
+///
+/// # Errors
+/// [`TrainError::Data`] when `images` is empty, the batch size is zero or no image loads;
+/// [`TrainError::Nn`] when `arch` does not fit the supernet's space.
 pub fn recalibrate(
     net: &Supernet,
     arch: &Arch,
@@ -83,6 +84,9 @@ pub fn recalibrate(
 }
 
 /// Top-1 / top-5 of `arch` on `val` (eval mode), after recalibrating on `recal` when given.
+///
+/// # Errors
+/// As [`recalibrate`], for the recalibration and the validation images.
 pub fn evaluate_path(
     net: &Supernet,
     arch: &Arch,

@@ -5,14 +5,17 @@
 //! validation split after BN recalibration.
 
 use crate::config::{ClsSource, PretrainConfig, SamplingKind};
-use crate::engine::{LoadedBatch, Paths, Resume, RunOptions, StepLosses, TrainOutcome, TrainTask, Trainer, TrainerSpec};
+use crate::engine::{
+    LoadedBatch, Paths, Resume, RunOptions, StepLosses, TrainOutcome, TrainTask, Trainer, TrainerSpec,
+};
 use crate::evaluate::{ClsScore, EvalData, batch_tensors, evaluate_path, recalibration_subset};
 use crate::loss::{smooth_cross_entropy, topk_correct};
 use crate::{TrainError, checkpoint};
-use detnas_detect::losses::LossTerm;
 use detnas_data::{
-    Batch, ClsDataset, ClsLoader, ClsTransform, IdxDataset, ImageFolder, LoaderConfig, SyntheticCls, mix_seed,
+    Batch, ClsDataset, ClsLoader, ClsTransform, IdxDataset, ImageFolder, LoaderConfig, StreamConfig, SyntheticCls,
+    mix_seed,
 };
+use detnas_detect::losses::LossTerm;
 use detnas_nn::layers::dropout_mask;
 use detnas_nn::{Supernet, SupernetConfig};
 use detnas_runtime::ConfigDocument;
@@ -99,12 +102,12 @@ pub fn eval_data(cfg: &PretrainConfig) -> EvalData {
 /// batch.
 fn train_loader_config(cfg: &PretrainConfig, shard: Option<(usize, usize)>) -> LoaderConfig {
     LoaderConfig {
-        batch: cfg.schedule.batch / shard.map_or(1, |s| s.1),
-        seed: mix_seed(cfg.seed, &[0xDA7A]),
-        shuffle: true,
-        drop_last: true,
-        epochs: None,
-        prefetch: cfg.runtime.prefetch,
+        stream: StreamConfig::training(
+            cfg.schedule.batch / shard.map_or(1, |s| s.1),
+            mix_seed(cfg.seed, &[0xDA7A]),
+            cfg.runtime.prefetch,
+            shard,
+        ),
         transform: ClsTransform::Train {
             size: cfg.data.input_size,
             scale: (cfg.data.scale_min, 1.0),
@@ -113,7 +116,6 @@ fn train_loader_config(cfg: &PretrainConfig, shard: Option<(usize, usize)>) -> L
             jitter: cfg.data.jitter,
         },
         convention: cfg.data.convention,
-        shard,
     }
 }
 
@@ -186,7 +188,8 @@ impl TrainTask for ClsTask<'_> {
         let (x, y) = batch_tensors(batch, self.device);
         // Each sample's dropout mask comes from its own seed (step, dataset index).
         let head = self.net.head().ok_or_else(|| TrainError::Config("the supernet has no head".into()))?;
-        let seeds: Vec<u64> = batch.indices.iter().map(|&i| mix_seed(self.seed, &[DROPOUT_STREAM, step, i as u64])).collect();
+        let seeds: Vec<u64> =
+            batch.indices.iter().map(|&i| mix_seed(self.seed, &[DROPOUT_STREAM, step, i as u64])).collect();
         let mask = dropout_mask(&seeds, head.channels(), head.dropout).to_device(self.device);
         let logits = self.net.forward_masked(&x, arch, true, Some(&mask))?;
         let n = batch.len() as f64;
@@ -268,7 +271,14 @@ pub fn run(cfg: &PretrainConfig, out: &Path, device: Device, opts: &RunOptions) 
     let mut scores = Vec::new();
     for _ in 0..cfg.eval.final_paths {
         let arch = sampler.sample(&mut eval_rng)?;
-        scores.push(evaluate_path(&net, &arch, Some((recal.clone(), cfg.eval.bn_mode.into())), val.clone(), &ed, device)?);
+        scores.push(evaluate_path(
+            &net,
+            &arch,
+            Some((recal.clone(), cfg.eval.bn_mode.into())),
+            val.clone(),
+            &ed,
+            device,
+        )?);
     }
     let mean_top1 = scores.iter().map(|s| s.top1).sum::<f64>() / scores.len().max(1) as f64;
     let summary = Summary { train: outcome, paths: scores, mean_top1 };

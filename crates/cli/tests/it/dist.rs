@@ -113,7 +113,8 @@ fn archs(run: &Path) -> Vec<String> {
 /// The model tensors of a run's latest checkpoint.
 fn weights(run: &Path) -> Vec<(String, Tensor)> {
     let latest = std::fs::read_to_string(run.join("checkpoints/LATEST")).unwrap();
-    let mut v = Tensor::read_safetensors(run.join("checkpoints").join(latest.trim()).join("model.safetensors")).unwrap();
+    let mut v =
+        Tensor::read_safetensors(run.join("checkpoints").join(latest.trim()).join("model.safetensors")).unwrap();
     v.sort_by(|a, b| a.0.cmp(&b.0));
     v
 }
@@ -288,7 +289,12 @@ fn a_killed_rank_fails_the_job_fast_and_a_killed_job_resumes_exactly() {
         ["finetune", "--no-progress", "--config", cfg.to_str().unwrap(), "--out", out.to_str().unwrap()]
             .iter()
             .map(|s| s.to_string())
-            .chain(["--set".into(), "runtime.checkpoint_every=5".into(), "--set".into(), "runtime.dist_timeout_s=120".into()])
+            .chain([
+                "--set".into(),
+                "runtime.checkpoint_every=5".into(),
+                "--set".into(),
+                "runtime.dist_timeout_s=120".into(),
+            ])
             .collect()
     };
     let reference = d.join("reference");
@@ -371,7 +377,10 @@ fn a_search_on_two_ranks_equals_one_process_and_survives_a_dead_rank() {
     let ft_cfg = d.join("ft.toml");
     std::fs::write(&ft_cfg, crate::tiny_finetune(&d.join("data"), 6)).unwrap();
     let ft = d.join("ft");
-    ok(&engine(&["finetune", "--no-progress", "--config", ft_cfg.to_str().unwrap(), "--out", ft.to_str().unwrap()], None));
+    ok(&engine(
+        &["finetune", "--no-progress", "--config", ft_cfg.to_str().unwrap(), "--out", ft.to_str().unwrap()],
+        None,
+    ));
     let cfg = d.join("search.toml");
     std::fs::write(
         &cfg,
@@ -408,7 +417,8 @@ fn a_search_on_two_ranks_equals_one_process_and_survives_a_dead_rank() {
         assert_eq!(a, b);
         assert!((fa - fb).abs() <= 1e-6, "{a}: {fa} vs {fb}");
     }
-    let best = |o: &Output| String::from_utf8_lossy(&o.stdout).lines().find(|l| l.starts_with("best ")).map(str::to_string);
+    let best =
+        |o: &Output| String::from_utf8_lossy(&o.stdout).lines().find(|l| l.starts_with("best ")).map(str::to_string);
     assert_eq!(best(&outs[0]), best(&outs[1]), "both ranks report the search's result");
 
     // Rank 1 dies after its first candidate: rank 0 hands that candidate out again after the
@@ -425,5 +435,32 @@ fn a_search_on_two_ranks_equals_one_process_and_survives_a_dead_rank() {
         assert_eq!(a, b);
         assert!((fa - fb).abs() <= 1e-6, "{a}: {fa} vs {fb}");
     }
+    std::fs::remove_dir_all(&d).ok();
+}
+
+/// `detnas run` on 2 ranks: every stage runs distributed (training summaries say 2
+/// processes, the search's ledger is complete), rank 0 alone writes the records and the
+/// report, and rank 1 prints nothing of the results.
+#[test]
+fn the_pipeline_runs_every_stage_on_two_ranks() {
+    let d = temp_dir("dist", "pipeline");
+    let cfg = crate::pipeline::write_configs(&d);
+    let out = d.join("run");
+    let outs = ranks(2, &["run", "--no-progress", "--config", cfg.to_str().unwrap(), "--out", out.to_str().unwrap()], &[]);
+    all_ok(&outs);
+    let printed = String::from_utf8_lossy(&outs[0].stdout);
+    assert!(printed.contains("found architecture") && printed.contains("report:"), "{printed}");
+    assert!(outs[1].stdout.is_empty(), "rank 1 printed: {}", String::from_utf8_lossy(&outs[1].stdout));
+    for stage in ["pretrain", "finetune", "search", "search-cls", "retrain-found", "retrain-random", "retrain-clsnas"] {
+        assert!(out.join(stage).join("stage.json").is_file(), "{stage}");
+    }
+    for summary in ["pretrain/summary.json", "finetune/summary.json", "retrain-found/det/summary.json"] {
+        let s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join(summary)).unwrap()).unwrap();
+        assert_eq!(s["world_size"], 2, "{summary}");
+        assert!(s["collective_seconds"].as_f64().unwrap() > 0.0, "{summary}");
+    }
+    let ledger = std::fs::read_to_string(out.join("search/ledger.jsonl")).unwrap();
+    assert_eq!(ledger.lines().count(), 8, "population 4 × 2 generations, each scored once");
+    assert!(out.join("report/report.html").is_file());
     std::fs::remove_dir_all(&d).ok();
 }

@@ -13,7 +13,7 @@ fn dir(name: &str) -> PathBuf {
 }
 
 /// Stage configs of a pipeline that runs in well under a minute.
-fn write_configs(d: &Path) -> PathBuf {
+pub(crate) fn write_configs(d: &Path) -> PathBuf {
     std::fs::write(d.join("pretrain.toml"), crate::tiny_pretrain(8)).unwrap();
     // The pipeline puts the synthetic set in RUN/data whatever the folder says.
     std::fs::write(d.join("finetune.toml"), crate::tiny_finetune(&d.join("unused-data"), 6)).unwrap();

@@ -133,7 +133,16 @@ threads = 1
     .unwrap();
     let out = d.join("search");
     ok(&engine(
-        &["search", "--no-progress", "--config", cfg.to_str().unwrap(), "--out", out.to_str().unwrap(), "--workers", "1"],
+        &[
+            "search",
+            "--no-progress",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--workers",
+            "1",
+        ],
         None,
     ));
     // The ledger in the order the candidates were recorded.
@@ -194,7 +203,10 @@ clsnas_set = ["eval.val_images=16", "eval.batch=8"]
         let (start, peak) = (m["start_rss_mib"].as_f64().unwrap(), m["peak_rss_mib"].as_f64().unwrap());
         assert!(peak >= start, "{stage}: {m}");
         if let Some((before, p)) = &highest {
-            assert!(start <= p + 32.0, "{stage} starts at {start:.1} MiB, above the peak {p:.1} MiB of {before} and earlier");
+            assert!(
+                start <= p + 32.0,
+                "{stage} starts at {start:.1} MiB, above the peak {p:.1} MiB of {before} and earlier"
+            );
         }
         if highest.as_ref().is_none_or(|h| peak > h.1) {
             highest = Some((stage.to_string(), peak));

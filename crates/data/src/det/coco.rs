@@ -27,6 +27,10 @@ fn uint(v: &Value, path: &Path, what: &str) -> Result<u64, DataError> {
 }
 
 /// Reads `annotations` (COCO JSON); image files are `images_dir/file_name`.
+///
+/// # Errors
+/// [`DataError::Io`] when `annotations` cannot be read; [`DataError::Invalid`] for malformed
+/// JSON and as [`parse`].
 pub fn load(annotations: &Path, images_dir: &Path) -> Result<DetDataset, DataError> {
     let text =
         std::fs::read_to_string(annotations).map_err(|e| DataError::Io { path: annotations.into(), source: e })?;
@@ -35,6 +39,10 @@ pub fn load(annotations: &Path, images_dir: &Path) -> Result<DetDataset, DataErr
 }
 
 /// Parses a COCO document (`path` is only used in messages).
+///
+/// # Errors
+/// [`DataError::Invalid`] naming the record: no `categories` or `images` array, a missing or
+/// ill-typed field, a duplicate id, a zero image size, or an unknown image or category id.
 pub fn parse(doc: &Value, path: &Path, images_dir: &Path) -> Result<DetDataset, DataError> {
     let list = |key: &str| -> Result<&Vec<Value>, DataError> {
         doc.get(key).and_then(Value::as_array).ok_or_else(|| bad(path, format!("no '{key}' array")))

@@ -13,21 +13,12 @@ use std::sync::Arc;
 /// Detection loader settings: the stream, the per-image transform and the padding.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DetLoaderConfig {
-    pub batch: usize,
-    pub seed: u64,
-    pub shuffle: bool,
-    pub drop_last: bool,
-    /// Stop after this many epochs (`None`: never; only with `drop_last`).
-    pub epochs: Option<u64>,
-    /// Batches prepared ahead.
-    pub prefetch: usize,
+    #[serde(flatten)]
+    pub stream: StreamConfig,
     pub transform: DetTransform,
     pub convention: InputConvention,
     /// Batches are padded to a multiple of this (pixels; FPN strides need 32).
     pub divisibility: u32,
-    /// `(rank, world)`: only this rank's shard of every epoch ([`crate::loader::shard`]).
-    #[serde(default)]
-    pub shard: Option<(usize, usize)>,
 }
 
 /// A detection batch and where the stream stands after it.
@@ -75,18 +66,9 @@ impl Loader<DetBatch> {
         if cfg.transform.min_size.is_empty() {
             return Err(DataError::Invalid("transform.min_size is empty".into()));
         }
-        let stream = StreamConfig {
-            batch: cfg.batch,
-            seed: cfg.seed,
-            shuffle: cfg.shuffle,
-            drop_last: cfg.drop_last,
-            epochs: cfg.epochs,
-            prefetch: cfg.prefetch,
-            shard: cfg.shard,
-        };
         let source =
             DetSamples { data, transform: cfg.transform, convention: cfg.convention, divisibility: cfg.divisibility };
-        Loader::start(source, stream, start)
+        Loader::start(source, cfg.stream, start)
     }
 }
 
@@ -113,16 +95,10 @@ mod tests {
         let ds = Arc::new(synth.write(&dir).unwrap());
         std::fs::remove_file(&ds.images[4].file).unwrap();
         let cfg = DetLoaderConfig {
-            batch: 3,
-            seed: 9,
-            shuffle: true,
-            drop_last: true,
-            epochs: None,
-            prefetch: 2,
+            stream: StreamConfig::training(3, 9, 2, None),
             transform: DetTransform { min_size: vec![30, 40], max_size: 80, flip: true },
             convention: InputConvention::OfficialBgr,
             divisibility: 32,
-            shard: None,
         };
         let mut full = DetLoader::new(ds.clone(), cfg.clone(), Position::default()).unwrap();
         let all: Vec<DetLoaderBatch> = (0..7).map(|_| full.next_batch().unwrap().unwrap()).collect();

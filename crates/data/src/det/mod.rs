@@ -183,6 +183,10 @@ impl DetDataset {
     }
 
     /// Decodes image `i` (strict: a truncated file is an error naming it).
+    ///
+    /// # Errors
+    /// As [`crate::decode_image`]; [`DataError::Invalid`] when the image's size differs from its
+    /// annotation.
     pub fn load(&self, i: usize) -> Result<image::RgbImage, DataError> {
         let img = crate::decode_image(&self.images[i].file)?;
         let d = &self.images[i];
@@ -211,6 +215,9 @@ impl DetDataset {
 
     /// Splits off `n` images chosen by `seed` (a Fisher–Yates shuffle): returns
     /// `(rest, carved)` index lists, each sorted.
+    ///
+    /// # Errors
+    /// [`DataError::Invalid`] when `n` is not below the number of images.
     pub fn carve(&self, n: usize, seed: u64) -> Result<(Vec<usize>, Vec<usize>), DataError> {
         if n >= self.len() {
             return Err(DataError::Invalid(format!(

@@ -61,6 +61,11 @@ fn d03() -> f64 {
 pub type SynthObject = ([f64; 4], usize);
 
 impl SyntheticDetConfig {
+    /// Checks the parameters.
+    ///
+    /// # Errors
+    /// [`DataError::Invalid`] when `classes` is not in 1..=10, a side is below 16, the objects
+    /// range is empty, the radius range is not within (0, 0.5] or `images` is 0.
     pub fn check(&self) -> Result<(), DataError> {
         let bad = |m: String| Err(DataError::Invalid(format!("synthetic detection set: {m}")));
         if !(1..=Shape::ALL.len()).contains(&self.classes) {
@@ -126,6 +131,11 @@ impl SyntheticDetConfig {
     /// Writes `dir/images/NNNNNN.png` and `dir/annotations.json` (COCO), then reads them back
     /// through the COCO reader. A finished set (its JSON present) is not rewritten; the JSON
     /// is written last and atomically, so a crash never leaves a set that looks complete.
+    ///
+    /// # Errors
+    /// As [`SyntheticDetConfig::check`] and [`coco::load`]; [`DataError::Io`] when a folder or the
+    /// JSON cannot be written, [`DataError::Decode`] when an image cannot be;
+    /// [`DataError::Invalid`] when `dir` holds a set with other parameters.
     pub fn write(&self, dir: &Path) -> Result<DetDataset, DataError> {
         self.check()?;
         let ann_path = dir.join("annotations.json");

@@ -53,6 +53,10 @@ pub struct VocAnnotation {
 }
 
 /// Parses one VOC XML document (`path` only for messages).
+///
+/// # Errors
+/// [`DataError::Invalid`] naming the file: malformed or unbalanced XML, a nested or unnamed
+/// object, an incomplete `<bndbox>`, a value that is not a number, or no positive size.
 pub fn parse_xml(xml: &str, path: &Path) -> Result<VocAnnotation, DataError> {
     let bad = |m: String| DataError::Invalid(format!("{}: {m}", path.display()));
     let mut reader = quick_xml::Reader::from_str(xml);
@@ -151,6 +155,10 @@ pub fn parse_xml(xml: &str, path: &Path) -> Result<VocAnnotation, DataError> {
 }
 
 /// Reads the image set `set` (e.g. `trainval`) of a VOC root (`VOC2007/`).
+///
+/// # Errors
+/// [`DataError::Io`] when the image-set list or an annotation file cannot be read;
+/// [`DataError::Invalid`] as [`parse_xml`], or for an object of a class not in `classes`.
 pub fn load(root: &Path, set: &str, classes: &[&str]) -> Result<DetDataset, DataError> {
     let list = root.join("ImageSets/Main").join(format!("{set}.txt"));
     let ids = std::fs::read_to_string(&list).map_err(|e| DataError::Io { path: list.clone(), source: e })?;

@@ -5,8 +5,8 @@ mod fuzz;
 
 use detnas_data::synth::{SyntheticCls, SyntheticClsConfig};
 use detnas_data::{
-    Batch, ClsDataset, ClsLoader, ClsTransform, DataError, IdxDataset, ImageFolder, InputConvention, Loaded, LoaderConfig,
-    Position, decode_image,
+    Batch, ClsDataset, ClsLoader, ClsTransform, DataError, IdxDataset, ImageFolder, InputConvention, Loaded,
+    LoaderConfig, Position, StreamConfig, decode_image,
 };
 use image::{Rgb, RgbImage};
 use std::io::Write;
@@ -141,15 +141,9 @@ fn idx_raw_and_gzip() {
 
 fn cfg(batch: usize, drop_last: bool, epochs: Option<u64>) -> LoaderConfig {
     LoaderConfig {
-        batch,
-        seed: 9,
-        shuffle: true,
-        drop_last,
-        epochs,
-        prefetch: 2,
+        stream: StreamConfig { batch, seed: 9, shuffle: true, drop_last, epochs, prefetch: 2, shard: None },
         transform: ClsTransform::train(16),
         convention: InputConvention::OfficialBgr,
-        shard: None,
     }
 }
 
@@ -195,7 +189,11 @@ fn loader_is_deterministic_and_resumes_exactly() {
     for k in [4, 6, 9] {
         let mut r = ClsLoader::new(data.clone(), cfg(8, true, None), first[k - 1].after).unwrap();
         for (x, y) in collect(&mut r, 14 - k).iter().zip(&first[k..]) {
-            assert_eq!((&x.batch.images, &x.batch.indices), (&y.batch.images, &y.batch.indices), "resume after batch {k}");
+            assert_eq!(
+                (&x.batch.images, &x.batch.indices),
+                (&y.batch.images, &y.batch.indices),
+                "resume after batch {k}"
+            );
         }
     }
 }
@@ -203,8 +201,16 @@ fn loader_is_deterministic_and_resumes_exactly() {
 #[test]
 fn finite_loader_yields_the_tail_once() {
     let data = synth(21);
-    let mut l =
-        ClsLoader::new(data, LoaderConfig { shuffle: false, ..cfg(8, false, Some(1)) }, Position::default()).unwrap();
+    let mut l = ClsLoader::new(
+        data,
+        {
+            let mut c = cfg(8, false, Some(1));
+            c.stream.shuffle = false;
+            c
+        },
+        Position::default(),
+    )
+    .unwrap();
     let sizes: Vec<usize> = std::iter::from_fn(|| l.next_batch()).map(|b| b.unwrap().batch.len()).collect();
     assert_eq!(sizes, vec![8, 8, 5]);
 }
@@ -240,7 +246,8 @@ fn broken_files_are_skipped_counted_and_never_fed() {
     std::fs::create_dir_all(bad.join("x")).unwrap();
     std::fs::write(bad.join("x").join("0.jpg"), b"nope").unwrap();
     let mut l =
-        ClsLoader::new(Arc::new(ImageFolder::open(&bad, None).unwrap()), cfg(4, true, None), Position::default()).unwrap();
+        ClsLoader::new(Arc::new(ImageFolder::open(&bad, None).unwrap()), cfg(4, true, None), Position::default())
+            .unwrap();
     let e = l.next_batch().unwrap().unwrap_err().to_string();
     assert!(e.contains("no sample of epoch 0") && e.contains("0.jpg"), "{e}");
     std::fs::remove_dir_all(&d).unwrap();

@@ -7,9 +7,9 @@
 //! Tolerance: 1e-5 relative. The reference runs in float64, detnas in float32; the sums are
 //! over a few hundred terms.
 
+use detnas_detect::Target;
 use detnas_detect::rcnn::{RoiHeads, RoiHeadsConfig, Rpn, RpnConfig, RpnOutputs};
 use detnas_detect::retinanet::{RetinaHead, RetinaNetConfig, RetinaOutputs};
-use detnas_detect::Target;
 use serde_json::Value;
 use tch::{Device, Kind, Tensor, nn};
 
@@ -88,7 +88,11 @@ fn rpn_losses_match_maskrcnn_benchmark() {
     let vs = nn::VarStore::new(Device::Cpu);
     let cfg = RpnConfig { anchor_sizes: vec![16.0, 32.0, 64.0], ..Default::default() };
     let rpn = Rpn::new(&vs.root(), &cfg, 8, &[4, 8, 16]);
-    let out = RpnOutputs { objectness: levels(&r["objectness"]), deltas: levels(&r["deltas"]), anchors: levels(&r["anchors"]) };
+    let out = RpnOutputs {
+        objectness: levels(&r["objectness"]),
+        deltas: levels(&r["deltas"]),
+        anchors: levels(&r["anchors"]),
+    };
     let (obj, reg) = rpn.losses(&out, &targets(&f));
     close(&obj, &r["expected"]["objectness"], "RPN objectness");
     close(&reg, &r["expected"]["box"], "RPN box");

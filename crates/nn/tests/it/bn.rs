@@ -134,7 +134,10 @@ fn folded_eval_equals_conv_then_bn() {
         tch::no_grad(|| {
             // Non-trivial statistics and affine parameters.
             unit.bns[0].running_mean.shallow_clone().copy_(&(Tensor::randn([cout], (Kind::Float, Device::Cpu)) * 3.0));
-            unit.bns[0].running_var.shallow_clone().copy_(&(Tensor::rand([cout], (Kind::Float, Device::Cpu)) * 4.0 + 0.1));
+            unit.bns[0]
+                .running_var
+                .shallow_clone()
+                .copy_(&(Tensor::rand([cout], (Kind::Float, Device::Cpu)) * 4.0 + 0.1));
             unit.bns[0].ws.as_ref().unwrap().shallow_clone().copy_(&Tensor::randn([cout], (Kind::Float, Device::Cpu)));
             unit.bns[0].bs.as_ref().unwrap().shallow_clone().copy_(&Tensor::randn([cout], (Kind::Float, Device::Cpu)));
             if let Some(b) = &unit.conv.bs {
@@ -164,7 +167,10 @@ fn folded_eval_equals_conv_then_bn() {
                 + unit.bns[0].bs.as_ref().unwrap().view([1, -1, 1, 1]);
             let diff = (&train - &expect).abs().max().double_value(&[]);
             assert!(diff < 1e-4, "training mode: {diff}");
-            assert!(!unit.bns[0].running_mean.allclose(&before, 0.0, 0.0, false), "training mode updates the statistics");
+            assert!(
+                !unit.bns[0].running_mean.allclose(&before, 0.0, 0.0, false),
+                "training mode updates the statistics"
+            );
         }
     }
 }

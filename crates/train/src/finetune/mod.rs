@@ -15,13 +15,15 @@ pub mod splits;
 pub use model::{OpenedDetector, build_detector, load_pretrained, read_meta, run_dir_of};
 pub use splits::{DetSplits, open_splits};
 
-use crate::engine::{LoadedBatch, Paths, Resume, RunOptions, StepLosses, TrainOutcome, TrainTask, Trainer, TrainerSpec};
 use crate::det_config::FinetuneConfig;
+use crate::engine::{
+    LoadedBatch, Paths, Resume, RunOptions, StepLosses, TrainOutcome, TrainTask, Trainer, TrainerSpec,
+};
 use crate::{TrainError, checkpoint};
 use detnas_data::det::loader::{DetLoader, DetLoaderConfig};
 use detnas_data::det::transform::{DetBatch, DetTransform};
 use detnas_data::det::{Category, DetDataset};
-use detnas_data::mix_seed;
+use detnas_data::{StreamConfig, mix_seed};
 use detnas_detect::Detector;
 use detnas_detect::evaluate::{DetInputs, DetScore, batch_inputs, evaluate, recalibration_subset};
 use detnas_runtime::ConfigDocument;
@@ -158,16 +160,19 @@ pub fn run(cfg: &FinetuneConfig, out: &Path, device: Device, opts: &RunOptions) 
     };
     let mut trainer = Trainer::new(spec, paths, &mut vs, resume.as_ref(), opts)?;
     let loader_cfg = DetLoaderConfig {
-        batch: cfg.schedule.batch / trainer.shard().map_or(1, |s| s.1),
-        seed: mix_seed(cfg.seed, &[0xDA7B]),
-        shuffle: true,
-        drop_last: true,
-        epochs: None,
-        prefetch: cfg.runtime.prefetch,
-        transform: DetTransform { min_size: cfg.data.min_size.clone(), max_size: cfg.data.max_size, flip: cfg.data.flip },
+        stream: StreamConfig::training(
+            cfg.schedule.batch / trainer.shard().map_or(1, |s| s.1),
+            mix_seed(cfg.seed, &[0xDA7B]),
+            cfg.runtime.prefetch,
+            trainer.shard(),
+        ),
+        transform: DetTransform {
+            min_size: cfg.data.min_size.clone(),
+            max_size: cfg.data.max_size,
+            flip: cfg.data.flip,
+        },
         convention: cfg.data.convention,
         divisibility: cfg.data.divisibility,
-        shard: trainer.shard(),
     };
     let loader = DetLoader::new(splits.train.clone(), loader_cfg, trainer.position())?;
     let mut task = DetTask { det: &det, loader, train: splits.train.clone(), device, seed: cfg.seed };
@@ -182,9 +187,8 @@ pub fn run(cfg: &FinetuneConfig, out: &Path, device: Device, opts: &RunOptions) 
     // A few random paths (or the child) after BN recalibration, on the test split.
     // `eval.recalibrate_images = 0` keeps the statistics training left (a trained child).
     let settings = cfg.eval_settings();
-    let recal = (cfg.eval.recalibrate_images > 0).then(|| {
-        DetInputs::Read(Arc::new(recalibration_images(cfg, &splits.train, cfg.eval.recalibrate_images)))
-    });
+    let recal = (cfg.eval.recalibrate_images > 0)
+        .then(|| DetInputs::Read(Arc::new(recalibration_images(cfg, &splits.train, cfg.eval.recalibrate_images))));
     let test = DetInputs::Read(splits.test.clone());
     let mut eval_rng = seeded(mix_seed(cfg.seed, &[EVAL_STREAM]));
     let mut scores = Vec::new();

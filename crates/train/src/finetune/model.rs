@@ -1,8 +1,8 @@
 //! The detector of a fine-tuning run: built from the configuration, initialised from a
 //! pre-trained supernet, or opened from a fine-tuning checkpoint.
 
-use super::{DetState, TrainState};
 use super::splits::{DetSplits, open_splits};
+use super::{DetState, TrainState};
 use crate::det_config::FinetuneConfig;
 use crate::{TrainError, checkpoint};
 use detnas_detect::Detector;
@@ -35,7 +35,12 @@ pub fn build_detector(
 /// # Errors
 /// [`TrainError::Checkpoint`] for a checkpoint of another space, or one lacking a variable or
 /// holding it with another shape.
-pub fn load_pretrained(vs: &nn::VarStore, ckpt: &Path, space: &SearchSpace, arch: Option<&Arch>) -> Result<usize, TrainError> {
+pub fn load_pretrained(
+    vs: &nn::VarStore,
+    ckpt: &Path,
+    space: &SearchSpace,
+    arch: Option<&Arch>,
+) -> Result<usize, TrainError> {
     let (_, path) = checkpoint::resolve(ckpt)?;
     let (_, state) = crate::pretrain::read_checkpoint_meta(&path)?;
     if &state.space != space {
