@@ -153,7 +153,13 @@ fn predict_into(
         let name = format!("{stem}.det.png");
         let staged = staging.join(&name);
         drawn.save(&staged).with_context(|| format!("cannot write {}", staged.display()))?;
-        println!("{}: {} detections ≥ {} → {}", path.display(), dets.len(), a.score_threshold, a.out.join(&name).display());
+        println!(
+            "{}: {} detections ≥ {} → {}",
+            path.display(),
+            dets.len(),
+            a.score_threshold,
+            a.out.join(&name).display()
+        );
         all.push(serde_json::json!({"image": path, "detections": dets}));
     }
     Ok(all)

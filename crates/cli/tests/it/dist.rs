@@ -446,7 +446,8 @@ fn the_pipeline_runs_every_stage_on_two_ranks() {
     let d = temp_dir("dist", "pipeline");
     let cfg = crate::pipeline::write_configs(&d);
     let out = d.join("run");
-    let outs = ranks(2, &["run", "--no-progress", "--config", cfg.to_str().unwrap(), "--out", out.to_str().unwrap()], &[]);
+    let outs =
+        ranks(2, &["run", "--no-progress", "--config", cfg.to_str().unwrap(), "--out", out.to_str().unwrap()], &[]);
     all_ok(&outs);
     let printed = String::from_utf8_lossy(&outs[0].stdout);
     assert!(printed.contains("found architecture") && printed.contains("report:"), "{printed}");
