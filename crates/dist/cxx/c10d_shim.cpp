@@ -295,7 +295,19 @@ int detnas_c10d_queue_pop(void* ctx, const char* key, int block, uint8_t** value
       *value = nullptr;
       return 0;
     }
-    auto v = c->store->queuePop(k, block != 0);
+    std::vector<uint8_t> v;
+    try {
+      v = c->store->queuePop(k, block != 0);
+    } catch (const std::exception&) {
+      // Another process took the last value between the length check and the pop.
+      if (block == 0 && c->store->queueLen(k) == 0) {
+        *found = 0;
+        *len = 0;
+        *value = nullptr;
+        return 0;
+      }
+      throw;
+    }
     *found = 1;
     *len = v.size();
     *value = static_cast<uint8_t*>(std::malloc(v.size() > 0 ? v.size() : 1));

@@ -185,6 +185,22 @@ pub fn stop_all(pg: &ProcessGroup, prefix: &str) -> Result<(), SearchError> {
     Ok(())
 }
 
+/// Rank 0's last step: waits until every worker rank has taken its stop (it then no longer
+/// needs the store, which rank 0 serves and takes down when it exits), at most `wait`: a rank
+/// that died never answers.
+pub fn await_stopped(pg: &ProcessGroup, prefix: &str, wait: Duration) {
+    let keys: Vec<String> = (1..pg.world()).map(|r| format!("{prefix}/stopped/{r}")).collect();
+    let started = Instant::now();
+    while started.elapsed() < wait {
+        match pg.store_check(&keys.iter().map(String::as_str).collect::<Vec<_>>()) {
+            Ok(true) => return,
+            Ok(false) => std::thread::sleep(Duration::from_millis(20)),
+            Err(_) => return,
+        }
+    }
+    tracing::warn!("not every rank confirmed the end of the search within {:.0} s", wait.as_secs_f64());
+}
+
 /// A worker rank's side: evaluates the candidates it pops until rank 0 says stop. Waiting
 /// longer than `idle` for a job is an error (rank 0 is gone).
 ///
@@ -217,7 +233,10 @@ pub fn serve(
         let msg: Message = serde_json::from_slice(&bytes)
             .map_err(|e| SearchError::Config(format!("a malformed message in the job queue: {e}")))?;
         let (id, arch) = match msg {
-            Message::Stop { .. } => return Ok(served),
+            Message::Stop { .. } => {
+                pg.store_set(&key(&format!("stopped/{}", pg.rank())), b"1").map_err(dist)?;
+                return Ok(served);
+            }
             Message::Job { id, arch } => (id, arch),
         };
         pg.store_set(&key(&format!("claim/{id}")), pg.rank().to_string().as_bytes()).map_err(dist)?;

@@ -343,6 +343,9 @@ pub fn search(cfg: &SearchConfig, opts: &SearchOptions) -> Result<SearchReport, 
         &opts.out.join("summary.json"),
         serde_json::to_string_pretty(&summary).expect("serialisable").as_bytes(),
     )?;
+    if let Some(pg) = &opts.dist {
+        crate::remote::await_stopped(pg, &queue_prefix(&hash), std::time::Duration::from_secs(15));
+    }
     Ok(SearchReport {
         mean_recalibration_seconds: summary.mean_recalibration_seconds,
         mean_evaluation_seconds: summary.mean_evaluation_seconds,

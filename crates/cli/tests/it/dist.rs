@@ -419,7 +419,8 @@ fn a_search_on_two_ranks_equals_one_process_and_survives_a_dead_rank() {
     }
     let best =
         |o: &Output| String::from_utf8_lossy(&o.stdout).lines().find(|l| l.starts_with("best ")).map(str::to_string);
-    assert_eq!(best(&outs[0]), best(&outs[1]), "both ranks report the search's result");
+    assert!(best(&outs[0]).is_some(), "rank 0 reports the search's result");
+    assert!(outs[1].stdout.is_empty(), "rank 1 leaves the report to rank 0");
 
     // Rank 1 dies after its first candidate: rank 0 hands that candidate out again after the
     // lease (10 s) and finishes the search with the same scores.

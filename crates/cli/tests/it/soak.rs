@@ -163,34 +163,18 @@ threads = 1
 #[test]
 fn pipeline_stages_release_their_memory() {
     let d = temp_dir("soak", "pipeline");
-    std::fs::write(d.join("pretrain.toml"), crate::tiny_pretrain(8)).unwrap();
+    // The pipeline test's stages, with the 96×96 fine-tuning and longer detection retraining.
+    let cfg = crate::pipeline::write_configs(&d);
     std::fs::write(d.join("finetune.toml"), soak_finetune(&d.join("unused"), 12)).unwrap();
-    std::fs::write(
-        d.join("search.toml"),
-        "seed = 1\n[supernet]\ncheckpoint = \"unused\"\n[strategy]\npopulation = 4\ntop_k = 2\ngenerations = 2\nmutations = 1\ncrossovers = 1\n\
-         [eval]\nrecalibrate_images = 8\nbatch = 4\n",
-    )
-    .unwrap();
-    let cfg = d.join("pipeline.toml");
+    let pipeline = std::fs::read_to_string(&cfg).unwrap();
+    let short = r#"det_set = ["schedule.iterations=40", "eval.recalibrate_images=0"]"#;
+    assert!(pipeline.contains(short));
     std::fs::write(
         &cfg,
-        r#"name = "soak"
-seed = 4
-device = "cpu"
-threads = 1
-[pretrain]
-config = "pretrain.toml"
-[finetune]
-config = "finetune.toml"
-[search]
-config = "search.toml"
-[retrain]
-mode = "scratch"
-cls_set = ["schedule.iterations=4"]
-det_set = ["schedule.iterations=120", "runtime.log_every=10", "eval.recalibrate_images=0"]
-[baselines]
-clsnas_set = ["eval.val_images=16", "eval.batch=8"]
-"#,
+        pipeline.replace(
+            short,
+            r#"det_set = ["schedule.iterations=120", "runtime.log_every=10", "eval.recalibrate_images=0"]"#,
+        ),
     )
     .unwrap();
     let out = d.join("run");
