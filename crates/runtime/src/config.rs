@@ -44,6 +44,17 @@ pub trait ConfigDocument: Serialize + DeserializeOwned + Sized {
         toml::to_string(self).expect("a configuration always serialises to TOML")
     }
 
+    /// Claims run folder `out` for this configuration ([`crate::checkpoint::claim_run_dir`]):
+    /// a folder holding a configuration with another result hash is refused unless
+    /// `allow_mismatch`.
+    ///
+    /// # Errors
+    /// As [`crate::checkpoint::claim_run_dir`].
+    fn claim_run_dir(&self, out: &Path, allow_mismatch: bool) -> Result<(), RuntimeError> {
+        let hash_of = |text: &str| toml::from_str::<Self>(text).ok().map(|o| o.result_hash());
+        crate::checkpoint::claim_run_dir(out, &self.to_toml(), &self.result_hash(), hash_of, allow_mismatch)
+    }
+
     /// Reads `path` (none: an empty document), applies `overrides`, resolves paths, checks.
     ///
     /// # Errors

@@ -18,7 +18,6 @@ use crate::ledger::LedgerEntry;
 use crate::workers::{EvaluatorFactory, Workers};
 use detnas_dist::ProcessGroup;
 use detnas_nn::latency::{device_name, measure_table};
-use detnas_runtime::checkpoint::claim_run_dir;
 use detnas_runtime::fsx::write_atomic;
 use detnas_runtime::mem::{MemoryRecord, PeakMeter};
 use detnas_runtime::{Cancel, ConfigDocument};
@@ -222,13 +221,7 @@ pub fn search(cfg: &SearchConfig, opts: &SearchOptions) -> Result<SearchReport, 
     if let Some(pg) = opts.dist.as_ref().filter(|pg| pg.rank() != 0) {
         return serve_search(cfg, opts, pg, &hash);
     }
-    claim_run_dir(
-        &opts.out,
-        &config_toml,
-        &hash,
-        |old| toml::from_str::<SearchConfig>(old).ok().map(|c| c.result_hash()),
-        false,
-    )?;
+    cfg.claim_run_dir(&opts.out, false)?;
     let info = SupernetInfo::open(cfg)?;
     let devices = if opts.devices.is_empty() { vec![Device::Cpu] } else { opts.devices.clone() };
     let latency = if cfg.constraint.max_latency_ms.is_some() || cfg.constraint.latency_table.is_some() {

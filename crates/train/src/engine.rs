@@ -331,9 +331,17 @@ pub fn step_values(
     nan_injected: bool,
     dist: Option<&ProcessGroup>,
 ) -> Result<StepValues, TrainError> {
+    // The loss sums come to the host together: one device synchronisation, not one per term.
+    let sums: Vec<f64> = if out.losses.is_empty() {
+        Vec::new()
+    } else {
+        let stacked =
+            Tensor::stack(&out.losses.iter().map(|t| t.sum.detach().to_kind(Kind::Double)).collect::<Vec<_>>(), 0);
+        Vec::<f64>::try_from(stacked.reshape([-1]).to_device(tch::Device::Cpu)).map_err(TrainError::Torch)?
+    };
     let mut v: Vec<f64> = Vec::new();
-    for t in &out.losses {
-        v.push(if nan_injected { f64::NAN } else { t.sum.double_value(&[]) });
+    for (t, s) in out.losses.iter().zip(sums) {
+        v.push(if nan_injected { f64::NAN } else { s });
         v.push(t.count);
     }
     for (_, sum, count) in &out.metrics {

@@ -4,13 +4,13 @@
 //! ([`crate::engine`] runs the loop). After training, a few random paths are scored on the
 //! validation split after BN recalibration.
 
+use crate::TrainError;
 use crate::config::{ClsSource, PretrainConfig, SamplingKind};
 use crate::engine::{
     LoadedBatch, Paths, Resume, RunOptions, StepLosses, TrainOutcome, TrainTask, Trainer, TrainerSpec,
 };
 use crate::evaluate::{ClsScore, EvalData, batch_tensors, evaluate_path, recalibration_subset};
 use crate::loss::{smooth_cross_entropy, topk_correct};
-use crate::{TrainError, checkpoint};
 use detnas_data::{
     Batch, ClsDataset, ClsLoader, ClsTransform, IdxDataset, ImageFolder, LoaderConfig, StreamConfig, SyntheticCls,
     mix_seed,
@@ -218,10 +218,9 @@ pub fn run(cfg: &PretrainConfig, out: &Path, device: Device, opts: &RunOptions) 
     let hash = cfg.result_hash();
     // The resolved config is written before work starts; an existing, different one is kept
     // unless the mismatch is allowed.
-    let hash_of = |text: &str| toml::from_str::<PretrainConfig>(text).ok().map(|o| o.result_hash());
     let writer = opts.dist.as_ref().is_none_or(|pg| pg.rank() == 0);
     if writer {
-        checkpoint::claim_run_dir(out, &cfg.to_toml(), &hash, hash_of, opts.allow_mismatch)?;
+        cfg.claim_run_dir(out, opts.allow_mismatch)?;
     }
 
     let resume: Option<Resume<ClsState>> = Resume::find(out, opts)?;

@@ -374,13 +374,7 @@ fn ledger(out: &Path) -> Vec<(String, f64)> {
 #[test]
 fn a_search_on_two_ranks_equals_one_process_and_survives_a_dead_rank() {
     let d = temp_dir("dist", "search");
-    let ft_cfg = d.join("ft.toml");
-    std::fs::write(&ft_cfg, crate::tiny_finetune(&d.join("data"), 6)).unwrap();
-    let ft = d.join("ft");
-    ok(&engine(
-        &["finetune", "--no-progress", "--config", ft_cfg.to_str().unwrap(), "--out", ft.to_str().unwrap()],
-        None,
-    ));
+    let ft = crate::finetuned(&d, &crate::tiny_finetune(&d.join("data"), 6));
     let cfg = d.join("search.toml");
     std::fs::write(
         &cfg,

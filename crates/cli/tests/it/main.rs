@@ -106,6 +106,16 @@ final_paths = 1
     )
 }
 
+/// Fine-tunes with the config text `config` into `d/ft` (config in `d/ft.toml`); returns
+/// the run folder.
+fn finetuned(d: &std::path::Path, config: &str) -> std::path::PathBuf {
+    let cfg = d.join("ft.toml");
+    std::fs::write(&cfg, config).unwrap();
+    let ft = d.join("ft");
+    ok(&engine(&["finetune", "--no-progress", "--config", cfg.to_str().unwrap(), "--out", ft.to_str().unwrap()], None));
+    ft
+}
+
 /// Asserts success; returns stdout.
 fn ok(o: &Output) -> String {
     assert!(o.status.success(), "status {:?}\n{}", o.status, String::from_utf8_lossy(&o.stderr));

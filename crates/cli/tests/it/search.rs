@@ -73,13 +73,7 @@ fn ledger(out: &Path) -> Vec<(String, u64)> {
 #[test]
 fn detection_search_resumes_exactly_after_sigkill_and_parallel_equals_sequential() {
     let d = dir("det");
-    let ft_cfg = d.join("ft.toml");
-    std::fs::write(&ft_cfg, crate::tiny_finetune(&d.join("data"), 6)).unwrap();
-    let ft = d.join("ft");
-    ok(&engine(
-        &["finetune", "--no-progress", "--config", ft_cfg.to_str().unwrap(), "--out", ft.to_str().unwrap()],
-        None,
-    ));
+    let ft = crate::finetuned(&d, &crate::tiny_finetune(&d.join("data"), 6));
 
     // Limits: backbone MACs at 64x64 below the space's maximum, and a latency limit that
     // needs the table (measured into the run folder, then reused).

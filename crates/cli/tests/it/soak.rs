@@ -101,13 +101,7 @@ fn detection_fine_tuning_memory_stays_flat() {
 #[test]
 fn search_memory_stays_flat_over_many_candidates() {
     let d = temp_dir("soak", "search");
-    let ft_cfg = d.join("ft.toml");
-    std::fs::write(&ft_cfg, soak_finetune(&d.join("data"), 12)).unwrap();
-    let ft = d.join("ft");
-    ok(&engine(
-        &["finetune", "--no-progress", "--config", ft_cfg.to_str().unwrap(), "--out", ft.to_str().unwrap()],
-        None,
-    ));
+    let ft = crate::finetuned(&d, &soak_finetune(&d.join("data"), 12));
     let cfg = d.join("search.toml");
     std::fs::write(
         &cfg,

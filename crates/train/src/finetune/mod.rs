@@ -15,11 +15,11 @@ pub mod splits;
 pub use model::{OpenedDetector, build_detector, load_pretrained, read_meta, run_dir_of};
 pub use splits::{DetSplits, open_splits};
 
+use crate::TrainError;
 use crate::det_config::FinetuneConfig;
 use crate::engine::{
     LoadedBatch, Paths, Resume, RunOptions, StepLosses, TrainOutcome, TrainTask, Trainer, TrainerSpec,
 };
-use crate::{TrainError, checkpoint};
 use detnas_data::det::loader::{DetLoader, DetLoaderConfig};
 use detnas_data::det::transform::{DetBatch, DetTransform};
 use detnas_data::det::{Category, DetDataset};
@@ -109,10 +109,9 @@ pub fn run(cfg: &FinetuneConfig, out: &Path, device: Device, opts: &RunOptions) 
     cfg.check()?;
     let space = cfg.space()?;
     let hash = cfg.result_hash();
-    let hash_of = |text: &str| toml::from_str::<FinetuneConfig>(text).ok().map(|o| o.result_hash());
     let writer = opts.dist.as_ref().is_none_or(|pg| pg.rank() == 0);
     if writer {
-        checkpoint::claim_run_dir(out, &cfg.to_toml(), &hash, hash_of, opts.allow_mismatch)?;
+        cfg.claim_run_dir(out, opts.allow_mismatch)?;
     }
 
     let splits = open_splits(cfg, out)?;
