@@ -127,6 +127,7 @@ for item in $items; do
       for pid in "${pids[@]}"; do wait "$pid"; done
       cat "$work"/par-*.json | sed 's/"item": "candidate"/"item": "candidate-parallel"/' >> "$work/results.jsonl" ;;
   esac
+  cp "$work/results.jsonl" "${out%.md}.jsonl"   # kept after each item: a run stopped early keeps what it measured
 done
 cp "$work/results.jsonl" "${out%.md}.jsonl"   # the raw lines behind the table
 python3 bench/report.py "$work" "$threads" "$device" "$out"

@@ -155,10 +155,19 @@ int detnas_c10d_init(const char* host, uint16_t port, int is_server, int rank, i
   })
 }
 
-void detnas_c10d_free(void* ctx) {
+// Frees the context. `graceful` (no collective failed) first shuts the backends down as
+// torch.distributed.destroy_process_group does (NCCL warns at exit otherwise); after a failed
+// collective a peer may be gone, so nothing waits on it.
+void detnas_c10d_free(void* ctx, int graceful) {
   auto* c = static_cast<Ctx*>(ctx);
   if (c == nullptr) {
     return;
+  }
+  if (graceful != 0) {
+    try {
+      c->pg->shutdown();
+    } catch (...) {
+    }
   }
   try {
     c10d::unregister_process_group(c->group_name);

@@ -23,7 +23,7 @@ unsafe extern "C" {
         err: *mut c_char,
         errlen: usize,
     ) -> i32;
-    fn detnas_c10d_free(ctx: *mut c_void);
+    fn detnas_c10d_free(ctx: *mut c_void, graceful: i32);
     fn detnas_c10d_allreduce_sum(
         ctx: *mut c_void,
         ts: *const *mut c_void,
@@ -143,6 +143,8 @@ pub struct ProcessGroup {
     timeout: Duration,
     /// Nanoseconds spent waiting in collectives (see [`ProcessGroup::collective_seconds`]).
     busy_ns: std::sync::atomic::AtomicU64,
+    /// Set when a collective failed: the group is then dropped without a graceful shutdown.
+    failed: std::sync::atomic::AtomicBool,
 }
 
 // SAFETY: c10d process groups and stores are thread-safe (torch.distributed calls them from
@@ -202,7 +204,14 @@ impl ProcessGroup {
             ))
         })?;
         let ctx = NonNull::new(ctx).ok_or_else(|| DistError::Collective("the shim returned no group".into()))?;
-        Ok(ProcessGroup { ctx, launch: launch.clone(), device, timeout, busy_ns: Default::default() })
+        Ok(ProcessGroup {
+            ctx,
+            launch: launch.clone(),
+            device,
+            timeout,
+            busy_ns: Default::default(),
+            failed: Default::default(),
+        })
     }
 
     /// This process's place in the job.
@@ -247,6 +256,7 @@ impl ProcessGroup {
     fn fail(&self, what: &str) -> impl Fn(DistError) -> DistError + '_ {
         let what = what.to_string();
         move |e| {
+            self.failed.store(true, std::sync::atomic::Ordering::Relaxed);
             let msg = match &e {
                 DistError::Collective(m) => m.strip_prefix(&format!("{what}: ")).unwrap_or(m).to_string(),
                 DistError::Launch(m) => m.clone(),
@@ -440,7 +450,8 @@ impl ProcessGroup {
 impl Drop for ProcessGroup {
     #[allow(unsafe_code)]
     fn drop(&mut self) {
+        let graceful = !self.failed.load(std::sync::atomic::Ordering::Relaxed) && !std::thread::panicking();
         // SAFETY: the context was created by detnas_c10d_init and is freed once.
-        unsafe { detnas_c10d_free(self.ctx.as_ptr()) };
+        unsafe { detnas_c10d_free(self.ctx.as_ptr(), i32::from(graceful)) };
     }
 }
