@@ -53,9 +53,27 @@ unsafe impl Sync for ConfString {}
 pub static malloc_conf: ConfString =
     ConfString(c"dirty_decay_ms:-1,muzzy_decay_ms:-1,oversize_threshold:0,lg_extent_max_active_fit:20".as_ptr());
 
-/// DetNAS: backbone search for object detection.
+const ABOUT: &str = "DetNAS: search a detection backbone for your data and compute budget \
+(Chen et al., NeurIPS 2019, arXiv:1903.10979)";
+
+const LONG_ABOUT: &str = "DetNAS: search a detection backbone for your data and compute budget \
+(Chen et al., NeurIPS 2019, arXiv:1903.10979).
+
+The workflow, each stage resumable (re-run the same command after a crash or Ctrl-C):
+  detnas pretrain   train the ShuffleNetV2 supernet path-wise on classification
+  detnas finetune   fine-tune it path-wise as the backbone of RetinaNet or FPN Faster R-CNN
+  detnas search     evolutionary search under FLOPs/params/latency limits
+  detnas finetune   retrain the found architecture (model.arch) and evaluate it
+  detnas run        all of these from one pipeline config, with a report
+  detnas demo       the whole pipeline on built-in synthetic data (CPU, minutes)
+
+Check your data first: detnas data check --config FINETUNE.toml
+
+Exit status: 0 ok, 2 usage or configuration, 3 data, 4 numerical (NaN/Inf loss), \
+5 checkpoint, 130/143 interrupted (SIGINT/SIGTERM; the last checkpoint is saved), 1 other.";
+
 #[derive(Parser)]
-#[command(name = "detnas", bin_name = "detnas", version, about, propagate_version = true)]
+#[command(name = "detnas", bin_name = "detnas", version, about = ABOUT, long_about = LONG_ABOUT, propagate_version = true)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -21,7 +21,7 @@ pub struct PredictArgs {
     /// The path (architecture) to run; required for a supernet checkpoint.
     #[arg(long)]
     pub arch: Option<String>,
-    /// Images (PNG or JPEG).
+    /// Images: JPEG, PNG, TIFF, BMP or WebP (EXIF orientation applied, as in training).
     #[arg(required = true)]
     pub images: Vec<PathBuf>,
     /// Output folder: detections.json and IMAGE.det.png per image.

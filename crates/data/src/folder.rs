@@ -16,9 +16,7 @@ pub struct ImageFolder {
 }
 
 fn is_image(p: &Path) -> bool {
-    p.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "jpg" | "jpeg" | "png"))
+    crate::decode::is_image_file(p)
 }
 
 impl ImageFolder {

@@ -19,7 +19,7 @@ pub mod subset;
 pub mod synth;
 pub mod transform;
 
-pub use decode::decode_image;
+pub use decode::{IMAGE_EXTENSIONS, decode_image, image_size, is_image_file};
 pub use error::DataError;
 pub use folder::ImageFolder;
 pub use idx::IdxDataset;

@@ -59,6 +59,31 @@ fn run_eval(gt: COCO, dt: COCO) -> Result<[f64; 12], DetectError> {
 /// [`DetectError::Eval`] when either file cannot be read or parsed, or the evaluation fails.
 pub fn coco_stats_files(gt: &Path, dt: &Path) -> Result<[f64; 12], DetectError> {
     let g = COCO::new(gt).map_err(|e| DetectError::Eval(format!("{}: {e}", gt.display())))?;
+    // pycocotools refuses results on images the ground truth lacks ("Results do not
+    // correspond to current coco set"); so does this (hotcoco would only warn and drop them).
+    let text = std::fs::read_to_string(dt).map_err(|e| DetectError::Eval(format!("{}: {e}", dt.display())))?;
+    if let Ok(serde_json::Value::Array(results)) = serde_json::from_str::<serde_json::Value>(&text) {
+        let known: std::collections::HashSet<u64> = g.dataset.images.iter().map(|i| i.id).collect();
+        let mut unknown: Vec<u64> = results
+            .iter()
+            .filter_map(|r| r.get("image_id").and_then(serde_json::Value::as_u64))
+            .filter(|id| !known.contains(id))
+            .collect();
+        unknown.sort_unstable();
+        unknown.dedup();
+        if !unknown.is_empty() {
+            let shown: Vec<String> = unknown.iter().take(10).map(u64::to_string).collect();
+            return Err(DetectError::Eval(format!(
+                "{}: results on {} image id{} that {} does not have: {}{} (pycocotools refuses such a file too)",
+                dt.display(),
+                unknown.len(),
+                if unknown.len() == 1 { "" } else { "s" },
+                gt.display(),
+                shown.join(", "),
+                if unknown.len() > 10 { ", …" } else { "" }
+            )));
+        }
+    }
     let d = g.load_res(dt).map_err(|e| DetectError::Eval(format!("{}: {e}", dt.display())))?;
     run_eval(g, d)
 }

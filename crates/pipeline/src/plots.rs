@@ -46,13 +46,16 @@ fn axes<'a, 'b>(
         .y_label_area_size(60)
         .build_cartesian_2d(x.0..x.1, y.0..y.1)
         .map_err(|e| e.to_string())?;
-    chart
-        .configure_mesh()
-        .x_desc(x_desc)
-        .y_desc(y_desc)
-        .light_line_style(WHITE.mix(0.0))
-        .draw()
-        .map_err(|e| e.to_string())?;
+    // Counted axes (generations, steps) get integer ticks only.
+    let counted = ["generation", "step", "iteration"].iter().any(|w| x_desc.contains(w));
+    let span = (x.1 - x.0).max(1.0);
+    let integer_ticks = |v: &f64| if v.fract().abs() < 1e-9 { format!("{v:.0}") } else { String::new() };
+    let mut mesh = chart.configure_mesh();
+    mesh.x_desc(x_desc).y_desc(y_desc).light_line_style(WHITE.mix(0.0));
+    if counted {
+        mesh.x_labels((span as usize + 1).min(11)).x_label_formatter(&integer_ticks);
+    }
+    mesh.draw().map_err(|e| e.to_string())?;
     Ok(chart)
 }
 

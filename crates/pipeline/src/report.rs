@@ -72,7 +72,15 @@ fn table(head: &[&str], rows: &[Vec<String>]) -> (String, String) {
         let _ = writeln!(md, "| {} |", r.join(" | "));
         html.push_str("<tr>");
         for c in r {
-            let _ = write!(html, "<td>{}</td>", esc(c));
+            // Markdown code spans (`…`) become <code> in HTML.
+            match c.strip_prefix('`').and_then(|c| c.strip_suffix('`')) {
+                Some(code) => {
+                    let _ = write!(html, "<td><code>{}</code></td>", esc(code));
+                }
+                None => {
+                    let _ = write!(html, "<td>{}</td>", esc(c));
+                }
+            }
         }
         html.push_str("</tr>");
     }

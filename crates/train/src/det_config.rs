@@ -5,6 +5,7 @@
 use crate::TrainError;
 use crate::config::{EvalConfig, ModelConfig, RuntimeConfig, ScheduleConfig};
 use detnas_data::InputConvention;
+use detnas_data::det::SizeMismatch;
 use detnas_data::det::synth::SyntheticDetConfig;
 use detnas_detect::DetectorConfig;
 use detnas_runtime::ConfigDocument;
@@ -68,8 +69,33 @@ pub enum DetSource {
     /// COCO: instances JSON + image folder for the training and test splits.
     Coco { train_json: PathBuf, train_images: PathBuf, test_json: PathBuf, test_images: PathBuf },
     /// Pascal VOC roots (`VOC2007/`), image sets (`ImageSets/Main/<set>.txt`) for train and
-    /// test.
-    Voc { train_roots: Vec<PathBuf>, train_set: String, test_root: PathBuf, test_set: String },
+    /// test. `classes` fixes the class list and its order; without it the classes are the
+    /// sorted names found in the training annotations.
+    Voc {
+        train_roots: Vec<PathBuf>,
+        train_set: String,
+        test_root: PathBuf,
+        test_set: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        classes: Option<Vec<String>>,
+    },
+    /// The YOLO layout: an Ultralytics dataset YAML (`path`, `train`, `val`, `test`, `names`)
+    /// with `images/…` and `labels/….txt` ([`detnas_data::det::yolo`]); the training and test
+    /// splits are two of its keys (default `train` and `val`).
+    Yolo {
+        yaml: PathBuf,
+        #[serde(default = "split_train")]
+        train_split: String,
+        #[serde(default = "split_val")]
+        test_split: String,
+    },
+}
+
+fn split_train() -> String {
+    "train".into()
+}
+fn split_val() -> String {
+    "val".into()
 }
 
 fn synth_folder() -> PathBuf {
@@ -104,6 +130,15 @@ pub struct DetDataConfig {
     /// (never fine-tuned on; DetNAS arXiv:1903.10979 §3.3). Default 0: none.
     #[serde(default)]
     pub search_val_images: usize,
+    /// An annotated image size that differs from the image's (after EXIF orientation):
+    /// `"error"` (default) or `"use-image"` (the image's size; boxes clipped to it).
+    #[serde(default, skip_serializing_if = "SizeMismatch::is_default")]
+    pub size_mismatch: SizeMismatch,
+    /// Train on images without boxes as pure background (RetinaNet: classification loss
+    /// only; Faster R-CNN: negatives for the RPN and the box head). Default false: they are
+    /// dropped from training, as in the reference (maskrcnn-benchmark), and counted.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub keep_empty: bool,
 }
 
 fn d800() -> Vec<u32> {
@@ -132,6 +167,7 @@ impl ConfigDocument for FinetuneConfig {
         "data.source.test_json",
         "data.source.test_images",
         "data.source.test_root",
+        "data.source.yaml",
     ];
 
     fn resolve_paths(&mut self, base: &Path) {
@@ -156,6 +192,7 @@ impl ConfigDocument for FinetuneConfig {
                 }
                 resolve_path(test_root, base);
             }
+            DetSource::Yolo { yaml, .. } => resolve_path(yaml, base),
         }
     }
 

@@ -1,5 +1,6 @@
 //! The engine binary as a user runs it: outputs, JSON contracts, errors and exit codes.
 
+mod data;
 mod detect;
 mod dist;
 mod pipeline;

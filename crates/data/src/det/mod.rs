@@ -1,4 +1,4 @@
-//! Detection data: COCO instances JSON, Pascal VOC XML, the built-in synthetic detection set
+//! Detection data: COCO instances JSON, Pascal VOC XML, the YOLO layout, the built-in synthetic detection set
 //! (written as PNG + COCO JSON and read back through the COCO reader), transforms and a
 //! deterministic loader.
 //!
@@ -7,11 +7,13 @@
 //! `(xmin − 1, ymin − 1, xmax, ymax)`). Labels are contiguous `0..K` in the order of the
 //! dataset's category ids; [`DetDataset::categories`] maps them back.
 
+pub mod check;
 pub mod coco;
 pub mod loader;
 pub mod synth;
 pub mod transform;
 pub mod voc;
+pub mod yolo;
 
 use crate::DataError;
 use serde::{Deserialize, Serialize};
@@ -60,17 +62,36 @@ pub struct DropReport {
     pub outside: usize,
     /// Boxes partly outside their image (clipped, kept).
     pub clipped: usize,
+    /// Images whose annotation gave no size: read from the image header.
+    #[serde(default)]
+    pub sizes_from_header: usize,
+    /// Images whose annotated size differs from the image's, replaced by the image's
+    /// (`data.size_mismatch = "use-image"`).
+    #[serde(default)]
+    pub sizes_replaced: usize,
     /// A few examples, `file: record: why`.
     pub examples: Vec<String>,
 }
 
 impl DropReport {
-    /// `true` when nothing was dropped or clipped.
+    /// `true` when nothing was dropped, clipped or re-sized.
     pub fn is_clean(&self) -> bool {
-        self.degenerate + self.outside + self.clipped == 0
+        self.degenerate + self.outside + self.clipped + self.sizes_from_header + self.sizes_replaced == 0
     }
 
-    fn note(&mut self, example: String) {
+    /// Adds `other`'s counts and examples.
+    pub fn merge(&mut self, other: &DropReport) {
+        self.degenerate += other.degenerate;
+        self.outside += other.outside;
+        self.clipped += other.clipped;
+        self.sizes_from_header += other.sizes_from_header;
+        self.sizes_replaced += other.sizes_replaced;
+        for e in &other.examples {
+            self.note(e.clone());
+        }
+    }
+
+    pub(crate) fn note(&mut self, example: String) {
         if self.examples.len() < 5 {
             self.examples.push(example);
         }
@@ -84,6 +105,12 @@ impl std::fmt::Display for DropReport {
             "{} boxes dropped (non-positive size), {} dropped (outside the image), {} clipped to the image",
             self.degenerate, self.outside, self.clipped
         )?;
+        if self.sizes_from_header > 0 {
+            write!(f, ", {} image sizes read from the image (none annotated)", self.sizes_from_header)?;
+        }
+        if self.sizes_replaced > 0 {
+            write!(f, ", {} annotated image sizes replaced by the image's", self.sizes_replaced)?;
+        }
         if !self.examples.is_empty() {
             write!(f, "; e.g. {}", self.examples.join("; "))?;
         }
@@ -157,10 +184,31 @@ pub(crate) fn sanitise(
         return None;
     }
     let c = [x1.max(0.0), y1.max(0.0), x2.min(w), y2.min(h)];
-    if c != b {
+    // Overshoots below 0.01 px are rounding (normalised YOLO coordinates, float exports):
+    // clipped but not counted.
+    if c.iter().zip(&b).any(|(c, b)| (c - b).abs() >= 0.01) {
         report.clipped += 1;
     }
     Some(c.map(|v| v as f32))
+}
+
+/// What to do when an annotation's image size differs from the image's own
+/// (`data.size_mismatch`). Sizes are compared in the displayed frame (after EXIF
+/// orientation).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SizeMismatch {
+    /// Refuse the dataset, naming each file and both sizes (default).
+    #[default]
+    Error,
+    /// Use the image's size; the boxes keep their pixel coordinates and are clipped to it.
+    UseImage,
+}
+
+impl SizeMismatch {
+    pub fn is_default(&self) -> bool {
+        *self == SizeMismatch::Error
+    }
 }
 
 /// A detection dataset held in memory (annotations only; images are decoded on demand).
@@ -192,7 +240,7 @@ impl DetDataset {
         let d = &self.images[i];
         if img.width() != d.width || img.height() != d.height {
             return Err(DataError::Invalid(format!(
-                "{}: the image is {}×{} but its annotation says {}×{}",
+                "{}: the image is {}×{} (after EXIF orientation) but its annotation says {}×{}",
                 d.file.display(),
                 img.width(),
                 img.height(),
@@ -201,6 +249,69 @@ impl DetDataset {
             )));
         }
         Ok(img)
+    }
+
+    /// Every image's `(width, height)` from its header (after EXIF orientation), read in
+    /// parallel; no pixel data is decoded.
+    pub fn header_sizes(&self) -> Vec<Result<(u32, u32), DataError>> {
+        use rayon::prelude::*;
+        self.images.par_iter().map(|i| crate::image_size(&i.file)).collect()
+    }
+
+    /// Checks the annotated sizes against `sizes` (from [`DetDataset::header_sizes`]).
+    /// Under [`SizeMismatch::UseImage`] a differing size is replaced by the image's and the
+    /// image's boxes are clipped to it (counted in the report).
+    ///
+    /// # Errors
+    /// Every problem, one line each naming the file: an unreadable image header, and under
+    /// [`SizeMismatch::Error`] a size mismatch with both sizes.
+    pub fn reconcile_sizes(
+        &mut self,
+        sizes: &[Result<(u32, u32), DataError>],
+        policy: SizeMismatch,
+    ) -> Result<(), Vec<String>> {
+        let mut problems = Vec::new();
+        for (im, size) in self.images.iter_mut().zip(sizes) {
+            let (w, h) = match size {
+                Ok(s) => *s,
+                Err(e) => {
+                    problems.push(e.to_string());
+                    continue;
+                }
+            };
+            if (w, h) == (im.width, im.height) {
+                continue;
+            }
+            match policy {
+                SizeMismatch::Error => problems.push(format!(
+                    "{}: the image is {w}×{h} (after EXIF orientation) but its annotation says {}×{} \
+                     (data.size_mismatch = \"use-image\" uses the image's size)",
+                    im.file.display(),
+                    im.width,
+                    im.height
+                )),
+                SizeMismatch::UseImage => {
+                    self.report.sizes_replaced += 1;
+                    self.report.note(format!(
+                        "{}: annotated {}×{}, the image is {w}×{h}: the image's size used",
+                        im.file.display(),
+                        im.width,
+                        im.height
+                    ));
+                    let file = im.file.display().to_string();
+                    let objects = std::mem::take(&mut im.objects);
+                    for (j, o) in objects.into_iter().enumerate() {
+                        let b = o.bbox.map(f64::from);
+                        if let Some(bbox) = sanitise(b, w, h, &mut self.report, || format!("{file}: object {j}")) {
+                            let area = if bbox == o.bbox { o.area } else { (bbox[2] - bbox[0]) * (bbox[3] - bbox[1]) };
+                            im.objects.push(Object { bbox, area, ..o });
+                        }
+                    }
+                    (im.width, im.height) = (w, h);
+                }
+            }
+        }
+        if problems.is_empty() { Ok(()) } else { Err(problems) }
     }
 
     /// The images at `indices`, same categories.

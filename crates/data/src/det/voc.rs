@@ -2,8 +2,9 @@
 //! `ImageSets/Main/<set>.txt`; images `JPEGImages/<id>.jpg`.
 //!
 //! VOC boxes are 1-based inclusive pixel indices; they become continuous coordinates
-//! `(xmin − 1, ymin − 1, xmax, ymax)`. Class names map to labels in the order given (the 20
-//! VOC classes by default); an unknown class name is an error naming file and object.
+//! `(xmin − 1, ymin − 1, xmax, ymax)`. Class names map to labels in the order of a class
+//! list ([`build`]): the configured one, else the sorted names of the training annotations;
+//! an unknown class name is an error naming file and object.
 
 use super::{Category, DetDataset, DetImage, DropReport, Object, sanitise};
 use crate::DataError;
@@ -56,7 +57,8 @@ pub struct VocAnnotation {
 ///
 /// # Errors
 /// [`DataError::Invalid`] naming the file: malformed or unbalanced XML, a nested or unnamed
-/// object, an incomplete `<bndbox>`, a value that is not a number, or no positive size.
+/// object, an incomplete `<bndbox>`, or a value that is not a number. A missing or zero
+/// `<size>` gives width and height 0 (the caller reads the image header).
 pub fn parse_xml(xml: &str, path: &Path) -> Result<VocAnnotation, DataError> {
     let bad = |m: String| DataError::Invalid(format!("{}: {m}", path.display()));
     let mut reader = quick_xml::Reader::from_str(xml);
@@ -148,53 +150,121 @@ pub fn parse_xml(xml: &str, path: &Path) -> Result<VocAnnotation, DataError> {
     if !stack.is_empty() {
         return Err(bad(format!("unclosed <{}>", stack.join("><"))));
     }
-    if !(seen_size[0] && seen_size[1]) || ann.width == 0 || ann.height == 0 {
-        return Err(bad("no positive <size><width>/<height>".into()));
+    if !(seen_size[0] && seen_size[1]) {
+        ann.width = 0;
+        ann.height = 0;
     }
     Ok(ann)
 }
 
-/// Reads the image set `set` (e.g. `trainval`) of a VOC root (`VOC2007/`).
+/// One image set of a VOC root, parsed: each annotation with its file and image.
+#[derive(Clone, Debug)]
+pub struct VocSet {
+    /// The image-set list (for messages).
+    pub list: std::path::PathBuf,
+    /// `(annotation file, image file, annotation)` in list order.
+    pub entries: Vec<(std::path::PathBuf, std::path::PathBuf, VocAnnotation)>,
+}
+
+impl VocSet {
+    /// The class names used by the objects, sorted and deduplicated.
+    pub fn class_names(&self) -> std::collections::BTreeSet<String> {
+        self.entries.iter().flat_map(|(_, _, a)| a.objects.iter().map(|o| o.name.clone())).collect()
+    }
+}
+
+/// Reads and parses the image set `set` (e.g. `trainval`) of a VOC root (`VOC2007/`).
+///
+/// The image of `Annotations/<id>.xml` is `JPEGImages/<filename>` when the XML names an
+/// existing file, else the first existing `JPEGImages/<id>.<ext>` for the readable
+/// extensions ([`crate::IMAGE_EXTENSIONS`]). An annotation without a positive `<size>` takes
+/// the size from the image's header (after EXIF orientation), counted in the dataset's
+/// [`DropReport::sizes_from_header`].
 ///
 /// # Errors
 /// [`DataError::Io`] when the image-set list or an annotation file cannot be read;
-/// [`DataError::Invalid`] as [`parse_xml`], or for an object of a class not in `classes`.
-pub fn load(root: &Path, set: &str, classes: &[&str]) -> Result<DetDataset, DataError> {
+/// [`DataError::Invalid`] as [`parse_xml`], or naming the annotation when its image is not
+/// found; [`DataError::Decode`] when a size must be read from an unreadable image header.
+pub fn read(root: &Path, set: &str) -> Result<VocSet, DataError> {
     let list = root.join("ImageSets/Main").join(format!("{set}.txt"));
     let ids = std::fs::read_to_string(&list).map_err(|e| DataError::Io { path: list.clone(), source: e })?;
-    let categories: Vec<Category> =
-        classes.iter().enumerate().map(|(i, n)| Category { id: i as u64 + 1, name: n.to_string() }).collect();
-    let mut report = DropReport::default();
-    let mut images = Vec::new();
-    for (k, id) in ids.lines().map(str::trim).filter(|l| !l.is_empty()).enumerate() {
+    let mut entries = Vec::new();
+    for id in ids.lines().map(str::trim).filter(|l| !l.is_empty()) {
         let id = id.split_whitespace().next().unwrap_or(id);
         let xml_path = root.join("Annotations").join(format!("{id}.xml"));
         let xml =
             std::fs::read_to_string(&xml_path).map_err(|e| DataError::Io { path: xml_path.clone(), source: e })?;
         let ann = parse_xml(&xml, &xml_path)?;
+        let dir = root.join("JPEGImages");
+        let named = (!ann.filename.is_empty()).then(|| dir.join(&ann.filename)).filter(|p| p.is_file());
+        let file = named
+            .or_else(|| crate::IMAGE_EXTENSIONS.iter().map(|e| dir.join(format!("{id}.{e}"))).find(|p| p.is_file()))
+            .ok_or_else(|| {
+                DataError::Invalid(format!(
+                    "{}: no image for it: neither JPEGImages/{} nor JPEGImages/{id}.<{}> exists",
+                    xml_path.display(),
+                    if ann.filename.is_empty() { "<filename>" } else { &ann.filename },
+                    crate::IMAGE_EXTENSIONS.join("|")
+                ))
+            })?;
+        entries.push((xml_path, file, ann));
+    }
+    Ok(VocSet { list, entries })
+}
+
+/// Builds the dataset of a parsed image set: labels are positions in `classes`; an object
+/// whose class is not among them is an error naming the file, the object and `origin` (where
+/// the class list came from, for the message).
+///
+/// # Errors
+/// [`DataError::Invalid`] for an unknown class; [`DataError::Decode`] / [`DataError::Io`]
+/// when a missing `<size>` cannot be read from the image header.
+pub fn build(set: &VocSet, classes: &[String], origin: &str) -> Result<DetDataset, DataError> {
+    let categories: Vec<Category> =
+        classes.iter().enumerate().map(|(i, n)| Category { id: i as u64 + 1, name: n.clone() }).collect();
+    let mut report = DropReport::default();
+    let mut images = Vec::new();
+    for (k, (xml_path, file, ann)) in set.entries.iter().enumerate() {
+        let (width, height) = if ann.width > 0 && ann.height > 0 {
+            (ann.width, ann.height)
+        } else {
+            let wh = crate::image_size(file)?;
+            report.sizes_from_header += 1;
+            report.note(format!("{}: no <size>: {}×{} read from {}", xml_path.display(), wh.0, wh.1, file.display()));
+            wh
+        };
         let mut objects = Vec::new();
         for (j, o) in ann.objects.iter().enumerate() {
             let label = classes.iter().position(|c| *c == o.name).ok_or_else(|| {
-                DataError::Invalid(format!("{}: object {j}: unknown class '{}'", xml_path.display(), o.name))
+                DataError::Invalid(format!(
+                    "{}: object {j}: class '{}' is not among {origin} [{}]",
+                    xml_path.display(),
+                    o.name,
+                    classes.join(", ")
+                ))
             })?;
             let [x1, y1, x2, y2] = o.bndbox;
             let b = [x1 - 1.0, y1 - 1.0, x2, y2];
             if let Some(bbox) =
-                sanitise(b, ann.width, ann.height, &mut report, || format!("{}: object {j}", xml_path.display()))
+                sanitise(b, width, height, &mut report, || format!("{}: object {j}", xml_path.display()))
             {
                 let area = (bbox[2] - bbox[0]) * (bbox[3] - bbox[1]);
                 objects.push(Object { bbox, label, crowd: false, difficult: o.difficult, area });
             }
         }
-        images.push(DetImage {
-            id: k as u64 + 1,
-            file: root.join("JPEGImages").join(format!("{id}.jpg")),
-            width: ann.width,
-            height: ann.height,
-            objects,
-        });
+        images.push(DetImage { id: k as u64 + 1, file: file.clone(), width, height, objects });
     }
-    Ok(DetDataset { images, categories, report, source: list.display().to_string() })
+    Ok(DetDataset { images, categories, report, source: set.list.display().to_string() })
+}
+
+/// Reads the image set `set` of a VOC root with the class list `classes` ([`read`] then
+/// [`build`]).
+///
+/// # Errors
+/// As [`read`] and [`build`].
+pub fn load(root: &Path, set: &str, classes: &[&str]) -> Result<DetDataset, DataError> {
+    let classes: Vec<String> = classes.iter().map(|c| c.to_string()).collect();
+    build(&read(root, set)?, &classes, "the given classes")
 }
 
 #[cfg(test)]
@@ -244,15 +314,29 @@ mod tests {
         let root = std::env::temp_dir().join(format!("detnas-voc-{}", std::process::id()));
         std::fs::create_dir_all(root.join("ImageSets/Main")).unwrap();
         std::fs::create_dir_all(root.join("Annotations")).unwrap();
+        std::fs::create_dir_all(root.join("JPEGImages")).unwrap();
         std::fs::write(root.join("ImageSets/Main/test.txt"), "000005\n").unwrap();
         std::fs::write(root.join("Annotations/000005.xml"), XML).unwrap();
+        let e = load(&root, "test", &VOC_CLASSES).unwrap_err().to_string();
+        assert!(e.contains("000005.xml: no image for it"), "{e}");
+        image::RgbImage::new(500, 375).save(root.join("JPEGImages/000005.png")).unwrap();
         let d = load(&root, "test", &VOC_CLASSES).unwrap();
+        assert_eq!(d.images[0].file, root.join("JPEGImages/000005.png"), "found by id with another extension");
         assert_eq!(d.images[0].objects[0].bbox, [262.0, 210.0, 324.0, 339.0]);
         assert_eq!(d.images[0].objects[0].label, 8);
         assert!(d.images[0].objects[1].difficult);
+        // Classes from the data: the sorted names; a missing <size> comes from the header.
+        let no_size = XML.replace("<size><width>500</width><height>375</height><depth>3</depth></size>", "");
+        std::fs::write(root.join("Annotations/000005.xml"), no_size.replacen("chair<", "Tree<", 1)).unwrap();
+        let set = read(&root, "test").unwrap();
+        let names: Vec<String> = set.class_names().into_iter().collect();
+        assert_eq!(names, ["Tree", "chair"], "sorted by bytes");
+        let d = build(&set, &names, "the training set's classes").unwrap();
+        assert_eq!((d.images[0].width, d.images[0].height, d.report.sizes_from_header), (500, 375, 1));
+        assert_eq!((d.images[0].objects[0].label, d.images[0].objects[1].label), (0, 1));
         std::fs::write(root.join("Annotations/000005.xml"), XML.replace("chair", "unicorn")).unwrap();
         let e = load(&root, "test", &VOC_CLASSES).unwrap_err().to_string();
-        assert!(e.contains("000005.xml") && e.contains("unknown class 'unicorn'"), "{e}");
+        assert!(e.contains("000005.xml: object 0: class 'unicorn' is not among the given classes"), "{e}");
         std::fs::remove_dir_all(&root).ok();
     }
 }

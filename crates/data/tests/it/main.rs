@@ -1,7 +1,9 @@
 //! detnas-data integration tests: strict decoding, dataset errors, loader determinism, and
 //! malformed annotation files (`fuzz`).
 
+mod formats;
 mod fuzz;
+mod layouts;
 
 use detnas_data::synth::{SyntheticCls, SyntheticClsConfig};
 use detnas_data::{
@@ -61,9 +63,12 @@ fn strict_decoding_rejects_broken_files_by_name() {
     std::fs::write(&empty, b"").unwrap();
     let text = d.join("notes.png");
     std::fs::write(&text, b"this is not an image").unwrap();
-    for (p, needle) in
-        [(&cut_jpg, "truncated JPEG"), (&cut_png, ""), (&empty, "empty file"), (&text, "not a JPEG or PNG")]
-    {
+    for (p, needle) in [
+        (&cut_jpg, "truncated JPEG"),
+        (&cut_png, ""),
+        (&empty, "empty file"),
+        (&text, "not an image of a known format"),
+    ] {
         let e = decode_image(p).unwrap_err();
         assert!(matches!(e, DataError::Decode { .. }), "{e}");
         let msg = e.to_string();

@@ -29,3 +29,20 @@ fn every_case_matches_pycocotools() {
         assert_eq!(mem, got, "{name}: in-memory evaluation differs");
     }
 }
+
+/// Results on an image id the ground truth lacks are refused, as pycocotools refuses them
+/// (`loadRes`: "Results do not correspond to current coco set"), naming the ids.
+#[test]
+fn results_on_unknown_images_are_refused() {
+    let gt = dir().join("basic.gt.json");
+    let mut dets: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(dir().join("basic.dt.json")).unwrap()).unwrap();
+    let mut extra = dets[0].clone();
+    extra["image_id"] = serde_json::json!(987654);
+    dets.push(extra);
+    let dt = std::env::temp_dir().join(format!("detnas-unknown-ids-{}.json", std::process::id()));
+    std::fs::write(&dt, serde_json::to_string(&dets).unwrap()).unwrap();
+    let e = coco_stats_files(&gt, &dt).unwrap_err().to_string();
+    std::fs::remove_file(&dt).ok();
+    assert!(e.contains("1 image id that") && e.contains("987654"), "{e}");
+}

@@ -129,3 +129,44 @@ fn bn_recalibration_covers_fpn_and_heads() {
         assert!(n >= changed.len(), "{n} recalibrated vs {} changed", changed.len());
     }
 }
+
+/// Images without boxes (`data.keep_empty`): pure background. With one empty image in the
+/// batch every loss stays finite; with only empty images the box-regression losses are
+/// exactly 0 (nothing is positive) and the classification losses are positive.
+#[test]
+fn images_without_boxes_are_background() {
+    let space = space();
+    let arch = space.parse_arch("23102").unwrap();
+    let empty = || Target {
+        boxes: detnas_detect::boxes::tensor_of(&[]),
+        labels: Tensor::zeros([0], (Kind::Int64, Device::Cpu)),
+        seed: 7,
+    };
+    for head in heads() {
+        tch::manual_seed(0);
+        let cfg = DetectorConfig { fpn_channels: 16, fpn_bn: true, head: head.clone() };
+        let vs = nn::VarStore::new(Device::Cpu);
+        let det = cfg.build(&vs.root(), &space, None, 3).unwrap();
+        let x = Tensor::rand([2, 3, 64, 64], (Kind::Float, Device::Cpu)) * 255.0;
+        let sizes = [(64, 64), (60, 64)];
+        let mut mixed = targets();
+        mixed[1] = empty();
+        let losses = det.losses(&x, &sizes, &mixed, Some(&arch)).unwrap();
+        for l in &losses {
+            let v = f64::try_from(l.value()).unwrap();
+            assert!(v.is_finite(), "{head:?}: {} = {v} with one empty image", l.name);
+        }
+        let losses = det.losses(&x, &sizes, &[empty(), empty()], Some(&arch)).unwrap();
+        let total = losses.iter().map(|l| l.value()).reduce(|a, b| a + b).unwrap();
+        total.backward();
+        for l in &losses {
+            let v = f64::try_from(l.value()).unwrap();
+            let is_box = l.name.contains("reg") || l.name.contains("box");
+            if is_box {
+                assert_eq!(v, 0.0, "{head:?}: {} must be 0 without boxes", l.name);
+            } else {
+                assert!(v.is_finite() && v > 0.0, "{head:?}: {} = {v} without boxes", l.name);
+            }
+        }
+    }
+}

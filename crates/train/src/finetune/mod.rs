@@ -119,13 +119,18 @@ pub fn run(cfg: &FinetuneConfig, out: &Path, device: Device, opts: &RunOptions) 
         categories: splits.train.categories.clone(),
         search_val_ids: splits.search_val.images.iter().map(|i| i.id).collect(),
     };
+    let k = state.categories.len();
     tracing::info!(
-        "fine-tuning on {} images ({} carved for the search, {} test images, {} classes)",
+        "fine-tuning on {} images ({} carved for the search, {} test images); {k} {}: {}",
         splits.train.len(),
         splits.search_val.len(),
         splits.test.len(),
-        state.categories.len()
+        if k == 1 { "class" } else { "classes" },
+        state.categories.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", ")
     );
+    for s in &splits.summaries {
+        tracing::info!("data: {s}");
+    }
     let resume: Option<Resume<DetState>> = Resume::find(out, opts)?;
 
     tch::manual_seed(mix_seed(cfg.seed, &[INIT_STREAM]) as i64);

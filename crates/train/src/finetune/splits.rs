@@ -1,11 +1,13 @@
 //! The data of a fine-tuning run: the training set (minus the carved search-validation split
-//! and minus images without a target), the search-validation split (DetNAS
+//! and, unless `data.keep_empty`, minus images without a target), the search-validation split (DetNAS
 //! arXiv:1903.10979 §3.3: architectures are ranked on images carved from the training set,
 //! never on the test set) and the test split.
 
 use crate::TrainError;
 use crate::det_config::{DetSource, FinetuneConfig};
-use detnas_data::det::{DetDataset, coco, voc};
+use detnas_data::DataError;
+use detnas_data::det::check::SplitSummary;
+use detnas_data::det::{DetDataset, coco, voc, yolo};
 use detnas_data::mix_seed;
 use std::path::Path;
 use std::sync::Arc;
@@ -15,22 +17,37 @@ const SPLIT_STREAM: u64 = 0x5B11;
 /// The splits of a fine-tuning run.
 #[derive(Debug)]
 pub struct DetSplits {
-    /// Training images (search-validation images and images without targets removed).
+    /// Training images (search-validation images removed; images without targets removed
+    /// unless `data.keep_empty`).
     pub train: Arc<DetDataset>,
     /// Carved from the training set for the architecture search.
     pub search_val: Arc<DetDataset>,
     /// The test split.
     pub test: Arc<DetDataset>,
+    /// What each split holds (train, search-val, test), for the log and `detnas data check`.
+    pub summaries: Vec<SplitSummary>,
 }
 
-/// Opens the data of `cfg`; `run_dir` anchors a synthetic set's relative folder.
-///
-/// # Errors
-/// [`TrainError::Data`] for unreadable or malformed annotations, [`TrainError::Config`] for
-/// training and test sets with different categories, an empty VOC root list, a carve larger
-/// than the set, or no image with a target.
-pub fn open_splits(cfg: &FinetuneConfig, run_dir: &Path) -> Result<DetSplits, TrainError> {
-    let (full, test) = match &cfg.data.source {
+/// The class list of a VOC source and where it came from (for messages).
+fn voc_classes(given: Option<&Vec<String>>, sets: &[voc::VocSet]) -> Result<(Vec<String>, &'static str), TrainError> {
+    match given {
+        Some(c) => {
+            let mut seen = std::collections::HashSet::new();
+            if c.is_empty() || !c.iter().all(|n| seen.insert(n)) {
+                return Err(TrainError::Config("data.source.classes must be non-empty and without repeats".into()));
+            }
+            Ok((c.clone(), "data.source.classes"))
+        }
+        None => {
+            let names: std::collections::BTreeSet<String> = sets.iter().flat_map(voc::VocSet::class_names).collect();
+            Ok((names.into_iter().collect(), "the training set's classes"))
+        }
+    }
+}
+
+/// The training (before the carve) and test datasets of a source.
+fn load_source(cfg: &FinetuneConfig, run_dir: &Path) -> Result<(DetDataset, DetDataset), TrainError> {
+    Ok(match &cfg.data.source {
         DetSource::Synthetic { train, test, folder } => {
             let base = if folder.is_relative() { run_dir.join(folder) } else { folder.clone() };
             (train.write(&base.join("train"))?, test.write(&base.join("test"))?)
@@ -38,14 +55,28 @@ pub fn open_splits(cfg: &FinetuneConfig, run_dir: &Path) -> Result<DetSplits, Tr
         DetSource::Coco { train_json, train_images, test_json, test_images } => {
             (coco::load(train_json, train_images)?, coco::load(test_json, test_images)?)
         }
-        DetSource::Voc { train_roots, train_set, test_root, test_set } => {
+        DetSource::Voc { train_roots, train_set, test_root, test_set, classes } => {
+            if train_roots.is_empty() {
+                return Err(TrainError::Config("data.source.train_roots is empty".into()));
+            }
+            let sets: Vec<voc::VocSet> =
+                train_roots.iter().map(|r| voc::read(r, train_set)).collect::<Result<_, _>>()?;
+            let (classes, origin) = voc_classes(classes.as_ref(), &sets)?;
+            if classes.is_empty() {
+                return Err(TrainError::Config(format!(
+                    "the VOC training annotations ({}) name no object class",
+                    sets[0].list.display()
+                )));
+            }
             let mut all: Option<DetDataset> = None;
-            for r in train_roots {
-                let d = voc::load(r, train_set, &voc::VOC_CLASSES)?;
+            for set in &sets {
+                let d = voc::build(set, &classes, origin)?;
                 all = Some(match all {
                     None => d,
                     Some(mut a) => {
                         let offset = a.images.len() as u64;
+                        a.report.merge(&d.report);
+                        a.source = format!("{} + {}", a.source, d.source);
                         a.images.extend(d.images.into_iter().map(|mut i| {
                             i.id += offset;
                             i
@@ -54,13 +85,52 @@ pub fn open_splits(cfg: &FinetuneConfig, run_dir: &Path) -> Result<DetSplits, Tr
                     }
                 });
             }
-            let all = all.ok_or_else(|| TrainError::Config("data.source.train_roots is empty".into()))?;
-            (all, voc::load(test_root, test_set, &voc::VOC_CLASSES)?)
+            let all = all.expect("at least one root");
+            (all, voc::build(&voc::read(test_root, test_set)?, &classes, origin)?)
         }
-    };
+        DetSource::Yolo { yaml, train_split, test_split } => {
+            let spec = yolo::read_spec(yaml)?;
+            (yolo::load(&spec, train_split)?, yolo::load(&spec, test_split)?)
+        }
+    })
+}
+
+/// Checks every annotated image size against the image header (VOC and COCO; the YOLO and
+/// synthetic readers take their sizes from the images).
+fn reconcile(cfg: &FinetuneConfig, d: &mut DetDataset) -> Result<(), TrainError> {
+    if !matches!(cfg.data.source, DetSource::Voc { .. } | DetSource::Coco { .. }) {
+        return Ok(());
+    }
+    let sizes = d.header_sizes();
+    d.reconcile_sizes(&sizes, cfg.data.size_mismatch).map_err(|problems| {
+        let n = problems.len();
+        let shown: Vec<&str> = problems.iter().take(20).map(String::as_str).collect();
+        let more =
+            if n > 20 { format!("\n  … and {} more (detnas data check lists all)", n - 20) } else { String::new() };
+        TrainError::Data(DataError::Invalid(format!(
+            "{n} image{} of {} cannot be used:\n  {}{more}",
+            if n == 1 { "" } else { "s" },
+            d.source,
+            shown.join("\n  ")
+        )))
+    })
+}
+
+/// Opens the data of `cfg`; `run_dir` anchors a synthetic set's relative folder.
+///
+/// # Errors
+/// [`TrainError::Data`] for unreadable or malformed annotations, unreadable images, sizes
+/// that differ from the annotations (under `data.size_mismatch = "error"`) or a test object
+/// of a class the training set lacks; [`TrainError::Config`] for training and test sets with
+/// different categories, an empty VOC root list, a carve larger than the set, or no image
+/// with a target.
+pub fn open_splits(cfg: &FinetuneConfig, run_dir: &Path) -> Result<DetSplits, TrainError> {
+    let (mut full, mut test) = load_source(cfg, run_dir)?;
     if full.categories != test.categories {
         return Err(TrainError::Config("the training and test sets have different categories".into()));
     }
+    reconcile(cfg, &mut full)?;
+    reconcile(cfg, &mut test)?;
     for (what, d) in [("training", &full), ("test", &test)] {
         if !d.report.is_clean() {
             tracing::warn!("{what} annotations ({}): {}", d.source, d.report);
@@ -71,14 +141,31 @@ pub fn open_splits(cfg: &FinetuneConfig, run_dir: &Path) -> Result<DetSplits, Tr
     } else {
         ((0..full.len()).collect(), Vec::new())
     };
-    let with_targets: Vec<usize> =
-        rest.into_iter().filter(|&i| full.images[i].objects.iter().any(|o| !o.crowd)).collect();
-    if with_targets.is_empty() {
+    let has_target = |i: &usize| full.images[*i].objects.iter().any(|o| !o.crowd);
+    let empty = rest.iter().filter(|i| !has_target(i)).count();
+    let train_idx: Vec<usize> = if cfg.data.keep_empty { rest } else { rest.into_iter().filter(has_target).collect() };
+    if !train_idx.iter().any(has_target) {
         return Err(TrainError::Config(format!("{} has no image with a non-crowd object to train on", full.source)));
     }
-    Ok(DetSplits {
-        train: Arc::new(full.subset(&with_targets)),
-        search_val: Arc::new(full.subset(&carved)),
-        test: Arc::new(test),
-    })
+    let train = full.subset(&train_idx);
+    let search_val = full.subset(&carved);
+    let mut summaries = vec![
+        SplitSummary::of("train", &full.subset(&train_idx_with_empty(&full, &carved))),
+        SplitSummary::of("search-val", &search_val),
+        SplitSummary::of("test", &test),
+    ];
+    if !cfg.data.keep_empty {
+        summaries[0].empty_dropped = empty;
+    }
+    summaries[0].source = full.source.clone();
+    // The reading report belongs to the whole training set (shown with `train`).
+    summaries[1].report = Default::default();
+    summaries[1].source = format!("carved from the training set by the seed, {} images", carved.len());
+    Ok(DetSplits { train: Arc::new(train), search_val: Arc::new(search_val), test: Arc::new(test), summaries })
+}
+
+/// The training images before empty ones are left out (what the summary describes).
+fn train_idx_with_empty(full: &DetDataset, carved: &[usize]) -> Vec<usize> {
+    let carved: std::collections::HashSet<usize> = carved.iter().copied().collect();
+    (0..full.len()).filter(|i| !carved.contains(i)).collect()
 }
