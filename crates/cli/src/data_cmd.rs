@@ -27,28 +27,37 @@ pub enum DataCommand {
     },
     /// Write the synthetic classification set as an ImageFolder (`OUT/<class>/<n>.png`).
     SynthCls {
+        /// Output folder.
         #[arg(long)]
         out: PathBuf,
+        /// Number of images.
         #[arg(long, default_value_t = 1000)]
         images: usize,
+        /// Image side (square), pixels.
         #[arg(long, default_value_t = 32)]
         size: u32,
+        /// Number of classes (shapes).
         #[arg(long, default_value_t = 10)]
         classes: usize,
+        /// Seed of the images.
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
     /// Write the synthetic detection set: `OUT/images/*.png` + `OUT/annotations.json` (COCO).
     Synth {
+        /// Output folder.
         #[arg(long)]
         out: PathBuf,
+        /// Number of images.
         #[arg(long, default_value_t = 1000)]
         images: usize,
+        /// Seed of the images.
         #[arg(long, default_value_t = 0)]
         seed: u64,
         /// Image side (square), pixels.
         #[arg(long, default_value_t = 128)]
         size: u32,
+        /// Number of classes (shapes).
         #[arg(long, default_value_t = 6)]
         classes: usize,
     },

@@ -44,6 +44,8 @@ pub struct DetArgs {
     /// Recompute BN statistics on this many training images first (0: keep them).
     #[arg(long, default_value_t = 200)]
     pub recalibrate_bn: usize,
+    /// How recalibration pools the statistics: exact over all images, or the official
+    /// per-batch moving average.
     #[arg(long, value_enum, default_value_t = BnModeArg::Exact)]
     pub bn_mode: BnModeArg,
     /// Also write the detections (COCO results JSON) here.
@@ -51,6 +53,7 @@ pub struct DetArgs {
     pub dt_out: Option<PathBuf>,
     #[command(flatten)]
     pub runtime: RuntimeArgs,
+    /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
 }
@@ -100,7 +103,13 @@ fn run_det(a: DetArgs) -> Result<(), Failure> {
     let OpenedDetector { config: cfg, state, detector: det, .. } = opened;
     let settings = cfg.eval_settings();
     let arch = match (&a.arch, &cfg.model.arch) {
-        (_, Some(_)) => None,
+        (Some(given), Some(fixed)) => {
+            if given != fixed {
+                tracing::warn!("--arch {given} ignored: the checkpoint is the fixed architecture {fixed}");
+            }
+            None
+        }
+        (None, Some(_)) => None,
         (Some(s), None) => Some(state.space.parse_arch(s).map_err(crate::usage)?),
         (None, None) => return Err(crate::usage(anyhow::anyhow!("--arch is required for a supernet checkpoint"))),
     };
@@ -171,6 +180,8 @@ pub struct ClsArgs {
     /// Recompute BN statistics on this many training images first (0: keep the supernet's).
     #[arg(long, default_value_t = 1000)]
     pub recalibrate_bn: usize,
+    /// How recalibration pools the statistics: exact over all images, or the official
+    /// per-batch moving average.
     #[arg(long, value_enum, default_value_t = BnModeArg::Exact)]
     pub bn_mode: BnModeArg,
     /// Batch size (default: the config's eval.batch).
@@ -178,6 +189,7 @@ pub struct ClsArgs {
     pub batch: Option<usize>,
     #[command(flatten)]
     pub runtime: RuntimeArgs,
+    /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
 }

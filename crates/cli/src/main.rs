@@ -184,8 +184,10 @@ fn main() -> ExitCode {
     // In a multi-process job only rank 0 logs progress; the others log warnings and errors.
     let rank = detnas_dist::Launch::from_env().ok().flatten().map_or(0, |l| l.rank);
     let default_level = if rank == 0 { "info" } else { "warn" };
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("DETNAS_LOG")
@@ -212,7 +214,16 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
-            eprintln!("error: {:#}", f.error);
+            // The chain, without causes the messages already quote (most errors here embed
+            // their source in their own message).
+            let mut msg = f.error.to_string();
+            for cause in f.error.chain().skip(1) {
+                let c = cause.to_string();
+                if !msg.contains(&c) {
+                    msg = format!("{msg}: {c}");
+                }
+            }
+            eprintln!("error: {msg}");
             ExitCode::from(f.code)
         }
     }

@@ -1,4 +1,11 @@
-//! `detnas predict`: detections of one path on image files, as JSON and as pictures.
+//! `detnas predict`: detections of one path on image files, as COCO results and as pictures.
+//!
+//! ```text
+//! OUT/detections.json      COCO results: [{image_id, category_id, bbox [x, y, w, h], score}]
+//! OUT/images.json          the images: [{id, file_name, width, height}] (ids of --gt, else 1..n)
+//! OUT/categories.json      the detector's classes: [{id, name}]
+//! OUT/<name>.det.svg       the image with labelled boxes (class, score) and a legend
+//! ```
 
 use crate::Failure;
 use crate::runtime::RuntimeArgs;
@@ -10,7 +17,7 @@ use detnas_data::det::transform::collate;
 use detnas_detect::evaluate::batch_inputs;
 use detnas_space::rng::seeded;
 use detnas_train::finetune::OpenedDetector;
-use image::{Rgb, RgbImage};
+use image::RgbImage;
 use std::path::PathBuf;
 
 #[derive(Args)]
@@ -24,12 +31,23 @@ pub struct PredictArgs {
     /// Images: JPEG, PNG, TIFF, BMP or WebP (EXIF orientation applied, as in training).
     #[arg(required = true)]
     pub images: Vec<PathBuf>,
-    /// Output folder: detections.json and IMAGE.det.png per image.
+    /// Output folder: detections.json (COCO results), images.json, categories.json and
+    /// IMAGE.det.svg per image.
     #[arg(long, default_value = "predictions")]
     pub out: PathBuf,
     /// Boxes drawn (and written) from this score on.
     #[arg(long, default_value_t = 0.3)]
     pub score_threshold: f64,
+    /// A COCO instances file whose images these are: results carry its image ids (matched by
+    /// file name), so `detnas eval coco --gt GT --dt OUT/detections.json` scores them.
+    #[arg(long)]
+    pub gt: Option<PathBuf>,
+    /// A supernet path's BN statistics are recomputed on this many training images first, as
+    /// `eval det` does (default: the checkpoint's `eval.recalibrate_images`); 0 keeps the
+    /// supernet's running averages (scores then differ from `eval det`). Not used for a
+    /// fixed-architecture checkpoint, whose BN was trained for its one path.
+    #[arg(long)]
+    pub recalibrate_bn: Option<usize>,
     #[command(flatten)]
     pub runtime: RuntimeArgs,
 }
@@ -47,31 +65,149 @@ const PALETTE: [[u8; 3]; 10] = [
     [250, 190, 212],
 ];
 
-fn draw_box(img: &mut RgbImage, b: [f64; 4], colour: [u8; 3]) {
-    let (w, h) = (img.width() as i64, img.height() as i64);
-    let clamp = |v: f64, hi: i64| (v.round() as i64).clamp(0, hi - 1);
-    let (x1, y1, x2, y2) = (clamp(b[0], w), clamp(b[1], h), clamp(b[2] - 1.0, w), clamp(b[3] - 1.0, h));
-    for t in 0..2 {
-        for x in x1..=x2 {
-            for y in [(y1 + t).min(y2), (y2 - t).max(y1)] {
-                img.put_pixel(x as u32, y as u32, Rgb(colour));
-            }
-        }
-        for y in y1..=y2 {
-            for x in [(x1 + t).min(x2), (x2 - t).max(x1)] {
-                img.put_pixel(x as u32, y as u32, Rgb(colour));
-            }
+/// One drawn detection: box in image pixels, class name, score, palette index.
+struct Drawn {
+    bbox: [f64; 4],
+    class: String,
+    score: f32,
+    colour: usize,
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+/// The image with labelled boxes and a legend of the classes drawn, as a self-contained SVG
+/// (the image embedded as PNG): readable at any size in a browser.
+fn picture_svg(img: &RgbImage, dets: &[Drawn]) -> anyhow::Result<String> {
+    use base64::Engine;
+    use std::fmt::Write;
+    let (w, h) = (img.width() as f64, img.height() as f64);
+    let mut png = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)?;
+    let stroke = (w.min(h) / 150.0).max(2.0);
+    let font = (w.min(h) / 28.0).clamp(11.0, 28.0);
+    let mut svg = format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="{font:.1}"><image width="{w}" height="{h}" href="data:image/png;base64,{}"/>"#,
+        base64::engine::general_purpose::STANDARD.encode(&png)
+    );
+    let rgb = |c: usize| {
+        let p = PALETTE[c % PALETTE.len()];
+        format!("rgb({},{},{})", p[0], p[1], p[2])
+    };
+    for d in dets {
+        let [x1, y1, x2, y2] = d.bbox;
+        let label = format!("{} {:.2}", d.class, d.score);
+        let tw = font * 0.6 * label.chars().count() as f64 + 6.0;
+        let ty = if y1 >= font + 4.0 { y1 - font - 4.0 } else { y1 };
+        let _ = write!(
+            svg,
+            r#"<rect x="{x1:.1}" y="{y1:.1}" width="{:.1}" height="{:.1}" fill="none" stroke="{c}" stroke-width="{stroke:.1}"/><rect x="{x1:.1}" y="{ty:.1}" width="{tw:.1}" height="{:.1}" fill="{c}"/><text x="{:.1}" y="{:.1}" fill="black">{}</text>"#,
+            x2 - x1,
+            y2 - y1,
+            font + 4.0,
+            x1 + 3.0,
+            ty + font,
+            esc(&label),
+            c = rgb(d.colour)
+        );
+    }
+    let mut classes: Vec<(usize, &str)> = dets.iter().map(|d| (d.colour, d.class.as_str())).collect();
+    classes.sort();
+    classes.dedup();
+    if !classes.is_empty() {
+        let lw = font * 0.6 * classes.iter().map(|c| c.1.chars().count()).max().unwrap_or(1) as f64 + font * 2.0;
+        let lh = (font + 6.0) * classes.len() as f64 + 6.0;
+        let _ = write!(
+            svg,
+            r#"<rect x="{:.1}" y="4" width="{lw:.1}" height="{lh:.1}" fill="white" fill-opacity="0.8"/>"#,
+            w - lw - 4.0
+        );
+        for (i, (c, name)) in classes.iter().enumerate() {
+            let y = 8.0 + (font + 6.0) * i as f64;
+            let _ = write!(
+                svg,
+                r#"<rect x="{:.1}" y="{y:.1}" width="{font:.1}" height="{font:.1}" fill="{}"/><text x="{:.1}" y="{:.1}">{}</text>"#,
+                w - lw + 2.0,
+                rgb(*c),
+                w - lw + font + 6.0,
+                y + font - 2.0,
+                esc(name)
+            );
         }
     }
+    svg.push_str("</svg>\n");
+    Ok(svg)
+}
+
+/// Output names: `<stem>.det.svg`, or `<parent>-<stem>` … when two inputs share a stem, and
+/// a number when that is still ambiguous.
+fn picture_names(paths: &[PathBuf]) -> Vec<String> {
+    let stem = |p: &PathBuf| p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "image".into());
+    let count = |names: &[String], n: &String| names.iter().filter(|m| *m == n).count();
+    let plain: Vec<String> = paths.iter().map(stem).collect();
+    let with_parent: Vec<String> = paths
+        .iter()
+        .zip(&plain)
+        .map(|(p, s)| {
+            if count(&plain, s) > 1 {
+                let parent = p.parent().and_then(|d| d.file_name()).map(|d| d.to_string_lossy().into_owned());
+                parent.map_or_else(|| s.clone(), |d| format!("{d}-{s}"))
+            } else {
+                s.clone()
+            }
+        })
+        .collect();
+    with_parent
+        .iter()
+        .enumerate()
+        .map(|(i, n)| if count(&with_parent, n) > 1 { format!("{:04}-{n}", i + 1) } else { n.clone() })
+        .map(|n| format!("{n}.det.svg"))
+        .collect()
 }
 
 pub fn run(a: PredictArgs) -> Result<(), Failure> {
     let device = a.runtime.init()?;
-    let OpenedDetector { config: cfg, state, detector: det, .. } = OpenedDetector::open(&a.checkpoint, device)?;
-    let arch = match (&a.arch, &cfg.model.arch) {
-        (_, Some(_)) => None,
-        (Some(s), None) => Some(state.space.parse_arch(s).map_err(crate::usage)?),
+    let opened = OpenedDetector::open(&a.checkpoint, device)?;
+    let arch = match (&a.arch, &opened.config.model.arch) {
+        (Some(given), Some(fixed)) => {
+            if given != fixed {
+                tracing::warn!("--arch {given} ignored: the checkpoint is the fixed architecture {fixed}");
+            }
+            None
+        }
+        (None, Some(_)) => None,
+        (Some(s), None) => Some(opened.state.space.parse_arch(s).map_err(crate::usage)?),
         (None, None) => return Err(crate::usage(anyhow::anyhow!("--arch is required for a supernet checkpoint"))),
+    };
+    if let Some(arch) = &arch {
+        let n = a.recalibrate_bn.unwrap_or(opened.config.eval.recalibrate_images);
+        if n == 0 {
+            tracing::warn!(
+                "BN statistics not recomputed for path {arch}: the supernet's running averages are used, so scores differ from eval det"
+            );
+        } else {
+            use detnas_detect::evaluate::{DetInputs, recalibrate};
+            let splits = opened.splits().map_err(|e| {
+                anyhow::anyhow!(
+                    "path {arch} of a supernet needs its BN statistics recomputed on the training data, which cannot be read: {e} (--recalibrate-bn 0 skips this, at some accuracy)"
+                )
+            })?;
+            let imgs = DetInputs::Read(std::sync::Arc::new(detnas_train::finetune::recalibration_images(
+                &opened.config,
+                &splits.train,
+                n,
+            )));
+            let mode: detnas_nn::BnMode = opened.config.eval.bn_mode.into();
+            let settings = opened.config.eval_settings();
+            recalibrate(&opened.detector, Some(arch), &imgs, &settings, mode, device)?;
+            tracing::info!("BN statistics of path {arch} recomputed on {n} training images");
+        }
+    }
+    let OpenedDetector { config: cfg, state, detector: det, .. } = opened;
+    let ids: Vec<u64> = match &a.gt {
+        None => (1..=a.images.len() as u64).collect(),
+        Some(gt) => image_ids_from(gt, &a.images)?,
     };
     let t = DetTransform { min_size: vec![cfg.data.test_min_size], max_size: cfg.data.max_size, flip: false };
     // Pictures go to a staging folder as they are drawn (memory stays flat over any number of
@@ -82,17 +218,24 @@ pub fn run(a: PredictArgs) -> Result<(), Failure> {
     let staging = a.out.join(".predict-partial");
     let _ = std::fs::remove_dir_all(&staging);
     std::fs::create_dir_all(&staging).with_context(|| format!("cannot create {}", staging.display()))?;
-    let result = predict_into(&a, &staging, device, &cfg, &state, &det, arch.as_ref(), &t);
-    let finished = result.and_then(|all| {
+    let result = predict_into(&a, &staging, device, &cfg, &state, &det, arch.as_ref(), &t, &ids);
+    let finished = result.and_then(|(all, images)| {
         for e in std::fs::read_dir(&staging).with_context(|| format!("cannot read {}", staging.display()))? {
             let e = e?;
             let to = a.out.join(e.file_name());
             std::fs::rename(e.path(), &to).with_context(|| format!("cannot write {}", to.display()))?;
         }
-        let out = a.out.join("detections.json");
-        detnas_runtime::fsx::write_atomic(&out, serde_json::to_string_pretty(&all).expect("serialisable").as_bytes())
+        let categories: Vec<serde_json::Value> =
+            state.task.categories.iter().map(|c| serde_json::json!({"id": c.id, "name": c.name})).collect();
+        for (name, value) in [("images.json", images), ("categories.json", categories), ("detections.json", all)] {
+            let out = a.out.join(name);
+            detnas_runtime::fsx::write_atomic(
+                &out,
+                serde_json::to_string_pretty(&value).expect("serialisable").as_bytes(),
+            )
             .with_context(|| format!("cannot write {}", out.display()))?;
-        println!("wrote {}", out.display());
+        }
+        println!("wrote {} (COCO results), images.json, categories.json", a.out.join("detections.json").display());
         Ok(())
     });
     let _ = std::fs::remove_dir_all(&staging);
@@ -102,7 +245,37 @@ pub fn run(a: PredictArgs) -> Result<(), Failure> {
     finished.map_err(Failure::from)
 }
 
-/// Runs every image, writing its picture into `staging`; returns the detections of all.
+/// The image ids of `images` in the COCO instances file `gt`, matched by file name.
+fn image_ids_from(gt: &std::path::Path, images: &[PathBuf]) -> anyhow::Result<Vec<u64>> {
+    let text = std::fs::read_to_string(gt).with_context(|| format!("cannot read {}", gt.display()))?;
+    let doc: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{}: malformed JSON", gt.display()))?;
+    let by_name: std::collections::HashMap<String, u64> = doc["images"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|i| {
+                    let f = i["file_name"].as_str()?;
+                    let name = std::path::Path::new(f).file_name()?.to_string_lossy().into_owned();
+                    Some((name, i["id"].as_u64()?))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    images
+        .iter()
+        .map(|p| {
+            let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            by_name
+                .get(&name)
+                .copied()
+                .ok_or_else(|| anyhow::anyhow!("{}: no image named {name} in {}", p.display(), gt.display()))
+        })
+        .collect()
+}
+
+/// Runs every image, writing its picture into `staging`; returns the COCO results and the
+/// image records.
 #[allow(clippy::too_many_arguments)]
 fn predict_into(
     a: &PredictArgs,
@@ -113,9 +286,12 @@ fn predict_into(
     det: &detnas_detect::Detector,
     arch: Option<&detnas_space::Arch>,
     t: &DetTransform,
-) -> anyhow::Result<Vec<serde_json::Value>> {
+    ids: &[u64],
+) -> anyhow::Result<(Vec<serde_json::Value>, Vec<serde_json::Value>)> {
     let mut all = Vec::new();
-    for path in &a.images {
+    let mut images = Vec::new();
+    let names = picture_names(&a.images);
+    for ((path, &image_id), name) in a.images.iter().zip(ids).zip(names) {
         let img = decode_image(path)?;
         let ann = detnas_data::det::DetImage {
             id: 0,
@@ -132,35 +308,31 @@ fn predict_into(
         let boxes = detnas_detect::boxes::rows_of(&d.boxes);
         let scores = Vec::<f32>::try_from(d.scores.to_device(tch::Device::Cpu)).map_err(anyhow::Error::from)?;
         let labels = Vec::<i64>::try_from(d.labels.to_device(tch::Device::Cpu)).map_err(anyhow::Error::from)?;
-        let mut drawn = img.clone();
-        let mut dets = Vec::new();
+        let mut drawn = Vec::new();
+        let mut dets = 0usize;
         for ((b, s), l) in boxes.iter().zip(scores).zip(labels) {
             if (s as f64) < a.score_threshold {
                 continue;
             }
             let bb = [b[0] as f64 / sx, b[1] as f64 / sy, b[2] as f64 / sx, b[3] as f64 / sy];
-            draw_box(&mut drawn, bb, PALETTE[l as usize % PALETTE.len()]);
             let cat = usize::try_from(l)
                 .ok()
                 .and_then(|l| state.task.categories.get(l))
                 .ok_or_else(|| anyhow::anyhow!("label {l} is outside the checkpoint's categories"))?;
-            dets.push(serde_json::json!({
+            drawn.push(Drawn { bbox: bb, class: cat.name.clone(), score: s, colour: l as usize });
+            all.push(serde_json::json!({
+                "image_id": image_id, "category_id": cat.id,
                 "bbox": [bb[0], bb[1], bb[2] - bb[0], bb[3] - bb[1]], "score": s,
-                "category_id": cat.id, "category": cat.name,
             }));
+            dets += 1;
         }
-        let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "image".into());
-        let name = format!("{stem}.det.png");
         let staged = staging.join(&name);
-        drawn.save(&staged).with_context(|| format!("cannot write {}", staged.display()))?;
-        println!(
-            "{}: {} detections ≥ {} → {}",
-            path.display(),
-            dets.len(),
-            a.score_threshold,
-            a.out.join(&name).display()
-        );
-        all.push(serde_json::json!({"image": path, "detections": dets}));
+        std::fs::write(&staged, picture_svg(&img, &drawn)?)
+            .with_context(|| format!("cannot write {}", staged.display()))?;
+        println!("{}: {dets} detections ≥ {} → {}", path.display(), a.score_threshold, a.out.join(&name).display());
+        images.push(serde_json::json!({
+            "id": image_id, "file_name": path, "width": img.width(), "height": img.height(),
+        }));
     }
-    Ok(all)
+    Ok((all, images))
 }

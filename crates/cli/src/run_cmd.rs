@@ -79,6 +79,12 @@ pub fn run(a: RunArgs) -> Result<(), Failure> {
 }
 
 pub fn report(a: ReportArgs) -> Result<(), Failure> {
+    if !a.run.join("pipeline.toml").is_file() {
+        return Err(crate::usage(anyhow::anyhow!(
+            "{} is not a pipeline run folder (no pipeline.toml): `detnas report` reads what `detnas run --out DIR` wrote",
+            a.run.display()
+        )));
+    }
     let dir = detnas_pipeline::report::write(&a.run)?;
     println!("report: {}", dir.join("report.html").display());
     Ok(())

@@ -124,7 +124,10 @@ impl TrainArgs {
 /// job (`search`, `run`).
 #[derive(Args, Clone, Debug)]
 pub struct JobArgs {
-    /// Override any field: `--set strategy.generations=5`.
+    /// Override a configuration key (repeatable): `--set schedule.lr=0.01` for pretrain and
+    /// finetune, `--set strategy.generations=5` for search. For `run` and `demo`, pipeline keys
+    /// (`--set retrain.mode=scratch`); a stage's keys through its list, which the value
+    /// replaces: `--set 'search.set=["strategy.generations=5"]'`.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub overrides: Vec<String>,
     /// Device (overrides the config): cpu, cuda, cuda:N, auto.

@@ -120,7 +120,7 @@ pub fn run(a: SearchArgs) -> Result<(), Failure> {
 
 fn table_row(rank: usize, e: &LedgerEntry) -> String {
     format!(
-        "{rank:>4}  {}  {:>9.4}  {:>8}  {:>8}  {:>9}  {:>4}  {:>9?}",
+        "{rank:>4}  {}  {:>9.4}  {:>8}  {:>8}  {:>9}  {:>4}  {:>9}",
         e.arch,
         e.fitness,
         format_count(e.backbone_macs),
@@ -168,9 +168,9 @@ fn show(dir: &Path, json: bool, top: usize) -> Result<(), Failure> {
     }
     let s = &cfg.strategy;
     println!("search     {}", dir.display());
-    println!("supernet   {} ({:?} fitness)", cfg.supernet.checkpoint.display(), cfg.supernet.fitness);
+    println!("supernet   {} (fitness: {})", cfg.supernet.checkpoint.display(), cfg.supernet.fitness);
     println!(
-        "strategy   {:?}: population {}, top-{}, {} generations, {} mutations (p {}), {} crossovers, seed {}",
+        "strategy   {}: population {}, top-{}, {} generations, {} mutations (p {}), {} crossovers, seed {}",
         s.kind, s.population, s.top_k, s.generations, s.mutations, s.mutation_prob, s.crossovers, cfg.seed
     );
     println!("constraint {}", cfg.constraint.describe());

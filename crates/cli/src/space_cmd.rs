@@ -55,6 +55,7 @@ pub enum SpaceCommand {
         /// Input size: `224` (square) or `HxW`.
         #[arg(long, default_value = "224", value_parser = crate::args::parse_input)]
         input: detnas_space::InputSize,
+        /// Batch size of the timed ops.
         #[arg(long, default_value_t = 1)]
         batch: i64,
         /// Timed repetitions per op (after 2 warm-up runs).

@@ -2,7 +2,7 @@
 //! `detnas predict`.
 //!
 //! ```text
-//! DIR/arch.json                    architecture, space, MACs, params, search provenance
+//! DIR/arch.json                    architecture, space, classes, MACs, params, search provenance
 //! DIR/backbone.safetensors         the child backbone under the official names (below)
 //! DIR/name-mapping.tsv             detnas name → official name, one per line
 //! DIR/detector/                    the detection checkpoint (detnas names), for predict
@@ -181,8 +181,12 @@ pub fn export_checkpoint(
         std::fs::copy(e.path(), step_dir.join(e.file_name())).map_err(|err| PipelineError::io(e.path(), err))?;
     }
     let cost = detnas_space::cost(space, arch, &detnas_space::CostModel::default());
+    // The detector's classes (label order), from the checkpoint's state.
+    let classes: Vec<serde_json::Value> = detnas_train::finetune::read_meta(ckpt)
+        .map(|(_, st)| st.task.categories.iter().map(|c| serde_json::json!({"id": c.id, "name": c.name})).collect())
+        .unwrap_or_default();
     let info = serde_json::json!({
-        "arch": arch.to_string(), "choices": arch.ids(), "space": space,
+        "arch": arch.to_string(), "choices": arch.ids(), "space": space, "classes": classes,
         "backbone_macs_224": cost.backbone_macs, "backbone_params": cost.backbone_params,
         "stage_out_channels": std::iter::once(space.stem).chain(space.widths.iter().copied()).collect::<Vec<u64>>(),
         "stage_repeats": space.depths, "search": best,

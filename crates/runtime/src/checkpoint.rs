@@ -63,32 +63,74 @@ pub fn list(dir: &Path) -> Vec<(u64, PathBuf)> {
     found
 }
 
+/// Whether run folder `out` holds progress: a checkpoint (`checkpoints/LATEST`) or a search
+/// ledger with a record. A folder with only `config.toml` (and generated data) is a start
+/// that failed before its first checkpoint.
+pub fn has_progress(out: &Path) -> bool {
+    out.join("checkpoints").join("LATEST").is_file()
+        || std::fs::metadata(out.join("ledger.jsonl")).is_ok_and(|m| m.len() > 0)
+}
+
+/// How a refused run folder can be overridden, for the message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MismatchOverride {
+    /// `--allow-mismatch` continues with the new configuration.
+    Flag(bool),
+    /// The verb offers no override (a search ledger must come from one configuration).
+    None,
+}
+
 /// Claims run folder `out` for a configuration: writes `config.toml` (atomically) unless the
-/// folder holds a different one (`hash_of` gives an existing file's result hash; `None`
-/// when unreadable), which is refused unless `allow_mismatch`.
+/// folder holds progress under a different one (`hash_of` gives an existing file's result
+/// hash, `None` when unreadable; `changes` lists what differs, `key: old → new`). A folder
+/// without progress ([`has_progress`]) is taken over with a note.
 ///
 /// # Errors
-/// [`RuntimeError::Config`] when `out` holds a different configuration and `allow_mismatch`
-/// is false; [`RuntimeError::Io`] when `out` cannot be created or `config.toml` written.
+/// [`RuntimeError::Config`] when `out` holds progress under a different configuration and
+/// no override is given, naming the changed keys; [`RuntimeError::Io`] when `out` cannot be
+/// created or `config.toml` written.
 pub fn claim_run_dir(
     out: &Path,
     config_toml: &str,
     hash: &str,
     hash_of: impl Fn(&str) -> Option<String>,
-    allow_mismatch: bool,
+    changes: impl Fn(&str) -> Vec<String>,
+    allow: MismatchOverride,
 ) -> Result<(), RuntimeError> {
     std::fs::create_dir_all(out).map_err(|e| RuntimeError::io(out, e))?;
     let cfg_path = out.join("config.toml");
-    if let Ok(old) = std::fs::read_to_string(&cfg_path) {
-        let same = hash_of(&old).as_deref() == Some(hash);
-        if !same && !allow_mismatch {
-            return Err(RuntimeError::Config(format!(
-                "{} holds a different configuration; use another --out, or --allow-mismatch to continue with the new one",
-                cfg_path.display()
-            )));
-        }
-        if !same {
-            tracing::warn!("configuration differs from {}; continuing as allowed", cfg_path.display());
+    if let Ok(old) = std::fs::read_to_string(&cfg_path)
+        && hash_of(&old).as_deref() != Some(hash)
+    {
+        let list = changes(&old);
+        let what = if list.is_empty() {
+            "the configuration changed".to_string()
+        } else {
+            format!("changed: {}", list.join("; "))
+        };
+        if !has_progress(out) {
+            tracing::info!("{} came from a start that made no checkpoint; replacing it ({what})", cfg_path.display());
+        } else {
+            match allow {
+                MismatchOverride::Flag(true) => {
+                    tracing::warn!("configuration differs from {} ({what}); continuing as allowed", cfg_path.display())
+                }
+                MismatchOverride::Flag(false) => {
+                    return Err(RuntimeError::Config(format!(
+                        "{} holds the run of a different configuration ({what}); use another --out, or \
+                         --allow-mismatch to continue this run with the new configuration",
+                        cfg_path.display()
+                    )));
+                }
+                MismatchOverride::None => {
+                    return Err(RuntimeError::Config(format!(
+                        "{} holds the run of a different configuration ({what}); use another --out (a search \
+                         folder keeps the results of one configuration), or delete {} to start over",
+                        cfg_path.display(),
+                        out.display()
+                    )));
+                }
+            }
         }
     }
     write_atomic(&cfg_path, config_toml.as_bytes())
@@ -231,6 +273,26 @@ pub fn resolve(path: &Path) -> Result<(u64, PathBuf), RuntimeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn run_folders_refuse_other_configurations_only_once_they_hold_progress() {
+        let d = tmpdir("claim");
+        let hash_of = |t: &str| Some(t.trim().to_string());
+        let changes = |old: &str| vec![format!("x: {} → b", old.trim())];
+        claim_run_dir(&d, "a", "a", hash_of, changes, MismatchOverride::Flag(false)).unwrap();
+        // A start that failed before its first checkpoint does not block the corrected one.
+        claim_run_dir(&d, "b", "b", hash_of, changes, MismatchOverride::Flag(false)).unwrap();
+        assert_eq!(std::fs::read_to_string(d.join("config.toml")).unwrap(), "b");
+        std::fs::create_dir_all(d.join("checkpoints")).unwrap();
+        std::fs::write(d.join("checkpoints/LATEST"), "step-00000001\n").unwrap();
+        let e = claim_run_dir(&d, "c", "c", hash_of, changes, MismatchOverride::Flag(false)).unwrap_err().to_string();
+        assert!(e.contains("changed: x: b → b") && e.contains("--allow-mismatch"), "{e}");
+        let e = claim_run_dir(&d, "c", "c", hash_of, changes, MismatchOverride::None).unwrap_err().to_string();
+        assert!(!e.contains("--allow-mismatch") && e.contains("another --out"), "{e}");
+        claim_run_dir(&d, "c", "c", hash_of, changes, MismatchOverride::Flag(true)).unwrap();
+        assert_eq!(std::fs::read_to_string(d.join("config.toml")).unwrap(), "c");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
 
     fn tmpdir(name: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("detnas-ckpt-{name}-{}", std::process::id()));

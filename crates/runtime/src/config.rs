@@ -50,9 +50,14 @@ pub trait ConfigDocument: Serialize + DeserializeOwned + Sized {
     ///
     /// # Errors
     /// As [`crate::checkpoint::claim_run_dir`].
-    fn claim_run_dir(&self, out: &Path, allow_mismatch: bool) -> Result<(), RuntimeError> {
+    fn claim_run_dir(&self, out: &Path, allow: crate::checkpoint::MismatchOverride) -> Result<(), RuntimeError> {
         let hash_of = |text: &str| toml::from_str::<Self>(text).ok().map(|o| o.result_hash());
-        crate::checkpoint::claim_run_dir(out, &self.to_toml(), &self.result_hash(), hash_of, allow_mismatch)
+        let new = self.result_parts();
+        let changes = |text: &str| match toml::from_str::<Self>(text) {
+            Ok(old) => diff_keys(&old.result_parts(), &new),
+            Err(_) => vec!["the recorded config.toml no longer parses".into()],
+        };
+        crate::checkpoint::claim_run_dir(out, &self.to_toml(), &self.result_hash(), hash_of, changes, allow)
     }
 
     /// Reads `path` (none: an empty document), applies `overrides`, resolves paths, checks.
@@ -64,11 +69,39 @@ pub trait ConfigDocument: Serialize + DeserializeOwned + Sized {
         let overrides = absolutize_path_overrides(overrides, Self::PATH_KEYS);
         let mut cfg: Self = read_document(path, &overrides)?;
         if let Some(base) = path.and_then(Path::parent) {
-            cfg.resolve_paths(base);
+            // Absolute, so the resolved configuration a run records works from any folder.
+            let base = std::path::absolute(base).unwrap_or_else(|_| base.to_path_buf());
+            cfg.resolve_paths(&base);
         }
         cfg.check()?;
         Ok(cfg)
     }
+}
+
+/// The keys whose values differ between two JSON documents, `key: old → new` (dotted paths;
+/// a missing key shows as `—`), at most 12.
+pub fn diff_keys(old: &serde_json::Value, new: &serde_json::Value) -> Vec<String> {
+    fn walk(prefix: &str, a: Option<&serde_json::Value>, b: Option<&serde_json::Value>, out: &mut Vec<String>) {
+        use serde_json::Value;
+        match (a, b) {
+            (Some(Value::Object(x)), Some(Value::Object(y))) => {
+                let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+                for k in keys {
+                    let p = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                    walk(&p, x.get(k), y.get(k), out);
+                }
+            }
+            (a, b) if a != b => {
+                let show = |v: Option<&Value>| v.map_or("—".to_string(), Value::to_string);
+                out.push(format!("{prefix}: {} → {}", show(a), show(b)));
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk("", Some(old), Some(new), &mut out);
+    out.truncate(12);
+    out
 }
 
 /// Makes `p` relative to `base` when it is relative and not empty.
@@ -136,19 +169,68 @@ pub fn absolutize_path_overrides(overrides: &[String], keys: &[&str]) -> Vec<Str
 /// # Errors
 /// [`RuntimeError::Config`] naming the file and the field.
 pub fn read_document<T: DeserializeOwned>(path: Option<&Path>, overrides: &[String]) -> Result<T, RuntimeError> {
-    let mut doc: toml::Table = match path {
-        Some(p) => {
-            let text = std::fs::read_to_string(p)
-                .map_err(|e| RuntimeError::Config(format!("cannot read {}: {e}", p.display())))?;
-            toml::from_str(&text).map_err(|e| RuntimeError::Config(format!("{}: {}", p.display(), e.message())))?
-        }
-        None => toml::Table::new(),
+    let name = path.map_or_else(|| "the default configuration".to_string(), |p| p.display().to_string());
+    let text = match path {
+        Some(p) => std::fs::read_to_string(p).map_err(|e| RuntimeError::Config(format!("cannot read {name}: {e}")))?,
+        None => String::new(),
     };
+    // The file's own errors carry its line, column and the offending text.
+    let mut doc: toml::Table = toml::from_str(&text).map_err(|e| RuntimeError::Config(format!("{name}: {e}")))?;
+    if overrides.is_empty() {
+        return toml::from_str(&text).map_err(|e| RuntimeError::Config(format!("{name}: {e}")));
+    }
     apply_overrides(&mut doc, overrides)?;
-    toml::Value::Table(doc).try_into().map_err(|e: toml::de::Error| match path {
-        Some(p) => RuntimeError::Config(format!("{}: {}", p.display(), e.message())),
-        None => RuntimeError::Config(e.message().to_string()),
-    })
+    let merged = toml::to_string(&doc).expect("a TOML table serialises");
+    match toml::from_str::<T>(&merged) {
+        Ok(v) => Ok(v),
+        Err(e) => {
+            // Blame the file when it fails the same way alone; else the overrides, by key.
+            if let Err(alone) = toml::from_str::<T>(&text)
+                && alone.message() == e.message()
+            {
+                return Err(RuntimeError::Config(format!("{name}: {alone}")));
+            }
+            let key = e.span().map(|s| key_at(&merged, s.start)).unwrap_or_default();
+            let culprit: Vec<&String> =
+                overrides.iter().filter(|o| !key.is_empty() && o.trim_start().starts_with(&key)).collect();
+            let shown = if culprit.is_empty() {
+                overrides.iter().map(|o| format!("--set {o}")).collect::<Vec<_>>().join(" ")
+            } else {
+                culprit.iter().map(|o| format!("--set {o}")).collect::<Vec<_>>().join(" ")
+            };
+            Err(RuntimeError::Config(format!(
+                "{shown}: {}{}",
+                if key.is_empty() { String::new() } else { format!("{key}: ") },
+                e.message()
+            )))
+        }
+    }
+}
+
+/// The dotted key of the value at byte `at` of a TOML text written by `toml::to_string`
+/// (`[section]` headers and `key = value` lines).
+fn key_at(text: &str, at: usize) -> String {
+    let mut section = String::new();
+    let mut key = String::new();
+    let mut pos = 0;
+    for line in text.split_inclusive('\n') {
+        let t = line.trim();
+        if let Some(h) = t.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+            section = h.trim_matches(['[', ']']).to_string();
+            key.clear();
+        } else if let Some((k, _)) = t.split_once('=') {
+            key = k.trim().trim_matches('"').to_string();
+        }
+        pos += line.len();
+        if pos > at {
+            break;
+        }
+    }
+    match (section.is_empty(), key.is_empty()) {
+        (_, true) => section,
+        (true, false) => key,
+        (false, false) => format!("{section}.{key}"),
+    }
 }
 
 #[cfg(test)]
@@ -165,6 +247,44 @@ mod tests {
         assert_eq!(o[0], format!("model.pretrained=\"{}\"", cwd.join("runs/x").display()));
         assert_eq!(o[1], "model.pretrained=\"/abs/y\"");
         assert_eq!(o[2], "seed=3");
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Doc {
+        seed: u64,
+        schedule: Sched,
+    }
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Sched {
+        lr: f64,
+    }
+
+    #[test]
+    fn errors_point_at_the_file_line_or_the_override() {
+        let d = std::env::temp_dir().join(format!("detnas-cfg-errors-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        let f = d.join("c.toml");
+        std::fs::write(&f, "seed = 1\n[schedule]\nlr = \"0.02\"\n").unwrap();
+        let e = read_document::<Doc>(Some(&f), &[]).unwrap_err().to_string();
+        assert!(e.contains("c.toml") && e.contains("line 3") && e.contains("lr = \"0.02\""), "{e}");
+        std::fs::write(&f, "seed = 1\n[schedule]\nlr = 0.02\nlrr = 1\n").unwrap();
+        let e = read_document::<Doc>(Some(&f), &[]).unwrap_err().to_string();
+        assert!(e.contains("line 4") && e.contains("unknown field `lrr`"), "{e}");
+        std::fs::write(&f, "seed = 1\n[schedule]\nlr = 0.02\n").unwrap();
+        let e = read_document::<Doc>(Some(&f), &["seed=2".into(), "schedule.lr=fast".into()]).unwrap_err().to_string();
+        assert!(e.starts_with("configuration: --set schedule.lr=fast: schedule.lr:") && !e.contains("c.toml"), "{e}");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn diffs_name_the_changed_keys() {
+        let a = serde_json::json!({"schedule": {"iterations": 2400, "lr": 0.02}, "seed": 0});
+        let b = serde_json::json!({"schedule": {"iterations": 300, "lr": 0.02}, "seed": 0, "x": true});
+        assert_eq!(diff_keys(&a, &b), ["schedule.iterations: 2400 → 300", "x: — → true"]);
     }
 
     #[test]

@@ -6,11 +6,36 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-/// An indicatif bar on stderr (hidden when stderr is not a terminal or when disabled).
-pub fn bar(total: u64, start: u64, what: &str, enabled: bool) -> ProgressBar {
+/// Progress of a long loop: an indicatif bar when stderr is a terminal; otherwise (nohup,
+/// sbatch, a redirect) a log line at most every [`LOG_EVERY`] with position, rate, message
+/// and ETA. Disabled: nothing.
+#[derive(Debug)]
+pub struct Progress {
+    bar: ProgressBar,
+    /// Log lines instead of a bar: `(what, total, started at, start position, last line)`.
+    lines: Option<std::sync::Mutex<Lines>>,
+}
+
+#[derive(Debug)]
+struct Lines {
+    what: String,
+    total: u64,
+    started: std::time::Instant,
+    start: u64,
+    last: std::time::Instant,
+    message: String,
+}
+
+/// How often a progress line is logged when stderr is not a terminal.
+pub const LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A progress display for `total` units starting at `start` (see [`Progress`]).
+pub fn bar(total: u64, start: u64, what: &str, enabled: bool) -> Progress {
+    use std::io::IsTerminal;
+    let terminal = std::io::stderr().is_terminal();
     let pb = ProgressBar::with_draw_target(
         Some(total),
-        if enabled { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() },
+        if enabled && terminal { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() },
     );
     pb.set_style(
         ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ETA {eta}")
@@ -19,7 +44,70 @@ pub fn bar(total: u64, start: u64, what: &str, enabled: bool) -> ProgressBar {
     );
     pb.set_prefix(what.to_string());
     pb.set_position(start);
-    pb
+    let now = std::time::Instant::now();
+    let lines = (enabled && !terminal).then(|| {
+        std::sync::Mutex::new(Lines {
+            what: what.into(),
+            total,
+            started: now,
+            start,
+            last: now,
+            message: String::new(),
+        })
+    });
+    Progress { bar: pb, lines }
+}
+
+impl Progress {
+    pub fn set_position(&self, pos: u64) {
+        self.bar.set_position(pos);
+        self.maybe_log(pos);
+    }
+
+    pub fn inc(&self, n: u64) {
+        self.bar.inc(n);
+        self.maybe_log(self.bar.position());
+    }
+
+    pub fn set_message(&self, msg: String) {
+        if let Some(l) = &self.lines
+            && let Ok(mut l) = l.lock()
+        {
+            l.message.clone_from(&msg);
+        }
+        self.bar.set_message(msg);
+    }
+
+    pub fn abandon(&self) {
+        self.bar.abandon();
+    }
+
+    pub fn finish_and_clear(&self) {
+        self.bar.finish_and_clear();
+    }
+
+    fn maybe_log(&self, pos: u64) {
+        let Some(l) = &self.lines else { return };
+        let Ok(mut l) = l.lock() else { return };
+        let now = std::time::Instant::now();
+        if now.duration_since(l.last) < LOG_EVERY && pos < l.total {
+            return;
+        }
+        l.last = now;
+        let secs = now.duration_since(l.started).as_secs_f64();
+        let done = pos.saturating_sub(l.start);
+        let eta = if done > 0 && pos < l.total {
+            let s = secs / done as f64 * (l.total - pos) as f64;
+            format!(
+                ", ETA {}",
+                if s >= 3600.0 { format!("{:.1} h", s / 3600.0) } else { format!("{:.0} min", (s / 60.0).ceil()) }
+            )
+        } else {
+            String::new()
+        };
+        let pct = 100.0 * pos as f64 / l.total.max(1) as f64;
+        tracing::info!("{} {pos}/{} ({pct:.0}%) {}{eta}", l.what, l.total, l.message);
+    }
 }
 
 /// Append-only JSON-lines metrics file, one object per line, each with a `step` field.

@@ -56,6 +56,24 @@ pub enum StrategyKind {
     Random,
 }
 
+impl std::fmt::Display for FitnessKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(match self {
+            FitnessKind::Det => "detection AP on the search-validation split",
+            FitnessKind::Cls => "classification top-1 (ClsNAS)",
+        })
+    }
+}
+
+impl std::fmt::Display for StrategyKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(match self {
+            StrategyKind::Evolution => "evolution",
+            StrategyKind::Random => "random search",
+        })
+    }
+}
+
 /// Evolution parameters; defaults are the reference's (SinglePathOneShot/DetNAS
 /// `search.py`): population 50, top-10 parents, 20 mutations (p = 0.1 per gene) + 20
 /// crossovers (p = 0.5) + random fill, 20 generations.

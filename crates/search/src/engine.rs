@@ -190,7 +190,7 @@ pub fn run(setup: &SearchSetup, workers: &mut Workers) -> Result<Outcome, Search
     let mut all_entries = entries;
     if state.generations_done > 0 || !all_entries.is_empty() {
         tracing::info!(
-            "resuming the search after generation {} ({} candidates in the ledger)",
+            "resuming the search: {} generation(s) done ({} candidates in the ledger)",
             state.generations_done,
             all_entries.len()
         );
@@ -301,7 +301,8 @@ pub fn run(setup: &SearchSetup, workers: &mut Workers) -> Result<Outcome, Search
             elite_mean: mean(elite.iter().map(|s| s.fitness)),
         };
         tracing::info!(
-            "generation {}/{}: {} candidates, best {:.4}, mean {:.4}; top-{} best {:.4}, mean {:.4}",
+            "generation {} done ({} of {}): {} candidates, best {:.4}, mean {:.4}; top-{} best {:.4}, mean {:.4}",
+            g,
             g + 1,
             cfg.generations,
             rec.candidates,

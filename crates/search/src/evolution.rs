@@ -26,6 +26,16 @@ pub enum Origin {
     Crossover,
 }
 
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(match self {
+            Origin::Random => "random",
+            Origin::Mutation => "mutation",
+            Origin::Crossover => "crossover",
+        })
+    }
+}
+
 /// Analytic and measured cost of one architecture.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Measured {

@@ -221,7 +221,7 @@ pub fn search(cfg: &SearchConfig, opts: &SearchOptions) -> Result<SearchReport, 
     if let Some(pg) = opts.dist.as_ref().filter(|pg| pg.rank() != 0) {
         return serve_search(cfg, opts, pg, &hash);
     }
-    cfg.claim_run_dir(&opts.out, false)?;
+    cfg.claim_run_dir(&opts.out, detnas_runtime::checkpoint::MismatchOverride::None)?;
     let info = SupernetInfo::open(cfg)?;
     let devices = if opts.devices.is_empty() { vec![Device::Cpu] } else { opts.devices.clone() };
     let latency = if cfg.constraint.max_latency_ms.is_some() || cfg.constraint.latency_table.is_some() {
@@ -273,7 +273,7 @@ pub fn search(cfg: &SearchConfig, opts: &SearchOptions) -> Result<SearchReport, 
             None => Workers::new(factory, opts.workers.max(1))?,
         };
         tracing::info!(
-            "searching {} ({:?}, {} fitness) with {} worker(s); constraint: {}",
+            "searching {} ({}, {} fitness) with {} worker(s); constraint: {}",
             info.space.name,
             cfg.strategy.kind,
             metric_name(cfg),

@@ -181,6 +181,30 @@ fn d4e5() -> f64 {
 }
 
 impl ScheduleConfig {
+    /// What in the schedule is probably a mistake (logged as warnings at the start): step
+    /// milestones at or past the last iteration (the LR never decays there), and a warm-up
+    /// as long as the run.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        if matches!(self.lr_schedule, LrKind::Step) {
+            let late: Vec<u64> = self.milestones.iter().copied().filter(|&m| m >= self.iterations).collect();
+            if !late.is_empty() {
+                w.push(format!(
+                    "schedule.milestones {late:?} are at or past schedule.iterations = {}: the LR never decays there \
+                     (shortened with --set schedule.iterations? set schedule.milestones too)",
+                    self.iterations
+                ));
+            }
+        }
+        if self.warmup_iters >= self.iterations && self.warmup_iters > 0 {
+            w.push(format!(
+                "schedule.warmup_iters = {} covers the whole run of {} iterations",
+                self.warmup_iters, self.iterations
+            ));
+        }
+        w
+    }
+
     pub fn lr_schedule(&self) -> LrSchedule {
         LrSchedule {
             base: self.lr,
@@ -463,6 +487,18 @@ impl PretrainConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn milestones_past_the_end_are_warned_about() {
+        let mut s: ScheduleConfig = toml::from_str(
+            "iterations = 2400\nbatch = 8\nlr = 0.02\nlr_schedule = \"step\"\nmilestones = [1900, 2200]\nwarmup_iters = 100",
+        )
+        .unwrap();
+        assert!(s.warnings().is_empty());
+        s.iterations = 300;
+        let w = s.warnings();
+        assert!(w.len() == 1 && w[0].contains("[1900, 2200]") && w[0].contains("never decays"), "{w:?}");
+    }
 
     const MINIMAL: &str = r#"
 seed = 1

@@ -112,7 +112,25 @@ fn one() -> usize {
 pub fn read_meta<C: DeserializeOwned, T: DeserializeOwned>(path: &Path) -> Result<(C, TrainState<T>), TrainError> {
     let err = |m: String| TrainError::Checkpoint { path: path.to_path_buf(), message: m };
     let text = std::fs::read_to_string(path.join("config.toml")).map_err(|e| err(format!("config.toml: {e}")))?;
-    let cfg: C = toml::from_str(&text).map_err(|e| err(format!("config.toml: {e}")))?;
+    let cfg: C = toml::from_str(&text).map_err(|e| {
+        // Name the kind of checkpoint it is, when it is another kind (a common mix-up).
+        let doc: Option<toml::Table> = toml::from_str(&text).ok();
+        let has = |k: &str| doc.as_ref().is_some_and(|d| d.contains_key(k));
+        let section = |s: &str, k: &str| {
+            doc.as_ref().and_then(|d| d.get(s)).and_then(toml::Value::as_table).is_some_and(|t| t.contains_key(k))
+        };
+        if section("data", "input_size") {
+            err("this is a classification (pre-training) checkpoint; this command needs a fine-tuning \
+                 (detection) checkpoint: a `detnas finetune` run folder or its checkpoints/step-N"
+                .into())
+        } else if has("detector") {
+            err("this is a detection (fine-tuning) checkpoint; this command needs a pre-training \
+                 checkpoint: a `detnas pretrain` run folder or its checkpoints/step-N"
+                .into())
+        } else {
+            err(format!("config.toml: {e}"))
+        }
+    })?;
     let text = std::fs::read_to_string(path.join("state.json")).map_err(|e| err(format!("state.json: {e}")))?;
     let state: TrainState<T> = serde_json::from_str(&text).map_err(|e| err(format!("state.json: {e}")))?;
     if state.format != checkpoint::FORMAT {
@@ -272,6 +290,40 @@ pub struct TrainOutcome {
     /// per-step loss sums, SyncBN's forward gathers); `None` in a single process.
     #[serde(default)]
     pub collective_seconds: Option<f64>,
+}
+
+/// The summary of a run that already finished: `out/summary.json` when the latest
+/// checkpoint is the last step (`resume_step == total`) and the summary records `hash`.
+/// Re-running a finished run then reports it instead of redoing the evaluation and
+/// overwriting the summary with an empty loop's numbers. `None` in a multi-process job (the
+/// ranks must run the same code path) or when anything does not match.
+pub fn finished_summary<S: DeserializeOwned>(
+    out: &Path,
+    resume_step: Option<u64>,
+    total: u64,
+    hash: &str,
+    opts: &RunOptions,
+) -> Option<S> {
+    #[derive(serde::Deserialize)]
+    struct Head {
+        config_hash: String,
+        steps: u64,
+    }
+    if opts.dist.is_some() || opts.resume_from.is_some() || resume_step != Some(total) {
+        return None;
+    }
+    let text = std::fs::read_to_string(out.join("summary.json")).ok()?;
+    let head: Head = serde_json::from_str(&text).ok()?;
+    if head.config_hash != hash || head.steps != total {
+        return None;
+    }
+    let summary = serde_json::from_str(&text).ok()?;
+    tracing::info!(
+        "{} already finished at step {total}: its summary is {} (delete the folder or use another --out to run again)",
+        out.display(),
+        out.join("summary.json").display()
+    );
+    Some(summary)
 }
 
 /// Writes `summary` to `out/summary.json` atomically.

@@ -220,10 +220,18 @@ pub fn run(cfg: &PretrainConfig, out: &Path, device: Device, opts: &RunOptions) 
     // unless the mismatch is allowed.
     let writer = opts.dist.as_ref().is_none_or(|pg| pg.rank() == 0);
     if writer {
-        cfg.claim_run_dir(out, opts.allow_mismatch)?;
+        cfg.claim_run_dir(out, detnas_runtime::checkpoint::MismatchOverride::Flag(opts.allow_mismatch))?;
+        for w in cfg.schedule.warnings() {
+            tracing::warn!("{w}");
+        }
     }
 
     let resume: Option<Resume<ClsState>> = Resume::find(out, opts)?;
+    if let Some(done) =
+        crate::engine::finished_summary(out, resume.as_ref().map(|r| r.step), cfg.schedule.iterations, &hash, opts)
+    {
+        return Ok(done);
+    }
     let (train, val) = open_datasets(cfg, resume.as_ref().map(|r| r.state.task.classes.as_slice()))?;
     let state = ClsState { classes: train.classes().to_vec() };
 

@@ -166,13 +166,39 @@ fn data_check_and_fine_tuning_on_a_voc_set_with_its_own_classes() {
     );
     std::fs::write(&xml, &text).unwrap();
 
-    // Fine-tuning logs the classes and the summary, and keeps them in the checkpoint.
+    // Fine-tuning logs the classes and the summary; with stderr not a terminal, progress
+    // comes as plain log lines (no colour codes).
     let ft = d.join("ft");
-    let o =
-        engine(&["finetune", "--no-progress", "--config", cfg.to_str().unwrap(), "--out", ft.to_str().unwrap()], None);
+    let o = engine(&["finetune", "--config", cfg.to_str().unwrap(), "--out", ft.to_str().unwrap()], None);
     let log = String::from_utf8_lossy(&o.stderr).into_owned();
     assert!(o.status.success(), "{log}");
     assert!(log.contains("2 classes: Bush, Tree"), "{log}");
     assert!(log.contains("images without boxes: 1 (left out of training"), "{log}");
+    assert!(log.contains("finetune 4/4 (100%)") && !log.contains('\u{1b}'), "{log}");
+
+    // Re-running the finished run reports it and leaves its summary as it was; the run's own
+    // config.toml (absolute paths) names the same run from another folder.
+    let summary = std::fs::read(ft.join("summary.json")).unwrap();
+    let first = String::from_utf8_lossy(&o.stdout).into_owned();
+    let own = ft.join("config.toml");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_detnas-engine"))
+        .args(["finetune", "--config", own.to_str().unwrap(), "--out", ft.to_str().unwrap()])
+        .current_dir(std::env::temp_dir())
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success() && log.contains("already finished"), "{log}");
+    assert_eq!(std::fs::read(ft.join("summary.json")).unwrap(), summary);
+    let again = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert_eq!(again.lines().last(), first.lines().last(), "the same report");
+
+    // A start that fails on its data does not block the corrected command.
+    let ft2 = d.join("ft2");
+    let (c, o2) = (cfg.to_str().unwrap(), ft2.to_str().unwrap());
+    let o =
+        engine(&["finetune", "--no-progress", "--config", c, "--out", o2, "--set", "data.search_val_images=500"], None);
+    assert_eq!(o.status.code(), Some(3), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = engine(&["finetune", "--no-progress", "--config", c, "--out", o2], None);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     std::fs::remove_dir_all(&d).unwrap();
 }

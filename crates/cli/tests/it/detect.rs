@@ -57,7 +57,8 @@ final_paths = 1
     )
 }
 
-const RETINA: &str = "kind = \"retinanet\"\nnum_convs = 1\nanchor_sizes = [16.0, 32.0, 64.0, 128.0, 256.0]";
+const RETINA: &str =
+    "kind = \"retinanet\"\nnum_convs = 1\nscore_threshold = 0.0\nanchor_sizes = [16.0, 32.0, 64.0, 128.0, 256.0]";
 const FPN: &str = "kind = \"faster-rcnn\"\nrpn = { anchor_sizes = [16.0, 32.0, 64.0, 128.0, 256.0], pre_nms_top_n_train = 200, post_nms_top_n_train = 100, pre_nms_top_n_test = 100, post_nms_top_n_test = 50 }\nroi = { conv_dim = 8, fc_dim = 32, batch_per_image = 32 }";
 
 fn finetune(cfg: &Path, out: &Path, fault: Option<&str>) -> Output {
@@ -129,9 +130,85 @@ fn both_detectors_train_resume_exactly_evaluate_and_predict() {
         let o = engine(&["eval", "det", "--checkpoint", reference.to_str().unwrap()], None);
         assert_eq!(o.status.code(), Some(2));
 
-        // predict writes JSON and a picture per image.
-        let img = data.join("test/images/000000.png");
+        // predict writes COCO results that eval coco scores like eval det (same path, same BN
+        // recalibration on 8 training images), and a labelled picture per image.
+        let o = engine(
+            &[
+                "eval",
+                "det",
+                "--checkpoint",
+                reference.to_str().unwrap(),
+                "--arch",
+                &arch,
+                "--recalibrate-bn",
+                "8",
+                "--threads",
+                "1",
+                "--json",
+            ],
+            None,
+        );
+        let want: serde_json::Value = serde_json::from_str(ok(&o).trim()).unwrap();
+        let gt = data.join("test/annotations.json");
+        let mut images: Vec<String> = std::fs::read_dir(data.join("test/images"))
+            .unwrap()
+            .map(|e| e.unwrap().path().display().to_string())
+            .collect();
+        images.sort();
         let pred = d.join(format!("{name}-pred"));
+        let mut args = vec![
+            "predict",
+            "--checkpoint",
+            reference.to_str().unwrap(),
+            "--arch",
+            &arch,
+            "--out",
+            pred.to_str().unwrap(),
+            "--score-threshold",
+            "0.0",
+            "--recalibrate-bn",
+            "8",
+            "--threads",
+            "1",
+            "--gt",
+            gt.to_str().unwrap(),
+        ];
+        args.extend(images.iter().map(String::as_str));
+        ok(&engine(&args, None));
+        let o = engine(
+            &[
+                "eval",
+                "coco",
+                "--gt",
+                gt.to_str().unwrap(),
+                "--dt",
+                pred.join("detections.json").to_str().unwrap(),
+                "--json",
+            ],
+            None,
+        );
+        let got: serde_json::Value = serde_json::from_str(ok(&o).trim()).unwrap();
+        let results: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(pred.join("detections.json")).unwrap()).unwrap();
+        assert!(results.as_array().unwrap().len() > 10, "precondition: detections to compare");
+        for (g, w) in got["stats"].as_array().unwrap().iter().zip(want["stats"].as_array().unwrap()) {
+            assert!((g.as_f64().unwrap() - w.as_f64().unwrap()).abs() < 1e-4, "predict {got} vs eval det {want}");
+        }
+        let svgs: Vec<String> = images
+            .iter()
+            .map(|i| {
+                let stem = std::path::Path::new(i).file_stem().unwrap().to_string_lossy().into_owned();
+                std::fs::read_to_string(pred.join(format!("{stem}.det.svg"))).unwrap()
+            })
+            .collect();
+        assert!(svgs.iter().all(|s| s.starts_with("<svg") && s.contains("data:image/png;base64,")));
+        let labelled: usize = svgs.iter().map(|s| s.matches("<text").count()).sum();
+        assert!(labelled > 0, "no labelled box in any picture");
+        // Two inputs with the same file name get two pictures.
+        let other = d.join(format!("{name}-other"));
+        std::fs::create_dir_all(&other).unwrap();
+        std::fs::copy(&images[0], other.join("000000.png")).unwrap();
+        let pred2 = d.join(format!("{name}-pred2"));
         ok(&engine(
             &[
                 "predict",
@@ -140,20 +217,21 @@ fn both_detectors_train_resume_exactly_evaluate_and_predict() {
                 "--arch",
                 &arch,
                 "--out",
-                pred.to_str().unwrap(),
-                "--score-threshold",
-                "0.0",
+                pred2.to_str().unwrap(),
+                "--recalibrate-bn",
+                "0",
                 "--threads",
                 "1",
-                img.to_str().unwrap(),
+                &images[0],
+                other.join("000000.png").to_str().unwrap(),
             ],
             None,
         ));
-        let dets: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(pred.join("detections.json")).unwrap()).unwrap();
-        assert!(dets[0]["detections"].is_array());
-        let drawn = image::open(pred.join("000000.det.png")).unwrap();
-        assert_eq!((drawn.width(), drawn.height()), (64, 64));
+        let pictures = std::fs::read_dir(&pred2)
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "svg"))
+            .count();
+        assert_eq!(pictures, 2);
     }
     std::fs::remove_dir_all(&d).unwrap();
 }

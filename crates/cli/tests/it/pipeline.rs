@@ -122,6 +122,8 @@ fn pipeline_runs_every_stage_resumes_after_kills_and_exports() {
     // The report regenerates from the folder alone.
     std::fs::remove_dir_all(reference.join("report")).unwrap();
     ok(&engine(&["report", reference.to_str().unwrap()], None));
+    let o = engine(&["report", d.to_str().unwrap()], None);
+    assert_eq!(o.status.code(), Some(2), "a folder that is not a pipeline run is refused");
     assert_eq!(final_json(&reference), rows);
 
     // Export, then predict with the exported detector.
@@ -130,6 +132,10 @@ fn pipeline_runs_every_stage_resumes_after_kills_and_exports() {
     for f in ["arch.json", "backbone.safetensors", "name-mapping.tsv", "README.md"] {
         assert!(ex.join(f).is_file(), "{f}");
     }
+    let info: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(ex.join("arch.json")).unwrap()).unwrap();
+    let classes = info["classes"].as_array().unwrap();
+    assert!(!classes.is_empty() && classes.iter().all(|c| c["name"].is_string()), "{info}");
     let mapping = std::fs::read_to_string(ex.join("name-mapping.tsv")).unwrap();
     assert!(mapping.contains("stem.conv.weight\tfirst_conv.conv.weight"), "{mapping}");
     let img = reference.join("data/test/images");

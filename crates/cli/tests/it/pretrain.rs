@@ -122,7 +122,13 @@ fn bad_checkpoints_and_changed_configs_are_refused() {
     // Another configuration into the same folder.
     let o = pretrain(&cfg, &run, &["--set", "schedule.lr=0.2"], None);
     assert_eq!(o.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("different configuration"));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("different configuration") && err.contains("schedule.lr: "), "{err}");
+    // A pre-training checkpoint where a detection one is needed is named as such.
+    let o = crate::engine(&["eval", "det", "--checkpoint", run.to_str().unwrap(), "--arch", "0123"], None);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(5), "{err}");
+    assert!(err.contains("this is a classification (pre-training) checkpoint"), "{err}");
     // A corrupted latest checkpoint: exit 5, no silent fallback or fresh start.
     let model = ckpt(&run, 12).join("model.safetensors");
     let mut bytes = std::fs::read(&model).unwrap();

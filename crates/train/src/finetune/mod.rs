@@ -111,7 +111,10 @@ pub fn run(cfg: &FinetuneConfig, out: &Path, device: Device, opts: &RunOptions) 
     let hash = cfg.result_hash();
     let writer = opts.dist.as_ref().is_none_or(|pg| pg.rank() == 0);
     if writer {
-        cfg.claim_run_dir(out, opts.allow_mismatch)?;
+        cfg.claim_run_dir(out, detnas_runtime::checkpoint::MismatchOverride::Flag(opts.allow_mismatch))?;
+        for w in cfg.schedule.warnings() {
+            tracing::warn!("{w}");
+        }
     }
 
     let splits = open_splits(cfg, out)?;
@@ -132,6 +135,11 @@ pub fn run(cfg: &FinetuneConfig, out: &Path, device: Device, opts: &RunOptions) 
         tracing::info!("data: {s}");
     }
     let resume: Option<Resume<DetState>> = Resume::find(out, opts)?;
+    if let Some(done) =
+        crate::engine::finished_summary(out, resume.as_ref().map(|r| r.step), cfg.schedule.iterations, &hash, opts)
+    {
+        return Ok(done);
+    }
 
     tch::manual_seed(mix_seed(cfg.seed, &[INIT_STREAM]) as i64);
     let (mut vs, det, fixed) = build_detector(cfg, &space, state.categories.len(), device)?;
