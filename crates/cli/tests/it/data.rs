@@ -175,6 +175,7 @@ fn data_check_and_fine_tuning_on_a_voc_set_with_its_own_classes() {
     assert!(log.contains("2 classes: Bush, Tree"), "{log}");
     assert!(log.contains("images without boxes: 1 (left out of training"), "{log}");
     assert!(log.contains("finetune 4/4 (100%)") && !log.contains('\u{1b}'), "{log}");
+    assert!(log.contains("data: decoded all 15 images") && log.contains("no errors"), "{log}");
 
     // Re-running the finished run reports it and leaves its summary as it was; the run's own
     // config.toml (absolute paths) names the same run from another folder.

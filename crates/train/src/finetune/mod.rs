@@ -98,6 +98,33 @@ impl TrainTask for DetTask<'_> {
     }
 }
 
+/// Decodes every image of the splits (in parallel) and logs those that fail, as `detnas data
+/// check` does; training skips them when it meets them.
+fn decode_check(splits: &DetSplits) {
+    let t = std::time::Instant::now();
+    let mut n = 0;
+    let mut bad = 0;
+    for (name, d) in [("train", &splits.train), ("search-val", &splits.search_val), ("test", &splits.test)] {
+        n += d.len();
+        let errors = detnas_data::det::check::decode_all(d);
+        bad += errors.len();
+        for e in errors.iter().take(20) {
+            tracing::warn!("{name}: {e}");
+        }
+        if errors.len() > 20 {
+            tracing::warn!(
+                "{name}: … and {} more images that cannot be decoded (detnas data check lists all)",
+                errors.len() - 20
+            );
+        }
+    }
+    tracing::info!(
+        "data: decoded all {n} images in {:.1} s: {}",
+        t.elapsed().as_secs_f64(),
+        if bad == 0 { "no errors".to_string() } else { format!("{bad} cannot be decoded and will be skipped") }
+    );
+}
+
 /// Runs (or resumes) fine-tuning into `out`.
 ///
 /// # Errors
@@ -139,6 +166,9 @@ pub fn run(cfg: &FinetuneConfig, out: &Path, device: Device, opts: &RunOptions) 
         crate::engine::finished_summary(out, resume.as_ref().map(|r| r.step), cfg.schedule.iterations, &hash, opts)
     {
         return Ok(done);
+    }
+    if resume.is_none() && writer && cfg.runtime.decode_check {
+        decode_check(&splits);
     }
 
     tch::manual_seed(mix_seed(cfg.seed, &[INIT_STREAM]) as i64);
