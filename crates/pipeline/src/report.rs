@@ -188,7 +188,7 @@ pub fn write(run: &Path) -> Result<PathBuf, PipelineError> {
         sec.md.push_str("No architecture retrained yet.\n");
         sec.html.push_str("<p>No architecture retrained yet.</p>");
     } else {
-        let mut head: Vec<&str> = vec!["architecture", "choices"];
+        let mut head: Vec<&str> = vec!["model", "architecture"];
         head.extend(STAT_NAMES);
         head.extend(["backbone MACs", "params", "latency (ms)"]);
         let rows: Vec<Vec<String>> = final_rows

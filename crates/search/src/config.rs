@@ -75,7 +75,7 @@ impl std::fmt::Display for StrategyKind {
 }
 
 /// Evolution parameters; defaults are the reference's (SinglePathOneShot/DetNAS
-/// `search.py`): population 50, top-10 parents, 20 mutations (p = 0.1 per gene) + 20
+/// `search.py`): population 50, top-10 parents, 20 mutations (p = 0.1 per block choice) + 20
 /// crossovers (p = 0.5) + random fill, 20 generations.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -88,7 +88,7 @@ pub struct StrategyConfig {
     pub generations: usize,
     /// Mutants per generation.
     pub mutations: usize,
-    /// Probability that a gene is resampled in a mutation.
+    /// Probability that a block's choice is resampled in a mutation.
     pub mutation_prob: f64,
     /// Crossover children per generation.
     pub crossovers: usize,

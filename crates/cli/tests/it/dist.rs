@@ -322,8 +322,13 @@ fn a_killed_rank_fails_the_job_fast_and_a_killed_job_resumes_exactly() {
         assert!(ta.equal(tb), "{na} differs after the resume");
     }
 
-    // Resuming with another number of processes is refused.
-    let o = engine(&k.iter().map(String::as_str).collect::<Vec<_>>(), None);
+    // Resuming with another number of processes is refused (named checkpoint: a plain re-run
+    // of the finished run would only report its summary).
+    let latest = std::fs::read_to_string(killed.join("checkpoints/LATEST")).unwrap();
+    let from = killed.join("checkpoints").join(latest.trim());
+    let mut k1: Vec<String> = k.clone();
+    k1.extend(["--resume-from".to_string(), from.display().to_string()]);
+    let o = engine(&k1.iter().map(String::as_str).collect::<Vec<_>>(), None);
     assert_eq!(o.status.code(), Some(5), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stderr).contains("was written by 2 process(es); this run has 1"));
     std::fs::remove_dir_all(&d).ok();

@@ -122,7 +122,7 @@ fn pipeline_runs_every_stage_resumes_after_kills_and_exports() {
     // The report regenerates from the folder alone.
     std::fs::remove_dir_all(reference.join("report")).unwrap();
     ok(&engine(&["report", reference.to_str().unwrap()], None));
-    let o = engine(&["report", d.to_str().unwrap()], None);
+    let o = engine(&["report", reference.join("finetune").to_str().unwrap()], None);
     assert_eq!(o.status.code(), Some(2), "a folder that is not a pipeline run is refused");
     assert_eq!(final_json(&reference), rows);
 
