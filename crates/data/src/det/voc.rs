@@ -56,7 +56,8 @@ pub struct VocAnnotation {
 /// Parses one VOC XML document (`path` only for messages).
 ///
 /// # Errors
-/// [`DataError::Invalid`] naming the file: malformed or unbalanced XML, a nested or unnamed
+/// [`DataError::Invalid`] naming the file: malformed or unbalanced XML, no `<annotation>`
+/// root (an empty or cut file), a nested or unnamed
 /// object, an incomplete `<bndbox>`, or a value that is not a number. A missing or zero
 /// `<size>` gives width and height 0 (the caller reads the image header).
 pub fn parse_xml(xml: &str, path: &Path) -> Result<VocAnnotation, DataError> {
@@ -66,6 +67,7 @@ pub fn parse_xml(xml: &str, path: &Path) -> Result<VocAnnotation, DataError> {
     let mut ann = VocAnnotation::default();
     let mut obj: Option<(VocObject, [bool; 4])> = None;
     let mut seen_size = [false; 2];
+    let mut closed_root = false;
     loop {
         match reader.read_event() {
             Err(e) => return Err(bad(format!("malformed XML at byte {}: {e}", reader.buffer_position()))),
@@ -84,6 +86,9 @@ pub fn parse_xml(xml: &str, path: &Path) -> Result<VocAnnotation, DataError> {
                 let name = String::from_utf8_lossy(e.name().as_ref()).into_owned();
                 if stack.pop().as_deref() != Some(name.as_str()) {
                     return Err(bad(format!("unbalanced tag </{name}>")));
+                }
+                if name == "annotation" && stack.is_empty() {
+                    closed_root = true;
                 }
                 if name == "object" {
                     let (o, seen) = obj.take().ok_or_else(|| bad("</object> without <object>".into()))?;
@@ -149,6 +154,9 @@ pub fn parse_xml(xml: &str, path: &Path) -> Result<VocAnnotation, DataError> {
     }
     if !stack.is_empty() {
         return Err(bad(format!("unclosed <{}>", stack.join("><"))));
+    }
+    if !closed_root {
+        return Err(bad("no <annotation> element (empty or cut file)".into()));
     }
     if !(seen_size[0] && seen_size[1]) {
         ann.width = 0;
