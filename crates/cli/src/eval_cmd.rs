@@ -94,37 +94,25 @@ fn run_coco(a: CocoArgs) -> Result<(), Failure> {
 }
 
 fn run_det(a: DetArgs) -> Result<(), Failure> {
-    use detnas_detect::evaluate::{DetInputs, coco_eval, detect, recalibrate, voc_map};
-    use detnas_train::finetune::{OpenedDetector, recalibration_images};
-    use std::sync::Arc;
+    use detnas_detect::evaluate::{DetInputs, coco_eval, detect, voc_map};
+    use detnas_train::finetune::OpenedDetector;
     let device = a.runtime.init()?;
     let opened = OpenedDetector::open(&a.checkpoint, device)?;
     let splits = opened.splits()?;
-    let OpenedDetector { config: cfg, state, detector: det, .. } = opened;
-    let settings = cfg.eval_settings();
-    let arch = match (&a.arch, &cfg.model.arch) {
-        (Some(given), Some(fixed)) => {
-            if given != fixed {
-                tracing::warn!("--arch {given} ignored: the checkpoint is the fixed architecture {fixed}");
-            }
-            None
-        }
-        (None, Some(_)) => None,
-        (Some(s), None) => Some(state.space.parse_arch(s).map_err(crate::usage)?),
-        (None, None) => return Err(crate::usage(anyhow::anyhow!("--arch is required for a supernet checkpoint"))),
-    };
+    let arch = opened.path_of(a.arch.as_deref())?;
     let mode = match a.bn_mode {
         BnModeArg::Exact => BnMode::Exact,
         BnModeArg::Ema => BnMode::Ema,
     };
     let t0 = std::time::Instant::now();
     let layers = if a.recalibrate_bn > 0 {
-        let imgs = DetInputs::Read(Arc::new(recalibration_images(&cfg, &splits.train, a.recalibrate_bn)));
-        recalibrate(&det, arch.as_ref(), &imgs, &settings, mode, device)?
+        opened.recalibrate(&splits, arch.as_ref(), a.recalibrate_bn, mode, device)?
     } else {
         0
     };
     let t1 = std::time::Instant::now();
+    let OpenedDetector { config: cfg, state, detector: det, .. } = opened;
+    let settings = cfg.eval_settings();
     let data = match a.data {
         SplitArg::Test => splits.test,
         SplitArg::SearchVal => splits.search_val,

@@ -169,17 +169,7 @@ fn picture_names(paths: &[PathBuf]) -> Vec<String> {
 pub fn run(a: PredictArgs) -> Result<(), Failure> {
     let device = a.runtime.init()?;
     let opened = OpenedDetector::open(&a.checkpoint, device)?;
-    let arch = match (&a.arch, &opened.config.model.arch) {
-        (Some(given), Some(fixed)) => {
-            if given != fixed {
-                tracing::warn!("--arch {given} ignored: the checkpoint is the fixed architecture {fixed}");
-            }
-            None
-        }
-        (None, Some(_)) => None,
-        (Some(s), None) => Some(opened.state.space.parse_arch(s).map_err(crate::usage)?),
-        (None, None) => return Err(crate::usage(anyhow::anyhow!("--arch is required for a supernet checkpoint"))),
-    };
+    let arch = opened.path_of(a.arch.as_deref())?;
     if let Some(arch) = &arch {
         let n = a.recalibrate_bn.unwrap_or(opened.config.eval.recalibrate_images);
         if n == 0 {
@@ -187,20 +177,12 @@ pub fn run(a: PredictArgs) -> Result<(), Failure> {
                 "BN statistics not recomputed for path {arch}: the supernet's running averages are used, so scores differ from eval det"
             );
         } else {
-            use detnas_detect::evaluate::{DetInputs, recalibrate};
-            let splits = opened.splits().map_err(|e| {
-                anyhow::anyhow!(
-                    "path {arch} of a supernet needs its BN statistics recomputed on the training data, which cannot be read: {e} (--recalibrate-bn 0 skips this, at some accuracy)"
+            let splits = opened.splits().inspect_err(|_| {
+                tracing::warn!(
+                    "path {arch} of a supernet needs its BN statistics recomputed on the training data, which cannot be read (--recalibrate-bn 0 skips this, at some accuracy)"
                 )
             })?;
-            let imgs = DetInputs::Read(std::sync::Arc::new(detnas_train::finetune::recalibration_images(
-                &opened.config,
-                &splits.train,
-                n,
-            )));
-            let mode: detnas_nn::BnMode = opened.config.eval.bn_mode.into();
-            let settings = opened.config.eval_settings();
-            recalibrate(&opened.detector, Some(arch), &imgs, &settings, mode, device)?;
+            opened.recalibrate(&splits, Some(arch), n, opened.config.eval.bn_mode.into(), device)?;
             tracing::info!("BN statistics of path {arch} recomputed on {n} training images");
         }
     }

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 #[derive(Debug)]
 pub struct Progress {
     bar: ProgressBar,
-    /// Log lines instead of a bar: `(what, total, started at, start position, last line)`.
+    /// Log lines instead of a bar (stderr not a terminal).
     lines: Option<std::sync::Mutex<Lines>>,
 }
 

@@ -88,6 +88,7 @@ pub fn read_spec(yaml: &Path) -> Result<YoloSpec, DataError> {
     let mut splits = Vec::new();
     for (k, v) in hash {
         let Some(key) = k.as_str() else { continue };
+        // Keys that are not splits (Ultralytics' own: class count, download script).
         if matches!(key, "path" | "names" | "nc" | "download") {
             continue;
         }
@@ -100,7 +101,7 @@ pub fn read_spec(yaml: &Path) -> Result<YoloSpec, DataError> {
                 })
                 .collect::<Result<_, _>>()?,
             Yaml::Null => continue,
-            _ => continue,
+            other => return Err(bad(yaml, format!("'{key}' is neither a path nor a list of paths: {other:?}"))),
         };
         splits.push((key.to_string(), sources));
     }

@@ -48,17 +48,26 @@ fn targets() -> Vec<Target> {
     vec![t(&[[4.0, 6.0, 30.0, 40.0], [40.0, 10.0, 60.0, 26.0]], &[0, 2]), t(&[[10.0, 10.0, 50.0, 50.0]], &[1])]
 }
 
+/// A seeded supernet detector with `head` (16-wide FPN with BN, 3 classes) and a batch of two
+/// random 64×64 images with their sizes.
+fn supernet_detector(
+    space: &SearchSpace,
+    head: &HeadConfig,
+) -> (DetectorConfig, nn::VarStore, detnas_detect::Detector, Tensor, [(i64, i64); 2]) {
+    tch::manual_seed(0);
+    let cfg = DetectorConfig { fpn_channels: 16, fpn_bn: true, head: head.clone() };
+    let vs = nn::VarStore::new(Device::Cpu);
+    let det = cfg.build(&vs.root(), space, None, 3).unwrap();
+    let x = Tensor::rand([2, 3, 64, 64], (Kind::Float, Device::Cpu)) * 255.0;
+    (cfg, vs, det, x, [(64, 64), (60, 64)])
+}
+
 #[test]
 fn losses_gradients_and_child_equivalence() {
     let space = space();
     let arch = space.parse_arch("23102").unwrap();
     for head in heads() {
-        tch::manual_seed(0);
-        let cfg = DetectorConfig { fpn_channels: 16, fpn_bn: true, head: head.clone() };
-        let vs = nn::VarStore::new(Device::Cpu);
-        let det = cfg.build(&vs.root(), &space, None, 3).unwrap();
-        let x = Tensor::rand([2, 3, 64, 64], (Kind::Float, Device::Cpu)) * 255.0;
-        let sizes = [(64, 64), (60, 64)];
+        let (cfg, vs, det, x, sizes) = supernet_detector(&space, &head);
         tch::manual_seed(1);
         let losses = det.losses(&x, &sizes, &targets(), Some(&arch)).unwrap();
         let total = losses.iter().map(|l| l.value()).reduce(|a, b| a + b).unwrap();
@@ -143,12 +152,7 @@ fn images_without_boxes_are_background() {
         seed: 7,
     };
     for head in heads() {
-        tch::manual_seed(0);
-        let cfg = DetectorConfig { fpn_channels: 16, fpn_bn: true, head: head.clone() };
-        let vs = nn::VarStore::new(Device::Cpu);
-        let det = cfg.build(&vs.root(), &space, None, 3).unwrap();
-        let x = Tensor::rand([2, 3, 64, 64], (Kind::Float, Device::Cpu)) * 255.0;
-        let sizes = [(64, 64), (60, 64)];
+        let (_, _vs, det, x, sizes) = supernet_detector(&space, &head);
         let mut mixed = targets();
         mixed[1] = empty();
         let losses = det.losses(&x, &sizes, &mixed, Some(&arch)).unwrap();

@@ -131,6 +131,46 @@ impl OpenedDetector {
         check_categories(&self.state.task, &splits)?;
         Ok(splits)
     }
+
+    /// The path to run: `arch` of a supernet checkpoint; none for a fixed architecture (whose
+    /// child has only its own path; a different `arch` is warned about and ignored).
+    ///
+    /// # Errors
+    /// [`TrainError::Config`] for a supernet checkpoint without `arch`; [`TrainError::Space`]
+    /// for an architecture that does not fit the space.
+    pub fn path_of(&self, arch: Option<&str>) -> Result<Option<Arch>, TrainError> {
+        match (arch, &self.config.model.arch) {
+            (Some(given), Some(fixed)) => {
+                if given != fixed {
+                    tracing::warn!("--arch {given} ignored: the checkpoint is the fixed architecture {fixed}");
+                }
+                Ok(None)
+            }
+            (None, Some(_)) => Ok(None),
+            (Some(s), None) => Ok(Some(self.state.space.parse_arch(s)?)),
+            (None, None) => Err(TrainError::Config("--arch is required for a supernet checkpoint".into())),
+        }
+    }
+
+    /// Recomputes the BN statistics of path `arch` on the run's `n` recalibration images of
+    /// the training split ([`super::recalibration_images`], the set used after training and
+    /// by the search) with the checkpoint's evaluation settings; returns the BN layers
+    /// recalibrated.
+    ///
+    /// # Errors
+    /// As [`detnas_detect::evaluate::recalibrate`].
+    pub fn recalibrate(
+        &self,
+        splits: &DetSplits,
+        arch: Option<&Arch>,
+        n: usize,
+        mode: detnas_nn::BnMode,
+        device: Device,
+    ) -> Result<usize, TrainError> {
+        use detnas_detect::evaluate::{DetInputs, recalibrate};
+        let imgs = DetInputs::Read(std::sync::Arc::new(super::recalibration_images(&self.config, &splits.train, n)));
+        Ok(recalibrate(&self.detector, arch, &imgs, &self.config.eval_settings(), mode, device)?)
+    }
 }
 
 /// Refuses data whose categories differ from the ones a detector was trained with: their

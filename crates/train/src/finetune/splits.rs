@@ -142,30 +142,22 @@ pub fn open_splits(cfg: &FinetuneConfig, run_dir: &Path) -> Result<DetSplits, Tr
         ((0..full.len()).collect(), Vec::new())
     };
     let has_target = |i: &usize| full.images[*i].objects.iter().any(|o| !o.crowd);
-    let empty = rest.iter().filter(|i| !has_target(i)).count();
-    let train_idx: Vec<usize> = if cfg.data.keep_empty { rest } else { rest.into_iter().filter(has_target).collect() };
+    let mut train_summary = SplitSummary::of("train", &full.subset(&rest));
+    train_summary.source = full.source.clone();
+    let train_idx: Vec<usize> = if cfg.data.keep_empty {
+        rest
+    } else {
+        train_summary.empty_dropped = train_summary.without_boxes;
+        rest.into_iter().filter(has_target).collect()
+    };
     if !train_idx.iter().any(has_target) {
         return Err(TrainError::Config(format!("{} has no image with a non-crowd object to train on", full.source)));
     }
     let train = full.subset(&train_idx);
-    let search_val = full.subset(&carved);
-    let mut summaries = vec![
-        SplitSummary::of("train", &full.subset(&train_idx_with_empty(&full, &carved))),
-        SplitSummary::of("search-val", &search_val),
-        SplitSummary::of("test", &test),
-    ];
-    if !cfg.data.keep_empty {
-        summaries[0].empty_dropped = empty;
-    }
-    summaries[0].source = full.source.clone();
+    let mut search_val = full.subset(&carved);
     // The reading report belongs to the whole training set (shown with `train`).
-    summaries[1].report = Default::default();
-    summaries[1].source = format!("carved from the training set by the seed, {} images", carved.len());
+    search_val.report = Default::default();
+    search_val.source = format!("carved from the training set by the seed, {} images", carved.len());
+    let summaries = vec![train_summary, SplitSummary::of("search-val", &search_val), SplitSummary::of("test", &test)];
     Ok(DetSplits { train: Arc::new(train), search_val: Arc::new(search_val), test: Arc::new(test), summaries })
-}
-
-/// The training images before empty ones are left out (what the summary describes).
-fn train_idx_with_empty(full: &DetDataset, carved: &[usize]) -> Vec<usize> {
-    let carved: std::collections::HashSet<usize> = carved.iter().copied().collect();
-    (0..full.len()).filter(|i| !carved.contains(i)).collect()
 }
