@@ -33,8 +33,13 @@ pub enum SplitArg {
 #[derive(Args)]
 pub struct DetArgs {
     /// A fine-tuning checkpoint (step-N folder) or run folder.
-    #[arg(long)]
-    pub checkpoint: PathBuf,
+    #[arg(long, required_unless_present = "search")]
+    pub checkpoint: Option<PathBuf>,
+    /// Reproduce a search's score: a search folder whose supernet, recalibration images,
+    /// batch, BN mode, validation images, metric and CPU thread count are used, and whose
+    /// ledger score of `--arch` is printed next to the new one.
+    #[arg(long, conflicts_with_all = ["checkpoint", "data", "recalibrate_bn", "bn_mode", "batch", "dt_out"], requires = "arch")]
+    pub search: Option<PathBuf>,
     /// The path to evaluate (ignored for a fixed-architecture checkpoint).
     #[arg(long)]
     pub arch: Option<String>,
@@ -48,6 +53,11 @@ pub struct DetArgs {
     /// per-batch moving average.
     #[arg(long, value_enum, default_value_t = BnModeArg::Exact)]
     pub bn_mode: BnModeArg,
+    /// Images per batch of recalibration and evaluation (default: the checkpoint's
+    /// eval.batch). Recalibration results depend on it: BN normalises each batch by its own
+    /// statistics on the way to the next layer.
+    #[arg(long)]
+    pub batch: Option<usize>,
     /// Also write the detections (COCO results JSON) here.
     #[arg(long)]
     pub dt_out: Option<PathBuf>,
@@ -96,23 +106,29 @@ fn run_coco(a: CocoArgs) -> Result<(), Failure> {
 fn run_det(a: DetArgs) -> Result<(), Failure> {
     use detnas_detect::evaluate::{DetInputs, coco_eval, detect, voc_map};
     use detnas_train::finetune::OpenedDetector;
+    if let Some(run) = &a.search {
+        return run_det_search(&a, run);
+    }
     let device = a.runtime.init()?;
-    let opened = OpenedDetector::open(&a.checkpoint, device)?;
+    let opened = OpenedDetector::open(a.checkpoint.as_ref().expect("required by clap"), device)?;
     let splits = opened.splits()?;
     let arch = opened.path_of(a.arch.as_deref())?;
     let mode = match a.bn_mode {
         BnModeArg::Exact => BnMode::Exact,
         BnModeArg::Ema => BnMode::Ema,
     };
+    let mut settings = opened.config.eval_settings();
+    if let Some(b) = a.batch {
+        settings.batch = b.max(1);
+    }
     let t0 = std::time::Instant::now();
     let layers = if a.recalibrate_bn > 0 {
-        opened.recalibrate(&splits, arch.as_ref(), a.recalibrate_bn, mode, device)?
+        opened.recalibrate(&splits, arch.as_ref(), a.recalibrate_bn, &settings, mode, device)?
     } else {
         0
     };
     let t1 = std::time::Instant::now();
     let OpenedDetector { config: cfg, state, detector: det, .. } = opened;
-    let settings = cfg.eval_settings();
     let data = match a.data {
         SplitArg::Test => splits.test,
         SplitArg::SearchVal => splits.search_val,
@@ -145,6 +161,67 @@ fn run_det(a: DetArgs) -> Result<(), Failure> {
         &stats,
         a.json,
         json!({"arch": arch_s, "images": data.len(), "step": state.step, "voc_map": voc(voc_area), "voc_map_07": voc(voc_07)}),
+    );
+    Ok(())
+}
+
+/// `eval det --search RUN --arch A`: scores `A` exactly as the search did (its evaluator, its
+/// settings, its worker's thread count) and sets the result beside the ledger's.
+fn run_det_search(a: &DetArgs, run: &std::path::Path) -> Result<(), Failure> {
+    use detnas_search::config::FitnessKind;
+    use detnas_search::fitness::{DetEvaluator, SupernetInfo};
+    use detnas_search::{Evaluator, SearchConfig, engine::ledger_path, ledger};
+    let arch_s = a.arch.as_deref().expect("required by clap");
+    let cfg_path = run.join("config.toml");
+    if !cfg_path.is_file() {
+        return Err(crate::usage(anyhow::anyhow!("{} is not a search folder (no config.toml)", run.display())));
+    }
+    let cfg = SearchConfig::load(&cfg_path, &[])?;
+    if cfg.supernet.fitness != FitnessKind::Det {
+        return Err(crate::usage(anyhow::anyhow!(
+            "{} scored classification top-1 (a ClsNAS search); eval det reproduces detection scores",
+            run.display()
+        )));
+    }
+    let entries = ledger::read(&ledger_path(run))?;
+    let recorded = entries.iter().find(|e| e.arch == arch_s);
+    if a.runtime.threads.is_none()
+        && let Some(t) = recorded.and_then(|e| e.threads)
+    {
+        tch::set_num_threads(t);
+    }
+    let device = a.runtime.init()?;
+    let info = SupernetInfo::open(&cfg)?;
+    let arch = info.space.parse_arch(arch_s).map_err(|e| crate::usage(anyhow::anyhow!("--arch {arch_s}: {e}")))?;
+    let mut evaluator = DetEvaluator::open(&info.checkpoint, &cfg.eval, cfg.runtime.prefetch, device)?;
+    let images = evaluator.val().len();
+    let ev = evaluator.evaluate(&arch)?;
+    let stats: [f64; 12] = ev.metrics.clone().try_into().map_err(|_| anyhow::anyhow!("the evaluator gave no COCO stats"))?;
+    let metric = detnas_search::run::metric_name(&cfg);
+    let ledger_fitness = recorded.map(|e| e.fitness);
+    let matches = ledger_fitness.map(|f| f == ev.fitness);
+    if !a.json {
+        match (ledger_fitness, recorded.and_then(|e| e.threads)) {
+            (Some(f), threads) => println!(
+                "{arch_s}: {metric} {:.8} now, {f:.8} in {} ({}; {} thread(s))",
+                ev.fitness,
+                ledger_path(run).display(),
+                if matches == Some(true) { "identical" } else { "DIFFERENT" },
+                threads.map_or("unrecorded".into(), |t| t.to_string())
+            ),
+            (None, _) => println!("{arch_s}: {metric} {:.6} ({} has no score for it)", ev.fitness, ledger_path(run).display()),
+        }
+    }
+    if matches == Some(false) {
+        tracing::warn!(
+            "the score differs from the ledger's: another thread count, device or libtorch build changes the last digits"
+        );
+    }
+    print_stats(
+        &stats,
+        a.json,
+        json!({"arch": arch_s, "images": images, "step": info.step, "fitness": ev.fitness,
+               "ledger_fitness": ledger_fitness, "matches_ledger": matches}),
     );
     Ok(())
 }

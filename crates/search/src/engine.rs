@@ -256,6 +256,7 @@ pub fn run(setup: &SearchSetup, workers: &mut Workers) -> Result<Outcome, Search
                     evaluation_seconds: ev.evaluation_seconds,
                     worker,
                     rss_mib: detnas_runtime::mem::rss_mib(),
+                    threads: ev.threads,
                 };
                 ledger.append(&entry)?;
                 all_entries.push(entry.clone());

@@ -217,8 +217,14 @@ impl Evaluator for DetEvaluator {
             metrics: s.stats.to_vec(),
             recalibration_seconds: s.recalibration_seconds,
             evaluation_seconds: s.evaluation_seconds,
+            threads: cpu_threads(self.device),
         })
     }
+}
+
+/// libtorch's intra-op threads when `device` is the CPU.
+fn cpu_threads(device: Device) -> Option<i32> {
+    (device == Device::Cpu).then(tch::get_num_threads)
 }
 
 /// Classification fitness (top-1) of supernet paths: the ClsNAS baseline.
@@ -276,6 +282,7 @@ impl Evaluator for ClsEvaluator {
             metrics: vec![s.top1, s.top5],
             recalibration_seconds: s.recalibration_seconds,
             evaluation_seconds: s.evaluation_seconds,
+            threads: cpu_threads(self.device),
         })
     }
 }

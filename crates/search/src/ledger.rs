@@ -29,6 +29,10 @@ pub struct LedgerEntry {
     /// Resident memory of the search process when the entry was recorded, MiB.
     #[serde(default)]
     pub rss_mib: Option<f64>,
+    /// libtorch threads of the CPU worker that scored it (see [`crate::Evaluation::threads`]);
+    /// `eval det --search` reproduces the score with the same count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threads: Option<i32>,
 }
 
 /// The append side of the ledger.
@@ -127,6 +131,7 @@ mod tests {
             evaluation_seconds: 0.25,
             worker: 0,
             rss_mib: Some(123.5),
+            threads: Some(1),
         }
     }
 

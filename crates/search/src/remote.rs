@@ -33,7 +33,15 @@ enum Message {
 #[derive(Serialize, Deserialize)]
 #[serde(untagged)]
 enum Reply {
-    Done { rank: usize, fitness: f64, metrics: Vec<f64>, recalibration_seconds: f64, evaluation_seconds: f64 },
+    Done {
+        rank: usize,
+        fitness: f64,
+        metrics: Vec<f64>,
+        recalibration_seconds: f64,
+        evaluation_seconds: f64,
+        #[serde(default)]
+        threads: Option<i32>,
+    },
     Failed { rank: usize, error: String },
 }
 
@@ -108,8 +116,8 @@ impl Remote {
                 let (i, arch, _) = open.remove(&id).expect("open");
                 progressed = true;
                 match serde_json::from_slice::<Reply>(&bytes) {
-                    Ok(Reply::Done { rank, fitness, metrics, recalibration_seconds, evaluation_seconds }) => {
-                        let ev = Evaluation { fitness, metrics, recalibration_seconds, evaluation_seconds };
+                    Ok(Reply::Done { rank, fitness, metrics, recalibration_seconds, evaluation_seconds, threads }) => {
+                        let ev = Evaluation { fitness, metrics, recalibration_seconds, evaluation_seconds, threads };
                         on_done(i, arch, rank, ev)?;
                     }
                     Ok(Reply::Failed { rank, error }) => {
@@ -250,6 +258,7 @@ pub fn serve(
                 metrics: ev.metrics,
                 recalibration_seconds: ev.recalibration_seconds,
                 evaluation_seconds: ev.evaluation_seconds,
+                threads: ev.threads,
             },
             Err(e) => Reply::Failed { rank: pg.rank(), error: e.to_string() },
         };

@@ -110,7 +110,8 @@ pub struct SearchReport {
     pub mean_evaluation_seconds: f64,
 }
 
-fn metric_name(cfg: &SearchConfig) -> String {
+/// The fitness metric's short name: `top1`, `AP` or `AP50`.
+pub fn metric_name(cfg: &SearchConfig) -> String {
     match cfg.supernet.fitness {
         FitnessKind::Cls => "top1".into(),
         FitnessKind::Det => match cfg.eval.metric {
@@ -181,6 +182,7 @@ fn reused_scores(
                     metrics: e.metrics,
                     recalibration_seconds: e.recalibration_seconds,
                     evaluation_seconds: e.evaluation_seconds,
+                    threads: e.threads,
                 },
             );
         }

@@ -21,6 +21,9 @@ pub struct Evaluation {
     pub metrics: Vec<f64>,
     pub recalibration_seconds: f64,
     pub evaluation_seconds: f64,
+    /// libtorch's intra-op threads of the evaluating thread on the CPU (`None` on a GPU or
+    /// unknown): CPU kernels' reductions, and so scores in their last digits, depend on it.
+    pub threads: Option<i32>,
 }
 
 /// Scores architectures; lives on one thread.

@@ -128,6 +128,25 @@ fn detection_search_resumes_exactly_after_sigkill_and_parallel_equals_sequential
     ));
     let read: serde_json::Value = serde_json::from_str(shown.lines().last().unwrap()).unwrap();
     assert_eq!(read["stats"][0].as_f64().unwrap(), ap, "{shown}");
+    // `eval det --search` takes every setting from the search folder, the thread count from
+    // the ledger, and reproduces each recorded score bit for bit.
+    let raw = std::fs::read_to_string(reference.join("ledger.jsonl")).unwrap();
+    let worst = raw
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .inspect(|e| assert_eq!(e["threads"], 1, "the ledger records the worker's threads"))
+        .min_by(|x, y| x["fitness"].as_f64().unwrap().total_cmp(&y["fitness"].as_f64().unwrap()))
+        .unwrap();
+    for (arch, fitness) in [(best["arch"].as_str().unwrap(), ap), (worst["arch"].as_str().unwrap(), worst["fitness"].as_f64().unwrap())] {
+        let shown = ok(&engine(
+            &["eval", "det", "--search", reference.to_str().unwrap(), "--arch", arch, "--json"],
+            None,
+        ));
+        let read: serde_json::Value = serde_json::from_str(shown.lines().last().unwrap()).unwrap();
+        assert_eq!(read["fitness"].as_f64().unwrap(), fitness, "{arch}: {shown}");
+        assert_eq!(read["ledger_fitness"].as_f64().unwrap(), fitness);
+        assert_eq!(read["matches_ledger"], true);
+    }
     // The same search folder: nothing left to do.
     let again = ok(&search(&cfg, &reference, &["--workers", "1"], None));
     assert!(again.contains(best["arch"].as_str().unwrap()));

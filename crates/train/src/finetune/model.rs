@@ -154,8 +154,9 @@ impl OpenedDetector {
 
     /// Recomputes the BN statistics of path `arch` on the run's `n` recalibration images of
     /// the training split ([`super::recalibration_images`], the set used after training and
-    /// by the search) with the checkpoint's evaluation settings; returns the BN layers
-    /// recalibrated.
+    /// by the search) with `settings` (the checkpoint's own: `self.config.eval_settings()`; the
+    /// batch split matters, since BN normalises each batch by its own statistics on the way);
+    /// returns the BN layers recalibrated.
     ///
     /// # Errors
     /// As [`detnas_detect::evaluate::recalibrate`].
@@ -164,12 +165,13 @@ impl OpenedDetector {
         splits: &DetSplits,
         arch: Option<&Arch>,
         n: usize,
+        settings: &detnas_detect::evaluate::EvalSettings,
         mode: detnas_nn::BnMode,
         device: Device,
     ) -> Result<usize, TrainError> {
         use detnas_detect::evaluate::{DetInputs, recalibrate};
         let imgs = DetInputs::Read(std::sync::Arc::new(super::recalibration_images(&self.config, &splits.train, n)));
-        Ok(recalibrate(&self.detector, arch, &imgs, &self.config.eval_settings(), mode, device)?)
+        Ok(recalibrate(&self.detector, arch, &imgs, settings, mode, device)?)
     }
 }
 
