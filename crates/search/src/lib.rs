@@ -21,6 +21,7 @@ pub mod error;
 pub mod evolution;
 pub mod fitness;
 pub mod ledger;
+pub mod rank;
 pub mod remote;
 pub mod run;
 pub mod workers;

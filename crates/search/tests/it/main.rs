@@ -2,6 +2,8 @@
 //! under a MACs limit, exact resume after a crash at any candidate, parallel = sequential,
 //! random search with the same budget.
 
+mod rank;
+
 use detnas_search::config::{StrategyConfig, StrategyKind};
 use detnas_search::engine::{self, SearchSetup};
 use detnas_search::ledger;

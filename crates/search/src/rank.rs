@@ -1,0 +1,178 @@
+//! Rank agreement between a proxy (the supernet's scores) and a ground truth (architectures
+//! trained stand-alone): Kendall τ-b, Spearman ρ, a percentile-bootstrap confidence interval
+//! of τ and the chance level of τ at a given number of architectures.
+//!
+//! The supernet's ranking quality is what one-shot NAS rests on; Yu et al., "Evaluating the
+//! Search Phase of Neural Architecture Search" (ICLR 2020), measure it with Kendall τ.
+//! Definitions follow SciPy's `kendalltau` (variant b) and `spearmanr`.
+
+use detnas_space::rng::seeded;
+use rand::Rng;
+
+/// Kendall's τ-b of paired scores: `(concordant − discordant) / √((n₀ − n₁)(n₀ − n₂))` over all
+/// pairs, where `n₁`/`n₂` count the pairs tied in `x`/`y` (SciPy's `kendalltau`).
+///
+/// `None` when the lengths differ, there are fewer than 2 pairs, a score is not finite, or
+/// either side is constant (τ undefined).
+pub fn kendall_tau(x: &[f64], y: &[f64]) -> Option<f64> {
+    if x.len() != y.len() || x.len() < 2 || x.iter().chain(y).any(|v| !v.is_finite()) {
+        return None;
+    }
+    let (mut s, mut tied_x, mut tied_y, mut pairs) = (0i64, 0i64, 0i64, 0i64);
+    for i in 0..x.len() {
+        for j in i + 1..x.len() {
+            pairs += 1;
+            let dx = x[i].total_cmp(&x[j]) as i64;
+            let dy = y[i].total_cmp(&y[j]) as i64;
+            if dx == 0 {
+                tied_x += 1;
+            }
+            if dy == 0 {
+                tied_y += 1;
+            }
+            s += dx * dy;
+        }
+    }
+    let denom = (((pairs - tied_x) as f64) * ((pairs - tied_y) as f64)).sqrt();
+    (denom > 0.0).then(|| s as f64 / denom)
+}
+
+/// Ranks 1..=n with ties given their average rank (SciPy's `rankdata`, method `average`).
+pub fn average_ranks(v: &[f64]) -> Vec<f64> {
+    let mut order: Vec<usize> = (0..v.len()).collect();
+    order.sort_by(|&a, &b| v[a].total_cmp(&v[b]));
+    let mut ranks = vec![0.0; v.len()];
+    let mut i = 0;
+    while i < order.len() {
+        let mut j = i;
+        while j + 1 < order.len() && v[order[j + 1]] == v[order[i]] {
+            j += 1;
+        }
+        let r = (i + j) as f64 / 2.0 + 1.0;
+        for &k in &order[i..=j] {
+            ranks[k] = r;
+        }
+        i = j + 1;
+    }
+    ranks
+}
+
+fn pearson(x: &[f64], y: &[f64]) -> Option<f64> {
+    let n = x.len() as f64;
+    let (mx, my) = (x.iter().sum::<f64>() / n, y.iter().sum::<f64>() / n);
+    let (mut sxy, mut sxx, mut syy) = (0.0, 0.0, 0.0);
+    for (a, b) in x.iter().zip(y) {
+        sxy += (a - mx) * (b - my);
+        sxx += (a - mx) * (a - mx);
+        syy += (b - my) * (b - my);
+    }
+    let d = (sxx * syy).sqrt();
+    (d > 0.0).then(|| sxy / d)
+}
+
+/// Spearman's ρ: Pearson's correlation of the average ranks (SciPy's `spearmanr`). `None` as
+/// for [`kendall_tau`].
+pub fn spearman(x: &[f64], y: &[f64]) -> Option<f64> {
+    if x.len() != y.len() || x.len() < 2 || x.iter().chain(y).any(|v| !v.is_finite()) {
+        return None;
+    }
+    pearson(&average_ranks(x), &average_ranks(y))
+}
+
+/// A confidence interval of Kendall's τ by the percentile bootstrap over architectures:
+/// `resamples` draws of n pairs with replacement (ChaCha8 from `seed`), τ of each (draws where
+/// τ is undefined, e.g. all one architecture, are left out), and the `(1 − level)/2` and
+/// `(1 + level)/2` quantiles (linear interpolation, NumPy's default).
+///
+/// `None` when τ of the data itself is undefined or no draw gives a τ.
+pub fn bootstrap_tau_ci(x: &[f64], y: &[f64], resamples: usize, level: f64, seed: u64) -> Option<(f64, f64)> {
+    kendall_tau(x, y)?;
+    let n = x.len();
+    let mut rng = seeded(seed);
+    let (mut bx, mut by) = (vec![0.0; n], vec![0.0; n]);
+    let mut taus = Vec::with_capacity(resamples);
+    for _ in 0..resamples {
+        for k in 0..n {
+            let i = rng.random_range(0..n);
+            bx[k] = x[i];
+            by[k] = y[i];
+        }
+        if let Some(t) = kendall_tau(&bx, &by) {
+            taus.push(t);
+        }
+    }
+    if taus.is_empty() {
+        return None;
+    }
+    taus.sort_by(f64::total_cmp);
+    Some((quantile(&taus, (1.0 - level) / 2.0), quantile(&taus, (1.0 + level) / 2.0)))
+}
+
+/// The `q` quantile of sorted `v` with linear interpolation between order statistics.
+pub fn quantile(sorted: &[f64], q: f64) -> f64 {
+    let pos = q.clamp(0.0, 1.0) * (sorted.len() - 1) as f64;
+    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+    sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64)
+}
+
+/// Standard deviation of τ between two independent rankings of `n` items, √(2(2n+5) /
+/// (9n(n−1))) (Kendall 1938): the noise floor against which a measured τ is read. 0.16 at n = 20.
+pub fn tau_chance_sd(n: usize) -> f64 {
+    let n = n as f64;
+    (2.0 * (2.0 * n + 5.0) / (9.0 * n * (n - 1.0))).sqrt()
+}
+
+/// Where `score` stands among `others`: the share of them it beats, ties counting half (1 =
+/// better than all, 0 = worse than all; the top quartile is ≥ 0.75). `None` for no others.
+pub fn percentile(score: f64, others: &[f64]) -> Option<f64> {
+    if others.is_empty() {
+        return None;
+    }
+    let beaten: f64 = others
+        .iter()
+        .map(|&o| match score.total_cmp(&o) {
+            std::cmp::Ordering::Greater => 1.0,
+            std::cmp::Ordering::Equal => 0.5,
+            std::cmp::Ordering::Less => 0.0,
+        })
+        .sum();
+    Some(beaten / others.len() as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hand_computed_cases() {
+        // 4 items, one swap: 5 concordant, 1 discordant of 6 pairs → τ = 4/6.
+        assert!((kendall_tau(&[1.0, 2.0, 3.0, 4.0], &[1.0, 3.0, 2.0, 4.0]).unwrap() - 2.0 / 3.0).abs() < 1e-15);
+        // d = (0, 1, −1, 0): ρ = 1 − 6·2 / (4·15) = 0.8.
+        assert!((spearman(&[1.0, 2.0, 3.0, 4.0], &[1.0, 3.0, 2.0, 4.0]).unwrap() - 0.8).abs() < 1e-15);
+        assert_eq!(kendall_tau(&[1.0, 2.0, 3.0], &[3.0, 2.0, 1.0]), Some(-1.0));
+        // A constant side: undefined.
+        assert_eq!(kendall_tau(&[1.0, 1.0, 1.0], &[1.0, 2.0, 3.0]), None);
+        assert_eq!(spearman(&[1.0, 2.0], &[5.0, 5.0]), None);
+        assert_eq!(kendall_tau(&[1.0], &[1.0]), None);
+        assert_eq!(kendall_tau(&[1.0, f64::NAN], &[1.0, 2.0]), None);
+        assert_eq!(average_ranks(&[10.0, 20.0, 10.0, 30.0]), vec![1.5, 3.0, 1.5, 4.0]);
+        assert!((tau_chance_sd(20) - 0.1622).abs() < 1e-4);
+        assert_eq!(percentile(3.0, &[1.0, 2.0, 3.0, 4.0]), Some(0.625));
+        assert_eq!(percentile(5.0, &[1.0, 2.0]), Some(1.0));
+        assert_eq!(percentile(5.0, &[]), None);
+        assert_eq!(quantile(&[0.0, 1.0, 2.0, 3.0, 4.0], 0.975), 3.9);
+    }
+
+    #[test]
+    fn bootstrap_is_seeded_and_degenerate_cases_are_exact() {
+        let x: Vec<f64> = (0..12).map(f64::from).collect();
+        // A perfect ranking stays perfect in every resample.
+        assert_eq!(bootstrap_tau_ci(&x, &x, 200, 0.95, 1), Some((1.0, 1.0)));
+        let y = [3.0, 1.0, 2.0, 6.0, 4.0, 5.0, 9.0, 7.0, 8.0, 12.0, 10.0, 11.0];
+        let a = bootstrap_tau_ci(&x, &y, 500, 0.95, 7).unwrap();
+        assert_eq!(bootstrap_tau_ci(&x, &y, 500, 0.95, 7).unwrap(), a);
+        let t = kendall_tau(&x, &y).unwrap();
+        assert!(a.0 < t && t < a.1, "{a:?} around {t}");
+        assert_eq!(bootstrap_tau_ci(&[1.0, 1.0], &[1.0, 2.0], 10, 0.95, 0), None);
+    }
+}
