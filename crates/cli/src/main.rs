@@ -116,6 +116,9 @@ enum Command {
     Report(run_cmd::ReportArgs),
     /// Export the found architecture: official-name weights for PyTorch, detector for predict.
     Export(run_cmd::ExportArgs),
+    /// How far a run's search ranking can be trusted: architectures from its ledger trained
+    /// stand-alone, Kendall τ of the supernet's scores against them. Re-running resumes.
+    RankCheck(run_cmd::RankCheckArgs),
 }
 
 #[derive(Subcommand)]
@@ -210,6 +213,7 @@ fn main() -> ExitCode {
         Command::Bench(a) => bench_cmd::run(a),
         Command::Dist(DistCommand::Check(a)) => dist_cmd::check(a),
         Command::Export(a) => run_cmd::export(a),
+        Command::RankCheck(a) => run_cmd::rank_check(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

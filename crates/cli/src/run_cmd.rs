@@ -95,3 +95,97 @@ pub fn export(a: ExportArgs) -> Result<(), Failure> {
     println!("exported to {}", dir.display());
     Ok(())
 }
+
+#[derive(Args)]
+pub struct RankCheckArgs {
+    /// A pipeline run folder whose search has finished.
+    run: PathBuf,
+    /// Architectures drawn from the search ledger, stratified over AP and MACs (the found
+    /// and the ClsNAS architectures are added).
+    #[arg(long, default_value_t = 20)]
+    archs: usize,
+    /// Stand-alone trainings per architecture (seeds 0..S).
+    #[arg(long, default_value_t = 2)]
+    seeds: usize,
+    /// Override a key of the retraining's detection config, after the pipeline's
+    /// retrain.det_set (repeatable): `--set schedule.iterations=200`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// Skip the control (the architectures scored on the detector at initialisation).
+    #[arg(long)]
+    no_control: bool,
+    /// Bootstrap resamples of the τ interval.
+    #[arg(long, default_value_t = 10_000)]
+    resamples: usize,
+    /// Seed of the draw, the control's initialisation and the bootstrap.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Device: cpu, cuda, cuda:N, auto (default: the pipeline's).
+    #[arg(long)]
+    device: Option<String>,
+    /// libtorch threads.
+    #[arg(long)]
+    threads: Option<i32>,
+    /// No progress bars.
+    #[arg(long)]
+    no_progress: bool,
+    /// Print result.json instead of the summary.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn rank_check(a: RankCheckArgs) -> Result<(), Failure> {
+    use detnas_pipeline::rank_check::{self, RankCheckOptions};
+    let cfg = PipelineConfig::of_run(&a.run).map_err(crate::usage)?;
+    if let Some(t) = a.threads.or(cfg.threads) {
+        tch::set_num_threads(t.max(1));
+    }
+    let device = parse_device(a.device.as_deref().unwrap_or(&cfg.device)).map_err(crate::usage)?;
+    let o = RankCheckOptions {
+        archs: a.archs,
+        seeds: a.seeds,
+        set: a.set,
+        control: !a.no_control,
+        resamples: a.resamples,
+        seed: a.seed,
+    };
+    let opts = PipelineOptions {
+        out: a.run.clone(),
+        device,
+        progress: !a.no_progress,
+        cancel: crate::cancel_on_signals()?,
+        dist: None,
+    };
+    let r = rank_check::run(&cfg, &a.run, &o, &opts)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r).expect("serialisable"));
+        return Ok(());
+    }
+    let f = |v: Option<f64>| v.map_or("–".into(), |v| format!("{v:.3}"));
+    let ci = |v: Option<[f64; 2]>| v.map_or("–".into(), |[a, b]| format!("[{a:.3}, {b:.3}]"));
+    println!("{} architectures × {} seed(s); ground truth: test AP after stand-alone training", r.n, r.seeds);
+    println!(
+        "  ground truth: spread (best − worst) {}, seed noise (sd) {}, τ between seeds {}",
+        f(r.spread),
+        f(r.seed_sd),
+        f(r.seed_tau)
+    );
+    println!("  chance: τ sd {} at n = {}", f(r.tau_chance_sd), r.n);
+    let rows = std::iter::once(("DetNAS (fine-tuned supernet AP)", Some(&r.detnas)))
+        .chain([("ClsNAS (pre-trained supernet top-1)", r.clsnas.as_ref()), ("control (detector at initialisation)", r.init_control.as_ref())]);
+    for (name, ag) in rows {
+        let Some(ag) = ag else { continue };
+        let chosen = match (&ag.chosen, ag.chosen_percentile) {
+            (Some(c), Some(p)) => format!("; its choice {c} beats {:.0} % of the others", 100.0 * p),
+            _ => String::new(),
+        };
+        println!(
+            "  {name}: τ {} (95 % CI {}), Spearman {}{chosen}",
+            f(ag.kendall_tau),
+            ci(ag.tau_ci95),
+            f(ag.spearman)
+        );
+    }
+    println!("result: {}", rank_check::dir(&a.run).join("result.json").display());
+    Ok(())
+}

@@ -41,6 +41,14 @@ fn yes() -> bool {
 }
 
 impl DetectorConfig {
+    /// Sets the score a final detection must exceed (RetinaNet's, or the box head's).
+    pub fn set_score_threshold(&mut self, threshold: f64) {
+        match &mut self.head {
+            HeadConfig::Retinanet(c) => c.score_threshold = threshold,
+            HeadConfig::FasterRcnn(c) => c.roi.score_threshold = threshold,
+        }
+    }
+
     /// Builds a detector with `classes` foreground classes under `p`; `arch` fixes a child
     /// backbone, `None` builds the supernet.
     ///

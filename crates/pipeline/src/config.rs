@@ -153,6 +153,39 @@ impl PipelineConfig {
         <PipelineConfig as ConfigDocument>::load(Some(path), overrides)
     }
 
+    /// The configuration a run folder was made with (`RUN/pipeline.toml`, as `detnas run`
+    /// recorded it). Its stage config paths are as resolved then: a relative one is taken from
+    /// the current folder, else from `RUN/configs/` (where the embedded demo writes them).
+    ///
+    /// # Errors
+    /// [`PipelineError::Config`] when `RUN/pipeline.toml` is missing or unreadable or a stage
+    /// config is found in neither place.
+    pub fn of_run(run: &Path) -> Result<PipelineConfig, PipelineError> {
+        let path = run.join("pipeline.toml");
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            PipelineError::Config(format!("{} is not a pipeline run folder: {}: {e}", run.display(), path.display()))
+        })?;
+        let mut cfg: PipelineConfig =
+            toml::from_str(&text).map_err(|e| PipelineError::Config(format!("{}: {e}", path.display())))?;
+        for (what, s) in [("pretrain", &mut cfg.pretrain), ("finetune", &mut cfg.finetune), ("search", &mut cfg.search)] {
+            if s.config.is_file() {
+                continue;
+            }
+            let local = s.config.file_name().map(|f| run.join("configs").join(f));
+            match local {
+                Some(l) if s.config.is_relative() && l.is_file() => s.config = l,
+                _ => {
+                    return Err(PipelineError::Config(format!(
+                        "{}: {what}.config {} not found",
+                        path.display(),
+                        s.config.display()
+                    )));
+                }
+            }
+        }
+        Ok(cfg)
+    }
+
     /// Writes the embedded demo configs into `dir` (once; identical files are kept) and
     /// returns the path of its pipeline.toml.
     ///

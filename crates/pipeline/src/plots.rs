@@ -180,3 +180,41 @@ pub fn architectures(rows: &[(String, Vec<u8>)], stage_ends: &[usize]) -> Res {
     }
     Ok(svg)
 }
+
+/// Proxy score against ground truth, one point per architecture: `(proxy, mean, min, max,
+/// highlighted)` with a vertical bar from the seeds' min to max; the highlighted one (the
+/// search's choice) ringed.
+pub fn rank_scatter(title: &str, x_desc: &str, y_desc: &str, points: &[(f64, f64, f64, f64, bool)]) -> Res {
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (720, 400)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| e.to_string())?;
+        let (x0, x1) = range(points.iter().map(|p| p.0));
+        let (y0, y1) = range(points.iter().flat_map(|p| [p.2, p.3]));
+        let mut chart = axes(&root, title, x_desc, y_desc, (x0, x1), (y0, y1))?;
+        let c = SERIES[0];
+        chart
+            .draw_series(
+                points.iter().map(|&(x, _, lo, hi, _)| PathElement::new(vec![(x, lo), (x, hi)], c.mix(0.5).stroke_width(1))),
+            )
+            .map_err(|e| e.to_string())?
+            .label("seed range")
+            .legend(move |(x, y)| PathElement::new(vec![(x + 9, y - 6), (x + 9, y + 6)], c.mix(0.5)));
+        chart
+            .draw_series(points.iter().map(|&(x, y, _, _, _)| Circle::new((x, y), 4, c.filled())))
+            .map_err(|e| e.to_string())?
+            .label("architecture (seed mean)")
+            .legend(move |(x, y)| Circle::new((x + 9, y), 4, c.filled()));
+        let red = SERIES[3];
+        if points.iter().any(|p| p.4) {
+            chart
+                .draw_series(points.iter().filter(|p| p.4).map(|&(x, y, ..)| Circle::new((x, y), 8, red.stroke_width(2))))
+                .map_err(|e| e.to_string())?
+                .label("the search's choice")
+                .legend(move |(x, y)| Circle::new((x + 9, y), 6, red.stroke_width(2)));
+        }
+        legend(&mut chart, SeriesLabelPosition::LowerRight)?;
+        root.present().map_err(|e| e.to_string())?;
+    }
+    Ok(svg)
+}

@@ -161,6 +161,7 @@ pub fn write(run: &Path) -> Result<PathBuf, PipelineError> {
     sections.push(sec);
 
     // Final table.
+    let rank_check = crate::rank_check::read_result(run);
     let found = search(&dirs::search(run));
     let cls = search(&dirs::search_cls(run));
     let latency = LatencyTable::read(&dirs::search(run).join("latency-table.json")).ok();
@@ -204,8 +205,15 @@ pub fn write(run: &Path) -> Result<PathBuf, PipelineError> {
             .collect();
         let (md, html) = table(&head, &rows);
         let note = "found = DetNAS search (AP on the search-validation split); random = a random architecture under the same limit; clsnas = search by classification top-1 on the pre-trained supernet. All retrained with the same protocol and evaluated on the test split, which no earlier stage saw.";
-        let _ = write!(sec.md, "{md}\n{note}\n");
-        let _ = write!(sec.html, "{html}<p>{note}</p>");
+        let noise = match rank_check.as_ref().and_then(|r| Some((r.seed_sd?, r.n, r.seeds))) {
+            Some((sd, n, s)) => format!(
+                "Each model was trained once (one seed). The seed-to-seed standard deviation of test AP under this protocol is {sd:.4} (rank-check: {n} architectures × {s} seeds), so a difference of one model from another smaller than about {:.3} (twice that, for two single runs) is not evidence.",
+                2.0 * sd * std::f64::consts::SQRT_2
+            ),
+            None => "Each model was trained once (one seed); the seed-to-seed noise of this protocol is not measured here (`detnas rank-check RUN` measures it), so small differences are not evidence.".into(),
+        };
+        let _ = write!(sec.md, "{md}\n{note}\n\n{noise}\n");
+        let _ = write!(sec.html, "{html}<p>{note}</p><p>{}</p>", esc(&noise));
         std::fs::write(out.join("final.json"), serde_json::to_string_pretty(&final_rows).expect("serialisable"))
             .map_err(|e| PipelineError::io(out.join("final.json"), e))?;
     }
@@ -291,6 +299,72 @@ pub fn write(run: &Path) -> Result<PathBuf, PipelineError> {
             );
             let _ = write!(sec.md, "{text}\n\n{md}\n");
             let _ = write!(sec.html, "<p>{}</p>{html}", esc(&text));
+        }
+        sections.push(sec);
+    }
+
+    // Ranking check.
+    if let Some(r) = &rank_check {
+        let mut sec = Section {
+            title: "Ranking check: supernet scores against stand-alone training".into(),
+            md: String::new(),
+            html: String::new(),
+        };
+        let f = |v: Option<f64>| v.map_or("—".into(), |v| format!("{v:.3}"));
+        let text = format!(
+            "{} architectures (drawn from the search ledger, stratified over AP and MACs, plus the found and ClsNAS ones) trained stand-alone with the retraining protocol{}, {} seed(s) each{}. Ground truth = mean test AP over the seeds: spread (best − worst) {}, seed-to-seed standard deviation {}, τ between the seeds' rankings {}. τ between unrelated rankings of {} architectures has a standard deviation of {}.",
+            r.n,
+            if r.protocol.is_empty() { String::new() } else { format!(" ({})", r.protocol.join(", ")) },
+            r.seeds,
+            if r.complete { "" } else { "; unfinished: the figures cover the trained ones" },
+            f(r.spread),
+            f(r.seed_sd),
+            f(r.seed_tau),
+            r.n,
+            f(r.tau_chance_sd)
+        );
+        let rows: Vec<Vec<String>> = [("DetNAS: fine-tuned supernet AP", Some(&r.detnas)), ("ClsNAS: pre-trained supernet top-1", r.clsnas.as_ref()), ("control: detector at initialisation", r.init_control.as_ref())]
+            .into_iter()
+            .filter_map(|(name, a)| {
+                let a = a?;
+                Some(vec![
+                    name.to_string(),
+                    a.n.to_string(),
+                    f(a.kendall_tau),
+                    a.tau_ci95.map_or("—".into(), |[lo, hi]| format!("[{lo:.3}, {hi:.3}]")),
+                    f(a.spearman),
+                    a.chosen.as_ref().map_or("—".into(), |c| format!("`{c}`")),
+                    a.chosen_percentile.map_or("—".into(), |p| format!("{:.0} %", 100.0 * p)),
+                ])
+            })
+            .collect();
+        let (md, html) = table(&["proxy", "n", "Kendall τ", "95 % CI", "Spearman", "its choice", "beats"], &rows);
+        let _ = write!(sec.md, "{text}\n\n{md}\n");
+        let _ = write!(sec.html, "<p>{}</p>{html}", esc(&text));
+        let ci = |a: &crate::rank_check::Agreement| match (a.kendall_tau, a.tau_ci95) {
+            (Some(t), Some([lo, hi])) => format!("τ = {t:.2} [{lo:.2}, {hi:.2}]"),
+            (Some(t), None) => format!("τ = {t:.2}"),
+            _ => "τ undefined".into(),
+        };
+        for (name, a, proxy, x_desc) in [
+            ("rank_check_detnas", Some(&r.detnas), (|a: &crate::rank_check::ArchResult| a.det_proxy) as fn(&_) -> _, "supernet AP (search-val)"),
+            ("rank_check_clsnas", r.clsnas.as_ref(), |a: &crate::rank_check::ArchResult| a.cls_proxy, "supernet top-1"),
+        ] {
+            let Some(a) = a else { continue };
+            let pts: Vec<(f64, f64, f64, f64, bool)> = r
+                .archs
+                .iter()
+                .filter_map(|x| {
+                    let m = x.ground_truth_mean?;
+                    let lo = x.ground_truth.iter().copied().fold(f64::INFINITY, f64::min);
+                    let hi = x.ground_truth.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                    Some((proxy(x)?, m, lo, hi, a.chosen.as_deref() == Some(x.arch.as_str())))
+                })
+                .collect();
+            if pts.len() >= 2 {
+                let title = format!("{}: {}", if name.ends_with("detnas") { "DetNAS proxy" } else { "ClsNAS proxy" }, ci(a));
+                plot(name, plots::rank_scatter(&title, x_desc, "stand-alone test AP", &pts), &mut sec)?;
+            }
         }
         sections.push(sec);
     }

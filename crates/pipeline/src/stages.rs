@@ -57,7 +57,7 @@ impl PipelineOptions {
 
 /// Runs stage `name` into `dir` unless it finished earlier, and records it (rank 0). Every
 /// rank runs `run` (training and the search are collective); the ranks leave together.
-fn stage<T: Serialize + DeserializeOwned>(
+pub(crate) fn stage<T: Serialize + DeserializeOwned>(
     opts: &PipelineOptions,
     dir: &Path,
     name: &str,
@@ -96,7 +96,7 @@ pub struct PipelineOutcome {
     pub seconds: f64,
 }
 
-fn runtime_overrides(cfg: &PipelineConfig, device: Device) -> Vec<String> {
+pub(crate) fn runtime_overrides(cfg: &PipelineConfig, device: Device) -> Vec<String> {
     let d = match device {
         Device::Cuda(i) => format!("cuda:{i}"),
         _ => "cpu".into(),
@@ -108,7 +108,7 @@ fn runtime_overrides(cfg: &PipelineConfig, device: Device) -> Vec<String> {
     o
 }
 
-fn with(a: &[String], b: &[String], c: &[String]) -> Vec<String> {
+pub(crate) fn with(a: &[String], b: &[String], c: &[String]) -> Vec<String> {
     a.iter().chain(b).chain(c).cloned().collect()
 }
 
@@ -123,6 +123,47 @@ fn finetune_config(
         *folder = dirs::data(run);
     }
     Ok(f)
+}
+
+/// Trains `arch` stand-alone into `dir` with the pipeline's retraining protocol: with
+/// `retrain.mode = "scratch"` classification from scratch into `dir/cls` first (the paper's
+/// protocol), then detection into `dir/det` from those weights, or from the pre-trained
+/// supernet's with `"inherit"`. `extra` overrides apply to both stages after
+/// `retrain.cls_set` / `retrain.det_set`; `run` is the (absolute) run folder.
+///
+/// # Errors
+/// The first configuration or training error.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn retrain(
+    cfg: &PipelineConfig,
+    run: &Path,
+    dir: &Path,
+    label: &str,
+    arch: &str,
+    extra: &[String],
+    opts: &PipelineOptions,
+    train_opts: &RunOptions,
+) -> Result<Retrained, PipelineError> {
+    let ro = runtime_overrides(cfg, opts.device);
+    let cls = match cfg.retrain.mode {
+        RetrainMode::Scratch => {
+            let set: Vec<String> = with(&cfg.pretrain.set, &cfg.retrain.cls_set, extra);
+            let mut p = PretrainConfig::load(Some(&cfg.pretrain.config), &with(&set, &[], &ro))?;
+            p.sampling.kind = detnas_train::config::SamplingKind::Fixed;
+            p.sampling.arch = Some(arch.to_string());
+            p.sampling.max_backbone_macs = None;
+            p.eval.final_paths = 1;
+            p.check()?;
+            Some(detnas_train::pretrain::run(&p, &dir.join("cls"), opts.device, train_opts)?)
+        }
+        RetrainMode::Inherit => None,
+    };
+    let mut f = finetune_config(cfg, run, &with(&cfg.retrain.det_set, extra, &[]), &ro)?;
+    f.model.arch = Some(arch.to_string());
+    f.model.pretrained = Some(if cls.is_some() { dir.join("cls") } else { dirs::pretrain(run) });
+    f.check()?;
+    let det = detnas_train::finetune::run(&f, &dir.join("det"), opts.device, train_opts)?;
+    Ok(Retrained { label: label.to_string(), arch: arch.to_string(), cls, det })
 }
 
 /// Runs (or resumes) the pipeline of `cfg` into `opts.out`.
@@ -238,27 +279,7 @@ pub fn run(cfg: &PipelineConfig, opts: &PipelineOptions) -> Result<PipelineOutco
     for (label, arch) in archs {
         let dir = dirs::retrain(run, &label);
         let r: Retrained = stage(opts, &dir, &format!("retrain-{label}"), || {
-            let cls = match cfg.retrain.mode {
-                RetrainMode::Scratch => {
-                    let mut p = PretrainConfig::load(
-                        Some(&cfg.pretrain.config),
-                        &with(&cfg.pretrain.set, &cfg.retrain.cls_set, &ro),
-                    )?;
-                    p.sampling.kind = detnas_train::config::SamplingKind::Fixed;
-                    p.sampling.arch = Some(arch.clone());
-                    p.sampling.max_backbone_macs = None;
-                    p.eval.final_paths = 1;
-                    p.check()?;
-                    Some(detnas_train::pretrain::run(&p, &dir.join("cls"), opts.device, &train_opts)?)
-                }
-                RetrainMode::Inherit => None,
-            };
-            let mut f = finetune_config(cfg, run, &cfg.retrain.det_set, &ro)?;
-            f.model.arch = Some(arch.clone());
-            f.model.pretrained = Some(if cls.is_some() { dir.join("cls") } else { dirs::pretrain(run) });
-            f.check()?;
-            let det = detnas_train::finetune::run(&f, &dir.join("det"), opts.device, &train_opts)?;
-            Ok(Retrained { label: label.clone(), arch: arch.clone(), cls, det })
+            retrain(cfg, run, &dir, &label, &arch, &[], opts, &train_opts)
         })?;
         retrained.push(r);
     }

@@ -129,7 +129,20 @@ impl DetEvaluator {
         prefetch: usize,
         device: Device,
     ) -> Result<DetEvaluator, SearchError> {
-        let opened = OpenedDetector::open(ckpt, device)?;
+        DetEvaluator::with(OpenedDetector::open(ckpt, device)?, eval, prefetch, device)
+    }
+
+    /// An evaluator of an opened detector (trained, or at initialisation for a control).
+    ///
+    /// # Errors
+    /// As [`DetEvaluator::open`].
+    pub fn with(
+        opened: OpenedDetector,
+        eval: &SearchEvalConfig,
+        prefetch: usize,
+        device: Device,
+    ) -> Result<DetEvaluator, SearchError> {
+        let ckpt = opened.path.clone();
         let splits = opened.splits()?;
         let OpenedDetector { config: cfg, state, detector: det, vs, .. } = opened;
         if state.task.search_val_ids.is_empty() {

@@ -6,8 +6,10 @@
 //! Search Phase of Neural Architecture Search" (ICLR 2020), measure it with Kendall τ.
 //! Definitions follow SciPy's `kendalltau` (variant b) and `spearmanr`.
 
+use crate::ledger::LedgerEntry;
 use detnas_space::rng::seeded;
 use rand::Rng;
+use rand::seq::SliceRandom;
 
 /// Kendall's τ-b of paired scores: `(concordant − discordant) / √((n₀ − n₁)(n₀ − n₂))` over all
 /// pairs, where `n₁`/`n₂` count the pairs tied in `x`/`y` (SciPy's `kendalltau`).
@@ -139,6 +141,37 @@ pub fn percentile(score: f64, others: &[f64]) -> Option<f64> {
     Some(beaten / others.len() as f64)
 }
 
+/// Draws `n` of `entries` (one per architecture) stratified over proxy score and MACs: the
+/// entries sorted by fitness are cut into `n` equal strata, each stratum gets a MACs stratum of
+/// a seeded permutation (a Latin hypercube over the two ranks) and gives the entry whose MACs
+/// quantile is nearest that stratum's centre. All entries when there are at most `n`.
+pub fn stratified_sample(entries: &[LedgerEntry], n: usize, seed: u64) -> Vec<usize> {
+    let len = entries.len();
+    if len <= n {
+        return (0..len).collect();
+    }
+    let mut by_macs: Vec<usize> = (0..len).collect();
+    by_macs.sort_by_key(|&i| (entries[i].backbone_macs, i));
+    let mut macs_q = vec![0.0; len];
+    for (r, &i) in by_macs.iter().enumerate() {
+        macs_q[i] = r as f64 / (len - 1) as f64;
+    }
+    let mut by_fit: Vec<usize> = (0..len).collect();
+    by_fit.sort_by(|&a, &b| entries[a].fitness.total_cmp(&entries[b].fitness).then(a.cmp(&b)));
+    let mut cells: Vec<usize> = (0..n).collect();
+    cells.shuffle(&mut seeded(seed));
+    (0..n)
+        .map(|k| {
+            let stratum = &by_fit[k * len / n..(k + 1) * len / n];
+            let target = (cells[k] as f64 + 0.5) / n as f64;
+            *stratum
+                .iter()
+                .min_by(|&&a, &&b| (macs_q[a] - target).abs().total_cmp(&(macs_q[b] - target).abs()).then(a.cmp(&b)))
+                .expect("strata are not empty")
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,6 +194,42 @@ mod tests {
         assert_eq!(percentile(5.0, &[1.0, 2.0]), Some(1.0));
         assert_eq!(percentile(5.0, &[]), None);
         assert_eq!(quantile(&[0.0, 1.0, 2.0, 3.0, 4.0], 0.975), 3.9);
+    }
+
+    fn entry(i: usize, fitness: f64, macs: u64) -> LedgerEntry {
+        LedgerEntry {
+            generation: 0,
+            index: i,
+            origin: crate::Origin::Random,
+            arch: format!("{i:05}"),
+            backbone_macs: macs,
+            backbone_params: 1,
+            latency_ms: None,
+            fitness,
+            metrics: vec![],
+            recalibration_seconds: 0.0,
+            evaluation_seconds: 0.0,
+            worker: 0,
+            rss_mib: None,
+            threads: None,
+        }
+    }
+
+    #[test]
+    fn stratified_sample_covers_both_ranks() {
+        // Fitness = i; MACs a permutation of 0..100 unrelated to it.
+        let entries: Vec<LedgerEntry> = (0..100).map(|i| entry(i, i as f64, (i as u64 * 37) % 100)).collect();
+        let pick = stratified_sample(&entries, 10, 4);
+        assert_eq!(pick, stratified_sample(&entries, 10, 4), "seeded");
+        // One per fitness decile, in order.
+        for (k, &i) in pick.iter().enumerate() {
+            assert!((10 * k..10 * k + 10).contains(&i), "{pick:?}");
+        }
+        let mut deciles: Vec<u64> = pick.iter().map(|&i| entries[i].backbone_macs / 10).collect();
+        deciles.sort_unstable();
+        deciles.dedup();
+        assert!(deciles.len() >= 8, "MACs deciles {deciles:?}");
+        assert_eq!(stratified_sample(&entries[..5], 10, 4), vec![0, 1, 2, 3, 4]);
     }
 
     #[test]

@@ -156,6 +156,8 @@ fn pipeline_runs_every_stage_resumes_after_kills_and_exports() {
     ));
     assert!(pred.join("detections.json").is_file());
 
+    rank_check(&reference);
+
     // Another configuration into the same folder is refused.
     let o = engine(
         &[
@@ -172,4 +174,67 @@ fn pipeline_runs_every_stage_resumes_after_kills_and_exports() {
     );
     assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
     std::fs::remove_dir_all(&d).unwrap();
+}
+
+/// `detnas rank-check` on the finished tiny run: killed inside its first unit and resumed; its
+/// figures are those of the ledger and of the units' own records; a re-run trains nothing; a
+/// plan made with other options is refused.
+fn rank_check(run: &Path) {
+    let r = run.to_str().unwrap();
+    let args = ["rank-check", r, "--archs", "3", "--seeds", "2", "--resamples", "200", "--no-progress", "--json"];
+    // Units retrain with the pipeline's protocol: 4 classification steps, then detection.
+    let o = engine(&args, Some("kill_after_step:6"));
+    assert_eq!(o.status.signal(), Some(9), "{}", String::from_utf8_lossy(&o.stderr));
+    let printed = ok(&engine(&args, None));
+    let result: serde_json::Value = serde_json::from_str(&printed).unwrap();
+    let archs = result["archs"].as_array().unwrap();
+    assert!((3..=5).contains(&archs.len()), "3 drawn, plus found and ClsNAS when not drawn: {}", archs.len());
+    assert_eq!(result["complete"], true);
+    assert_eq!(result["n"].as_u64().unwrap() as usize, archs.len());
+    let ledger: std::collections::HashMap<String, f64> = std::fs::read_to_string(run.join("search/ledger.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let e: serde_json::Value = serde_json::from_str(l).unwrap();
+            (e["arch"].as_str().unwrap().to_string(), e["fitness"].as_f64().unwrap())
+        })
+        .collect();
+    let found = serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(run.join("search/best_arch.json")).unwrap())
+        .unwrap()["arch"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(result["found"], found.as_str());
+    let mut seeds_differ = false;
+    for a in archs {
+        let arch = a["arch"].as_str().unwrap();
+        if let Some(&f) = ledger.get(arch) {
+            assert_eq!(a["det_proxy"].as_f64().unwrap(), f, "{arch}: the proxy is the ledger's score");
+        }
+        assert!(a["cls_proxy"].as_f64().is_some() && a["init_proxy"].as_f64().is_some(), "{a}");
+        let gt: Vec<f64> = a["ground_truth"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        assert_eq!(gt.len(), 2);
+        for (s, &ap) in gt.iter().enumerate() {
+            let unit = run.join(format!("rank-check/units/{arch}-seed{s}/stage.json"));
+            let rec: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&unit).unwrap()).unwrap();
+            assert_eq!(rec["result"]["det"]["paths"][0]["stats"][0].as_f64().unwrap(), ap, "{}", unit.display());
+            assert_eq!(rec["result"]["det"]["seed"], s, "the unit trained with its own seed");
+        }
+        seeds_differ |= gt[0] != gt[1];
+    }
+    assert!(seeds_differ, "two seeds gave identical scores everywhere: {archs:?}");
+    let p = result["found_percentile"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&p), "{p}");
+    for key in ["seed_tau", "spread", "seed_sd", "tau_chance_sd"] {
+        assert!(result[key].is_number() || result[key].is_null(), "{key}: {result}");
+    }
+    let md = std::fs::read_to_string(run.join("report/report.md")).unwrap();
+    assert!(md.contains("Ranking check") && md.contains("seed-to-seed standard deviation"), "{md}");
+    // Finished: a re-run trains nothing and gives the same figures.
+    let again: serde_json::Value = serde_json::from_str(&ok(&engine(&args, None))).unwrap();
+    assert_eq!(again, result);
+    // Other options against the recorded plan are refused.
+    let o = engine(&["rank-check", r, "--archs", "4", "--no-progress"], None);
+    assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("other options"));
 }

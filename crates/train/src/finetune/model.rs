@@ -120,6 +120,23 @@ impl OpenedDetector {
         Ok(OpenedDetector { config, state, detector, vs, path })
     }
 
+    /// The detector of a fine-tuning checkpoint at its initialisation instead of its trained
+    /// weights (libtorch's RNG seeded with `seed` first), with a score threshold of 0 so that it
+    /// still gives its top detections (at initialisation every score is about the prior, under
+    /// the usual 0.05): the control of a ranking check, whose scores should not rank
+    /// architectures.
+    ///
+    /// # Errors
+    /// As [`OpenedDetector::open`].
+    pub fn open_initial(ckpt: &Path, seed: i64, device: Device) -> Result<OpenedDetector, TrainError> {
+        let (_, path) = checkpoint::resolve(ckpt)?;
+        let (mut config, state) = read_meta(&path)?;
+        config.detector.set_score_threshold(0.0);
+        tch::manual_seed(seed);
+        let (vs, detector, _) = build_detector(&config, &state.space, state.task.categories.len(), device)?;
+        Ok(OpenedDetector { config, state, detector, vs, path })
+    }
+
     /// The splits the checkpoint was trained with, checked against it: the same categories
     /// (ids and names, in order) as the checkpoint's detector.
     ///

@@ -1,0 +1,450 @@
+//! `detnas rank-check RUN`: how far a finished run's search ranking can be trusted.
+//!
+//! It draws architectures from the search's ledger, stratified over the supernet's proxy
+//! score and backbone MACs, trains each stand-alone with the run's retraining protocol and
+//! several seeds (the ground truth), and measures the agreement of the proxy with it:
+//! Kendall τ-b, Spearman ρ and a bootstrap interval of τ (Yu et al., "Evaluating the Search
+//! Phase of Neural Architecture Search", ICLR 2020), the repeatability of the ground truth
+//! itself (τ between seeds), and where the found architecture lands. The same figures are
+//! given for the ClsNAS proxy (the pre-trained supernet's top-1) and for a control: the
+//! detector at initialisation, whose ranking should be chance.
+//!
+//! ```text
+//! RUN/rank-check/plan.json          the architectures and settings (fixed at the first start)
+//! RUN/rank-check/proxies.json       proxy scores: search ledger, ClsNAS, control
+//! RUN/rank-check/units/A-seedS/     one stand-alone training per architecture and seed
+//! RUN/rank-check/result.json        the statistics, rewritten after every unit
+//! ```
+//!
+//! Every unit is a stage of its own (`stage.json` once finished, checkpoints inside), so an
+//! interrupted check resumes at the unit and step where it stopped.
+
+use crate::PipelineError;
+use crate::config::PipelineConfig;
+use crate::layout::{self as dirs, Retrained};
+use crate::stages::{PipelineOptions, retrain, stage};
+use detnas_runtime::fsx::write_atomic;
+use detnas_search::fitness::{ClsEvaluator, DetEvaluator, SupernetInfo};
+use detnas_search::ledger::{self, LedgerEntry};
+use detnas_search::rank::{bootstrap_tau_ci, kendall_tau, percentile, spearman, stratified_sample, tau_chance_sd};
+use detnas_search::run::read_best;
+use detnas_search::{Evaluator, SearchConfig};
+use detnas_train::RunOptions;
+use detnas_train::finetune::OpenedDetector;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// `RUN/rank-check`.
+pub fn dir(run: &Path) -> PathBuf {
+    run.join("rank-check")
+}
+
+/// What to check; fixed at the first start of a run's check.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RankCheckOptions {
+    /// Architectures drawn from the search ledger (default 20; the found and the ClsNAS
+    /// architectures are added when not drawn).
+    pub archs: usize,
+    /// Stand-alone trainings per architecture, seeds 0..S (default 2).
+    pub seeds: usize,
+    /// Overrides of the retraining's detection config after `retrain.det_set` (and of its
+    /// classification config with `retrain.mode = "scratch"`), e.g. a shorter schedule.
+    pub set: Vec<String>,
+    /// Also score the architectures on the detector at initialisation (default true).
+    pub control: bool,
+    /// Bootstrap resamples of the τ interval (default 10000).
+    pub resamples: usize,
+    /// Seed of the draw and the bootstrap.
+    pub seed: u64,
+}
+
+impl Default for RankCheckOptions {
+    fn default() -> Self {
+        RankCheckOptions { archs: 20, seeds: 2, set: Vec::new(), control: true, resamples: 10_000, seed: 0 }
+    }
+}
+
+/// One architecture of the plan.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Planned {
+    pub arch: String,
+    pub backbone_macs: u64,
+    /// `sampled`, `found` (the search's best), `clsnas` (the ClsNAS search's best).
+    pub roles: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct Plan {
+    options: RankCheckOptions,
+    archs: Vec<Planned>,
+}
+
+/// Proxy scores by architecture.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Proxies {
+    /// The search's fitness (its ledger; evaluated with its settings where missing).
+    pub det: BTreeMap<String, f64>,
+    /// The ClsNAS search's top-1 (its ledger, or evaluated with its settings).
+    pub cls: Option<BTreeMap<String, f64>>,
+    /// The search's fitness with the detector at initialisation.
+    pub init: Option<BTreeMap<String, f64>>,
+}
+
+/// Agreement of one proxy with the ground truth.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Agreement {
+    /// Architectures with both scores.
+    pub n: usize,
+    pub kendall_tau: Option<f64>,
+    pub spearman: Option<f64>,
+    /// 95 % percentile-bootstrap interval of τ over architectures.
+    pub tau_ci95: Option<[f64; 2]>,
+    /// The architecture this proxy's search chose, and the share of the others it beats in
+    /// the ground truth (1 = best, ≥ 0.75 = top quartile).
+    pub chosen: Option<String>,
+    pub chosen_percentile: Option<f64>,
+}
+
+/// One architecture's scores.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ArchResult {
+    pub arch: String,
+    pub backbone_macs: u64,
+    pub roles: Vec<String>,
+    pub det_proxy: Option<f64>,
+    pub cls_proxy: Option<f64>,
+    pub init_proxy: Option<f64>,
+    /// Test AP of the stand-alone training, one per finished seed.
+    pub ground_truth: Vec<f64>,
+    pub ground_truth_mean: Option<f64>,
+}
+
+/// `RUN/rank-check/result.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RankCheckResult {
+    /// Architectures with every seed trained.
+    pub n: usize,
+    pub seeds: usize,
+    /// Every planned unit finished.
+    pub complete: bool,
+    /// DetNAS's proxy (the fine-tuned supernet) against the ground truth.
+    pub kendall_tau: Option<f64>,
+    pub spearman: Option<f64>,
+    pub tau_ci95: Option<[f64; 2]>,
+    /// Standard deviation of τ between unrelated rankings of `n` architectures.
+    pub tau_chance_sd: Option<f64>,
+    /// Repeatability of the ground truth: mean τ between the seeds' rankings.
+    pub seed_tau: Option<f64>,
+    /// Best minus worst ground-truth mean, and the mean over architectures of the seeds'
+    /// standard deviation (the noise it is read against).
+    pub spread: Option<f64>,
+    pub seed_sd: Option<f64>,
+    pub found: Option<String>,
+    pub found_percentile: Option<f64>,
+    pub detnas: Agreement,
+    pub clsnas: Option<Agreement>,
+    pub init_control: Option<Agreement>,
+    /// The retraining overrides of every unit.
+    pub protocol: Vec<String>,
+    pub archs: Vec<ArchResult>,
+}
+
+/// One entry per architecture (the first).
+fn unique(entries: Vec<LedgerEntry>) -> Vec<LedgerEntry> {
+    let mut seen = std::collections::HashSet::new();
+    entries.into_iter().filter(|e| seen.insert(e.arch.clone())).collect()
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(p: &Path) -> Result<Option<T>, PipelineError> {
+    match std::fs::read_to_string(p) {
+        Ok(t) => serde_json::from_str(&t)
+            .map(Some)
+            .map_err(|e| PipelineError::Config(format!("{}: {e}", p.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(PipelineError::io(p, e)),
+    }
+}
+
+fn write_json<T: Serialize>(p: &Path, v: &T) -> Result<(), PipelineError> {
+    write_atomic(p, serde_json::to_string_pretty(v).expect("serialisable").as_bytes())?;
+    Ok(())
+}
+
+fn search_config(dir: &Path) -> Result<SearchConfig, PipelineError> {
+    Ok(SearchConfig::load(&dir.join("config.toml"), &[])?)
+}
+
+/// The plan of `run`: the one recorded, or a new draw. A recorded plan made with other
+/// options is refused.
+fn plan(run: &Path, o: &RankCheckOptions) -> Result<Plan, PipelineError> {
+    let path = dir(run).join("plan.json");
+    if let Some(p) = read_json::<Plan>(&path)? {
+        if &p.options != o {
+            return Err(PipelineError::Config(format!(
+                "{} was made with other options ({}); use them again, or delete {} to start over",
+                path.display(),
+                serde_json::to_string(&p.options).expect("serialisable"),
+                dir(run).display()
+            )));
+        }
+        return Ok(p);
+    }
+    let entries = unique(ledger::read(&detnas_search::engine::ledger_path(&dirs::search(run)))?);
+    if entries.len() < 3 {
+        return Err(PipelineError::Config(format!(
+            "the search of {} scored {} architecture(s); a ranking needs at least 3",
+            run.display(),
+            entries.len()
+        )));
+    }
+    let mut archs: Vec<Planned> = stratified_sample(&entries, o.archs, o.seed)
+        .into_iter()
+        .map(|i| Planned {
+            arch: entries[i].arch.clone(),
+            backbone_macs: entries[i].backbone_macs,
+            roles: vec!["sampled".into()],
+        })
+        .collect();
+    let found = read_best(&dirs::search(run))?;
+    let mut add = |arch: &str, macs: u64, role: &str| match archs.iter_mut().find(|p| p.arch == arch) {
+        Some(p) => p.roles.push(role.into()),
+        None => archs.push(Planned { arch: arch.into(), backbone_macs: macs, roles: vec![role.into()] }),
+    };
+    add(&found.arch, found.backbone_macs, "found");
+    if let Ok(c) = read_best(&dirs::search_cls(run)) {
+        add(&c.arch, c.backbone_macs, "clsnas");
+    }
+    let p = Plan { options: o.clone(), archs };
+    std::fs::create_dir_all(dir(run)).map_err(|e| PipelineError::io(dir(run), e))?;
+    write_json(&path, &p)?;
+    Ok(p)
+}
+
+/// Scores of `archs` from a search folder's ledger, the rest evaluated with its settings on
+/// `evaluator`.
+fn scores(
+    search_dir: &Path,
+    archs: &[Planned],
+    space: &detnas_space::SearchSpace,
+    mut evaluator: impl FnMut() -> Result<Box<dyn Evaluator>, PipelineError>,
+) -> Result<BTreeMap<String, f64>, PipelineError> {
+    let known: BTreeMap<String, f64> =
+        ledger::read(&detnas_search::engine::ledger_path(search_dir))?.into_iter().map(|e| (e.arch, e.fitness)).collect();
+    let mut out = BTreeMap::new();
+    let mut ev: Option<Box<dyn Evaluator>> = None;
+    for p in archs {
+        let f = match known.get(&p.arch) {
+            Some(&f) => f,
+            None => {
+                let e = match &mut ev {
+                    Some(e) => e,
+                    None => ev.insert(evaluator()?),
+                };
+                tracing::info!("rank-check: scoring {} with the settings of {}", p.arch, search_dir.display());
+                e.evaluate(&space.parse_arch(&p.arch)?)?.fitness
+            }
+        };
+        out.insert(p.arch.clone(), f);
+    }
+    Ok(out)
+}
+
+/// The proxy scores of the plan (recorded after the first computation).
+fn proxies(run: &Path, plan: &Plan, opts: &PipelineOptions) -> Result<Proxies, PipelineError> {
+    let path = dir(run).join("proxies.json");
+    if let Some(p) = read_json::<Proxies>(&path)? {
+        return Ok(p);
+    }
+    let device = opts.device;
+    let sdir = dirs::search(run);
+    let scfg = search_config(&sdir)?;
+    let info = SupernetInfo::open(&scfg)?;
+    let det = scores(&sdir, &plan.archs, &info.space, || {
+        Ok(Box::new(DetEvaluator::open(&info.checkpoint, &scfg.eval, scfg.runtime.prefetch, device)?))
+    })?;
+    let cdir = dirs::search_cls(run);
+    let cls = if cdir.join("config.toml").is_file() {
+        let ccfg = search_config(&cdir)?;
+        let cinfo = SupernetInfo::open(&ccfg)?;
+        Some(scores(&cdir, &plan.archs, &cinfo.space, || {
+            Ok(Box::new(ClsEvaluator::open(&cinfo.checkpoint, &ccfg.eval, ccfg.runtime.prefetch, device)?))
+        })?)
+    } else {
+        None
+    };
+    let init = if plan.options.control {
+        tracing::info!("rank-check: scoring {} architectures on the detector at initialisation", plan.archs.len());
+        let opened = OpenedDetector::open_initial(&info.checkpoint, plan.options.seed as i64, device)?;
+        let mut ev = DetEvaluator::with(opened, &scfg.eval, scfg.runtime.prefetch, device)?;
+        let mut m = BTreeMap::new();
+        for p in &plan.archs {
+            m.insert(p.arch.clone(), ev.evaluate(&info.space.parse_arch(&p.arch)?)?.fitness);
+        }
+        Some(m)
+    } else {
+        None
+    };
+    let p = Proxies { det, cls, init };
+    write_json(&path, &p)?;
+    Ok(p)
+}
+
+/// The folder of the unit of `arch` and `seed`.
+pub fn unit_dir(run: &Path, arch: &str, seed: usize) -> PathBuf {
+    dir(run).join("units").join(format!("{arch}-seed{seed}"))
+}
+
+/// The overrides of a unit: the check's, then the seed.
+fn unit_set(o: &RankCheckOptions, seed: usize) -> Vec<String> {
+    o.set.iter().cloned().chain([format!("seed={seed}")]).collect()
+}
+
+fn agreement(
+    archs: &[ArchResult],
+    proxy: impl Fn(&ArchResult) -> Option<f64>,
+    chosen: Option<&str>,
+    o: &RankCheckOptions,
+) -> Agreement {
+    let pairs: Vec<(f64, f64)> = archs.iter().filter_map(|a| Some((proxy(a)?, a.ground_truth_mean?))).collect();
+    let (x, y): (Vec<f64>, Vec<f64>) = pairs.iter().copied().unzip();
+    let chosen_percentile = chosen.and_then(|c| {
+        let me = archs.iter().find(|a| a.arch == c)?.ground_truth_mean?;
+        let others: Vec<f64> = archs.iter().filter(|a| a.arch != c).filter_map(|a| a.ground_truth_mean).collect();
+        percentile(me, &others)
+    });
+    Agreement {
+        n: pairs.len(),
+        kendall_tau: kendall_tau(&x, &y),
+        spearman: spearman(&x, &y),
+        tau_ci95: bootstrap_tau_ci(&x, &y, o.resamples, 0.95, o.seed).map(|(a, b)| [a, b]),
+        chosen: chosen.map(str::to_string),
+        chosen_percentile,
+    }
+}
+
+/// The statistics of whatever units have finished.
+fn summarise(run: &Path, plan: &Plan, proxies: &Proxies) -> RankCheckResult {
+    let o = &plan.options;
+    let archs: Vec<ArchResult> = plan
+        .archs
+        .iter()
+        .map(|p| {
+            let ground_truth: Vec<f64> = (0..o.seeds)
+                .filter_map(|s| {
+                    let r: Retrained = crate::layout::finished(&unit_dir(run, &p.arch, s))?.1;
+                    r.det.paths.first().map(|q| q.stats[0])
+                })
+                .collect();
+            let complete = ground_truth.len() == o.seeds;
+            ArchResult {
+                arch: p.arch.clone(),
+                backbone_macs: p.backbone_macs,
+                roles: p.roles.clone(),
+                det_proxy: proxies.det.get(&p.arch).copied(),
+                cls_proxy: proxies.cls.as_ref().and_then(|m| m.get(&p.arch).copied()),
+                init_proxy: proxies.init.as_ref().and_then(|m| m.get(&p.arch).copied()),
+                ground_truth_mean: complete.then(|| ground_truth.iter().sum::<f64>() / o.seeds as f64),
+                ground_truth,
+            }
+        })
+        .collect();
+    let role = |r: &str| plan.archs.iter().find(|p| p.roles.iter().any(|x| x == r)).map(|p| p.arch.as_str());
+    let detnas = agreement(&archs, |a| a.det_proxy, role("found"), o);
+    let clsnas = proxies.cls.as_ref().map(|_| agreement(&archs, |a| a.cls_proxy, role("clsnas"), o));
+    let init_control = proxies.init.as_ref().map(|_| agreement(&archs, |a| a.init_proxy, None, o));
+    let full: Vec<&ArchResult> = archs.iter().filter(|a| a.ground_truth_mean.is_some()).collect();
+    let mut seed_taus = Vec::new();
+    for s in 0..o.seeds {
+        for t in s + 1..o.seeds {
+            let x: Vec<f64> = full.iter().map(|a| a.ground_truth[s]).collect();
+            let y: Vec<f64> = full.iter().map(|a| a.ground_truth[t]).collect();
+            seed_taus.extend(kendall_tau(&x, &y));
+        }
+    }
+    let means: Vec<f64> = full.iter().filter_map(|a| a.ground_truth_mean).collect();
+    let sd = |v: &[f64]| {
+        let m = v.iter().sum::<f64>() / v.len() as f64;
+        (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (v.len() - 1) as f64).sqrt()
+    };
+    let n = full.len();
+    RankCheckResult {
+        n,
+        seeds: o.seeds,
+        complete: n == plan.archs.len(),
+        kendall_tau: detnas.kendall_tau,
+        spearman: detnas.spearman,
+        tau_ci95: detnas.tau_ci95,
+        tau_chance_sd: (n >= 2).then(|| tau_chance_sd(n)),
+        seed_tau: (!seed_taus.is_empty()).then(|| seed_taus.iter().sum::<f64>() / seed_taus.len() as f64),
+        spread: (!means.is_empty())
+            .then(|| means.iter().copied().fold(f64::NEG_INFINITY, f64::max) - means.iter().copied().fold(f64::INFINITY, f64::min)),
+        seed_sd: (o.seeds >= 2 && n > 0).then(|| full.iter().map(|a| sd(&a.ground_truth)).sum::<f64>() / n as f64),
+        found: detnas.chosen.clone(),
+        found_percentile: detnas.chosen_percentile,
+        detnas,
+        clsnas,
+        init_control,
+        protocol: plan.options.set.clone(),
+        archs,
+    }
+}
+
+/// Runs (or resumes) the ranking check of the finished pipeline run `run` with the pipeline
+/// configuration `cfg` it was made with; writes `RUN/rank-check/result.json` after every unit
+/// and regenerates the report at the end.
+///
+/// # Errors
+/// [`PipelineError::Config`] when the run's search has not finished, scored fewer than 3
+/// architectures, or the recorded plan has other options; otherwise the first error of a
+/// proxy evaluation or a training unit.
+pub fn run(cfg: &PipelineConfig, run: &Path, o: &RankCheckOptions, opts: &PipelineOptions) -> Result<RankCheckResult, PipelineError> {
+    if o.archs < 3 || o.seeds < 1 {
+        return Err(PipelineError::Config(format!(
+            "rank-check needs at least 3 architectures and 1 seed (got {} and {})",
+            o.archs, o.seeds
+        )));
+    }
+    let run = &std::fs::canonicalize(run).map_err(|e| PipelineError::io(run, e))?;
+    if crate::layout::finished::<serde_json::Value>(&dirs::search(run)).is_none() {
+        return Err(PipelineError::Config(format!(
+            "{} has no finished search (stage search); run the pipeline first",
+            run.display()
+        )));
+    }
+    let started = Instant::now();
+    let plan = plan(run, o)?;
+    tracing::info!(
+        "rank-check: {} architectures × {} seed(s) ({} drawn from the search ledger, stratified over AP and MACs)",
+        plan.archs.len(),
+        o.seeds,
+        plan.archs.iter().filter(|p| p.roles.iter().any(|r| r == "sampled")).count()
+    );
+    let proxies = proxies(run, &plan, opts)?;
+    let train_opts =
+        RunOptions { progress: opts.progress, cancel: opts.cancel.clone(), dist: opts.dist.clone(), ..RunOptions::default() };
+    let units = plan.archs.len() * o.seeds;
+    let mut k = 0;
+    let mut result = summarise(run, &plan, &proxies);
+    for seed in 0..o.seeds {
+        for p in &plan.archs {
+            k += 1;
+            let udir = unit_dir(run, &p.arch, seed);
+            let name = format!("rank-check {} seed {seed} (unit {k} of {units})", p.arch);
+            let _: Retrained = stage(opts, &udir, &name, || {
+                retrain(cfg, run, &udir, "rank-check", &p.arch, &unit_set(o, seed), opts, &train_opts)
+            })?;
+            result = summarise(run, &plan, &proxies);
+            write_json(&dir(run).join("result.json"), &result)?;
+        }
+    }
+    tracing::info!("rank-check: done in {:.0} s", started.elapsed().as_secs_f64());
+    crate::report::write(run)?;
+    Ok(result)
+}
+
+/// The result of a run's check, if one was made.
+pub fn read_result(run: &Path) -> Option<RankCheckResult> {
+    read_json(&dir(run).join("result.json")).ok().flatten()
+}
