@@ -75,7 +75,9 @@ pub struct PipelineConfig {
     /// A name for reports.
     #[serde(default = "default_name")]
     pub name: String,
-    /// Seed of the random baseline.
+    /// Seed of the run: added to the seed of every stage config (pre-training, fine-tuning,
+    /// searches, retraining; 0 keeps theirs; the synthetic data stays the same) and seed of
+    /// the random baseline's draw. Default 0.
     #[serde(default)]
     pub seed: u64,
     /// `cpu`, `cuda`, `cuda:N` or `auto` for every stage.
@@ -200,5 +202,32 @@ impl PipelineConfig {
             }
         }
         Ok(dir.join("pipeline.toml"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn of_run_finds_stage_configs_recorded_relative_to_another_folder() {
+        let run = std::env::temp_dir().join(format!("detnas-of-run-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&run);
+        std::fs::create_dir_all(run.join("configs")).unwrap();
+        for f in ["pretrain.toml", "finetune.toml", "search.toml"] {
+            std::fs::write(run.join("configs").join(f), "").unwrap();
+        }
+        // As `detnas run --out elsewhere/run` records them: relative to the folder it ran in.
+        let recorded = "[pretrain]\nconfig = \"elsewhere/run/configs/pretrain.toml\"\n\
+                        [finetune]\nconfig = \"elsewhere/run/configs/finetune.toml\"\n\
+                        [search]\nconfig = \"elsewhere/run/configs/search.toml\"\n[retrain]\n";
+        std::fs::write(run.join("pipeline.toml"), recorded).unwrap();
+        let cfg = PipelineConfig::of_run(&run).unwrap();
+        assert_eq!(cfg.finetune.config, run.join("configs/finetune.toml"));
+        std::fs::remove_file(run.join("configs/search.toml")).unwrap();
+        let e = PipelineConfig::of_run(&run).unwrap_err().to_string();
+        assert!(e.contains("search.config") && e.contains("not found"), "{e}");
+        std::fs::remove_dir_all(&run).unwrap();
+        assert!(PipelineConfig::of_run(&run).unwrap_err().to_string().contains("not a pipeline run folder"));
     }
 }

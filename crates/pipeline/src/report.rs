@@ -205,9 +205,10 @@ pub fn write(run: &Path) -> Result<PathBuf, PipelineError> {
             .collect();
         let (md, html) = table(&head, &rows);
         let note = "found = DetNAS search (AP on the search-validation split); random = a random architecture under the same limit; clsnas = search by classification top-1 on the pre-trained supernet. All retrained with the same protocol and evaluated on the test split, which no earlier stage saw.";
-        let noise = match rank_check.as_ref().and_then(|r| Some((r.seed_sd?, r.n, r.seeds))) {
-            Some((sd, n, s)) => format!(
-                "Each model was trained once (one seed). The seed-to-seed standard deviation of test AP under this protocol is {sd:.4} (rank-check: {n} architectures × {s} seeds), so a difference of one model from another smaller than about {:.3} (twice that, for two single runs) is not evidence.",
+        let noise = match rank_check.as_ref().and_then(|r| Some((r.seed_sd?, r.n, r.seeds, &r.protocol))) {
+            Some((sd, n, s, protocol)) => format!(
+                "Each model was trained once (one seed). The seed-to-seed standard deviation of test AP is {sd:.4} (rank-check: {n} architectures × {s} seeds{}), so a difference between two of these single runs smaller than about {:.3} (twice the standard deviation of a difference) is not evidence.",
+                if protocol.is_empty() { ", this protocol".to_string() } else { format!(", protocol changed by {}", protocol.join(", ")) },
                 2.0 * sd * std::f64::consts::SQRT_2
             ),
             None => "Each model was trained once (one seed); the seed-to-seed noise of this protocol is not measured here (`detnas rank-check RUN` measures it), so small differences are not evidence.".into(),

@@ -119,6 +119,7 @@ fn finetune_config(
     ro: &[String],
 ) -> Result<FinetuneConfig, PipelineError> {
     let mut f = FinetuneConfig::load(&cfg.finetune.config, &with(&cfg.finetune.set, extra, ro))?;
+    f.seed = f.seed.wrapping_add(cfg.seed);
     if let DetSource::Synthetic { folder, .. } = &mut f.data.source {
         *folder = dirs::data(run);
     }
@@ -149,6 +150,7 @@ pub(crate) fn retrain(
         RetrainMode::Scratch => {
             let set: Vec<String> = with(&cfg.pretrain.set, &cfg.retrain.cls_set, extra);
             let mut p = PretrainConfig::load(Some(&cfg.pretrain.config), &with(&set, &[], &ro))?;
+            p.seed = p.seed.wrapping_add(cfg.seed);
             p.sampling.kind = detnas_train::config::SamplingKind::Fixed;
             p.sampling.arch = Some(arch.to_string());
             p.sampling.max_backbone_macs = None;
@@ -211,7 +213,8 @@ pub fn run(cfg: &PipelineConfig, opts: &PipelineOptions) -> Result<PipelineOutco
         }
     })?;
 
-    let pre_cfg = PretrainConfig::load(Some(&cfg.pretrain.config), &with(&cfg.pretrain.set, &[], &ro))?;
+    let mut pre_cfg = PretrainConfig::load(Some(&cfg.pretrain.config), &with(&cfg.pretrain.set, &[], &ro))?;
+    pre_cfg.seed = pre_cfg.seed.wrapping_add(cfg.seed);
     let train_opts =
         RunOptions { progress, cancel: opts.cancel.clone(), dist: opts.dist.clone(), ..RunOptions::default() };
     stage(opts, &dirs::pretrain(run), "pretrain", || {
@@ -238,6 +241,7 @@ pub fn run(cfg: &PipelineConfig, opts: &PipelineOptions) -> Result<PipelineOutco
     };
     let mut scfg = SearchConfig::load(&cfg.search.config, &with(&cfg.search.set, &[], &ro))?;
     scfg.supernet.checkpoint = dirs::finetune(run);
+    scfg.seed = scfg.seed.wrapping_add(cfg.seed);
     scfg.supernet.fitness = FitnessKind::Det;
     // Latency of every candidate for the report: measured once into the search folder.
     if scfg.constraint.latency_table.is_none() {
@@ -250,6 +254,7 @@ pub fn run(cfg: &PipelineConfig, opts: &PipelineOptions) -> Result<PipelineOutco
     let clsnas: Option<BestArch> = if cfg.baselines.clsnas {
         let mut c = SearchConfig::load(&cfg.search.config, &with(&cfg.search.set, &cfg.baselines.clsnas_set, &ro))?;
         c.supernet.checkpoint = dirs::pretrain(run);
+        c.seed = c.seed.wrapping_add(cfg.seed);
         c.supernet.fitness = FitnessKind::Cls;
         c.runtime.reuse.clear();
         Some(stage(opts, &dirs::search_cls(run), "search-cls", || {
