@@ -196,7 +196,8 @@ fn run_det_search(a: &DetArgs, run: &std::path::Path) -> Result<(), Failure> {
     let mut evaluator = DetEvaluator::open(&info.checkpoint, &cfg.eval, cfg.runtime.prefetch, device)?;
     let images = evaluator.val().len();
     let ev = evaluator.evaluate(&arch)?;
-    let stats: [f64; 12] = ev.metrics.clone().try_into().map_err(|_| anyhow::anyhow!("the evaluator gave no COCO stats"))?;
+    let stats: [f64; 12] =
+        ev.metrics.clone().try_into().map_err(|_| anyhow::anyhow!("the evaluator gave no COCO stats"))?;
     let metric = detnas_search::run::metric_name(&cfg);
     let ledger_fitness = recorded.map(|e| e.fitness);
     let matches = ledger_fitness.map(|f| f == ev.fitness);
@@ -209,7 +210,9 @@ fn run_det_search(a: &DetArgs, run: &std::path::Path) -> Result<(), Failure> {
                 if matches == Some(true) { "identical" } else { "DIFFERENT" },
                 threads.map_or("unrecorded".into(), |t| t.to_string())
             ),
-            (None, _) => println!("{arch_s}: {metric} {:.6} ({} has no score for it)", ev.fitness, ledger_path(run).display()),
+            (None, _) => {
+                println!("{arch_s}: {metric} {:.6} ({} has no score for it)", ev.fitness, ledger_path(run).display())
+            }
         }
     }
     if matches == Some(false) {

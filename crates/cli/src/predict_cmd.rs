@@ -182,7 +182,14 @@ pub fn run(a: PredictArgs) -> Result<(), Failure> {
                     "path {arch} of a supernet needs its BN statistics recomputed on the training data, which cannot be read (--recalibrate-bn 0 skips this, at some accuracy)"
                 )
             })?;
-            opened.recalibrate(&splits, Some(arch), n, &opened.config.eval_settings(), opened.config.eval.bn_mode.into(), device)?;
+            opened.recalibrate(
+                &splits,
+                Some(arch),
+                n,
+                &opened.config.eval_settings(),
+                opened.config.eval.bn_mode.into(),
+                device,
+            )?;
             tracing::info!("BN statistics of path {arch} recomputed on {n} training images");
         }
     }

@@ -171,8 +171,10 @@ pub fn rank_check(a: RankCheckArgs) -> Result<(), Failure> {
         f(r.seed_tau)
     );
     println!("  chance: τ sd {} at n = {}", f(r.tau_chance_sd), r.n);
-    let rows = std::iter::once(("DetNAS (fine-tuned supernet AP)", Some(&r.detnas)))
-        .chain([("ClsNAS (pre-trained supernet top-1)", r.clsnas.as_ref()), ("control (detector at initialisation)", r.init_control.as_ref())]);
+    let rows = std::iter::once(("DetNAS (fine-tuned supernet AP)", Some(&r.detnas))).chain([
+        ("ClsNAS (pre-trained supernet top-1)", r.clsnas.as_ref()),
+        ("control (detector at initialisation)", r.init_control.as_ref()),
+    ]);
     for (name, ag) in rows {
         let Some(ag) = ag else { continue };
         let chosen = match (&ag.chosen, ag.chosen_percentile) {

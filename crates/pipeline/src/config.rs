@@ -169,7 +169,8 @@ impl PipelineConfig {
         })?;
         let mut cfg: PipelineConfig =
             toml::from_str(&text).map_err(|e| PipelineError::Config(format!("{}: {e}", path.display())))?;
-        for (what, s) in [("pretrain", &mut cfg.pretrain), ("finetune", &mut cfg.finetune), ("search", &mut cfg.search)] {
+        for (what, s) in [("pretrain", &mut cfg.pretrain), ("finetune", &mut cfg.finetune), ("search", &mut cfg.search)]
+        {
             if s.config.is_file() {
                 continue;
             }

@@ -195,7 +195,9 @@ pub fn rank_scatter(title: &str, x_desc: &str, y_desc: &str, points: &[(f64, f64
         let c = SERIES[0];
         chart
             .draw_series(
-                points.iter().map(|&(x, _, lo, hi, _)| PathElement::new(vec![(x, lo), (x, hi)], c.mix(0.5).stroke_width(1))),
+                points
+                    .iter()
+                    .map(|&(x, _, lo, hi, _)| PathElement::new(vec![(x, lo), (x, hi)], c.mix(0.5).stroke_width(1))),
             )
             .map_err(|e| e.to_string())?
             .label("seed range")
@@ -208,7 +210,9 @@ pub fn rank_scatter(title: &str, x_desc: &str, y_desc: &str, points: &[(f64, f64
         let red = SERIES[3];
         if points.iter().any(|p| p.4) {
             chart
-                .draw_series(points.iter().filter(|p| p.4).map(|&(x, y, ..)| Circle::new((x, y), 8, red.stroke_width(2))))
+                .draw_series(
+                    points.iter().filter(|p| p.4).map(|&(x, y, ..)| Circle::new((x, y), 8, red.stroke_width(2))),
+                )
                 .map_err(|e| e.to_string())?
                 .label("the search's choice")
                 .legend(move |(x, y)| Circle::new((x + 9, y), 6, red.stroke_width(2)));

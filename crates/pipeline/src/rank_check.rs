@@ -159,9 +159,7 @@ fn unique(entries: Vec<LedgerEntry>) -> Vec<LedgerEntry> {
 
 fn read_json<T: serde::de::DeserializeOwned>(p: &Path) -> Result<Option<T>, PipelineError> {
     match std::fs::read_to_string(p) {
-        Ok(t) => serde_json::from_str(&t)
-            .map(Some)
-            .map_err(|e| PipelineError::Config(format!("{}: {e}", p.display()))),
+        Ok(t) => serde_json::from_str(&t).map(Some).map_err(|e| PipelineError::Config(format!("{}: {e}", p.display()))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(PipelineError::io(p, e)),
     }
@@ -230,8 +228,10 @@ fn scores(
     space: &detnas_space::SearchSpace,
     mut evaluator: impl FnMut() -> Result<Box<dyn Evaluator>, PipelineError>,
 ) -> Result<BTreeMap<String, f64>, PipelineError> {
-    let known: BTreeMap<String, f64> =
-        ledger::read(&detnas_search::engine::ledger_path(search_dir))?.into_iter().map(|e| (e.arch, e.fitness)).collect();
+    let known: BTreeMap<String, f64> = ledger::read(&detnas_search::engine::ledger_path(search_dir))?
+        .into_iter()
+        .map(|e| (e.arch, e.fitness))
+        .collect();
     let mut out = BTreeMap::new();
     let mut ev: Option<Box<dyn Evaluator>> = None;
     for p in archs {
@@ -378,8 +378,10 @@ fn summarise(run: &Path, plan: &Plan, proxies: &Proxies) -> RankCheckResult {
         tau_ci95: detnas.tau_ci95,
         tau_chance_sd: (n >= 2).then(|| tau_chance_sd(n)),
         seed_tau: (!seed_taus.is_empty()).then(|| seed_taus.iter().sum::<f64>() / seed_taus.len() as f64),
-        spread: (!means.is_empty())
-            .then(|| means.iter().copied().fold(f64::NEG_INFINITY, f64::max) - means.iter().copied().fold(f64::INFINITY, f64::min)),
+        spread: (!means.is_empty()).then(|| {
+            means.iter().copied().fold(f64::NEG_INFINITY, f64::max)
+                - means.iter().copied().fold(f64::INFINITY, f64::min)
+        }),
         seed_sd: (o.seeds >= 2 && n > 0).then(|| full.iter().map(|a| sd(&a.ground_truth)).sum::<f64>() / n as f64),
         found: detnas.chosen.clone(),
         found_percentile: detnas.chosen_percentile,
@@ -399,7 +401,12 @@ fn summarise(run: &Path, plan: &Plan, proxies: &Proxies) -> RankCheckResult {
 /// [`PipelineError::Config`] when the run's search has not finished, scored fewer than 3
 /// architectures, or the recorded plan has other options; otherwise the first error of a
 /// proxy evaluation or a training unit.
-pub fn run(cfg: &PipelineConfig, run: &Path, o: &RankCheckOptions, opts: &PipelineOptions) -> Result<RankCheckResult, PipelineError> {
+pub fn run(
+    cfg: &PipelineConfig,
+    run: &Path,
+    o: &RankCheckOptions,
+    opts: &PipelineOptions,
+) -> Result<RankCheckResult, PipelineError> {
     if o.archs < 3 || o.seeds < 1 {
         return Err(PipelineError::Config(format!(
             "rank-check needs at least 3 architectures and 1 seed (got {} and {})",
@@ -422,8 +429,12 @@ pub fn run(cfg: &PipelineConfig, run: &Path, o: &RankCheckOptions, opts: &Pipeli
         plan.archs.iter().filter(|p| p.roles.iter().any(|r| r == "sampled")).count()
     );
     let proxies = proxies(run, &plan, opts)?;
-    let train_opts =
-        RunOptions { progress: opts.progress, cancel: opts.cancel.clone(), dist: opts.dist.clone(), ..RunOptions::default() };
+    let train_opts = RunOptions {
+        progress: opts.progress,
+        cancel: opts.cancel.clone(),
+        dist: opts.dist.clone(),
+        ..RunOptions::default()
+    };
     let units = plan.archs.len() * o.seeds;
     let mut k = 0;
     let mut result = summarise(run, &plan, &proxies);

@@ -324,21 +324,25 @@ pub fn write(run: &Path) -> Result<PathBuf, PipelineError> {
             r.n,
             f(r.tau_chance_sd)
         );
-        let rows: Vec<Vec<String>> = [("DetNAS: fine-tuned supernet AP", Some(&r.detnas)), ("ClsNAS: pre-trained supernet top-1", r.clsnas.as_ref()), ("control: detector at initialisation", r.init_control.as_ref())]
-            .into_iter()
-            .filter_map(|(name, a)| {
-                let a = a?;
-                Some(vec![
-                    name.to_string(),
-                    a.n.to_string(),
-                    f(a.kendall_tau),
-                    a.tau_ci95.map_or("—".into(), |[lo, hi]| format!("[{lo:.3}, {hi:.3}]")),
-                    f(a.spearman),
-                    a.chosen.as_ref().map_or("—".into(), |c| format!("`{c}`")),
-                    a.chosen_percentile.map_or("—".into(), |p| format!("{:.0} %", 100.0 * p)),
-                ])
-            })
-            .collect();
+        let rows: Vec<Vec<String>> = [
+            ("DetNAS: fine-tuned supernet AP", Some(&r.detnas)),
+            ("ClsNAS: pre-trained supernet top-1", r.clsnas.as_ref()),
+            ("control: detector at initialisation", r.init_control.as_ref()),
+        ]
+        .into_iter()
+        .filter_map(|(name, a)| {
+            let a = a?;
+            Some(vec![
+                name.to_string(),
+                a.n.to_string(),
+                f(a.kendall_tau),
+                a.tau_ci95.map_or("—".into(), |[lo, hi]| format!("[{lo:.3}, {hi:.3}]")),
+                f(a.spearman),
+                a.chosen.as_ref().map_or("—".into(), |c| format!("`{c}`")),
+                a.chosen_percentile.map_or("—".into(), |p| format!("{:.0} %", 100.0 * p)),
+            ])
+        })
+        .collect();
         let (md, html) = table(&["proxy", "n", "Kendall τ", "95 % CI", "Spearman", "its choice", "beats"], &rows);
         let _ = write!(sec.md, "{text}\n\n{md}\n");
         let _ = write!(sec.html, "<p>{}</p>{html}", esc(&text));
@@ -348,7 +352,12 @@ pub fn write(run: &Path) -> Result<PathBuf, PipelineError> {
             _ => "τ undefined".into(),
         };
         for (name, a, proxy, x_desc) in [
-            ("rank_check_detnas", Some(&r.detnas), (|a: &crate::rank_check::ArchResult| a.det_proxy) as fn(&_) -> _, "supernet AP (search-val)"),
+            (
+                "rank_check_detnas",
+                Some(&r.detnas),
+                (|a: &crate::rank_check::ArchResult| a.det_proxy) as fn(&_) -> _,
+                "supernet AP (search-val)",
+            ),
             ("rank_check_clsnas", r.clsnas.as_ref(), |a: &crate::rank_check::ArchResult| a.cls_proxy, "supernet top-1"),
         ] {
             let Some(a) = a else { continue };
@@ -363,7 +372,8 @@ pub fn write(run: &Path) -> Result<PathBuf, PipelineError> {
                 })
                 .collect();
             if pts.len() >= 2 {
-                let title = format!("{}: {}", if name.ends_with("detnas") { "DetNAS proxy" } else { "ClsNAS proxy" }, ci(a));
+                let title =
+                    format!("{}: {}", if name.ends_with("detnas") { "DetNAS proxy" } else { "ClsNAS proxy" }, ci(a));
                 plot(name, plots::rank_scatter(&title, x_desc, "stand-alone test AP", &pts), &mut sec)?;
             }
         }

@@ -42,7 +42,10 @@ enum Reply {
         #[serde(default)]
         threads: Option<i32>,
     },
-    Failed { rank: usize, error: String },
+    Failed {
+        rank: usize,
+        error: String,
+    },
 }
 
 fn dist(e: detnas_dist::DistError) -> SearchError {

@@ -199,11 +199,12 @@ fn rank_check(run: &Path) {
             (e["arch"].as_str().unwrap().to_string(), e["fitness"].as_f64().unwrap())
         })
         .collect();
-    let found = serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(run.join("search/best_arch.json")).unwrap())
-        .unwrap()["arch"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let found =
+        serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(run.join("search/best_arch.json")).unwrap())
+            .unwrap()["arch"]
+            .as_str()
+            .unwrap()
+            .to_string();
     assert_eq!(result["found"], found.as_str());
     let mut seeds_differ = false;
     for a in archs {

@@ -137,11 +137,11 @@ fn detection_search_resumes_exactly_after_sigkill_and_parallel_equals_sequential
         .inspect(|e| assert_eq!(e["threads"], 1, "the ledger records the worker's threads"))
         .min_by(|x, y| x["fitness"].as_f64().unwrap().total_cmp(&y["fitness"].as_f64().unwrap()))
         .unwrap();
-    for (arch, fitness) in [(best["arch"].as_str().unwrap(), ap), (worst["arch"].as_str().unwrap(), worst["fitness"].as_f64().unwrap())] {
-        let shown = ok(&engine(
-            &["eval", "det", "--search", reference.to_str().unwrap(), "--arch", arch, "--json"],
-            None,
-        ));
+    for (arch, fitness) in
+        [(best["arch"].as_str().unwrap(), ap), (worst["arch"].as_str().unwrap(), worst["fitness"].as_f64().unwrap())]
+    {
+        let shown =
+            ok(&engine(&["eval", "det", "--search", reference.to_str().unwrap(), "--arch", arch, "--json"], None));
         let read: serde_json::Value = serde_json::from_str(shown.lines().last().unwrap()).unwrap();
         assert_eq!(read["fitness"].as_f64().unwrap(), fitness, "{arch}: {shown}");
         assert_eq!(read["ledger_fitness"].as_f64().unwrap(), fitness);

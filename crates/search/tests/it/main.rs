@@ -243,7 +243,13 @@ fn an_exhausted_space_stops_the_search_with_a_reason() {
         fn evaluate(&mut self, arch: &Arch) -> Result<Evaluation, SearchError> {
             self.0.fetch_add(1, Ordering::SeqCst);
             let v = arch.choices().iter().map(|c| c.id() as f64).sum();
-            Ok(Evaluation { fitness: v, metrics: vec![], recalibration_seconds: 0.0, evaluation_seconds: 0.0, threads: None })
+            Ok(Evaluation {
+                fitness: v,
+                metrics: vec![],
+                recalibration_seconds: 0.0,
+                evaluation_seconds: 0.0,
+                threads: None,
+            })
         }
     }
     let c3 = calls.clone();

@@ -7,7 +7,8 @@ use detnas_search::rank::{bootstrap_tau_ci, kendall_tau, spearman};
 fn tau_spearman_and_bootstrap_agree_with_scipy() {
     let text = include_str!("../fixtures/rank_scipy.json");
     let fixture: serde_json::Value = serde_json::from_str(text).unwrap();
-    let floats = |v: &serde_json::Value| -> Vec<f64> { v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect() };
+    let floats =
+        |v: &serde_json::Value| -> Vec<f64> { v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect() };
     let mut with_ci = 0;
     for case in fixture["cases"].as_array().unwrap() {
         let name = case["name"].as_str().unwrap();
