@@ -185,13 +185,34 @@ fn run_det_search(a: &DetArgs, run: &std::path::Path) -> Result<(), Failure> {
     }
     let entries = ledger::read(&ledger_path(run))?;
     let recorded = entries.iter().find(|e| e.arch == arch_s);
+    let cpu_threads = recorded.and_then(|e| e.threads);
     if a.runtime.threads.is_none()
-        && let Some(t) = recorded.and_then(|e| e.threads)
+        && let Some(t) = cpu_threads
     {
         tch::set_num_threads(t);
     }
-    let device = a.runtime.init()?;
+    // A score recorded by a CPU worker is reproduced on the CPU unless told otherwise.
+    let device = match (cpu_threads, a.runtime.device.as_str()) {
+        (Some(_), "auto") => {
+            a.runtime.init()?;
+            tch::Device::Cpu
+        }
+        _ => a.runtime.init()?,
+    };
     let info = SupernetInfo::open(&cfg)?;
+    let scored = detnas_search::run::read_best(run)?.provenance.supernet_sha256;
+    if scored != info.model_sha256 {
+        return Err(Failure {
+            code: 5,
+            error: anyhow::anyhow!(
+                "{} is not the supernet checkpoint {} scored (SHA-256 {}…, now {}…): training went on after the search?",
+                info.checkpoint.display(),
+                run.display(),
+                &scored[..12],
+                &info.model_sha256[..12]
+            ),
+        });
+    }
     let arch = info.space.parse_arch(arch_s).map_err(|e| crate::usage(anyhow::anyhow!("--arch {arch_s}: {e}")))?;
     let mut evaluator = DetEvaluator::open(&info.checkpoint, &cfg.eval, cfg.runtime.prefetch, device)?;
     let images = evaluator.val().len();

@@ -104,13 +104,17 @@ pub struct RankCheckArgs {
     /// and the ClsNAS architectures are added).
     #[arg(long, default_value_t = 20)]
     archs: usize,
-    /// Stand-alone trainings per architecture (seeds 0..S).
+    /// Trainings per architecture: seeds 0..S (plus the run's seed, as for every stage).
     #[arg(long, default_value_t = 2)]
     seeds: usize,
     /// Override a key of the retraining's detection config, after the pipeline's
     /// retrain.det_set (repeatable): `--set schedule.iterations=200`.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
+    /// Override a key of the retraining's classification config, after retrain.cls_set
+    /// (retrain.mode = "scratch" only; repeatable).
+    #[arg(long = "cls-set", value_name = "KEY=VALUE")]
+    cls_set: Vec<String>,
     /// Skip the control (the architectures scored on the detector at initialisation).
     #[arg(long)]
     no_control: bool,
@@ -138,13 +142,17 @@ pub fn rank_check(a: RankCheckArgs) -> Result<(), Failure> {
     use detnas_pipeline::rank_check::{self, RankCheckOptions};
     let cfg = PipelineConfig::of_run(&a.run).map_err(crate::usage)?;
     if let Some(t) = a.threads.or(cfg.threads) {
-        tch::set_num_threads(t.max(1));
+        if t < 1 {
+            return Err(crate::usage(anyhow::anyhow!("--threads must be at least 1, got {t}")));
+        }
+        tch::set_num_threads(t);
     }
     let device = parse_device(a.device.as_deref().unwrap_or(&cfg.device)).map_err(crate::usage)?;
     let o = RankCheckOptions {
         archs: a.archs,
         seeds: a.seeds,
         set: a.set,
+        cls_set: a.cls_set,
         control: !a.no_control,
         resamples: a.resamples,
         seed: a.seed,
@@ -163,7 +171,10 @@ pub fn rank_check(a: RankCheckArgs) -> Result<(), Failure> {
     }
     let f = |v: Option<f64>| v.map_or("–".into(), |v| format!("{v:.3}"));
     let ci = |v: Option<[f64; 2]>| v.map_or("–".into(), |[a, b]| format!("[{a:.3}, {b:.3}]"));
-    println!("{} architectures × {} seed(s); ground truth: test AP after stand-alone training", r.n, r.seeds);
+    println!(
+        "{} architectures × {} seed(s); ground truth: test AP after retraining each on its own (retrain.mode = {})",
+        r.n, r.seeds, r.retrain_mode
+    );
     println!(
         "  ground truth: spread (best − worst) {}, seed noise (sd) {}, τ between seeds {}",
         f(r.spread),
@@ -171,7 +182,8 @@ pub fn rank_check(a: RankCheckArgs) -> Result<(), Failure> {
         f(r.seed_tau)
     );
     println!("  chance: τ sd {} at n = {}", f(r.tau_chance_sd), r.n);
-    let rows = std::iter::once(("DetNAS (fine-tuned supernet AP)", Some(&r.detnas))).chain([
+    let detnas = format!("DetNAS (fine-tuned supernet {})", r.metric);
+    let rows = std::iter::once((detnas.as_str(), Some(&r.detnas))).chain([
         ("ClsNAS (pre-trained supernet top-1)", r.clsnas.as_ref()),
         ("control (detector at initialisation)", r.init_control.as_ref()),
     ]);

@@ -23,7 +23,6 @@ use crate::PipelineError;
 use crate::config::PipelineConfig;
 use crate::layout::{self as dirs, Retrained};
 use crate::stages::{PipelineOptions, retrain, stage};
-use detnas_runtime::fsx::write_atomic;
 use detnas_search::fitness::{ClsEvaluator, DetEvaluator, SupernetInfo};
 use detnas_search::ledger::{self, LedgerEntry};
 use detnas_search::rank::{bootstrap_tau_ci, kendall_tau, percentile, spearman, stratified_sample, tau_chance_sd};
@@ -41,28 +40,51 @@ pub fn dir(run: &Path) -> PathBuf {
     run.join("rank-check")
 }
 
-/// What to check; fixed at the first start of a run's check.
+/// What to check; the draw, seeds and protocol are fixed at the first start of a run's check.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct RankCheckOptions {
     /// Architectures drawn from the search ledger (default 20; the found and the ClsNAS
     /// architectures are added when not drawn).
     pub archs: usize,
-    /// Stand-alone trainings per architecture, seeds 0..S (default 2).
+    /// Trainings per architecture (default 2): unit seed `s` in 0..S overrides the stage
+    /// configs' `seed` with `s`, to which the pipeline adds the run's seed as it does for
+    /// every stage.
     pub seeds: usize,
-    /// Overrides of the retraining's detection config after `retrain.det_set` (and of its
-    /// classification config with `retrain.mode = "scratch"`), e.g. a shorter schedule.
+    /// Overrides of the retraining's detection config after `retrain.det_set`, e.g. a shorter
+    /// schedule.
     pub set: Vec<String>,
+    /// Overrides of the retraining's classification config after `retrain.cls_set` (used with
+    /// `retrain.mode = "scratch"` only).
+    pub cls_set: Vec<String>,
     /// Also score the architectures on the detector at initialisation (default true).
     pub control: bool,
     /// Bootstrap resamples of the τ interval (default 10000).
     pub resamples: usize,
-    /// Seed of the draw and the bootstrap.
+    /// Seed of the draw, the control's initialisation and the bootstrap.
     pub seed: u64,
 }
 
 impl Default for RankCheckOptions {
     fn default() -> Self {
-        RankCheckOptions { archs: 20, seeds: 2, set: Vec::new(), control: true, resamples: 10_000, seed: 0 }
+        RankCheckOptions {
+            archs: 20,
+            seeds: 2,
+            set: Vec::new(),
+            cls_set: Vec::new(),
+            control: true,
+            resamples: 10_000,
+            seed: 0,
+        }
+    }
+}
+
+impl RankCheckOptions {
+    /// Whether `other` trains the same units (draw, seeds, protocol); the statistics' options
+    /// (resamples, control) may change between invocations.
+    fn same_units(&self, other: &RankCheckOptions) -> bool {
+        (self.archs, self.seeds, &self.set, &self.cls_set, self.seed)
+            == (other.archs, other.seeds, &other.set, &other.cls_set, other.seed)
     }
 }
 
@@ -137,16 +159,22 @@ pub struct RankCheckResult {
     pub tau_chance_sd: Option<f64>,
     /// Repeatability of the ground truth: mean τ between the seeds' rankings.
     pub seed_tau: Option<f64>,
-    /// Best minus worst ground-truth mean, and the mean over architectures of the seeds'
-    /// standard deviation (the noise it is read against).
+    /// Best minus worst ground-truth mean, and the pooled standard deviation of the seeds'
+    /// scores (the square root of the mean over architectures of their sample variance: the
+    /// noise of one training run that differences are read against).
     pub spread: Option<f64>,
     pub seed_sd: Option<f64>,
+    /// The DetNAS proxy's metric (`AP`, `AP50`); the ground truth is always test AP.
+    pub metric: String,
+    /// `retrain.mode` of the units: `inherit` (from the pre-trained supernet's weights) or
+    /// `scratch` (classification from scratch first).
+    pub retrain_mode: String,
     pub found: Option<String>,
     pub found_percentile: Option<f64>,
     pub detnas: Agreement,
     pub clsnas: Option<Agreement>,
     pub init_control: Option<Agreement>,
-    /// The retraining overrides of every unit.
+    /// The retraining overrides of every unit (detection, then classification).
     pub protocol: Vec<String>,
     pub archs: Vec<ArchResult>,
 }
@@ -166,7 +194,22 @@ fn read_json<T: serde::de::DeserializeOwned>(p: &Path) -> Result<Option<T>, Pipe
 }
 
 fn write_json<T: Serialize>(p: &Path, v: &T) -> Result<(), PipelineError> {
-    write_atomic(p, serde_json::to_string_pretty(v).expect("serialisable").as_bytes())?;
+    Ok(detnas_runtime::fsx::write_json_atomic(p, v).map_err(detnas_train::TrainError::from)?)
+}
+
+/// Refuses a search folder whose supernet checkpoint is no longer the one its ledger scored
+/// (training went on after the search, say): its scores and new ones would not compare.
+fn check_scored(search_dir: &Path, info: &SupernetInfo) -> Result<(), PipelineError> {
+    let best = read_best(search_dir)?;
+    if best.provenance.supernet_sha256 != info.model_sha256 {
+        return Err(PipelineError::Config(format!(
+            "{}: the supernet checkpoint {} is not the one this search scored (SHA-256 {}…, now {}…)",
+            search_dir.display(),
+            info.checkpoint.display(),
+            &best.provenance.supernet_sha256[..12],
+            &info.model_sha256[..12]
+        )));
+    }
     Ok(())
 }
 
@@ -178,8 +221,8 @@ fn search_config(dir: &Path) -> Result<SearchConfig, PipelineError> {
 /// options is refused.
 fn plan(run: &Path, o: &RankCheckOptions) -> Result<Plan, PipelineError> {
     let path = dir(run).join("plan.json");
-    if let Some(p) = read_json::<Plan>(&path)? {
-        if &p.options != o {
+    if let Some(mut p) = read_json::<Plan>(&path)? {
+        if !p.options.same_units(o) {
             return Err(PipelineError::Config(format!(
                 "{} was made with other options ({}); use them again, or delete {} to start over",
                 path.display(),
@@ -187,6 +230,7 @@ fn plan(run: &Path, o: &RankCheckOptions) -> Result<Plan, PipelineError> {
                 dir(run).display()
             )));
         }
+        p.options = o.clone();
         return Ok(p);
     }
     let entries = unique(ledger::read(&detnas_search::engine::ledger_path(&dirs::search(run)))?);
@@ -228,7 +272,7 @@ fn scores(
     space: &detnas_space::SearchSpace,
     mut evaluator: impl FnMut() -> Result<Box<dyn Evaluator>, PipelineError>,
 ) -> Result<BTreeMap<String, f64>, PipelineError> {
-    let known: BTreeMap<String, f64> = ledger::read(&detnas_search::engine::ledger_path(search_dir))?
+    let known: BTreeMap<String, f64> = unique(ledger::read(&detnas_search::engine::ledger_path(search_dir))?)
         .into_iter()
         .map(|e| (e.arch, e.fitness))
         .collect();
@@ -251,29 +295,21 @@ fn scores(
     Ok(out)
 }
 
-/// The proxy scores of the plan (recorded after the first computation).
+/// The proxy scores of the plan (recorded after the first computation; recomputed when the
+/// record lacks a planned architecture, completed when the control is asked for later).
 fn proxies(run: &Path, plan: &Plan, opts: &PipelineOptions) -> Result<Proxies, PipelineError> {
     let path = dir(run).join("proxies.json");
-    if let Some(p) = read_json::<Proxies>(&path)? {
-        return Ok(p);
-    }
     let device = opts.device;
     let sdir = dirs::search(run);
     let scfg = search_config(&sdir)?;
+    let recorded = read_json::<Proxies>(&path)?.filter(|p| plan.archs.iter().all(|a| p.det.contains_key(&a.arch)));
+    if let Some(p) = &recorded
+        && (p.init.is_some() || !plan.options.control)
+    {
+        return Ok(p.clone());
+    }
     let info = SupernetInfo::open(&scfg)?;
-    let det = scores(&sdir, &plan.archs, &info.space, || {
-        Ok(Box::new(DetEvaluator::open(&info.checkpoint, &scfg.eval, scfg.runtime.prefetch, device)?))
-    })?;
-    let cdir = dirs::search_cls(run);
-    let cls = if cdir.join("config.toml").is_file() {
-        let ccfg = search_config(&cdir)?;
-        let cinfo = SupernetInfo::open(&ccfg)?;
-        Some(scores(&cdir, &plan.archs, &cinfo.space, || {
-            Ok(Box::new(ClsEvaluator::open(&cinfo.checkpoint, &ccfg.eval, ccfg.runtime.prefetch, device)?))
-        })?)
-    } else {
-        None
-    };
+    check_scored(&sdir, &info)?;
     let init = if plan.options.control {
         tracing::info!("rank-check: scoring {} architectures on the detector at initialisation", plan.archs.len());
         let opened = OpenedDetector::open_initial(&info.checkpoint, plan.options.seed as i64, device)?;
@@ -283,6 +319,25 @@ fn proxies(run: &Path, plan: &Plan, opts: &PipelineOptions) -> Result<Proxies, P
             m.insert(p.arch.clone(), ev.evaluate(&info.space.parse_arch(&p.arch)?)?.fitness);
         }
         Some(m)
+    } else {
+        None
+    };
+    if let Some(mut p) = recorded {
+        p.init = init;
+        write_json(&path, &p)?;
+        return Ok(p);
+    }
+    let det = scores(&sdir, &plan.archs, &info.space, || {
+        Ok(Box::new(DetEvaluator::open(&info.checkpoint, &scfg.eval, scfg.runtime.prefetch, device)?))
+    })?;
+    let cdir = dirs::search_cls(run);
+    let cls = if cdir.join("config.toml").is_file() {
+        let ccfg = search_config(&cdir)?;
+        let cinfo = SupernetInfo::open(&ccfg)?;
+        check_scored(&cdir, &cinfo)?;
+        Some(scores(&cdir, &plan.archs, &cinfo.space, || {
+            Ok(Box::new(ClsEvaluator::open(&cinfo.checkpoint, &ccfg.eval, ccfg.runtime.prefetch, device)?))
+        })?)
     } else {
         None
     };
@@ -296,9 +351,10 @@ pub fn unit_dir(run: &Path, arch: &str, seed: usize) -> PathBuf {
     dir(run).join("units").join(format!("{arch}-seed{seed}"))
 }
 
-/// The overrides of a unit: the check's, then the seed.
-fn unit_set(o: &RankCheckOptions, seed: usize) -> Vec<String> {
-    o.set.iter().cloned().chain([format!("seed={seed}")]).collect()
+/// The classification and detection overrides of a unit: the check's, then the seed.
+fn unit_sets(o: &RankCheckOptions, seed: usize) -> (Vec<String>, Vec<String>) {
+    let with_seed = |v: &[String]| v.iter().cloned().chain([format!("seed={seed}")]).collect();
+    (with_seed(&o.cls_set), with_seed(&o.set))
 }
 
 fn agreement(
@@ -325,7 +381,7 @@ fn agreement(
 }
 
 /// The statistics of whatever units have finished.
-fn summarise(run: &Path, plan: &Plan, proxies: &Proxies) -> RankCheckResult {
+fn summarise(run: &Path, cfg: &PipelineConfig, plan: &Plan, proxies: &Proxies, metric: &str) -> RankCheckResult {
     let o = &plan.options;
     let archs: Vec<ArchResult> = plan
         .archs
@@ -364,9 +420,9 @@ fn summarise(run: &Path, plan: &Plan, proxies: &Proxies) -> RankCheckResult {
         }
     }
     let means: Vec<f64> = full.iter().filter_map(|a| a.ground_truth_mean).collect();
-    let sd = |v: &[f64]| {
+    let variance = |v: &[f64]| {
         let m = v.iter().sum::<f64>() / v.len() as f64;
-        (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (v.len() - 1) as f64).sqrt()
+        v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (v.len() - 1) as f64
     };
     let n = full.len();
     RankCheckResult {
@@ -382,13 +438,19 @@ fn summarise(run: &Path, plan: &Plan, proxies: &Proxies) -> RankCheckResult {
             means.iter().copied().fold(f64::NEG_INFINITY, f64::max)
                 - means.iter().copied().fold(f64::INFINITY, f64::min)
         }),
-        seed_sd: (o.seeds >= 2 && n > 0).then(|| full.iter().map(|a| sd(&a.ground_truth)).sum::<f64>() / n as f64),
+        seed_sd: (o.seeds >= 2 && n > 0)
+            .then(|| (full.iter().map(|a| variance(&a.ground_truth)).sum::<f64>() / n as f64).sqrt()),
+        metric: metric.to_string(),
+        retrain_mode: match cfg.retrain.mode {
+            crate::config::RetrainMode::Inherit => "inherit".into(),
+            crate::config::RetrainMode::Scratch => "scratch".into(),
+        },
         found: detnas.chosen.clone(),
         found_percentile: detnas.chosen_percentile,
         detnas,
         clsnas,
         init_control,
-        protocol: plan.options.set.clone(),
+        protocol: plan.options.set.iter().chain(&plan.options.cls_set).cloned().collect(),
         archs,
     }
 }
@@ -429,6 +491,7 @@ pub fn run(
         plan.archs.iter().filter(|p| p.roles.iter().any(|r| r == "sampled")).count()
     );
     let proxies = proxies(run, &plan, opts)?;
+    let metric = detnas_search::run::metric_name(&search_config(&dirs::search(run))?);
     let train_opts = RunOptions {
         progress: opts.progress,
         cancel: opts.cancel.clone(),
@@ -437,16 +500,17 @@ pub fn run(
     };
     let units = plan.archs.len() * o.seeds;
     let mut k = 0;
-    let mut result = summarise(run, &plan, &proxies);
+    let mut result = summarise(run, cfg, &plan, &proxies, &metric);
     for seed in 0..o.seeds {
         for p in &plan.archs {
             k += 1;
             let udir = unit_dir(run, &p.arch, seed);
             let name = format!("rank-check {} seed {seed} (unit {k} of {units})", p.arch);
+            let (cls_set, det_set) = unit_sets(o, seed);
             let _: Retrained = stage(opts, &udir, &name, || {
-                retrain(cfg, run, &udir, "rank-check", &p.arch, &unit_set(o, seed), opts, &train_opts)
+                retrain(cfg, run, &udir, "rank-check", &p.arch, (&cls_set, &det_set), opts, &train_opts)
             })?;
-            result = summarise(run, &plan, &proxies);
+            result = summarise(run, cfg, &plan, &proxies, &metric);
             write_json(&dir(run).join("result.json"), &result)?;
         }
     }

@@ -205,7 +205,7 @@ pub fn write(run: &Path) -> Result<PathBuf, PipelineError> {
             .collect();
         let (md, html) = table(&head, &rows);
         let note = "found = DetNAS search (AP on the search-validation split); random = a random architecture under the same limit; clsnas = search by classification top-1 on the pre-trained supernet. All retrained with the same protocol and evaluated on the test split, which no earlier stage saw.";
-        let noise = match rank_check.as_ref().and_then(|r| Some((r.seed_sd?, r.n, r.seeds, &r.protocol))) {
+        let noise = match rank_check.as_ref().filter(|r| r.complete).and_then(|r| Some((r.seed_sd?, r.n, r.seeds, &r.protocol))) {
             Some((sd, n, s, protocol)) => format!(
                 "Each model was trained once (one seed). The seed-to-seed standard deviation of test AP is {sd:.4} (rank-check: {n} architectures × {s} seeds{}), so a difference between two of these single runs smaller than about {:.3} (twice the standard deviation of a difference) is not evidence.",
                 if protocol.is_empty() { ", this protocol".to_string() } else { format!(", protocol changed by {}", protocol.join(", ")) },
@@ -307,15 +307,30 @@ pub fn write(run: &Path) -> Result<PathBuf, PipelineError> {
     // Ranking check.
     if let Some(r) = &rank_check {
         let mut sec = Section {
-            title: "Ranking check: supernet scores against stand-alone training".into(),
+            title: "Ranking check: supernet scores against each architecture retrained on its own".into(),
             md: String::new(),
             html: String::new(),
         };
         let f = |v: Option<f64>| v.map_or("—".into(), |v| format!("{v:.3}"));
         let text = format!(
-            "{} architectures (drawn from the search ledger, stratified over AP and MACs, plus the found and ClsNAS ones) trained stand-alone with the retraining protocol{}, {} seed(s) each{}. Ground truth = mean test AP over the seeds: spread (best − worst) {}, seed-to-seed standard deviation {}, τ between the seeds' rankings {}. τ between unrelated rankings of {} architectures has a standard deviation of {}.",
+            "{} architectures ({} drawn from the search ledger, stratified over {} and MACs{}) trained on their own with the retraining protocol ({}{}), {} seed(s) each{}. Ground truth = mean test AP over the seeds: spread (best − worst) {}, pooled seed-to-seed standard deviation {}, τ between the seeds' rankings {}. τ between unrelated rankings of {} architectures has a standard deviation of {}.",
             r.n,
-            if r.protocol.is_empty() { String::new() } else { format!(" ({})", r.protocol.join(", ")) },
+            r.archs.iter().filter(|a| a.roles.iter().any(|x| x == "sampled")).count(),
+            r.metric,
+            {
+                let added: Vec<&str> = ["found", "clsnas"]
+                    .into_iter()
+                    .filter(|role| r.archs.iter().any(|a| a.roles.len() == 1 && a.roles[0] == *role))
+                    .collect();
+                let names: Vec<&str> = added.iter().map(|r| if *r == "found" { "found" } else { "ClsNAS" }).collect();
+                if names.is_empty() { String::new() } else { format!(", plus the {}", names.join(" and ")) }
+            },
+            if r.retrain_mode == "inherit" {
+                "inherit: from the pre-trained supernet's weights"
+            } else {
+                "scratch: classification first"
+            },
+            if r.protocol.is_empty() { String::new() } else { format!("; {}", r.protocol.join(", ")) },
             r.seeds,
             if r.complete { "" } else { "; unfinished: the figures cover the trained ones" },
             f(r.spread),
@@ -325,7 +340,7 @@ pub fn write(run: &Path) -> Result<PathBuf, PipelineError> {
             f(r.tau_chance_sd)
         );
         let rows: Vec<Vec<String>> = [
-            ("DetNAS: fine-tuned supernet AP", Some(&r.detnas)),
+            ("DetNAS: fine-tuned supernet", Some(&r.detnas)),
             ("ClsNAS: pre-trained supernet top-1", r.clsnas.as_ref()),
             ("control: detector at initialisation", r.init_control.as_ref()),
         ]
@@ -356,9 +371,14 @@ pub fn write(run: &Path) -> Result<PathBuf, PipelineError> {
                 "rank_check_detnas",
                 Some(&r.detnas),
                 (|a: &crate::rank_check::ArchResult| a.det_proxy) as fn(&_) -> _,
-                "supernet AP (search-val)",
+                format!("supernet {} (search-val)", r.metric),
             ),
-            ("rank_check_clsnas", r.clsnas.as_ref(), |a: &crate::rank_check::ArchResult| a.cls_proxy, "supernet top-1"),
+            (
+                "rank_check_clsnas",
+                r.clsnas.as_ref(),
+                |a: &crate::rank_check::ArchResult| a.cls_proxy,
+                "supernet top-1".to_string(),
+            ),
         ] {
             let Some(a) = a else { continue };
             let pts: Vec<(f64, f64, f64, f64, bool)> = r
@@ -374,7 +394,7 @@ pub fn write(run: &Path) -> Result<PathBuf, PipelineError> {
             if pts.len() >= 2 {
                 let title =
                     format!("{}: {}", if name.ends_with("detnas") { "DetNAS proxy" } else { "ClsNAS proxy" }, ci(a));
-                plot(name, plots::rank_scatter(&title, x_desc, "stand-alone test AP", &pts), &mut sec)?;
+                plot(name, plots::rank_scatter(&title, &x_desc, "test AP trained on its own", &pts), &mut sec)?;
             }
         }
         sections.push(sec);

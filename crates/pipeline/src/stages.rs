@@ -129,8 +129,8 @@ fn finetune_config(
 /// Trains `arch` stand-alone into `dir` with the pipeline's retraining protocol: with
 /// `retrain.mode = "scratch"` classification from scratch into `dir/cls` first (the paper's
 /// protocol), then detection into `dir/det` from those weights, or from the pre-trained
-/// supernet's with `"inherit"`. `extra` overrides apply to both stages after
-/// `retrain.cls_set` / `retrain.det_set`; `run` is the (absolute) run folder.
+/// supernet's with `"inherit"`. `cls_extra` / `det_extra` apply after `retrain.cls_set` /
+/// `retrain.det_set`; `run` is the (absolute) run folder.
 ///
 /// # Errors
 /// The first configuration or training error.
@@ -141,14 +141,14 @@ pub(crate) fn retrain(
     dir: &Path,
     label: &str,
     arch: &str,
-    extra: &[String],
+    (cls_extra, det_extra): (&[String], &[String]),
     opts: &PipelineOptions,
     train_opts: &RunOptions,
 ) -> Result<Retrained, PipelineError> {
     let ro = runtime_overrides(cfg, opts.device);
     let cls = match cfg.retrain.mode {
         RetrainMode::Scratch => {
-            let set: Vec<String> = with(&cfg.pretrain.set, &cfg.retrain.cls_set, extra);
+            let set: Vec<String> = with(&cfg.pretrain.set, &cfg.retrain.cls_set, cls_extra);
             let mut p = PretrainConfig::load(Some(&cfg.pretrain.config), &with(&set, &[], &ro))?;
             p.seed = p.seed.wrapping_add(cfg.seed);
             p.sampling.kind = detnas_train::config::SamplingKind::Fixed;
@@ -160,7 +160,7 @@ pub(crate) fn retrain(
         }
         RetrainMode::Inherit => None,
     };
-    let mut f = finetune_config(cfg, run, &with(&cfg.retrain.det_set, extra, &[]), &ro)?;
+    let mut f = finetune_config(cfg, run, &with(&cfg.retrain.det_set, det_extra, &[]), &ro)?;
     f.model.arch = Some(arch.to_string());
     f.model.pretrained = Some(if cls.is_some() { dir.join("cls") } else { dirs::pretrain(run) });
     f.check()?;
@@ -284,7 +284,7 @@ pub fn run(cfg: &PipelineConfig, opts: &PipelineOptions) -> Result<PipelineOutco
     for (label, arch) in archs {
         let dir = dirs::retrain(run, &label);
         let r: Retrained = stage(opts, &dir, &format!("retrain-{label}"), || {
-            retrain(cfg, run, &dir, &label, &arch, &[], opts, &train_opts)
+            retrain(cfg, run, &dir, &label, &arch, (&[], &[]), opts, &train_opts)
         })?;
         retrained.push(r);
     }

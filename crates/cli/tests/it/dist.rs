@@ -362,20 +362,6 @@ fn which(name: &str) -> Result<PathBuf, ()> {
         .ok_or(())
 }
 
-/// `(arch, fitness)` of every ledger entry, sorted.
-fn ledger(out: &Path) -> Vec<(String, f64)> {
-    let mut v: Vec<(String, f64)> = std::fs::read_to_string(out.join("ledger.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let e: serde_json::Value = serde_json::from_str(l).unwrap();
-            (e["arch"].as_str().unwrap().to_string(), e["fitness"].as_f64().unwrap())
-        })
-        .collect();
-    v.sort_by(|a, b| a.0.cmp(&b.0));
-    v
-}
-
 #[test]
 fn a_search_on_two_ranks_equals_one_process_and_survives_a_dead_rank() {
     let d = temp_dir("dist", "search");
@@ -401,7 +387,7 @@ fn a_search_on_two_ranks_equals_one_process_and_survives_a_dead_rank() {
     let mut one = run(&single);
     one.extend(["--workers".into(), "1".into()]);
     ok(&engine(&one.iter().map(String::as_str).collect::<Vec<_>>(), None));
-    let want = ledger(&single);
+    let want = crate::ledger_scores(&single);
     assert_eq!(want.len(), 12);
 
     // Two ranks: every candidate once, the same scores (the same evaluator on another
@@ -410,7 +396,7 @@ fn a_search_on_two_ranks_equals_one_process_and_survives_a_dead_rank() {
     let r = run(&two);
     let outs = ranks(2, &r.iter().map(String::as_str).collect::<Vec<_>>(), &[]);
     all_ok(&outs);
-    let got = ledger(&two);
+    let got = crate::ledger_scores(&two);
     assert_eq!(got.len(), want.len(), "each candidate exactly once");
     for ((a, fa), (b, fb)) in want.iter().zip(&got) {
         assert_eq!(a, b);
@@ -429,7 +415,7 @@ fn a_search_on_two_ranks_equals_one_process_and_survives_a_dead_rank() {
     assert_eq!(outs[1].status.signal(), Some(9));
     assert!(outs[0].status.success(), "{}", String::from_utf8_lossy(&outs[0].stderr));
     assert!(String::from_utf8_lossy(&outs[0].stderr).contains("handing it out again"));
-    let got = ledger(&dead);
+    let got = crate::ledger_scores(&dead);
     assert_eq!(got.len(), want.len());
     for ((a, fa), (b, fb)) in want.iter().zip(&got) {
         assert_eq!(a, b);

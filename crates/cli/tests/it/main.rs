@@ -118,6 +118,21 @@ fn finetuned(d: &std::path::Path, config: &str) -> std::path::PathBuf {
 }
 
 /// Asserts success; returns stdout.
+/// `(arch, fitness)` of every entry of a search folder's `ledger.jsonl`, sorted by
+/// architecture.
+fn ledger_scores(search: &std::path::Path) -> Vec<(String, f64)> {
+    let mut v: Vec<(String, f64)> = std::fs::read_to_string(search.join("ledger.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let e: serde_json::Value = serde_json::from_str(l).unwrap();
+            (e["arch"].as_str().unwrap().to_string(), e["fitness"].as_f64().unwrap())
+        })
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
 fn ok(o: &Output) -> String {
     assert!(o.status.success(), "status {:?}\n{}", o.status, String::from_utf8_lossy(&o.stderr));
     String::from_utf8_lossy(&o.stdout).into_owned()

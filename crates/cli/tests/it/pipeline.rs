@@ -191,14 +191,8 @@ fn rank_check(run: &Path) {
     assert!((3..=5).contains(&archs.len()), "3 drawn, plus found and ClsNAS when not drawn: {}", archs.len());
     assert_eq!(result["complete"], true);
     assert_eq!(result["n"].as_u64().unwrap() as usize, archs.len());
-    let ledger: std::collections::HashMap<String, f64> = std::fs::read_to_string(run.join("search/ledger.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let e: serde_json::Value = serde_json::from_str(l).unwrap();
-            (e["arch"].as_str().unwrap().to_string(), e["fitness"].as_f64().unwrap())
-        })
-        .collect();
+    let ledger: std::collections::HashMap<String, f64> =
+        crate::ledger_scores(&run.join("search")).into_iter().collect();
     let found =
         serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(run.join("search/best_arch.json")).unwrap())
             .unwrap()["arch"]
@@ -219,21 +213,31 @@ fn rank_check(run: &Path) {
             let unit = run.join(format!("rank-check/units/{arch}-seed{s}/stage.json"));
             let rec: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&unit).unwrap()).unwrap();
             assert_eq!(rec["result"]["det"]["paths"][0]["stats"][0].as_f64().unwrap(), ap, "{}", unit.display());
-            assert_eq!(rec["result"]["det"]["seed"], s, "the unit trained with its own seed");
+            // Unit seed s, plus the pipeline's seed (4) as for every stage.
+            assert_eq!(rec["result"]["det"]["seed"], s + 4, "the unit trained with its own seed");
         }
         seeds_differ |= gt[0] != gt[1];
     }
     assert!(seeds_differ, "two seeds gave identical scores everywhere: {archs:?}");
     let p = result["found_percentile"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&p), "{p}");
-    for key in ["seed_tau", "spread", "seed_sd", "tau_chance_sd"] {
-        assert!(result[key].is_number() || result[key].is_null(), "{key}: {result}");
+    for key in ["spread", "seed_sd", "tau_chance_sd"] {
+        assert!(result[key].as_f64().is_some_and(f64::is_finite), "{key}: {result}");
     }
+    assert!(result.get("seed_tau").is_some(), "undefined only when a seed scores every architecture alike");
+    assert_eq!(result["retrain_mode"], "scratch");
+    // The killed unit (the first architecture's seed 0) resumed from its step-4 checkpoint.
+    let first = run.join(format!("rank-check/units/{}-seed0/stage.json", archs[0]["arch"].as_str().unwrap()));
+    let rec: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(first).unwrap()).unwrap();
+    assert_eq!(rec["result"]["det"]["resumed_from_step"], 4, "{rec}");
     let md = std::fs::read_to_string(run.join("report/report.md")).unwrap();
     assert!(md.contains("Ranking check") && md.contains("seed-to-seed standard deviation"), "{md}");
     // Finished: a re-run trains nothing and gives the same figures.
-    let again: serde_json::Value = serde_json::from_str(&ok(&engine(&args, None))).unwrap();
+    let o = engine(&args, None);
+    let again: serde_json::Value = serde_json::from_str(&ok(&o)).unwrap();
     assert_eq!(again, result);
+    let log = String::from_utf8_lossy(&o.stderr);
+    assert!(!log.contains("running into") && log.matches("finished earlier").count() == 2 * archs.len(), "{log}");
     // Other options against the recorded plan are refused.
     let o = engine(&["rank-check", r, "--archs", "4", "--no-progress"], None);
     assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
