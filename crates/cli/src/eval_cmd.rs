@@ -200,19 +200,7 @@ fn run_det_search(a: &DetArgs, run: &std::path::Path) -> Result<(), Failure> {
         _ => a.runtime.init()?,
     };
     let info = SupernetInfo::open(&cfg)?;
-    let scored = detnas_search::run::read_best(run)?.provenance.supernet_sha256;
-    if scored != info.model_sha256 {
-        return Err(Failure {
-            code: 5,
-            error: anyhow::anyhow!(
-                "{} is not the supernet checkpoint {} scored (SHA-256 {}…, now {}…): training went on after the search?",
-                info.checkpoint.display(),
-                run.display(),
-                &scored[..12],
-                &info.model_sha256[..12]
-            ),
-        });
-    }
+    detnas_search::run::check_scored(run, &info)?;
     let arch = info.space.parse_arch(arch_s).map_err(|e| crate::usage(anyhow::anyhow!("--arch {arch_s}: {e}")))?;
     let mut evaluator = DetEvaluator::open(&info.checkpoint, &cfg.eval, cfg.runtime.prefetch, device)?;
     let images = evaluator.val().len();
@@ -223,7 +211,7 @@ fn run_det_search(a: &DetArgs, run: &std::path::Path) -> Result<(), Failure> {
     let ledger_fitness = recorded.map(|e| e.fitness);
     let matches = ledger_fitness.map(|f| f == ev.fitness);
     if !a.json {
-        match (ledger_fitness, recorded.and_then(|e| e.threads)) {
+        match (ledger_fitness, cpu_threads) {
             (Some(f), threads) => println!(
                 "{arch_s}: {metric} {:.8} now, {f:.8} in {} ({}; {} thread(s))",
                 ev.fitness,

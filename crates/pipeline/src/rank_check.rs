@@ -197,22 +197,6 @@ fn write_json<T: Serialize>(p: &Path, v: &T) -> Result<(), PipelineError> {
     Ok(detnas_runtime::fsx::write_json_atomic(p, v).map_err(detnas_train::TrainError::from)?)
 }
 
-/// Refuses a search folder whose supernet checkpoint is no longer the one its ledger scored
-/// (training went on after the search, say): its scores and new ones would not compare.
-fn check_scored(search_dir: &Path, info: &SupernetInfo) -> Result<(), PipelineError> {
-    let best = read_best(search_dir)?;
-    if best.provenance.supernet_sha256 != info.model_sha256 {
-        return Err(PipelineError::Config(format!(
-            "{}: the supernet checkpoint {} is not the one this search scored (SHA-256 {}…, now {}…)",
-            search_dir.display(),
-            info.checkpoint.display(),
-            &best.provenance.supernet_sha256[..12],
-            &info.model_sha256[..12]
-        )));
-    }
-    Ok(())
-}
-
 fn search_config(dir: &Path) -> Result<SearchConfig, PipelineError> {
     Ok(SearchConfig::load(&dir.join("config.toml"), &[])?)
 }
@@ -309,7 +293,7 @@ fn proxies(run: &Path, plan: &Plan, opts: &PipelineOptions) -> Result<Proxies, P
         return Ok(p.clone());
     }
     let info = SupernetInfo::open(&scfg)?;
-    check_scored(&sdir, &info)?;
+    detnas_search::run::check_scored(&sdir, &info)?;
     let init = if plan.options.control {
         tracing::info!("rank-check: scoring {} architectures on the detector at initialisation", plan.archs.len());
         let opened = OpenedDetector::open_initial(&info.checkpoint, plan.options.seed as i64, device)?;
@@ -334,7 +318,7 @@ fn proxies(run: &Path, plan: &Plan, opts: &PipelineOptions) -> Result<Proxies, P
     let cls = if cdir.join("config.toml").is_file() {
         let ccfg = search_config(&cdir)?;
         let cinfo = SupernetInfo::open(&ccfg)?;
-        check_scored(&cdir, &cinfo)?;
+        detnas_search::run::check_scored(&cdir, &cinfo)?;
         Some(scores(&cdir, &plan.archs, &cinfo.space, || {
             Ok(Box::new(ClsEvaluator::open(&cinfo.checkpoint, &ccfg.eval, ccfg.runtime.prefetch, device)?))
         })?)

@@ -393,6 +393,29 @@ fn report_of(dir: &Path) -> Result<SearchReport, SearchError> {
 ///
 /// # Errors
 /// [`SearchError::Io`] when `best_arch.json` cannot be read; [`SearchError::Ledger`] when it is
+/// Refuses a search folder whose supernet checkpoint (`info`, resolved now) is no longer the
+/// one its ledger scored, e.g. training went on after the search: old and new scores would
+/// not compare.
+///
+/// # Errors
+/// [`SearchError::Train`] with a checkpoint error (exit 5) naming both hashes, or the error
+/// reading `best_arch.json`.
+pub fn check_scored(dir: &Path, info: &crate::fitness::SupernetInfo) -> Result<(), SearchError> {
+    let scored = read_best(dir)?.provenance.supernet_sha256;
+    if scored != info.model_sha256 {
+        return Err(SearchError::Train(detnas_train::TrainError::Checkpoint {
+            path: info.checkpoint.clone(),
+            message: format!(
+                "not the supernet {} scored (SHA-256 {}…, now {}…): did training go on after the search?",
+                dir.display(),
+                &scored[..scored.len().min(12)],
+                &info.model_sha256[..info.model_sha256.len().min(12)]
+            ),
+        }));
+    }
+    Ok(())
+}
+
 /// malformed.
 pub fn read_best(dir: &Path) -> Result<BestArch, SearchError> {
     let p = dir.join("best_arch.json");
