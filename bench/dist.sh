@@ -32,6 +32,8 @@ run() { # KIND CONFIG STEPS OUT PROCS
   local kind=$1 cfg=$2 steps=$3 out=$4 procs=$5
   local args=("$kind" --config "$cfg" --out "$out" --no-progress --device "$device" --set runtime.threads=1
     --set schedule.iterations="$steps" --set runtime.checkpoint_every=100000 --set eval.final_paths=0)
+  # Throughput of sampled paths: no warm start on one path.
+  [ "$kind" = pretrain ] && args+=(--set sampling.warm_start_steps=0)
   if [ "$procs" = 1 ]; then
     "$bin" "${args[@]}" >"$out.log" 2>&1
   else

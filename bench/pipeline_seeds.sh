@@ -3,7 +3,9 @@
 # split, with a 95 % confidence interval of each mean and of the paired differences. The seed
 # of a run is added to every stage's seed (the synthetic data stays the same); each seed is a
 # resumable run folder, so the sweep can be stopped and continued across sessions. One line
-# per finished seed goes to bench/results/pipeline-seeds.jsonl (commit it as it grows).
+# per finished seed goes to bench/results/pipeline-seeds.jsonl (commit it as it grows), with the
+# pre-trained supernet's mean top-1. pipeline-seeds-cold.jsonl holds 3 seeds of the demo before
+# its pre-training had a warm start (commit c60f418), for comparison.
 #   bench/pipeline_seeds.sh [FIRST_SEED] [LAST_SEED] [OUT]     (default 0 9 runs/seeds)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,7 +22,10 @@ for seed in $(seq "$first" "$last"); do
 import json, sys
 run, seed = sys.argv[1], int(sys.argv[2])
 rows = json.load(open(f"{run}/report/final.json"))
-print(json.dumps({"seed": seed, **{r["label"]: {"arch": r["arch"], "ap": r["stats"][0]} for r in rows}}))
+paths = json.load(open(f"{run}/pretrain/summary.json"))["paths"]
+top1 = sum(p["top1"] for p in paths) / len(paths)
+print(json.dumps({"seed": seed, **{r["label"]: {"arch": r["arch"], "ap": r["stats"][0]} for r in rows},
+                  "pretrain_top1": round(top1, 4)}))
 PY
   tail -1 "$lines"
 done

@@ -143,6 +143,94 @@ impl Supernet {
     pub fn head(&self) -> Option<&ClsHead> {
         self.head.as_ref()
     }
+
+    /// The choice every block's other choices are aligned to: the smallest-kernel allowed
+    /// ShuffleNetV2 choice (`None` when the space allows only Xception).
+    pub fn reference_choice(space: &SearchSpace) -> Option<Choice> {
+        space.allowed().into_iter().filter(|c| *c != Choice::Xception).min_by_key(|c| c.kernel())
+    }
+
+    /// Aligns every block's choices to its reference choice ([`Supernet::reference_choice`]),
+    /// so that after a warm start on the reference path every path starts from it (the end
+    /// of a warm start in pre-training; see `sampling.warm_start_steps`).
+    ///
+    /// - ShuffleNetV2 choices take the reference's convolutions and BNs (parameters and
+    ///   running statistics); a larger depthwise kernel is the reference's kernel zero-padded
+    ///   at its centre, so the 3×3, 5×5 and 7×7 choices compute the same function.
+    /// - Xception (depthwise 3×3 → 1×1 → depthwise 3×3 → 1×1 → depthwise 3×3 → 1×1) starts
+    ///   close to it: the first and last depthwise convolutions are identities (the first
+    ///   keeps the stride), the middle 1×1 is the identity matrix, and the others take the
+    ///   reference's 1×1, depthwise (centre 3×3) and 1×1 with their BNs. The projection of a
+    ///   stride-2 block is copied.
+    ///
+    /// The same idea as elastic kernels grown from a trained one (Once-for-All, Cai et al.,
+    /// arXiv:1908.09791 §3.2), applied once.
+    pub fn align_choices(&self) {
+        let Some(rc) = Supernet::reference_choice(&self.space) else {
+            return;
+        };
+        tch::no_grad(|| {
+            for ops in &self.blocks {
+                let reference = ops[rc.id() as usize].as_ref().expect("allowed choices are built");
+                let r = &reference.branch;
+                for op in ops.iter().flatten().filter(|o| o.choice != rc) {
+                    let b = &op.branch;
+                    let pairs: Vec<(&ConvBn, &ConvBn)> = if op.choice == Choice::Xception {
+                        for unit in [&b[0], &b[4]] {
+                            let mut w = unit.conv.ws.shallow_clone();
+                            let _ = w.zero_();
+                            let _ = w.narrow(2, 1, 1).narrow(3, 1, 1).fill_(1.0);
+                        }
+                        let mut w = b[3].conv.ws.shallow_clone();
+                        let eye = Tensor::eye(w.size()[0], (w.kind(), w.device()));
+                        w.copy_(&eye.view([w.size()[0], w.size()[1], 1, 1]));
+                        vec![(&r[0], &b[1]), (&r[1], &b[2]), (&r[2], &b[5])]
+                    } else {
+                        vec![(&r[0], &b[0]), (&r[1], &b[1]), (&r[2], &b[2])]
+                    };
+                    for (from, to) in pairs.into_iter().chain(reference.proj.iter().zip(&op.proj)) {
+                        copy_unit(from, to);
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Copies a conv + BN unit: the kernel centred ([`copy_centred`]), the BN's parameters and
+/// running statistics.
+fn copy_unit(from: &ConvBn, to: &ConvBn) {
+    copy_centred(&from.conv.ws, &to.conv.ws);
+    for (f, t) in from.bns.iter().zip(&to.bns) {
+        let pairs = [
+            (f.ws.as_ref(), t.ws.as_ref()),
+            (f.bs.as_ref(), t.bs.as_ref()),
+            (Some(&f.running_mean), Some(&t.running_mean)),
+            (Some(&f.running_var), Some(&t.running_var)),
+        ];
+        for (a, b) in pairs {
+            if let (Some(a), Some(b)) = (a, b) {
+                b.shallow_clone().copy_(a);
+            }
+        }
+    }
+}
+
+/// Copies kernel `from` into `to`: centred and zero-padded when `to` is larger, its centre
+/// when `to` is smaller.
+fn copy_centred(from: &Tensor, to: &Tensor) {
+    let (fk, tk) = (from.size()[2], to.size()[2]);
+    let mut to = to.shallow_clone();
+    if fk == tk {
+        to.copy_(from);
+    } else if fk < tk {
+        let pad = (tk - fk) / 2;
+        let _ = to.zero_();
+        to.narrow(2, pad, fk).narrow(3, pad, fk).copy_(from);
+    } else {
+        let crop = (fk - tk) / 2;
+        to.copy_(&from.narrow(2, crop, tk).narrow(3, crop, tk));
+    }
 }
 
 /// Builds a [`ChildNet`].

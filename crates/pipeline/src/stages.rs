@@ -154,6 +154,7 @@ pub(crate) fn retrain(
             p.sampling.kind = detnas_train::config::SamplingKind::Fixed;
             p.sampling.arch = Some(arch.to_string());
             p.sampling.max_backbone_macs = None;
+            p.sampling.warm_start_steps = 0;
             p.eval.final_paths = 1;
             p.check()?;
             Some(detnas_train::pretrain::run(&p, &dir.join("cls"), opts.device, train_opts)?)

@@ -229,6 +229,11 @@ pub enum SamplingKind {
     Uniform,
     /// SPOS: a MACs bin uniformly, then a uniform path inside it.
     FlopsBinned,
+    /// Strict fairness (FairNAS, arXiv:1907.01845): every step trains as many paths as a
+    /// block has choices, on the same batch, covering every choice of every block once; the
+    /// gradients are summed and applied in one update. A step costs that many forward and
+    /// backward passes. No MACs limit.
+    Fair,
     /// Always `sampling.arch`: trains one child network from scratch (retraining a found
     /// architecture on classification; unsampled choices never move).
     Fixed,
@@ -250,6 +255,19 @@ pub struct SamplingConfig {
     /// The architecture of `kind = "fixed"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub arch: Option<String>,
+    /// Warm start: the first this many steps train only the reference path (every block the
+    /// smallest-kernel ShuffleNetV2 choice, 3×3 in the official spaces); then every block's
+    /// other choices are aligned to it (`Supernet::align_choices`: copied, kernels
+    /// zero-padded, Xception started near it), the momentum buffers are cleared, and `kind`
+    /// sampling takes over. Default 0 (none). At CPU scale, path-wise training from a random
+    /// initialisation stays near chance for thousands of steps (see the README's "One-shot
+    /// training at CPU scale"); starting every path from a trained one avoids that plateau.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub warm_start_steps: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 fn d10() -> usize {
@@ -258,7 +276,13 @@ fn d10() -> usize {
 
 impl Default for SamplingConfig {
     fn default() -> SamplingConfig {
-        SamplingConfig { kind: SamplingKind::Uniform, bins: 10, max_backbone_macs: None, arch: None }
+        SamplingConfig {
+            kind: SamplingKind::Uniform,
+            bins: 10,
+            max_backbone_macs: None,
+            arch: None,
+            warm_start_steps: 0,
+        }
     }
 }
 
@@ -448,6 +472,28 @@ impl ConfigDocument for PretrainConfig {
         }
         if self.sampling.kind == SamplingKind::FlopsBinned && self.sampling.bins == 0 {
             return bad("sampling.bins must be positive".into());
+        }
+        if self.sampling.kind == SamplingKind::Fair && self.sampling.max_backbone_macs.is_some() {
+            return bad(
+                "sampling.kind = \"fair\" trains every choice each step and cannot honour sampling.max_backbone_macs"
+                    .into(),
+            );
+        }
+        if self.sampling.warm_start_steps > 0 {
+            if self.sampling.kind == SamplingKind::Fixed {
+                return bad(
+                    "sampling.warm_start_steps is for supernets; sampling.kind = \"fixed\" trains one path".into()
+                );
+            }
+            if detnas_nn::Supernet::reference_choice(&self.space()?).is_none() {
+                return bad("sampling.warm_start_steps needs a ShuffleNetV2 choice (0, 1 or 2) in the space".into());
+            }
+            if self.sampling.warm_start_steps >= s.iterations {
+                return bad(format!(
+                    "sampling.warm_start_steps ({}) must be below schedule.iterations ({})",
+                    self.sampling.warm_start_steps, s.iterations
+                ));
+            }
         }
         match (&self.sampling.arch, self.sampling.kind) {
             (Some(a), SamplingKind::Fixed) => {

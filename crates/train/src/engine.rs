@@ -214,7 +214,7 @@ pub struct TrainerSpec<'a> {
 pub enum Paths {
     /// A path of the supernet drawn every step from the path stream (uniform, FLOPs-binned,
     /// or always the same one).
-    Sampled(PathSampler),
+    Sampled(Box<PathSampler>),
     /// A child network of this fixed architecture (its variables hold no choice).
     Child(Arch),
 }
@@ -261,6 +261,15 @@ pub trait TrainTask {
 
     /// Names of up to 8 samples of `batch`, for the non-finite-loss diagnostic.
     fn describe(&self, batch: &Self::Batch) -> Vec<String>;
+
+    /// Called once at the start of the first step after the path sampler's warm start
+    /// (also when a run resumes exactly there); the engine then clears the momentum buffers.
+    ///
+    /// # Errors
+    /// [`TrainError::Config`] for a task without a supernet.
+    fn end_warm_start(&mut self) -> Result<(), TrainError> {
+        Err(TrainError::Config("this training task has no warm start".into()))
+    }
 }
 
 /// What a finished training loop reports (the common part of every `summary.json`).
@@ -416,12 +425,10 @@ pub fn step_values(
     })
 }
 
-/// One optimisation step: backward of `Σ sum / normaliser` (the global normalisers of
-/// [`step_values`]), the gradients summed over the ranks, optional clipping, the path's
-/// update.
+/// One optimisation step: [`backward`], then [`apply_update`].
 ///
 /// # Errors
-/// [`TrainError::Dist`] when the gradient all-reduce fails.
+/// As [`backward`] and [`apply_update`].
 pub fn optimize(
     losses: &[LossTerm],
     normalisers: &[f64],
@@ -431,6 +438,16 @@ pub fn optimize(
     clip_grad_norm: Option<f64>,
     dist: Option<&ProcessGroup>,
 ) -> Result<(), TrainError> {
+    backward(losses, normalisers)?;
+    apply_update(vars, opt, lr, clip_grad_norm, dist)
+}
+
+/// Backward of `Σ sum / normaliser` (the global normalisers of [`step_values`]); gradients
+/// add to those already held, so several paths' backward passes accumulate.
+///
+/// # Errors
+/// [`TrainError::Config`] when the task returned no loss term.
+pub fn backward(losses: &[LossTerm], normalisers: &[f64]) -> Result<(), TrainError> {
     let loss = losses
         .iter()
         .zip(normalisers)
@@ -438,6 +455,21 @@ pub fn optimize(
         .reduce(|a, b| a + b)
         .ok_or_else(|| TrainError::Config("a training task returned no loss".into()))?;
     loss.backward();
+    Ok(())
+}
+
+/// The update of `vars` from their accumulated gradients: summed over the ranks, optionally
+/// clipped, then the path-wise SGD step (which zeroes them).
+///
+/// # Errors
+/// [`TrainError::Dist`] when the gradient all-reduce fails.
+pub fn apply_update(
+    vars: &[&(String, Tensor)],
+    opt: &mut PathSgd,
+    lr: f64,
+    clip_grad_norm: Option<f64>,
+    dist: Option<&ProcessGroup>,
+) -> Result<(), TrainError> {
     if let Some(pg) = dist {
         let tensors: Vec<&Tensor> = vars.iter().map(|(_, t)| t).collect();
         GradReducer::new(25 << 20).all_reduce_sum(pg, &tensors)?;
@@ -710,62 +742,77 @@ impl<'a> Trainer<'a> {
         let mut last_loss = f64::NAN;
         let mut last_ckpt = self.resumed_from.as_ref().map(|(_, p)| p.clone());
         while self.step < total {
-            let arch = match &self.paths {
-                Paths::Sampled(s) => s.sample(&mut self.path_rng)?,
-                Paths::Child(a) => a.clone(),
+            // One path, or a strict-fairness group trained on the same batch with its
+            // gradients summed into one update.
+            if let Paths::Sampled(s) = &self.paths
+                && s.warm_start_steps() > 0
+                && self.step == s.warm_start_steps()
+            {
+                task.end_warm_start()?;
+                self.opt.clear_buffers();
+                tracing::info!("warm start ended at step {}: every choice aligned to the trained path", self.step);
+            }
+            let group: Vec<Arch> = match &self.paths {
+                Paths::Sampled(s) => s.sample_step(self.step, &mut self.path_rng)?,
+                Paths::Child(a) => vec![a.clone()],
             };
             let lb = task.next_batch()?;
             self.report_skips(&lb.epoch_reports);
             let lr = schedule.lr(self.step);
-            let on_path = match self.paths {
-                Paths::Sampled(_) => Some(&arch),
-                Paths::Child(_) => None,
-            };
-            let out = task.losses(&lb.batch, on_path, self.step)?;
-            check_sync()?;
             let signal = opts.cancel.requested();
-            let values = step_values(&out, signal.is_some(), fault::nan_at(self.step + 1), dist.as_deref())?;
-            let value = values.total();
-            if !value.is_finite() {
-                return Err(TrainError::Numerical {
-                    step: self.step + 1,
-                    loss: value,
-                    lr,
-                    arch: arch.to_string(),
-                    images: task.describe(&lb.batch).join(", "),
-                });
+            let (mut value, mut stop_any) = (0.0, false);
+            let share = 1.0 / group.len() as f64;
+            for arch in &group {
+                let on_path = match self.paths {
+                    Paths::Sampled(_) => Some(arch),
+                    Paths::Child(_) => None,
+                };
+                let out = task.losses(&lb.batch, on_path, self.step)?;
+                check_sync()?;
+                let values = step_values(&out, signal.is_some(), fault::nan_at(self.step + 1), dist.as_deref())?;
+                let v = values.total();
+                if !v.is_finite() {
+                    return Err(TrainError::Numerical {
+                        step: self.step + 1,
+                        loss: v,
+                        lr,
+                        arch: arch.to_string(),
+                        images: task.describe(&lb.batch).join(", "),
+                    });
+                }
+                backward(&out.losses, &values.normalisers)?;
+                value += v * share;
+                stop_any |= values.stop;
+                for (t, v) in out.losses.iter().zip(&values.losses) {
+                    *window.entry(format!("loss_{}", t.name)).or_default() += v * share;
+                }
+                for ((name, _, _), v) in out.metrics.iter().zip(&values.metrics) {
+                    *window.entry((*name).to_string()).or_default() += v * share;
+                }
             }
-            let vars: Vec<&(String, Tensor)> = self.index.vars(&arch).collect();
-            optimize(
-                &out.losses,
-                &values.normalisers,
-                &vars,
-                &mut self.opt,
-                lr,
-                self.spec.schedule.clip_grad_norm,
-                dist.as_deref(),
-            )?;
+            let vars: Vec<&(String, Tensor)> = if group.len() == 1 {
+                self.index.vars(&group[0]).collect()
+            } else {
+                let mut seen = std::collections::HashSet::new();
+                group.iter().flat_map(|a| self.index.vars(a)).filter(|(name, _)| seen.insert(name.as_str())).collect()
+            };
+            apply_update(&vars, &mut self.opt, lr, self.spec.schedule.clip_grad_norm, dist.as_deref())?;
             check_sync()?;
             self.step += 1;
             self.position = lb.after;
             last_loss = value;
-            for (t, v) in out.losses.iter().zip(&values.losses) {
-                *window.entry(format!("loss_{}", t.name)).or_default() += v;
-            }
-            for ((name, _, _), v) in out.metrics.iter().zip(&values.metrics) {
-                *window.entry((*name).to_string()).or_default() += v;
-            }
             win_steps += 1;
             win_images += lb.len * dist.as_ref().map_or(1, |pg| pg.world());
 
             // Every rank stops at the same step when any was asked to.
-            let stop = values.stop.then(|| signal.unwrap_or(detnas_runtime::Signal::Terminate));
+            let stop = stop_any.then(|| signal.unwrap_or(detnas_runtime::Signal::Terminate));
             let step = self.step;
             if step % self.spec.runtime.log_every == 0 || step == total || stop.is_some() {
                 let secs = win_start.elapsed().as_secs_f64();
                 let mut rec = serde_json::json!({
                     "step": step, "epoch": self.position.epoch, "lr": lr,
-                    "images_per_second": win_images as f64 / secs, "arch": arch.to_string(),
+                    "images_per_second": win_images as f64 / secs,
+                    "arch": group.iter().map(Arch::to_string).collect::<Vec<_>>().join(","),
                     "rss_mib": detnas_runtime::mem::rss_mib(),
                 });
                 let mut sum = 0.0;

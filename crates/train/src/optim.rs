@@ -60,6 +60,11 @@ impl PathSgd {
         });
     }
 
+    /// Drops every momentum buffer (the next update of each variable starts a new one).
+    pub fn clear_buffers(&mut self) {
+        self.buffers.clear();
+    }
+
     /// Momentum buffers by variable name (for checkpoints).
     pub fn buffers(&self) -> &BTreeMap<String, Tensor> {
         &self.buffers

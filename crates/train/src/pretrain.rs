@@ -150,9 +150,10 @@ pub fn build_supernet(space: &SearchSpace, classes: usize, device: Device) -> (n
 /// [`TrainError::Config`] for a fixed sampler without an architecture, and a space error for
 /// an unsatisfiable MACs limit.
 pub fn sampler(cfg: &PretrainConfig, space: &SearchSpace) -> Result<PathSampler, TrainError> {
-    Ok(match cfg.sampling.kind {
+    let sampler = match cfg.sampling.kind {
         SamplingKind::Uniform => PathSampler::uniform(space, cfg.max_backbone_macs()?)?,
         SamplingKind::FlopsBinned => PathSampler::flops_binned(space, cfg.max_backbone_macs()?, cfg.sampling.bins)?,
+        SamplingKind::Fair => PathSampler::fair(space),
         SamplingKind::Fixed => {
             let text = cfg
                 .sampling
@@ -161,6 +162,12 @@ pub fn sampler(cfg: &PretrainConfig, space: &SearchSpace) -> Result<PathSampler,
                 .ok_or_else(|| TrainError::Config("sampling.kind = \"fixed\" needs sampling.arch".into()))?;
             PathSampler::fixed(space, space.parse_arch(text)?)
         }
+    };
+    Ok(match detnas_nn::Supernet::reference_choice(space) {
+        Some(c) if cfg.sampling.warm_start_steps > 0 => {
+            sampler.with_warm_start(Arch::uniform(c, space.num_blocks()), cfg.sampling.warm_start_steps)
+        }
+        _ => sampler,
     })
 }
 
@@ -203,6 +210,11 @@ impl TrainTask for ClsTask<'_> {
 
     fn describe(&self, batch: &Batch) -> Vec<String> {
         batch.indices.iter().take(8).map(|&i| self.train.name(i)).collect()
+    }
+
+    fn end_warm_start(&mut self) -> Result<(), TrainError> {
+        self.net.align_choices();
+        Ok(())
     }
 }
 
@@ -253,7 +265,7 @@ pub fn run(cfg: &PretrainConfig, out: &Path, device: Device, opts: &RunOptions) 
         sync_bn_default: false,
     };
     let sampler = sampler(cfg, &space)?;
-    let mut trainer = Trainer::new(spec, Paths::Sampled(sampler.clone()), &mut vs, resume.as_ref(), opts)?;
+    let mut trainer = Trainer::new(spec, Paths::Sampled(Box::new(sampler.clone())), &mut vs, resume.as_ref(), opts)?;
     let loader = ClsLoader::new(train.clone(), train_loader_config(cfg, trainer.shard()), trainer.position())?;
     let mut task = ClsTask {
         net: &net,

@@ -43,6 +43,7 @@ fn dir(name: &str) -> PathBuf {
 }
 
 fn config(d: &Path, text: &str) -> PathBuf {
+    std::fs::create_dir_all(d).unwrap();
     let p = d.join("cfg.toml");
     std::fs::write(&p, text).unwrap();
     p
@@ -305,5 +306,70 @@ fn real_data_smoke_runs_and_eval() {
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
     assert_eq!(summary["steps"], 12);
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+/// The `arch` of every line of a run's metrics log.
+fn logged_paths(run: &Path) -> Vec<String> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["arch"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn warm_start_and_fair_sampling_train_their_paths_and_resume_exactly() {
+    let d = dir("warm");
+    // Warm start for 4 steps: SIGKILL after step 6 resumes from step 4, the step before which
+    // the choices are aligned, so the alignment runs again on resume.
+    let cfg = config(&d, &format!("{TINY}\n[sampling]\nwarm_start_steps = 4\n"));
+    let reference = d.join("reference");
+    let o = pretrain(&cfg, &reference, &[], None);
+    ok(&o);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.matches("warm start ended at step 4").count(), 1, "{err}");
+    let paths = logged_paths(&reference);
+    assert!(paths[..4].iter().all(|p| p == &"0".repeat(20)), "{paths:?}");
+    assert!(paths[4..].iter().all(|p| p != &"0".repeat(20)), "{paths:?}");
+    // The warm start and its alignment change the result.
+    let plain = d.join("plain");
+    ok(&pretrain(&config(&d.join("p"), TINY), &plain, &[], None));
+    assert!(
+        std::fs::read(ckpt(&plain, 12).join("model.safetensors")).unwrap()
+            != std::fs::read(ckpt(&reference, 12).join("model.safetensors")).unwrap()
+    );
+    let run = d.join("killed");
+    let o = pretrain(&cfg, &run, &[], Some("kill_after_step:6"));
+    assert_eq!(o.status.signal(), Some(9), "{:?}", o.status);
+    let o = pretrain(&cfg, &run, &[], None);
+    ok(&o);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("warm start ended at step 4"));
+    same_files(&ckpt(&reference, 12), &ckpt(&run, 12));
+    // A warm start as long as the run is refused.
+    let o = pretrain(&cfg, &d.join("long"), &["--set", "sampling.warm_start_steps=12"], None);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("must be below schedule.iterations"));
+
+    // Strict fairness: each step trains 4 paths that hold every choice of every block once.
+    let fair = config(&d.join("f"), &format!("{TINY}\n[sampling]\nkind = \"fair\"\n"));
+    let reference = d.join("fair-reference");
+    ok(&pretrain(&fair, &reference, &[], None));
+    for group in logged_paths(&reference) {
+        let paths: Vec<&str> = group.split(',').collect();
+        assert_eq!(paths.len(), 4, "{group}");
+        for b in 0..20 {
+            let mut ids: Vec<u8> = paths.iter().map(|p| p.as_bytes()[b]).collect();
+            ids.sort_unstable();
+            assert_eq!(ids, b"0123", "{group}");
+        }
+    }
+    let run = d.join("fair-killed");
+    let o = pretrain(&fair, &run, &[], Some("kill_after_step:6"));
+    assert_eq!(o.status.signal(), Some(9), "{:?}", o.status);
+    ok(&pretrain(&fair, &run, &[], None));
+    same_files(&ckpt(&reference, 12), &ckpt(&run, 12));
+    let o = pretrain(&fair, &d.join("fair-macs"), &["--set", "sampling.max_backbone_macs=\"300M\""], None);
+    assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
     std::fs::remove_dir_all(&d).unwrap();
 }

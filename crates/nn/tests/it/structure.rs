@@ -252,3 +252,60 @@ fn official_initialisation() {
     assert_eq!(v[pw].size()[1], 160);
     assert!((std(pw) * 160.0 - 1.0).abs() < 0.05);
 }
+
+#[test]
+fn aligned_choices_compute_the_reference_function() {
+    // Small at ×0.25 (20 blocks, strides 1 and 2). Before alignment the 3×3, 5×5 and 7×7
+    // paths differ; after it they are the same function in training and in eval mode, and
+    // any mix of them equals the all-3×3 path. Xception takes the reference's 1×1 weights
+    // and BNs, its middle 1×1 is the identity and its outer depthwise kernels are
+    // centre-one identities.
+    let space = SearchSpace::small().scaled(0.25).unwrap();
+    tch::manual_seed(5);
+    let (vs, net) = supernet(&space, Some(10));
+    let x = Tensor::randn([4, 3, 32, 32], (Kind::Float, Device::Cpu));
+    let n = space.num_blocks();
+    let path = |c: u8| Arch::new(vec![detnas_space::Choice::from_id(c).unwrap(); n]);
+    let mixed = Arch::new((0..n).map(|i| detnas_space::Choice::from_id((i % 3) as u8).unwrap()).collect());
+    // Backbone features of every stage, concatenated (the head's dropout is random).
+    let run = |a: &Arch, train: bool| {
+        let feats = tch::no_grad(|| net.features_t(&x, a, train)).unwrap();
+        Tensor::cat(&feats.iter().map(|f| f.flatten(0, -1)).collect::<Vec<_>>(), 0)
+    };
+    let close = |a: &Tensor, b: &Tensor| a.allclose(b, 1e-4, 1e-5, false);
+    assert!(!close(&run(&path(0), true), &run(&path(2), true)), "choices differ before alignment");
+    assert_eq!(Supernet::reference_choice(&space), Some(detnas_space::Choice::Shuffle3));
+    net.align_choices();
+    // Eval mode first: a training-mode forward moves the running statistics of its own path.
+    for train in [false, true] {
+        let reference = run(&path(0), train);
+        for a in [path(1), path(2), mixed.clone()] {
+            let y = run(&a, train);
+            let diff = f64::try_from((&reference - &y).abs().max()).unwrap();
+            assert!(close(&reference, &y), "{a} differs from the 3×3 path (train {train}) by {diff}");
+        }
+    }
+    let vars = vs.variables();
+    let v = |name: &str| vars.get(name).unwrap_or_else(|| panic!("{name}"));
+    for b in [0, 5] {
+        let r = |j: usize, what: &str| v(&format!("features.{b}.0.branch.{j}.{what}"));
+        let xc = |j: usize, what: &str| v(&format!("features.{b}.3.branch.{j}.{what}"));
+        for what in ["conv.weight", "bn.weight", "bn.bias"] {
+            assert!(r(0, what).equal(xc(1, what)) && r(2, what).equal(xc(5, what)), "block {b} {what}");
+        }
+        let mid = xc(3, "conv.weight").size()[0];
+        assert!(xc(3, "conv.weight").equal(&Tensor::eye(mid, (Kind::Float, Device::Cpu)).view([mid, mid, 1, 1])));
+        for j in [0, 4] {
+            let w = xc(j, "conv.weight");
+            assert_eq!(f64::try_from(w.sum(Kind::Double)).unwrap(), w.size()[0] as f64);
+            assert!(w.narrow(2, 1, 1).narrow(3, 1, 1).eq(1.0).all().int64_value(&[]) == 1);
+        }
+    }
+    // A 7×7 kernel is the 3×3 one in its centre, zero around it.
+    let k7 = v("features.0.2.branch.1.conv.weight");
+    assert!(k7.narrow(2, 2, 3).narrow(3, 2, 3).equal(v("features.0.0.branch.1.conv.weight")));
+    assert_eq!(
+        f64::try_from(k7.abs().sum(Kind::Double)).unwrap(),
+        f64::try_from(k7.narrow(2, 2, 3).narrow(3, 2, 3).abs().sum(Kind::Double)).unwrap()
+    );
+}

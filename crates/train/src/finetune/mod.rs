@@ -185,7 +185,7 @@ pub fn run(cfg: &FinetuneConfig, out: &Path, device: Device, opts: &RunOptions) 
     let sampler = PathSampler::uniform(&space, None)?;
     let paths = match &fixed {
         Some(a) => Paths::Child(a.clone()),
-        None => Paths::Sampled(sampler.clone()),
+        None => Paths::Sampled(Box::new(sampler.clone())),
     };
     let spec = TrainerSpec {
         what: "finetune",
