@@ -26,7 +26,7 @@ from make_golden import Op, conv_bn
 
 ap = argparse.ArgumentParser()
 ap.add_argument("name")
-ap.add_argument("--choices", default="0123")
+ap.add_argument("--choices", default="0123", help="allowed choices; keep 0, the alignment reference")
 ap.add_argument("--steps", type=int, default=1200)
 ap.add_argument("--batch", type=int, default=64)
 ap.add_argument("--lr", type=float, default=0.1)

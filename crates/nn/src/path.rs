@@ -53,6 +53,13 @@ impl PathIndex {
         )
     }
 
+    /// The variables of several paths, each once: shared ones, then each block's chosen ops in
+    /// the order the paths first use them.
+    pub fn union_vars<'a>(&'a self, archs: &'a [Arch]) -> Vec<&'a (String, Tensor)> {
+        let mut seen = std::collections::HashSet::new();
+        archs.iter().flat_map(|a| self.vars(a)).filter(|(name, _)| seen.insert(name.as_str())).collect()
+    }
+
     /// Every indexed variable.
     pub fn all(&self) -> impl Iterator<Item = &(String, Tensor)> {
         self.shared.iter().chain(self.choice_vars.values().flatten())

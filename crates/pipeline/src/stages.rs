@@ -108,6 +108,31 @@ pub(crate) fn runtime_overrides(cfg: &PipelineConfig, device: Device) -> Vec<Str
     o
 }
 
+/// The classification training of `arch` from scratch (`retrain.mode = "scratch"`): the
+/// pre-training config with `retrain.cls_set`, `cls_extra` and `ro`, one fixed path, no MACs
+/// limit and no warm start, the run's seed added.
+///
+/// # Errors
+/// A config that does not load or check.
+pub(crate) fn scratch_cls_config(
+    cfg: &PipelineConfig,
+    arch: &str,
+    cls_extra: &[String],
+    ro: &[String],
+) -> Result<PretrainConfig, PipelineError> {
+    // The warm start is cleared while loading: it is checked against the (shorter) run.
+    let set: Vec<String> = with(&cfg.pretrain.set, &cfg.retrain.cls_set, cls_extra);
+    let fixed = ["sampling.warm_start_steps=0".to_string()];
+    let mut p = PretrainConfig::load(Some(&cfg.pretrain.config), &with(&set, &fixed, ro))?;
+    p.seed = p.seed.wrapping_add(cfg.seed);
+    p.sampling.kind = detnas_train::config::SamplingKind::Fixed;
+    p.sampling.arch = Some(arch.to_string());
+    p.sampling.max_backbone_macs = None;
+    p.eval.final_paths = 1;
+    p.check()?;
+    Ok(p)
+}
+
 pub(crate) fn with(a: &[String], b: &[String], c: &[String]) -> Vec<String> {
     a.iter().chain(b).chain(c).cloned().collect()
 }
@@ -148,15 +173,7 @@ pub(crate) fn retrain(
     let ro = runtime_overrides(cfg, opts.device);
     let cls = match cfg.retrain.mode {
         RetrainMode::Scratch => {
-            let set: Vec<String> = with(&cfg.pretrain.set, &cfg.retrain.cls_set, cls_extra);
-            let mut p = PretrainConfig::load(Some(&cfg.pretrain.config), &with(&set, &[], &ro))?;
-            p.seed = p.seed.wrapping_add(cfg.seed);
-            p.sampling.kind = detnas_train::config::SamplingKind::Fixed;
-            p.sampling.arch = Some(arch.to_string());
-            p.sampling.max_backbone_macs = None;
-            p.sampling.warm_start_steps = 0;
-            p.eval.final_paths = 1;
-            p.check()?;
+            let p = scratch_cls_config(cfg, arch, cls_extra, &ro)?;
             Some(detnas_train::pretrain::run(&p, &dir.join("cls"), opts.device, train_opts)?)
         }
         RetrainMode::Inherit => None,
@@ -295,4 +312,23 @@ pub fn run(cfg: &PipelineConfig, opts: &PipelineOptions) -> Result<PipelineOutco
     }
     opts.barrier()?;
     Ok(outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_demo_retrains_from_scratch_without_its_warm_start() {
+        let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../configs/demo/pipeline.toml");
+        let mut cfg = PipelineConfig::load(&root, &[]).unwrap();
+        cfg.retrain.mode = RetrainMode::Scratch;
+        let supernet = PretrainConfig::load(Some(&cfg.pretrain.config), &cfg.pretrain.set).unwrap();
+        assert!(supernet.sampling.warm_start_steps > 0, "the demo pre-training has a warm start");
+        let p = scratch_cls_config(&cfg, "01230", &[], &[]).unwrap();
+        assert_eq!(p.sampling.warm_start_steps, 0);
+        assert_eq!(p.sampling.kind, detnas_train::config::SamplingKind::Fixed);
+        assert_eq!(p.sampling.arch.as_deref(), Some("01230"));
+        assert_eq!(p.schedule.iterations, 800, "retrain.cls_set applies");
+    }
 }

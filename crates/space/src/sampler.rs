@@ -44,45 +44,35 @@ impl PathSampler {
     /// `max_backbone_macs`.
     pub fn uniform(space: &SearchSpace, max_backbone_macs: Option<u64>) -> Result<PathSampler, SpaceError> {
         let constraint = Constraint { max_backbone_macs, max_backbone_params: None };
-        let model = CostModel::default();
-        constraint.check_satisfiable(space, &model)?;
-        Ok(PathSampler {
+        let s = PathSampler { constraint, ..PathSampler::base(space) };
+        s.constraint.check_satisfiable(space, &s.model)?;
+        Ok(s)
+    }
+
+    /// Uniform sampling without a limit; the other constructors adjust it.
+    fn base(space: &SearchSpace) -> PathSampler {
+        PathSampler {
             space: space.clone(),
-            constraint,
-            model,
+            constraint: Constraint::default(),
+            model: CostModel::default(),
             edges: Vec::new(),
             fixed: None,
             fair: false,
             warm_start: None,
-        })
+        }
     }
 
     /// A sampler that always returns `arch` (one child network trained alone).
     pub fn fixed(space: &SearchSpace, arch: Arch) -> PathSampler {
-        PathSampler {
-            space: space.clone(),
-            constraint: Constraint::default(),
-            model: CostModel::default(),
-            edges: Vec::new(),
-            fixed: Some(arch),
-            fair: false,
-            warm_start: None,
-        }
+        PathSampler { fixed: Some(arch), ..PathSampler::base(space) }
     }
 
     /// A strict-fairness sampler: [`PathSampler::sample_step`] returns one group of
-    /// `space.allowed().len()` paths covering every choice of every block once. No MACs limit
-    /// (a limit would break the fairness).
+    /// `space.allowed().len()` paths covering every choice of every block once;
+    /// [`PathSampler::sample`] draws one uniform path (for evaluation). No MACs limit (a
+    /// limit would break the fairness).
     pub fn fair(space: &SearchSpace) -> PathSampler {
-        PathSampler {
-            space: space.clone(),
-            constraint: Constraint::default(),
-            model: CostModel::default(),
-            edges: Vec::new(),
-            fixed: None,
-            fair: true,
-            warm_start: None,
-        }
+        PathSampler { fair: true, ..PathSampler::base(space) }
     }
 
     /// The same sampler, but steps `0..steps` all train `arch` (a warm start).

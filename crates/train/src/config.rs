@@ -485,8 +485,18 @@ impl ConfigDocument for PretrainConfig {
                     "sampling.warm_start_steps is for supernets; sampling.kind = \"fixed\" trains one path".into()
                 );
             }
-            if detnas_nn::Supernet::reference_choice(&self.space()?).is_none() {
+            let space = self.space()?;
+            let Some(reference) = detnas_nn::Supernet::reference_choice(&space) else {
                 return bad("sampling.warm_start_steps needs a ShuffleNetV2 choice (0, 1 or 2) in the space".into());
+            };
+            let warm = detnas_space::Arch::uniform(reference, space.num_blocks());
+            let macs = detnas_space::cost(&space, &warm, &detnas_space::CostModel::default()).backbone_macs;
+            if let Some(limit) = self.max_backbone_macs()?
+                && macs > limit
+            {
+                return bad(format!(
+                    "the warm-start path {warm} has {macs} backbone MACs, over sampling.max_backbone_macs ({limit})"
+                ));
             }
             if self.sampling.warm_start_steps >= s.iterations {
                 return bad(format!(

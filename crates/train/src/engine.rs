@@ -212,8 +212,9 @@ pub struct TrainerSpec<'a> {
 /// Which path each step trains.
 #[derive(Debug)]
 pub enum Paths {
-    /// A path of the supernet drawn every step from the path stream (uniform, FLOPs-binned,
-    /// or always the same one).
+    /// The supernet paths of each step from the path stream ([`PathSampler::sample_step`]):
+    /// one path (uniform, FLOPs-binned, or always the same one), after an optional warm start
+    /// on one path, or a strict-fairness group trained on the same batch.
     Sampled(Box<PathSampler>),
     /// A child network of this fixed architecture (its variables hold no choice).
     Child(Arch),
@@ -750,7 +751,9 @@ impl<'a> Trainer<'a> {
             {
                 task.end_warm_start()?;
                 self.opt.clear_buffers();
-                tracing::info!("warm start ended at step {}: every choice aligned to the trained path", self.step);
+                if self.is_writer() {
+                    tracing::info!("warm start ended at step {}: every choice aligned to the trained path", self.step);
+                }
             }
             let group: Vec<Arch> = match &self.paths {
                 Paths::Sampled(s) => s.sample_step(self.step, &mut self.path_rng)?,
@@ -790,12 +793,7 @@ impl<'a> Trainer<'a> {
                     *window.entry((*name).to_string()).or_default() += v * share;
                 }
             }
-            let vars: Vec<&(String, Tensor)> = if group.len() == 1 {
-                self.index.vars(&group[0]).collect()
-            } else {
-                let mut seen = std::collections::HashSet::new();
-                group.iter().flat_map(|a| self.index.vars(a)).filter(|(name, _)| seen.insert(name.as_str())).collect()
-            };
+            let vars = self.index.union_vars(&group);
             apply_update(&vars, &mut self.opt, lr, self.spec.schedule.clip_grad_norm, dist.as_deref())?;
             check_sync()?;
             self.step += 1;

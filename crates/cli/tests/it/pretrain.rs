@@ -332,13 +332,18 @@ fn warm_start_and_fair_sampling_train_their_paths_and_resume_exactly() {
     let paths = logged_paths(&reference);
     assert!(paths[..4].iter().all(|p| p == &"0".repeat(20)), "{paths:?}");
     assert!(paths[4..].iter().all(|p| p != &"0".repeat(20)), "{paths:?}");
-    // The warm start and its alignment change the result.
-    let plain = d.join("plain");
-    ok(&pretrain(&config(&d.join("p"), TINY), &plain, &[], None));
-    assert!(
-        std::fs::read(ckpt(&plain, 12).join("model.safetensors")).unwrap()
-            != std::fs::read(ckpt(&reference, 12).join("model.safetensors")).unwrap()
-    );
+    // The alignment ran: a block whose 7×7 choice was not sampled in steps 5–8 still has the
+    // zero ring around its kernel's 3×3 centre at step 8 (random initialisation has none).
+    let weights: std::collections::HashMap<String, tch::Tensor> =
+        tch::Tensor::read_safetensors(ckpt(&reference, 8).join("model.safetensors")).unwrap().into_iter().collect();
+    let untouched: Vec<usize> = (0..20).filter(|&b| paths[4..8].iter().all(|p| p.as_bytes()[b] != b'2')).collect();
+    assert!(!untouched.is_empty(), "{paths:?}");
+    for b in untouched {
+        let k = &weights[&format!("features.{b}.2.branch.1.conv.weight")];
+        let total = f64::try_from(k.abs().sum(tch::Kind::Double)).unwrap();
+        let centre = f64::try_from(k.narrow(2, 2, 3).narrow(3, 2, 3).abs().sum(tch::Kind::Double)).unwrap();
+        assert!(centre > 0.0 && total == centre, "block {b}: kernel sum {total}, centre {centre}");
+    }
     let run = d.join("killed");
     let o = pretrain(&cfg, &run, &[], Some("kill_after_step:6"));
     assert_eq!(o.status.signal(), Some(9), "{:?}", o.status);
