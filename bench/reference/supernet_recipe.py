@@ -11,12 +11,13 @@ path, top-1 on the 1000 held-out images, mean over 8 random paths.
 Data: the built-in synthetic shapes written by detnas (needs Pillow to read them):
     detnas data synth-cls --out /tmp/pt/cls_train --images 20000 --seed 1
     detnas data synth-cls --out /tmp/pt/cls_val --images 1000 --seed 2
-Runs (one thread each, about 2 minutes for 1200 steps):
-    python supernet_recipe.py cold                                  # random init: ~0.15
-    python supernet_recipe.py mom0 --momentum 0                     # ~0.41
-    python supernet_recipe.py warm --warm 600 --xid                 # warm start: ~0.75
-    python supernet_recipe.py warm1800 --warm 900 --steps 1800 --xid   # ~0.80
-    python supernet_recipe.py fixed --fixed 23013                   # one path: ~0.84
+Runs (one thread each, about 2 minutes for 1200 steps), with what they gave here:
+    python supernet_recipe.py cold          # random init: training top-1 0.21 at step 1000 (loss 2.05)
+    python supernet_recipe.py mom0 --momentum 0                         # 0.414
+    python supernet_recipe.py align --momentum 0 --align                # 0.529
+    python supernet_recipe.py warm --warm 600 --xid                     # warm start: 0.755
+    python supernet_recipe.py warm1800 --warm 900 --steps 1800 --xid    # 0.796
+    python supernet_recipe.py fixed --fixed 23013                       # one path: 0.840
 """
 import argparse, json, os, sys, time, random
 import numpy as np
