@@ -56,6 +56,10 @@ impl PathIndex {
     /// The variables of several paths, each once: shared ones, then each block's chosen ops in
     /// the order the paths first use them.
     pub fn union_vars<'a>(&'a self, archs: &'a [Arch]) -> Vec<&'a (String, Tensor)> {
+        if let [arch] = archs {
+            // One path per step (the usual case): its variables are distinct already.
+            return self.vars(arch).collect();
+        }
         let mut seen = std::collections::HashSet::new();
         archs.iter().flat_map(|a| self.vars(a)).filter(|(name, _)| seen.insert(name.as_str())).collect()
     }

@@ -101,15 +101,6 @@ fn losses(run: &Path) -> Vec<(u64, f64)> {
         .collect()
 }
 
-/// The paths trained, from `metrics.jsonl` (log_every = 1).
-fn archs(run: &Path) -> Vec<String> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["arch"].as_str().unwrap().to_string())
-        .collect()
-}
-
 /// The model tensors of a run's latest checkpoint.
 fn weights(run: &Path) -> Vec<(String, Tensor)> {
     let latest = std::fs::read_to_string(run.join("checkpoints/LATEST")).unwrap();
@@ -160,8 +151,9 @@ fn equivalent(single: &Path, two: &Path, control: &Path, require_untouched: bool
         );
     }
     assert!(strict_steps >= 2, "the control drifted at once: the comparison would be vacuous");
-    assert_eq!(archs(single), archs(two), "every rank trains the path one process trains");
-    let sampled: Vec<Vec<u8>> = archs(single).iter().map(|a| a.bytes().map(|c| c - b'0').collect()).collect();
+    assert_eq!(crate::logged_archs(single), crate::logged_archs(two), "every rank trains the path one process trains");
+    let sampled: Vec<Vec<u8>> =
+        crate::logged_archs(single).iter().map(|a| a.bytes().map(|c| c - b'0').collect()).collect();
     let (wa, wb, wc) = (weights(single), weights(two), weights(control));
     assert_eq!(wa.len(), wb.len());
     let mut untouched = 0;

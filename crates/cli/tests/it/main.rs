@@ -8,7 +8,7 @@ mod pretrain;
 mod search;
 mod soak;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 /// A fresh temporary folder for one test (`detnas-{what}-{name}-{pid}`).
@@ -27,6 +27,16 @@ fn engine(args: &[&str], fault: Option<&str>) -> Output {
         c.env("DETNAS_FAULT", f);
     }
     c.output().unwrap()
+}
+
+/// The paths trained, one per line of a run's `metrics.jsonl` (log_every = 1; a
+/// strict-fairness group is its paths joined by commas).
+fn logged_archs(run: &Path) -> Vec<String> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["arch"].as_str().unwrap().to_string())
+        .collect()
 }
 
 /// The demo space file.

@@ -309,15 +309,6 @@ fn real_data_smoke_runs_and_eval() {
     std::fs::remove_dir_all(&d).unwrap();
 }
 
-/// The `arch` of every line of a run's metrics log.
-fn logged_paths(run: &Path) -> Vec<String> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["arch"].as_str().unwrap().to_string())
-        .collect()
-}
-
 #[test]
 fn warm_start_and_fair_sampling_train_their_paths_and_resume_exactly() {
     let d = dir("warm");
@@ -329,7 +320,7 @@ fn warm_start_and_fair_sampling_train_their_paths_and_resume_exactly() {
     ok(&o);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(err.matches("warm start ended at step 4").count(), 1, "{err}");
-    let paths = logged_paths(&reference);
+    let paths = crate::logged_archs(&reference);
     assert!(paths[..4].iter().all(|p| p == &"0".repeat(20)), "{paths:?}");
     assert!(paths[4..].iter().all(|p| p != &"0".repeat(20)), "{paths:?}");
     // The alignment ran: a block whose 7×7 choice was not sampled in steps 5–8 still has the
@@ -360,7 +351,7 @@ fn warm_start_and_fair_sampling_train_their_paths_and_resume_exactly() {
     let fair = config(&d.join("f"), &format!("{TINY}\n[sampling]\nkind = \"fair\"\n"));
     let reference = d.join("fair-reference");
     ok(&pretrain(&fair, &reference, &[], None));
-    for group in logged_paths(&reference) {
+    for group in crate::logged_archs(&reference) {
         let paths: Vec<&str> = group.split(',').collect();
         assert_eq!(paths.len(), 4, "{group}");
         for b in 0..20 {
