@@ -13,6 +13,7 @@ use image::RgbImage;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Parameters of a synthetic detection split.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -129,58 +130,25 @@ impl SyntheticDetConfig {
     }
 
     /// Writes `dir/images/NNNNNN.png` and `dir/annotations.json` (COCO), then reads them back
-    /// through the COCO reader. A finished set (its JSON present) is not rewritten; the JSON
-    /// is written last and atomically, so a crash never leaves a set that looks complete.
+    /// through the COCO reader. A finished set (its JSON present) is not rewritten.
+    ///
+    /// The set is rendered into a private sibling folder (`.NAME.partial-…`) and renamed to
+    /// `dir` in one step, so a crash never leaves a set that looks complete, and processes that
+    /// write the same set at once (the ranks of a job on one machine or on a shared file system)
+    /// never read each other's partial files: the first rename wins, the others discard their
+    /// copy and read the winner's, which is identical (image `i` is a function of the config).
     ///
     /// # Errors
     /// As [`SyntheticDetConfig::check`] and [`coco::load`]; [`DataError::Io`] when a folder or the
     /// JSON cannot be written, [`DataError::Decode`] when an image cannot be;
-    /// [`DataError::Invalid`] when `dir` holds a set with other parameters.
+    /// [`DataError::Invalid`] when `dir` holds a set with other parameters, or is a non-empty
+    /// folder without `annotations.json`.
     pub fn write(&self, dir: &Path) -> Result<DetDataset, DataError> {
         self.check()?;
         let ann_path = dir.join("annotations.json");
         let img_dir = dir.join("images");
         if !ann_path.exists() {
-            std::fs::create_dir_all(&img_dir).map_err(|source| DataError::Io { path: img_dir.clone(), source })?;
-            let objects: Vec<Vec<SynthObject>> = (0..self.images)
-                .into_par_iter()
-                .map(|i| {
-                    let (img, objs) = self.render(i);
-                    let p = img_dir.join(format!("{i:06}.png"));
-                    // Fast deflate: the set is written once per run and read many times.
-                    let err = |e: String| DataError::Decode { path: p.clone(), message: e };
-                    let f = std::io::BufWriter::new(std::fs::File::create(&p).map_err(|e| err(e.to_string()))?);
-                    let enc = image::codecs::png::PngEncoder::new_with_quality(
-                        f,
-                        image::codecs::png::CompressionType::Fast,
-                        image::codecs::png::FilterType::Sub,
-                    );
-                    img.write_with_encoder(enc).map_err(|e| err(e.to_string()))?;
-                    Ok(objs)
-                })
-                .collect::<Result<_, DataError>>()?;
-            let mut anns = Vec::new();
-            for (i, objs) in objects.iter().enumerate() {
-                for (b, label) in objs {
-                    anns.push(serde_json::json!({
-                        "id": anns.len() + 1, "image_id": i + 1, "category_id": label + 1,
-                        "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]],
-                        "area": (b[2] - b[0]) * (b[3] - b[1]), "iscrowd": 0,
-                    }));
-                }
-            }
-            let doc = serde_json::json!({
-                "info": {"description": "detnas synthetic detection set", "config": self},
-                "images": (0..self.images).map(|i| serde_json::json!({
-                    "id": i + 1, "file_name": format!("{i:06}.png"), "width": self.width, "height": self.height,
-                })).collect::<Vec<_>>(),
-                "annotations": anns,
-                "categories": self.categories().iter().map(|c| serde_json::json!({"id": c.id, "name": c.name})).collect::<Vec<_>>(),
-            });
-            let tmp = dir.join("annotations.json.tmp");
-            std::fs::write(&tmp, serde_json::to_vec(&doc).expect("serialisable"))
-                .map_err(|source| DataError::Io { path: tmp.clone(), source })?;
-            std::fs::rename(&tmp, &ann_path).map_err(|source| DataError::Io { path: ann_path.clone(), source })?;
+            self.publish(dir)?;
         }
         let ds = coco::load(&ann_path, &img_dir)?;
         let want = serde_json::to_value(self).expect("serialisable");
@@ -194,6 +162,85 @@ impl SyntheticDetConfig {
             )));
         }
         Ok(ds)
+    }
+
+    /// Renders the set into a staging folder next to `dir` and renames it to `dir`.
+    fn publish(&self, dir: &Path) -> Result<(), DataError> {
+        static STAGING: AtomicU64 = AtomicU64::new(0);
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| DataError::Io { path, source }
+        };
+        let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let name = dir.file_name().map_or_else(|| "set".into(), |n| n.to_string_lossy().into_owned());
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let staging = parent.join(format!(
+            ".{name}.partial-{}-{nanos}-{}",
+            std::process::id(),
+            STAGING.fetch_add(1, Ordering::Relaxed)
+        ));
+        let img_dir = staging.join("images");
+        std::fs::create_dir_all(&img_dir).map_err(io(&img_dir))?;
+        let written = self.render_into(&staging);
+        let published = written.and_then(|()| std::fs::rename(&staging, dir).map_err(io(dir)));
+        if published.is_ok() {
+            return Ok(());
+        }
+        let _ = std::fs::remove_dir_all(&staging);
+        if dir.join("annotations.json").exists() {
+            // Another process published the same set first.
+            return Ok(());
+        }
+        if dir.read_dir().is_ok_and(|mut d| d.next().is_some()) {
+            return Err(DataError::Invalid(format!(
+                "{} is not empty but holds no annotations.json (an interrupted write?); remove it",
+                dir.display()
+            )));
+        }
+        published
+    }
+
+    /// Renders every image and the COCO JSON into `dir` (whose `images/` exists).
+    fn render_into(&self, dir: &Path) -> Result<(), DataError> {
+        let img_dir = dir.join("images");
+        let objects: Vec<Vec<SynthObject>> = (0..self.images)
+            .into_par_iter()
+            .map(|i| {
+                let (img, objs) = self.render(i);
+                let p = img_dir.join(format!("{i:06}.png"));
+                // Fast deflate: the set is written once per run and read many times.
+                let err = |e: String| DataError::Decode { path: p.clone(), message: e };
+                let f = std::io::BufWriter::new(std::fs::File::create(&p).map_err(|e| err(e.to_string()))?);
+                let enc = image::codecs::png::PngEncoder::new_with_quality(
+                    f,
+                    image::codecs::png::CompressionType::Fast,
+                    image::codecs::png::FilterType::Sub,
+                );
+                img.write_with_encoder(enc).map_err(|e| err(e.to_string()))?;
+                Ok(objs)
+            })
+            .collect::<Result<_, DataError>>()?;
+        let mut anns = Vec::new();
+        for (i, objs) in objects.iter().enumerate() {
+            for (b, label) in objs {
+                anns.push(serde_json::json!({
+                    "id": anns.len() + 1, "image_id": i + 1, "category_id": label + 1,
+                    "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]],
+                    "area": (b[2] - b[0]) * (b[3] - b[1]), "iscrowd": 0,
+                }));
+            }
+        }
+        let doc = serde_json::json!({
+            "info": {"description": "detnas synthetic detection set", "config": self},
+            "images": (0..self.images).map(|i| serde_json::json!({
+                "id": i + 1, "file_name": format!("{i:06}.png"), "width": self.width, "height": self.height,
+            })).collect::<Vec<_>>(),
+            "annotations": anns,
+            "categories": self.categories().iter().map(|c| serde_json::json!({"id": c.id, "name": c.name})).collect::<Vec<_>>(),
+        });
+        let ann_path = dir.join("annotations.json");
+        std::fs::write(&ann_path, serde_json::to_vec(&doc).expect("serialisable"))
+            .map_err(|source| DataError::Io { path: ann_path.clone(), source })
     }
 }
 
@@ -256,5 +303,38 @@ mod tests {
         let e = SyntheticDetConfig { seed: 4, ..c }.write(&dir).unwrap_err().to_string();
         assert!(e.contains("other parameters"), "{e}");
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn concurrent_writers_of_one_set_all_read_the_same_complete_set() {
+        // The ranks of a job on one machine each call `write` on the same folder at once.
+        let parent = std::env::temp_dir().join(format!("detnas-synthdet-race-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&parent);
+        let dir = parent.join("train");
+        let c = cfg();
+        let start = std::sync::Barrier::new(6);
+        let sets: Vec<DetDataset> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..6)
+                .map(|_| {
+                    s.spawn(|| {
+                        start.wait();
+                        c.write(&dir)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap().unwrap()).collect()
+        });
+        assert!(sets.iter().all(|d| *d == sets[0] && d.len() == 12));
+        assert_eq!(sets[0].load(7).unwrap(), c.render(7).0);
+        let left: Vec<_> = std::fs::read_dir(&parent).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left, vec![std::ffi::OsString::from("train")], "staging folders left behind");
+
+        // A folder with files but no JSON (a write interrupted by an older version) is refused.
+        let broken = parent.join("broken");
+        std::fs::create_dir_all(broken.join("images")).unwrap();
+        std::fs::write(broken.join("images/000000.png"), b"partial").unwrap();
+        let e = c.write(&broken).unwrap_err().to_string();
+        assert!(e.contains("broken") && e.contains("no annotations.json"), "{e}");
+        std::fs::remove_dir_all(&parent).ok();
     }
 }
