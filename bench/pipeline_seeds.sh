@@ -7,11 +7,12 @@
 # pre-trained supernet's mean top-1. pipeline-seeds-cold.jsonl holds 3 seeds of the demo before
 # its pre-training had a warm start (commit c60f418), for comparison.
 #   bench/pipeline_seeds.sh [FIRST_SEED] [LAST_SEED] [OUT]     (default 0 9 runs/seeds)
+# DETNAS_BIN names another build of the CLI (a copy, so that rebuilding during a sweep is safe).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
 first=${1:-0}; last=${2:-9}; out=${3:-runs/seeds}
-bin=target/release/detnas
+bin=${DETNAS_BIN:-target/release/detnas}
 lines=bench/results/pipeline-seeds.jsonl
 mkdir -p "$out" bench/results
 touch "$lines"

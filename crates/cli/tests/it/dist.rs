@@ -152,8 +152,11 @@ fn equivalent(single: &Path, two: &Path, control: &Path, require_untouched: bool
     }
     assert!(strict_steps >= 2, "the control drifted at once: the comparison would be vacuous");
     assert_eq!(crate::logged_archs(single), crate::logged_archs(two), "every rank trains the path one process trains");
-    let sampled: Vec<Vec<u8>> =
-        crate::logged_archs(single).iter().map(|a| a.bytes().map(|c| c - b'0').collect()).collect();
+    // A strictly fair step logs its paths comma-separated.
+    let sampled: Vec<Vec<u8>> = crate::logged_archs(single)
+        .iter()
+        .flat_map(|group| group.split(',').map(|a| a.bytes().map(|c| c - b'0').collect()).collect::<Vec<_>>())
+        .collect();
     let (wa, wb, wc) = (weights(single), weights(two), weights(control));
     assert_eq!(wa.len(), wb.len());
     let mut untouched = 0;
@@ -253,6 +256,23 @@ fn finetune_config(d: &Path, head: &str) -> PathBuf {
     let p = d.join(format!("{head}.toml"));
     std::fs::write(&p, text).unwrap();
     p
+}
+
+#[test]
+fn fair_sampling_after_a_warm_start_on_two_ranks_equals_one_process() {
+    // The warm start's alignment (at step 6) and strict fairness (per-path gradients summed,
+    // then one update over the union of the paths) make the same collectives on every rank.
+    let d = temp_dir("dist", "fair");
+    let cfg = d.join("pretrain.toml");
+    let text = format!("{}\n[sampling]\nkind = \"fair\"\nwarm_start_steps = 6\n", crate::tiny_pretrain(16));
+    std::fs::write(&cfg, text).unwrap();
+    let (single, two, control) = train_three("pretrain", &cfg, &d);
+    equivalent(&single, &two, &control, false);
+    let archs = crate::logged_archs(&two);
+    assert_eq!(archs.len(), 16);
+    assert!(archs[..6].iter().all(|a| a.bytes().all(|c| c == b'0')), "{archs:?}");
+    assert!(archs[6..].iter().all(|a| a.split(',').count() == 4), "{archs:?}");
+    std::fs::remove_dir_all(&d).ok();
 }
 
 #[test]
