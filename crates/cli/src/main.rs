@@ -184,6 +184,9 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
 }
 
 fn main() -> ExitCode {
+    if let Some(revision) = option_env!("DETNAS_REVISION") {
+        detnas_runtime::provenance::set_revision(revision);
+    }
     // In a multi-process job only rank 0 logs progress; the others log warnings and errors.
     let rank = detnas_dist::Launch::from_env().ok().flatten().map_or(0, |l| l.rank);
     let default_level = if rank == 0 { "info" } else { "warn" };

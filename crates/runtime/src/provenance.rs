@@ -1,8 +1,20 @@
 //! Where an artifact comes from: the code version recorded in every checkpoint, ledger and
 //! report.
 
-/// `detnas <version> (<git revision>)`; the revision is set at build time by the engine's
-/// build script (`DETNAS_GIT_REV`), else "unknown revision".
+use std::sync::OnceLock;
+
+static REVISION: OnceLock<&'static str> = OnceLock::new();
+
+/// Sets the revision [`code_version`] reports, once, from the binary (whose build script sees
+/// every source change and marks a modified tree `-dirty`); later calls are ignored.
+pub fn set_revision(revision: &'static str) {
+    let _ = REVISION.set(revision);
+}
+
+/// `detnas <version> (<git revision>)`: the revision given to [`set_revision`], else the one
+/// this crate was built at (`DETNAS_GIT_REV`, without the dirty mark), else "unknown
+/// revision".
 pub fn code_version() -> String {
-    format!("detnas {} ({})", env!("CARGO_PKG_VERSION"), option_env!("DETNAS_GIT_REV").unwrap_or("unknown revision"))
+    let revision = REVISION.get().copied().or(option_env!("DETNAS_GIT_REV")).unwrap_or("unknown revision");
+    format!("detnas {} ({revision})", env!("CARGO_PKG_VERSION"))
 }
