@@ -45,7 +45,7 @@ pub enum DataCommand {
     },
     /// Write the synthetic detection set: `OUT/images/*.png` + `OUT/annotations.json` (COCO).
     Synth {
-        /// Output folder.
+        /// Output folder: new or empty (a finished set with the same parameters is kept).
         #[arg(long)]
         out: PathBuf,
         /// Number of images.

@@ -189,8 +189,9 @@ impl PipelineConfig {
         Ok(cfg)
     }
 
-    /// Writes the embedded demo configs into `dir` (once; identical files are kept) and
-    /// returns the path of its pipeline.toml.
+    /// Writes the embedded demo configs into `dir` (once; identical files are kept; each file
+    /// replaced atomically, as every rank of a job writes them) and returns the path of its
+    /// pipeline.toml.
     ///
     /// # Errors
     /// [`PipelineError::Io`] when `dir` cannot be created or a file cannot be written.
@@ -199,7 +200,7 @@ impl PipelineConfig {
         for (name, text) in EMBEDDED {
             let p = dir.join(name);
             if std::fs::read_to_string(&p).ok().as_deref() != Some(text) {
-                std::fs::write(&p, text).map_err(|e| PipelineError::io(&p, e))?;
+                detnas_runtime::fsx::write_atomic(&p, text.as_bytes())?;
             }
         }
         Ok(dir.join("pipeline.toml"))

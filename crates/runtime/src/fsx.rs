@@ -6,6 +6,7 @@ use sha2::{Digest, Sha256};
 use std::fs::File;
 use std::io::Write;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Flushes a file or folder to disk.
 ///
@@ -15,14 +16,21 @@ pub fn fsync_path(path: &Path) -> Result<(), RuntimeError> {
     File::open(path).and_then(|f| f.sync_all()).map_err(|e| RuntimeError::io(path, e))
 }
 
-/// Writes `bytes` to `path` atomically: a temporary file beside it, fsync, rename over
-/// `path`, fsync of the folder.
+/// Writes `bytes` to `path` atomically: a temporary file beside it (named after the process
+/// and call, so that processes writing the same file at once don't share one), fsync, rename
+/// over `path`, fsync of the folder.
 ///
 /// # Errors
 /// [`RuntimeError::Io`] naming the temporary file or `path`.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RuntimeError> {
+    static CALLS: AtomicU64 = AtomicU64::new(0);
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(".tmp-{}", path.file_name().and_then(|n| n.to_str()).unwrap_or("file")));
+    let tmp = dir.join(format!(
+        ".tmp-{}-{}-{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
+        std::process::id(),
+        CALLS.fetch_add(1, Ordering::Relaxed)
+    ));
     {
         let mut f = File::create(&tmp).map_err(|e| RuntimeError::io(&tmp, e))?;
         f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| RuntimeError::io(&tmp, e))?;

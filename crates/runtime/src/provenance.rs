@@ -11,10 +11,9 @@ pub fn set_revision(revision: &'static str) {
     let _ = REVISION.set(revision);
 }
 
-/// `detnas <version> (<git revision>)`: the revision given to [`set_revision`], else the one
-/// this crate was built at (`DETNAS_GIT_REV`, without the dirty mark), else "unknown
-/// revision".
+/// `detnas <version> (<git revision>)`: the revision given to [`set_revision`] (the
+/// `detnas-engine` binary sets it), else "unknown revision".
 pub fn code_version() -> String {
-    let revision = REVISION.get().copied().or(option_env!("DETNAS_GIT_REV")).unwrap_or("unknown revision");
+    let revision = REVISION.get().copied().unwrap_or("unknown revision");
     format!("detnas {} ({revision})", env!("CARGO_PKG_VERSION"))
 }

@@ -260,18 +260,32 @@ fn finetune_config(d: &Path, head: &str) -> PathBuf {
 
 #[test]
 fn fair_sampling_after_a_warm_start_on_two_ranks_equals_one_process() {
-    // The warm start's alignment (at step 6) and strict fairness (per-path gradients summed,
-    // then one update over the union of the paths) make the same collectives on every rank.
+    // The warm start's alignment (after step 2) and strict fairness (per-path gradients
+    // summed, then one update over the union of the paths) make the same collectives on every
+    // rank.
     let d = temp_dir("dist", "fair");
     let cfg = d.join("pretrain.toml");
-    let text = format!("{}\n[sampling]\nkind = \"fair\"\nwarm_start_steps = 6\n", crate::tiny_pretrain(16));
+    let text = format!("{}\n[sampling]\nkind = \"fair\"\nwarm_start_steps = 2\n", crate::tiny_pretrain(16));
     std::fs::write(&cfg, text).unwrap();
     let (single, two, control) = train_three("pretrain", &cfg, &d);
     equivalent(&single, &two, &control, false);
+    // The first fair step (its paths' forward on the aligned weights) agrees to rounding, even
+    // where the 2-thread control has already drifted further.
+    let ((s1, l1), (_, l2)) = (losses(&single)[2], losses(&two)[2]);
+    assert_eq!(s1, 3);
+    assert!((l1 - l2).abs() <= 1e-5 * l1.abs(), "first fair step: one process {l1}, two ranks {l2}");
     let archs = crate::logged_archs(&two);
     assert_eq!(archs.len(), 16);
-    assert!(archs[..6].iter().all(|a| a.bytes().all(|c| c == b'0')), "{archs:?}");
-    assert!(archs[6..].iter().all(|a| a.split(',').count() == 4), "{archs:?}");
+    assert!(archs[..2].iter().all(|a| a.bytes().all(|c| c == b'0')), "{archs:?}");
+    for group in &archs[2..] {
+        let paths: Vec<&[u8]> = group.split(',').map(str::as_bytes).collect();
+        assert_eq!(paths.len(), 4, "{group}");
+        for block in 0..paths[0].len() {
+            let mut choices: Vec<u8> = paths.iter().map(|p| p[block]).collect();
+            choices.sort();
+            assert_eq!(choices, b"0123", "block {block} of {group}");
+        }
+    }
     std::fs::remove_dir_all(&d).ok();
 }
 

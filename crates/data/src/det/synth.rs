@@ -12,6 +12,7 @@ use detnas_space::rng::{below, seeded};
 use image::RgbImage;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
+use std::io::ErrorKind;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -171,33 +172,46 @@ impl SyntheticDetConfig {
             let path = path.to_path_buf();
             move |source| DataError::Io { path, source }
         };
-        let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        let name = dir.file_name().map_or_else(|| "set".into(), |n| n.to_string_lossy().into_owned());
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-        let staging = parent.join(format!(
-            ".{name}.partial-{}-{nanos}-{}",
-            std::process::id(),
-            STAGING.fetch_add(1, Ordering::Relaxed)
-        ));
-        let img_dir = staging.join("images");
-        std::fs::create_dir_all(&img_dir).map_err(io(&img_dir))?;
-        let written = self.render_into(&staging);
-        let published = written.and_then(|()| std::fs::rename(&staging, dir).map_err(io(dir)));
-        if published.is_ok() {
-            return Ok(());
-        }
-        let _ = std::fs::remove_dir_all(&staging);
-        if dir.join("annotations.json").exists() {
-            // Another process published the same set first.
-            return Ok(());
-        }
-        if dir.read_dir().is_ok_and(|mut d| d.next().is_some()) {
+        let ann_path = dir.join("annotations.json");
+        if dir.read_dir().is_ok_and(|mut d| d.next().is_some()) && !ann_path.exists() {
             return Err(DataError::Invalid(format!(
-                "{} is not empty but holds no annotations.json (an interrupted write?); remove it",
+                "{} is not empty but holds no annotations.json (an interrupted write?); remove it or choose a new folder",
                 dir.display()
             )));
         }
-        published
+        let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let name = dir.file_name().map_or_else(|| "set".into(), |n| n.to_string_lossy().into_owned());
+        let prefix = format!(".{name}.partial-");
+        remove_stale_partials(parent, &prefix);
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let staging =
+            parent.join(format!("{prefix}{}-{nanos}-{}", std::process::id(), STAGING.fetch_add(1, Ordering::Relaxed)));
+        let img_dir = staging.join("images");
+        std::fs::create_dir_all(&img_dir).map_err(io(&img_dir))?;
+        let renamed = self.render_into(&staging).map(|()| std::fs::rename(&staging, dir));
+        let lost = match renamed {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(e)) if matches!(e.kind(), ErrorKind::DirectoryNotEmpty | ErrorKind::AlreadyExists) => e,
+            Ok(Err(e)) => {
+                let _ = std::fs::remove_dir_all(&staging);
+                return Err(io(dir)(e));
+            }
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&staging);
+                return Err(e);
+            }
+        };
+        // Another process published the set first. On a shared file system its JSON can take
+        // a moment to become visible here.
+        let _ = std::fs::remove_dir_all(&staging);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
+            if ann_path.exists() {
+                return Ok(());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        Err(io(dir)(lost))
     }
 
     /// Renders every image and the COCO JSON into `dir` (whose `images/` exists).
@@ -241,6 +255,22 @@ impl SyntheticDetConfig {
         let ann_path = dir.join("annotations.json");
         std::fs::write(&ann_path, serde_json::to_vec(&doc).expect("serialisable"))
             .map_err(|source| DataError::Io { path: ann_path.clone(), source })
+    }
+}
+
+/// Removes staging folders (`prefix…` in `parent`) that nothing has written to for an hour:
+/// left by a process killed while it rendered. A writer adds an image every few milliseconds,
+/// so a live one is never that old.
+fn remove_stale_partials(parent: &Path, prefix: &str) {
+    let Ok(entries) = parent.read_dir() else { return };
+    let hour = std::time::Duration::from_secs(3600);
+    let idle =
+        |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).is_ok_and(|t| t.elapsed().is_ok_and(|e| e > hour));
+    for e in entries.flatten() {
+        let p = e.path();
+        if e.file_name().to_string_lossy().starts_with(prefix) && idle(&p) && idle(&p.join("images")) {
+            let _ = std::fs::remove_dir_all(&p);
+        }
     }
 }
 
@@ -326,8 +356,33 @@ mod tests {
         });
         assert!(sets.iter().all(|d| *d == sets[0] && d.len() == 12));
         assert_eq!(sets[0].load(7).unwrap(), c.render(7).0);
-        let left: Vec<_> = std::fs::read_dir(&parent).unwrap().map(|e| e.unwrap().file_name()).collect();
-        assert_eq!(left, vec![std::ffi::OsString::from("train")], "staging folders left behind");
+        let left = || -> Vec<String> {
+            let mut v: Vec<String> =
+                std::fs::read_dir(&parent).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
+            v.sort();
+            v
+        };
+        assert_eq!(left(), ["train"], "staging folders left behind");
+        // The loser's path, deterministically: a second publish finds the set in place.
+        c.publish(&dir).unwrap();
+        assert_eq!(left(), ["train"]);
+
+        // An empty folder is written into; a staging folder idle for an hour (a writer killed
+        // while rendering) is removed, a fresh one (a live writer) is kept.
+        let empty = parent.join("empty");
+        std::fs::create_dir_all(&empty).unwrap();
+        let stale = parent.join(".empty.partial-1-2-3");
+        let live = parent.join(".empty.partial-4-5-6");
+        for p in [&stale, &live] {
+            std::fs::create_dir_all(p.join("images")).unwrap();
+        }
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+        for p in [stale.join("images"), stale.clone()] {
+            std::fs::File::open(&p).unwrap().set_modified(old).unwrap();
+        }
+        assert_eq!(c.write(&empty).unwrap().len(), 12);
+        assert_eq!(left(), [".empty.partial-4-5-6", "empty", "train"]);
+        std::fs::remove_dir_all(&live).unwrap();
 
         // A folder with files but no JSON (a write interrupted by an older version) is refused.
         let broken = parent.join("broken");
