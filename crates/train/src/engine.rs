@@ -751,9 +751,7 @@ impl<'a> Trainer<'a> {
             {
                 task.end_warm_start()?;
                 self.opt.clear_buffers();
-                if self.is_writer() {
-                    tracing::info!("warm start ended at step {}: every choice aligned to the trained path", self.step);
-                }
+                tracing::info!("warm start ended at step {}: every choice aligned to the trained path", self.step);
             }
             let group: Vec<Arch> = match &self.paths {
                 Paths::Sampled(s) => s.sample_step(self.step, &mut self.path_rng)?,
