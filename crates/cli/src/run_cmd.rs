@@ -105,6 +105,7 @@ pub struct RankCheckArgs {
     #[arg(long, default_value_t = 20)]
     archs: usize,
     /// Trainings per architecture: seeds 0..S (plus the run's seed, as for every stage).
+    /// May change between invocations: more seeds train only the new units.
     #[arg(long, default_value_t = 2)]
     seeds: usize,
     /// Override a key of the retraining's detection config, after the pipeline's

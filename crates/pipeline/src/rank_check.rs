@@ -40,7 +40,8 @@ pub fn dir(run: &Path) -> PathBuf {
     run.join("rank-check")
 }
 
-/// What to check; the draw, seeds and protocol are fixed at the first start of a run's check.
+/// What to check; the draw and the protocol are fixed at the first start of a run's check, the
+/// number of seeds may change (unit `(arch, s)` does not depend on it).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct RankCheckOptions {
@@ -80,11 +81,11 @@ impl Default for RankCheckOptions {
 }
 
 impl RankCheckOptions {
-    /// Whether `other` trains the same units (draw, seeds, protocol); the statistics' options
-    /// (resamples, control) may change between invocations.
+    /// Whether `other` draws the same architectures and trains unit `(arch, s)` the same way
+    /// (draw, protocol). The number of seeds and the statistics' options (resamples, control)
+    /// may change between invocations: more seeds add units, fewer summarise the first ones.
     fn same_units(&self, other: &RankCheckOptions) -> bool {
-        (self.archs, self.seeds, &self.set, &self.cls_set, self.seed)
-            == (other.archs, other.seeds, &other.set, &other.cls_set, other.seed)
+        (self.archs, &self.set, &self.cls_set, self.seed) == (other.archs, &other.set, &other.cls_set, other.seed)
     }
 }
 
@@ -201,8 +202,8 @@ fn search_config(dir: &Path) -> Result<SearchConfig, PipelineError> {
     Ok(SearchConfig::load(&dir.join("config.toml"), &[])?)
 }
 
-/// The plan of `run`: the one recorded, or a new draw. A recorded plan made with other
-/// options is refused.
+/// The plan of `run`: the one recorded (with `o`'s seeds and statistics' options), or a new
+/// draw. A recorded plan made with another draw or protocol is refused.
 fn plan(run: &Path, o: &RankCheckOptions) -> Result<Plan, PipelineError> {
     let path = dir(run).join("plan.json");
     if let Some(mut p) = read_json::<Plan>(&path)? {
@@ -214,7 +215,10 @@ fn plan(run: &Path, o: &RankCheckOptions) -> Result<Plan, PipelineError> {
                 dir(run).display()
             )));
         }
-        p.options = o.clone();
+        if p.options != *o {
+            p.options = o.clone();
+            write_json(&path, &p)?;
+        }
         return Ok(p);
     }
     let entries = unique(ledger::read(&detnas_search::engine::ledger_path(&dirs::search(run)))?);

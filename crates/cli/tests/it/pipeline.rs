@@ -238,7 +238,30 @@ fn rank_check(run: &Path) {
     assert_eq!(again, result);
     let log = String::from_utf8_lossy(&o.stderr);
     assert!(!log.contains("running into") && log.matches("finished earlier").count() == 2 * archs.len(), "{log}");
-    // Other options against the recorded plan are refused.
+    // Fewer seeds summarise the first ones without training; more seeds train only the new units.
+    let o = engine(
+        &["rank-check", r, "--archs", "3", "--seeds", "1", "--resamples", "200", "--no-progress", "--json"],
+        None,
+    );
+    let one: serde_json::Value = serde_json::from_str(&ok(&o)).unwrap();
+    assert!(!String::from_utf8_lossy(&o.stderr).contains("running into"));
+    assert_eq!(one["seeds"], 1);
+    for (a, b) in one["archs"].as_array().unwrap().iter().zip(archs) {
+        assert_eq!(a["ground_truth"], serde_json::json!([b["ground_truth"][0]]), "{a}");
+    }
+    let o = engine(
+        &["rank-check", r, "--archs", "3", "--seeds", "3", "--resamples", "200", "--no-progress", "--json"],
+        None,
+    );
+    let three: serde_json::Value = serde_json::from_str(&ok(&o)).unwrap();
+    let log = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(log.matches("finished earlier").count(), 2 * archs.len(), "{log}");
+    assert_eq!(three["complete"], true);
+    for (a, b) in three["archs"].as_array().unwrap().iter().zip(archs) {
+        let gt = a["ground_truth"].as_array().unwrap();
+        assert_eq!((gt.len(), &gt[..2]), (3, &b["ground_truth"].as_array().unwrap()[..]), "{a}");
+    }
+    // Another draw or protocol against the recorded plan is refused.
     let o = engine(&["rank-check", r, "--archs", "4", "--no-progress"], None);
     assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stderr).contains("other options"));
