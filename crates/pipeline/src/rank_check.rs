@@ -10,7 +10,7 @@
 //! detector at initialisation, whose ranking should be chance.
 //!
 //! ```text
-//! RUN/rank-check/plan.json          the architectures and settings (fixed at the first start)
+//! RUN/rank-check/plan.json          the architectures and settings (draw and protocol fixed at the first start)
 //! RUN/rank-check/proxies.json       proxy scores: search ledger, ClsNAS, control
 //! RUN/rank-check/units/A-seedS/     one stand-alone training per architecture and seed
 //! RUN/rank-check/result.json        the statistics, rewritten after every unit
@@ -209,7 +209,7 @@ fn plan(run: &Path, o: &RankCheckOptions) -> Result<Plan, PipelineError> {
     if let Some(mut p) = read_json::<Plan>(&path)? {
         if !p.options.same_units(o) {
             return Err(PipelineError::Config(format!(
-                "{} was made with other options ({}); use them again, or delete {} to start over",
+                "{} was made with other options ({}); its draw and protocol (--archs, --set, --cls-set, seed) must stay: use them again, or delete {} to start over",
                 path.display(),
                 serde_json::to_string(&p.options).expect("serialisable"),
                 dir(run).display()
