@@ -116,6 +116,12 @@ pub struct RankCheckArgs {
     /// (retrain.mode = "scratch" only; repeatable).
     #[arg(long = "cls-set", value_name = "KEY=VALUE")]
     cls_set: Vec<String>,
+    /// Supernets that rank the architectures: the search's own and K − 1 more, fine-tuned
+    /// again from the same pre-trained supernet with seeds 1..K (each scored with the
+    /// search's settings on its own search-validation split). Shows how much of the ranking
+    /// is the luck of one fine-tuning. May change between invocations.
+    #[arg(long, default_value_t = 1)]
+    supernets: usize,
     /// Skip the control (the architectures scored on the detector at initialisation).
     #[arg(long)]
     no_control: bool,
@@ -154,6 +160,7 @@ pub fn rank_check(a: RankCheckArgs) -> Result<(), Failure> {
         seeds: a.seeds,
         set: a.set,
         cls_set: a.cls_set,
+        supernets: a.supernets,
         control: !a.no_control,
         resamples: a.resamples,
         seed: a.seed,
@@ -196,6 +203,29 @@ pub fn rank_check(a: RankCheckArgs) -> Result<(), Failure> {
         };
         println!(
             "  {name}: τ {} (95 % CI {}), Spearman {}{chosen}",
+            f(ag.kendall_tau),
+            ci(ag.tau_ci95),
+            f(ag.spearman)
+        );
+    }
+    for (k, ag) in r.supernets.iter().enumerate() {
+        let best = match (&ag.chosen, ag.chosen_percentile) {
+            (Some(c), Some(p)) => format!("; its best {c} beats {:.0} %", 100.0 * p),
+            _ => String::new(),
+        };
+        println!("  supernet seed {k}: τ {} (95 % CI {}){best}", f(ag.kendall_tau), ci(ag.tau_ci95));
+    }
+    if !r.supernets.is_empty() {
+        println!("  supernets' τ: mean {}, sd {}", f(r.supernet_tau_mean), f(r.supernet_tau_sd));
+    }
+    if let Some(ag) = &r.supernet_mean {
+        let best = match (&ag.chosen, ag.chosen_percentile) {
+            (Some(c), Some(p)) => format!("; its best {c} beats {:.0} %", 100.0 * p),
+            _ => String::new(),
+        };
+        println!(
+            "  mean of the {} supernets' scores: τ {} (95 % CI {}), Spearman {}{best}",
+            r.supernets.len(),
             f(ag.kendall_tau),
             ci(ag.tau_ci95),
             f(ag.spearman)

@@ -7,11 +7,15 @@
 //! Phase of Neural Architecture Search", ICLR 2020), the repeatability of the ground truth
 //! itself (τ between seeds), and where the found architecture lands. The same figures are
 //! given for the ClsNAS proxy (the pre-trained supernet's top-1) and for a control: the
-//! detector at initialisation, whose ranking should be chance.
+//! detector at initialisation, whose ranking should be chance. With `supernets` > 1 the
+//! pre-trained supernet is fine-tuned again with other seeds and each copy ranks the same
+//! architectures: how much of the search's ranking is the luck of one fine-tuning, and how
+//! well the mean of several supernets' scores ranks.
 //!
 //! ```text
 //! RUN/rank-check/plan.json          the architectures and settings (draw and protocol fixed at the first start)
 //! RUN/rank-check/proxies.json       proxy scores: search ledger, ClsNAS, control
+//! RUN/rank-check/supernets/seed-K/  supernet K ≥ 1: its fine-tuning run and scores.json
 //! RUN/rank-check/units/A-seedS/     one stand-alone training per architecture and seed
 //! RUN/rank-check/result.json        the statistics, rewritten after every unit
 //! ```
@@ -22,14 +26,15 @@
 use crate::PipelineError;
 use crate::config::PipelineConfig;
 use crate::layout::{self as dirs, Retrained};
-use crate::stages::{PipelineOptions, retrain, stage};
+use crate::stages::{PipelineOptions, finetune_supernet, retrain, stage};
+use detnas_runtime::checkpoint::resolve;
 use detnas_search::fitness::{ClsEvaluator, DetEvaluator, SupernetInfo};
 use detnas_search::ledger::{self, LedgerEntry};
 use detnas_search::rank::{bootstrap_tau_ci, kendall_tau, percentile, spearman, stratified_sample, tau_chance_sd};
 use detnas_search::run::read_best;
 use detnas_search::{Evaluator, SearchConfig};
 use detnas_train::RunOptions;
-use detnas_train::finetune::OpenedDetector;
+use detnas_train::finetune::{FinetuneSummary, OpenedDetector};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -41,7 +46,8 @@ pub fn dir(run: &Path) -> PathBuf {
 }
 
 /// What to check; the draw and the protocol are fixed at the first start of a run's check, the
-/// number of seeds may change (unit `(arch, s)` does not depend on it).
+/// numbers of seeds and supernets may change (unit `(arch, s)` and supernet `k` do not depend
+/// on them).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct RankCheckOptions {
@@ -58,6 +64,12 @@ pub struct RankCheckOptions {
     /// Overrides of the retraining's classification config after `retrain.cls_set` (used with
     /// `retrain.mode = "scratch"` only).
     pub cls_set: Vec<String>,
+    /// Supernets whose rankings are measured (default 1: the search's own). Supernet `k` in
+    /// 1..K is fine-tuned again from the same pre-trained supernet with the pipeline's
+    /// fine-tuning config, its `seed` overridden with `k` (the run's seed added), which changes
+    /// the sampled paths, the image order and the carved search-validation split; it scores
+    /// the plan with the search's evaluation settings on its own search-validation split.
+    pub supernets: usize,
     /// Also score the architectures on the detector at initialisation (default true).
     pub control: bool,
     /// Bootstrap resamples of the τ interval (default 10000).
@@ -73,6 +85,7 @@ impl Default for RankCheckOptions {
             seeds: 2,
             set: Vec::new(),
             cls_set: Vec::new(),
+            supernets: 1,
             control: true,
             resamples: 10_000,
             seed: 0,
@@ -82,8 +95,9 @@ impl Default for RankCheckOptions {
 
 impl RankCheckOptions {
     /// Whether `other` draws the same architectures and trains unit `(arch, s)` the same way
-    /// (draw, protocol). The number of seeds and the statistics' options (resamples, control)
-    /// may change between invocations: more seeds add units, fewer summarise the first ones.
+    /// (draw, protocol). The numbers of seeds and supernets and the statistics' options
+    /// (resamples, control) may change between invocations: more add units or supernets, fewer
+    /// summarise the first ones.
     fn same_units(&self, other: &RankCheckOptions) -> bool {
         (self.archs, &self.set, &self.cls_set, self.seed) == (other.archs, &other.set, &other.cls_set, other.seed)
     }
@@ -139,6 +153,10 @@ pub struct ArchResult {
     pub det_proxy: Option<f64>,
     pub cls_proxy: Option<f64>,
     pub init_proxy: Option<f64>,
+    /// The search's fitness on supernet `k` at index `k` (index 0: `det_proxy`), when every
+    /// supernet of the check has scored it.
+    #[serde(default)]
+    pub supernet_proxies: Vec<f64>,
     /// Test AP of the stand-alone training, one per finished seed.
     pub ground_truth: Vec<f64>,
     pub ground_truth_mean: Option<f64>,
@@ -175,6 +193,19 @@ pub struct RankCheckResult {
     pub detnas: Agreement,
     pub clsnas: Option<Agreement>,
     pub init_control: Option<Agreement>,
+    /// One agreement per supernet (index = its seed `k`; 0 is the search's own, the same as
+    /// `detnas` except that "chosen" is the best-scored planned architecture, which for the
+    /// search's own supernet is the found one), when the check has more than one.
+    #[serde(default)]
+    pub supernets: Vec<Agreement>,
+    /// Mean and sample standard deviation of the supernets' τ.
+    #[serde(default)]
+    pub supernet_tau_mean: Option<f64>,
+    #[serde(default)]
+    pub supernet_tau_sd: Option<f64>,
+    /// The mean of the supernets' scores as the proxy.
+    #[serde(default)]
+    pub supernet_mean: Option<Agreement>,
     /// The retraining overrides of every unit (detection, then classification).
     pub protocol: Vec<String>,
     pub archs: Vec<ArchResult>,
@@ -334,6 +365,58 @@ fn proxies(run: &Path, plan: &Plan, opts: &PipelineOptions) -> Result<Proxies, P
     Ok(p)
 }
 
+/// The folder of supernet `k` ≥ 1: its fine-tuning run, `stage.json` and `scores.json`.
+pub fn supernet_dir(run: &Path, k: usize) -> PathBuf {
+    dir(run).join("supernets").join(format!("seed-{k}"))
+}
+
+/// Fine-tunes (or resumes) supernet `k` ≥ 1 and scores the plan on it with the search's
+/// evaluation settings; the scores are recorded in its `scores.json`.
+fn supernet_scores(
+    cfg: &PipelineConfig,
+    run: &Path,
+    plan: &Plan,
+    k: usize,
+    opts: &PipelineOptions,
+    train_opts: &RunOptions,
+) -> Result<BTreeMap<String, f64>, PipelineError> {
+    let sdir = supernet_dir(run, k);
+    let path = sdir.join("scores.json");
+    if let Some(m) = read_json::<BTreeMap<String, f64>>(&path)?
+        && plan.archs.iter().all(|a| m.contains_key(&a.arch))
+    {
+        return Ok(m);
+    }
+    let name = format!("rank-check supernet seed {k} (of {})", plan.options.supernets - 1);
+    let _: FinetuneSummary =
+        stage(opts, &sdir, &name, || finetune_supernet(cfg, run, &sdir, &[format!("seed={k}")], opts, train_opts))?;
+    let scfg = search_config(&dirs::search(run))?;
+    let space = SupernetInfo::open(&scfg)?.space;
+    let (_, ckpt) = resolve(&sdir).map_err(detnas_train::TrainError::from)?;
+    tracing::info!("rank-check: scoring {} architectures on supernet seed {k}", plan.archs.len());
+    let mut ev = DetEvaluator::open(&ckpt, &scfg.eval, scfg.runtime.prefetch, opts.device)?;
+    let mut m = BTreeMap::new();
+    for p in &plan.archs {
+        m.insert(p.arch.clone(), ev.evaluate(&space.parse_arch(&p.arch)?)?.fitness);
+    }
+    if opts.dist.as_ref().is_none_or(|pg| pg.rank() == 0) {
+        write_json(&path, &m)?;
+    }
+    Ok(m)
+}
+
+/// The planned architecture with the highest score (the first of equals), if all are scored.
+fn best_scored(plan: &Plan, score: impl Fn(&str) -> Option<f64>) -> Option<&str> {
+    let mut best: Option<(&str, f64)> = None;
+    for p in &plan.archs {
+        let v = score(&p.arch)?;
+        if best.is_none_or(|(_, b)| v > b) {
+            best = Some((p.arch.as_str(), v));
+        }
+    }
+    best.map(|(a, _)| a)
+}
+
 /// The folder of the unit of `arch` and `seed`.
 pub fn unit_dir(run: &Path, arch: &str, seed: usize) -> PathBuf {
     dir(run).join("units").join(format!("{arch}-seed{seed}"))
@@ -368,9 +451,19 @@ fn agreement(
     }
 }
 
-/// The statistics of whatever units have finished.
-fn summarise(run: &Path, cfg: &PipelineConfig, plan: &Plan, proxies: &Proxies, metric: &str) -> RankCheckResult {
+/// The statistics of whatever units have finished; `more` holds the scores of supernets 1, 2, …
+/// that have finished.
+fn summarise(
+    run: &Path,
+    cfg: &PipelineConfig,
+    plan: &Plan,
+    proxies: &Proxies,
+    more: &[BTreeMap<String, f64>],
+    metric: &str,
+) -> RankCheckResult {
     let o = &plan.options;
+    let sup: Vec<&BTreeMap<String, f64>> = std::iter::once(&proxies.det).chain(more).collect();
+    let all_supernets = o.supernets > 1 && sup.len() == o.supernets;
     let archs: Vec<ArchResult> = plan
         .archs
         .iter()
@@ -389,6 +482,11 @@ fn summarise(run: &Path, cfg: &PipelineConfig, plan: &Plan, proxies: &Proxies, m
                 det_proxy: proxies.det.get(&p.arch).copied(),
                 cls_proxy: proxies.cls.as_ref().and_then(|m| m.get(&p.arch).copied()),
                 init_proxy: proxies.init.as_ref().and_then(|m| m.get(&p.arch).copied()),
+                supernet_proxies: if all_supernets {
+                    sup.iter().map(|m| m.get(&p.arch).copied()).collect::<Option<Vec<f64>>>().unwrap_or_default()
+                } else {
+                    Vec::new()
+                },
                 ground_truth_mean: complete.then(|| ground_truth.iter().sum::<f64>() / o.seeds as f64),
                 ground_truth,
             }
@@ -398,6 +496,24 @@ fn summarise(run: &Path, cfg: &PipelineConfig, plan: &Plan, proxies: &Proxies, m
     let detnas = agreement(&archs, |a| a.det_proxy, role("found"), o);
     let clsnas = proxies.cls.as_ref().map(|_| agreement(&archs, |a| a.cls_proxy, role("clsnas"), o));
     let init_control = proxies.init.as_ref().map(|_| agreement(&archs, |a| a.init_proxy, None, o));
+    let supernets: Vec<Agreement> = if o.supernets > 1 {
+        sup.iter()
+            .map(|m| {
+                let chosen = best_scored(plan, |a| m.get(a).copied());
+                agreement(&archs, |a| m.get(&a.arch).copied(), chosen, o)
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let sup_taus: Vec<f64> = supernets.iter().filter_map(|a| a.kendall_tau).collect();
+    let supernet_mean = all_supernets.then(|| {
+        let mean = |arch: &str| {
+            let v: Option<Vec<f64>> = sup.iter().map(|m| m.get(arch).copied()).collect();
+            v.map(|v| v.iter().sum::<f64>() / v.len() as f64)
+        };
+        agreement(&archs, |a| mean(&a.arch), best_scored(plan, mean), o)
+    });
     let full: Vec<&ArchResult> = archs.iter().filter(|a| a.ground_truth_mean.is_some()).collect();
     let mut seed_taus = Vec::new();
     for s in 0..o.seeds {
@@ -438,6 +554,10 @@ fn summarise(run: &Path, cfg: &PipelineConfig, plan: &Plan, proxies: &Proxies, m
         detnas,
         clsnas,
         init_control,
+        supernet_tau_mean: (!sup_taus.is_empty()).then(|| sup_taus.iter().sum::<f64>() / sup_taus.len() as f64),
+        supernet_tau_sd: (sup_taus.len() >= 2).then(|| variance(&sup_taus).sqrt()),
+        supernets,
+        supernet_mean,
         protocol: plan.options.set.iter().chain(&plan.options.cls_set).cloned().collect(),
         archs,
     }
@@ -488,7 +608,12 @@ pub fn run(
     };
     let units = plan.archs.len() * o.seeds;
     let mut k = 0;
-    let mut result = summarise(run, cfg, &plan, &proxies, &metric);
+    let mut more = Vec::new();
+    for k in 1..o.supernets {
+        more.push(supernet_scores(cfg, run, &plan, k, opts, &train_opts)?);
+        write_json(&dir(run).join("result.json"), &summarise(run, cfg, &plan, &proxies, &more, &metric))?;
+    }
+    let mut result = summarise(run, cfg, &plan, &proxies, &more, &metric);
     for seed in 0..o.seeds {
         for p in &plan.archs {
             k += 1;
@@ -498,7 +623,7 @@ pub fn run(
             let _: Retrained = stage(opts, &udir, &name, || {
                 retrain(cfg, run, &udir, "rank-check", &p.arch, (&cls_set, &det_set), opts, &train_opts)
             })?;
-            result = summarise(run, cfg, &plan, &proxies, &metric);
+            result = summarise(run, cfg, &plan, &proxies, &more, &metric);
             write_json(&dir(run).join("result.json"), &result)?;
         }
     }

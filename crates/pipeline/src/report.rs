@@ -339,12 +339,19 @@ pub fn write(run: &Path) -> Result<PathBuf, PipelineError> {
             r.n,
             f(r.tau_chance_sd)
         );
+        let sup_names: Vec<String> = (1..r.supernets.len())
+            .map(|k| format!("DetNAS: supernet fine-tuned again, seed {k}"))
+            .chain(
+                r.supernet_mean.iter().map(|_| format!("DetNAS: mean of the {} supernets' scores", r.supernets.len())),
+            )
+            .collect();
         let rows: Vec<Vec<String>> = [
             ("DetNAS: fine-tuned supernet", Some(&r.detnas)),
             ("ClsNAS: pre-trained supernet top-1", r.clsnas.as_ref()),
             ("control: detector at initialisation", r.init_control.as_ref()),
         ]
         .into_iter()
+        .chain(sup_names.iter().map(String::as_str).zip(r.supernets.iter().skip(1).chain(&r.supernet_mean).map(Some)))
         .filter_map(|(name, a)| {
             let a = a?;
             Some(vec![
@@ -361,6 +368,15 @@ pub fn write(run: &Path) -> Result<PathBuf, PipelineError> {
         let (md, html) = table(&["proxy", "n", "Kendall τ", "95 % CI", "Spearman", "its choice", "beats"], &rows);
         let _ = write!(sec.md, "{text}\n\n{md}\n");
         let _ = write!(sec.html, "<p>{}</p>{html}", esc(&text));
+        if let (Some(m), Some(sd)) = (r.supernet_tau_mean, r.supernet_tau_sd) {
+            let text = format!(
+                "The {} supernets (the search's own and {} fine-tuned again from the same pre-trained supernet with other seeds) rank the architectures with τ = {m:.3} on average (standard deviation {sd:.3}): a single search's ranking is one draw from that spread. \"Its choice\" of those rows is the best-scored of these architectures.",
+                r.supernets.len(),
+                r.supernets.len() - 1
+            );
+            let _ = write!(sec.md, "{text}\n");
+            let _ = write!(sec.html, "<p>{}</p>", esc(&text));
+        }
         let ci = |a: &crate::rank_check::Agreement| match (a.kendall_tau, a.tau_ci95) {
             (Some(t), Some([lo, hi])) => format!("τ = {t:.2} [{lo:.2}, {hi:.2}]"),
             (Some(t), None) => format!("τ = {t:.2}"),

@@ -17,6 +17,7 @@ use detnas_search::{FitnessKind, SearchConfig, SearchOptions};
 use detnas_space::rng::seeded;
 use detnas_space::sample_constrained;
 use detnas_train::det_config::DetSource;
+use detnas_train::finetune::FinetuneSummary;
 use detnas_train::{FinetuneConfig, PretrainConfig, RunOptions};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -186,6 +187,25 @@ pub(crate) fn retrain(
     Ok(Retrained { label: label.to_string(), arch: arch.to_string(), cls, det })
 }
 
+/// Fine-tunes the pre-trained supernet of `run` path-wise into `dir` with the pipeline's
+/// fine-tuning config, `extra` applied after `finetune.set` (the run's seed added).
+///
+/// # Errors
+/// The first configuration or training error.
+pub(crate) fn finetune_supernet(
+    cfg: &PipelineConfig,
+    run: &Path,
+    dir: &Path,
+    extra: &[String],
+    opts: &PipelineOptions,
+    train_opts: &RunOptions,
+) -> Result<FinetuneSummary, PipelineError> {
+    let mut f = finetune_config(cfg, run, extra, &runtime_overrides(cfg, opts.device))?;
+    f.model.pretrained = Some(dirs::pretrain(run));
+    f.check()?;
+    Ok(detnas_train::finetune::run(&f, dir, opts.device, train_opts)?)
+}
+
 /// Runs (or resumes) the pipeline of `cfg` into `opts.out`.
 ///
 /// # Errors
@@ -239,11 +259,8 @@ pub fn run(cfg: &PipelineConfig, opts: &PipelineOptions) -> Result<PipelineOutco
         Ok(detnas_train::pretrain::run(&pre_cfg, &dirs::pretrain(run), opts.device, &train_opts)?)
     })?;
 
-    let mut ft = ft_base.clone();
-    ft.model.pretrained = Some(dirs::pretrain(run));
-    ft.check()?;
     stage(opts, &dirs::finetune(run), "finetune", || {
-        Ok(detnas_train::finetune::run(&ft, &dirs::finetune(run), opts.device, &train_opts)?)
+        finetune_supernet(cfg, run, &dirs::finetune(run), &[], opts, &train_opts)
     })?;
 
     let (workers, threads_per_worker) =

@@ -261,6 +261,111 @@ fn rank_check(run: &Path) {
         let gt = a["ground_truth"].as_array().unwrap();
         assert_eq!((gt.len(), &gt[..2]), (3, &b["ground_truth"].as_array().unwrap()[..]), "{a}");
     }
+    // A second supernet, fine-tuned again with seed 1, ranks the same architectures; no unit
+    // trains again.
+    let two_args = [
+        "rank-check",
+        r,
+        "--archs",
+        "3",
+        "--seeds",
+        "3",
+        "--supernets",
+        "2",
+        "--resamples",
+        "200",
+        "--no-progress",
+        "--json",
+    ];
+    let o = engine(&two_args, None);
+    let two: serde_json::Value = serde_json::from_str(&ok(&o)).unwrap();
+    let log = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(log.matches("running into").count(), 1, "only the new supernet trains: {log}");
+    let sdir = run.join("rank-check/supernets/seed-1");
+    let rec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(sdir.join("stage.json")).unwrap()).unwrap();
+    assert_eq!(rec["result"]["seed"], 1 + 4, "supernet seed 1 plus the pipeline's seed: {rec}");
+    let scores: std::collections::BTreeMap<String, f64> =
+        serde_json::from_str(&std::fs::read_to_string(sdir.join("scores.json")).unwrap()).unwrap();
+    let sup = two["supernets"].as_array().unwrap();
+    assert_eq!(sup.len(), 2, "{two}");
+    assert_eq!(sup[0]["kendall_tau"], three["kendall_tau"], "supernet 0 is the search's own");
+    assert_eq!(sup[0]["chosen"], found.as_str(), "the search's own supernet scores the found one best");
+    let mut differ = false;
+    let (mut x, mut y) = (Vec::new(), Vec::new());
+    for a in two["archs"].as_array().unwrap() {
+        let arch = a["arch"].as_str().unwrap();
+        let second = scores[arch];
+        let proxies: Vec<f64> = a["supernet_proxies"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        assert_eq!(proxies, [a["det_proxy"].as_f64().unwrap(), second], "{a}");
+        differ |= proxies[0] != proxies[1];
+        x.push((proxies[0] + proxies[1]) / 2.0);
+        y.push(a["ground_truth_mean"].as_f64().unwrap());
+    }
+    assert!(differ, "another fine-tuning seed scored every architecture alike: {scores:?}");
+    // The mean of the two supernets' scores is the proxy of `supernet_mean` (its best one chosen).
+    let best =
+        two["archs"].as_array().unwrap()[(0..x.len()).fold(0, |b, i| if x[i] > x[b] { i } else { b })]["arch"].clone();
+    assert_eq!(two["supernet_mean"]["chosen"], best, "{two}");
+    assert_eq!(two["supernet_mean"]["n"], x.len());
+    // τ-b by hand: (C − D) / √((C + D + Tx)(C + D + Ty)), pairs tied in both left out.
+    let (mut c, mut d, mut tx, mut ty) = (0.0, 0.0, 0.0, 0.0);
+    for i in 0..x.len() {
+        for j in i + 1..x.len() {
+            let (a, b) = (x[i] - x[j], y[i] - y[j]);
+            match (a == 0.0, b == 0.0) {
+                (true, true) => {}
+                (true, false) => tx += 1.0,
+                (false, true) => ty += 1.0,
+                _ if a * b > 0.0 => c += 1.0,
+                _ => d += 1.0,
+            }
+        }
+    }
+    let tau = two["supernet_mean"]["kendall_tau"].as_f64().unwrap();
+    let want = (c - d) / f64::sqrt((c + d + tx) * (c + d + ty));
+    assert!((tau - want).abs() < 1e-12, "τ-b of the mean scores: {tau} vs {want}");
+    // Supernet 1's score of an architecture is `eval det` on its checkpoint with the search's
+    // settings (8 recalibration images, batches of 4, exact BN statistics).
+    let a0 = two["archs"][0]["arch"].as_str().unwrap();
+    let o = engine(
+        &[
+            "eval",
+            "det",
+            "--checkpoint",
+            sdir.to_str().unwrap(),
+            "--arch",
+            a0,
+            "--data",
+            "search-val",
+            "--recalibrate-bn",
+            "8",
+            "--batch",
+            "4",
+            "--bn-mode",
+            "exact",
+            "--threads",
+            "1",
+            "--device",
+            "cpu",
+            "--json",
+        ],
+        None,
+    );
+    let ev: serde_json::Value = serde_json::from_str(&ok(&o)).unwrap();
+    assert_eq!(ev["stats"][0].as_f64().unwrap(), scores[a0], "{ev}");
+    let md = std::fs::read_to_string(run.join("report/report.md")).unwrap();
+    assert!(md.contains("fine-tuned again, seed 1") && md.contains("mean of the 2 supernets"), "{md}");
+    // Again: nothing trains, nothing is re-scored; back to one supernet: no supernet figures.
+    let o = engine(&two_args, None);
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&ok(&o)).unwrap(), two);
+    assert!(!String::from_utf8_lossy(&o.stderr).contains("running into"));
+    let one = engine(
+        &["rank-check", r, "--archs", "3", "--seeds", "3", "--resamples", "200", "--no-progress", "--json"],
+        None,
+    );
+    let one: serde_json::Value = serde_json::from_str(&ok(&one)).unwrap();
+    assert!(one["supernets"].as_array().unwrap().is_empty() && one["supernet_mean"].is_null(), "{one}");
     // Another draw or protocol against the recorded plan is refused.
     let o = engine(&["rank-check", r, "--archs", "4", "--no-progress"], None);
     assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
