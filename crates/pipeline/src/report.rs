@@ -374,7 +374,7 @@ pub fn write(run: &Path) -> Result<PathBuf, PipelineError> {
                 r.supernets.len(),
                 r.supernets.len() - 1
             );
-            let _ = write!(sec.md, "{text}\n");
+            let _ = writeln!(sec.md, "{text}");
             let _ = write!(sec.html, "<p>{}</p>", esc(&text));
         }
         let ci = |a: &crate::rank_check::Agreement| match (a.kendall_tau, a.tau_ci95) {
