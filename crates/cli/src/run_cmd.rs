@@ -116,10 +116,11 @@ pub struct RankCheckArgs {
     /// (retrain.mode = "scratch" only; repeatable).
     #[arg(long = "cls-set", value_name = "KEY=VALUE")]
     cls_set: Vec<String>,
-    /// Supernets that rank the architectures: the search's own and K − 1 more, fine-tuned
-    /// again from the same pre-trained supernet with seeds 1..K (each scored with the
-    /// search's settings on its own search-validation split). Shows how much of the ranking
-    /// is the luck of one fine-tuning. May change between invocations.
+    /// Supernets that rank the architectures: the search's own (0) and K − 1 more, fine-tuned
+    /// again from the same pre-trained supernet with the search's fine-tuning seed plus
+    /// 1..K−1 (each scored with the search's settings on its own search-validation split).
+    /// Shows how much of the ranking is the luck of one fine-tuning. May change between
+    /// invocations.
     #[arg(long, default_value_t = 1)]
     supernets: usize,
     /// Skip the control (the architectures scored on the detector at initialisation).
@@ -213,9 +214,10 @@ pub fn rank_check(a: RankCheckArgs) -> Result<(), Failure> {
             (Some(c), Some(p)) => format!("; its best {c} beats {:.0} %", 100.0 * p),
             _ => String::new(),
         };
-        println!("  supernet seed {k}: τ {} (95 % CI {}){best}", f(ag.kendall_tau), ci(ag.tau_ci95));
+        let which = if k == 0 { " (the search's)".to_string() } else { format!(" (seed + {k})") };
+        println!("  supernet {k}{which}: τ {} (95 % CI {}){best}", f(ag.kendall_tau), ci(ag.tau_ci95));
     }
-    if !r.supernets.is_empty() {
+    if r.supernet_tau_mean.is_some() {
         println!("  supernets' τ: mean {}, sd {}", f(r.supernet_tau_mean), f(r.supernet_tau_sd));
     }
     if let Some(ag) = &r.supernet_mean {

@@ -15,7 +15,7 @@
 //! ```text
 //! RUN/rank-check/plan.json          the architectures and settings (draw and protocol fixed at the first start)
 //! RUN/rank-check/proxies.json       proxy scores: search ledger, ClsNAS, control
-//! RUN/rank-check/supernets/seed-K/  supernet K ≥ 1: its fine-tuning run and scores.json
+//! RUN/rank-check/supernets/K/       supernet K ≥ 1: its fine-tuning run and scores.json
 //! RUN/rank-check/units/A-seedS/     one stand-alone training per architecture and seed
 //! RUN/rank-check/result.json        the statistics, rewritten after every unit
 //! ```
@@ -64,11 +64,12 @@ pub struct RankCheckOptions {
     /// Overrides of the retraining's classification config after `retrain.cls_set` (used with
     /// `retrain.mode = "scratch"` only).
     pub cls_set: Vec<String>,
-    /// Supernets whose rankings are measured (default 1: the search's own). Supernet `k` in
-    /// 1..K is fine-tuned again from the same pre-trained supernet with the pipeline's
-    /// fine-tuning config, its `seed` overridden with `k` (the run's seed added), which changes
-    /// the sampled paths, the image order and the carved search-validation split; it scores
-    /// the plan with the search's evaluation settings on its own search-validation split.
+    /// Supernets whose rankings are measured (default 1: the search's own, supernet 0).
+    /// Supernet `k`, 1 ≤ k < `supernets`, is fine-tuned again from the same pre-trained
+    /// supernet with the pipeline's fine-tuning config and the search's fine-tuning seed plus
+    /// `k`, which changes the sampled paths, the image order and the carved
+    /// search-validation split; it scores the plan with the search's evaluation settings on
+    /// its own search-validation split.
     pub supernets: usize,
     /// Also score the architectures on the detector at initialisation (default true).
     pub control: bool,
@@ -193,12 +194,13 @@ pub struct RankCheckResult {
     pub detnas: Agreement,
     pub clsnas: Option<Agreement>,
     pub init_control: Option<Agreement>,
-    /// One agreement per supernet (index = its seed `k`; 0 is the search's own, the same as
+    /// One agreement per finished supernet `k` (index `k`; 0 is the search's own, the same as
     /// `detnas` except that "chosen" is the best-scored planned architecture, which for the
     /// search's own supernet is the found one), when the check has more than one.
     #[serde(default)]
     pub supernets: Vec<Agreement>,
-    /// Mean and sample standard deviation of the supernets' τ.
+    /// Mean and sample standard deviation of the supernets' τ, once every supernet has
+    /// finished.
     #[serde(default)]
     pub supernet_tau_mean: Option<f64>,
     #[serde(default)]
@@ -367,7 +369,7 @@ fn proxies(run: &Path, plan: &Plan, opts: &PipelineOptions) -> Result<Proxies, P
 
 /// The folder of supernet `k` ≥ 1: its fine-tuning run, `stage.json` and `scores.json`.
 pub fn supernet_dir(run: &Path, k: usize) -> PathBuf {
-    dir(run).join("supernets").join(format!("seed-{k}"))
+    dir(run).join("supernets").join(k.to_string())
 }
 
 /// Fine-tunes (or resumes) supernet `k` ≥ 1 and scores the plan on it with the search's
@@ -387,13 +389,13 @@ fn supernet_scores(
     {
         return Ok(m);
     }
-    let name = format!("rank-check supernet seed {k} (of {})", plan.options.supernets - 1);
+    let name = format!("rank-check supernet {k} (of {}, seed offset {k})", plan.options.supernets - 1);
     let _: FinetuneSummary =
-        stage(opts, &sdir, &name, || finetune_supernet(cfg, run, &sdir, &[format!("seed={k}")], opts, train_opts))?;
+        stage(opts, &sdir, &name, || finetune_supernet(cfg, run, &sdir, k as u64, opts, train_opts))?;
     let scfg = search_config(&dirs::search(run))?;
     let space = SupernetInfo::open(&scfg)?.space;
     let (_, ckpt) = resolve(&sdir).map_err(detnas_train::TrainError::from)?;
-    tracing::info!("rank-check: scoring {} architectures on supernet seed {k}", plan.archs.len());
+    tracing::info!("rank-check: scoring {} architectures on supernet {k}", plan.archs.len());
     let mut ev = DetEvaluator::open(&ckpt, &scfg.eval, scfg.runtime.prefetch, opts.device)?;
     let mut m = BTreeMap::new();
     for p in &plan.archs {
@@ -532,7 +534,7 @@ fn summarise(
     RankCheckResult {
         n,
         seeds: o.seeds,
-        complete: n == plan.archs.len(),
+        complete: n == plan.archs.len() && sup.len() == o.supernets,
         kendall_tau: detnas.kendall_tau,
         spearman: detnas.spearman,
         tau_ci95: detnas.tau_ci95,
@@ -554,8 +556,9 @@ fn summarise(
         detnas,
         clsnas,
         init_control,
-        supernet_tau_mean: (!sup_taus.is_empty()).then(|| sup_taus.iter().sum::<f64>() / sup_taus.len() as f64),
-        supernet_tau_sd: (sup_taus.len() >= 2).then(|| variance(&sup_taus).sqrt()),
+        supernet_tau_mean: (all_supernets && !sup_taus.is_empty())
+            .then(|| sup_taus.iter().sum::<f64>() / sup_taus.len() as f64),
+        supernet_tau_sd: (all_supernets && sup_taus.len() >= 2).then(|| variance(&sup_taus).sqrt()),
         supernets,
         supernet_mean,
         protocol: plan.options.set.iter().chain(&plan.options.cls_set).cloned().collect(),
@@ -577,10 +580,10 @@ pub fn run(
     o: &RankCheckOptions,
     opts: &PipelineOptions,
 ) -> Result<RankCheckResult, PipelineError> {
-    if o.archs < 3 || o.seeds < 1 {
+    if o.archs < 3 || o.seeds < 1 || o.supernets < 1 {
         return Err(PipelineError::Config(format!(
-            "rank-check needs at least 3 architectures and 1 seed (got {} and {})",
-            o.archs, o.seeds
+            "rank-check needs at least 3 architectures, 1 seed and 1 supernet (got {}, {} and {})",
+            o.archs, o.seeds, o.supernets
         )));
     }
     let run = &std::fs::canonicalize(run).map_err(|e| PipelineError::io(run, e))?;
@@ -609,8 +612,8 @@ pub fn run(
     let units = plan.archs.len() * o.seeds;
     let mut k = 0;
     let mut more = Vec::new();
-    for k in 1..o.supernets {
-        more.push(supernet_scores(cfg, run, &plan, k, opts, &train_opts)?);
+    for s in 1..o.supernets {
+        more.push(supernet_scores(cfg, run, &plan, s, opts, &train_opts)?);
         write_json(&dir(run).join("result.json"), &summarise(run, cfg, &plan, &proxies, &more, &metric))?;
     }
     let mut result = summarise(run, cfg, &plan, &proxies, &more, &metric);

@@ -340,7 +340,7 @@ pub fn write(run: &Path) -> Result<PathBuf, PipelineError> {
             f(r.tau_chance_sd)
         );
         let sup_names: Vec<String> = (1..r.supernets.len())
-            .map(|k| format!("DetNAS: supernet fine-tuned again, seed {k}"))
+            .map(|k| format!("DetNAS: supernet fine-tuned again, seed + {k}"))
             .chain(
                 r.supernet_mean.iter().map(|_| format!("DetNAS: mean of the {} supernets' scores", r.supernets.len())),
             )

@@ -188,7 +188,8 @@ pub(crate) fn retrain(
 }
 
 /// Fine-tunes the pre-trained supernet of `run` path-wise into `dir` with the pipeline's
-/// fine-tuning config, `extra` applied after `finetune.set` (the run's seed added).
+/// fine-tuning config; its seed is the config's plus the run's plus `seed_offset` (0 for the
+/// pipeline's own fine-tuning).
 ///
 /// # Errors
 /// The first configuration or training error.
@@ -196,11 +197,12 @@ pub(crate) fn finetune_supernet(
     cfg: &PipelineConfig,
     run: &Path,
     dir: &Path,
-    extra: &[String],
+    seed_offset: u64,
     opts: &PipelineOptions,
     train_opts: &RunOptions,
 ) -> Result<FinetuneSummary, PipelineError> {
-    let mut f = finetune_config(cfg, run, extra, &runtime_overrides(cfg, opts.device))?;
+    let mut f = finetune_config(cfg, run, &[], &runtime_overrides(cfg, opts.device))?;
+    f.seed = f.seed.wrapping_add(seed_offset);
     f.model.pretrained = Some(dirs::pretrain(run));
     f.check()?;
     Ok(detnas_train::finetune::run(&f, dir, opts.device, train_opts)?)
@@ -260,7 +262,7 @@ pub fn run(cfg: &PipelineConfig, opts: &PipelineOptions) -> Result<PipelineOutco
     })?;
 
     stage(opts, &dirs::finetune(run), "finetune", || {
-        finetune_supernet(cfg, run, &dirs::finetune(run), &[], opts, &train_opts)
+        finetune_supernet(cfg, run, &dirs::finetune(run), 0, opts, &train_opts)
     })?;
 
     let (workers, threads_per_worker) =

@@ -281,10 +281,14 @@ fn rank_check(run: &Path) {
     let two: serde_json::Value = serde_json::from_str(&ok(&o)).unwrap();
     let log = String::from_utf8_lossy(&o.stderr);
     assert_eq!(log.matches("running into").count(), 1, "only the new supernet trains: {log}");
-    let sdir = run.join("rank-check/supernets/seed-1");
-    let rec: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(sdir.join("stage.json")).unwrap()).unwrap();
-    assert_eq!(rec["result"]["seed"], 1 + 4, "supernet seed 1 plus the pipeline's seed: {rec}");
+    assert!(log.contains("architectures on supernet 1"), "supernet 1 scores the plan: {log}");
+    let sdir = run.join("rank-check/supernets/1");
+    let stage_seed = |d: &Path| {
+        let rec: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(d.join("stage.json")).unwrap()).unwrap();
+        rec["result"]["seed"].as_u64().unwrap()
+    };
+    assert_eq!(stage_seed(&sdir), stage_seed(&run.join("finetune")) + 1, "the search's fine-tuning seed plus 1");
     let scores: std::collections::BTreeMap<String, f64> =
         serde_json::from_str(&std::fs::read_to_string(sdir.join("scores.json")).unwrap()).unwrap();
     let sup = two["supernets"].as_array().unwrap();
@@ -292,7 +296,7 @@ fn rank_check(run: &Path) {
     assert_eq!(sup[0]["kendall_tau"], three["kendall_tau"], "supernet 0 is the search's own");
     assert_eq!(sup[0]["chosen"], found.as_str(), "the search's own supernet scores the found one best");
     let mut differ = false;
-    let (mut x, mut y) = (Vec::new(), Vec::new());
+    let (mut x, mut y, mut x1) = (Vec::new(), Vec::new(), Vec::new());
     for a in two["archs"].as_array().unwrap() {
         let arch = a["arch"].as_str().unwrap();
         let second = scores[arch];
@@ -300,6 +304,7 @@ fn rank_check(run: &Path) {
         assert_eq!(proxies, [a["det_proxy"].as_f64().unwrap(), second], "{a}");
         differ |= proxies[0] != proxies[1];
         x.push((proxies[0] + proxies[1]) / 2.0);
+        x1.push(second);
         y.push(a["ground_truth_mean"].as_f64().unwrap());
     }
     assert!(differ, "another fine-tuning seed scored every architecture alike: {scores:?}");
@@ -309,22 +314,28 @@ fn rank_check(run: &Path) {
     assert_eq!(two["supernet_mean"]["chosen"], best, "{two}");
     assert_eq!(two["supernet_mean"]["n"], x.len());
     // τ-b by hand: (C − D) / √((C + D + Tx)(C + D + Ty)), pairs tied in both left out.
-    let (mut c, mut d, mut tx, mut ty) = (0.0, 0.0, 0.0, 0.0);
-    for i in 0..x.len() {
-        for j in i + 1..x.len() {
-            let (a, b) = (x[i] - x[j], y[i] - y[j]);
-            match (a == 0.0, b == 0.0) {
-                (true, true) => {}
-                (true, false) => tx += 1.0,
-                (false, true) => ty += 1.0,
-                _ if a * b > 0.0 => c += 1.0,
-                _ => d += 1.0,
+    let tau_b = |x: &[f64], y: &[f64]| {
+        let (mut c, mut d, mut tx, mut ty) = (0.0, 0.0, 0.0, 0.0);
+        for i in 0..x.len() {
+            for j in i + 1..x.len() {
+                let (a, b) = (x[i] - x[j], y[i] - y[j]);
+                match (a == 0.0, b == 0.0) {
+                    (true, true) => {}
+                    (true, false) => tx += 1.0,
+                    (false, true) => ty += 1.0,
+                    _ if a * b > 0.0 => c += 1.0,
+                    _ => d += 1.0,
+                }
             }
         }
-    }
-    let tau = two["supernet_mean"]["kendall_tau"].as_f64().unwrap();
-    let want = (c - d) / f64::sqrt((c + d + tx) * (c + d + ty));
-    assert!((tau - want).abs() < 1e-12, "τ-b of the mean scores: {tau} vs {want}");
+        (c - d) / f64::sqrt((c + d + tx) * (c + d + ty))
+    };
+    let close = |a: f64, b: f64, what: &str| assert!((a - b).abs() < 1e-12, "{what}: {a} vs {b}");
+    close(two["supernet_mean"]["kendall_tau"].as_f64().unwrap(), tau_b(&x, &y), "τ-b of the mean scores");
+    let (t0, t1) = (sup[0]["kendall_tau"].as_f64().unwrap(), sup[1]["kendall_tau"].as_f64().unwrap());
+    close(t1, tau_b(&x1, &y), "τ-b of supernet 1's scores");
+    close(two["supernet_tau_mean"].as_f64().unwrap(), (t0 + t1) / 2.0, "mean of the supernets' τ");
+    close(two["supernet_tau_sd"].as_f64().unwrap(), (t0 - t1).abs() / 2f64.sqrt(), "sample sd of two τ");
     // Supernet 1's score of an architecture is `eval det` on its checkpoint with the search's
     // settings (8 recalibration images, batches of 4, exact BN statistics).
     let a0 = two["archs"][0]["arch"].as_str().unwrap();
@@ -355,11 +366,12 @@ fn rank_check(run: &Path) {
     let ev: serde_json::Value = serde_json::from_str(&ok(&o)).unwrap();
     assert_eq!(ev["stats"][0].as_f64().unwrap(), scores[a0], "{ev}");
     let md = std::fs::read_to_string(run.join("report/report.md")).unwrap();
-    assert!(md.contains("fine-tuned again, seed 1") && md.contains("mean of the 2 supernets"), "{md}");
+    assert!(md.contains("fine-tuned again, seed + 1") && md.contains("mean of the 2 supernets"), "{md}");
     // Again: nothing trains, nothing is re-scored; back to one supernet: no supernet figures.
     let o = engine(&two_args, None);
     assert_eq!(serde_json::from_str::<serde_json::Value>(&ok(&o)).unwrap(), two);
-    assert!(!String::from_utf8_lossy(&o.stderr).contains("running into"));
+    let log = String::from_utf8_lossy(&o.stderr);
+    assert!(!log.contains("running into") && !log.contains("architectures on supernet"), "{log}");
     let one = engine(
         &["rank-check", r, "--archs", "3", "--seeds", "3", "--resamples", "200", "--no-progress", "--json"],
         None,
