@@ -209,28 +209,25 @@ pub fn rank_check(a: RankCheckArgs) -> Result<(), Failure> {
             f(ag.spearman)
         );
     }
+    let best = |ag: &rank_check::Agreement| match (&ag.chosen, ag.chosen_percentile) {
+        (Some(c), Some(p)) => format!("; its best {c} beats {:.0} %", 100.0 * p),
+        _ => String::new(),
+    };
     for (k, ag) in r.supernets.iter().enumerate() {
-        let best = match (&ag.chosen, ag.chosen_percentile) {
-            (Some(c), Some(p)) => format!("; its best {c} beats {:.0} %", 100.0 * p),
-            _ => String::new(),
-        };
         let which = if k == 0 { " (the search's)".to_string() } else { format!(" (seed + {k})") };
-        println!("  supernet {k}{which}: τ {} (95 % CI {}){best}", f(ag.kendall_tau), ci(ag.tau_ci95));
+        println!("  supernet {k}{which}: τ {} (95 % CI {}){}", f(ag.kendall_tau), ci(ag.tau_ci95), best(ag));
     }
     if r.supernet_tau_mean.is_some() {
         println!("  supernets' τ: mean {}, sd {}", f(r.supernet_tau_mean), f(r.supernet_tau_sd));
     }
     if let Some(ag) = &r.supernet_mean {
-        let best = match (&ag.chosen, ag.chosen_percentile) {
-            (Some(c), Some(p)) => format!("; its best {c} beats {:.0} %", 100.0 * p),
-            _ => String::new(),
-        };
         println!(
-            "  mean of the {} supernets' scores: τ {} (95 % CI {}), Spearman {}{best}",
+            "  mean of the {} supernets' scores: τ {} (95 % CI {}), Spearman {}{}",
             r.supernets.len(),
             f(ag.kendall_tau),
             ci(ag.tau_ci95),
-            f(ag.spearman)
+            f(ag.spearman),
+            best(ag)
         );
     }
     println!("result: {}", rank_check::dir(&a.run).join("result.json").display());

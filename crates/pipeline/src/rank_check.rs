@@ -393,17 +393,15 @@ fn supernet_scores(
     let _: FinetuneSummary =
         stage(opts, &sdir, &name, || finetune_supernet(cfg, run, &sdir, k as u64, opts, train_opts))?;
     let scfg = search_config(&dirs::search(run))?;
-    let space = SupernetInfo::open(&scfg)?.space;
     let (_, ckpt) = resolve(&sdir).map_err(detnas_train::TrainError::from)?;
+    let space = detnas_train::finetune::read_meta(&ckpt)?.1.space;
     tracing::info!("rank-check: scoring {} architectures on supernet {k}", plan.archs.len());
     let mut ev = DetEvaluator::open(&ckpt, &scfg.eval, scfg.runtime.prefetch, opts.device)?;
     let mut m = BTreeMap::new();
     for p in &plan.archs {
         m.insert(p.arch.clone(), ev.evaluate(&space.parse_arch(&p.arch)?)?.fitness);
     }
-    if opts.dist.as_ref().is_none_or(|pg| pg.rank() == 0) {
-        write_json(&path, &m)?;
-    }
+    write_json(&path, &m)?;
     Ok(m)
 }
 
