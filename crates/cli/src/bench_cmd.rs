@@ -1,19 +1,34 @@
 //! `detnas bench`: the benchmark items of bench/run.sh, one process per item so that the peak
 //! memory is the item's. Each item runs a fixed seed and a fixed sequence of sampled paths
-//! (the uniform path stream of seed 0), one untimed warm-up, then `--reps` timed repetitions,
-//! and prints one JSON line: median, min, max, repetitions, threads, peak RSS.
+//! (the uniform path stream of seed 0) and prints one JSON line: median, min, max,
+//! repetitions, threads, peak RSS.
+//!
+//! The network items measure what users pay twice: after one untimed warm-up, each of `--reps`
+//! repetitions runs a path never run before (its time is the first-use cost: new kernel
+//! configurations, on a GPU new cuDNN plans) and then the same path again (steady state).
+//! `first_seconds` and `warm_seconds` are the medians of the two; the throughput (`median`,
+//! `min`, `max`) is the steady state's. With them: `host_reads_per_step` (host reads of tensor
+//! data per warm repetition: each one a synchronisation on a GPU), `host_kernel_reads_per_step`
+//! (the reads of host kernels, which run only where reads are free: the CPU), `phases` (seconds per phase per warm repetition, with
+//! `DETNAS_PHASE_TIMING=1`), `syncs_per_rep` (on CUDA: host synchronisations per warm
+//! repetition, c10's sync-debug count), `detections_per_image` (inference items) and, with
+//! `DETNAS_PROFILE=FILE`, a Kineto trace of one warm repetition.
 
 use crate::Failure;
 use crate::runtime::{RuntimeArgs, describe};
 use anyhow::anyhow;
 use clap::Args;
+use detnas_device::{host, phase, profile};
+use detnas_nn::LossTerm;
 use detnas_nn::{BnMode, PathIndex, Recalibration};
 use detnas_space::rng::seeded;
 use detnas_space::{Arch, PathSampler, SearchSpace};
 use detnas_train::PathSgd;
-use detnas_train::engine::optimize;
+use detnas_train::engine::StepLosses;
 use detnas_train::pretrain::build_supernet;
+use detnas_train::step::{StepSettings, step};
 use serde_json::json;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
@@ -68,18 +83,7 @@ pub struct BenchArgs {
 }
 
 fn sync(device: Device) {
-    if let Device::Cuda(i) = device {
-        tch::Cuda::synchronize(i as i64);
-    }
-}
-
-fn peak_rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map_or(f64::NAN, |kb| kb / 1024.0)
+    detnas_device::synchronize(device);
 }
 
 fn paths(space: &SearchSpace, n: usize) -> Vec<Arch> {
@@ -88,7 +92,8 @@ fn paths(space: &SearchSpace, n: usize) -> Vec<Arch> {
     (0..n).map(|_| s.sample(&mut rng).expect("sampled")).collect()
 }
 
-/// Times `f(rep)` after one warm-up call; returns the per-repetition seconds.
+/// Times `f(rep)` after one warm-up call; returns the per-repetition seconds (items without
+/// paths).
 fn time(reps: usize, device: Device, mut f: impl FnMut(usize) -> Result<(), Failure>) -> Result<Vec<f64>, Failure> {
     f(0)?;
     sync(device);
@@ -102,6 +107,86 @@ fn time(reps: usize, device: Device, mut f: impl FnMut(usize) -> Result<(), Fail
     Ok(t)
 }
 
+/// First-use and steady-state times of a network item, with what the steady-state
+/// repetitions did besides.
+struct Timing {
+    first: Vec<f64>,
+    warm: Vec<f64>,
+    reads_per_rep: f64,
+    kernel_reads_per_rep: f64,
+    phases: BTreeMap<String, f64>,
+    syncs_per_rep: Option<f64>,
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    s[s.len() / 2]
+}
+
+/// Runs `f(path)` once on path 0 (warm-up), then for each repetition `r`: path `r` for the
+/// first time, and again (steady state).
+fn time_paths(reps: usize, device: Device, mut f: impl FnMut(usize) -> Result<(), Failure>) -> Result<Timing, Failure> {
+    f(0)?;
+    sync(device);
+    let _ = phase::take();
+    let (mut first, mut warm) = (Vec::with_capacity(reps), Vec::with_capacity(reps));
+    let (mut reads, mut kernel_reads) = (0, 0);
+    let mut phases: BTreeMap<String, f64> = BTreeMap::new();
+    let mut syncs = 0i64;
+    // (The counter lives in the CUDA-side library, which CPU runs never load.)
+    let counting = device != Device::Cpu && detnas_dist::cuda_memory::start_sync_count();
+    for r in 1..=reps {
+        let s = Instant::now();
+        f(r)?;
+        sync(device);
+        first.push(s.elapsed().as_secs_f64());
+        let _ = phase::take();
+        let syncs_now = || if counting { detnas_dist::cuda_memory::sync_count().unwrap_or(0) } else { 0 };
+        let before = syncs_now();
+        let s = Instant::now();
+        let (done, c) = host::measure(|| f(r));
+        done?;
+        sync(device);
+        warm.push(s.elapsed().as_secs_f64());
+        syncs += syncs_now() - before;
+        reads += c.reads;
+        kernel_reads += c.kernel_reads;
+        for (k, v) in phase::take() {
+            *phases.entry(k).or_default() += v / reps as f64;
+        }
+    }
+    if counting {
+        detnas_dist::cuda_memory::stop_sync_count();
+    }
+    if let Ok(trace) = std::env::var("DETNAS_PROFILE") {
+        let p = profile::Profiler::start(device != Device::Cpu).map_err(|e| anyhow!("{e}"))?;
+        f(reps)?;
+        sync(device);
+        p.stop(Some(std::path::Path::new(&trace))).map_err(|e| anyhow!("{e}"))?;
+    }
+    Ok(Timing {
+        first,
+        warm,
+        reads_per_rep: reads as f64 / reps as f64,
+        kernel_reads_per_rep: kernel_reads as f64 / reps as f64,
+        phases,
+        syncs_per_rep: counting.then(|| syncs as f64 / reps as f64),
+    })
+}
+
+/// A training step of the engine (one host read) on `losses`, without clipping.
+fn train_step(
+    vars: &[&(String, Tensor)],
+    opt: &mut PathSgd,
+    lr: f64,
+    losses: impl FnMut(usize) -> Result<StepLosses, detnas_train::TrainError>,
+) -> Result<(), Failure> {
+    let s = StepSettings { lr, clip_grad_norm: None, stop: false, nan: false, dist: None };
+    step(1, losses, vars, opt, &s, |_, l| detnas_train::TrainError::Config(format!("non-finite loss {l}")))?;
+    Ok(())
+}
+
 fn demo_space(a: &BenchArgs) -> Result<SearchSpace, Failure> {
     SearchSpace::from_toml_file(&a.configs.join("space.toml")).map_err(crate::usage)
 }
@@ -113,11 +198,11 @@ pub fn run(a: BenchArgs) -> Result<(), Failure> {
     }
     tch::manual_seed(0);
     let item = a.item.as_str();
-    // Item-specific fields of the JSON line.
-    let mut extra = json!({});
     if item == "export" {
         return export(&a);
     }
+    // Item-specific fields of the JSON line.
+    let mut extra = json!({});
     // (seconds per repetition, work per repetition, unit of work)
     let (secs, per_rep, unit): (Vec<f64>, f64, &str) = match item {
         "cls-train-small" | "cls-train-demo" | "cls-infer-small" | "cls-infer-demo" => {
@@ -131,18 +216,25 @@ pub fn run(a: BenchArgs) -> Result<(), Failure> {
             let x = Tensor::randn([batch, 3, side, side], (Kind::Float, device));
             let y = Tensor::randint(classes as i64, [batch], (Kind::Int64, device));
             let train = item.contains("train");
-            let t = time(a.reps, device, |r| {
+            let t = time_paths(a.reps, device, |r| {
                 let arch = &seq[r];
                 if train {
-                    let loss = net.forward_t(&x, arch, true)?.cross_entropy_for_logits(&y);
-                    let term = detnas_detect::losses::LossTerm { name: "ce", sum: loss, count: 1.0 };
-                    optimize(&[term], &[1.0], &index.vars(arch).collect::<Vec<_>>(), &mut opt, 0.1, None, None)?;
+                    let vars: Vec<&(String, Tensor)> = index.vars(arch).collect();
+                    train_step(&vars, &mut opt, 0.1, |_| {
+                        let loss = net.forward_t(&x, arch, true)?.to_kind(Kind::Float).cross_entropy_for_logits(&y);
+                        Ok(StepLosses {
+                            losses: vec![LossTerm::with_count("ce", loss, 1.0)],
+                            metrics: vec![],
+                            exact: None,
+                        })
+                    })?;
                 } else {
                     let _ = tch::no_grad(|| net.forward_t(&x, arch, false))?;
                 }
                 Ok(())
             })?;
-            (t, batch as f64, "img/s")
+            extra = timing_json(&t);
+            (t.warm, batch as f64, "img/s")
         }
         "recal-small" | "recal-demo" => {
             let small = item.ends_with("small");
@@ -152,7 +244,7 @@ pub fn run(a: BenchArgs) -> Result<(), Failure> {
             let seq = paths(&space, a.reps + 1);
             let batches: Vec<Tensor> =
                 (0..n / batch).map(|_| Tensor::randn([batch as i64, 3, side, side], (Kind::Float, device))).collect();
-            let t = time(a.reps, device, |r| {
+            let t = time_paths(a.reps, device, |r| {
                 let session = Recalibration::begin(BnMode::Exact);
                 for x in &batches {
                     let _ = tch::no_grad(|| net.forward_t(x, &seq[r], true))?;
@@ -160,9 +252,17 @@ pub fn run(a: BenchArgs) -> Result<(), Failure> {
                 let _ = session.finish();
                 Ok(())
             })?;
-            (t, n as f64, "img/s")
+            extra = timing_json(&t);
+            (t.warm, n as f64, "img/s")
         }
-        i if i.starts_with("det-") => det_item(&a, device)?,
+        i if i.starts_with("det-") => {
+            let (t, per, dets) = det_item(&a, device)?;
+            extra = timing_json(&t);
+            if let Some(d) = dets {
+                extra["detections_per_image"] = json!(d);
+            }
+            (t.warm, per, "img/s")
+        }
         "candidate" => {
             // The search's evaluation: `--workers` evaluators in parallel (each with its share
             // of the threads), one warm-up candidate each, then `reps` candidates per worker;
@@ -190,21 +290,20 @@ pub fn run(a: BenchArgs) -> Result<(), Failure> {
             };
             pool.run(seq[..w].iter().cloned().enumerate().collect(), &mut record)?;
             sync(device);
+            let reads = host::process_counts();
             let s = Instant::now();
             pool.run(seq[w..].iter().cloned().enumerate().map(|(i, p)| (i + w, p)).collect(), &mut record)?;
             sync(device);
             let wall = s.elapsed().as_secs_f64();
+            let reads = host::process_counts() - reads;
             done.sort_by_key(|d| d.0);
             let timed: Vec<&detnas_search::Evaluation> = done.iter().filter(|d| d.0 >= w).map(|d| &d.1).collect();
-            let mid = |mut v: Vec<f64>| {
-                v.sort_by(f64::total_cmp);
-                v[v.len() / 2]
-            };
             extra = json!({
                 "workers": w,
                 "threads_per_worker": if w > 1 { per_worker } else { tch::get_num_threads() },
-                "recalibration_seconds": mid(timed.iter().map(|e| e.recalibration_seconds).collect()),
-                "evaluation_seconds": mid(timed.iter().map(|e| e.evaluation_seconds).collect()),
+                "recalibration_seconds": median(&timed.iter().map(|e| e.recalibration_seconds).collect::<Vec<_>>()),
+                "evaluation_seconds": median(&timed.iter().map(|e| e.evaluation_seconds).collect::<Vec<_>>()),
+                "host_reads_per_candidate": reads.reads as f64 / (w * a.reps) as f64,
                 "paths": seq[w..].iter().map(|p| p.to_string()).collect::<Vec<_>>(),
                 "ap": timed.iter().map(|e| e.metrics[0]).collect::<Vec<_>>(),
             });
@@ -253,8 +352,13 @@ pub fn run(a: BenchArgs) -> Result<(), Failure> {
         "item": item, "impl": "detnas", "unit": unit,
         "median": per_rep / median, "min": per_rep / s[s.len() - 1], "max": per_rep / s[0],
         "median_seconds": median, "reps": secs.len(), "threads": tch::get_num_threads(),
-        "device": describe(device), "peak_rss_mb": peak_rss_mb(),
+        "device": describe(device), "peak_rss_mb": detnas_runtime::mem::peak_rss_mib().unwrap_or(f64::NAN),
+        "memory_format": format!("{:?}", detnas_device::settings::layout(device)).to_lowercase(),
+        "precision": format!("{:?}", detnas_device::settings::precision()).to_lowercase(),
     });
+    if let Some(p) = if device == Device::Cpu { None } else { detnas_dist::cuda_memory::peak_of(device) } {
+        line["gpu_peak_mib"] = json!(p);
+    }
     if let (Some(l), Some(x)) = (line.as_object_mut(), extra.as_object()) {
         l.extend(x.clone());
     }
@@ -262,25 +366,37 @@ pub fn run(a: BenchArgs) -> Result<(), Failure> {
     Ok(())
 }
 
+/// The protocol's fields of the JSON line.
+fn timing_json(t: &Timing) -> serde_json::Value {
+    let mut v = json!({
+        "first_seconds": median(&t.first),
+        "warm_seconds": median(&t.warm),
+        "host_reads_per_step": t.reads_per_rep,
+        "host_kernel_reads_per_step": t.kernel_reads_per_rep,
+    });
+    if !t.phases.is_empty() {
+        v["phases"] = json!(t.phases);
+    }
+    if let Some(s) = t.syncs_per_rep {
+        v["syncs_per_rep"] = json!(s);
+    }
+    v
+}
+
 /// Detection items: a training step (forward, losses, backward, SGD on the path) or
 /// inference (detections after NMS) of the demo detectors at their demo input (128×128,
 /// batch 8) or at 800×1344 batch 2 with the Small supernet and a 256-wide FPN (RetinaNet towers
-/// 256 wide; the Faster R-CNN box head keeps the demo widths and 32 RoIs per image).
-fn det_item(a: &BenchArgs, device: Device) -> Result<(Vec<f64>, f64, &'static str), Failure> {
+/// 256 wide; the Faster R-CNN box head keeps the demo widths and 32 RoIs per image). Returns
+/// the timing, the images per repetition and, for inference, the detections per image.
+fn det_item(a: &BenchArgs, device: Device) -> Result<(Timing, f64, Option<f64>), Failure> {
     let parts: Vec<&str> = a.item.split('-').collect();
     let (train, head, scale) = match parts.as_slice() {
         ["det", mode, head, scale] => (*mode == "train", *head, *scale),
         _ => return Err(crate::usage(anyhow!("unknown item '{}'", a.item))),
     };
-    let file = a.configs.join(if head == "fpn" { "finetune-fpn.toml" } else { "finetune-retinanet.toml" });
-    let mut cfg = detnas_train::FinetuneConfig::load(&file, &[])?;
-    let (space, side_h, side_w, batch) = if scale == "800" {
-        cfg.detector.fpn_channels = 256;
-        (SearchSpace::small(), 800, 1344, 2)
-    } else {
-        (cfg.space()?, 128, 128, 8)
-    };
+    let (cfg, space, (side_h, side_w, batch)) = det_setup(a, head, scale)?;
     let classes = 6;
+    tch::manual_seed(0);
     let (vs, det, _) = detnas_train::finetune::build_detector(&cfg, &space, classes, device)?;
     let index = PathIndex::new(&vs);
     let mut opt = PathSgd::new(0.9, 1e-4);
@@ -288,27 +404,46 @@ fn det_item(a: &BenchArgs, device: Device) -> Result<(Vec<f64>, f64, &'static st
     let x = Tensor::rand([batch, 3, side_h, side_w], (Kind::Float, device)) * 255.0;
     let sizes = vec![(side_h, side_w); batch as usize];
     let targets: Vec<detnas_detect::Target> = bench_targets(batch, side_h, side_w)
-        .iter()
+        .into_iter()
         .enumerate()
-        .map(|(i, boxes)| detnas_detect::Target {
-            boxes: detnas_detect::boxes::tensor_of(boxes).to_device(device),
-            labels: Tensor::from_slice(&[0i64, 1, 2]).to_device(device),
-            seed: i as u64,
-        })
+        .map(|(i, boxes)| detnas_detect::Target { boxes, labels: vec![0, 1, 2], seed: i as u64 })
         .collect();
-    let reps = if scale == "800" { a.reps.min(2) } else { a.reps };
-    let t = time(reps, device, |r| {
+    let targets = detnas_detect::Targets::new(&targets, device);
+    // At 800×1344 a CPU step takes tens of seconds.
+    let reps = if scale == "800" && device == Device::Cpu { a.reps.min(2) } else { a.reps };
+    let mut detections = (0usize, 0usize);
+    let t = time_paths(reps, device, |r| {
         let arch = &seq[r];
         if train {
-            let losses = det.losses(&x, &sizes, &targets, Some(arch)).map_err(|e| anyhow!("{e}"))?;
-            let norms: Vec<f64> = losses.iter().map(|l| l.count.max(1.0)).collect();
-            optimize(&losses, &norms, &index.vars(arch).collect::<Vec<_>>(), &mut opt, 0.01, None, None)?;
+            let vars: Vec<&(String, Tensor)> = index.vars(arch).collect();
+            train_step(&vars, &mut opt, 0.01, |_| {
+                let l = det.losses(&x, &sizes, &targets, Some(arch)).map_err(detnas_train::TrainError::from)?;
+                Ok(StepLosses { losses: l.terms, metrics: vec![], exact: Some(l.exact) })
+            })?;
         } else {
-            let _ = det.detect(&x, &sizes, Some(arch)).map_err(|e| anyhow!("{e}"))?;
+            let d = det.detect(&x, &sizes, Some(arch)).map_err(|e| anyhow!("{e}"))?;
+            detections.0 += d.iter().map(|d| d.len()).sum::<usize>();
+            detections.1 += d.len();
         }
         Ok(())
     })?;
-    Ok((t, batch as f64, "img/s"))
+    let per_image = (!train).then(|| detections.0 as f64 / detections.1.max(1) as f64);
+    Ok((t, batch as f64, per_image))
+}
+
+/// The configuration, space and input `(height, width, batch)` of a detection item.
+type DetSetup = (detnas_train::FinetuneConfig, SearchSpace, (i64, i64, i64));
+
+fn det_setup(a: &BenchArgs, head: &str, scale: &str) -> Result<DetSetup, Failure> {
+    let file = a.configs.join(if head == "fpn" { "finetune-fpn.toml" } else { "finetune-retinanet.toml" });
+    let mut cfg = detnas_train::FinetuneConfig::load(&file, &[])?;
+    Ok(if scale == "800" {
+        cfg.detector.fpn_channels = 256;
+        (cfg, SearchSpace::small(), (800, 1344, 2))
+    } else {
+        let space = cfg.space()?;
+        (cfg, space, (128, 128, 8))
+    })
 }
 
 /// The ground truth of the detection training items: 3 boxes (labels 0, 1, 2) per image.

@@ -294,12 +294,9 @@ fn predict_into(
         let batch = collate(vec![sample], vec![0], cfg.data.divisibility);
         let (x, sizes, _) = batch_inputs(&batch, device);
         let d = det.detect(&x, &sizes, arch).map_err(|e| anyhow::anyhow!("{e}"))?.remove(0);
-        let boxes = detnas_detect::boxes::rows_of(&d.boxes);
-        let scores = Vec::<f32>::try_from(d.scores.to_device(tch::Device::Cpu)).map_err(anyhow::Error::from)?;
-        let labels = Vec::<i64>::try_from(d.labels.to_device(tch::Device::Cpu)).map_err(anyhow::Error::from)?;
         let mut drawn = Vec::new();
         let mut dets = 0usize;
-        for ((b, s), l) in boxes.iter().zip(scores).zip(labels) {
+        for ((b, &s), &l) in d.boxes.iter().zip(&d.scores).zip(&d.labels) {
             if (s as f64) < a.score_threshold {
                 continue;
             }

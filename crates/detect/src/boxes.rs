@@ -7,7 +7,7 @@
 //! detectron2 convention, not maskrcnn_benchmark's legacy one). COCO's `[x, y, w, h]` is the
 //! same frame. Tensors of boxes are `[N, 4]`, `Kind::Float`.
 
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 /// A set of `N` boxes, `[N, 4]` in `(x1, y1, x2, y2)`.
 #[derive(Debug)]
@@ -48,37 +48,53 @@ impl Boxes {
     }
 }
 
-/// Areas of `[N, 4]` boxes.
+/// Areas of `[..., 4]` boxes, `[...]`.
 pub fn area(b: &Tensor) -> Tensor {
-    let w = (b.select(1, 2) - b.select(1, 0)).clamp_min(0.0);
-    let h = (b.select(1, 3) - b.select(1, 1)).clamp_min(0.0);
+    let w = (b.select(-1, 2) - b.select(-1, 0)).clamp_min(0.0);
+    let h = (b.select(-1, 3) - b.select(-1, 1)).clamp_min(0.0);
     w * h
 }
 
-/// `[N, 4]` boxes clipped to `[0, width] × [0, height]`.
+/// `[..., 4]` boxes clipped to `[0, width] × [0, height]`.
 pub fn clip(b: &Tensor, height: i64, width: i64) -> Tensor {
-    let x = b.select(1, 0).clamp(0.0, width as f64);
-    let y = b.select(1, 1).clamp(0.0, height as f64);
-    let x2 = b.select(1, 2).clamp(0.0, width as f64);
-    let y2 = b.select(1, 3).clamp(0.0, height as f64);
-    Tensor::stack(&[x, y, x2, y2], 1)
+    let x = b.select(-1, 0).clamp(0.0, width as f64);
+    let y = b.select(-1, 1).clamp(0.0, height as f64);
+    let x2 = b.select(-1, 2).clamp(0.0, width as f64);
+    let y2 = b.select(-1, 3).clamp(0.0, height as f64);
+    Tensor::stack(&[x, y, x2, y2], -1)
 }
 
-/// Indices `[K]` (i64) of boxes whose width and height are both at least `min_size`.
-pub fn nonempty(b: &Tensor, min_size: f64) -> Tensor {
-    let w = b.select(1, 2) - b.select(1, 0);
-    let h = b.select(1, 3) - b.select(1, 1);
-    w.ge(min_size).logical_and(&h.ge(min_size)).nonzero().squeeze_dim(1)
+/// `[N, K, 4]` boxes of `N` images clipped to each image's size: `sizes` `[N, 2]` float holds
+/// `(height, width)` per image.
+pub fn clip_each(b: &Tensor, sizes: &Tensor) -> Tensor {
+    let h = sizes.select(1, 0).unsqueeze(1);
+    let w = sizes.select(1, 1).unsqueeze(1);
+    let c = |i: i64, max: &Tensor| b.select(-1, i).clamp_min(0.0).clamp_max_tensor(max);
+    Tensor::stack(&[c(0, &w), c(1, &h), c(2, &w), c(3, &h)], -1)
 }
 
-/// Pairwise IoU `[N, M]` of `[N, 4]` and `[M, 4]` boxes (0 where both areas are 0).
+/// Per-image sizes `[N, 2]` float (`(height, width)`) on `device`: one upload.
+pub fn sizes_tensor(sizes: &[(i64, i64)], device: tch::Device) -> Tensor {
+    let v: Vec<f32> = sizes.iter().flat_map(|&(h, w)| [h as f32, w as f32]).collect();
+    detnas_device::host::upload(&v, &[sizes.len() as i64, 2], device, "detect.boxes.sizes")
+}
+
+/// Whether each of `[..., 4]` boxes has width and height of at least `min_size`, `[...]`.
+pub fn nonempty_mask(b: &Tensor, min_size: f64) -> Tensor {
+    let w = b.select(-1, 2) - b.select(-1, 0);
+    let h = b.select(-1, 3) - b.select(-1, 1);
+    w.ge(min_size).logical_and(&h.ge(min_size))
+}
+
+/// Pairwise IoU `[..., N, M]` of `[..., N, 4]` and `[..., M, 4]` boxes (leading dimensions
+/// broadcast; 0 where both areas are 0).
 pub fn pairwise_iou(a: &Tensor, b: &Tensor) -> Tensor {
-    let area_a = area(a).unsqueeze(1);
-    let area_b = area(b).unsqueeze(0);
-    let lt = a.narrow(1, 0, 2).unsqueeze(1).maximum(&b.narrow(1, 0, 2).unsqueeze(0));
-    let rb = a.narrow(1, 2, 2).unsqueeze(1).minimum(&b.narrow(1, 2, 2).unsqueeze(0));
+    let area_a = area(a).unsqueeze(-1);
+    let area_b = area(b).unsqueeze(-2);
+    let lt = a.narrow(-1, 0, 2).unsqueeze(-2).maximum(&b.narrow(-1, 0, 2).unsqueeze(-3));
+    let rb = a.narrow(-1, 2, 2).unsqueeze(-2).minimum(&b.narrow(-1, 2, 2).unsqueeze(-3));
     let wh = (rb - lt).clamp_min(0.0);
-    let inter = wh.select(2, 0) * wh.select(2, 1);
+    let inter = wh.select(-1, 0) * wh.select(-1, 1);
     let union = area_a + area_b - &inter;
     inter / union.clamp_min(1e-12)
 }
@@ -92,6 +108,7 @@ pub struct BoxCoder {
     /// `(wx, wy, ww, wh)`: `(1, 1, 1, 1)` for RPN and RetinaNet, `(10, 10, 5, 5)` for the
     /// Fast R-CNN box head.
     pub weights: [f64; 4],
+    /// Upper bound of the decoded `dw`, `dh` (`ln(1000/16)`).
     pub clip: f64,
 }
 
@@ -100,7 +117,7 @@ impl BoxCoder {
         BoxCoder { weights, clip: (1000.0f64 / 16.0).ln() }
     }
 
-    /// Deltas `[N, 4]` that turn `reference` `[N, 4]` into `target` `[N, 4]`.
+    /// Deltas `[..., 4]` that turn `reference` `[..., 4]` into `target` `[..., 4]`.
     pub fn encode(&self, reference: &Tensor, target: &Tensor) -> Tensor {
         let [wx, wy, ww, wh] = self.weights;
         let (rx, ry, rw, rh) = centres(reference);
@@ -109,50 +126,56 @@ impl BoxCoder {
         let dy = (ty - &ry) / &rh * wy;
         let dw = (tw / rw).log() * ww;
         let dh = (th / rh).log() * wh;
-        Tensor::stack(&[dx, dy, dw, dh], 1)
+        Tensor::stack(&[dx, dy, dw, dh], -1)
     }
 
-    /// Boxes `[N, 4k]` from deltas `[N, 4k]` (k boxes per reference, e.g. one per class)
-    /// applied to `reference` `[N, 4]`.
+    /// Boxes `[..., 4k]` from deltas `[..., 4k]` (k boxes per reference, e.g. one per class)
+    /// applied to `reference` `[..., 4]`.
     pub fn decode(&self, deltas: &Tensor, reference: &Tensor) -> Tensor {
         let [wx, wy, ww, wh] = self.weights;
         let reference = reference.to_kind(deltas.kind());
         let (rx, ry, rw, rh) = centres(&reference);
-        let n = deltas.size()[0];
-        let d = deltas.reshape([n, -1, 4]);
-        let dx = d.select(2, 0) / wx;
-        let dy = d.select(2, 1) / wy;
-        let dw = (d.select(2, 2) / ww).clamp_max(self.clip);
-        let dh = (d.select(2, 3) / wh).clamp_max(self.clip);
-        let (rx, ry, rw, rh) = (rx.unsqueeze(1), ry.unsqueeze(1), rw.unsqueeze(1), rh.unsqueeze(1));
+        let lead: Vec<i64> = deltas.size()[..deltas.dim() - 1].to_vec();
+        let mut shape = lead.clone();
+        shape.extend([-1, 4]);
+        let d = deltas.reshape(shape.as_slice());
+        let dx = d.select(-1, 0) / wx;
+        let dy = d.select(-1, 1) / wy;
+        let dw = (d.select(-1, 2) / ww).clamp_max(self.clip);
+        let dh = (d.select(-1, 3) / wh).clamp_max(self.clip);
+        let (rx, ry, rw, rh) = (rx.unsqueeze(-1), ry.unsqueeze(-1), rw.unsqueeze(-1), rh.unsqueeze(-1));
         let cx = dx * &rw + rx;
         let cy = dy * &rh + ry;
         let w = dw.exp() * rw;
         let h = dh.exp() * rh;
-        let out = Tensor::stack(&[&cx - &w * 0.5, &cy - &h * 0.5, &cx + &w * 0.5, &cy + &h * 0.5], 2);
-        out.reshape([n, -1])
+        let out = Tensor::stack(&[&cx - &w * 0.5, &cy - &h * 0.5, &cx + &w * 0.5, &cy + &h * 0.5], -1);
+        let mut back = lead;
+        back.push(-1);
+        out.reshape(back.as_slice())
     }
 }
 
 fn centres(b: &Tensor) -> (Tensor, Tensor, Tensor, Tensor) {
-    let w = b.select(1, 2) - b.select(1, 0);
-    let h = b.select(1, 3) - b.select(1, 1);
-    let x = b.select(1, 0) + &w * 0.5;
-    let y = b.select(1, 1) + &h * 0.5;
+    let w = b.select(-1, 2) - b.select(-1, 0);
+    let h = b.select(-1, 3) - b.select(-1, 1);
+    let x = b.select(-1, 0) + &w * 0.5;
+    let y = b.select(-1, 1) + &h * 0.5;
     (x, y, w, h)
 }
 
-/// A `[N, 4]` float tensor from box rows.
+/// A `[N, 4]` float tensor on the CPU from box rows.
 pub fn tensor_of(rows: &[[f32; 4]]) -> Tensor {
     let flat: Vec<f32> = rows.iter().flatten().copied().collect();
-    Tensor::from_slice(&flat).reshape([rows.len() as i64, 4]).to_kind(Kind::Float)
+    detnas_device::host::upload(&flat, &[rows.len() as i64, 4], tch::Device::Cpu, "detect.boxes.tensor_of")
 }
 
-/// Box rows of a `[N, 4]` tensor.
-pub fn rows_of(t: &Tensor) -> Vec<[f32; 4]> {
-    let t = t.to_kind(Kind::Float).to_device(tch::Device::Cpu).contiguous();
-    let v: Vec<f32> = Vec::<f32>::try_from(t.reshape([-1])).unwrap_or_default();
-    v.chunks_exact(4).map(|c| [c[0], c[1], c[2], c[3]]).collect()
+/// Box rows of a `[N, 4]` tensor (one host read).
+///
+/// # Errors
+/// A libtorch error from the copy.
+pub fn rows_of(t: &Tensor) -> Result<Vec<[f32; 4]>, tch::TchError> {
+    let v: Vec<f32> = detnas_device::host::read(t, "detect.boxes.rows_of")?;
+    Ok(v.chunks_exact(4).map(|c| [c[0], c[1], c[2], c[3]]).collect())
 }
 
 #[cfg(test)]
@@ -174,10 +197,10 @@ mod tests {
     fn xywh_round_trip_and_clip() {
         let t = tensor_of(&[[1.0, 2.0, 3.0, 4.0]]);
         let b = Boxes::from_xywh(&t);
-        assert_eq!(rows_of(&b.0), vec![[1.0, 2.0, 4.0, 6.0]]);
-        assert_eq!(rows_of(&b.to_xywh()), vec![[1.0, 2.0, 3.0, 4.0]]);
+        assert_eq!(rows_of(&b.0).unwrap(), vec![[1.0, 2.0, 4.0, 6.0]]);
+        assert_eq!(rows_of(&b.to_xywh()).unwrap(), vec![[1.0, 2.0, 3.0, 4.0]]);
         let c = Boxes(tensor_of(&[[-5.0, 2.0, 40.0, 60.0]])).clip(50, 30);
-        assert_eq!(rows_of(&c.0), vec![[0.0, 2.0, 30.0, 50.0]]);
+        assert_eq!(rows_of(&c.0).unwrap(), vec![[0.0, 2.0, 30.0, 50.0]]);
         assert_eq!(f32::try_from(c.area()).unwrap(), 30.0 * 48.0);
     }
 
@@ -190,8 +213,8 @@ mod tests {
         // First pair: centres (5, 10) → (6, 12), sizes equal: d = (10·1/10, 10·2/20, 0, 0).
         let d0 = Vec::<f32>::try_from(d.get(0)).unwrap();
         assert!((d0[0] - 1.0).abs() < 1e-6 && (d0[1] - 1.0).abs() < 1e-6 && d0[2].abs() < 1e-6);
-        let back = rows_of(&coder.decode(&d, &r));
-        for (g, w) in back.iter().flatten().zip(rows_of(&t).iter().flatten()) {
+        let back = rows_of(&coder.decode(&d, &r)).unwrap();
+        for (g, w) in back.iter().flatten().zip(rows_of(&t).unwrap().iter().flatten()) {
             assert!((g - w).abs() < 1e-4, "{back:?}");
         }
     }
@@ -201,7 +224,7 @@ mod tests {
         let coder = BoxCoder::new([1.0; 4]);
         let r = tensor_of(&[[0.0, 0.0, 16.0, 16.0]]);
         let d = Tensor::from_slice(&[0.0f32, 0.0, 100.0, 100.0]).reshape([1, 4]);
-        let b = rows_of(&coder.decode(&d, &r))[0];
+        let b = rows_of(&coder.decode(&d, &r)).unwrap()[0];
         assert!((b[2] - b[0] - 1000.0).abs() < 0.1, "{b:?}");
     }
 }

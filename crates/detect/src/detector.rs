@@ -6,13 +6,15 @@
 use crate::DetectError;
 use crate::backbone::Backbone;
 use crate::fpn::{Fpn, TopBlock};
-use crate::losses::LossTerm;
 use crate::rcnn::{FasterRcnnConfig, RoiHeads, Rpn};
 use crate::retinanet::{RetinaHead, RetinaNetConfig};
-use crate::target::{Detections, Target};
+use crate::target::{Detections, Targets};
+use detnas_device::settings::with_kernels;
+use detnas_device::{Kernels, autocast, phase};
+use detnas_nn::LossTerm;
 use detnas_space::{Arch, SearchSpace};
 use serde::{Deserialize, Serialize};
-use tch::{Tensor, nn};
+use tch::{Kind, Tensor, nn};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
@@ -90,7 +92,7 @@ impl DetectorConfig {
                 let fpn = Fpn::new(&(p / "fpn"), &ch, &st, c, self.fpn_bn, TopBlock::MaxPool);
                 let rpn = Rpn::new(&(p / "rpn"), &f.rpn, c, fpn.strides());
                 let roi = RoiHeads::new(&(p / "roi_heads"), &f.roi, c, classes, fpn.input_strides());
-                (fpn, Heads::Rcnn(Box::new((rpn, roi))))
+                (fpn, Heads::Rcnn(Box::new(FasterRcnnHeads { rpn, roi_heads: roi })))
             }
         };
         Ok(Detector { backbone, fpn, head, classes })
@@ -102,7 +104,26 @@ impl DetectorConfig {
 #[derive(Debug)]
 enum Heads {
     Retina(RetinaHead),
-    Rcnn(Box<(Rpn, RoiHeads)>),
+    Rcnn(Box<FasterRcnnHeads>),
+}
+
+/// The two stages of FPN Faster R-CNN after the pyramid.
+#[derive(Debug)]
+struct FasterRcnnHeads {
+    rpn: Rpn,
+    roi_heads: RoiHeads,
+}
+
+/// A training step's losses.
+#[derive(Debug)]
+pub struct Losses {
+    /// RetinaNet's `cls`, `box`; Faster R-CNN's `rpn_obj`, `rpn_box`, `cls`, `box`.
+    pub terms: Vec<LossTerm>,
+    /// Scalar bool on the device: the step's data-dependent parts (proposal NMS, RoI
+    /// sampling) ran exactly as host kernels would (see [`crate::nms`], [`crate::roi_heads`]).
+    /// Always true with host kernels and for RetinaNet. A step with `false` must be run again
+    /// with host kernels; [`Detector::losses_exact`] does.
+    pub exact: Tensor,
 }
 
 #[derive(Debug)]
@@ -119,12 +140,15 @@ impl Detector {
     }
 
     fn pyramid(&self, images: &Tensor, arch: Option<&Arch>, train: bool) -> Result<Vec<Tensor>, DetectError> {
-        let mut c = self.backbone.features(images, arch, train)?;
+        let device = images.device();
+        let mut c = phase::time("backbone", device, || self.backbone.features(images, arch, train))?;
+        let _p = phase::enter("fpn", device);
         if train {
-            // The backbone runs channels-last; in training the neck and heads run NCHW, whose
-            // backward kernels are faster for their wide 3×3 convs on large maps (measured,
-            // Small + RetinaNet at 800×1344 batch 2, one step on 2 cores: 42.1 s channels-last
-            // vs 28.6 s; 128×128 demo: 0.248 vs 0.237 s). Inference keeps channels-last.
+            // In training the neck and heads run NCHW whatever the backbone's layout: on the CPU
+            // their backward kernels are faster for the wide 3×3 convs on large maps than
+            // channels-last ones (measured, Small + RetinaNet at 800×1344 batch 2, one step on 2
+            // cores: 42.1 s channels-last vs 28.6 s; 128×128 demo: 0.248 vs 0.237 s). Inference
+            // keeps the backbone's layout.
             c = c.iter().map(|t| t.contiguous()).collect();
         }
         Ok(match self.head {
@@ -133,9 +157,10 @@ impl Detector {
         })
     }
 
-    /// The training losses, each as a sum and its normaliser (BN in training mode
-    /// everywhere): RetinaNet's `cls`, `box`; Faster R-CNN's `rpn_obj`, `rpn_box`, `cls`,
-    /// `box`.
+    /// The training losses, each as a sum and its normaliser on the device (BN in training
+    /// mode everywhere), batched over the images: RetinaNet's `cls`, `box`; Faster R-CNN's
+    /// `rpn_obj`, `rpn_box`, `cls`, `box`. With device kernels nothing is read back to the
+    /// host; check [`Losses::exact`] (or call [`Detector::losses_exact`]).
     ///
     /// # Errors
     /// [`DetectError`] for a supernet without a path, or a child given another one.
@@ -143,67 +168,108 @@ impl Detector {
         &self,
         images: &Tensor,
         sizes: &[(i64, i64)],
-        targets: &[Target],
+        targets: &Targets,
         arch: Option<&Arch>,
-    ) -> Result<Vec<LossTerm>, DetectError> {
+    ) -> Result<Losses, DetectError> {
+        let device = images.device();
+        let _amp = autocast::enter(device, detnas_device::settings::precision())
+            .map_err(|e| DetectError::Config(e.to_string()))?;
         let p = self.pyramid(images, arch, true)?;
         Ok(match &self.head {
             Heads::Retina(h) => {
                 let (c, b) = h.losses(&p, targets);
-                vec![c, b]
+                Losses { terms: vec![c, b], exact: Tensor::ones([], (Kind::Bool, device)) }
             }
             Heads::Rcnn(h) => {
-                let (rpn, roi) = (&h.0, &h.1);
-                let out = rpn.run(&p);
-                let proposals = rpn.proposals(&out, sizes, true);
-                let (o, rb) = rpn.losses(&out, targets);
-                let sample = roi.sample(&proposals, targets);
-                let (logits, deltas) = roi.run(&p, &sample.rois, true);
-                let (c, b) = roi.losses(&logits, &deltas, &sample);
-                vec![o, rb, c, b]
+                let out = h.rpn.run(&p);
+                let proposals = h.rpn.proposals(&out, sizes, true)?;
+                let (o, rb) = phase::time("losses", device, || h.rpn.losses(&out, targets));
+                let sample = h.roi_heads.sample(&proposals, targets)?;
+                let (logits, deltas) = h.roi_heads.run(&p, &sample.rois, true)?;
+                let (c, b) = h.roi_heads.losses(&logits, &deltas, &sample);
+                Losses { terms: vec![o, rb, c, b], exact: proposals.exact.logical_and(&sample.exact) }
             }
         })
     }
 
-    /// Detections per image (BN in evaluation mode).
+    /// [`Detector::losses`] with their exactness checked (one host read): a step whose device
+    /// kernels did not reach the host kernels' result runs again with host kernels.
     ///
     /// # Errors
-    /// As [`Backbone::features`].
+    /// As [`Detector::losses`], and a libtorch error from the read.
+    pub fn losses_exact(
+        &self,
+        images: &Tensor,
+        sizes: &[(i64, i64)],
+        targets: &Targets,
+        arch: Option<&Arch>,
+    ) -> Result<Vec<LossTerm>, DetectError> {
+        let l = self.losses(images, sizes, targets, arch)?;
+        if detnas_device::host::scalar(&l.exact, "detect.losses.exact")? > 0.5 {
+            return Ok(l.terms);
+        }
+        with_kernels(Kernels::Host, || self.losses(images, sizes, targets, arch)).map(|l| l.terms)
+    }
+
+    /// Detections per image (BN in evaluation mode), read to the host once per batch.
+    ///
+    /// # Errors
+    /// As [`Backbone::features`], and a libtorch error from the read.
     pub fn detect(
         &self,
         images: &Tensor,
         sizes: &[(i64, i64)],
         arch: Option<&Arch>,
     ) -> Result<Vec<Detections>, DetectError> {
-        tch::no_grad(|| {
+        let device = images.device();
+        let (dets, exact) = tch::no_grad(|| -> Result<(Vec<Detections>, bool), DetectError> {
+            let _amp = autocast::enter(device, detnas_device::settings::precision())
+                .map_err(|e| DetectError::Config(e.to_string()))?;
             let p = self.pyramid(images, arch, false)?;
             Ok(match &self.head {
-                Heads::Retina(h) => h.detect(&p, sizes),
+                Heads::Retina(h) => (h.detect(&p, sizes)?, true),
                 Heads::Rcnn(h) => {
-                    let props = h.0.proposals(&h.0.run(&p), sizes, false);
-                    h.1.detect(&p, &props, sizes)
+                    let props = h.rpn.proposals(&h.rpn.run(&p), sizes, false)?;
+                    h.roi_heads.detect(&p, &props, sizes)?
                 }
             })
-        })
+        })?;
+        if exact {
+            return Ok(dets);
+        }
+        with_kernels(Kernels::Host, || self.detect(images, sizes, arch))
     }
 
     /// A forward through every BN-bearing module in training mode, without gradients or
     /// losses — what BN recalibration runs (backbone, FPN, heads; the box head on the
-    /// test-time proposals).
+    /// test-time proposals). Returns a scalar bool on the device: whether the box head saw
+    /// exactly the proposals host kernels give (see [`Losses::exact`]); a recalibration with
+    /// a `false` must be run again with host kernels.
     ///
     /// # Errors
     /// As [`Backbone::features`].
-    pub fn observe(&self, images: &Tensor, sizes: &[(i64, i64)], arch: Option<&Arch>) -> Result<(), DetectError> {
+    pub fn forward_for_bn_stats(
+        &self,
+        images: &Tensor,
+        sizes: &[(i64, i64)],
+        arch: Option<&Arch>,
+    ) -> Result<Tensor, DetectError> {
+        let device = images.device();
         tch::no_grad(|| {
+            let _amp = autocast::enter(device, detnas_device::settings::precision())
+                .map_err(|e| DetectError::Config(e.to_string()))?;
             let p = self.pyramid(images, arch, true)?;
-            match &self.head {
-                Heads::Retina(h) => h.observe(&p),
-                Heads::Rcnn(h) => {
-                    let props = h.0.proposals(&h.0.run(&p), sizes, false);
-                    h.1.observe(&p, &props);
+            Ok(match &self.head {
+                Heads::Retina(h) => {
+                    h.observe(&p);
+                    Tensor::ones([], (Kind::Bool, device))
                 }
-            }
-            Ok(())
+                Heads::Rcnn(h) => {
+                    let props = h.rpn.proposals(&h.rpn.run(&p), sizes, false)?;
+                    let rois_exact = h.roi_heads.observe(&p, &props)?;
+                    props.exact.logical_and(&rois_exact)
+                }
+            })
         })
     }
 
@@ -212,6 +278,7 @@ impl Detector {
     /// R-CNN), then RetinaNet's `cls.{l}` `[N, H·W·A, K]` and `reg.{l}` `[N, H·W·A, 4]`, or
     /// the RPN's `rpn_obj.{l}` and `rpn_reg.{l}`, the test-time `proposals.{i}` `[P_i, 4]`
     /// and the box head's `roi_cls` `[ΣP_i, K+1]` and `roi_reg` `[ΣP_i, 4(K+1)]` on them.
+    /// Runs with host kernels (exact proposals, host reads allowed).
     ///
     /// # Errors
     /// As [`Backbone::features`].
@@ -221,35 +288,38 @@ impl Detector {
         sizes: &[(i64, i64)],
         arch: Option<&Arch>,
     ) -> Result<Vec<(String, Tensor)>, DetectError> {
-        tch::no_grad(|| {
-            let p = self.pyramid(images, arch, false)?;
-            let first = match self.head {
-                Heads::Retina(_) => 3,
-                Heads::Rcnn(_) => 2,
-            };
-            let mut out: Vec<(String, Tensor)> =
-                p.iter().enumerate().map(|(l, t)| (format!("p{}", l + first), t.shallow_clone())).collect();
-            let mut levels = |a: &str, b: &str, (x, y): (Vec<Tensor>, Vec<Tensor>)| {
-                for (l, (x, y)) in x.into_iter().zip(y).enumerate() {
-                    out.push((format!("{a}.{l}"), x));
-                    out.push((format!("{b}.{l}"), y));
-                }
-            };
-            match &self.head {
-                Heads::Retina(h) => levels("cls", "reg", h.raw_outputs(&p)),
-                Heads::Rcnn(h) => {
-                    let rpn_out = h.0.run(&p);
-                    let props = h.0.proposals(&rpn_out, sizes, false);
-                    levels("rpn_obj", "rpn_reg", (rpn_out.objectness, rpn_out.deltas));
-                    let (c, r) = h.1.raw_outputs(&p, &props);
-                    for (i, b) in props.into_iter().enumerate() {
-                        out.push((format!("proposals.{i}"), b));
+        with_kernels(Kernels::Host, || {
+            tch::no_grad(|| {
+                let p = self.pyramid(images, arch, false)?;
+                let first = match self.head {
+                    Heads::Retina(_) => 3,
+                    Heads::Rcnn(_) => 2,
+                };
+                let mut out: Vec<(String, Tensor)> =
+                    p.iter().enumerate().map(|(l, t)| (format!("p{}", l + first), t.shallow_clone())).collect();
+                let mut levels = |a: &str, b: &str, (x, y): (Vec<Tensor>, Vec<Tensor>)| {
+                    for (l, (x, y)) in x.into_iter().zip(y).enumerate() {
+                        out.push((format!("{a}.{l}"), x));
+                        out.push((format!("{b}.{l}"), y));
                     }
-                    out.push(("roi_cls".into(), c));
-                    out.push(("roi_reg".into(), r));
+                };
+                match &self.head {
+                    Heads::Retina(h) => levels("cls", "reg", h.raw_outputs(&p)),
+                    Heads::Rcnn(h) => {
+                        let rpn_out = h.rpn.run(&p);
+                        let props = h.rpn.proposals(&rpn_out, sizes, false)?;
+                        levels("rpn_obj", "rpn_reg", (rpn_out.objectness, rpn_out.deltas));
+                        let (rois, _) = h.roi_heads.rois(&props)?;
+                        let (c, r) = h.roi_heads.raw_outputs(&p, &rois)?;
+                        for (i, b) in props.per_image()?.into_iter().enumerate() {
+                            out.push((format!("proposals.{i}"), b));
+                        }
+                        out.push(("roi_cls".into(), c));
+                        out.push(("roi_reg".into(), r));
+                    }
                 }
-            }
-            Ok(out)
+                Ok(out)
+            })
         })
     }
 }

@@ -67,22 +67,19 @@ impl EvalSettings {
     }
 }
 
-/// Tensors of a batch on `device`: images `[N, 3, H, W]`, the unpadded `(height, width)` of
-/// each image, and its targets (network-input coordinates; each target's sampler seed is
-/// its dataset index, which a trainer replaces by a per-step seed).
+/// Tensors of a batch on `device`: images `[N, 3, H, W]` (one upload, non-blocking on CUDA),
+/// the unpadded `(height, width)` of each image, and its targets on the host (network-input
+/// coordinates; each target's sampler seed is its dataset index, which a trainer replaces by a
+/// per-step seed; [`Targets::new`] uploads them).
 pub fn batch_inputs(b: &DetBatch, device: Device) -> (Tensor, Vec<(i64, i64)>, Vec<Target>) {
     let n = b.samples.len() as i64;
-    let x = Tensor::from_slice(&b.images).reshape([n, 3, b.height as i64, b.width as i64]).to_device(device);
+    let x = detnas_device::host::upload(&b.images, &[n, 3, b.height as i64, b.width as i64], device, "detect.images");
     let sizes = b.samples.iter().map(|s| (s.height as i64, s.width as i64)).collect();
     let targets = b
         .samples
         .iter()
         .zip(&b.indices)
-        .map(|(s, &i)| Target {
-            boxes: crate::boxes::tensor_of(&s.boxes).to_device(device),
-            labels: Tensor::from_slice(&s.labels).to_device(device),
-            seed: i as u64,
-        })
+        .map(|(s, &i)| Target { boxes: s.boxes.clone(), labels: s.labels.clone(), seed: i as u64 })
         .collect();
     (x, sizes, targets)
 }
@@ -170,7 +167,8 @@ impl DetInputs {
 
 /// Resets and recomputes every BN statistic (backbone, FPN, heads) of path `arch` (`None`: a
 /// child network) on `images`, in training mode without gradients. Returns the number of BN
-/// layers recalibrated.
+/// layers recalibrated. With device kernels, whether every batch ran exactly as host kernels
+/// would is read once at the end; if not, the recalibration runs again with host kernels.
 ///
 /// # Errors
 /// A data error reading the images, or a model error.
@@ -183,10 +181,18 @@ pub fn recalibrate(
     device: Device,
 ) -> Result<usize, DetectError> {
     let session = Recalibration::begin(mode);
+    let mut exact = Tensor::ones([], (tch::Kind::Bool, device));
     images.for_each(settings, |b| {
         let (x, sizes, _) = batch_inputs(b, device);
-        det.observe(&x, &sizes, arch)
+        exact = exact.logical_and(&det.forward_for_bn_stats(&x, &sizes, arch)?);
+        Ok(())
     })?;
+    if detnas_device::host::scalar(&exact, "detect.recalibrate.exact")? < 0.5 {
+        drop(session);
+        return detnas_device::settings::with_kernels(detnas_device::Kernels::Host, || {
+            recalibrate(det, arch, images, settings, mode, device)
+        });
+    }
     Ok(session.finish())
 }
 
@@ -216,10 +222,7 @@ pub fn detect(
         let (x, sizes, _) = batch_inputs(b, device);
         let dets = det.detect(&x, &sizes, arch)?;
         for ((d, s), &i) in dets.iter().zip(&b.samples).zip(&b.indices) {
-            let boxes = crate::boxes::rows_of(&d.boxes);
-            let scores = Vec::<f32>::try_from(d.scores.to_device(Device::Cpu))?;
-            let labels = Vec::<i64>::try_from(d.labels.to_device(Device::Cpu))?;
-            for ((bx, sc), l) in boxes.iter().zip(scores).zip(labels) {
+            for ((bx, &sc), &l) in d.boxes.iter().zip(&d.scores).zip(&d.labels) {
                 let (sx, sy) = (s.scale.0 as f64, s.scale.1 as f64);
                 let [x1, y1, x2, y2] = bx.map(f64::from);
                 let category = usize::try_from(l).ok().and_then(|l| data.categories.get(l)).ok_or_else(|| {

@@ -30,6 +30,6 @@ pub mod target;
 
 pub use backbone::Backbone;
 pub use boxes::{BoxCoder, Boxes};
-pub use detector::{Detector, DetectorConfig, HeadConfig};
+pub use detector::{Detector, DetectorConfig, HeadConfig, Losses};
 pub use error::DetectError;
-pub use target::{Detections, Target};
+pub use target::{Detections, Proposals, Target, Targets};

@@ -1,31 +1,11 @@
-//! Detection losses, and [`LossTerm`]: a loss as a sum and its normaliser.
+//! Detection losses, elementwise (for masked sums over fixed-size batches) and summed.
 
 use tch::{Kind, Reduction, Tensor};
 
-/// A loss as the sum of its terms over the batch and the count it is normalised by: the loss
-/// is `sum / max(count, 1)`. Data-parallel training sums both over the ranks before dividing,
-/// so the loss and its gradient are the global batch's whatever the number of processes
-/// (maskrcnn_benchmark divides by per-GPU counts; with one process the two agree).
-#[derive(Debug)]
-pub struct LossTerm {
-    pub name: &'static str,
-    /// Sum over the batch, scalar.
-    pub sum: Tensor,
-    /// What the sum is divided by (positive anchors, sampled anchors or RoIs, images, …).
-    pub count: f64,
-}
-
-impl LossTerm {
-    /// `sum / max(count, 1)`: the loss of a single process.
-    pub fn value(&self) -> Tensor {
-        &self.sum / self.count.max(1.0)
-    }
-}
-
-/// Sigmoid focal loss (Lin et al. 2017), summed: for logit `x`, target `t ∈ {0, 1}` and
+/// Sigmoid focal loss (Lin et al. 2017) per element: for logit `x`, target `t ∈ {0, 1}` and
 /// `p = σ(x)`: `−α_t (1 − p_t)^γ ln p_t` with `p_t = p` if `t = 1` else `1 − p`, and
-/// `α_t = α` if `t = 1` else `1 − α`.
-pub fn sigmoid_focal_loss(logits: &Tensor, targets: &Tensor, alpha: f64, gamma: f64) -> Tensor {
+/// `α_t = α` if `t = 1` else `1 − α` (no α weighting when `α < 0`).
+pub fn sigmoid_focal_loss_elementwise(logits: &Tensor, targets: &Tensor, alpha: f64, gamma: f64) -> Tensor {
     let p = logits.sigmoid();
     let ce = logits.binary_cross_entropy_with_logits::<Tensor>(targets, None, None, Reduction::None);
     let p_t: Tensor = &p * targets + (1.0 - &p) * (1.0 - targets);
@@ -34,15 +14,25 @@ pub fn sigmoid_focal_loss(logits: &Tensor, targets: &Tensor, alpha: f64, gamma: 
     if alpha >= 0.0 {
         loss *= targets * alpha + (1.0 - targets) * (1.0 - alpha);
     }
-    loss.sum(Kind::Float)
+    loss
+}
+
+/// [`sigmoid_focal_loss_elementwise`] summed.
+pub fn sigmoid_focal_loss(logits: &Tensor, targets: &Tensor, alpha: f64, gamma: f64) -> Tensor {
+    sigmoid_focal_loss_elementwise(logits, targets, alpha, gamma).sum(Kind::Float)
+}
+
+/// Smooth-L1 per element, with transition point `beta` (0 = L1).
+pub fn smooth_l1_elementwise(input: &Tensor, target: &Tensor, beta: f64) -> Tensor {
+    if beta < 1e-5 {
+        return (input - target).abs();
+    }
+    input.smooth_l1_loss(target, Reduction::None, beta)
 }
 
 /// Smooth-L1 summed over all elements, with transition point `beta` (0 = L1).
 pub fn smooth_l1_sum(input: &Tensor, target: &Tensor, beta: f64) -> Tensor {
-    if beta < 1e-5 {
-        return (input - target).abs().sum(Kind::Float);
-    }
-    input.smooth_l1_loss(target, Reduction::Sum, beta)
+    smooth_l1_elementwise(input, target, beta).sum(Kind::Float)
 }
 
 #[cfg(test)]

@@ -12,13 +12,15 @@
 //! positive anchors, divided by `max(1, num_pos)`. Box deltas use the no-`+1` box
 //! convention of [`crate::boxes`] (torchvision's), not maskrcnn_benchmark's `TO_REMOVE = 1`.
 
-use crate::anchors::AnchorGenerator;
-use crate::boxes::{BoxCoder, clip, pairwise_iou};
+use crate::anchors::{AnchorGenerator, AnchorGrids};
+use crate::boxes::{BoxCoder, clip_each, pairwise_iou, sizes_tensor};
 use crate::layers::{bn_if, conv_unit, predictor};
-use crate::losses::{LossTerm, sigmoid_focal_loss, smooth_l1_sum};
+use crate::losses::{sigmoid_focal_loss_elementwise, smooth_l1_elementwise};
 use crate::matcher::Matcher;
-use crate::nms::batched_nms;
-use crate::target::{Detections, Target};
+use crate::nms::final_detections;
+use crate::target::{Detections, Targets};
+use detnas_device::phase;
+use detnas_nn::LossTerm;
 use detnas_nn::layers::{ConvBn, NormKind};
 use serde::{Deserialize, Serialize};
 use tch::nn::Module;
@@ -105,7 +107,7 @@ pub struct RetinaHead {
     box_tower: Vec<ConvBn>,
     cls_logits: nn::Conv2D,
     bbox_pred: nn::Conv2D,
-    anchors: AnchorGenerator,
+    anchors: AnchorGrids,
     coder: BoxCoder,
 }
 
@@ -146,7 +148,7 @@ impl RetinaHead {
             box_tower: tower("bbox_tower"),
             cls_logits: predictor(p / "cls_logits", channels, a * classes, 3, 0.01, bias),
             bbox_pred: predictor(p / "bbox_pred", channels, a * 4, 3, 0.01, 0.0),
-            anchors: cfg.anchors(strides),
+            anchors: AnchorGrids::new(cfg.anchors(strides)),
             coder: BoxCoder::new([1.0; 4]),
             cfg: cfg.clone(),
             classes,
@@ -166,7 +168,8 @@ impl RetinaHead {
         (c, b)
     }
 
-    /// The head's outputs on pyramid `feats` (P3..P7, `[N, C, H_l, W_l]`).
+    /// The head's outputs on pyramid `feats` (P3..P7, `[N, C, H_l, W_l]`), in the precision of
+    /// the towers (fp32 or bf16 under autocast).
     pub fn run(&self, feats: &[Tensor], train: bool) -> RetinaOutputs {
         let (mut cls, mut reg) = (Vec::new(), Vec::new());
         for (l, f) in feats.iter().enumerate() {
@@ -178,61 +181,67 @@ impl RetinaHead {
         RetinaOutputs { cls, reg }
     }
 
-    /// Anchors `[H_l·W_l·A, 4]` of each level of `feats`.
+    /// Anchors `[H_l·W_l·A, 4]` of each level of `feats` (kept on the device).
     pub fn level_anchors(&self, feats: &[Tensor]) -> Vec<Tensor> {
         let hw: Vec<(i64, i64)> = feats.iter().map(|f| (f.size()[2], f.size()[3])).collect();
-        self.anchors.grid(&hw, feats[0].device())
+        phase::time("anchors", feats[0].device(), || self.anchors.grids(&hw, feats[0].device()))
     }
 
     /// Training losses `(classification, box regression)` for pyramid `feats` (P3..P7).
-    pub fn losses(&self, feats: &[Tensor], targets: &[Target]) -> (LossTerm, LossTerm) {
-        let out = self.run(feats, true);
-        self.loss(&out, &self.level_anchors(feats), targets)
+    pub fn losses(&self, feats: &[Tensor], targets: &Targets) -> (LossTerm, LossTerm) {
+        let out = phase::time("head", feats[0].device(), || self.run(feats, true));
+        let anchors = self.level_anchors(feats);
+        self.loss(&out, &anchors, targets)
     }
 
-    /// The losses `(classification, box regression)` of head outputs against `targets` (one
-    /// per image; crowd regions left out), with the normalisers of the module documentation:
-    /// `num_pos + N` and `num_pos`.
+    /// The losses `(classification, box regression)` of head outputs against `targets` (crowd
+    /// regions left out), with the normalisers of the module documentation: `num_pos + N` and
+    /// `num_pos`. Batched over the images, without host round-trips: the focal loss is summed
+    /// over every anchor not between the thresholds, the box loss over the positive ones.
     ///
     /// # Shapes
     /// `anchors[l]` `[H_l·W_l·A, 4]`, matching `out`'s levels.
-    pub fn loss(&self, out: &RetinaOutputs, anchors: &[Tensor], targets: &[Target]) -> (LossTerm, LossTerm) {
+    pub fn loss(&self, out: &RetinaOutputs, anchors: &[Tensor], targets: &Targets) -> (LossTerm, LossTerm) {
+        let device = anchors[0].device();
         let anchors = Tensor::cat(anchors, 0);
-        let cls = Tensor::cat(&out.cls, 1);
-        let reg = Tensor::cat(&out.reg, 1);
+        let cls = Tensor::cat(&out.cls, 1).to_kind(Kind::Float);
+        let reg = Tensor::cat(&out.reg, 1).to_kind(Kind::Float);
+        let n = targets.len() as i64;
+        let a = anchors.size()[0];
         let matcher = Matcher { high: self.cfg.fg_iou, low: self.cfg.bg_iou, allow_low_quality: true };
-        let (mut cls_loss, mut box_loss, mut num_pos) = (Vec::new(), Vec::new(), 0i64);
-        for (i, t) in targets.iter().enumerate() {
-            let m = tch::no_grad(|| matcher.matches(&pairwise_iou(&t.boxes, &anchors)));
-            let valid = m.ne(crate::matcher::BETWEEN);
-            let pos = m.ge(0);
-            let pos_idx = pos.nonzero().squeeze_dim(1);
-            num_pos += pos_idx.size()[0];
-            let matched = m.clamp_min(0);
-            let labels =
-                if t.labels.size()[0] > 0 { t.labels.index_select(0, &matched) } else { Tensor::zeros_like(&matched) };
-            let onehot = labels.one_hot(self.classes).to_kind(Kind::Float) * pos.unsqueeze(1).to_kind(Kind::Float);
-            let vidx = valid.nonzero().squeeze_dim(1);
-            let logits = cls.get(i as i64).index_select(0, &vidx);
-            cls_loss.push(sigmoid_focal_loss(
-                &logits,
-                &onehot.index_select(0, &vidx),
-                self.cfg.focal_alpha,
-                self.cfg.focal_gamma,
-            ));
-            if pos_idx.size()[0] > 0 {
-                let gt = t.boxes.index_select(0, &matched.index_select(0, &pos_idx));
-                let target = self.coder.encode(&anchors.index_select(0, &pos_idx), &gt);
-                let pred = reg.get(i as i64).index_select(0, &pos_idx);
-                box_loss.push(smooth_l1_sum(&pred, &target, self.cfg.smooth_l1_beta));
-            }
-        }
-        let cls_sum = Tensor::stack(&cls_loss, 0).sum(Kind::Float);
-        let box_sum =
-            if box_loss.is_empty() { reg.sum(Kind::Float) * 0.0 } else { Tensor::stack(&box_loss, 0).sum(Kind::Float) };
+        let (gt_boxes, onehot, pos, valid) = phase::time("matching", device, || {
+            tch::no_grad(|| {
+                let m = matcher.matches(&pairwise_iou(&targets.boxes, &anchors.unsqueeze(0)), &targets.valid);
+                let valid = m.ne(crate::matcher::BETWEEN);
+                let pos = m.ge(0);
+                let matched = m.clamp_min(0);
+                let g = targets.max_boxes();
+                let (labels, gt_boxes) = if g > 0 {
+                    let labels = targets.labels.gather(1, &matched, false);
+                    let boxes = targets.boxes.gather(1, &matched.unsqueeze(2).expand([n, a, 4], false), false);
+                    (labels, boxes)
+                } else {
+                    (Tensor::zeros([n, a], (Kind::Int64, device)), Tensor::zeros([n, a, 4], (Kind::Float, device)))
+                };
+                // (`one_hot` would check its input's range with host reads.)
+                let classes = Tensor::arange(self.classes, (Kind::Int64, device));
+                let onehot =
+                    labels.unsqueeze(2).eq_tensor(&classes).logical_and(&pos.unsqueeze(2)).to_kind(Kind::Float);
+                // Non-positive anchors regress onto themselves: finite targets, masked out below.
+                let gt_boxes = gt_boxes.where_self(&pos.unsqueeze(2), &anchors.unsqueeze(0));
+                (gt_boxes, onehot, pos, valid)
+            })
+        });
+        let _p = phase::enter("losses", device);
+        let focal = sigmoid_focal_loss_elementwise(&cls, &onehot, self.cfg.focal_alpha, self.cfg.focal_gamma);
+        let cls_sum = (focal * valid.unsqueeze(2).to_kind(Kind::Float)).sum(Kind::Float);
+        let target = tch::no_grad(|| self.coder.encode(&anchors.unsqueeze(0).expand([n, a, 4], false), &gt_boxes));
+        let l1 = smooth_l1_elementwise(&reg, &target, self.cfg.smooth_l1_beta);
+        let box_sum = l1.where_self(&pos.unsqueeze(2), &Tensor::zeros([], (Kind::Float, device))).sum(Kind::Float);
+        let num_pos = pos.sum(Kind::Double);
         (
-            LossTerm { name: "cls", sum: cls_sum, count: (num_pos + targets.len() as i64) as f64 },
-            LossTerm { name: "box", sum: box_sum, count: num_pos as f64 },
+            LossTerm { name: "cls", sum: cls_sum, count: &num_pos + n as f64 },
+            LossTerm { name: "box", sum: box_sum, count: num_pos },
         )
     }
 
@@ -251,53 +260,57 @@ impl RetinaHead {
         }
     }
 
-    /// Detections per image; `sizes` are the unpadded `(height, width)` for clipping.
-    pub fn detect(&self, feats: &[Tensor], sizes: &[(i64, i64)]) -> Vec<Detections> {
-        let out = self.run(feats, false);
+    /// Detections per image; `sizes` are the unpadded `(height, width)` for clipping. Per
+    /// level the `pre_nms_top_n` best scores of each image above the threshold, decoded and
+    /// clipped on the device; then one host read of the batch's candidates and class-wise NMS
+    /// on the host.
+    ///
+    /// # Errors
+    /// A libtorch error from the read.
+    pub fn detect(&self, feats: &[Tensor], sizes: &[(i64, i64)]) -> Result<Vec<Detections>, tch::TchError> {
+        let device = feats[0].device();
+        let out = phase::time("head", device, || self.run(feats, false));
         let anchors = self.level_anchors(feats);
-        let k = self.classes;
-        sizes
-            .iter()
-            .enumerate()
-            .map(|(i, &(h, w))| {
-                let (mut boxes, mut scores, mut labels) = (Vec::new(), Vec::new(), Vec::new());
-                for (l, level_anchors) in anchors.iter().enumerate() {
-                    let s = out.cls[l].get(i as i64).sigmoid().reshape([-1]);
-                    let cand = s.gt(self.cfg.score_threshold).nonzero().squeeze_dim(1);
-                    let n = cand.size()[0].min(self.cfg.pre_nms_top_n);
-                    if n == 0 {
-                        continue;
-                    }
-                    let (top, order) = s.index_select(0, &cand).topk(n, 0, true, true);
-                    let flat = cand.index_select(0, &order);
-                    let anchor_idx = flat.divide_scalar_mode(k, "floor");
-                    let label = flat.remainder(k);
-                    let deltas = out.reg[l].get(i as i64).index_select(0, &anchor_idx);
-                    let b = self.coder.decode(&deltas, &level_anchors.index_select(0, &anchor_idx));
-                    boxes.push(clip(&b, h, w));
-                    scores.push(top);
-                    labels.push(label);
-                }
-                if boxes.is_empty() {
-                    return empty(feats[0].device());
-                }
-                let d = Detections {
-                    boxes: Tensor::cat(&boxes, 0),
-                    scores: Tensor::cat(&scores, 0),
-                    labels: Tensor::cat(&labels, 0),
-                };
-                let keep = batched_nms(&d.boxes, &d.scores, &d.labels, self.cfg.nms_threshold);
-                d.select(&keep).top(self.cfg.detections_per_image)
-            })
-            .collect()
+        let _p = phase::enter("postprocess", device);
+        let packed = self.candidates(&out, &anchors, sizes);
+        let (dets, _) = final_detections(&packed, None, self.cfg.nms_threshold, self.cfg.detections_per_image)?;
+        Ok(dets)
     }
-}
 
-/// No detections.
-pub fn empty(device: tch::Device) -> Detections {
-    Detections {
-        boxes: Tensor::zeros([0, 4], (Kind::Float, device)),
-        scores: Tensor::zeros([0], (Kind::Float, device)),
-        labels: Tensor::zeros([0], (Kind::Int64, device)),
+    /// The candidates of each image `[N, M, 7]`: `(x1, y1, x2, y2, score, label, valid)`, level
+    /// by level, by descending score within a level.
+    fn candidates(&self, out: &RetinaOutputs, anchors: &[Tensor], sizes: &[(i64, i64)]) -> Tensor {
+        let k = self.classes;
+        let n = sizes.len() as i64;
+        let size_t = sizes_tensor(sizes, anchors[0].device());
+        let mut levels = Vec::with_capacity(anchors.len());
+        for (l, level_anchors) in anchors.iter().enumerate() {
+            let s = out.cls[l].to_kind(Kind::Float).sigmoid().reshape([n, -1]);
+            let top = s.size()[1].min(self.cfg.pre_nms_top_n);
+            if top == 0 {
+                continue;
+            }
+            let (score, flat) = s.topk(top, 1, true, true);
+            let anchor_idx = flat.divide_scalar_mode(k, "floor");
+            let label = flat.remainder(k);
+            let deltas =
+                out.reg[l].to_kind(Kind::Float).gather(1, &anchor_idx.unsqueeze(2).expand([n, top, 4], false), false);
+            let refs = level_anchors.index_select(0, &anchor_idx.reshape([-1])).view([n, top, 4]);
+            let boxes = clip_each(&self.coder.decode(&deltas, &refs), &size_t);
+            let valid = score.gt(self.cfg.score_threshold);
+            levels.push(Tensor::cat(
+                &[
+                    boxes,
+                    score.unsqueeze(2),
+                    label.to_kind(Kind::Float).unsqueeze(2),
+                    valid.to_kind(Kind::Float).unsqueeze(2),
+                ],
+                2,
+            ));
+        }
+        if levels.is_empty() {
+            return Tensor::zeros([n, 0, 7], (Kind::Float, anchors[0].device()));
+        }
+        Tensor::cat(&levels, 1)
     }
 }

@@ -10,15 +10,23 @@
 //! [`RoiHeads::losses`] (cross-entropy + smooth-L1 on the positives' own class, both
 //! normalised by the number of sampled RoIs, as `FastRCNNLossComputation`). Inference:
 //! softmax, score > `score_threshold`, per-class NMS, at most `detections_per_image`.
+//!
+//! Batched over the images on the device: a training batch's RoIs are `batch_per_image`
+//! slots per image (positives first). With device kernels the slots and proposals keep their
+//! padding (an image with fewer candidates than slots, or fewer proposals than the count
+//! kept, has invalid entries) and an `exact` flag says whether there was any; BN statistics
+//! (training mode) would see the padding, so a caller reruns such a step with host kernels,
+//! which drop the padding after one host read.
 
-use crate::boxes::{BoxCoder, clip, pairwise_iou};
+use crate::boxes::{BoxCoder, clip_each, pairwise_iou, sizes_tensor};
 use crate::layers::{bn_if, conv_unit};
-use crate::losses::{LossTerm, smooth_l1_sum};
+use crate::losses::smooth_l1_elementwise;
 use crate::matcher::{Matcher, sample_balanced};
-use crate::nms::batched_nms;
-use crate::retinanet::empty;
+use crate::nms::final_detections;
 use crate::roi_align::MultiScaleRoiAlign;
-use crate::target::{Detections, Target};
+use crate::target::{Detections, Proposals, Targets};
+use detnas_device::{host, phase};
+use detnas_nn::LossTerm;
 use detnas_nn::layers::ConvBn;
 use serde::{Deserialize, Serialize};
 use tch::nn::Module;
@@ -118,11 +126,20 @@ pub struct RoiHeads {
 pub struct RoiSample {
     /// `[R, 5]`: image index, box (network-input pixels).
     pub rois: Tensor,
-    /// `[R]` i64: 0 background, `k + 1` foreground class `k`.
+    /// `[R]` i64: 0 background, `k + 1` foreground class `k`, −100 padding (ignored).
     pub labels: Tensor,
-    /// `[F, 4]`: encoded regression targets of the foreground RoIs, in RoI order.
+    /// `[R]` bool: foreground RoIs.
+    pub positive: Tensor,
+    /// `[R, 4]`: encoded regression targets (meaningful for the foreground RoIs).
     pub regression_targets: Tensor,
+    /// Scalar (`Kind::Double`): the sampled RoIs, the losses' normaliser.
+    pub count: Tensor,
+    /// Scalar bool: no padding among the RoIs (see the module documentation).
+    pub exact: Tensor,
 }
+
+/// Label of a padding RoI (cross-entropy's ignore index).
+pub const IGNORE: i64 = -100;
 
 fn linear(p: nn::Path, i: i64, o: i64, std: Option<f64>) -> nn::Linear {
     let ws_init = match std {
@@ -172,8 +189,13 @@ impl RoiHeads {
     ///
     /// # Shapes
     /// `feats`: the pooled levels (at least as many as the pooler's strides), `[N, C, H, W]`.
-    pub fn run(&self, feats: &[Tensor], rois: &Tensor, train: bool) -> (Tensor, Tensor) {
-        let x = self.pooler.pool(&feats[..self.pooler.strides.len()], rois);
+    ///
+    /// # Errors
+    /// A libtorch error from the pooler (host kernels).
+    pub fn run(&self, feats: &[Tensor], rois: &Tensor, train: bool) -> Result<(Tensor, Tensor), tch::TchError> {
+        let device = rois.device();
+        let x = phase::time("roi_pool", device, || self.pooler.pool(&feats[..self.pooler.strides.len()], rois))?;
+        let _p = phase::enter("roi_head", device);
         let x = match &self.head {
             BoxHead::Conv { convs, fc } => {
                 let mut y = x;
@@ -184,47 +206,78 @@ impl RoiHeads {
             }
             BoxHead::Mlp { fc6, fc7 } => fc7.forward(&fc6.forward(&x.flatten(1, -1)).relu()).relu(),
         };
-        (self.cls_score.forward(&x), self.bbox_pred.forward(&x))
+        Ok((self.cls_score.forward(&x).to_kind(Kind::Float), self.bbox_pred.forward(&x).to_kind(Kind::Float)))
     }
 
-    /// The RoIs of a training batch: each image's proposals `[P_i, 4]` with its ground-truth
-    /// boxes appended, matched and sampled, with their labels and regression targets.
-    pub fn sample(&self, proposals: &[Tensor], targets: &[Target]) -> RoiSample {
-        let matcher = Matcher { high: self.cfg.fg_iou, low: self.cfg.bg_iou, allow_low_quality: false };
-        let (mut rois, mut labels, mut reg_t) = (Vec::new(), Vec::new(), Vec::new());
+    /// The RoIs of a training batch: each image's proposals with its ground-truth boxes
+    /// appended, matched and sampled (`batch_per_image` slots per image, positives first),
+    /// with their labels and regression targets.
+    ///
+    /// # Errors
+    /// A libtorch error reading the slots' validity (host kernels).
+    pub fn sample(&self, proposals: &Proposals, targets: &Targets) -> Result<RoiSample, tch::TchError> {
+        let device = proposals.boxes.device();
+        let _p = phase::enter("matching", device);
         tch::no_grad(|| {
-            for (i, (p, t)) in proposals.iter().zip(targets).enumerate() {
-                let p = Tensor::cat(&[p, &t.boxes], 0);
-                let m = matcher.matches(&pairwise_iou(&t.boxes, &p));
-                // A stream of its own: not the RPN sampler's draw of the same image.
-                let seed = detnas_data::mix_seed(t.seed, &[0x5A1]);
-                let (pos, neg) = sample_balanced(&m, self.cfg.batch_per_image, self.cfg.positive_fraction, seed);
-                let idx = Tensor::cat(&[&pos, &neg], 0);
-                let boxes = p.index_select(0, &idx);
-                let matched = m.index_select(0, &pos);
-                let mut l = Tensor::zeros([idx.size()[0]], (Kind::Int64, p.device()));
-                if pos.size()[0] > 0 {
-                    let fg = t.labels.index_select(0, &matched) + 1;
-                    l = Tensor::cat(&[fg, Tensor::zeros([neg.size()[0]], (Kind::Int64, p.device()))], 0);
-                    reg_t.push(
-                        self.coder.encode(&boxes.narrow(0, 0, pos.size()[0]), &t.boxes.index_select(0, &matched)),
-                    );
-                }
-                let bi = Tensor::full([idx.size()[0], 1], i as f64, (Kind::Float, p.device()));
-                rois.push(Tensor::cat(&[bi, boxes], 1));
-                labels.push(l);
-            }
-        });
-        let device = proposals.first().map_or(tch::Device::Cpu, Tensor::device);
-        RoiSample {
-            rois: Tensor::cat(&rois, 0),
-            labels: Tensor::cat(&labels, 0),
-            regression_targets: if reg_t.is_empty() {
-                Tensor::zeros([0, 4], (Kind::Float, device))
+            let matcher = Matcher { high: self.cfg.fg_iou, low: self.cfg.bg_iou, allow_low_quality: false };
+            let n = targets.len() as i64;
+            let cand = Tensor::cat(&[&proposals.boxes, &targets.boxes], 1);
+            let allowed = Tensor::cat(&[&proposals.valid, &targets.valid], 1);
+            let m = matcher.matches(&pairwise_iou(&targets.boxes, &cand), &targets.valid);
+            // A stream of its own: not the RPN sampler's draw of the same image.
+            let words = targets.seed_words.bitwise_xor(0x5A1);
+            let s = sample_balanced(&m, Some(&allowed), self.cfg.batch_per_image, self.cfg.positive_fraction, &words);
+            // Slots: positive j at j, negative j at n_pos + j; invalid draws go to a spare slot.
+            let slots = self.cfg.batch_per_image;
+            let spare = Tensor::full([], slots, (Kind::Int64, device));
+            let kp = s.pos.size()[1];
+            let pos_slot = Tensor::arange(kp, (Kind::Int64, device))
+                .unsqueeze(0)
+                .expand([n, kp], false)
+                .where_self(&s.pos_valid, &spare);
+            let kn = s.neg.size()[1];
+            let neg_slot = (Tensor::arange(kn, (Kind::Int64, device)).unsqueeze(0) + s.n_pos.unsqueeze(1))
+                .where_self(&s.neg_valid, &spare);
+            let idx = Tensor::zeros([n, slots + 1], (Kind::Int64, device))
+                .scatter(1, &pos_slot, &s.pos)
+                .scatter(1, &neg_slot, &s.neg)
+                .narrow(1, 0, slots);
+            let filled = Tensor::zeros([n, slots + 1], (Kind::Bool, device))
+                .scatter(1, &pos_slot, &s.pos_valid)
+                .scatter(1, &neg_slot, &s.neg_valid)
+                .narrow(1, 0, slots);
+            let positive = Tensor::arange(slots, (Kind::Int64, device))
+                .unsqueeze(0)
+                .lt_tensor(&s.n_pos.unsqueeze(1))
+                .logical_and(&filled);
+            let boxes = cand.gather(1, &idx.unsqueeze(2).expand([n, slots, 4], false), false);
+            let matched = m.gather(1, &idx, false).clamp_min(0);
+            let (labels, gt) = if targets.max_boxes() > 0 {
+                (
+                    targets.labels.gather(1, &matched, false) + 1,
+                    targets.boxes.gather(1, &matched.unsqueeze(2).expand([n, slots, 4], false), false),
+                )
             } else {
-                Tensor::cat(&reg_t, 0)
-            },
-        }
+                (Tensor::zeros([n, slots], (Kind::Int64, device)), boxes.shallow_clone())
+            };
+            let labels = labels
+                .where_self(&positive, &Tensor::zeros([], (Kind::Int64, device)))
+                .masked_fill(&filled.logical_not(), IGNORE);
+            let gt = gt.where_self(&positive.unsqueeze(2), &boxes);
+            let image = Tensor::arange(n, (Kind::Float, device)).view([n, 1, 1]).expand([n, slots, 1], false);
+            let rois = Tensor::cat(&[image, boxes.shallow_clone()], 2).reshape([-1, 5]);
+            let regression = self.coder.encode(&boxes, &gt).reshape([-1, 4]);
+            let (labels, positive, filled) = (labels.reshape([-1]), positive.reshape([-1]), filled.reshape([-1]));
+            let sample = RoiSample {
+                count: filled.sum(Kind::Double),
+                exact: filled.all(),
+                rois,
+                labels,
+                positive,
+                regression_targets: regression,
+            };
+            if detnas_device::settings::host_kernels(device) { sample.compacted() } else { Ok(sample) }
+        })
     }
 
     /// Training losses `(classification, box regression)` of the head's outputs on `sample`.
@@ -232,84 +285,141 @@ impl RoiHeads {
     /// # Shapes
     /// `logits` `[R, K+1]`, `deltas` `[R, 4(K+1)]` for the `R` RoIs of `sample`.
     pub fn losses(&self, logits: &Tensor, deltas: &Tensor, sample: &RoiSample) -> (LossTerm, LossTerm) {
+        let device = logits.device();
+        let _p = phase::enter("losses", device);
         let labels = &sample.labels;
-        let n = labels.size()[0] as f64;
-        let cls = logits.cross_entropy_loss::<Tensor>(labels, None, Reduction::Sum, -100, 0.0);
-        let pos = labels.gt(0).nonzero().squeeze_dim(1);
-        let box_loss = if pos.size()[0] == 0 {
-            deltas.sum(Kind::Float) * 0.0
-        } else {
-            let lp = labels.index_select(0, &pos);
-            let d = deltas.index_select(0, &pos).reshape([-1, self.classes + 1, 4]);
-            let d = d.gather(1, &lp.view([-1, 1, 1]).expand([-1, 1, 4], false), false).squeeze_dim(1);
-            smooth_l1_sum(&d, &sample.regression_targets, self.cfg.smooth_l1_beta)
-        };
-        (LossTerm { name: "cls", sum: cls, count: n }, LossTerm { name: "box", sum: box_loss, count: n })
+        let cls = logits.to_kind(Kind::Float).cross_entropy_loss::<Tensor>(labels, None, Reduction::Sum, IGNORE, 0.0);
+        let r = labels.size()[0];
+        let d = deltas.to_kind(Kind::Float).reshape([r, self.classes + 1, 4]);
+        let own = labels.clamp_min(0).view([-1, 1, 1]).expand([r, 1, 4], false);
+        let d = d.gather(1, &own, false).squeeze_dim(1);
+        let l1 = smooth_l1_elementwise(&d, &sample.regression_targets, self.cfg.smooth_l1_beta);
+        let box_loss =
+            l1.where_self(&sample.positive.unsqueeze(1), &Tensor::zeros([], (Kind::Float, device))).sum(Kind::Float);
+        (
+            LossTerm { name: "cls", sum: cls, count: sample.count.shallow_clone() },
+            LossTerm { name: "box", sum: box_loss, count: sample.count.shallow_clone() },
+        )
+    }
+
+    /// The RoIs `[K, 5]` of `proposals` and whether they hold no padding: all `N·R` slots with
+    /// device kernels; only the real proposals (after one host read) with host kernels.
+    ///
+    /// # Errors
+    /// A libtorch error from the read (host kernels).
+    pub fn rois(&self, proposals: &Proposals) -> Result<(Tensor, Tensor), tch::TchError> {
+        let (n, r) = (proposals.valid.size()[0], proposals.valid.size()[1]);
+        let device = proposals.boxes.device();
+        let image = Tensor::arange(n, (Kind::Float, device)).view([n, 1, 1]).expand([n, r, 1], false);
+        let rois = Tensor::cat(&[image, proposals.boxes.to_kind(Kind::Float)], 2).reshape([-1, 5]);
+        if detnas_device::settings::host_kernels(device) {
+            let idx = true_indices(&proposals.valid.reshape([-1]), "detect.roi_heads.rois")?;
+            return Ok((rois.index_select(0, &idx), Tensor::ones([], (Kind::Bool, device))));
+        }
+        Ok((rois, proposals.valid.all()))
     }
 
     /// Eval-mode class logits `[R, K+1]` and deltas `[R, 4(K+1)]` of the proposals of all
     /// images, in order (for parity checks against a reference implementation).
-    pub fn raw_outputs(&self, feats: &[Tensor], proposals: &[Tensor]) -> (Tensor, Tensor) {
-        self.run(feats, &rois_of(proposals), false)
+    ///
+    /// # Errors
+    /// As [`RoiHeads::run`].
+    pub fn raw_outputs(&self, feats: &[Tensor], rois: &Tensor) -> Result<(Tensor, Tensor), tch::TchError> {
+        self.run(feats, rois, false)
     }
 
     /// Runs the box head in training mode on `proposals` without losses (BN recalibration).
-    pub fn observe(&self, feats: &[Tensor], proposals: &[Tensor]) {
-        let _ = self.run(feats, &rois_of(proposals), true);
+    /// Returns whether the RoIs held no padding (scalar bool).
+    ///
+    /// # Errors
+    /// As [`RoiHeads::run`].
+    pub fn observe(&self, feats: &[Tensor], proposals: &Proposals) -> Result<Tensor, tch::TchError> {
+        let (rois, exact) = self.rois(proposals)?;
+        let _ = self.run(feats, &rois, true)?;
+        Ok(exact)
     }
 
-    /// Detections per image; `sizes` are the unpadded `(height, width)` for clipping.
-    pub fn detect(&self, feats: &[Tensor], proposals: &[Tensor], sizes: &[(i64, i64)]) -> Vec<Detections> {
-        let rois = rois_of(proposals);
-        if rois.size()[0] == 0 {
-            return sizes.iter().map(|_| empty(feats[0].device())).collect();
-        }
-        let (logits, deltas) = self.run(feats, &rois, false);
-        let probs = logits.softmax(-1, Kind::Float);
-        let k1 = self.classes + 1;
-        let mut start = 0;
-        sizes
-            .iter()
-            .zip(proposals)
-            .map(|(&(h, w), p)| {
-                let n = p.size()[0];
-                let pr = probs.narrow(0, start, n);
-                let boxes = self.coder.decode(&deltas.narrow(0, start, n), p).reshape([-1, 4]);
-                start += n;
-                let boxes = clip(&boxes, h, w).reshape([n, k1, 4]).narrow(1, 1, self.classes).reshape([-1, 4]);
-                let scores = pr.narrow(1, 1, self.classes).reshape([-1]);
-                let labels = Tensor::arange(self.classes, (Kind::Int64, p.device())).repeat([n]);
-                let keep =
-                    scores.gt(self.cfg.score_threshold).logical_and(&nonempty_mask(&boxes)).nonzero().squeeze_dim(1);
-                let d = Detections {
-                    boxes: boxes.index_select(0, &keep),
-                    scores: scores.index_select(0, &keep),
-                    labels: labels.index_select(0, &keep),
-                };
-                let keep = batched_nms(&d.boxes, &d.scores, &d.labels, self.cfg.nms_threshold);
-                d.select(&keep).top(self.cfg.detections_per_image)
-            })
-            .collect()
+    /// The candidates of each image `[N, R·K, 7]` (`(x1, y1, x2, y2, score, label, valid)`,
+    /// proposal-major, class-minor) for the final NMS; `sizes` are the unpadded
+    /// `(height, width)` for clipping.
+    ///
+    /// # Errors
+    /// As [`RoiHeads::run`].
+    pub fn candidates(
+        &self,
+        feats: &[Tensor],
+        proposals: &Proposals,
+        sizes: &[(i64, i64)],
+    ) -> Result<Tensor, tch::TchError> {
+        let device = proposals.boxes.device();
+        let (n, r) = (proposals.valid.size()[0], proposals.valid.size()[1]);
+        let image = Tensor::arange(n, (Kind::Float, device)).view([n, 1, 1]).expand([n, r, 1], false);
+        let rois = Tensor::cat(&[image, proposals.boxes.to_kind(Kind::Float)], 2).reshape([-1, 5]);
+        let (logits, deltas) = self.run(feats, &rois, false)?;
+        let _p = phase::enter("postprocess", device);
+        let k = self.classes;
+        let k1 = k + 1;
+        let probs = logits.softmax(-1, Kind::Float).view([n, r, k1]).narrow(2, 1, k).reshape([n, r * k]);
+        let boxes = self.coder.decode(&deltas, &rois.narrow(1, 1, 4)).view([n, r * k1, 4]);
+        let boxes =
+            clip_each(&boxes, &sizes_tensor(sizes, device)).view([n, r, k1, 4]).narrow(2, 1, k).reshape([n, r * k, 4]);
+        let labels = Tensor::arange(k, (Kind::Float, device)).repeat([n, r]);
+        let valid = proposals
+            .valid
+            .unsqueeze(2)
+            .expand([n, r, k], false)
+            .reshape([n, r * k])
+            .logical_and(&probs.gt(self.cfg.score_threshold))
+            .logical_and(&strictly_nonempty(&boxes));
+        Ok(Tensor::cat(&[boxes, probs.unsqueeze(2), labels.unsqueeze(2), valid.to_kind(Kind::Float).unsqueeze(2)], 2))
+    }
+
+    /// Detections per image; `sizes` are the unpadded `(height, width)` for clipping. The
+    /// flag returned beside is `proposals.exact` as read with the detections.
+    ///
+    /// # Errors
+    /// As [`RoiHeads::run`], and a libtorch error from the read.
+    pub fn detect(
+        &self,
+        feats: &[Tensor],
+        proposals: &Proposals,
+        sizes: &[(i64, i64)],
+    ) -> Result<(Vec<Detections>, bool), tch::TchError> {
+        let packed = self.candidates(feats, proposals, sizes)?;
+        let (dets, extra) =
+            final_detections(&packed, Some(&proposals.exact), self.cfg.nms_threshold, self.cfg.detections_per_image)?;
+        Ok((dets, extra.first().is_some_and(|&f| f > 0.5)))
     }
 }
 
-fn nonempty_mask(b: &Tensor) -> Tensor {
-    let w = b.select(1, 2) - b.select(1, 0);
-    let h = b.select(1, 3) - b.select(1, 1);
-    w.gt(1e-3).logical_and(&h.gt(1e-3))
-}
-
-/// `[R, 5]` RoIs (image index, box) from per-image boxes.
-fn rois_of(proposals: &[Tensor]) -> Tensor {
-    let v: Vec<Tensor> = proposals
-        .iter()
-        .enumerate()
-        .map(|(i, p)| {
-            Tensor::cat(
-                &[Tensor::full([p.size()[0], 1], i as f64, (Kind::Float, p.device())), p.to_kind(Kind::Float)],
-                1,
-            )
+impl RoiSample {
+    /// The sample without its padding slots (one host read).
+    fn compacted(self) -> Result<RoiSample, tch::TchError> {
+        let keep = self.labels.ne(IGNORE);
+        let idx = true_indices(&keep, "detect.roi_heads.sample")?;
+        let device = self.rois.device();
+        Ok(RoiSample {
+            rois: self.rois.index_select(0, &idx),
+            labels: self.labels.index_select(0, &idx),
+            positive: self.positive.index_select(0, &idx),
+            regression_targets: self.regression_targets.index_select(0, &idx),
+            count: self.count,
+            exact: Tensor::ones([], (Kind::Bool, device)),
         })
-        .collect();
-    Tensor::cat(&v, 0)
+    }
+}
+
+/// Indices `[K]` (i64, on `mask`'s device) of the true entries of a `[R]` bool mask: one host
+/// read (host kernels only) and one upload.
+fn true_indices(mask: &Tensor, site: &'static str) -> Result<Tensor, tch::TchError> {
+    let v: Vec<u8> = host::read_for_host_kernel(&mask.to_kind(Kind::Uint8), site)?;
+    let idx: Vec<i64> = v.iter().enumerate().filter(|&(_, &b)| b != 0).map(|(i, _)| i as i64).collect();
+    Ok(host::upload(&idx, &[idx.len() as i64], mask.device(), site))
+}
+
+/// Boxes `[..., 4]` wider and taller than 1e-3 pixels (the box head's rule).
+fn strictly_nonempty(b: &Tensor) -> Tensor {
+    let w = b.select(-1, 2) - b.select(-1, 0);
+    let h = b.select(-1, 3) - b.select(-1, 1);
+    w.gt(1e-3).logical_and(&h.gt(1e-3))
 }

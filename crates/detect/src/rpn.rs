@@ -9,16 +9,19 @@
 //! `post_nms_top_n` per image; no gradient) and [`Rpn::losses`] (matcher 0.7/0.3 with
 //! low-quality matches, `batch_per_image` sampled anchors per image of which at most
 //! `positive_fraction` positive, BCE + smooth-L1, both normalised by the number of sampled
-//! anchors over the batch, as `RPNLossComputation`).
+//! anchors over the batch, as `RPNLossComputation`). Every step is batched over the images
+//! on the device; with device kernels none reads anything back to the host.
 
-use crate::anchors::AnchorGenerator;
-use crate::boxes::{BoxCoder, clip, nonempty, pairwise_iou};
+use crate::anchors::{AnchorGenerator, AnchorGrids};
+use crate::boxes::{BoxCoder, clip_each, nonempty_mask, pairwise_iou, sizes_tensor};
 use crate::layers::predictor;
-use crate::losses::{LossTerm, smooth_l1_sum};
+use crate::losses::smooth_l1_elementwise;
 use crate::matcher::{Matcher, sample_balanced};
-use crate::nms::batched_nms;
+use crate::nms::{Group, keep_levels};
 use crate::retinanet::flatten_level;
-use crate::target::Target;
+use crate::target::{Proposals, Targets};
+use detnas_device::phase;
+use detnas_nn::LossTerm;
 use serde::{Deserialize, Serialize};
 use tch::nn::Module;
 use tch::{Kind, Reduction, Tensor, nn};
@@ -83,7 +86,7 @@ pub struct Rpn {
     conv: nn::Conv2D,
     cls: nn::Conv2D,
     bbox: nn::Conv2D,
-    anchors: AnchorGenerator,
+    anchors: AnchorGrids,
     coder: BoxCoder,
 }
 
@@ -107,11 +110,11 @@ impl Rpn {
             conv: predictor(p / "conv", channels, channels, 3, 0.01, 0.0),
             cls: predictor(p / "cls_logits", channels, a, 1, 0.01, 0.0),
             bbox: predictor(p / "bbox_pred", channels, 4 * a, 1, 0.01, 0.0),
-            anchors: AnchorGenerator {
+            anchors: AnchorGrids::new(AnchorGenerator {
                 sizes: cfg.anchor_sizes.iter().map(|&s| vec![s]).collect(),
                 ratios: cfg.aspect_ratios.clone(),
                 strides: strides.to_vec(),
-            },
+            }),
             coder: BoxCoder::new([1.0; 4]),
             cfg: cfg.clone(),
         }
@@ -137,82 +140,94 @@ impl Rpn {
     /// `feats[l]`: `[N, C, H_l, W_l]`; per level, objectness `[N, H_l·W_l·A]`, deltas
     /// `[N, H_l·W_l·A, 4]` and anchors `[H_l·W_l·A, 4]` (x1, y1, x2, y2, input pixels).
     pub fn run(&self, feats: &[Tensor]) -> RpnOutputs {
-        let (objectness, deltas) = self.raw_outputs(feats);
+        let device = feats[0].device();
+        let (objectness, deltas) = phase::time("head", device, || self.raw_outputs(feats));
         let hw: Vec<(i64, i64)> = feats.iter().map(|f| (f.size()[2], f.size()[3])).collect();
-        RpnOutputs { objectness, deltas, anchors: self.anchors.grid(&hw, feats[0].device()) }
+        let anchors = phase::time("anchors", device, || self.anchors.grids(&hw, device));
+        RpnOutputs { objectness, deltas, anchors }
     }
 
-    /// Proposals `[P_i, 4]` per image (network-input pixels, clipped to `sizes[i]` =
-    /// `(height, width)`), without gradient.
-    pub fn proposals(&self, out: &RpnOutputs, sizes: &[(i64, i64)], train: bool) -> Vec<Tensor> {
+    /// Proposals of each image (network-input pixels, clipped to `sizes[i]` =
+    /// `(height, width)`), without gradient, padded to a common count `R ≤ post_nms_top_n`.
+    ///
+    /// # Errors
+    /// A libtorch error reading the boxes (host kernels).
+    pub fn proposals(&self, out: &RpnOutputs, sizes: &[(i64, i64)], train: bool) -> Result<Proposals, tch::TchError> {
         let (pre, post) = if train {
             (self.cfg.pre_nms_top_n_train, self.cfg.post_nms_top_n_train)
         } else {
             (self.cfg.pre_nms_top_n_test, self.cfg.post_nms_top_n_test)
         };
+        let device = out.anchors[0].device();
+        let _p = phase::enter("proposals", device);
         tch::no_grad(|| {
-            sizes
-                .iter()
-                .enumerate()
-                .map(|(i, &(h, w))| {
-                    let (mut boxes, mut scores, mut levels) = (Vec::new(), Vec::new(), Vec::new());
-                    for l in 0..out.objectness.len() {
-                        let o = out.objectness[l].get(i as i64);
-                        let n = o.size()[0].min(pre);
-                        let (s, idx) = o.topk(n, 0, true, true);
-                        let d = out.deltas[l].get(i as i64).index_select(0, &idx);
-                        let b = clip(&self.coder.decode(&d, &out.anchors[l].index_select(0, &idx)), h, w);
-                        let keep = nonempty(&b, self.cfg.min_size.max(1e-3));
-                        boxes.push(b.index_select(0, &keep));
-                        levels.push(Tensor::full([keep.size()[0]], l as i64, (Kind::Int64, b.device())));
-                        scores.push(s.index_select(0, &keep));
-                    }
-                    let (b, s, l) = (Tensor::cat(&boxes, 0), Tensor::cat(&scores, 0), Tensor::cat(&levels, 0));
-                    let keep = batched_nms(&b, &s, &l, self.cfg.nms_threshold);
-                    let s = s.index_select(0, &keep);
-                    let b = b.index_select(0, &keep);
-                    let n = s.size()[0].min(post);
-                    let (_, top) = s.topk(n, 0, true, true);
-                    b.index_select(0, &top)
-                })
-                .collect()
+            let n = sizes.len() as i64;
+            let size_t = sizes_tensor(sizes, device);
+            let mut groups = Vec::with_capacity(out.objectness.len());
+            for l in 0..out.objectness.len() {
+                let o = out.objectness[l].to_kind(Kind::Float);
+                let k = o.size()[1].min(pre);
+                let (score, idx) = o.topk(k, 1, true, true);
+                let d = out.deltas[l].to_kind(Kind::Float).gather(1, &idx.unsqueeze(2).expand([n, k, 4], false), false);
+                let refs = out.anchors[l].index_select(0, &idx.reshape([-1])).view([n, k, 4]);
+                let boxes = clip_each(&self.coder.decode(&d, &refs), &size_t);
+                let valid = nonempty_mask(&boxes, self.cfg.min_size.max(1e-3));
+                groups.push(Group { boxes, scores: score, valid });
+            }
+            let (keeps, exact) = keep_levels(&groups, self.cfg.nms_threshold)?;
+            let boxes = Tensor::cat(&groups.iter().map(|g| g.boxes.shallow_clone()).collect::<Vec<_>>(), 1);
+            let kept = Tensor::cat(&keeps, 1);
+            let scores = Tensor::cat(&groups.iter().map(|g| g.scores.shallow_clone()).collect::<Vec<_>>(), 1)
+                .masked_fill(&kept.logical_not(), f64::NEG_INFINITY);
+            let r = scores.size()[1].min(post);
+            let (top, idx) = scores.topk(r, 1, true, true);
+            let boxes = boxes.gather(1, &idx.unsqueeze(2).expand([n, r, 4], false), false);
+            Ok(Proposals { boxes, valid: top.gt(f64::NEG_INFINITY), exact })
         })
     }
 
     /// Training losses `(objectness, box regression)` of the head outputs against `targets`
-    /// (one per image; crowd regions left out), both normalised by the number of anchors
-    /// sampled over the batch.
-    pub fn losses(&self, out: &RpnOutputs, targets: &[Target]) -> (LossTerm, LossTerm) {
+    /// (crowd regions left out), both normalised by the number of anchors sampled over the
+    /// batch.
+    pub fn losses(&self, out: &RpnOutputs, targets: &Targets) -> (LossTerm, LossTerm) {
+        let device = out.anchors[0].device();
         let anchors = Tensor::cat(&out.anchors, 0);
-        let obj = Tensor::cat(&out.objectness, 1);
-        let reg = Tensor::cat(&out.deltas, 1);
+        let obj = Tensor::cat(&out.objectness, 1).to_kind(Kind::Float);
+        let reg = Tensor::cat(&out.deltas, 1).to_kind(Kind::Float);
+        let (n, a) = (targets.len() as i64, anchors.size()[0]);
         let matcher = Matcher { high: self.cfg.fg_iou, low: self.cfg.bg_iou, allow_low_quality: true };
-        let (mut obj_l, mut box_l, mut sampled) = (Vec::new(), Vec::new(), 0i64);
-        for (i, t) in targets.iter().enumerate() {
-            let m = tch::no_grad(|| matcher.matches(&pairwise_iou(&t.boxes, &anchors)));
-            let (pos, neg) = sample_balanced(&m, self.cfg.batch_per_image, self.cfg.positive_fraction, t.seed);
-            let idx = Tensor::cat(&[&pos, &neg], 0);
-            sampled += idx.size()[0];
-            let labels = Tensor::cat(
-                &[
-                    Tensor::ones([pos.size()[0]], (Kind::Float, pos.device())),
-                    Tensor::zeros([neg.size()[0]], (Kind::Float, neg.device())),
-                ],
-                0,
-            );
-            let logits = obj.get(i as i64).index_select(0, &idx);
-            obj_l.push(logits.binary_cross_entropy_with_logits::<Tensor>(&labels, None, None, Reduction::Sum));
-            if pos.size()[0] > 0 {
-                let gt = t.boxes.index_select(0, &m.index_select(0, &pos));
-                let target = self.coder.encode(&anchors.index_select(0, &pos), &gt);
-                box_l.push(smooth_l1_sum(&reg.get(i as i64).index_select(0, &pos), &target, self.cfg.smooth_l1_beta));
-            }
-        }
-        let o = Tensor::stack(&obj_l, 0).sum(Kind::Float);
-        let b = if box_l.is_empty() { reg.sum(Kind::Float) * 0.0 } else { Tensor::stack(&box_l, 0).sum(Kind::Float) };
+        let (pos, sampled, gt_boxes) = phase::time("matching", device, || {
+            tch::no_grad(|| {
+                let m = matcher.matches(&pairwise_iou(&targets.boxes, &anchors.unsqueeze(0)), &targets.valid);
+                let s = sample_balanced(
+                    &m,
+                    None,
+                    self.cfg.batch_per_image,
+                    self.cfg.positive_fraction,
+                    &targets.seed_words,
+                );
+                let (pos, neg) = s.masks(a);
+                let gt = if targets.max_boxes() > 0 {
+                    targets.boxes.gather(1, &m.clamp_min(0).unsqueeze(2).expand([n, a, 4], false), false)
+                } else {
+                    Tensor::zeros([n, a, 4], (Kind::Float, device))
+                };
+                let gt = gt.where_self(&pos.unsqueeze(2), &anchors.unsqueeze(0));
+                (pos.shallow_clone(), pos.logical_or(&neg), gt)
+            })
+        });
+        let _p = phase::enter("losses", device);
+        let labels = pos.to_kind(Kind::Float);
+        let bce = obj.binary_cross_entropy_with_logits::<Tensor>(&labels, None, None, Reduction::None);
+        let zero = Tensor::zeros([], (Kind::Float, device));
+        let o = bce.where_self(&sampled, &zero).sum(Kind::Float);
+        let target = tch::no_grad(|| self.coder.encode(&anchors.unsqueeze(0).expand([n, a, 4], false), &gt_boxes));
+        let l1 = smooth_l1_elementwise(&reg, &target, self.cfg.smooth_l1_beta);
+        let b = l1.where_self(&pos.unsqueeze(2), &zero).sum(Kind::Float);
+        let count = sampled.sum(Kind::Double);
         (
-            LossTerm { name: "rpn_obj", sum: o, count: sampled as f64 },
-            LossTerm { name: "rpn_box", sum: b, count: sampled as f64 },
+            LossTerm { name: "rpn_obj", sum: o, count: count.shallow_clone() },
+            LossTerm { name: "rpn_box", sum: b, count },
         )
     }
 }

@@ -45,3 +45,63 @@ extern "C" int detnas_cuda_reset_peak(int device) {
     return -1;
   }
 }
+
+// Counting the host synchronisations of CUDA work: c10's sync-debug mode (as
+// torch.cuda.set_sync_debug_mode("warn")) raises a warning at every synchronising CUDA call
+// (blocking copies, .item(), nonzero, stream synchronisation); a warning handler installed for
+// the process counts those and passes every other warning on.
+#include <c10/cuda/CUDAFunctions.h>
+
+#include <atomic>
+
+namespace {
+
+std::atomic<int64_t> g_syncs{0};
+
+struct SyncCounter : public c10::WarningHandler {
+  c10::WarningHandler* previous = nullptr;
+  void process(const c10::Warning& w) override {
+    if (w.msg().find("synchroniz") != std::string::npos) {
+      g_syncs.fetch_add(1);
+      return;
+    }
+    if (previous != nullptr) {
+      previous->process(w);
+    }
+  }
+};
+
+SyncCounter g_counter;
+
+}  // namespace
+
+// Starts counting (and resets the count); 0 on success.
+extern "C" int detnas_cuda_sync_count_start() {
+  try {
+    if (c10::WarningUtils::get_warning_handler() != &g_counter) {
+      g_counter.previous = c10::WarningUtils::get_warning_handler();
+      c10::WarningUtils::set_warning_handler(&g_counter);
+    }
+    c10::cuda::warning_state().set_sync_debug_mode(c10::cuda::SyncDebugMode::L_WARN);
+    g_syncs.store(0);
+    return 0;
+  } catch (...) {
+    return -1;
+  }
+}
+
+// The synchronisations counted since the last start.
+extern "C" int64_t detnas_cuda_sync_count() { return g_syncs.load(); }
+
+// Stops counting and puts the previous warning handler back.
+extern "C" int detnas_cuda_sync_count_stop() {
+  try {
+    c10::cuda::warning_state().set_sync_debug_mode(c10::cuda::SyncDebugMode::L_DISABLED);
+    if (c10::WarningUtils::get_warning_handler() == &g_counter) {
+      c10::WarningUtils::set_warning_handler(g_counter.previous);
+    }
+    return 0;
+  } catch (...) {
+    return -1;
+  }
+}

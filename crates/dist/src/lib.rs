@@ -69,6 +69,9 @@ pub mod cuda_memory {
     struct Fns {
         max_allocated: unsafe extern "C" fn(c_int) -> i64,
         reset_peak: unsafe extern "C" fn(c_int) -> c_int,
+        sync_start: unsafe extern "C" fn() -> c_int,
+        sync_count: unsafe extern "C" fn() -> i64,
+        sync_stop: unsafe extern "C" fn() -> c_int,
     }
 
     /// The shim's functions; `None` without the shim or where it cannot be loaded (no CUDA).
@@ -86,12 +89,19 @@ pub mod cuda_memory {
                 }
                 let m = libc::dlsym(h, c"detnas_cuda_max_allocated".as_ptr());
                 let r = libc::dlsym(h, c"detnas_cuda_reset_peak".as_ptr());
-                if m.is_null() || r.is_null() {
+                let s0 = libc::dlsym(h, c"detnas_cuda_sync_count_start".as_ptr());
+                let s1 = libc::dlsym(h, c"detnas_cuda_sync_count".as_ptr());
+                let s2 = libc::dlsym(h, c"detnas_cuda_sync_count_stop".as_ptr());
+                if [m, r, s0, s1, s2].iter().any(|p| p.is_null()) {
                     return None;
                 }
+                type Void = *mut libc::c_void;
                 Some(Fns {
-                    max_allocated: std::mem::transmute::<*mut libc::c_void, unsafe extern "C" fn(c_int) -> i64>(m),
-                    reset_peak: std::mem::transmute::<*mut libc::c_void, unsafe extern "C" fn(c_int) -> c_int>(r),
+                    max_allocated: std::mem::transmute::<Void, unsafe extern "C" fn(c_int) -> i64>(m),
+                    reset_peak: std::mem::transmute::<Void, unsafe extern "C" fn(c_int) -> c_int>(r),
+                    sync_start: std::mem::transmute::<Void, unsafe extern "C" fn() -> c_int>(s0),
+                    sync_count: std::mem::transmute::<Void, unsafe extern "C" fn() -> i64>(s1),
+                    sync_stop: std::mem::transmute::<Void, unsafe extern "C" fn() -> c_int>(s2),
                 })
             }
         })
@@ -120,6 +130,30 @@ pub mod cuda_memory {
     pub fn reset_of(device: tch::Device) {
         if let tch::Device::Cuda(i) = device {
             reset_peak(i);
+        }
+    }
+
+    /// Starts counting the process's CUDA host synchronisations (c10's sync-debug mode in
+    /// "warn", with a counting warning handler); `false` without CUDA.
+    #[allow(unsafe_code)]
+    pub fn start_sync_count() -> bool {
+        // SAFETY: a plain C function of the shim.
+        fns().is_some_and(|f| unsafe { (f.sync_start)() } == 0)
+    }
+
+    /// The synchronisations counted since [`start_sync_count`]; `None` without CUDA.
+    #[allow(unsafe_code)]
+    pub fn sync_count() -> Option<i64> {
+        // SAFETY: a plain C function of the shim.
+        fns().map(|f| unsafe { (f.sync_count)() })
+    }
+
+    /// Stops counting.
+    #[allow(unsafe_code)]
+    pub fn stop_sync_count() {
+        if let Some(f) = fns() {
+            // SAFETY: a plain C function of the shim.
+            let _ = unsafe { (f.sync_stop)() };
         }
     }
 

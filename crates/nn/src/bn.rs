@@ -8,11 +8,13 @@
 //!
 //! * [`BnMode::Exact`] (default): the running mean and variance become the exact mean and
 //!   (unbiased) variance of the BN's input over *all* recalibration images. Each batch's
-//!   mean and biased variance come out of the BN forward itself (libtorch's
-//!   `native_batch_norm`, no extra pass over the activations); batches are pooled in f64 with
-//!   Chan's parallel formula (`M2 += n_b·var_b + δ²·n·n_b/(n + n_b)`), which stays accurate
-//!   when the mean is large against the spread, so the result does not depend on how the
-//!   images are split into batches (to float rounding of the per-batch statistics).
+//!   mean and inverse standard deviation come out of the BN forward itself (libtorch's
+//!   `native_batch_norm`, no extra pass over the activations and no other operator per batch);
+//!   they are kept on the device and pooled in f64 every [`POOL_EVERY`] batches and at the end:
+//!   within a group by the two-pass formula (`M2 = Σ n_b·var_b + Σ n_b·(mean_b − mean)²`),
+//!   across groups by Chan's parallel formula (`M2 += M2_g + δ²·n·n_g/(n + n_g)`), which stay
+//!   accurate when the mean is large against the spread, so the result does not depend on how
+//!   the images are split into batches (to float rounding of the per-batch statistics).
 //!   Inside the forward each BN still normalises with its batch's statistics, as in training
 //!   (and as the official code), so deeper BNs see what training-mode batches produce: with
 //!   the whole set in one batch this is exactly each BN's batch statistics.
@@ -176,6 +178,55 @@ struct Entry {
     /// Pooled sum of squared deviations (f64, per channel).
     m2: Tensor,
     count: i64,
+    /// Batches not pooled yet: their means `[C]`, their spreads `[C]` (inverse standard
+    /// deviations from `native_batch_norm`, or biased variances from a synchronized forward)
+    /// and their sizes.
+    pending: Vec<(Tensor, Tensor, f64)>,
+    /// Whether the pending spreads are inverse standard deviations.
+    invstd: bool,
+}
+
+/// Batches of statistics kept per BN before they are pooled (a bound on the memory they take,
+/// and on the operators spent pooling: a few per group of batches).
+pub const POOL_EVERY: usize = 32;
+
+impl Entry {
+    /// Pools the pending batches into `(count, mean, m2)`.
+    fn pool(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let pending = std::mem::take(&mut self.pending);
+        let means = Tensor::stack(&pending.iter().map(|p| &p.0).collect::<Vec<_>>(), 0).to_kind(Kind::Double);
+        let spread = Tensor::stack(&pending.iter().map(|p| &p.1).collect::<Vec<_>>(), 0).to_kind(Kind::Double);
+        let vars = if self.invstd { (spread.square().reciprocal() - EPS).clamp_min(0.0) } else { spread };
+        let sizes: Vec<f64> = pending.iter().map(|p| p.2).collect();
+        let ng: f64 = sizes.iter().sum();
+        if ng <= 0.0 {
+            return;
+        }
+        let w = if sizes.iter().all(|&n| n == sizes[0]) {
+            None
+        } else {
+            Some(detnas_device::host::upload(
+                &sizes,
+                &[sizes.len() as i64, 1],
+                means.device(),
+                "bn.recalibration.sizes",
+            ))
+        };
+        let weigh = |t: Tensor| match &w {
+            Some(w) => (t * w).sum_dim_intlist(&[0i64][..], false, Kind::Double),
+            None => t.sum_dim_intlist(&[0i64][..], false, Kind::Double) * sizes[0],
+        };
+        let mean_g = weigh(means.shallow_clone()) / ng;
+        let m2_g = weigh(vars) + weigh((means - mean_g.unsqueeze(0)).square());
+        let n = self.count as f64;
+        let delta = &mean_g - &self.mean;
+        self.mean += &delta * (ng / (n + ng));
+        self.m2 += m2_g + delta.square() * (n * ng / (n + ng));
+        self.count += ng as i64;
+    }
 }
 
 /// ε of every BN of these networks (PyTorch's default, see `layers::batch_norm`).
@@ -215,6 +266,8 @@ pub(crate) fn observe(bn: &nn::BatchNorm, y: &Tensor) -> Option<Tensor> {
                 mean: zeros.copy(),
                 m2: zeros,
                 count: 0,
+                pending: Vec::new(),
+                invstd: true,
             }
         });
         if mode == BnMode::Ema {
@@ -225,7 +278,7 @@ pub(crate) fn observe(bn: &nn::BatchNorm, y: &Tensor) -> Option<Tensor> {
         }
         let s = y.size();
         let nb = (s[0] * s[2] * s[3]) as f64;
-        let (out, mean_b, var_b) = match sync() {
+        let (out, mean_b, spread_b, invstd) = match sync() {
             // This rank's statistics are pooled; the forward normalises with the global batch's.
             Some(sy) => {
                 let local = local_stats(y);
@@ -239,7 +292,7 @@ pub(crate) fn observe(bn: &nn::BatchNorm, y: &Tensor) -> Option<Tensor> {
                         y.zeros_like()
                     }
                 };
-                (out, local.get(0).to_kind(Kind::Double), local.get(1).to_kind(Kind::Double))
+                (out, local.get(0), local.get(1), false)
             }
             None => {
                 // Training-mode BN without touching the running statistics; its saved batch
@@ -253,16 +306,18 @@ pub(crate) fn observe(bn: &nn::BatchNorm, y: &Tensor) -> Option<Tensor> {
                     0.1,
                     EPS,
                 );
-                let invstd = invstd.to_kind(Kind::Double);
-                (out, mean_b.to_kind(Kind::Double), (invstd.square().reciprocal() - EPS).clamp_min(0.0))
+                (out, mean_b, invstd, true)
             }
         };
         if nb > 0.0 {
-            let n = entry.count as f64;
-            let delta = &mean_b - &entry.mean;
-            entry.mean += &delta * (nb / (n + nb));
-            entry.m2 += var_b * nb + delta.square() * (n * nb / (n + nb));
-            entry.count += nb as i64;
+            if entry.invstd != invstd && !entry.pending.is_empty() {
+                entry.pool();
+            }
+            entry.invstd = invstd;
+            entry.pending.push((mean_b, spread_b, nb));
+            if entry.pending.len() >= POOL_EVERY {
+                entry.pool();
+            }
         }
         Some(out)
     })
@@ -307,6 +362,11 @@ impl Recalibration {
         }
         let mut entries: Vec<Entry> = session.order.iter().filter_map(|k| session.entries.remove(k)).collect();
         tch::no_grad(|| {
+            for e in &mut entries {
+                e.pool();
+            }
+            // (mean, m2, count − 1) of each entry: device tensors, never read by the host.
+            let mut pooled: Vec<(Tensor, Tensor, Tensor)> = Vec::with_capacity(entries.len());
             if let Some(sy) = sync() {
                 let packed: Vec<Tensor> = entries
                     .iter()
@@ -318,13 +378,12 @@ impl Recalibration {
                 match sy.all_reduce_sum(&Tensor::cat(&packed, 0)) {
                     Ok(sum) => {
                         let mut at = 0;
-                        for e in &mut entries {
+                        for e in &entries {
                             let c = e.mean.size()[0];
-                            let total = f64::try_from(sum.get(at)).unwrap_or(0.0);
-                            let mean = sum.narrow(0, at + c, c) / total.max(1.0);
-                            e.m2 = sum.narrow(0, at + 2 * c, c) - mean.square() * total;
-                            e.mean = mean;
-                            e.count = total as i64;
+                            let total = sum.narrow(0, at, c);
+                            let mean = sum.narrow(0, at + c, c) / total.clamp_min(1.0);
+                            let m2 = sum.narrow(0, at + 2 * c, c) - mean.square() * &total;
+                            pooled.push((mean, m2, total - 1.0));
                             at += 3 * c;
                         }
                     }
@@ -333,11 +392,15 @@ impl Recalibration {
                         return;
                     }
                 }
+            } else {
+                for e in &entries {
+                    let dof = Tensor::full([1], e.count as f64 - 1.0, (Kind::Double, e.mean.device()));
+                    pooled.push((e.mean.shallow_clone(), e.m2.shallow_clone(), dof));
+                }
             }
-            for e in entries {
-                let count = e.count as f64;
-                let var = &e.m2 / (count - 1.0).max(1.0);
-                e.running_mean.shallow_clone().copy_(&e.mean.to_kind(e.running_mean.kind()));
+            for (e, (mean, m2, dof)) in entries.iter().zip(pooled) {
+                let var = m2 / dof.clamp_min(1.0);
+                e.running_mean.shallow_clone().copy_(&mean.to_kind(e.running_mean.kind()));
                 e.running_var.shallow_clone().copy_(&var.to_kind(e.running_var.kind()));
             }
         });
@@ -363,16 +426,22 @@ pub struct ConvGeometry {
 /// A conv followed by its BN, `[N, in, H, W] → [N, out, H', W']`.
 ///
 /// Training mode (and recalibration) runs them apart: the BN needs the conv's output
-/// statistics. Eval mode folds the BN into the conv, as deployed inference does
-/// (`W' = W·s`, `b' = β + (b − μ)·s` with `s = γ/√(σ² + ε)` per output channel): one pass over
-/// the activations instead of two. Equal to conv-then-BN up to float rounding (≈1e-6
-/// relative); the folded weights are recomputed per call (a few thousand elements, against
-/// activations many times larger), so fresh BN statistics always apply.
+/// statistics. Eval mode folds the BN into the conv ([`fold`]), as deployed inference does:
+/// one pass over the activations instead of two. Equal to conv-then-BN up to float rounding
+/// (≈1e-6 relative). This function folds on every call; [`crate::layers::ConvBn`] caches the
+/// folded weights until the weights or statistics change.
 pub fn conv_bn_t(conv: &nn::Conv2D, geom: ConvGeometry, bn: &nn::BatchNorm, x: &Tensor, train: bool) -> Tensor {
     if train {
         let y = x.conv2d(&conv.ws, conv.bs.as_ref(), geom.stride, geom.padding, 1, geom.groups);
         return run_bn(bn, &y, true);
     }
+    let (w, shift) = fold(conv, bn);
+    x.conv2d(&w, Some(&shift), geom.stride, geom.padding, 1, geom.groups)
+}
+
+/// The weights and bias of `conv` with its eval-mode `bn` folded in: `W' = W·s`,
+/// `b' = β + (b − μ)·s` with `s = γ/√(σ² + ε)` per output channel.
+pub fn fold(conv: &nn::Conv2D, bn: &nn::BatchNorm) -> (Tensor, Tensor) {
     let scale = (&bn.running_var + EPS).rsqrt();
     let scale = match &bn.ws {
         Some(g) => g * scale,
@@ -387,7 +456,23 @@ pub fn conv_bn_t(conv: &nn::Conv2D, geom: ConvGeometry, bn: &nn::BatchNorm, x: &
         None => shift,
     };
     let w = &conv.ws * scale.view([-1, 1, 1, 1]);
-    x.conv2d(&w, Some(&shift), geom.stride, geom.padding, 1, geom.groups)
+    (w, shift)
+}
+
+/// What a folded conv+BN was computed from: the version counter and storage of each tensor it
+/// reads. In-place changes (an optimizer step, a checkpoint load, written recalibration
+/// statistics) bump a version counter; a training-mode BN forward updates the running
+/// statistics without one, so [`crate::layers::ConvBn`] drops its cache itself then.
+pub fn fold_key(conv: &nn::Conv2D, bn: &nn::BatchNorm) -> Vec<(i64, usize)> {
+    let tensors = [
+        Some(&conv.ws),
+        conv.bs.as_ref(),
+        bn.ws.as_ref(),
+        bn.bs.as_ref(),
+        Some(&bn.running_mean),
+        Some(&bn.running_var),
+    ];
+    tensors.iter().map(|t| t.map_or((-1, 0), |t| (t.internal_version(), t.data_ptr() as usize))).collect()
 }
 
 /// Runs a BN (of any module, detection heads included): through the active recalibration

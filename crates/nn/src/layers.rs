@@ -1,7 +1,8 @@
 //! Conv + BN (+ ReLU) units with the official initialisation, and the classification head.
 
-use crate::bn::{ConvGeometry, conv_bn_t};
+use crate::bn::{ConvGeometry, conv_bn_t, fold, fold_key};
 use crate::count;
+use std::sync::Mutex;
 use tch::Tensor;
 use tch::nn::{self, Module, ModuleT};
 
@@ -29,8 +30,10 @@ pub enum NormKind {
 
 /// A conv (optionally with bias) followed by BN (none, one, or one per pyramid level) and
 /// optionally ReLU: the one conv unit of the backbone, the FPN and the detection heads. Its BN
-/// runs through [`conv_bn_t`] (folded into the conv in eval mode, observed by BN
-/// recalibration in training mode).
+/// runs through [`conv_bn_t`] in training mode (observed by BN recalibration); in eval mode
+/// it is folded into the conv, and the folded weights are kept until the conv's weights or
+/// the BN's parameters or statistics change ([`fold_key`]), or the unit runs in training
+/// mode.
 ///
 /// # Shapes
 /// `[N, in, H, W] → [N, out, H', W']` with `H' = ⌊(H + 2·⌊k/2⌋ − k)/stride⌋ + 1`.
@@ -41,6 +44,15 @@ pub struct ConvBn {
     /// The BNs: none, one, or one per level.
     pub bns: Vec<nn::BatchNorm>,
     pub relu: bool,
+    /// Folded eval-mode weights and bias per BN, with the [`fold_key`] they were made from.
+    folded: Mutex<Vec<Option<Folded>>>,
+}
+
+#[derive(Debug)]
+struct Folded {
+    key: Vec<(i64, usize)>,
+    weight: Tensor,
+    bias: Tensor,
 }
 
 /// Geometry and initialisation of a [`ConvBn`].
@@ -117,7 +129,8 @@ impl ConvBnConfig {
                 (0..levels).map(|l| batch_norm(&(p / format!("bn_p{}", first + l)), self.cout)).collect()
             }
         };
-        ConvBn { conv, geometry, bns, relu: self.relu }
+        let folded = Mutex::new(bns.iter().map(|_| None).collect());
+        ConvBn { conv, geometry, bns, relu: self.relu, folded }
     }
 }
 
@@ -132,13 +145,43 @@ impl ConvBn {
     /// # Shapes
     /// `[N, in, H, W] → [N, out, H/stride, W/stride]`.
     pub fn forward_level(&self, xs: &Tensor, level: usize, train: bool) -> Tensor {
+        let l = if self.bns.len() == 1 { 0 } else { level };
         let mut y = match self.bns.len() {
             0 => self.conv.forward(xs),
-            1 => conv_bn_t(&self.conv, self.geometry, &self.bns[0], xs, train),
-            _ => conv_bn_t(&self.conv, self.geometry, &self.bns[level], xs, train),
+            _ if train => {
+                // The running statistics move without a version bump: forget the fold.
+                self.folded.lock().unwrap_or_else(std::sync::PoisonError::into_inner)[l] = None;
+                conv_bn_t(&self.conv, self.geometry, &self.bns[l], xs, true)
+            }
+            // Gradients through eval-mode BN need the fold in the graph: no cache then.
+            _ if detnas_device::grad_enabled() && self.conv.ws.requires_grad() => {
+                conv_bn_t(&self.conv, self.geometry, &self.bns[l], xs, false)
+            }
+            _ => {
+                let (w, b) = self.folded_weights(l);
+                let g = self.geometry;
+                xs.conv2d(&w, Some(&b), g.stride, g.padding, 1, g.groups)
+            }
         };
         count::record_conv(&self.conv.ws, &y);
         if self.relu { y.relu_() } else { y }
+    }
+}
+
+impl ConvBn {
+    /// The eval-mode weights and bias with BN `l` folded in, from the cache when still valid.
+    fn folded_weights(&self, l: usize) -> (Tensor, Tensor) {
+        let bn = &self.bns[l];
+        let key = fold_key(&self.conv, bn);
+        let mut cache = self.folded.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(f) = &cache[l]
+            && f.key == key
+        {
+            return (f.weight.shallow_clone(), f.bias.shallow_clone());
+        }
+        let (weight, bias) = tch::no_grad(|| fold(&self.conv, bn));
+        cache[l] = Some(Folded { key, weight: weight.shallow_clone(), bias: bias.shallow_clone() });
+        (weight, bias)
     }
 }
 
@@ -239,11 +282,11 @@ impl ModuleT for ClsHead {
     }
 }
 
-/// A channel-dropout mask `[n, channels]` for samples with `seeds` (one each): channel `c`
-/// of sample `i` is dropped with probability `p` by the ChaCha8 stream of `seeds[i]`, and
-/// kept ones are scaled by `1/(1 − p)`, as `Dropout2d` in training mode. A sample's mask
-/// depends only on its seed.
-pub fn dropout_mask(seeds: &[u64], channels: i64, p: f64) -> Tensor {
+/// A channel-dropout mask `[n, channels]` on `device` for samples with `seeds` (one each):
+/// channel `c` of sample `i` is dropped with probability `p` by the ChaCha8 stream of
+/// `seeds[i]`, and kept ones are scaled by `1/(1 − p)`, as `Dropout2d` in training mode. A
+/// sample's mask depends only on its seed. One upload (non-blocking on CUDA).
+pub fn dropout_mask(seeds: &[u64], channels: i64, p: f64, device: tch::Device) -> Tensor {
     let scale = if p < 1.0 { 1.0 / (1.0 - p) } else { 0.0 };
     let mut v = Vec::with_capacity(seeds.len() * channels as usize);
     for &s in seeds {
@@ -252,5 +295,5 @@ pub fn dropout_mask(seeds: &[u64], channels: i64, p: f64) -> Tensor {
             v.push(if detnas_space::rng::bernoulli(&mut rng, p) { 0f32 } else { scale as f32 });
         }
     }
-    Tensor::from_slice(&v).reshape([seeds.len() as i64, channels])
+    detnas_device::host::upload(&v, &[seeds.len() as i64, channels], device, "nn.dropout_mask")
 }

@@ -22,6 +22,7 @@ pub mod error;
 pub mod latency;
 pub mod layers;
 pub mod layout;
+pub mod loss;
 pub mod net;
 pub mod path;
 
@@ -29,6 +30,7 @@ pub use block::ChoiceOp;
 pub use bn::{BnMode, Recalibration};
 pub use count::{MeasuredCost, measure_child};
 pub use error::NnError;
+pub use loss::LossTerm;
 pub use net::{ChildNet, ChildNetConfig, Supernet, SupernetConfig, inherit};
 pub use path::PathIndex;
 pub use tch;

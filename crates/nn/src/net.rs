@@ -15,10 +15,11 @@ fn backbone_forward<'a>(
     x: &Tensor,
     train: bool,
 ) -> Vec<Tensor> {
-    // Channels-last throughout (see `layout`): oneDNN's NHWC kernels. Measured on 2 cores
-    // against NCHW: demo space 32×32 training step 1.19×, inference 1.42×, BN recalibration
-    // 1.82×; Small 224×224 training step 1.37×, inference 1.12×, recalibration 1.33×.
-    let x = crate::layout::to_channels_last(x);
+    // The layout of `runtime.memory_format` throughout (see `layout`). On the CPU `auto` is
+    // channels-last, oneDNN's NHWC kernels; measured on 2 cores against NCHW: demo space 32×32
+    // training step 1.19×, inference 1.42×, BN recalibration 1.82×; Small 224×224 training step
+    // 1.37×, inference 1.12×, recalibration 1.33×. On CUDA it is NCHW.
+    let x = crate::layout::for_network(x);
     let mut y = stem.forward_t(&x, train);
     let mut feats = Vec::with_capacity(stage_ends.len());
     for (i, op) in ops.enumerate() {
@@ -95,8 +96,9 @@ impl Supernet {
     /// Backbone features C2..C5 (one per stage) of path `arch`.
     ///
     /// # Shapes
-    /// `[N, 3, H, W] → [[N, widths[s], H/2^(s+2), W/2^(s+2)]; stages]` (rounded up), with
-    /// channels-last strides (the network runs NHWC; `.contiguous()` for an NCHW copy).
+    /// `[N, 3, H, W] → [[N, widths[s], H/2^(s+2), W/2^(s+2)]; stages]` (rounded up), in the
+    /// layout of `runtime.memory_format` (channels-last strides on the CPU by default;
+    /// `.contiguous()` for an NCHW copy).
     ///
     /// # Errors
     /// [`NnError::Space`] when `arch` does not fit the space (wrong length or a choice not

@@ -38,10 +38,11 @@
 
 use crate::checkpoint;
 use crate::config::{RuntimeConfig, ScheduleConfig};
+use crate::step::{StepSettings, step};
 use crate::{PathSgd, TrainError};
 use detnas_data::{Position, SkipReport, mix_seed};
-use detnas_detect::losses::LossTerm;
-use detnas_dist::{GradReducer, ProcessGroup};
+use detnas_dist::ProcessGroup;
+use detnas_nn::LossTerm;
 use detnas_nn::PathIndex;
 use detnas_runtime::mem::{MemoryRecord, PeakMeter};
 use detnas_runtime::progress::{MetricsLog, bar};
@@ -232,14 +233,18 @@ pub struct LoadedBatch<B> {
     pub epoch_reports: Vec<SkipReport>,
 }
 
-/// One step's output of a task.
+/// One step's output of a task, on the device (nothing read back to the host).
 #[derive(Debug)]
 pub struct StepLosses {
     /// The losses, each a sum and a count; the optimised loss is `Σ sum / max(count, 1)`.
     pub losses: Vec<LossTerm>,
-    /// Named metrics as `(name, sum, count)` (e.g. top-1: correct, images), logged as
-    /// `sum / count` over the global batch, averaged over the logging window.
-    pub metrics: Vec<(&'static str, f64, f64)>,
+    /// Named metrics as `(name, sum, count)` scalar tensors (e.g. top-1: correct, images),
+    /// logged as `sum / count` over the global batch, averaged over the logging window.
+    pub metrics: Vec<(&'static str, Tensor, Tensor)>,
+    /// A scalar bool: the task's device kernels gave the host kernels' result (see
+    /// `detnas_detect::Losses::exact`); `false` makes the engine run the step again with host
+    /// kernels. `None`: always exact.
+    pub exact: Option<Tensor>,
 }
 
 /// What a training task supplies to the [`Trainer`].
@@ -342,144 +347,6 @@ pub fn finished_summary<S: DeserializeOwned>(
 /// [`TrainError::Io`] when the file cannot be written.
 pub fn write_summary<S: Serialize>(out: &Path, summary: &S) -> Result<(), TrainError> {
     Ok(detnas_runtime::fsx::write_json_atomic(&out.join("summary.json"), summary)?)
-}
-
-/// Global L2 norm clipping of the gradients of `vars` (those with a gradient); returns the
-/// norm before clipping.
-pub fn clip_gradients<'a>(vars: impl Iterator<Item = &'a (String, Tensor)>, max_norm: f64) -> f64 {
-    tch::no_grad(|| {
-        let grads: Vec<Tensor> = vars.map(|(_, v)| v.grad()).filter(Tensor::defined).collect();
-        if grads.is_empty() {
-            return 0.0;
-        }
-        // One device synchronisation per step, not one per variable.
-        let squares: Vec<Tensor> = grads.iter().map(|g| g.pow_tensor_scalar(2).sum(Kind::Double)).collect();
-        let total = Tensor::stack(&squares, 0).sum(Kind::Double).double_value(&[]).sqrt();
-        if total > max_norm {
-            let f = max_norm / (total + 1e-6);
-            for mut g in grads {
-                g *= f;
-            }
-        }
-        total
-    })
-}
-
-/// The global values of a step: each loss term's `Σ sum / max(Σ count, 1)` and each metric's
-/// `Σ sum / Σ count` (sums over the ranks), and whether any rank was asked to stop.
-#[derive(Debug)]
-pub struct StepValues {
-    pub losses: Vec<f64>,
-    /// The count each loss term is divided by (over the ranks, at least 1).
-    pub normalisers: Vec<f64>,
-    pub metrics: Vec<f64>,
-    pub stop: bool,
-}
-
-impl StepValues {
-    /// The optimised loss: the sum of the terms.
-    pub fn total(&self) -> f64 {
-        self.losses.iter().sum()
-    }
-}
-
-/// Reduces a step's numbers over the ranks (one collective), or takes them as they are.
-///
-/// # Errors
-/// [`TrainError::Dist`] when the collective fails.
-pub fn step_values(
-    out: &StepLosses,
-    stop: bool,
-    nan_injected: bool,
-    dist: Option<&ProcessGroup>,
-) -> Result<StepValues, TrainError> {
-    // The loss sums come to the host together: one device synchronisation, not one per term.
-    let sums: Vec<f64> = if out.losses.is_empty() {
-        Vec::new()
-    } else {
-        let stacked =
-            Tensor::stack(&out.losses.iter().map(|t| t.sum.detach().to_kind(Kind::Double)).collect::<Vec<_>>(), 0);
-        Vec::<f64>::try_from(stacked.reshape([-1]).to_device(tch::Device::Cpu)).map_err(TrainError::Torch)?
-    };
-    let mut v: Vec<f64> = Vec::new();
-    for (t, s) in out.losses.iter().zip(sums) {
-        v.push(if nan_injected { f64::NAN } else { s });
-        v.push(t.count);
-    }
-    for (_, sum, count) in &out.metrics {
-        v.push(*sum);
-        v.push(*count);
-    }
-    v.push(f64::from(u8::from(stop)));
-    if let Some(pg) = dist {
-        let t = Tensor::from_slice(&v).to_device(pg.device());
-        pg.all_reduce_sum(&[&t])?;
-        v = Vec::<f64>::try_from(t.to_device(tch::Device::Cpu)).map_err(TrainError::Torch)?;
-    }
-    let n = out.losses.len();
-    let normalisers: Vec<f64> = (0..n).map(|i| v[2 * i + 1].max(1.0)).collect();
-    Ok(StepValues {
-        losses: (0..n).map(|i| v[2 * i] / normalisers[i]).collect(),
-        normalisers,
-        metrics: (0..out.metrics.len()).map(|i| v[2 * n + 2 * i] / v[2 * n + 2 * i + 1].max(1e-12)).collect(),
-        stop: v[v.len() - 1] > 0.0,
-    })
-}
-
-/// One optimisation step: [`backward`], then [`apply_update`].
-///
-/// # Errors
-/// As [`backward`] and [`apply_update`].
-pub fn optimize(
-    losses: &[LossTerm],
-    normalisers: &[f64],
-    vars: &[&(String, Tensor)],
-    opt: &mut PathSgd,
-    lr: f64,
-    clip_grad_norm: Option<f64>,
-    dist: Option<&ProcessGroup>,
-) -> Result<(), TrainError> {
-    backward(losses, normalisers)?;
-    apply_update(vars, opt, lr, clip_grad_norm, dist)
-}
-
-/// Backward of `Σ sum / normaliser` (the global normalisers of [`step_values`]); gradients
-/// add to those already held, so several paths' backward passes accumulate.
-///
-/// # Errors
-/// [`TrainError::Config`] when the task returned no loss term.
-pub fn backward(losses: &[LossTerm], normalisers: &[f64]) -> Result<(), TrainError> {
-    let loss = losses
-        .iter()
-        .zip(normalisers)
-        .map(|(t, &n)| &t.sum / n)
-        .reduce(|a, b| a + b)
-        .ok_or_else(|| TrainError::Config("a training task returned no loss".into()))?;
-    loss.backward();
-    Ok(())
-}
-
-/// The update of `vars` from their accumulated gradients: summed over the ranks, optionally
-/// clipped, then the path-wise SGD step (which zeroes them).
-///
-/// # Errors
-/// [`TrainError::Dist`] when the gradient all-reduce fails.
-pub fn apply_update(
-    vars: &[&(String, Tensor)],
-    opt: &mut PathSgd,
-    lr: f64,
-    clip_grad_norm: Option<f64>,
-    dist: Option<&ProcessGroup>,
-) -> Result<(), TrainError> {
-    if let Some(pg) = dist {
-        let tensors: Vec<&Tensor> = vars.iter().map(|(_, t)| t).collect();
-        GradReducer::new(25 << 20).all_reduce_sum(pg, &tensors)?;
-    }
-    if let Some(c) = clip_grad_norm {
-        clip_gradients(vars.iter().copied(), c);
-    }
-    opt.step(vars.iter().copied(), lr);
-    Ok(())
 }
 
 /// Synchronized BatchNorm over a process group.
@@ -761,39 +628,40 @@ impl<'a> Trainer<'a> {
             self.report_skips(&lb.epoch_reports);
             let lr = schedule.lr(self.step);
             let signal = opts.cancel.requested();
-            let (mut value, mut stop_any) = (0.0, false);
+            let vars = self.index.union_vars(&group);
+            let settings = StepSettings {
+                lr,
+                clip_grad_norm: self.spec.schedule.clip_grad_norm,
+                stop: signal.is_some(),
+                nan: fault::nan_at(self.step + 1),
+                dist: dist.as_deref(),
+            };
+            let child = matches!(self.paths, Paths::Child(_));
+            let at = self.step;
+            let images = task.describe(&lb.batch).join(", ");
+            let report = step(
+                group.len(),
+                |i| task.losses(&lb.batch, (!child).then(|| &group[i]), at),
+                &vars,
+                &mut self.opt,
+                &settings,
+                |i, loss| TrainError::Numerical { step: at + 1, loss, lr, arch: group[i].to_string(), images },
+            )?;
             let share = 1.0 / group.len() as f64;
-            for arch in &group {
-                let on_path = match self.paths {
-                    Paths::Sampled(_) => Some(arch),
-                    Paths::Child(_) => None,
-                };
-                let out = task.losses(&lb.batch, on_path, self.step)?;
-                check_sync()?;
-                let values = step_values(&out, signal.is_some(), fault::nan_at(self.step + 1), dist.as_deref())?;
-                let v = values.total();
-                if !v.is_finite() {
-                    return Err(TrainError::Numerical {
-                        step: self.step + 1,
-                        loss: v,
-                        lr,
-                        arch: arch.to_string(),
-                        images: task.describe(&lb.batch).join(", "),
-                    });
+            for p in &report.paths {
+                for (name, v) in &p.losses {
+                    *window.entry(format!("loss_{name}")).or_default() += v * share;
                 }
-                backward(&out.losses, &values.normalisers)?;
-                value += v * share;
-                stop_any |= values.stop;
-                for (t, v) in out.losses.iter().zip(&values.losses) {
-                    *window.entry(format!("loss_{}", t.name)).or_default() += v * share;
-                }
-                for ((name, _, _), v) in out.metrics.iter().zip(&values.metrics) {
+                for (name, v) in &p.metrics {
                     *window.entry((*name).to_string()).or_default() += v * share;
                 }
             }
-            let vars = self.index.union_vars(&group);
-            apply_update(&vars, &mut self.opt, lr, self.spec.schedule.clip_grad_norm, dist.as_deref())?;
-            check_sync()?;
+            *window.entry("grad_norm".to_string()).or_default() += report.grad_norm;
+            if report.rerun_on_host {
+                *window.entry("host_reruns".to_string()).or_default() += 1.0;
+            }
+            let value: f64 = report.paths.iter().map(|p| p.total() * share).sum();
+            let stop_any = report.stop;
             self.step += 1;
             self.position = lb.after;
             last_loss = value;

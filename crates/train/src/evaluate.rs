@@ -1,7 +1,7 @@
 //! Classification evaluation of one supernet path, after recomputing its BN statistics.
 
 use crate::TrainError;
-use crate::loss::topk_correct;
+use crate::loss::topk_hits;
 use detnas_data::{ClsDataset, ClsLoader, ClsTransform, InputConvention, LoaderConfig, Position, StreamConfig, Subset};
 use detnas_nn::{BnMode, Recalibration, Supernet};
 use detnas_space::Arch;
@@ -47,8 +47,9 @@ pub fn finite_loader(data: Arc<dyn ClsDataset>, d: &EvalData) -> Result<ClsLoade
 
 /// Moves a loader batch to `device` as `([n, 3, s, s] f32, [n] i64)`.
 pub fn batch_tensors(b: &detnas_data::Batch, device: Device) -> (Tensor, Tensor) {
-    let x = Tensor::from_slice(&b.images).view([b.len() as i64, 3, b.size as i64, b.size as i64]).to_device(device);
-    let y = Tensor::from_slice(&b.labels).to_device(device);
+    let n = b.len() as i64;
+    let x = detnas_device::host::upload(&b.images, &[n, 3, b.size as i64, b.size as i64], device, "train.images");
+    let y = detnas_device::host::upload(&b.labels, &[n], device, "train.labels");
     (x, y)
 }
 
@@ -102,19 +103,22 @@ pub fn evaluate_path(
     };
     let t1 = Instant::now();
     let mut loader = finite_loader(val, d)?;
-    let (mut n, mut c1, mut c5) = (0usize, 0i64, 0i64);
+    let mut n = 0usize;
+    // Hits stay on the device until the end: one host read per evaluation.
+    let mut hits = Tensor::zeros([2], (Kind::Double, device));
     while let Some(b) = loader.next_batch() {
         let b = b?.batch;
         let (x, y) = batch_tensors(&b, device);
         let logits = tch::no_grad(|| net.forward_t(&x, arch, false))?.to_kind(Kind::Float);
-        c1 += topk_correct(&logits, &y, 1);
-        c5 += topk_correct(&logits, &y, 5);
+        hits += Tensor::stack(&[topk_hits(&logits, &y, 1), topk_hits(&logits, &y, 5)], 0);
         n += b.len();
     }
+    let hits: Vec<f64> = detnas_device::host::read(&hits, "train.evaluate_path")?;
+    let (c1, c5) = (hits[0], hits[1]);
     Ok(ClsScore {
         arch: arch.to_string(),
-        top1: c1 as f64 / n.max(1) as f64,
-        top5: c5 as f64 / n.max(1) as f64,
+        top1: c1 / n.max(1) as f64,
+        top5: c5 / n.max(1) as f64,
         images: n,
         bn_layers_recalibrated: bn_layers,
         recalibration_seconds: (t1 - t0).as_secs_f64(),

@@ -1,5 +1,5 @@
 //! Training of DetNAS supernets and child networks (arXiv:1903.10979 §3.2): one training
-//! engine ([`engine`]) for path-wise pre-training on classification ([`pretrain`]) and
+//! engine ([`engine`], one host read per optimisation step: [`step`]) for path-wise pre-training on classification ([`pretrain`]) and
 //! fine-tuning as a detector's backbone ([`finetune`]), with their configurations,
 //! learning-rate schedules, path-wise SGD, losses, checkpoints, and classification
 //! evaluation with BN recalibration ([`evaluate`]).
@@ -19,6 +19,7 @@ pub mod loss;
 pub mod optim;
 pub mod pretrain;
 pub mod schedule;
+pub mod step;
 
 pub use config::PretrainConfig;
 pub use det_config::FinetuneConfig;

@@ -15,12 +15,20 @@ pub fn smooth_cross_entropy(logits: &Tensor, targets: &Tensor, epsilon: f64) -> 
     (nll * (1.0 - epsilon) + uniform * epsilon).mean(Kind::Float)
 }
 
-/// Number of rows whose target is among the `k` largest logits.
-pub fn topk_correct(logits: &Tensor, targets: &Tensor, k: i64) -> i64 {
+/// Number of rows whose target is among the `k` largest logits, a scalar tensor
+/// (`Kind::Double`) on the logits' device.
+pub fn topk_hits(logits: &Tensor, targets: &Tensor, k: i64) -> Tensor {
     let k = k.min(logits.size()[1]);
     let (_, idx) = logits.topk(k, 1, true, true);
-    let hit = idx.eq_tensor(&targets.unsqueeze(1)).any_dim(1, false);
-    i64::try_from(hit.sum(Kind::Int64)).expect("scalar")
+    idx.eq_tensor(&targets.unsqueeze(1)).any_dim(1, false).sum(Kind::Double)
+}
+
+/// [`topk_hits`] read to the host (one read).
+///
+/// # Errors
+/// A libtorch error from the read.
+pub fn topk_correct(logits: &Tensor, targets: &Tensor, k: i64) -> Result<i64, tch::TchError> {
+    Ok(detnas_device::host::scalar(&topk_hits(logits, targets, k), "train.topk_correct")? as i64)
 }
 
 #[cfg(test)]
@@ -46,8 +54,8 @@ mod tests {
     fn topk_counts() {
         let z = Tensor::from_slice(&[0.1f32, 0.5, 0.4, 0.9, 0.05, 0.05]).view([2, 3]);
         let t = Tensor::from_slice(&[2i64, 0]);
-        assert_eq!(topk_correct(&z, &t, 1), 1);
-        assert_eq!(topk_correct(&z, &t, 2), 2);
-        assert_eq!(topk_correct(&z, &t, 5), 2);
+        assert_eq!(topk_correct(&z, &t, 1).unwrap(), 1);
+        assert_eq!(topk_correct(&z, &t, 2).unwrap(), 2);
+        assert_eq!(topk_correct(&z, &t, 5).unwrap(), 2);
     }
 }

@@ -10,12 +10,12 @@ use crate::engine::{
     LoadedBatch, Paths, Resume, RunOptions, StepLosses, TrainOutcome, TrainTask, Trainer, TrainerSpec,
 };
 use crate::evaluate::{ClsScore, EvalData, batch_tensors, evaluate_path, recalibration_subset};
-use crate::loss::{smooth_cross_entropy, topk_correct};
+use crate::loss::{smooth_cross_entropy, topk_hits};
 use detnas_data::{
     Batch, ClsDataset, ClsLoader, ClsTransform, IdxDataset, ImageFolder, LoaderConfig, StreamConfig, SyntheticCls,
     mix_seed,
 };
-use detnas_detect::losses::LossTerm;
+use detnas_nn::LossTerm;
 use detnas_nn::layers::dropout_mask;
 use detnas_nn::{Supernet, SupernetConfig};
 use detnas_runtime::ConfigDocument;
@@ -197,15 +197,15 @@ impl TrainTask for ClsTask<'_> {
         let head = self.net.head().ok_or_else(|| TrainError::Config("the supernet has no head".into()))?;
         let seeds: Vec<u64> =
             batch.indices.iter().map(|&i| mix_seed(self.seed, &[DROPOUT_STREAM, step, i as u64])).collect();
-        let mask = dropout_mask(&seeds, head.channels(), head.dropout).to_device(self.device);
+        let mask = dropout_mask(&seeds, head.channels(), head.dropout, self.device);
         let logits = self.net.forward_masked(&x, arch, true, Some(&mask))?;
         let n = batch.len() as f64;
+        let logits = logits.to_kind(tch::Kind::Float);
         let loss = smooth_cross_entropy(&logits, &y, self.label_smoothing) * n;
-        let correct = tch::no_grad(|| topk_correct(&logits, &y, 1));
-        Ok(StepLosses {
-            losses: vec![LossTerm { name: "ce", sum: loss, count: n }],
-            metrics: vec![("top1", correct as f64, n)],
-        })
+        let correct = tch::no_grad(|| topk_hits(&logits, &y, 1));
+        let term = LossTerm::with_count("ce", loss, n);
+        let images = term.count.shallow_clone();
+        Ok(StepLosses { losses: vec![term], metrics: vec![("top1", correct, images)], exact: None })
     }
 
     fn describe(&self, batch: &Batch) -> Vec<String> {

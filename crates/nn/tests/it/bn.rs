@@ -174,3 +174,117 @@ fn folded_eval_equals_conv_then_bn() {
         }
     }
 }
+
+/// The unit's cached fold (eval mode) always equals a fresh fold: after an in-place weight
+/// update (an optimizer step), a training-mode forward (running statistics move without a
+/// version bump), a recalibration, a loaded state, and for a per-level unit on every level. A
+/// repeated eval call reuses the cache (no fold operators). With gradients enabled the fold is
+/// part of the graph.
+#[test]
+fn cached_fold_follows_every_change() {
+    use detnas_nn::bn::conv_bn_t;
+    use detnas_nn::layers::{ConvBnConfig, NormKind};
+    use tch::nn::ModuleT;
+    tch::manual_seed(9);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let unit = ConvBnConfig {
+        cin: 6,
+        cout: 6,
+        kernel: 3,
+        stride: 1,
+        depthwise: false,
+        bias: true,
+        relu: false,
+        std: None,
+        norm: NormKind::PerLevel { levels: 2, first: 3 },
+    }
+    .build(&vs.root());
+    let x = Tensor::randn([2, 6, 7, 7], (Kind::Float, Device::Cpu));
+    let check = |what: &str| {
+        for l in 0..2 {
+            let cached = tch::no_grad(|| unit.forward_level(&x, l, false));
+            let fresh = tch::no_grad(|| conv_bn_t(&unit.conv, unit.geometry, &unit.bns[l], &x, false));
+            let d = (&cached - &fresh).abs().max().double_value(&[]);
+            assert_eq!(d, 0.0, "{what}, level {l}");
+        }
+    };
+    check("fresh");
+    let (_, ops) =
+        detnas_device::profile::ops_of(false, None, || tch::no_grad(|| unit.forward_level(&x, 1, false))).unwrap();
+    assert_eq!(ops.count("aten::rsqrt"), 0, "a repeated eval call folds again: {ops:?}");
+    tch::no_grad(|| {
+        let mut w = unit.conv.ws.shallow_clone();
+        w -= Tensor::ones_like(&w) * 0.01;
+    });
+    check("after a weight update");
+    let _ = tch::no_grad(|| unit.forward_level(&(&x * 3.0 + 1.0), 0, true));
+    check("after a training-mode forward");
+    let r = Recalibration::begin(BnMode::Exact);
+    let _ = tch::no_grad(|| unit.forward_level(&(&x * 0.5), 1, true));
+    r.finish();
+    check("after a recalibration");
+    let dir = std::env::temp_dir().join(format!("detnas-fold-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let saved = dir.join("unit.safetensors");
+    vs.save(&saved).unwrap();
+    tch::no_grad(|| {
+        for (_, mut v) in vs.variables() {
+            let _ = v.fill_(0.5);
+        }
+    });
+    check("after a fill");
+    let mut vs = vs;
+    vs.load(&saved).unwrap();
+    check("after a load");
+    let _ = std::fs::remove_dir_all(&dir);
+    // Gradients flow to the weights through an eval-mode unit when grad mode is on.
+    let y = unit.forward_t(&x, false).sum(Kind::Float);
+    y.backward();
+    assert!(unit.bns[0].running_var.grad().defined() || unit.conv.ws.grad().defined());
+    assert!(unit.conv.ws.grad().abs().sum(Kind::Float).double_value(&[]) > 0.0);
+}
+
+/// Launch budget of the hot paths: exact recalibration adds no operator per BN per batch to a
+/// training-mode forward (the batch statistics come out of the BN forward; pooling runs once
+/// per `POOL_EVERY` batches), and a cached eval-mode unit runs its convolution only.
+#[test]
+fn recalibration_and_folded_eval_launch_budget() {
+    use detnas_device::profile::ops_of;
+    let (_vs, net, arch, x) = setup();
+    let batches: Vec<Tensor> = (0..6).map(|i| x.narrow(0, 2 * i, 2)).collect();
+    let plain = |n: usize| {
+        ops_of(false, None, || {
+            for b in &batches[..n] {
+                let _ = tch::no_grad(|| net.forward_t(b, &arch, true)).unwrap();
+            }
+        })
+        .unwrap()
+        .1
+        .aten_total()
+    };
+    let recal = |n: usize| {
+        ops_of(false, None, || {
+            let r = Recalibration::begin(BnMode::Exact);
+            for b in &batches[..n] {
+                let _ = tch::no_grad(|| net.forward_t(b, &arch, true)).unwrap();
+            }
+            r.finish()
+        })
+        .unwrap()
+        .1
+        .aten_total()
+    };
+    let per_batch_plain = (plain(6) - plain(2)) as f64 / 4.0;
+    let per_batch_recal = (recal(6) - recal(2)) as f64 / 4.0;
+    assert!(
+        per_batch_recal <= per_batch_plain,
+        "recalibration: {per_batch_recal} operators per batch, a training forward {per_batch_plain}"
+    );
+    // Eval mode: a repeated forward runs the same operators as the first minus the folds.
+    let eval = || ops_of(false, None, || tch::no_grad(|| net.forward_t(&x, &arch, false)).unwrap()).unwrap().1;
+    let first = eval();
+    let again = eval();
+    assert_eq!(again.count("aten::rsqrt"), 0, "{again:?}");
+    assert!(again.aten_total() < first.aten_total());
+    assert_eq!(again.count("aten::convolution"), first.count("aten::convolution"));
+}

@@ -2,8 +2,10 @@
 //! restatement of the official blocks (fixture made by `fixtures/golden/make_golden.py` with
 //! torch 2.11.0, seed in `golden.json`), from the same weights, to 1e-5 (eval), 1e-4
 //! (training-mode BN), and the backward pass: every gradient of the path to 3e-4 of its
-//! scale (measured: at most 7.6e-5).
+//! scale (measured: at most 7.6e-5). In both memory layouts (`runtime.memory_format`).
 
+use detnas_device::settings::with_memory_format;
+use detnas_device::{Layout, MemoryFormat};
 use detnas_nn::SupernetConfig;
 use detnas_space::{Arch, SearchSpace};
 use std::path::PathBuf;
@@ -25,7 +27,16 @@ fn assert_close_to(name: &str, got: &Tensor, want: &Tensor, tol: f64) {
 }
 
 #[test]
-fn supernet_matches_pytorch_reference() {
+fn supernet_matches_pytorch_reference_channels_last() {
+    with_memory_format(MemoryFormat::ChannelsLast, || check(Layout::ChannelsLast));
+}
+
+#[test]
+fn supernet_matches_pytorch_reference_nchw() {
+    with_memory_format(MemoryFormat::Nchw, || check(Layout::Nchw));
+}
+
+fn check(layout: Layout) {
     let meta: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(fixture("golden.json")).unwrap()).unwrap();
     let space = SearchSpace::from_toml_str(
@@ -55,6 +66,7 @@ fn supernet_matches_pytorch_reference() {
         let arch: Arch = space.parse_arch(p.as_str().unwrap()).unwrap();
         let feats = tch::no_grad(|| net.features_t(x, &arch, false)).unwrap();
         for (s, f) in feats.iter().enumerate() {
+            assert_eq!(detnas_nn::layout::is_channels_last(f), layout == Layout::ChannelsLast, "layout of c{}", s + 2);
             assert_close(&format!("p{i}.eval.c{}", s + 2), f, &io[&format!("p{i}.eval.c{}", s + 2)]);
         }
         let logits = tch::no_grad(|| net.forward_t(x, &arch, false)).unwrap();
@@ -63,7 +75,7 @@ fn supernet_matches_pytorch_reference() {
         let before = vs.variables();
         let before: Vec<(String, Tensor)> = before.into_iter().map(|(k, v)| (k, v.copy())).collect();
         let feats = tch::no_grad(|| net.features_t(x, &arch, true)).unwrap();
-        // 1e-4: detnas runs channels-last (NHWC) kernels, the fixture NCHW ones; batch
+        // 1e-4: with channels-last, detnas runs NHWC kernels, the fixture NCHW ones; batch
         // statistics accumulate in another order and the normalisation by the small batch
         // variances of deep layers amplifies that float32 rounding (measured: 1.03e-5).
         assert_close_to(&format!("p{i}.train.c5"), feats.last().unwrap(), &io[&format!("p{i}.train.c5")], 1e-4);

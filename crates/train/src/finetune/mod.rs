@@ -24,8 +24,8 @@ use detnas_data::det::loader::{DetLoader, DetLoaderConfig};
 use detnas_data::det::transform::{DetBatch, DetTransform};
 use detnas_data::det::{Category, DetDataset};
 use detnas_data::{StreamConfig, mix_seed};
-use detnas_detect::Detector;
 use detnas_detect::evaluate::{DetInputs, DetScore, batch_inputs, evaluate, recalibration_subset};
+use detnas_detect::{Detector, Targets};
 use detnas_runtime::ConfigDocument;
 use detnas_space::rng::seeded;
 use detnas_space::{Arch, PathSampler};
@@ -90,7 +90,8 @@ impl TrainTask for DetTask<'_> {
         for t in &mut targets {
             t.seed = mix_seed(self.seed, &[SAMPLER_STREAM, step, t.seed]);
         }
-        Ok(StepLosses { losses: self.det.losses(&x, &sizes, &targets, arch)?, metrics: Vec::new() })
+        let l = self.det.losses(&x, &sizes, &Targets::new(&targets, self.device), arch)?;
+        Ok(StepLosses { losses: l.terms, metrics: Vec::new(), exact: Some(l.exact) })
     }
 
     fn describe(&self, batch: &DetBatch) -> Vec<String> {
