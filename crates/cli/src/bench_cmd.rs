@@ -182,7 +182,7 @@ fn train_step(
     lr: f64,
     losses: impl FnMut(usize) -> Result<StepLosses, detnas_train::TrainError>,
 ) -> Result<(), Failure> {
-    let s = StepSettings { lr, clip_grad_norm: None, stop: false, nan: false, dist: None };
+    let s = StepSettings { buffers: &[], lr, clip_grad_norm: None, stop: false, nan: false, dist: None };
     step(1, losses, vars, opt, &s, |_, l| detnas_train::TrainError::Config(format!("non-finite loss {l}")))?;
     Ok(())
 }
@@ -218,10 +218,12 @@ pub fn run(a: BenchArgs) -> Result<(), Failure> {
             let train = item.contains("train");
             let t = time_paths(a.reps, device, |r| {
                 let arch = &seq[r];
+                let _amp = detnas_train::evaluate::autocast(device, train)?;
                 if train {
                     let vars: Vec<&(String, Tensor)> = index.vars(arch).collect();
                     train_step(&vars, &mut opt, 0.1, |_| {
                         let loss = net.forward_t(&x, arch, true)?.to_kind(Kind::Float).cross_entropy_for_logits(&y);
+                        // (The loss itself in fp32, outside autocast's reach: its inputs are.)
                         Ok(StepLosses {
                             losses: vec![LossTerm::with_count("ce", loss, 1.0)],
                             metrics: vec![],
@@ -245,6 +247,7 @@ pub fn run(a: BenchArgs) -> Result<(), Failure> {
             let batches: Vec<Tensor> =
                 (0..n / batch).map(|_| Tensor::randn([batch as i64, 3, side, side], (Kind::Float, device))).collect();
             let t = time_paths(a.reps, device, |r| {
+                let _amp = detnas_train::evaluate::autocast(device, false)?;
                 let session = Recalibration::begin(BnMode::Exact);
                 for x in &batches {
                     let _ = tch::no_grad(|| net.forward_t(x, &seq[r], true))?;

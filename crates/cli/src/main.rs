@@ -201,6 +201,10 @@ fn main() -> ExitCode {
         )
         .init();
     let cli = Cli::parse();
+    if let Err(e) = detnas_device::settings::apply_environment() {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
     let result = match cli.command {
         Command::Space(c) => space_cmd::run(c),
         Command::Net(c) => net_cmd::run(c),

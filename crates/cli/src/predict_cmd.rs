@@ -289,9 +289,9 @@ fn predict_into(
             height: img.height(),
             objects: vec![],
         };
-        let sample = t.apply(&img, &ann, &mut seeded(0), cfg.data.convention);
+        let sample = t.apply(&img, &ann, &mut seeded(0));
         let (sx, sy) = (sample.scale.0 as f64, sample.scale.1 as f64);
-        let batch = collate(vec![sample], vec![0], cfg.data.divisibility);
+        let batch = collate(vec![sample], vec![0], cfg.data.divisibility, cfg.data.convention);
         let (x, sizes, _) = batch_inputs(&batch, device);
         let d = det.detect(&x, &sizes, arch).map_err(|e| anyhow::anyhow!("{e}"))?.remove(0);
         let mut drawn = Vec::new();

@@ -13,16 +13,29 @@ pub struct RuntimeArgs {
     /// Intra-op threads of libtorch's CPU kernels (default: libtorch's choice).
     #[arg(long)]
     pub threads: Option<i32>,
+    /// Activation layout: auto (channels-last on the CPU, NCHW on CUDA), nchw, channels-last
+    /// (default: DETNAS_MEMORY_FORMAT, else auto).
+    #[arg(long, value_parser = detnas_device::MemoryFormat::parse)]
+    pub memory_format: Option<detnas_device::MemoryFormat>,
+    /// fp32, or bf16 autocast of the networks' forwards (default: DETNAS_PRECISION, else fp32).
+    #[arg(long, value_parser = detnas_device::Precision::parse)]
+    pub precision: Option<detnas_device::Precision>,
 }
 
 impl RuntimeArgs {
-    /// Applies the thread count and resolves the device.
+    /// Applies the thread count, layout and precision, and resolves the device.
     pub fn init(&self) -> Result<Device, crate::Failure> {
         if let Some(t) = self.threads {
             if t < 1 {
                 return Err(crate::usage(anyhow!("--threads must be at least 1, got {t}")));
             }
             tch::set_num_threads(t);
+        }
+        if let Some(f) = self.memory_format {
+            detnas_device::settings::set_memory_format(f);
+        }
+        if let Some(p) = self.precision {
+            detnas_device::settings::set_precision(p);
         }
         parse_device(&self.device).map_err(crate::usage)
     }

@@ -26,7 +26,7 @@ pub use idx::IdxDataset;
 pub use loader::{Batch, ClsLoader, Loaded, Loader, LoaderConfig, Position, SampleSource, SkipReport, StreamConfig};
 pub use subset::Subset;
 pub use synth::SyntheticCls;
-pub use transform::{ClsTransform, InputConvention};
+pub use transform::{ClsTransform, InputConvention, Pixels};
 
 use image::RgbImage;
 

@@ -18,7 +18,7 @@
 //! Classification ([`Loader::new`] on [`Batch`]) and detection
 //! ([`crate::det::loader::DetLoader`]) are two sources of this one loader.
 
-use crate::transform::{ClsTransform, InputConvention};
+use crate::transform::{ClsTransform, InputConvention, Pixels};
 use crate::{ClsDataset, DataError, mix_seed};
 use detnas_space::rng::{seeded, shuffle};
 use rayon::prelude::*;
@@ -121,10 +121,13 @@ pub struct Loaded<B> {
     pub epoch_reports: Vec<SkipReport>,
 }
 
-/// A classification batch: `images` is `[n, 3, size, size]` row-major.
+/// A classification batch: `images` is `[n, 3, size, size]` row-major, RGB 0–255 before
+/// `convention`.
 #[derive(Clone, Debug)]
 pub struct Batch {
-    pub images: Vec<f32>,
+    pub images: Pixels,
+    /// How the network expects the pixels (applied on the device).
+    pub convention: InputConvention,
     pub size: usize,
     pub labels: Vec<i64>,
     /// Dataset indices of the samples, in batch order.
@@ -185,7 +188,7 @@ impl SampleSource for ClsSamples {
         let img = self.data.load(i)?;
         let s = self.transform.output_size() as usize;
         let mut out = vec![0f32; 3 * s * s];
-        self.transform.apply(&img, &mut seeded(seed), self.convention, &mut out);
+        self.transform.apply(&img, &mut seeded(seed), &mut out);
         Ok((out, self.data.label(i) as i64))
     }
     fn collate(&self, samples: Vec<(Vec<f32>, i64)>, indices: Vec<usize>) -> Batch {
@@ -196,7 +199,7 @@ impl SampleSource for ClsSamples {
             images.extend_from_slice(&data);
             labels.push(label);
         }
-        Batch { images, size, labels, indices }
+        Batch { images: Pixels::from_f32(images), convention: self.convention, size, labels, indices }
     }
 }
 

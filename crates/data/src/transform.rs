@@ -5,7 +5,8 @@
 //! (brightness, contrast, saturation, each a factor uniform in `[1 − j, 1 + j]`, applied in
 //! that order). Eval: resize the short side to `resize`, centre crop `crop`.
 //! Resampling is bilinear with half-pixel centres (no antialiasing).
-//! Output is CHW `f32` in the chosen [`InputConvention`].
+//! Output is CHW RGB `f32` in 0–255; the [`InputConvention`] is applied on the device, after
+//! the batch is uploaded ([`Pixels`]: as bytes when no value needs a fraction).
 
 use detnas_space::rng::{below, unit};
 use image::RgbImage;
@@ -21,6 +22,55 @@ pub enum InputConvention {
     OfficialBgr,
     /// RGB, `(x / 255 − mean) / std`.
     RgbNormalized { mean: [f32; 3], std: [f32; 3] },
+}
+
+impl InputConvention {
+    /// Applies the convention to CHW RGB 0–255 values in place, on the host (what the device
+    /// computes; for tests and tools): BGR channel order, or `(x / 255 − mean) / std`.
+    pub fn present(&self, out: &mut [f32], plane: usize) {
+        present(out, plane, *self);
+    }
+}
+
+/// A batch's pixels, CHW RGB in 0–255, before the [`InputConvention`]: bytes when every value
+/// is a whole number in 0–255 (the images were not resampled, only copied, mirrored or padded),
+/// else floats. Bytes take a quarter of the memory and of the upload.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Pixels {
+    U8(Vec<u8>),
+    F32(Vec<f32>),
+}
+
+impl Pixels {
+    /// Bytes when `v` allows them, else `v`.
+    pub fn from_f32(v: Vec<f32>) -> Pixels {
+        if v.iter().all(|&x| (0.0..=255.0).contains(&x) && x.fract() == 0.0) {
+            Pixels::U8(v.iter().map(|&x| x as u8).collect())
+        } else {
+            Pixels::F32(v)
+        }
+    }
+
+    /// Number of values.
+    pub fn len(&self) -> usize {
+        match self {
+            Pixels::U8(v) => v.len(),
+            Pixels::F32(v) => v.len(),
+        }
+    }
+
+    /// `true` without values.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The values as floats.
+    pub fn to_f32(&self) -> Vec<f32> {
+        match self {
+            Pixels::U8(v) => v.iter().map(|&x| f32::from(x)).collect(),
+            Pixels::F32(v) => v.clone(),
+        }
+    }
 }
 
 /// A classification transform.
@@ -60,8 +110,9 @@ impl ClsTransform {
         }
     }
 
-    /// Transforms `img` into `out` (`3 · s · s` values, CHW). `rng` drives the random parts.
-    pub fn apply<R: RngCore + ?Sized>(&self, img: &RgbImage, rng: &mut R, conv: InputConvention, out: &mut [f32]) {
+    /// Transforms `img` into `out` (`3 · s · s` values, CHW RGB 0–255). `rng` drives the random
+    /// parts.
+    pub fn apply<R: RngCore + ?Sized>(&self, img: &RgbImage, rng: &mut R, out: &mut [f32]) {
         let (w, h) = (img.width() as f64, img.height() as f64);
         let s = self.output_size() as usize;
         assert_eq!(out.len(), 3 * s * s, "output buffer size");
@@ -86,7 +137,6 @@ impl ClsTransform {
         if let Some([b, c, sat]) = jitter {
             colour_jitter(out, s * s, b, c, sat);
         }
-        present(out, s * s, conv);
     }
 }
 
@@ -206,7 +256,8 @@ mod tests {
     fn eval_identity_when_sizes_match() {
         let img = gradient(8, 8);
         let mut out = vec![0.0; 3 * 64];
-        ClsTransform::Eval { resize: 8, crop: 8 }.apply(&img, &mut seeded(0), InputConvention::OfficialBgr, &mut out);
+        ClsTransform::Eval { resize: 8, crop: 8 }.apply(&img, &mut seeded(0), &mut out);
+        InputConvention::OfficialBgr.present(&mut out, 64);
         // BGR order: channel 0 is blue (7), channel 2 red (= x).
         assert!(out[..64].iter().all(|&v| v == 7.0));
         assert_eq!(out[128 + 3 * 8 + 5], 5.0);
@@ -218,9 +269,19 @@ mod tests {
         let img = gradient(20, 10); // short side 10 → resize 10 (scale 1), crop 6 from the centre
         let mut out = vec![0.0; 3 * 36];
         let conv = InputConvention::RgbNormalized { mean: [0.0; 3], std: [1.0 / 255.0; 3] };
-        ClsTransform::Eval { resize: 10, crop: 6 }.apply(&img, &mut seeded(0), conv, &mut out);
+        ClsTransform::Eval { resize: 10, crop: 6 }.apply(&img, &mut seeded(0), &mut out);
+        assert!(matches!(Pixels::from_f32(out.clone()), Pixels::U8(_)), "a crop without resampling is bytes");
+        conv.present(&mut out, 36);
         assert!((out[0] - 7.0).abs() < 1e-4, "{}", out[0]); // x starts at (20 - 6) / 2
         assert!((out[36] - 2.0).abs() < 1e-4, "{}", out[36]); // y starts at (10 - 6) / 2
+    }
+
+    #[test]
+    fn pixels_are_bytes_only_when_exact() {
+        assert_eq!(Pixels::from_f32(vec![0.0, 255.0, 7.0]), Pixels::U8(vec![0, 255, 7]));
+        assert_eq!(Pixels::from_f32(vec![0.5, 1.0]), Pixels::F32(vec![0.5, 1.0]));
+        assert_eq!(Pixels::from_f32(vec![256.0]), Pixels::F32(vec![256.0]));
+        assert_eq!(Pixels::U8(vec![3, 4]).to_f32(), vec![3.0, 4.0]);
     }
 
     #[test]
@@ -234,7 +295,7 @@ mod tests {
         let t = ClsTransform::train(16);
         let run = |seed| {
             let mut out = vec![0.0; 3 * 256];
-            t.apply(&img, &mut seeded(seed), InputConvention::OfficialBgr, &mut out);
+            t.apply(&img, &mut seeded(seed), &mut out);
             out
         };
         assert_eq!(run(5), run(5));
@@ -249,8 +310,8 @@ mod tests {
         let mut seen = [false; 2];
         for seed in 0..20 {
             let mut out = vec![0.0; 192];
-            t.apply(&img, &mut seeded(seed), InputConvention::OfficialBgr, &mut out);
-            seen[usize::from(out[128] == 7.0)] = true; // red channel at x = 0: 0 or 7
+            t.apply(&img, &mut seeded(seed), &mut out);
+            seen[usize::from(out[0] == 7.0)] = true; // red channel (RGB) at x = 0: 0 or 7
         }
         assert_eq!(seen, [true, true]);
     }

@@ -172,8 +172,7 @@ impl Detector {
         arch: Option<&Arch>,
     ) -> Result<Losses, DetectError> {
         let device = images.device();
-        let _amp = autocast::enter(device, detnas_device::settings::precision())
-            .map_err(|e| DetectError::Config(e.to_string()))?;
+        let _amp = autocast::for_setting(device, true).map_err(|e| DetectError::Config(e.to_string()))?;
         let p = self.pyramid(images, arch, true)?;
         Ok(match &self.head {
             Heads::Retina(h) => {
@@ -223,8 +222,7 @@ impl Detector {
     ) -> Result<Vec<Detections>, DetectError> {
         let device = images.device();
         let (dets, exact) = tch::no_grad(|| -> Result<(Vec<Detections>, bool), DetectError> {
-            let _amp = autocast::enter(device, detnas_device::settings::precision())
-                .map_err(|e| DetectError::Config(e.to_string()))?;
+            let _amp = autocast::for_setting(device, false).map_err(|e| DetectError::Config(e.to_string()))?;
             let p = self.pyramid(images, arch, false)?;
             Ok(match &self.head {
                 Heads::Retina(h) => (h.detect(&p, sizes)?, true),
@@ -256,8 +254,7 @@ impl Detector {
     ) -> Result<Tensor, DetectError> {
         let device = images.device();
         tch::no_grad(|| {
-            let _amp = autocast::enter(device, detnas_device::settings::precision())
-                .map_err(|e| DetectError::Config(e.to_string()))?;
+            let _amp = autocast::for_setting(device, false).map_err(|e| DetectError::Config(e.to_string()))?;
             let p = self.pyramid(images, arch, true)?;
             Ok(match &self.head {
                 Heads::Retina(h) => {

@@ -14,7 +14,7 @@ use crate::{DetectError, Detector, Target};
 use detnas_data::det::DetDataset;
 use detnas_data::det::loader::{DetLoader, DetLoaderConfig};
 use detnas_data::det::transform::{DetBatch, DetTransform};
-use detnas_data::{InputConvention, Position, StreamConfig};
+use detnas_data::{InputConvention, Pixels, Position, StreamConfig};
 use detnas_nn::{BnMode, Recalibration};
 use detnas_space::Arch;
 use detnas_space::rng::{seeded, shuffle};
@@ -73,7 +73,7 @@ impl EvalSettings {
 /// per-step seed; [`Targets::new`] uploads them).
 pub fn batch_inputs(b: &DetBatch, device: Device) -> (Tensor, Vec<(i64, i64)>, Vec<Target>) {
     let n = b.samples.len() as i64;
-    let x = detnas_device::host::upload(&b.images, &[n, 3, b.height as i64, b.width as i64], device, "detect.images");
+    let x = images_tensor(&b.images, [n, 3, b.height as i64, b.width as i64], b.convention, device);
     let sizes = b.samples.iter().map(|s| (s.height as i64, s.width as i64)).collect();
     let targets = b
         .samples
@@ -82,6 +82,26 @@ pub fn batch_inputs(b: &DetBatch, device: Device) -> (Tensor, Vec<(i64, i64)>, V
         .map(|(s, &i)| Target { boxes: s.boxes.clone(), labels: s.labels.clone(), seed: i as u64 })
         .collect();
     (x, sizes, targets)
+}
+
+/// Network inputs `shape` (`[N, 3, H, W]`) on `device` from a batch's pixels (CHW RGB 0–255): one
+/// upload (non-blocking on CUDA; bytes when the batch is bytes), then `convention` on the device:
+/// BGR channel order, or `(x / 255 − mean) / std` per channel — the same float operations as
+/// [`InputConvention::present`] on the host, so the same values.
+pub fn images_tensor(images: &Pixels, shape: [i64; 4], convention: InputConvention, device: Device) -> Tensor {
+    let x = match images {
+        Pixels::U8(v) => detnas_device::host::upload(v, &shape, device, "images").to_kind(tch::Kind::Float),
+        Pixels::F32(v) => detnas_device::host::upload(v, &shape, device, "images"),
+    };
+    match convention {
+        InputConvention::OfficialBgr => x.flip([1]),
+        InputConvention::RgbNormalized { mean, std } => {
+            let planes: Vec<Tensor> = (0..3)
+                .map(|c| (x.narrow(1, c, 1) / 255.0 - f64::from(mean[c as usize])) / f64::from(std[c as usize]))
+                .collect();
+            Tensor::cat(&planes, 1)
+        }
+    }
 }
 
 /// The first `n` images of a permutation of `train` seeded by `seed`: a recalibration set.
@@ -334,4 +354,33 @@ pub fn evaluate(
         recalibration_seconds: (t1 - t0).as_secs_f64(),
         evaluation_seconds: t1.elapsed().as_secs_f64(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The device applies the input convention exactly as the host reference does, from bytes
+    /// or floats, with one upload.
+    #[test]
+    fn network_inputs_equal_the_host_convention() {
+        let raw: Vec<f32> = (0..2 * 3 * 4 * 5).map(|i| ((i * 37) % 256) as f32).collect();
+        let shape = [2i64, 3, 4, 5];
+        for conv in [
+            InputConvention::OfficialBgr,
+            InputConvention::RgbNormalized { mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] },
+        ] {
+            let mut want = raw.clone();
+            for img in want.chunks_mut(60) {
+                conv.present(img, 20);
+            }
+            for pixels in [Pixels::from_f32(raw.clone()), Pixels::F32(raw.clone())] {
+                let (x, counts) = detnas_device::host::measure(|| images_tensor(&pixels, shape, conv, Device::Cpu));
+                assert_eq!(counts.uploads, 1);
+                assert_eq!(x.size(), shape.to_vec());
+                let got = Vec::<f32>::try_from(x.reshape([-1])).unwrap();
+                assert_eq!(got, want, "{conv:?} {}", matches!(pixels, Pixels::U8(_)));
+            }
+        }
+    }
 }

@@ -205,22 +205,44 @@ pub fn host_kernels(device: Device) -> bool {
     kernels().host_on(device)
 }
 
-/// Applies `DETNAS_MEMORY_FORMAT`, `DETNAS_PRECISION` and `DETNAS_KERNELS` when set.
+/// The environment's values ([`apply_environment`]): what a configuration's default leaves.
+static ENV_MEMORY_FORMAT: std::sync::Mutex<MemoryFormat> = std::sync::Mutex::new(MemoryFormat::Auto);
+static ENV_PRECISION: std::sync::Mutex<Precision> = std::sync::Mutex::new(Precision::Fp32);
+
+/// Applies `DETNAS_MEMORY_FORMAT`, `DETNAS_PRECISION` and `DETNAS_KERNELS` when set; they
+/// become the process's values where a configuration keeps its default.
 ///
 /// # Errors
 /// A message naming the variable and the accepted values.
 pub fn apply_environment() -> Result<(), String> {
     let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
     if let Some(v) = var("DETNAS_MEMORY_FORMAT") {
-        set_memory_format(MemoryFormat::parse(&v).map_err(|e| format!("DETNAS_MEMORY_FORMAT: {e}"))?);
+        let f = MemoryFormat::parse(&v).map_err(|e| format!("DETNAS_MEMORY_FORMAT: {e}"))?;
+        *ENV_MEMORY_FORMAT.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = f;
+        set_memory_format(f);
     }
     if let Some(v) = var("DETNAS_PRECISION") {
-        set_precision(Precision::parse(&v).map_err(|e| format!("DETNAS_PRECISION: {e}"))?);
+        let p = Precision::parse(&v).map_err(|e| format!("DETNAS_PRECISION: {e}"))?;
+        *ENV_PRECISION.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = p;
+        set_precision(p);
     }
     if let Some(v) = var("DETNAS_KERNELS") {
         set_kernels(Kernels::parse(&v).map_err(|e| format!("DETNAS_KERNELS: {e}"))?);
     }
     Ok(())
+}
+
+/// Makes a stage's configured values the process's: `memory_format` unless `auto`, and
+/// `precision` unless `fp32` (for those, the environment's value, else the default).
+pub fn configure(memory_format: MemoryFormat, precision: Precision) {
+    set_memory_format(match memory_format {
+        MemoryFormat::Auto => *ENV_MEMORY_FORMAT.lock().unwrap_or_else(std::sync::PoisonError::into_inner),
+        f => f,
+    });
+    set_precision(match precision {
+        Precision::Fp32 => *ENV_PRECISION.lock().unwrap_or_else(std::sync::PoisonError::into_inner),
+        p => p,
+    });
 }
 
 #[cfg(test)]

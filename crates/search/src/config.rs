@@ -259,6 +259,26 @@ pub struct SearchRuntime {
     /// 1800.
     #[serde(default = "d1800")]
     pub dist_timeout_s: u64,
+    /// Activation layout (`auto`, `nchw`, `channels-last`), as the training configs'.
+    /// Default `auto`.
+    #[serde(skip_serializing_if = "is_default")]
+    pub memory_format: detnas_device::MemoryFormat,
+    /// `fp32`, or `bf16` autocast of the candidates' forwards on CUDA; part of the search's
+    /// identity when not `fp32` (the scores change). Default `fp32`.
+    #[serde(skip_serializing_if = "is_default")]
+    pub precision: detnas_device::Precision,
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
+}
+
+impl SearchRuntime {
+    /// Makes `memory_format` and `precision` the process's settings
+    /// ([`detnas_device::settings::configure`]).
+    pub fn apply_compute_settings(&self) {
+        detnas_device::settings::configure(self.memory_format, self.precision);
+    }
 }
 
 fn d1800() -> u64 {
@@ -274,6 +294,8 @@ impl Default for SearchRuntime {
             prefetch: 2,
             reuse: Vec::new(),
             dist_timeout_s: 1800,
+            memory_format: detnas_device::MemoryFormat::Auto,
+            precision: detnas_device::Precision::Fp32,
         }
     }
 }
@@ -326,10 +348,14 @@ impl ConfigDocument for SearchConfig {
     /// What determines the search's result (not the runtime): `seed`, `supernet`, `strategy`,
     /// `constraint`, `eval`.
     fn result_parts(&self) -> serde_json::Value {
-        serde_json::json!({
+        let mut v = serde_json::json!({
             "seed": self.seed, "supernet": self.supernet, "strategy": self.strategy,
             "constraint": self.constraint, "eval": self.eval,
-        })
+        });
+        if self.runtime.precision != detnas_device::Precision::Fp32 {
+            v["precision"] = serde_json::json!(self.runtime.precision);
+        }
+        v
     }
 }
 

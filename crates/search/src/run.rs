@@ -216,6 +216,7 @@ pub struct SearchSummary {
 /// supernet cannot be opened; and as [`latency_table`] and [`engine::run`].
 pub fn search(cfg: &SearchConfig, opts: &SearchOptions) -> Result<SearchReport, SearchError> {
     cfg.check()?;
+    cfg.runtime.apply_compute_settings();
     let started = std::time::Instant::now();
     let meter = PeakMeter::observe();
     let hash = cfg.result_hash();

@@ -321,6 +321,19 @@ pub struct RuntimeConfig {
     /// Default true; at COCO scale this takes about a minute on 16 cores.
     #[serde(default = "on", skip_serializing_if = "is_on")]
     pub decode_check: bool,
+    /// Activation layout: `auto` (channels-last on the CPU, NCHW on CUDA), `nchw` or
+    /// `channels-last`. Default `auto` (`DETNAS_MEMORY_FORMAT` sets what `auto` leaves).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub memory_format: detnas_device::MemoryFormat,
+    /// `fp32`, or `bf16`: bfloat16 autocast of the networks' forwards on CUDA (losses, box
+    /// decoding and NMS stay fp32). Part of the run's identity when not `fp32`. Default
+    /// `fp32`.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub precision: detnas_device::Precision,
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 
 fn on() -> bool {
@@ -362,7 +375,17 @@ impl Default for RuntimeConfig {
             sync_bn: None,
             dist_timeout_s: 1800,
             decode_check: true,
+            memory_format: detnas_device::MemoryFormat::Auto,
+            precision: detnas_device::Precision::Fp32,
         }
+    }
+}
+
+impl RuntimeConfig {
+    /// Makes `memory_format` and `precision` the process's settings
+    /// ([`detnas_device::settings::configure`]).
+    pub fn apply_compute_settings(&self) {
+        detnas_device::settings::configure(self.memory_format, self.precision);
     }
 }
 
@@ -519,10 +542,14 @@ impl ConfigDocument for PretrainConfig {
 
     /// What determines the trained weights: `model`, `data`, `schedule`, `sampling`, `seed`.
     fn result_parts(&self) -> serde_json::Value {
-        serde_json::json!({
+        let mut v = serde_json::json!({
             "seed": self.seed, "model": self.model, "data": self.data,
             "schedule": self.schedule, "sampling": self.sampling,
-        })
+        });
+        if self.runtime.precision != detnas_device::Precision::Fp32 {
+            v["precision"] = serde_json::json!(self.runtime.precision);
+        }
+        v
     }
 }
 

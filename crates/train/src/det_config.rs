@@ -232,10 +232,14 @@ impl ConfigDocument for FinetuneConfig {
     /// What determines the fine-tuned weights: `model`, `detector`, `data`, `schedule`,
     /// `seed`.
     fn result_parts(&self) -> serde_json::Value {
-        serde_json::json!({
+        let mut v = serde_json::json!({
             "seed": self.seed, "model": self.model, "detector": self.detector, "data": self.data,
             "schedule": self.schedule,
-        })
+        });
+        if self.runtime.precision != detnas_device::Precision::Fp32 {
+            v["precision"] = serde_json::json!(self.runtime.precision);
+        }
+        v
     }
 }
 

@@ -41,6 +41,7 @@ use crate::config::{RuntimeConfig, ScheduleConfig};
 use crate::step::{StepSettings, step};
 use crate::{PathSgd, TrainError};
 use detnas_data::{Position, SkipReport, mix_seed};
+use detnas_device::host;
 use detnas_dist::ProcessGroup;
 use detnas_nn::LossTerm;
 use detnas_nn::PathIndex;
@@ -607,6 +608,10 @@ impl<'a> Trainer<'a> {
         let start_step = self.step;
         let mut window: BTreeMap<String, f64> = BTreeMap::new();
         let (mut win_steps, mut win_images, mut win_start) = (0usize, 0usize, Instant::now());
+        // Host reads of the steps in the window (this thread's), and phase times.
+        let mut win_reads = host::counts();
+        let buffers: Vec<Tensor> = vs.variables().into_values().filter(|t| !t.requires_grad()).collect();
+        let _ = detnas_device::phase::take();
         let mut last_loss = f64::NAN;
         let mut last_ckpt = self.resumed_from.as_ref().map(|(_, p)| p.clone());
         while self.step < total {
@@ -630,6 +635,7 @@ impl<'a> Trainer<'a> {
             let signal = opts.cancel.requested();
             let vars = self.index.union_vars(&group);
             let settings = StepSettings {
+                buffers: &buffers,
                 lr,
                 clip_grad_norm: self.spec.schedule.clip_grad_norm,
                 stop: signal.is_some(),
@@ -679,6 +685,15 @@ impl<'a> Trainer<'a> {
                     "arch": group.iter().map(Arch::to_string).collect::<Vec<_>>().join(","),
                     "rss_mib": detnas_runtime::mem::rss_mib(),
                 });
+                let reads = host::counts() - win_reads;
+                rec["host_reads_per_step"] = serde_json::json!(reads.reads as f64 / win_steps as f64);
+                rec["host_kernel_reads_per_step"] = serde_json::json!(reads.kernel_reads as f64 / win_steps as f64);
+                let phases = detnas_device::phase::take();
+                if !phases.is_empty() {
+                    let per_step: BTreeMap<String, f64> =
+                        phases.into_iter().map(|(k, v)| (k, v / win_steps as f64)).collect();
+                    rec["phases"] = serde_json::json!(per_step);
+                }
                 let mut sum = 0.0;
                 for (k, v) in &window {
                     let mean = v / win_steps as f64;
@@ -693,6 +708,7 @@ impl<'a> Trainer<'a> {
                 }
                 pb.set_message(format!("loss {sum:.3} lr {lr:.4} {:.1} img/s", win_images as f64 / secs));
                 (window, win_steps, win_images, win_start) = (BTreeMap::new(), 0, 0, Instant::now());
+                win_reads = host::counts();
             }
             pb.set_position(step);
             if step % self.spec.runtime.checkpoint_every == 0 || step == total || stop.is_some() {
@@ -744,18 +760,25 @@ pub fn finish_rank(opts: &RunOptions) -> Result<(), TrainError> {
     Ok(())
 }
 
+/// Whether this rank's `mine` differs from rank 0's (broadcast), agreed by every rank; rank
+/// 0's values are returned beside.
+fn differs_from_root(pg: &ProcessGroup, mine: &[f64], site: &'static str) -> Result<(bool, Vec<f64>), TrainError> {
+    let root = host::upload(mine, &[mine.len() as i64], tch::Device::Cpu, site);
+    pg.broadcast(&[&root], 0)?;
+    let root: Vec<f64> = host::read(&root, site)?;
+    let differs = host::upload(&[f64::from(u8::from(root.as_slice() != mine))], &[1], tch::Device::Cpu, site);
+    pg.all_reduce_sum(&[&differs])?;
+    Ok((host::scalar(&differs, site)? > 0.0, root))
+}
+
 /// Fails unless every rank holds the same `value` (rank 0's, broadcast).
 fn agree(pg: &ProcessGroup, value: u64, what: &str) -> Result<(), TrainError> {
-    let mine = Tensor::from_slice(&[value as f64]);
-    let root = mine.copy();
-    pg.broadcast(&[&root], 0)?;
-    let differs = Tensor::from_slice(&[f64::from(u8::from(!mine.equal(&root)))]);
-    pg.all_reduce_sum(&[&differs])?;
-    if differs.double_value(&[0]) > 0.0 {
+    let (differs, root) = differs_from_root(pg, &[value as f64], "train.dist.agree")?;
+    if differs {
         return Err(TrainError::Dist(detnas_dist::DistError::Collective(format!(
             "the ranks disagree on {what} (rank {} has {value}, rank 0 has {}): they must share the run folder",
             pg.rank(),
-            root.double_value(&[0])
+            root[0]
         ))));
     }
     Ok(())
@@ -767,9 +790,9 @@ fn gather_positions(pg: &ProcessGroup, mine: Position) -> Result<Vec<Position>, 
     let mut v = vec![0f64; 2 * w];
     v[2 * pg.rank()] = mine.epoch as f64;
     v[2 * pg.rank() + 1] = mine.cursor as f64;
-    let t = Tensor::from_slice(&v);
+    let t = host::upload(&v, &[v.len() as i64], tch::Device::Cpu, "train.dist.positions");
     pg.all_reduce_sum(&[&t])?;
-    let v = Vec::<f64>::try_from(&t).map_err(TrainError::Torch)?;
+    let v: Vec<f64> = host::read(&t, "train.dist.positions")?;
     Ok((0..w).map(|r| Position { epoch: v[2 * r] as u64, cursor: v[2 * r + 1] as usize }).collect())
 }
 
@@ -786,19 +809,15 @@ fn broadcast_buffers(pg: &ProcessGroup, vs: &nn::VarStore) -> Result<(), TrainEr
 }
 
 /// Fails unless every rank's weights are bit-identical to rank 0's (checked through a
-/// checksum of every variable).
+/// checksum of every variable, read in one piece).
 fn check_identical(pg: &ProcessGroup, vs: &nn::VarStore) -> Result<(), TrainError> {
     let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
     vars.sort_by(|a, b| a.0.cmp(&b.0));
-    let sums: Vec<f64> = tch::no_grad(|| {
-        vars.iter().map(|(_, t)| t.to_kind(Kind::Double).sum(Kind::Double).double_value(&[])).collect()
+    let sums = tch::no_grad(|| {
+        Tensor::stack(&vars.iter().map(|(_, t)| t.to_kind(Kind::Double).sum(Kind::Double)).collect::<Vec<_>>(), 0)
     });
-    let mine = Tensor::from_slice(&sums);
-    let root = mine.copy();
-    pg.broadcast(&[&root], 0)?;
-    let differs = Tensor::from_slice(&[f64::from(u8::from(!mine.equal(&root)))]);
-    pg.all_reduce_sum(&[&differs])?;
-    if differs.double_value(&[0]) > 0.0 {
+    let sums: Vec<f64> = host::read(&sums, "train.dist.check_identical")?;
+    if differs_from_root(pg, &sums, "train.dist.check_identical")?.0 {
         return Err(TrainError::Dist(detnas_dist::DistError::Collective(
             "the ranks' weights differ from rank 0's: the data-parallel update diverged".into(),
         )));

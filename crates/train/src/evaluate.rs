@@ -48,9 +48,19 @@ pub fn finite_loader(data: Arc<dyn ClsDataset>, d: &EvalData) -> Result<ClsLoade
 /// Moves a loader batch to `device` as `([n, 3, s, s] f32, [n] i64)`.
 pub fn batch_tensors(b: &detnas_data::Batch, device: Device) -> (Tensor, Tensor) {
     let n = b.len() as i64;
-    let x = detnas_device::host::upload(&b.images, &[n, 3, b.size as i64, b.size as i64], device, "train.images");
+    let (side, images) = (b.size as i64, &b.images);
+    let x = detnas_detect::evaluate::images_tensor(images, [n, 3, side, side], b.convention, device);
     let y = detnas_device::host::upload(&b.labels, &[n], device, "train.labels");
     (x, y)
+}
+
+/// Autocast of the networks' forwards under the process's precision (none for fp32; see
+/// [`detnas_device::autocast::enter`] for `training`).
+///
+/// # Errors
+/// [`TrainError::Config`] when libtorch refuses it.
+pub fn autocast(device: Device, training: bool) -> Result<Option<detnas_device::autocast::Autocast>, TrainError> {
+    detnas_device::autocast::for_setting(device, training).map_err(|e| TrainError::Config(e.to_string()))
 }
 
 /// The first `n` images of a seeded permutation of `train`: the recalibration set.
@@ -77,6 +87,7 @@ pub fn recalibrate(
 ) -> Result<usize, TrainError> {
     let mut loader = finite_loader(images, d)?;
     let session = Recalibration::begin(mode);
+    let _amp = autocast(device, false)?;
     while let Some(b) = loader.next_batch() {
         let (x, _) = batch_tensors(&b?.batch, device);
         let _ = tch::no_grad(|| net.forward_t(&x, arch, true))?;
@@ -109,7 +120,10 @@ pub fn evaluate_path(
     while let Some(b) = loader.next_batch() {
         let b = b?.batch;
         let (x, y) = batch_tensors(&b, device);
-        let logits = tch::no_grad(|| net.forward_t(&x, arch, false))?.to_kind(Kind::Float);
+        let logits = {
+            let _amp = autocast(device, false)?;
+            tch::no_grad(|| net.forward_t(&x, arch, false))?.to_kind(Kind::Float)
+        };
         hits += Tensor::stack(&[topk_hits(&logits, &y, 1), topk_hits(&logits, &y, 5)], 0);
         n += b.len();
     }

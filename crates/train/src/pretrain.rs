@@ -9,6 +9,7 @@ use crate::config::{ClsSource, PretrainConfig, SamplingKind};
 use crate::engine::{
     LoadedBatch, Paths, Resume, RunOptions, StepLosses, TrainOutcome, TrainTask, Trainer, TrainerSpec,
 };
+use crate::evaluate::autocast;
 use crate::evaluate::{ClsScore, EvalData, batch_tensors, evaluate_path, recalibration_subset};
 use crate::loss::{smooth_cross_entropy, topk_hits};
 use detnas_data::{
@@ -198,7 +199,10 @@ impl TrainTask for ClsTask<'_> {
         let seeds: Vec<u64> =
             batch.indices.iter().map(|&i| mix_seed(self.seed, &[DROPOUT_STREAM, step, i as u64])).collect();
         let mask = dropout_mask(&seeds, head.channels(), head.dropout, self.device);
-        let logits = self.net.forward_masked(&x, arch, true, Some(&mask))?;
+        let logits = {
+            let _amp = autocast(self.device, true)?;
+            self.net.forward_masked(&x, arch, true, Some(&mask))?
+        };
         let n = batch.len() as f64;
         let logits = logits.to_kind(tch::Kind::Float);
         let loss = smooth_cross_entropy(&logits, &y, self.label_smoothing) * n;
@@ -226,6 +230,7 @@ impl TrainTask for ClsTask<'_> {
 /// numerical and interruption errors of the loop ([`Trainer::run`]).
 pub fn run(cfg: &PretrainConfig, out: &Path, device: Device, opts: &RunOptions) -> Result<Summary, TrainError> {
     cfg.check()?;
+    cfg.runtime.apply_compute_settings();
     let space = cfg.space()?;
     let hash = cfg.result_hash();
     // The resolved config is written before work starts; an existing, different one is kept

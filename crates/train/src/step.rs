@@ -26,6 +26,10 @@ use tch::{Device, Kind, Tensor};
 /// What a step needs besides its losses.
 #[derive(Clone, Copy, Debug)]
 pub struct StepSettings<'a> {
+    /// The model's buffers (BN running statistics): a training forward moves them, so a step
+    /// that runs again puts them back first. With device kernels they are copied (one
+    /// concatenation on the device) before every step.
+    pub buffers: &'a [Tensor],
     pub lr: f64,
     /// Global L2 norm clipping of the summed gradients.
     pub clip_grad_norm: Option<f64>,
@@ -176,6 +180,9 @@ pub fn step(
     nonfinite: impl FnOnce(usize, f64) -> TrainError,
 ) -> Result<StepReport, TrainError> {
     let had = grad_state(vars);
+    let device = vars.first().map_or(Device::Cpu, |v| v.1.device());
+    let snapshot = (!s.buffers.is_empty() && !detnas_device::settings::host_kernels(device))
+        .then(|| tch::no_grad(|| Tensor::cat(&s.buffers.iter().map(|b| b.reshape([-1])).collect::<Vec<_>>(), 0)));
     type Names = (Vec<&'static str>, Vec<&'static str>);
     let attempt = |losses: &mut dyn FnMut(usize) -> Result<StepLosses, TrainError>| -> Result<(Vec<f64>, Vec<Names>), TrainError> {
         let mut packed = Vec::with_capacity(paths);
@@ -211,6 +218,16 @@ pub fn step(
     let rerun_on_host = inexact(&v, &shapes);
     if rerun_on_host {
         restore_grads(vars, &had)?;
+        if let Some(snap) = &snapshot {
+            tch::no_grad(|| {
+                let mut at = 0;
+                for b in s.buffers {
+                    let n = b.numel() as i64;
+                    b.shallow_clone().copy_(&snap.narrow(0, at, n).view_as(b));
+                    at += n;
+                }
+            });
+        }
         (v, shapes) = with_kernels(Kernels::Host, || attempt(&mut losses))?;
     }
     let mut report =
@@ -264,7 +281,7 @@ mod tests {
         let (vars, w) = make();
         let refs: Vec<&(String, Tensor)> = vars.iter().collect();
         let mut opt = PathSgd::new(0.9, 0.0);
-        let s = StepSettings { lr: 0.1, clip_grad_norm: Some(1.0), stop: false, nan: false, dist: None };
+        let s = StepSettings { buffers: &[], lr: 0.1, clip_grad_norm: Some(1.0), stop: false, nan: false, dist: None };
         let (r, counts) =
             host::measure(|| step(1, |_| Ok(loss(&w)), &refs, &mut opt, &s, |_, _| unreachable!()).unwrap());
         assert_eq!(counts.reads, 1, "{:?}", host::sites());
@@ -295,7 +312,7 @@ mod tests {
         let refs: Vec<&(String, Tensor)> = vars.iter().collect();
         let mut opt = PathSgd::new(0.0, 0.0);
         let mut calls = Vec::new();
-        let s = StepSettings { lr: 1.0, clip_grad_norm: None, stop: false, nan: false, dist: None };
+        let s = StepSettings { buffers: &[], lr: 1.0, clip_grad_norm: None, stop: false, nan: false, dist: None };
         let r = step(
             1,
             |_| {

@@ -289,3 +289,52 @@ fn data_synth_writes_a_coco_set_and_bad_annotations_are_reported() {
     assert!(!doc["annotations"].as_array().unwrap().is_empty());
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+fn metrics(run: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Device kernels (what CUDA runs) on the CPU: FPN Faster R-CNN fine-tuning makes one host read
+/// per step and trains the same weights as host kernels; a box head with more slots than
+/// candidates makes every device step inexact, each reruns on host kernels (BN statistics and
+/// gradients put back first), and the weights are again the host kernels'. Phase timing goes
+/// into the metrics.
+#[test]
+fn device_kernels_train_like_host_kernels_with_one_read_per_step() {
+    let d = dir("kernels");
+    let data = d.join("data");
+    let run = |name: &str, head: &str, kernels: &str| {
+        let cfg = d.join(format!("{name}.toml"));
+        std::fs::write(&cfg, tiny(head, &data).replace("iterations = 6", "iterations = 3")).unwrap();
+        let out = d.join(format!("{name}-{kernels}"));
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_detnas-engine"));
+        c.args(["finetune", "--no-progress", "--config", cfg.to_str().unwrap(), "--out", out.to_str().unwrap()])
+            .env("DETNAS_KERNELS", kernels)
+            .env("DETNAS_PHASE_TIMING", "1");
+        ok(&c.output().unwrap());
+        out
+    };
+    let filled = FPN;
+    let starved = FPN.replace("batch_per_image = 32", "batch_per_image = 512");
+    for (name, head, reruns) in [("filled", filled.to_string(), 0.0), ("starved", starved, 1.0)] {
+        let host = run(name, &head, "host");
+        let device = run(name, &head, "device");
+        same_weights(&host.join("checkpoints/step-00000003"), &device.join("checkpoints/step-00000003"));
+        for m in metrics(&device) {
+            // A rerun step reads twice: the device attempt's read and the host kernels' one.
+            assert_eq!(m["host_reads_per_step"], 1.0 + reruns, "{name}: {m}");
+            assert_eq!(m["host_kernel_reads_per_step"], 2.0 * reruns, "{name}: {m}");
+            assert_eq!(m.get("host_reruns").and_then(|v| v.as_f64()).unwrap_or(0.0), reruns, "{name}: {m}");
+            for phase in ["backbone", "fpn", "proposals", "roi_pool", "backward", "optimizer"] {
+                assert!(m["phases"][phase].as_f64().is_some_and(|s| s > 0.0), "{name}: {phase} in {m}");
+            }
+        }
+        for m in metrics(&host) {
+            assert_eq!(m["host_reads_per_step"], 1.0, "{name}: {m}");
+        }
+    }
+}

@@ -50,10 +50,10 @@ impl SampleSource for DetSamples {
     }
     fn load(&self, i: usize, seed: u64) -> Result<DetSample, DataError> {
         let img = self.data.load(i)?;
-        Ok(self.transform.apply(&img, &self.data.images[i], &mut seeded(seed), self.convention))
+        Ok(self.transform.apply(&img, &self.data.images[i], &mut seeded(seed)))
     }
     fn collate(&self, samples: Vec<DetSample>, indices: Vec<usize>) -> DetBatch {
-        collate(samples, indices, self.divisibility)
+        collate(samples, indices, self.divisibility, self.convention)
     }
 }
 

@@ -5,7 +5,7 @@
 
 use super::DetImage;
 use crate::InputConvention;
-use crate::transform::{present, resample};
+use crate::transform::{Pixels, resample};
 use detnas_space::rng::{below, unit};
 use image::RgbImage;
 use rand::RngCore;
@@ -25,7 +25,7 @@ pub struct DetTransform {
 /// One transformed image with its training targets (crowd regions left out).
 #[derive(Clone, Debug, PartialEq)]
 pub struct DetSample {
-    /// CHW, `3 · height · width`.
+    /// CHW RGB in 0–255, `3 · height · width`.
     pub data: Vec<f32>,
     pub height: u32,
     pub width: u32,
@@ -49,13 +49,7 @@ pub fn resized_size(w: u32, h: u32, min_size: u32, max_size: u32) -> (u32, u32) 
 
 impl DetTransform {
     /// Transforms image `img` with annotation `ann`.
-    pub fn apply<R: RngCore + ?Sized>(
-        &self,
-        img: &RgbImage,
-        ann: &DetImage,
-        rng: &mut R,
-        conv: InputConvention,
-    ) -> DetSample {
+    pub fn apply<R: RngCore + ?Sized>(&self, img: &RgbImage, ann: &DetImage, rng: &mut R) -> DetSample {
         let min = self.min_size[below(rng, self.min_size.len() as u64) as usize];
         let flipped = self.flip && unit(rng) < 0.5;
         let (w, h) = resized_size(img.width(), img.height(), min, self.max_size);
@@ -63,7 +57,6 @@ impl DetTransform {
         let mut data = vec![0f32; 3 * (w * h) as usize];
         let full = [0.0, 0.0, img.width() as f64, img.height() as f64];
         resample(img, full, (w as usize, h as usize), flipped, &mut data);
-        present(&mut data, (w * h) as usize, conv);
         let (mut boxes, mut labels) = (Vec::new(), Vec::new());
         for o in ann.objects.iter().filter(|o| !o.crowd) {
             let [x1, y1, x2, y2] = o.bbox;
@@ -76,10 +69,13 @@ impl DetTransform {
     }
 }
 
-/// A padded batch: `images` is `[n, 3, height, width]` (zeros outside each image).
+/// A padded batch: `images` is `[n, 3, height, width]` (zeros outside each image), RGB 0–255
+/// before `convention`.
 #[derive(Clone, Debug)]
 pub struct DetBatch {
-    pub images: Vec<f32>,
+    pub images: Pixels,
+    /// How the network expects the pixels (applied on the device).
+    pub convention: InputConvention,
     pub height: u32,
     pub width: u32,
     pub samples: Vec<DetSample>,
@@ -87,8 +83,14 @@ pub struct DetBatch {
     pub indices: Vec<usize>,
 }
 
-/// Pads samples to a common size, a multiple of `divisibility`.
-pub fn collate(samples: Vec<DetSample>, indices: Vec<usize>, divisibility: u32) -> DetBatch {
+/// Pads samples to a common size, a multiple of `divisibility`; the network's pixel
+/// `convention` is recorded.
+pub fn collate(
+    samples: Vec<DetSample>,
+    indices: Vec<usize>,
+    divisibility: u32,
+    convention: InputConvention,
+) -> DetBatch {
     let d = divisibility.max(1);
     let round = |v: u32| v.div_ceil(d) * d;
     let height = round(samples.iter().map(|s| s.height).max().unwrap_or(d));
@@ -105,7 +107,7 @@ pub fn collate(samples: Vec<DetSample>, indices: Vec<usize>, divisibility: u32) 
             }
         }
     }
-    DetBatch { images, height, width, samples, indices }
+    DetBatch { images: Pixels::from_f32(images), convention, height, width, samples, indices }
 }
 
 #[cfg(test)]
@@ -139,13 +141,13 @@ mod tests {
         let t = DetTransform { min_size: vec![100], max_size: 1000, flip: true };
         let mut seen = [false; 2];
         for seed in 0..20 {
-            let s = t.apply(&img, &ann(100, 50), &mut seeded(seed), InputConvention::OfficialBgr);
+            let s = t.apply(&img, &ann(100, 50), &mut seeded(seed));
             assert_eq!((s.width, s.height, s.scale), (200, 100, (2.0, 2.0)));
             assert_eq!(s.boxes.len(), 1, "crowd regions are not targets");
             let want = if s.flipped { [140.0, 40.0, 180.0, 80.0] } else { [20.0, 40.0, 60.0, 80.0] };
             assert_eq!(s.boxes[0], want);
-            // Red is the last BGR plane; the left edge is dark unless flipped.
-            let red0 = s.data[2 * 200 * 100];
+            // Red is the first RGB plane; the left edge is dark unless flipped.
+            let red0 = s.data[0];
             assert_eq!(red0 > 50.0, s.flipped);
             seen[usize::from(s.flipped)] = true;
         }
@@ -163,9 +165,10 @@ mod tests {
             boxes: vec![],
             labels: vec![],
         };
-        let b = collate(vec![mk(40, 20), mk(10, 33)], vec![0, 1], 32);
+        let b = collate(vec![mk(40, 20), mk(10, 33)], vec![0, 1], 32, InputConvention::OfficialBgr);
+        let images = b.images.to_f32();
         assert_eq!((b.width, b.height), (64, 64));
-        let at = |k: usize, c: usize, y: usize, x: usize| b.images[k * 3 * 64 * 64 + c * 64 * 64 + y * 64 + x];
+        let at = |k: usize, c: usize, y: usize, x: usize| images[k * 3 * 64 * 64 + c * 64 * 64 + y * 64 + x];
         assert_eq!((at(0, 2, 19, 39), at(0, 2, 20, 39), at(0, 0, 0, 40)), (1.0, 0.0, 0.0));
         assert_eq!((at(1, 1, 32, 9), at(1, 1, 32, 10)), (1.0, 0.0));
     }

@@ -135,6 +135,7 @@ fn decode_check(splits: &DetSplits) {
 /// errors of the loop ([`Trainer::run`]).
 pub fn run(cfg: &FinetuneConfig, out: &Path, device: Device, opts: &RunOptions) -> Result<FinetuneSummary, TrainError> {
     cfg.check()?;
+    cfg.runtime.apply_compute_settings();
     let space = cfg.space()?;
     let hash = cfg.result_hash();
     let writer = opts.dist.as_ref().is_none_or(|pg| pg.rank() == 0);

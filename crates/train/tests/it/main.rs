@@ -99,8 +99,14 @@ fn a_fixed_batch_is_memorised() {
         (Tensor::arange(8 * 3 * 32 * 32, (Kind::Float, Device::Cpu)) * 0.37).sin().view([8, 3, 32, 32]) * 60.0 + 128.0;
     let y = Tensor::from_slice(&[0i64, 1, 2, 3, 0, 1, 2, 3]);
     let mut losses = Vec::new();
-    for _ in 0..100 {
-        let loss = smooth_cross_entropy(&net.forward_t(&x, &arch, true).unwrap(), &y, 0.0);
+    let head = net.head().unwrap();
+    for step in 0..100u64 {
+        // Dropout masks from their own seeds, not libtorch's generator (which another test of
+        // this binary may reseed meanwhile).
+        let seeds: Vec<u64> = (0..8).map(|i| step * 8 + i).collect();
+        let mask = detnas_nn::layers::dropout_mask(&seeds, head.channels(), head.dropout, Device::Cpu);
+        let logits = net.forward_masked(&x, &arch, true, Some(&mask)).unwrap();
+        let loss = smooth_cross_entropy(&logits, &y, 0.0);
         losses.push(f64::try_from(&loss).unwrap());
         loss.backward();
         opt.step(index.vars(&arch), 0.02);
