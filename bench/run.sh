@@ -2,7 +2,8 @@
 # Rust (detnas) vs PyTorch eager, side by side, measured in one run on this machine, written
 # to BENCHMARKS.md. Each item runs in its own process (peak memory per item).
 #   bench/run.sh [--threads N] [--reps R] [--quick] [--device cpu|cuda] [--out FILE]
-#                [--bin DIR] [--python system]
+#                [--bin DIR] [--python system] [--memory-format auto|nchw|channels-last]
+#                [--precision fp32|bf16]
 # --quick skips the 800x1333 detection items and the Small-space training step.
 # The candidate items evaluate paths of a fine-tuned demo supernet: DETNAS_BENCH_CHECKPOINT=RUN
 # names one (e.g. runs/demo/finetune after ./scripts/demo.sh); without it a short fine-tuning
@@ -15,9 +16,14 @@
 # --device cuda runs both sides on the GPU; the numeric checks stay on the CPU, and the loader
 # (CPU work) and candidate-parallel (one evaluator per core, a CPU layout) are skipped there.
 # --items "A B ..." measures only those items (the device tool allows 10 minutes a command).
+# Protocol (`detnas bench`'s, which the reference follows): one warm-up, then per repetition a
+# new path (first use) and the same path again (steady state); the table's throughput is the
+# steady state's, a second table gives both. --memory-format sets both sides' layout (default:
+# detnas's auto, the reference's NCHW, each side's usual choice); --precision both sides'.
+# DETNAS_PHASE_TIMING=1 adds detnas's per-phase times to its lines and the report.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-threads=$(nproc); reps=5; quick=0; device=cpu; out=BENCHMARKS.md; bindir=; python=venv; only=
+threads=$(nproc); reps=5; quick=0; device=cpu; out=BENCHMARKS.md; bindir=; python=venv; only=; layout=; precision=fp32
 while [ $# -gt 0 ]; do
   case $1 in
     --threads) threads=$2; shift 2 ;;
@@ -28,6 +34,8 @@ while [ $# -gt 0 ]; do
     --bin) bindir=$2; shift 2 ;;
     --python) python=$2; shift 2 ;;
     --items) only=$2; shift 2 ;;
+    --memory-format) layout=$2; shift 2 ;;
+    --precision) precision=$2; shift 2 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -48,6 +56,16 @@ has torch || { echo "bench: python3 has no torch: the PyTorch reference cannot r
 det_ref=1; has torchvision && has pycocotools ||
   { det_ref=0; echo "bench: python3 lacks torchvision or pycocotools: detection items are measured for detnas only" >&2; }
 bin=$bindir/detnas
+# Compute settings of the timed items: detnas's flags, and the reference's (auto resolves as
+# detnas resolves it on the device).
+dflags=(--precision "$precision"); rflags=(--precision "$precision")
+case $layout in
+  "") rflags+=(--memory-format nchw) ;;
+  auto) dflags+=(--memory-format auto)
+    if [ "$device" = cpu ]; then rflags+=(--memory-format channels-last); else rflags+=(--memory-format nchw); fi ;;
+  nchw|channels-last) dflags+=(--memory-format "$layout"); rflags+=(--memory-format "$layout") ;;
+  *) echo "bench: --memory-format is auto, nchw or channels-last" >&2; exit 2 ;;
+esac
 mkdir -p "$(dirname "$out")"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -100,17 +118,17 @@ for item in $items; do
       # One evaluator per core, one thread each: how the search runs on a CPU.
       "$bin" bench candidate --checkpoint "$ckpt" --reps "$reps" --threads "$threads" --workers "$threads" \
         --device "$device" | sed 's/"item":"candidate"/"item":"candidate-parallel"/' ;;
-    *) "$bin" bench "$item" --reps "$reps" --threads "$threads" --device "$device" ;;
+    *) "$bin" bench "$item" --reps "$reps" --threads "$threads" --device "$device" "${dflags[@]}" ;;
   esac >> "$work/results.jsonl"
   case $item in
     cls-*|recal-*)
       space=demo; [[ $item == *small ]] && space=small
       python3 bench/reference/bench.py "$item" --paths "$work/paths-$space.json" --space "$work/space.json" \
-        --reps "$reps" --threads "$threads" --device "$device" >> "$work/results.jsonl" ;;
+        --reps "$reps" --threads "$threads" --device "$device" "${rflags[@]}" >> "$work/results.jsonl" ;;
     det-*)
       [ $det_ref = 1 ] || continue
       python3 bench/reference/detection.py "$item" --dir "$work" --reps "$reps" --threads "$threads" \
-        --device "$device" >> "$work/results.jsonl" ;;
+        --device "$device" "${rflags[@]}" >> "$work/results.jsonl" ;;
     candidate)
       [ $det_ref = 1 ] || continue
       python3 bench/reference/detection.py candidate --dir "$work/candidate" --reps "$reps" --threads "$threads" \

@@ -6,10 +6,15 @@ with detnas's parameter names, which pins detnas to it numerically). Items, shap
 sequence (exported by detnas: `paths.json`), warm-up and repetitions follow `detnas bench`.
 
     python bench.py ITEM --paths paths.json --space space.json [--reps 5] [--threads N]
+                         [--memory-format nchw|channels-last] [--precision fp32|bf16]
     python bench.py check --weights supernet.safetensors --io io.safetensors --space space.json
 
-Prints one JSON line like detnas (img/s median, min, max, peak RSS).
+Prints one JSON line like detnas: the steady-state throughput (median, min, max of the second
+run of each path) and `first_seconds` / `warm_seconds` (median first run of a new path / median
+second run), peak RSS. bf16 is autocast as in detnas: on the CPU only for forwards without
+gradients.
 """
+import contextlib
 import argparse
 import json
 import os
@@ -74,6 +79,38 @@ def gpu_memory(dev):
     return {"gpu_peak_mb": torch.cuda.max_memory_allocated(dev) / 2**20} if dev.type == "cuda" else {}
 
 
+def timed_paths(reps, f, sync=lambda: None):
+    """`detnas bench`'s protocol: f(0) as warm-up, then per repetition r a first run of path r
+    and a second one (steady state). Returns (first-run seconds, second-run seconds)."""
+    f(0)
+    sync()
+    first, warm = [], []
+    for r in range(1, reps + 1):
+        for out in (first, warm):
+            s = time.perf_counter()
+            f(r)
+            sync()
+            out.append(time.perf_counter() - s)
+    return first, warm
+
+
+def amp(dev, precision, training):
+    """bf16 autocast as detnas applies it (not for CPU training), else nothing."""
+    if precision != "bf16" or (training and dev.type == "cpu"):
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=dev.type, dtype=torch.bfloat16)
+
+
+def layout(t, memory_format):
+    return t.to(memory_format=torch.channels_last) if memory_format == "channels-last" else t
+
+
+def timing_fields(first, warm, per):
+    s = sorted(warm)
+    return {"median": per / s[len(s) // 2], "min": per / s[-1], "max": per / s[0], "median_seconds": s[len(s) // 2],
+            "reps": len(warm), "first_seconds": sorted(first)[len(first) // 2], "warm_seconds": s[len(s) // 2]}
+
+
 def timed(reps, f, sync=lambda: None):
     f(0)
     sync()
@@ -113,6 +150,8 @@ def main():
     ap.add_argument("--weights")
     ap.add_argument("--io")
     ap.add_argument("--device", default="cpu", help="cpu or cuda (timed items; the check runs on the CPU)")
+    ap.add_argument("--memory-format", default="nchw", choices=["nchw", "channels-last"])
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     a = ap.parse_args()
     dev = torch.device(a.device)
     if a.threads:
@@ -137,31 +176,33 @@ def main():
     paths = [[int(c) for c in p] for p in json.load(open(a.paths))]
     small = a.item.endswith("small")
     space, side, classes = (SMALL, 224, 1000) if small else (demo, 32, 10)
-    net = Supernet(space, classes).to(dev)
+    net = layout(Supernet(space, classes).to(dev), a.memory_format)
     sync = synchronizer(dev)
     if a.item.startswith("cls-"):
         batch = 32 if small else 64
-        x = torch.randn(batch, 3, side, side, device=dev)
+        x = layout(torch.randn(batch, 3, side, side, device=dev), a.memory_format)
         y = torch.randint(0, classes, (batch,), device=dev)
         if "train" in a.item:
             net.train()
             lossf = nn.CrossEntropyLoss()
 
             def step(r):
-                loss = lossf(net(x, paths[r]), y)
+                with amp(dev, a.precision, True):
+                    logits = net(x, paths[r])
+                loss = lossf(logits.float(), y)
                 loss.backward()
                 sgd_step(net, paths[r])
         else:
             net.eval()
 
             def step(r):
-                with torch.no_grad():
+                with torch.no_grad(), amp(dev, a.precision, False):
                     net(x, paths[r])
-        t = timed(a.reps, step, sync)
+        first, t = timed_paths(a.reps, step, sync)
         per = batch
     elif a.item.startswith("recal-"):
         batch, n = (32, 256) if small else (200, 1000)
-        xs = [torch.randn(batch, 3, side, side, device=dev) for _ in range(n // batch)]
+        xs = [layout(torch.randn(batch, 3, side, side, device=dev), a.memory_format) for _ in range(n // batch)]
 
         def step(r):
             # The official procedure: reset, then training-mode forwards with cumulative
@@ -171,18 +212,17 @@ def main():
                     m.reset_running_stats()
                     m.momentum = None
             net.train()
-            with torch.no_grad():
+            with torch.no_grad(), amp(dev, a.precision, False):
                 for x in xs:
                     net(x, paths[r])
-        t = timed(a.reps, step, sync)
+        first, t = timed_paths(a.reps, step, sync)
         per = n
     else:
         print(json.dumps({"item": a.item, "impl": "pytorch", "error": "not implemented in the reference"}))
         return
-    s = sorted(t)
-    print(json.dumps({"item": a.item, "impl": "pytorch", "unit": "img/s", "median": per / s[len(s) // 2],
-                      "min": per / s[-1], "max": per / s[0], "median_seconds": s[len(s) // 2], "reps": len(t),
+    print(json.dumps({"item": a.item, "impl": "pytorch", "unit": "img/s", **timing_fields(first, t, per),
                       "threads": torch.get_num_threads(), "device": describe(dev), "peak_rss_mb": peak_rss_mb(),
+                      "memory_format": a.memory_format.replace("-", ""), "precision": a.precision,
                       "torch": torch.__version__, **gpu_memory(dev)}))
 
 

@@ -7,9 +7,14 @@ eager modules, torchvision's `roi_align` / `batched_nms` / `box_iou`, pycocotool
 
     python detection.py check --dir EXPORT              numeric check of both demo detectors
     python detection.py det-{train,infer}-{retinanet,fpn}-{demo,800} --dir EXPORT [--reps R]
+                        [--memory-format nchw|channels-last] [--precision fp32|bf16]
     python detection.py candidate --dir EXPORT/candidate [--reps R]
 
-EXPORT is the folder `detnas bench export` writes. Prints one JSON line like `detnas bench`.
+EXPORT is the folder `detnas bench export` writes. Prints one JSON line like `detnas bench`. The
+detection items start from detnas's own initial weights (`det-{head}-{scale}-init.safetensors`,
+when the export has them), so both sides post-process the same detections, and report
+`detections_per_image`; the timing follows detnas's protocol (first run of each new path,
+then its second run: `first_seconds`, `warm_seconds`, throughput from the second runs).
 """
 import argparse
 import contextlib
@@ -231,8 +236,9 @@ class RetinaHead(nn.Module):
                 c = self._unit(u, c, l)
             for u in self.bbox_tower:
                 b = self._unit(u, b, l)
-            cls.append(flatten_level(self.cls_logits(c), self.k))
-            reg.append(flatten_level(self.bbox_pred(b), 4))
+            # (fp32 heads outputs: under bf16 autocast, decoding stays exact, as in detnas.)
+            cls.append(flatten_level(self.cls_logits(c), self.k).float())
+            reg.append(flatten_level(self.bbox_pred(b), 4).float())
         return cls, reg
 
     def anchors(self, feats):
@@ -311,8 +317,8 @@ class Rpn(nn.Module):
         obj, reg = [], []
         for f in feats:
             t = F.relu(self.conv(f))
-            obj.append(flatten_level(self.cls_logits(t), 1).squeeze(2))
-            reg.append(flatten_level(self.bbox_pred(t), 4))
+            obj.append(flatten_level(self.cls_logits(t), 1).squeeze(2).float())
+            reg.append(flatten_level(self.bbox_pred(t), 4).float())
         return obj, reg
 
     def forward(self, feats, sizes, targets=None):
@@ -400,7 +406,7 @@ class RoiHeads(nn.Module):
             x = F.relu(self.fc6(x.flatten(1)))
         else:
             x = F.relu(self.fc7(F.relu(self.fc6(x.flatten(1)))))
-        return self.cls_score(x), self.bbox_pred(x)
+        return self.cls_score(x).float(), self.bbox_pred(x).float()
 
     def losses(self, feats, props, targets):
         cfg = self.cfg
@@ -549,7 +555,7 @@ def bench_targets(d, scale):
     return [(torch.tensor(b, dtype=torch.float32), torch.tensor([0, 1, 2])) for b in t]
 
 
-def det_item(item, d, reps, dev):
+def det_item(item, d, reps, dev, memory_format="nchw", precision="fp32"):
     _, mode, head, scale = item.split("-")
     space = json.load(open(f"{d}/space.json"))
     cfg = json.load(open(f"{d}/det-{head}.json"))
@@ -557,25 +563,38 @@ def det_item(item, d, reps, dev):
         space, cfg["fpn_channels"], (h, w, batch) = bench.SMALL, 256, (800, 1344, 2)
     else:
         h, w, batch = 128, 128, 8
-    det = Detector(cfg, space, 6).to(dev)
+    # Inference at full load, as detnas's item: every candidate passes the score threshold.
+    (cfg["head"] if cfg["head"]["kind"] == "retinanet" else cfg["head"]["roi"])["score_threshold"] = 0.0
+    det = Detector(cfg, space, 6)
+    init = f"{d}/det-{head}-{scale}-init.safetensors"
+    if os.path.exists(init):
+        load(det, init)
+    det = bench.layout(det.to(dev), memory_format)
     paths = [[int(c) for c in p] for p in json.load(open(f"{d}/paths-{'small' if scale == '800' else 'demo'}.json"))]
-    x = (torch.rand(batch, 3, h, w) * 255).to(dev)
+    x = bench.layout((torch.rand(batch, 3, h, w) * 255).to(dev), memory_format)
     sizes = [(h, w)] * batch
     targets = [(b.to(dev), l.to(dev)) for b, l in bench_targets(d, scale)]
+    found = [0, 0]
     if mode == "train":
         det.train()
 
         def step(r):
-            loss = det.losses(x, sizes, targets, paths[r])
+            with bench.amp(dev, precision, True):
+                loss = det.losses(x, sizes, targets, paths[r])
             loss.backward()
             bench.sgd_step(det, paths[r], lr=0.01, wd=1e-4)
     else:
         det.eval()
 
         def step(r):
-            det.detect(x, sizes, paths[r])
-    reps = min(reps, 2) if scale == "800" else reps
-    return bench.timed(reps, step, bench.synchronizer(dev)), batch
+            with bench.amp(dev, precision, False):
+                dets = det.detect(x, sizes, paths[r])
+            found[0] += sum(len(s) for _, s, _ in dets)
+            found[1] += len(dets)
+    reps = min(reps, 2) if scale == "800" and dev.type == "cpu" else reps
+    first, warm = bench.timed_paths(reps, step, bench.synchronizer(dev))
+    extra = {"detections_per_image": found[0] / max(found[1], 1)} if mode != "train" else {}
+    return first, warm, batch, extra
 
 
 def candidate(d, reps, offset=0, dev=torch.device("cpu")):
@@ -640,6 +659,8 @@ def main():
     ap.add_argument("--threads", type=int)
     ap.add_argument("--offset", type=int, default=0, help="candidate: which block of reps+1 exported paths")
     ap.add_argument("--device", default="cpu", help="cpu or cuda (timed items; the check runs on the CPU)")
+    ap.add_argument("--memory-format", default="nchw", choices=["nchw", "channels-last"])
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     a = ap.parse_args()
     dev = torch.device(a.device)
     if a.threads:
@@ -654,13 +675,16 @@ def main():
         t, aps, done = candidate(a.dir, a.reps, a.offset, dev)
         per, unit = 1, "candidates/s"
         extra["ap"], extra["paths"] = aps, done
+        s = sorted(t)
+        timing = {"median": per / s[len(s) // 2], "min": per / s[-1], "max": per / s[0],
+                  "median_seconds": s[len(s) // 2], "reps": len(t)}
     else:
-        t, per = det_item(a.item, a.dir, a.reps, dev)
+        first, warm, per, extra = det_item(a.item, a.dir, a.reps, dev, a.memory_format, a.precision)
         unit = "img/s"
-    s = sorted(t)
-    print(json.dumps({"item": a.item, "impl": "pytorch", "unit": unit, "median": per / s[len(s) // 2],
-                      "min": per / s[-1], "max": per / s[0], "median_seconds": s[len(s) // 2], "reps": len(t),
+        timing = bench.timing_fields(first, warm, per)
+    print(json.dumps({"item": a.item, "impl": "pytorch", "unit": unit, **timing,
                       "threads": torch.get_num_threads(), "device": bench.describe(dev), "peak_rss_mb": bench.peak_rss_mb(),
+                      "memory_format": a.memory_format.replace("-", ""), "precision": a.precision,
                       "torch": torch.__version__, **bench.gpu_memory(dev), **extra}))
 
 

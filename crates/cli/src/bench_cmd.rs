@@ -387,7 +387,7 @@ fn timing_json(t: &Timing) -> serde_json::Value {
 }
 
 /// Detection items: a training step (forward, losses, backward, SGD on the path) or
-/// inference (detections after NMS) of the demo detectors at their demo input (128×128,
+/// inference (detections after NMS, score threshold 0: at full load) of the demo detectors at their demo input (128×128,
 /// batch 8) or at 800×1344 batch 2 with the Small supernet and a 256-wide FPN (RetinaNet towers
 /// 256 wide; the Faster R-CNN box head keeps the demo widths and 32 RoIs per image). Returns
 /// the timing, the images per repetition and, for inference, the detections per image.
@@ -399,8 +399,11 @@ fn det_item(a: &BenchArgs, device: Device) -> Result<(Timing, f64, Option<f64>),
     };
     let (cfg, space, (side_h, side_w, batch)) = det_setup(a, head, scale)?;
     let classes = 6;
+    // Initialised on the CPU (libtorch's CPU generator), then moved: the same weights on every
+    // device, which `bench export` also writes for the reference.
     tch::manual_seed(0);
-    let (vs, det, _) = detnas_train::finetune::build_detector(&cfg, &space, classes, device)?;
+    let (mut vs, det, _) = detnas_train::finetune::build_detector(&cfg, &space, classes, Device::Cpu)?;
+    vs.set_device(device);
     let index = PathIndex::new(&vs);
     let mut opt = PathSgd::new(0.9, 1e-4);
     let seq = paths(&space, a.reps + 1);
@@ -440,6 +443,10 @@ type DetSetup = (detnas_train::FinetuneConfig, SearchSpace, (i64, i64, i64));
 fn det_setup(a: &BenchArgs, head: &str, scale: &str) -> Result<DetSetup, Failure> {
     let file = a.configs.join(if head == "fpn" { "finetune-fpn.toml" } else { "finetune-retinanet.toml" });
     let mut cfg = detnas_train::FinetuneConfig::load(&file, &[])?;
+    // Inference at full load: every candidate passes the score threshold (untrained heads score
+    // below the default 0.05), so NMS sees `pre_nms_top_n` boxes per level and the most
+    // detections per image are kept; the reference does the same.
+    cfg.detector.set_score_threshold(0.0);
     Ok(if scale == "800" {
         cfg.detector.fpn_channels = 256;
         (cfg, SearchSpace::small(), (800, 1344, 2))
@@ -551,6 +558,14 @@ fn export_detectors(a: &BenchArgs, out: &std::path::Path, demo: &SearchSpace) ->
     }
     for (scale, h, w, n) in [("demo", 128, 128, 8), ("800", 800, 1344, 2)] {
         std::fs::write(out.join(format!("det-targets-{scale}.json")), serde_json::to_string(&bench_targets(n, h, w))?)?;
+        // The speed items' initial weights (as `det_item` builds them), so the reference runs
+        // the same detectors and post-processes the same detections.
+        for head in ["retinanet", "fpn"] {
+            let (cfg, space, _) = det_setup(a, head, scale)?;
+            tch::manual_seed(0);
+            let (vs, _, _) = detnas_train::finetune::build_detector(&cfg, &space, 6, Device::Cpu)?;
+            vs.save(out.join(format!("det-{head}-{scale}-init.safetensors")))?;
+        }
     }
     Ok(())
 }
