@@ -34,7 +34,7 @@ use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
 /// The items (see bench/run.sh for what each measures).
-pub const ITEMS: [&str; 16] = [
+pub const ITEMS: [&str; 21] = [
     "cls-train-small",
     "cls-train-demo",
     "cls-infer-small",
@@ -51,6 +51,11 @@ pub const ITEMS: [&str; 16] = [
     "det-infer-fpn-800",
     "candidate",
     "loader",
+    "nms-1500",
+    "nms-3000",
+    "nms-5000",
+    "roi-align-64",
+    "roi-align-1000",
 ];
 
 #[derive(Args)]
@@ -314,6 +319,12 @@ pub fn run(a: BenchArgs) -> Result<(), Failure> {
             // per round, so there is no per-repetition time and no spread).
             (vec![wall], (w * a.reps) as f64, "candidates/s")
         }
+        i if i.starts_with("nms-") || i.starts_with("roi-align-") => {
+            let t = op_item(i, a.reps, device)?;
+            extra = timing_json(&t);
+            extra["kernels"] = json!(if detnas_device::settings::host_kernels(device) { "host" } else { "device" });
+            (t.warm, 1.0, "calls/s")
+        }
         "loader" => {
             let dir = a.images.clone().ok_or_else(|| crate::usage(anyhow!("loader needs --images FOLDER")))?;
             let data = std::sync::Arc::new(detnas_data::ImageFolder::open(&dir, None)?);
@@ -453,6 +464,62 @@ fn det_setup(a: &BenchArgs, head: &str, scale: &str) -> Result<DetSetup, Failure
     } else {
         let space = cfg.space()?;
         (cfg, space, (128, 128, 8))
+    })
+}
+
+/// Boxes like proposals: clustered around 20 centres on an 800×1344 image, `n` per image,
+/// with scores (seeded; `[2, n, 4]` and `[2, n]`).
+fn proposal_like(n: i64, device: Device) -> (Tensor, Tensor) {
+    let mut rng = seeded(2);
+    let mut boxes = Vec::with_capacity(2 * n as usize * 4);
+    let mut scores = Vec::with_capacity(2 * n as usize);
+    let u = |r: &mut _| detnas_space::rng::unit(r) as f32;
+    for _ in 0..2 {
+        let centres: Vec<(f32, f32, f32)> =
+            (0..20).map(|_| (u(&mut rng) * 1344.0, u(&mut rng) * 800.0, 20.0 + u(&mut rng) * 200.0)).collect();
+        for k in 0..n {
+            let (cx, cy, s) = centres[k as usize % 20];
+            let (dx, dy) = ((u(&mut rng) - 0.5) * s * 0.4, (u(&mut rng) - 0.5) * s * 0.4);
+            let (w, h) = (s * (0.7 + 0.6 * u(&mut rng)), s * (0.7 + 0.6 * u(&mut rng)));
+            boxes.extend([cx + dx - w / 2.0, cy + dy - h / 2.0, cx + dx + w / 2.0, cy + dy + h / 2.0]);
+            scores.push(u(&mut rng));
+        }
+    }
+    (host::upload(&boxes, &[2, n, 4], device, "bench.boxes"), host::upload(&scores, &[2, n], device, "bench.scores"))
+}
+
+/// Micro-benchmarks of the data-dependent detection operators in the process's kernel setting:
+/// `nms-N` (per-image NMS at IoU 0.7 of `N` proposal-like boxes, 2 images) and `roi-align-K`
+/// (RoIAlign 7×7 of `K` RoIs per image, 2 images, from P2–P5 of a 256-channel pyramid at
+/// 800×1344, in the process's layout as at inference).
+fn op_item(item: &str, reps: usize, device: Device) -> Result<Timing, Failure> {
+    if let Some(n) = item.strip_prefix("nms-") {
+        let n: i64 = n.parse().map_err(|_| crate::usage(anyhow!("unknown item '{item}'")))?;
+        let (boxes, scores) = proposal_like(n, device);
+        let valid = Tensor::ones([2, n], (Kind::Bool, device));
+        let group = [detnas_detect::nms::Group { boxes, scores, valid }];
+        return time_paths(reps, device, |_| {
+            let (keep, exact) = detnas_detect::nms::keep_levels(&group, 0.7)?;
+            let _ = (keep, exact);
+            Ok(())
+        });
+    }
+    let k: i64 = item
+        .strip_prefix("roi-align-")
+        .and_then(|k| k.parse().ok())
+        .ok_or_else(|| crate::usage(anyhow!("unknown item '{item}'")))?;
+    let feats: Vec<Tensor> = [4i64, 8, 16, 32]
+        .iter()
+        .map(|s| detnas_nn::layout::for_network(&Tensor::randn([2, 256, 800 / s, 1344 / s], (Kind::Float, device))))
+        .collect();
+    let (boxes, _) = proposal_like(k, device);
+    let image = Tensor::arange(2, (Kind::Float, device)).view([2, 1, 1]).expand([2, k, 1], false);
+    let rois = Tensor::cat(&[image, boxes], 2).reshape([-1, 5]);
+    let pooler =
+        detnas_detect::roi_align::MultiScaleRoiAlign { output: (7, 7), sampling_ratio: 2, strides: vec![4, 8, 16, 32] };
+    time_paths(reps, device, |_| {
+        let _ = tch::no_grad(|| pooler.pool(&feats, &rois))?;
+        Ok(())
     })
 }
 

@@ -195,13 +195,30 @@ fn direct<T: Sample>(
     scale: f64,
     sr: i64,
 ) -> Result<Tensor, tch::TchError> {
-    use rayon::prelude::*;
     let (ph, pw) = (output.0 as usize, output.1 as usize);
     let s = input.size();
     let (c, h, w) = (s[1] as usize, s[2], s[3]);
+    // Channels-last features (the CPU's inference layout) are read in place, others copied once.
     let nhwc = input.permute([0, 2, 3, 1]);
-    let data: Vec<T> = host::read_for_host_kernel(&nhwc, "detect.roi_align.direct")?;
     let r: Vec<f64> = host::read_for_host_kernel(rois, "detect.roi_align.direct")?;
+    let out = host::with_slice_for_host_kernel(&nhwc, "detect.roi_align.direct", |data: &[T]| {
+        kernel(data, &r, (c, h, w), (ph, pw), scale, sr)
+    })?;
+    let k = r.len() / 5;
+    let shape = [k as i64, ph as i64, pw as i64, c as i64];
+    Ok(host::upload(&out, &shape, input.device(), "detect.roi_align.direct").permute([0, 3, 1, 2]))
+}
+
+/// The direct kernel on NHWC `data` of `(c, h, w)` maps and RoIs `r` (5 per RoI): `[K, PH, PW, C]`.
+fn kernel<T: Sample>(
+    data: &[T],
+    r: &[f64],
+    (c, h, w): (usize, i64, i64),
+    (ph, pw): (usize, usize),
+    scale: f64,
+    sr: i64,
+) -> Vec<T> {
+    use rayon::prelude::*;
     let k = r.len() / 5;
     let per_roi = ph * pw * c;
     let mut out = vec![T::of(0.0); k * per_roi];
@@ -239,8 +256,7 @@ fn direct<T: Sample>(
             }
         }
     });
-    let shape = [k as i64, ph as i64, pw as i64, c as i64];
-    Ok(host::upload(&out, &shape, input.device(), "detect.roi_align.direct").permute([0, 3, 1, 2]))
+    out
 }
 
 /// Concatenates `pieces`, whose rows are the original rows `order` (a permutation), and puts

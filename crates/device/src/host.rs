@@ -143,6 +143,33 @@ pub fn read_for_host_kernel<T: Element>(t: &Tensor, site: &'static str) -> Resul
     copy_out(t, site, Kind::KernelRead)
 }
 
+/// Runs host kernel `f` on the elements of `t` (flattened, row-major) as a slice: without a copy
+/// when `t` is a contiguous CPU tensor of kind `T` (a view of its memory for the duration of
+/// `f`), else on a copy ([`read_for_host_kernel`]). Counted as a host kernel's read.
+///
+/// # Errors
+/// As [`read`].
+#[allow(unsafe_code)]
+pub fn with_slice_for_host_kernel<T: Element, R>(
+    t: &Tensor,
+    site: &'static str,
+    f: impl FnOnce(&[T]) -> R,
+) -> Result<R, TchError> {
+    if t.device() == Device::Cpu && t.kind() == T::KIND && t.is_contiguous() {
+        let n = t.numel();
+        record(site, Kind::KernelRead, (n * std::mem::size_of::<T>()) as u64);
+        if n == 0 {
+            return Ok(f(&[]));
+        }
+        // SAFETY: a contiguous CPU tensor of `n` elements of kind `T` starts at `data_ptr`; `t`
+        // (borrowed for the whole call) keeps its storage alive, and `f` only reads it.
+        let slice = unsafe { std::slice::from_raw_parts(t.data_ptr() as *const T, n) };
+        return Ok(f(slice));
+    }
+    let v = read_for_host_kernel::<T>(t, site)?;
+    Ok(f(&v))
+}
+
 fn copy_out<T: Element>(t: &Tensor, site: &'static str, kind: Kind) -> Result<Vec<T>, TchError> {
     let t = if t.kind() == T::KIND { t.shallow_clone() } else { t.f_to_kind(T::KIND)? };
     let host = t.f_to_device(Device::Cpu)?.f_contiguous()?.f_reshape([-1])?;
@@ -197,6 +224,11 @@ mod tests {
         let _: Vec<u8> = read_for_host_kernel(&t.gt(2.0), "test.kernel").unwrap();
         assert_eq!((counts() - before).kernel_reads, 1);
         assert_eq!((counts() - before).reads, 3);
+        // A contiguous CPU tensor is read in place; another layout through a copy; same values.
+        let direct = with_slice_for_host_kernel(&t, "test.kernel", |s: &[f32]| s.to_vec()).unwrap();
+        let copied = with_slice_for_host_kernel(&t.transpose(0, 1), "test.kernel", |s: &[f32]| s.to_vec()).unwrap();
+        assert_eq!((direct, copied), (vec![1.0, 2.0, 3.0, 4.0], vec![1.0, 3.0, 2.0, 4.0]));
+        assert_eq!((counts() - before).kernel_reads, 3);
         assert_eq!(sites()["test.read"].reads, 3);
         let ((), m) = measure(|| {
             let _ = upload(&[1i64], &[1], Device::Cpu, "test.up");
