@@ -79,6 +79,10 @@ pub struct BenchArgs {
     /// `loader`: a folder of class sub-folders of JPEGs (ImageFolder layout).
     #[arg(long)]
     images: Option<PathBuf>,
+    /// Detection inference items: the score a detection must exceed (default 0: every
+    /// candidate goes through NMS, the full load; the demo configs use 0.05).
+    #[arg(long, default_value_t = 0.0)]
+    score_threshold: f64,
     /// `export`: folder for the PyTorch reference's inputs (path sequences, demo space,
     /// demo supernet weights and eval-mode logits of a few paths for the numeric check).
     #[arg(long)]
@@ -163,6 +167,15 @@ fn time_paths(reps: usize, device: Device, mut f: impl FnMut(usize) -> Result<()
     }
     if counting {
         detnas_dist::cuda_memory::stop_sync_count();
+    }
+    if phases.is_empty() {
+        // Phase times from one more steady-state repetition, untimed (timing the phases
+        // synchronises the device at every boundary).
+        phase::set_enabled(true);
+        let _ = phase::take();
+        f(reps)?;
+        phases = phase::take().into_iter().collect();
+        phase::set_enabled(false);
     }
     if let Ok(trace) = std::env::var("DETNAS_PROFILE") {
         let p = profile::Profiler::start(device != Device::Cpu).map_err(|e| anyhow!("{e}"))?;
@@ -454,10 +467,10 @@ type DetSetup = (detnas_train::FinetuneConfig, SearchSpace, (i64, i64, i64));
 fn det_setup(a: &BenchArgs, head: &str, scale: &str) -> Result<DetSetup, Failure> {
     let file = a.configs.join(if head == "fpn" { "finetune-fpn.toml" } else { "finetune-retinanet.toml" });
     let mut cfg = detnas_train::FinetuneConfig::load(&file, &[])?;
-    // Inference at full load: every candidate passes the score threshold (untrained heads score
-    // below the default 0.05), so NMS sees `pre_nms_top_n` boxes per level and the most
-    // detections per image are kept; the reference does the same.
-    cfg.detector.set_score_threshold(0.0);
+    // Inference at full load by default: every candidate passes the score threshold (untrained
+    // heads score below the configs' 0.05), so NMS sees `pre_nms_top_n` boxes per level and the
+    // most detections per image are kept; the reference does the same.
+    cfg.detector.set_score_threshold(a.score_threshold);
     Ok(if scale == "800" {
         cfg.detector.fpn_channels = 256;
         (cfg, SearchSpace::small(), (800, 1344, 2))

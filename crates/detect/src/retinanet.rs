@@ -272,21 +272,32 @@ impl RetinaHead {
         let out = phase::time("head", device, || self.run(feats, false));
         let anchors = self.level_anchors(feats);
         let _p = phase::enter("postprocess", device);
-        let packed = self.candidates(&out, &anchors, sizes);
+        let packed = self.candidates(&out, &anchors, sizes)?;
         let (dets, _) = final_detections(&packed, None, self.cfg.nms_threshold, self.cfg.detections_per_image)?;
         Ok(dets)
     }
 
     /// The candidates of each image `[N, M, 7]`: `(x1, y1, x2, y2, score, label, valid)`, level
-    /// by level, by descending score within a level.
-    fn candidates(&self, out: &RetinaOutputs, anchors: &[Tensor], sizes: &[(i64, i64)]) -> Tensor {
+    /// by level, by descending score within a level. With host kernels (reads are free) a level
+    /// keeps only as many as its fullest image has above the threshold.
+    fn candidates(
+        &self,
+        out: &RetinaOutputs,
+        anchors: &[Tensor],
+        sizes: &[(i64, i64)],
+    ) -> Result<Tensor, tch::TchError> {
         let k = self.classes;
         let n = sizes.len() as i64;
         let size_t = sizes_tensor(sizes, anchors[0].device());
         let mut levels = Vec::with_capacity(anchors.len());
         for (l, level_anchors) in anchors.iter().enumerate() {
             let s = out.cls[l].to_kind(Kind::Float).sigmoid().reshape([n, -1]);
-            let top = s.size()[1].min(self.cfg.pre_nms_top_n);
+            let mut top = s.size()[1].min(self.cfg.pre_nms_top_n);
+            if detnas_device::settings::host_kernels(s.device()) {
+                let above = s.gt(self.cfg.score_threshold).sum_dim_intlist(&[1i64][..], false, Kind::Int64);
+                let above: Vec<i64> = detnas_device::host::read_for_host_kernel(&above, "detect.retinanet.candidates")?;
+                top = top.min(above.into_iter().max().unwrap_or(0));
+            }
             if top == 0 {
                 continue;
             }
@@ -309,8 +320,8 @@ impl RetinaHead {
             ));
         }
         if levels.is_empty() {
-            return Tensor::zeros([n, 0, 7], (Kind::Float, anchors[0].device()));
+            return Ok(Tensor::zeros([n, 0, 7], (Kind::Float, anchors[0].device())));
         }
-        Tensor::cat(&levels, 1)
+        Ok(Tensor::cat(&levels, 1))
     }
 }

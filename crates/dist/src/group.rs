@@ -253,6 +253,13 @@ impl ProcessGroup {
         r
     }
 
+    /// The error of an operation `what` that failed with `message` outside the group's own
+    /// calls (e.g. a collective inside autograd's backward pass), in the group's words (naming
+    /// the rank); marks the group failed.
+    pub fn failure(&self, what: &str, message: &str) -> DistError {
+        (self.fail(what))(DistError::Collective(message.to_string()))
+    }
+
     fn fail(&self, what: &str) -> impl Fn(DistError) -> DistError + '_ {
         let what = what.to_string();
         move |e| {

@@ -104,16 +104,20 @@ fn pack(out: &StepLosses, device: Device, s: &StepSettings) -> Result<Tensor, Tr
 /// those already held, so several paths' backward passes accumulate.
 ///
 /// # Errors
-/// [`TrainError::Config`] when the task returned no loss term.
-pub fn backward(losses: &[LossTerm], packed: &Tensor) -> Result<(), TrainError> {
+/// [`TrainError::Config`] when the task returned no loss term; a libtorch error from the
+/// backward pass, as [`TrainError::Dist`] naming the rank in a multi-process job (a
+/// synchronized BatchNorm's collectives run inside it).
+pub fn backward(losses: &[LossTerm], packed: &Tensor, dist: Option<&ProcessGroup>) -> Result<(), TrainError> {
     let loss = losses
         .iter()
         .enumerate()
         .map(|(i, t)| &t.sum / packed.narrow(0, 2 * i as i64 + 1, 1).clamp_min(1.0).to_kind(t.sum.kind()).reshape([]))
         .reduce(|a, b| a + b)
         .ok_or_else(|| TrainError::Config("a training task returned no loss".into()))?;
-    loss.backward();
-    Ok(())
+    loss.f_backward().map_err(|e| match dist {
+        Some(pg) => TrainError::Dist(pg.failure("the backward pass", &e.to_string())),
+        None => TrainError::Torch(e),
+    })
 }
 
 /// The global L2 norm (`f64`, scalar on the device) of the gradients of `vars` (those that
@@ -193,7 +197,7 @@ pub fn step(
             crate::engine::check_sync()?;
             device = out.losses.first().map_or(Device::Cpu, LossTerm::device);
             let p = pack(&out, device, s)?;
-            phase::time("backward", device, || backward(&out.losses, &p))?;
+            phase::time("backward", device, || backward(&out.losses, &p, s.dist))?;
             crate::engine::check_sync()?;
             shapes.push((out.losses.iter().map(|t| t.name).collect(), out.metrics.iter().map(|m| m.0).collect()));
             packed.push(p);

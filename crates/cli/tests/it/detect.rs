@@ -338,3 +338,25 @@ fn device_kernels_train_like_host_kernels_with_one_read_per_step() {
         }
     }
 }
+
+/// `detnas bench`'s protocol on a detection training step: first use and steady state, phase
+/// times, one host read per step (the engine's), and, for inference, detections per image.
+#[test]
+fn bench_reports_first_use_steady_state_phases_and_reads() {
+    let cfg = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/demo");
+    let line = |item: &str| -> serde_json::Value {
+        let o = engine(&["bench", item, "--reps", "2", "--threads", "1", "--configs", cfg.to_str().unwrap()], None);
+        serde_json::from_str(ok(&o).lines().last().unwrap()).unwrap()
+    };
+    let t = line("det-train-fpn-demo");
+    for k in ["first_seconds", "warm_seconds"] {
+        assert!(t[k].as_f64().is_some_and(|s| s > 0.0), "{k}: {t}");
+    }
+    assert_eq!(t["host_reads_per_step"], 1.0, "{t}");
+    for p in ["backbone", "fpn", "proposals", "roi_pool", "roi_head", "losses", "backward", "optimizer"] {
+        assert!(t["phases"][p].as_f64().is_some_and(|s| s > 0.0), "{p}: {t}");
+    }
+    let i = line("det-infer-retinanet-demo");
+    assert_eq!(i["detections_per_image"], 100.0, "{i}");
+    assert_eq!(i["host_reads_per_step"], 1.0, "{i}");
+}

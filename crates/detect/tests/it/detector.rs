@@ -305,3 +305,29 @@ fn losses_ops_do_not_grow_with_the_batch() {
         assert_eq!(two.top_total(), eight.top_total(), "{head:?}: operators per step at batch 2 and 8: {differ:?}");
     }
 }
+
+/// bf16 autocast on the CPU: training forwards stay fp32 (the same losses as fp32, bit for bit:
+/// measured slower in bf16 there), inference runs in bf16 (other scores than fp32, finite).
+#[test]
+fn bf16_on_the_cpu_applies_to_inference_only() {
+    use detnas_device::Precision;
+    use detnas_device::settings::with_precision;
+    let space = space();
+    let arch = space.parse_arch("23102").unwrap();
+    for head in heads() {
+        let mut cfg = DetectorConfig { fpn_channels: 16, fpn_bn: true, head: head.clone() };
+        cfg.set_score_threshold(0.0);
+        tch::manual_seed(0);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let det = cfg.build(&vs.root(), &space, None, 3).unwrap();
+        let (x, sizes, t) = batch(2, 3);
+        let targets = up(&t);
+        let fp32 = det.losses_exact(&x, &sizes, &targets, Some(&arch)).unwrap();
+        let bf16 = with_precision(Precision::Bf16, || det.losses_exact(&x, &sizes, &targets, Some(&arch))).unwrap();
+        assert_eq!(values(&fp32), values(&bf16), "{head:?}");
+        let d32 = det.detect(&x, &sizes, Some(&arch)).unwrap();
+        let d16 = with_precision(Precision::Bf16, || det.detect(&x, &sizes, Some(&arch))).unwrap();
+        assert!(d16.iter().all(|d| d.scores.iter().all(|s| s.is_finite()) && !d.is_empty()), "{head:?}");
+        assert_ne!(d32, d16, "{head:?}: bf16 inference computes in bf16");
+    }
+}

@@ -19,10 +19,20 @@ fn child(space: &SearchSpace, arch: &Arch, p: &nn::Path) -> ChildNet {
     ChildNetConfig { space: space.clone(), arch: arch.clone(), classes: None }.build(p).unwrap()
 }
 
+/// In both memory layouts (`runtime.memory_format`): the export's numbers do not depend on it.
 #[test]
-fn exported_weights_round_trip_and_load_into_the_official_definition() {
+fn exported_weights_round_trip_and_load_into_the_official_definition_channels_last() {
+    detnas_device::settings::with_memory_format(detnas_device::MemoryFormat::ChannelsLast, || round_trip("rt-cl"));
+}
+
+#[test]
+fn exported_weights_round_trip_and_load_into_the_official_definition_nchw() {
+    detnas_device::settings::with_memory_format(detnas_device::MemoryFormat::Nchw, || round_trip("rt-nchw"));
+}
+
+fn round_trip(name: &str) {
     tch::manual_seed(7);
-    let d = dir("rt");
+    let d = dir(name);
     // Every choice at stride 2 and stride 1, non-square input.
     let space = SearchSpace::small().scaled(0.5).unwrap();
     let arch: Arch = "30123210012301233210".parse().unwrap();
