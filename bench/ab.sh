@@ -6,7 +6,8 @@
 # DIR_A / DIR_B hold a `detnas` launcher and its `detnas-engine` (e.g. a copy of an older
 # target/release). B's lines carry `first_seconds` and `warm_seconds` (first use of a path and
 # steady state); A's `median_seconds` is compared with both. The candidate items need
-# DETNAS_BENCH_CHECKPOINT=RUN (a fine-tuned demo RetinaNet supernet). AB_A_ARGS / AB_B_ARGS add
+# DETNAS_BENCH_CHECKPOINT=RUN (a fine-tuned demo RetinaNet supernet), the loader
+# DETNAS_BENCH_IMAGES=DIR. AB_A_ARGS / AB_B_ARGS add
 # arguments to one side only (e.g. AB_B_ARGS="--score-threshold 0.05" for the inference work of
 # a build whose default differs).
 set -euo pipefail
@@ -30,6 +31,7 @@ for item in $items; do
       dir=$a; own=(${AB_A_ARGS:-}); [ $side = B ] && { dir=$b; own=(${AB_B_ARGS:-}); }
       extra=("${own[@]}"); [[ $item == candidate* ]] && extra=(--checkpoint "${DETNAS_BENCH_CHECKPOINT:?candidate needs DETNAS_BENCH_CHECKPOINT}")
       [ "$item" = candidate-parallel ] && extra+=(--workers "$threads")
+      [ "$item" = loader ] && extra+=(--images "${DETNAS_BENCH_IMAGES:?loader needs DETNAS_BENCH_IMAGES (a folder of class folders of JPEGs)}")
       name=${item/candidate-parallel/candidate}
       line=$("$dir/detnas" bench "$name" --reps "$reps" --threads "$threads" "${extra[@]}" 2>/dev/null | tail -1)
       echo "{\"side\":\"$side\",\"round\":$r,\"ab_item\":\"$item\",\"line\":$line}" >> "$out"

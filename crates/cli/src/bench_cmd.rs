@@ -123,6 +123,8 @@ struct Timing {
     warm: Vec<f64>,
     reads_per_rep: f64,
     kernel_reads_per_rep: f64,
+    /// Phase times of the first uses (with `DETNAS_PHASE_TIMING=1`).
+    first_phases: BTreeMap<String, f64>,
     phases: BTreeMap<String, f64>,
     syncs_per_rep: Option<f64>,
 }
@@ -142,6 +144,7 @@ fn time_paths(reps: usize, device: Device, mut f: impl FnMut(usize) -> Result<()
     let (mut first, mut warm) = (Vec::with_capacity(reps), Vec::with_capacity(reps));
     let (mut reads, mut kernel_reads) = (0, 0);
     let mut phases: BTreeMap<String, f64> = BTreeMap::new();
+    let mut first_phases: BTreeMap<String, f64> = BTreeMap::new();
     let mut syncs = 0i64;
     // (The counter lives in the CUDA-side library, which CPU runs never load.)
     let counting = device != Device::Cpu && detnas_dist::cuda_memory::start_sync_count();
@@ -150,7 +153,9 @@ fn time_paths(reps: usize, device: Device, mut f: impl FnMut(usize) -> Result<()
         f(r)?;
         sync(device);
         first.push(s.elapsed().as_secs_f64());
-        let _ = phase::take();
+        for (k, v) in phase::take() {
+            *first_phases.entry(k).or_default() += v / reps as f64;
+        }
         let syncs_now = || if counting { detnas_dist::cuda_memory::sync_count().unwrap_or(0) } else { 0 };
         let before = syncs_now();
         let s = Instant::now();
@@ -188,6 +193,7 @@ fn time_paths(reps: usize, device: Device, mut f: impl FnMut(usize) -> Result<()
         warm,
         reads_per_rep: reads as f64 / reps as f64,
         kernel_reads_per_rep: kernel_reads as f64 / reps as f64,
+        first_phases,
         phases,
         syncs_per_rep: counting.then(|| syncs as f64 / reps as f64),
     })
@@ -403,6 +409,9 @@ fn timing_json(t: &Timing) -> serde_json::Value {
     });
     if !t.phases.is_empty() {
         v["phases"] = json!(t.phases);
+    }
+    if !t.first_phases.is_empty() {
+        v["first_phases"] = json!(t.first_phases);
     }
     if let Some(s) = t.syncs_per_rep {
         v["syncs_per_rep"] = json!(s);
