@@ -38,12 +38,12 @@
 
 use crate::checkpoint;
 use crate::config::{RuntimeConfig, ScheduleConfig};
+pub use crate::step::{StepLosses, check_sync};
 use crate::step::{StepSettings, step};
 use crate::{PathSgd, TrainError};
 use detnas_data::{Position, SkipReport, mix_seed};
 use detnas_device::host;
 use detnas_dist::ProcessGroup;
-use detnas_nn::LossTerm;
 use detnas_nn::PathIndex;
 use detnas_runtime::mem::{MemoryRecord, PeakMeter};
 use detnas_runtime::progress::{MetricsLog, bar};
@@ -234,20 +234,6 @@ pub struct LoadedBatch<B> {
     pub epoch_reports: Vec<SkipReport>,
 }
 
-/// One step's output of a task, on the device (nothing read back to the host).
-#[derive(Debug)]
-pub struct StepLosses {
-    /// The losses, each a sum and a count; the optimised loss is `Σ sum / max(count, 1)`.
-    pub losses: Vec<LossTerm>,
-    /// Named metrics as `(name, sum, count)` scalar tensors (e.g. top-1: correct, images),
-    /// logged as `sum / count` over the global batch, averaged over the logging window.
-    pub metrics: Vec<(&'static str, Tensor, Tensor)>,
-    /// A scalar bool: the task's device kernels gave the host kernels' result (see
-    /// `detnas_detect::Losses::exact`); `false` makes the engine run the step again with host
-    /// kernels. `None`: always exact.
-    pub exact: Option<Tensor>,
-}
-
 /// What a training task supplies to the [`Trainer`].
 pub trait TrainTask {
     type Batch;
@@ -368,20 +354,6 @@ impl detnas_nn::bn::BnSync for GroupSync {
 /// Synchronized BatchNorm on this thread over `pg` while the guard lives.
 pub fn sync_bn(pg: &Arc<ProcessGroup>) -> detnas_nn::bn::SyncGuard {
     detnas_nn::bn::synchronize(Rc::new(GroupSync(pg.clone())))
-}
-
-/// Fails with the collective error a synchronized BN forward recorded, if any.
-///
-/// # Errors
-/// [`TrainError::Dist`] with that error.
-pub fn check_sync() -> Result<(), TrainError> {
-    match detnas_nn::bn::take_sync_error() {
-        Some(e) => Err(TrainError::Dist(detnas_dist::DistError::Collective(format!(
-            "{} [in a synchronized BatchNorm]",
-            e.strip_prefix("distributed: ").unwrap_or(&e)
-        )))),
-        None => Ok(()),
-    }
 }
 
 /// The training loop of one run.

@@ -15,13 +15,40 @@
 //! With several processes the gradient all-reduce reads which variables have a gradient on
 //! any rank (one more host read; the collectives synchronise anyway).
 
-use crate::engine::StepLosses;
 use crate::{PathSgd, TrainError};
 use detnas_device::settings::with_kernels;
 use detnas_device::{Kernels, host, phase};
 use detnas_dist::{GradReducer, ProcessGroup};
 use detnas_nn::LossTerm;
 use tch::{Device, Kind, Tensor};
+
+/// One step's output of a task, on the device (nothing read back to the host).
+#[derive(Debug)]
+pub struct StepLosses {
+    /// The losses, each a sum and a count; the optimised loss is `Σ sum / max(count, 1)`.
+    pub losses: Vec<LossTerm>,
+    /// Named metrics as `(name, sum, count)` scalar tensors (e.g. top-1: correct, images),
+    /// logged as `sum / count` over the global batch, averaged over the logging window.
+    pub metrics: Vec<(&'static str, Tensor, Tensor)>,
+    /// A scalar bool: the task's device kernels gave the host kernels' result (see
+    /// `detnas_detect::Losses::exact`); `false` makes the engine run the step again with host
+    /// kernels. `None`: always exact.
+    pub exact: Option<Tensor>,
+}
+
+/// Fails with the collective error a synchronized BN forward recorded, if any.
+///
+/// # Errors
+/// [`TrainError::Dist`] with that error.
+pub fn check_sync() -> Result<(), TrainError> {
+    match detnas_nn::bn::take_sync_error() {
+        Some(e) => Err(TrainError::Dist(detnas_dist::DistError::Collective(format!(
+            "{} [in a synchronized BatchNorm]",
+            e.strip_prefix("distributed: ").unwrap_or(&e)
+        )))),
+        None => Ok(()),
+    }
+}
 
 /// What a step needs besides its losses.
 #[derive(Clone, Copy, Debug)]
@@ -194,11 +221,11 @@ pub fn step(
         let mut device = Device::Cpu;
         for i in 0..paths {
             let out = losses(i)?;
-            crate::engine::check_sync()?;
+            check_sync()?;
             device = out.losses.first().map_or(Device::Cpu, LossTerm::device);
             let p = pack(&out, device, s)?;
             phase::time("backward", device, || backward(&out.losses, &p, s.dist))?;
-            crate::engine::check_sync()?;
+            check_sync()?;
             shapes.push((out.losses.iter().map(|t| t.name).collect(), out.metrics.iter().map(|m| m.0).collect()));
             packed.push(p);
         }
