@@ -478,6 +478,14 @@ mod tests {
 
     #[test]
     fn numerical_gradient() {
+        // The differentiable path (the one-pass gather) against central differences of the
+        // direct kernel, with host and with device kernels.
+        for kernels in [Kernels::Host, Kernels::Device] {
+            with_kernels(kernels, numerical_gradient_of_the_gather);
+        }
+    }
+
+    fn numerical_gradient_of_the_gather() {
         tch::manual_seed(1);
         let x = Tensor::randn([1, 2, 5, 5], (Kind::Double, Device::Cpu)).set_requires_grad(true);
         let rois = Tensor::from_slice(&[0f64, 0.6, 0.9, 3.7, 4.2, 0.0, 1.1, 0.2, 2.9, 2.4]).reshape([2, 5]);
