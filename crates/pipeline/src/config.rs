@@ -5,6 +5,7 @@
 use crate::PipelineError;
 use detnas_runtime::ConfigDocument;
 use detnas_runtime::config::resolve_path;
+use detnas_runtime::rules::{Range, Rule, rule};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -129,8 +130,11 @@ impl ConfigDocument for PipelineConfig {
         }
     }
 
+    const RANGES: &'static [&'static [Rule]] =
+        &[&[rule("seed", Range::ANY), rule("threads", Range::POSITIVE), rule("dist_timeout_s", Range::POSITIVE)]];
+
     /// Every stage config exists.
-    fn check(&self) -> Result<(), PipelineError> {
+    fn check_references(&self) -> Result<(), PipelineError> {
         for (what, s) in [("pretrain", &self.pretrain), ("finetune", &self.finetune), ("search", &self.search)] {
             if !s.config.is_file() {
                 return Err(PipelineError::Config(format!("{what}.config: {} not found", s.config.display())));
@@ -210,6 +214,21 @@ impl PipelineConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_numeric_key_has_a_range_and_each_bad_value_names_its_key_and_set() {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+        for p in ["demo/pipeline.toml", "coco/pipeline-fpn-300m.toml", "voc/pipeline-fpn-300m.toml"] {
+            let p = root.join(p);
+            let n = detnas_runtime::rules::check_every_key(
+                |set: &[String]| PipelineConfig::load(&p, set),
+                PipelineError::exit_code,
+                &["threads=2".to_string()],
+            )
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            assert!(n >= 2, "{n}");
+        }
+    }
 
     #[test]
     fn of_run_finds_stage_configs_recorded_relative_to_another_folder() {

@@ -208,6 +208,44 @@ pub(crate) fn finetune_supernet(
     Ok(detnas_train::finetune::run(&f, dir, opts.device, train_opts)?)
 }
 
+/// Loads and checks every stage configuration the pipeline of `cfg` will run (pre-training,
+/// fine-tuning, both searches, the retraining's classification and detection configs), with
+/// the pipeline's overrides, before anything is written: a bad value in any of them is
+/// refused before the first step. `run` is the run folder (it need not exist).
+///
+/// # Errors
+/// The first stage configuration that does not load or check, named by its stage.
+pub fn check_stages(cfg: &PipelineConfig, run: &Path, device: Device) -> Result<(), PipelineError> {
+    let ro = runtime_overrides(cfg, device);
+    let named = |stage: &str, path: &Path, e: PipelineError| -> PipelineError {
+        match e.exit_code() {
+            2 => PipelineError::Config(format!("stage {stage} ({}): {e}", path.display())),
+            _ => e,
+        }
+    };
+    let pre = PretrainConfig::load(Some(&cfg.pretrain.config), &with(&cfg.pretrain.set, &[], &ro))
+        .map_err(|e| named("pretrain", &cfg.pretrain.config, e.into()))?;
+    finetune_config(cfg, run, &[], &ro).map_err(|e| named("finetune", &cfg.finetune.config, e))?;
+    SearchConfig::load(&cfg.search.config, &with(&cfg.search.set, &[], &ro))
+        .map_err(|e| named("search", &cfg.search.config, e.into()))?;
+    if cfg.baselines.clsnas {
+        SearchConfig::load(&cfg.search.config, &with(&cfg.search.set, &cfg.baselines.clsnas_set, &ro))
+            .map_err(|e| named("search-cls (baselines.clsnas_set)", &cfg.search.config, e.into()))?;
+    }
+    // The retraining of any architecture: one uniform path stands for the one found.
+    let space = pre.space()?;
+    let arch = detnas_space::Arch::uniform(space.allowed()[0], space.num_blocks()).to_string();
+    if cfg.retrain.mode == RetrainMode::Scratch {
+        scratch_cls_config(cfg, &arch, &[], &ro)
+            .map_err(|e| named("retrain (retrain.cls_set)", &cfg.pretrain.config, e))?;
+    }
+    let mut f = finetune_config(cfg, run, &cfg.retrain.det_set, &ro)
+        .map_err(|e| named("retrain (retrain.det_set)", &cfg.finetune.config, e))?;
+    f.model.arch = Some(arch);
+    f.check().map_err(|e| named("retrain (retrain.det_set)", &cfg.finetune.config, e.into()))?;
+    Ok(())
+}
+
 /// Runs (or resumes) the pipeline of `cfg` into `opts.out`.
 ///
 /// # Errors
@@ -216,6 +254,8 @@ pub(crate) fn finetune_supernet(
 /// configuration, training, search, record or the report).
 pub fn run(cfg: &PipelineConfig, opts: &PipelineOptions) -> Result<PipelineOutcome, PipelineError> {
     let started = Instant::now();
+    let planned = std::path::absolute(&opts.out).map_err(|e| PipelineError::io(&opts.out, e))?;
+    check_stages(cfg, &planned, opts.device)?;
     std::fs::create_dir_all(&opts.out).map_err(|e| PipelineError::io(&opts.out, e))?;
     // Absolute: stage configs carry these paths, and a relative synthetic-data folder would be
     // taken relative to each stage's own run folder.
@@ -349,5 +389,51 @@ mod tests {
         assert_eq!(p.sampling.kind, detnas_train::config::SamplingKind::Fixed);
         assert_eq!(p.sampling.arch.as_deref(), Some("01230"));
         assert_eq!(p.schedule.iterations, 800, "retrain.cls_set applies");
+    }
+
+    #[test]
+    fn a_bad_value_in_any_stage_is_refused_before_anything_is_written() {
+        let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../configs/demo/pipeline.toml");
+        let out = std::env::temp_dir().join(format!("detnas-preflight-{}", std::process::id()));
+        for (key, set, stage) in [
+            ("finetune.set", "detector.head.focal_gamma=-1.0", "stage finetune"),
+            ("search.set", "strategy.mutation_prob=2.0", "stage search"),
+            ("pretrain.set", "schedule.lr=0", "stage pretrain"),
+            ("baselines.clsnas_set", "eval.batch=0", "stage search-cls"),
+            ("retrain.det_set", "detector.head.fg_iou=1.5", "stage retrain (retrain.det_set)"),
+            ("retrain.cls_set", "data.scale_min=0", "stage retrain (retrain.cls_set)"),
+        ] {
+            let mut cfg = PipelineConfig::load(&root, &[]).unwrap();
+            cfg.retrain.mode = RetrainMode::Scratch;
+            match key {
+                "finetune.set" => cfg.finetune.set.push(set.into()),
+                "search.set" => cfg.search.set.push(set.into()),
+                "pretrain.set" => cfg.pretrain.set.push(set.into()),
+                "baselines.clsnas_set" => cfg.baselines.clsnas_set.push(set.into()),
+                "retrain.det_set" => cfg.retrain.det_set.push(set.into()),
+                _ => cfg.retrain.cls_set.push(set.into()),
+            }
+            let e = check_stages(&cfg, &out, Device::Cpu).unwrap_err();
+            let m = e.to_string();
+            let k = set.split('=').next().unwrap();
+            assert!(m.contains(stage) && m.contains(k) && m.contains(&format!("--set {set}")), "{key}: {m}");
+            assert_eq!(e.exit_code(), 2, "{m}");
+            if key == "finetune.set" {
+                let opts = PipelineOptions {
+                    out: out.clone(),
+                    device: Device::Cpu,
+                    progress: false,
+                    cancel: Cancel::new(),
+                    dist: None,
+                };
+                assert_eq!(run(&cfg, &opts).unwrap_err().to_string(), m);
+                assert!(!out.exists(), "the run folder was created");
+            }
+        }
+        // In the demo's mode (inherit) the classification retraining does not run.
+        let mut cfg = PipelineConfig::load(&root, &[]).unwrap();
+        cfg.retrain.cls_set.push("data.scale_min=0".into());
+        assert_eq!(cfg.retrain.mode, RetrainMode::Inherit);
+        check_stages(&cfg, &out, Device::Cpu).unwrap();
     }
 }

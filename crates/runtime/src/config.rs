@@ -9,6 +9,7 @@
 
 use crate::RuntimeError;
 use crate::fsx::sha256_hex;
+use crate::rules::{Rule, Rules};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::path::{Path, PathBuf};
@@ -25,11 +26,50 @@ pub trait ConfigDocument: Serialize + DeserializeOwned + Sized {
     /// Makes relative paths in the document relative to `base` (the file's folder).
     fn resolve_paths(&mut self, base: &Path);
 
-    /// Cross-field rules, checked before any work.
+    /// The range of every numeric key ([`crate::rules`]): tables searched in order, the first
+    /// matching row applies.
+    const RANGES: &'static [&'static [Rule]] = &[];
+
+    /// Cross-field rules (`fg_iou ≥ bg_iou`, increasing milestones, …), checked once every
+    /// value is within its range.
+    fn rules(&self, _rules: &mut Rules) {}
+
+    /// What the value rules cannot say: references to outside the document (a space name, an
+    /// architecture string, a file).
     ///
     /// # Errors
-    /// The first rule broken, naming the field.
-    fn check(&self) -> Result<(), Self::Error>;
+    /// The first reference that does not resolve, naming the field.
+    fn check_references(&self) -> Result<(), Self::Error> {
+        Ok(())
+    }
+
+    /// Checks [`ConfigDocument::RANGES`], [`ConfigDocument::rules`], then
+    /// [`ConfigDocument::check_references`] (before any work).
+    ///
+    /// # Errors
+    /// [`RuntimeError::Config`] listing every broken value rule; else the first reference
+    /// that does not resolve.
+    fn check(&self) -> Result<(), Self::Error> {
+        self.check_with("the configuration", &[])
+    }
+
+    /// [`ConfigDocument::check`], naming `source` (the file) and the `--set` among `overrides`
+    /// that set a key of a broken rule.
+    ///
+    /// # Errors
+    /// As [`ConfigDocument::check`].
+    fn check_with(&self, source: &str, overrides: &[String]) -> Result<(), Self::Error> {
+        let doc = toml::Value::try_from(self).map_err(|e| RuntimeError::Config(format!("{source}: {e}")))?;
+        let mut rules = Rules::ranges(&doc, Self::RANGES);
+        // The cross-field rules may compute with the values: only within their ranges.
+        if rules.broken().is_empty() {
+            self.rules(&mut rules);
+        }
+        if let Some(message) = rules.report(source, overrides) {
+            return Err(RuntimeError::Config(message).into());
+        }
+        self.check_references()
+    }
 
     /// The parts of the configuration that determine the result (hashed).
     fn result_parts(&self) -> serde_json::Value;
@@ -73,7 +113,8 @@ pub trait ConfigDocument: Serialize + DeserializeOwned + Sized {
             let base = std::path::absolute(base).unwrap_or_else(|_| base.to_path_buf());
             cfg.resolve_paths(&base);
         }
-        cfg.check()?;
+        let name = path.map_or_else(|| "the default configuration".to_string(), |p| p.display().to_string());
+        cfg.check_with(&name, &overrides)?;
         Ok(cfg)
     }
 }

@@ -2,6 +2,7 @@
 //!
 //! * [`config`] — configuration documents: TOML file + `--set` overrides → checked, typed,
 //!   hashed configuration;
+//! * [`rules`] — the range of every numeric configuration key and the cross-field rules;
 //! * [`fsx`] — atomic, durable file writes and checksums;
 //! * [`checkpoint`] — durable checkpoint folders with manifests, exact discovery and
 //!   verification, run-folder claiming;
@@ -23,6 +24,7 @@ pub mod fsx;
 pub mod mem;
 pub mod progress;
 pub mod provenance;
+pub mod rules;
 
 pub use cancel::{Cancel, Signal};
 pub use config::ConfigDocument;

@@ -3,6 +3,7 @@
 use crate::SearchError;
 use detnas_runtime::ConfigDocument;
 use detnas_runtime::config::resolve_path;
+use detnas_runtime::rules::{Range, Rule, Rules, rule};
 use detnas_space::{Constraint, CostModel, InputSize, parse_count};
 use detnas_train::config::BnModeConfig;
 use serde::{Deserialize, Serialize};
@@ -300,6 +301,30 @@ impl Default for SearchRuntime {
     }
 }
 
+/// The range of every numeric key of the search document.
+const SEARCH_RANGES: &[Rule] = &[
+    rule("seed", Range::ANY),
+    rule("strategy.population", Range::within(1.0, 1e6)),
+    rule("strategy.top_k", Range::POSITIVE),
+    rule("strategy.generations", Range::POSITIVE),
+    rule("strategy.mutations", Range::NON_NEGATIVE),
+    rule("strategy.mutation_prob", Range::FRACTION),
+    rule("strategy.crossovers", Range::NON_NEGATIVE),
+    rule("strategy.max_attempts", Range::POSITIVE),
+    rule("strategy.max_random_draws", Range::POSITIVE),
+    rule("constraint.max_backbone_macs", Range::POSITIVE),
+    rule("constraint.max_backbone_params", Range::POSITIVE),
+    rule("constraint.max_latency_ms", Range::POSITIVE),
+    rule("constraint.input", Range::within(16.0, 8192.0)),
+    rule("eval.recalibrate_images", Range::NON_NEGATIVE),
+    rule("eval.batch", Range::POSITIVE),
+    rule("eval.val_images", Range::POSITIVE),
+    rule("runtime.threads", Range::POSITIVE),
+    rule("runtime.workers", Range::within(1.0, 1024.0)),
+    rule("runtime.prefetch", Range::NON_NEGATIVE),
+    rule("runtime.dist_timeout_s", Range::POSITIVE),
+];
+
 impl ConfigDocument for SearchConfig {
     type Error = SearchError;
 
@@ -315,34 +340,18 @@ impl ConfigDocument for SearchConfig {
         }
     }
 
-    fn check(&self) -> Result<(), SearchError> {
-        let bad = |m: &str| Err(SearchError::Config(m.to_string()));
+    const RANGES: &'static [&'static [Rule]] = &[SEARCH_RANGES];
+
+    fn rules(&self, r: &mut Rules) {
         let s = &self.strategy;
-        if s.population == 0 || s.generations == 0 || s.top_k == 0 || s.max_attempts == 0 || s.max_random_draws == 0 {
-            return bad("strategy.population, generations, top_k, max_attempts and max_random_draws must be positive");
-        }
-        if !(0.0..=1.0).contains(&s.mutation_prob) {
-            return bad("strategy.mutation_prob must be in [0, 1]");
-        }
-        if s.kind == StrategyKind::Evolution && s.mutations + s.crossovers > s.population {
-            return bad("strategy.mutations + strategy.crossovers must not exceed strategy.population");
-        }
-        if self.eval.batch == 0 {
-            return bad("eval.batch must be positive");
-        }
-        if self.eval.val_images == Some(0) {
-            return bad("eval.val_images must be positive (leave it out for the whole split)");
-        }
-        if self.constraint.input.contains(&0) {
-            return bad("constraint.input must be positive");
-        }
-        if self.constraint.max_latency_ms.is_some_and(|l| !(l.is_finite() && l > 0.0)) {
-            return bad("constraint.max_latency_ms must be positive");
-        }
-        if self.runtime.workers == Some(0) {
-            return bad("runtime.workers must be at least 1");
-        }
-        Ok(())
+        r.require(
+            s.kind != StrategyKind::Evolution || s.mutations + s.crossovers <= s.population,
+            &["strategy.mutations", "strategy.crossovers", "strategy.population"],
+            format!(
+                "strategy.mutations + strategy.crossovers ({} + {}) must not exceed strategy.population ({})",
+                s.mutations, s.crossovers, s.population
+            ),
+        );
     }
 
     /// What determines the search's result (not the runtime): `seed`, `supernet`, `strategy`,
@@ -395,6 +404,76 @@ mod tests {
         assert_eq!(other.result_hash(), cfg.result_hash(), "runtime does not change results");
         other.seed = 1;
         assert_ne!(other.result_hash(), cfg.result_hash());
+    }
+
+    fn presets() -> Vec<PathBuf> {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+        let mut v: Vec<PathBuf> = ["demo", "coco", "voc"]
+            .iter()
+            .flat_map(|d| std::fs::read_dir(root.join(d)).unwrap())
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("search")))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Sets the optional numeric keys, so that the walk sees them.
+    const EVERY_KEY: [&str; 6] = [
+        "runtime.threads=2",
+        "runtime.workers=2",
+        "eval.val_images=10",
+        "constraint.max_latency_ms=5.0",
+        "constraint.max_backbone_macs=\"300M\"",
+        "constraint.max_backbone_params=1000000",
+    ];
+
+    fn load_with(p: &Path) -> impl Fn(&[String]) -> Result<SearchConfig, SearchError> + '_ {
+        move |set| SearchConfig::load(p, set)
+    }
+
+    #[test]
+    fn every_numeric_key_has_a_range_and_each_bad_value_names_its_key_and_set() {
+        let base: Vec<String> = EVERY_KEY.iter().map(|s| s.to_string()).collect();
+        let mut cases = 0;
+        let presets = presets();
+        assert!(presets.len() >= 5);
+        for p in presets {
+            cases += detnas_runtime::rules::check_every_key(load_with(&p), SearchError::exit_code, &base)
+                .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        }
+        assert!(cases > 100, "{cases} cases");
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 128, ..Default::default() })]
+        /// Any value on any numeric key: accepted only inside the key's range, refused with
+        /// the key named (exit 2), never a panic.
+        #[test]
+        fn random_values_on_random_keys_are_refused_or_in_range(
+            preset in 0usize..64,
+            key in 0usize..1000,
+            int in proptest::prelude::any::<i64>(),
+            small in -3i64..3,
+            float in proptest::prelude::any::<f64>(),
+            unit in -0.5f64..1.5,
+            pick in 0u8..4,
+        ) {
+            let ps = presets();
+            let p = &ps[preset % ps.len()];
+            let base: Vec<String> = EVERY_KEY.iter().map(|s| s.to_string()).collect();
+            let doc = toml::Value::try_from(SearchConfig::load(p, &base).unwrap()).unwrap();
+            let keys = detnas_runtime::rules::numeric_keys(&doc);
+            let k = &keys[key % keys.len()];
+            let v = match (k.integer, pick) {
+                (true, 0) => int as f64,
+                (true, _) => small as f64,
+                (false, 0) => float,
+                (false, _) => unit,
+            };
+            let r = detnas_runtime::rules::check_random_set(load_with(p), SearchError::exit_code, &base, k, v);
+            proptest::prop_assert!(r.is_ok(), "{}: {}", p.display(), r.unwrap_err());
+        }
     }
 
     #[test]

@@ -184,7 +184,7 @@ impl SearchSpace {
         }
         let round4 = |c: u64| (((c as f64 * mult) / 4.0).round() as u64).max(1) * 4;
         let space = SearchSpace {
-            name: format!("{}-w{}", self.name, mult),
+            name: format!("{}-w{mult:?}", self.name),
             stem: round4(self.stem),
             widths: self.widths.iter().map(|&w| round4(w)).collect(),
             depths: self.depths.clone(),

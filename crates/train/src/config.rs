@@ -13,8 +13,10 @@ use detnas_data::InputConvention;
 use detnas_data::synth::SyntheticClsConfig;
 use detnas_runtime::ConfigDocument;
 use detnas_runtime::config::resolve_path;
+use detnas_runtime::rules::{Range, Rule, Rules, rule};
 use detnas_space::{SearchSpace, SpaceSpec};
 use serde::{Deserialize, Serialize};
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
 
 /// The pre-training configuration (`detnas pretrain --config …`).
@@ -441,6 +443,99 @@ impl Default for EvalConfig {
     }
 }
 
+/// `(lo, hi]`.
+const fn above_up_to(lo: f64, hi: f64) -> Range {
+    Range { lo: Bound::Excluded(lo), hi: Bound::Included(hi) }
+}
+
+/// `[lo, hi)`.
+const fn from_below(lo: f64, hi: f64) -> Range {
+    Range { lo: Bound::Included(lo), hi: Bound::Excluded(hi) }
+}
+
+/// The ranges of `[schedule]` (pre-training and fine-tuning).
+pub const SCHEDULE_RANGES: &[Rule] = &[
+    rule("schedule.iterations", Range::POSITIVE),
+    rule("schedule.batch", Range::POSITIVE),
+    rule("schedule.lr", Range::POSITIVE),
+    rule("schedule.milestones", Range::NON_NEGATIVE),
+    rule("schedule.gamma", Range::POSITIVE),
+    rule("schedule.warmup_iters", Range::NON_NEGATIVE),
+    rule("schedule.warmup_factor", above_up_to(0.0, 1.0)),
+    rule("schedule.momentum", from_below(0.0, 1.0)),
+    rule("schedule.weight_decay", Range::NON_NEGATIVE),
+    rule("schedule.label_smoothing", from_below(0.0, 1.0)),
+    rule("schedule.clip_grad_norm", Range::POSITIVE),
+];
+
+/// The cross-field rules of `[schedule]`: increasing milestones.
+pub fn schedule_rules(s: &ScheduleConfig, r: &mut Rules) {
+    r.require(
+        s.milestones.windows(2).all(|w| w[0] < w[1]),
+        &["schedule.milestones"],
+        format!("schedule.milestones {:?} must increase", s.milestones),
+    );
+}
+
+/// The rules of `[model]`: the space resolves (a name, or a file with a valid structure at
+/// `width_mult`), and `arch` (its key and text), when given, fits it.
+pub fn model_rules(model: &ModelConfig, arch: Option<(&str, &str)>, r: &mut Rules) {
+    let keys = ["model.space", "model.width_mult"];
+    match (SpaceSpec { space: model.space.clone(), width_mult: model.width_mult }).resolve() {
+        Err(e) => r.require(
+            false,
+            &keys,
+            format!("model.space = {:?} at model.width_mult = {}: {e}", model.space, model.width_mult),
+        ),
+        Ok(space) => {
+            if let Some((key, text)) = arch
+                && let Err(e) = space.parse_arch(text)
+            {
+                r.require(false, &[key], format!("{key} = {text:?}: {e}"));
+            }
+        }
+    }
+}
+
+/// The ranges of `[runtime]` (pre-training and fine-tuning).
+pub const RUNTIME_RANGES: &[Rule] = &[
+    rule("runtime.threads", Range::POSITIVE),
+    rule("runtime.checkpoint_every", Range::POSITIVE),
+    rule("runtime.keep", Range::POSITIVE),
+    rule("runtime.log_every", Range::POSITIVE),
+    rule("runtime.prefetch", Range::NON_NEGATIVE),
+    rule("runtime.dist_timeout_s", Range::POSITIVE),
+];
+
+/// The ranges of `[eval]` (pre-training and fine-tuning).
+pub const EVAL_RANGES: &[Rule] = &[
+    rule("eval.recalibrate_images", Range::NON_NEGATIVE),
+    rule("eval.batch", Range::POSITIVE),
+    rule("eval.final_paths", Range::POSITIVE),
+];
+
+/// The ranges of the pre-training document's own keys.
+const PRETRAIN_RANGES: &[Rule] = &[
+    rule("seed", Range::ANY),
+    rule("model.width_mult", above_up_to(0.0, 8.0)),
+    rule("data.input_size", Range::at_least(8.0)),
+    rule("data.eval_resize", Range::at_least(8.0)),
+    rule("data.scale_min", above_up_to(0.0, 1.0)),
+    rule("data.jitter", Range::FRACTION),
+    rule("sampling.bins", Range::POSITIVE),
+    rule("sampling.warm_start_steps", Range::NON_NEGATIVE),
+];
+
+/// The ranges of a synthetic classification split (`data.source.train`, `.val`).
+const SYNTHETIC_CLS_RANGES: &[Rule] = &[
+    rule("data.source.*.images", Range::POSITIVE),
+    rule("data.source.*.size", Range::at_least(8.0)),
+    rule("data.source.*.classes", Range::within(1.0, 10.0)),
+    rule("data.source.*.seed", Range::ANY),
+    rule("data.source.*.clutter", Range::NON_NEGATIVE),
+    rule("data.source.*.max_rotation_deg", Range::within(0.0, 180.0)),
+];
+
 impl ConfigDocument for PretrainConfig {
     type Error = TrainError;
 
@@ -467,76 +562,82 @@ impl ConfigDocument for PretrainConfig {
         }
     }
 
-    /// Cross-field rules, checked before any work.
-    fn check(&self) -> Result<(), TrainError> {
-        let bad = |m: String| Err(TrainError::Config(m));
-        self.space()?;
-        let s = &self.schedule;
-        if s.iterations == 0 || s.batch == 0 {
-            return bad("schedule.iterations and schedule.batch must be positive".into());
-        }
-        if !(s.lr.is_finite() && s.lr > 0.0) {
-            return bad(format!("schedule.lr must be positive, got {}", s.lr));
-        }
-        if !(0.0..1.0).contains(&s.label_smoothing) {
-            return bad(format!("schedule.label_smoothing must be in [0, 1), got {}", s.label_smoothing));
-        }
-        if s.lr_schedule == LrKind::Step && s.milestones.windows(2).any(|w| w[0] >= w[1]) {
-            return bad("schedule.milestones must increase".into());
-        }
-        if self.data.input_size < 8 || self.data.eval_resize < self.data.input_size {
-            return bad("data.input_size must be at least 8 and data.eval_resize at least data.input_size".into());
-        }
-        if !(self.data.scale_min > 0.0 && self.data.scale_min <= 1.0) {
-            return bad(format!("data.scale_min must be in (0, 1], got {}", self.data.scale_min));
-        }
-        if self.runtime.checkpoint_every == 0 || self.runtime.log_every == 0 {
-            return bad("runtime.checkpoint_every and runtime.log_every must be positive".into());
-        }
-        if self.sampling.kind == SamplingKind::FlopsBinned && self.sampling.bins == 0 {
-            return bad("sampling.bins must be positive".into());
-        }
-        if self.sampling.kind == SamplingKind::Fair && self.sampling.max_backbone_macs.is_some() {
-            return bad(
-                "sampling.kind = \"fair\" trains every choice each step and cannot honour sampling.max_backbone_macs"
-                    .into(),
+    const RANGES: &'static [&'static [Rule]] =
+        &[PRETRAIN_RANGES, SYNTHETIC_CLS_RANGES, SCHEDULE_RANGES, RUNTIME_RANGES, EVAL_RANGES];
+
+    fn rules(&self, r: &mut Rules) {
+        model_rules(&self.model, self.sampling.arch.as_deref().map(|a| ("sampling.arch", a)), r);
+        schedule_rules(&self.schedule, r);
+        let d = &self.data;
+        r.require(
+            d.eval_resize >= d.input_size,
+            &["data.eval_resize", "data.input_size"],
+            format!("data.eval_resize ({}) must be at least data.input_size ({})", d.eval_resize, d.input_size),
+        );
+        if let ClsSource::Synthetic { train, val } = &d.source {
+            r.require(
+                train.classes == val.classes,
+                &["data.source.train.classes", "data.source.val.classes"],
+                format!(
+                    "data.source.train.classes ({}) and data.source.val.classes ({}) must be equal",
+                    train.classes, val.classes
+                ),
             );
         }
+        let sm = &self.sampling;
+        if let Err(e) = self.max_backbone_macs() {
+            r.require(false, &["sampling.max_backbone_macs"], format!("sampling.max_backbone_macs: {e}"));
+        }
+        r.require(
+            !(sm.kind == SamplingKind::Fair && sm.max_backbone_macs.is_some()),
+            &["sampling.kind", "sampling.max_backbone_macs"],
+            "sampling.kind = \"fair\" trains every choice each step and cannot honour sampling.max_backbone_macs",
+        );
+        r.require(
+            !(sm.warm_start_steps > 0 && sm.kind == SamplingKind::Fixed),
+            &["sampling.warm_start_steps", "sampling.kind"],
+            "sampling.warm_start_steps is for supernets; sampling.kind = \"fixed\" trains one path",
+        );
+        r.require(
+            sm.warm_start_steps == 0 || sm.warm_start_steps < self.schedule.iterations,
+            &["sampling.warm_start_steps", "schedule.iterations"],
+            format!(
+                "sampling.warm_start_steps ({}) must be below schedule.iterations ({})",
+                sm.warm_start_steps, self.schedule.iterations
+            ),
+        );
+        r.require(
+            sm.kind == SamplingKind::Fixed || sm.arch.is_none(),
+            &["sampling.arch", "sampling.kind"],
+            "sampling.arch is only used with sampling.kind = \"fixed\"",
+        );
+        r.require(
+            sm.kind != SamplingKind::Fixed || sm.arch.is_some(),
+            &["sampling.kind", "sampling.arch"],
+            "sampling.kind = \"fixed\" needs sampling.arch",
+        );
+    }
+
+    /// `sampling.max_backbone_macs` and the warm-start path under it.
+    fn check_references(&self) -> Result<(), TrainError> {
+        let space = self.space()?;
+        let limit = self.max_backbone_macs()?;
         if self.sampling.warm_start_steps > 0 {
-            if self.sampling.kind == SamplingKind::Fixed {
-                return bad(
-                    "sampling.warm_start_steps is for supernets; sampling.kind = \"fixed\" trains one path".into()
-                );
-            }
-            let space = self.space()?;
             let Some(reference) = detnas_nn::Supernet::reference_choice(&space) else {
-                return bad("sampling.warm_start_steps needs a ShuffleNetV2 choice (0, 1 or 2) in the space".into());
+                return Err(TrainError::Config(
+                    "sampling.warm_start_steps needs a ShuffleNetV2 choice (0, 1 or 2) in the space".into(),
+                ));
             };
             let warm = detnas_space::Arch::uniform(reference, space.num_blocks());
             let macs = detnas_space::cost(&space, &warm, &detnas_space::CostModel::default()).backbone_macs;
-            if let Some(limit) = self.max_backbone_macs()?
+            if let Some(limit) = limit
                 && macs > limit
             {
-                return bad(format!(
+                return Err(TrainError::Config(format!(
                     "the warm-start path {warm} has {macs} backbone MACs, over sampling.max_backbone_macs ({limit})"
-                ));
-            }
-            if self.sampling.warm_start_steps >= s.iterations {
-                return bad(format!(
-                    "sampling.warm_start_steps ({}) must be below schedule.iterations ({})",
-                    self.sampling.warm_start_steps, s.iterations
-                ));
+                )));
             }
         }
-        match (&self.sampling.arch, self.sampling.kind) {
-            (Some(a), SamplingKind::Fixed) => {
-                self.space()?.parse_arch(a).map_err(|e| TrainError::Config(format!("sampling.arch: {e}")))?;
-            }
-            (None, SamplingKind::Fixed) => return bad("sampling.kind = \"fixed\" needs sampling.arch".into()),
-            (Some(_), _) => return bad("sampling.arch is only used with sampling.kind = \"fixed\"".into()),
-            (None, _) => {}
-        }
-        self.max_backbone_macs()?;
         Ok(())
     }
 
@@ -662,6 +763,82 @@ lr = 0.1
         assert_eq!(a.result_hash(), load(&["runtime.threads=1", "runtime.checkpoint_every=3"]).unwrap().result_hash());
         assert_ne!(a.result_hash(), load(&["schedule.lr=0.2"]).unwrap().result_hash());
         assert_ne!(a.result_hash(), load(&["seed=2"]).unwrap().result_hash());
+    }
+
+    fn presets() -> Vec<PathBuf> {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+        ["demo/pretrain.toml", "imagenet/pretrain-small.toml", "imagenet/pretrain-large.toml"]
+            .iter()
+            .map(|p| root.join(p))
+            .collect()
+    }
+
+    /// Sets the optional numeric keys, so that the walk sees them.
+    const EVERY_KEY: [&str; 3] = ["runtime.threads=2", "schedule.clip_grad_norm=5.0", "schedule.milestones=[1, 2]"];
+
+    fn load_with(p: &Path) -> impl Fn(&[String]) -> Result<PretrainConfig, TrainError> + '_ {
+        move |set| PretrainConfig::load(Some(p), set)
+    }
+
+    #[test]
+    fn every_numeric_key_has_a_range_and_each_bad_value_names_its_key_and_set() {
+        let base: Vec<String> = EVERY_KEY.iter().map(|s| s.to_string()).collect();
+        let mut cases = 0;
+        for p in presets() {
+            cases += detnas_runtime::rules::check_every_key(load_with(&p), TrainError::exit_code, &base)
+                .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        }
+        assert!(cases > 100, "{cases} cases");
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 128, ..Default::default() })]
+        /// Any value on any numeric key: accepted only inside the key's range, refused with
+        /// the key named (exit 2), never a panic.
+        #[test]
+        fn random_values_on_random_keys_are_refused_or_in_range(
+            preset in 0usize..3,
+            key in 0usize..1000,
+            int in proptest::prelude::any::<i64>(),
+            small in -3i64..3,
+            float in proptest::prelude::any::<f64>(),
+            unit in -0.5f64..1.5,
+            pick in 0u8..4,
+        ) {
+            let p = &presets()[preset];
+            let base: Vec<String> = EVERY_KEY.iter().map(|s| s.to_string()).collect();
+            let doc = toml::Value::try_from(PretrainConfig::load(Some(p), &base).unwrap()).unwrap();
+            let keys = detnas_runtime::rules::numeric_keys(&doc);
+            let k = &keys[key % keys.len()];
+            let v = match (k.integer, pick) {
+                (true, 0) => int as f64,
+                (true, _) => small as f64,
+                (false, 0) => float,
+                (false, _) => unit,
+            };
+            let r = detnas_runtime::rules::check_random_set(load_with(p), TrainError::exit_code, &base, k, v);
+            proptest::prop_assert!(r.is_ok(), "{}: {}", p.display(), r.unwrap_err());
+        }
+    }
+
+    #[test]
+    fn cross_field_rules_name_their_keys() {
+        let p = &presets()[0];
+        for (set, needle) in [
+            ("data.eval_resize=16", "data.eval_resize (16) must be at least data.input_size"),
+            ("schedule.milestones=[5, 5]", "schedule.milestones [5, 5] must increase"),
+            ("sampling.kind=\"fixed\"", "sampling.kind = \"fixed\" needs sampling.arch"),
+            ("sampling.arch=\"0\"", "sampling.arch is only used with"),
+            ("sampling.warm_start_steps=100000", "must be below schedule.iterations"),
+            ("data.source.val.classes=3", "data.source.val.classes (3) must be equal"),
+            ("model.width_mult=0.001", "model.space = "),
+            ("sampling.max_backbone_macs=\"lots\"", "sampling.max_backbone_macs"),
+        ] {
+            let e = PretrainConfig::load(Some(p), &[set.to_string()]).unwrap_err();
+            let m = e.to_string();
+            assert!(m.contains(needle) && m.contains(&format!("(from --set {set})")), "{set}: {m}");
+            assert_eq!(e.exit_code(), 2);
+        }
     }
 
     #[test]

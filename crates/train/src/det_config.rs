@@ -3,15 +3,20 @@
 //! checked and hashed like [`crate::PretrainConfig`].
 
 use crate::TrainError;
-use crate::config::{EvalConfig, ModelConfig, RuntimeConfig, ScheduleConfig};
+use crate::config::{
+    EVAL_RANGES, EvalConfig, ModelConfig, RUNTIME_RANGES, RuntimeConfig, SCHEDULE_RANGES, ScheduleConfig, model_rules,
+    schedule_rules,
+};
 use detnas_data::InputConvention;
 use detnas_data::det::SizeMismatch;
 use detnas_data::det::synth::SyntheticDetConfig;
-use detnas_detect::DetectorConfig;
+use detnas_detect::{DetectorConfig, HeadConfig};
 use detnas_runtime::ConfigDocument;
 use detnas_runtime::config::resolve_path;
+use detnas_runtime::rules::{Range, Rule, Rules, rule};
 use detnas_space::{SearchSpace, SpaceSpec};
 use serde::{Deserialize, Serialize};
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
 
 /// The fine-tuning configuration (`detnas finetune --config …`).
@@ -157,6 +162,126 @@ fn d32() -> u32 {
     32
 }
 
+/// The ranges of the fine-tuning document's own keys.
+const FINETUNE_RANGES: &[Rule] = &[
+    rule("seed", Range::ANY),
+    rule("model.width_mult", Range { lo: Bound::Excluded(0.0), hi: Bound::Included(8.0) }),
+    rule("data.min_size", Range::within(16.0, 8192.0)),
+    rule("data.max_size", Range::within(16.0, 8192.0)),
+    rule("data.test_min_size", Range::within(16.0, 8192.0)),
+    rule("data.divisibility", Range::within(1.0, 512.0)),
+    rule("data.search_val_images", Range::NON_NEGATIVE),
+];
+
+/// `[1, 100000]`: a count per image.
+const COUNT: Range = Range::within(1.0, 100_000.0);
+/// `[1, 4096]`: channels.
+const CHANNELS: Range = Range::within(1.0, 4096.0);
+/// `> 0`: an anchor size or ratio, a box weight.
+const SCALE: Range = Range::POSITIVE;
+
+/// The ranges of `[detector]` and its head (RetinaNet, Faster R-CNN's RPN and box head).
+pub const DETECTOR_RANGES: &[Rule] = &[
+    rule("detector.fpn_channels", CHANNELS),
+    // RetinaNet (`[detector.head]`, kind = "retinanet").
+    rule("detector.head.num_convs", Range::within(0.0, 16.0)),
+    rule("detector.head.prior", Range { lo: Bound::Excluded(0.0), hi: Bound::Excluded(1.0) }),
+    rule("detector.head.anchor_sizes", SCALE),
+    rule("detector.head.scales_per_octave", Range::within(1.0, 16.0)),
+    rule("detector.head.aspect_ratios", SCALE),
+    rule("detector.head.fg_iou", Range::FRACTION),
+    rule("detector.head.bg_iou", Range::FRACTION),
+    rule("detector.head.focal_alpha", Range::FRACTION),
+    rule("detector.head.focal_gamma", Range::NON_NEGATIVE),
+    rule("detector.head.smooth_l1_beta", Range::NON_NEGATIVE),
+    rule("detector.head.score_threshold", Range::FRACTION),
+    rule("detector.head.pre_nms_top_n", COUNT),
+    rule("detector.head.nms_threshold", Range::FRACTION),
+    rule("detector.head.detections_per_image", COUNT),
+    // Faster R-CNN's RPN (`[detector.head.rpn]`).
+    rule("detector.head.rpn.anchor_sizes", SCALE),
+    rule("detector.head.rpn.aspect_ratios", SCALE),
+    rule("detector.head.rpn.fg_iou", Range::FRACTION),
+    rule("detector.head.rpn.bg_iou", Range::FRACTION),
+    rule("detector.head.rpn.batch_per_image", COUNT),
+    rule("detector.head.rpn.positive_fraction", Range::FRACTION),
+    rule("detector.head.rpn.pre_nms_top_n_train", COUNT),
+    rule("detector.head.rpn.pre_nms_top_n_test", COUNT),
+    rule("detector.head.rpn.post_nms_top_n_train", COUNT),
+    rule("detector.head.rpn.post_nms_top_n_test", COUNT),
+    rule("detector.head.rpn.nms_threshold", Range::FRACTION),
+    rule("detector.head.rpn.min_size", Range::NON_NEGATIVE),
+    rule("detector.head.rpn.smooth_l1_beta", Range::NON_NEGATIVE),
+    // Faster R-CNN's box head (`[detector.head.roi]`).
+    rule("detector.head.roi.conv_dim", CHANNELS),
+    rule("detector.head.roi.fc_dim", Range::within(1.0, 65536.0)),
+    rule("detector.head.roi.pooler_resolution", Range::within(1.0, 64.0)),
+    rule("detector.head.roi.sampling_ratio", Range::within(1.0, 16.0)),
+    rule("detector.head.roi.fg_iou", Range::FRACTION),
+    rule("detector.head.roi.bg_iou", Range::FRACTION),
+    rule("detector.head.roi.batch_per_image", COUNT),
+    rule("detector.head.roi.positive_fraction", Range::FRACTION),
+    rule("detector.head.roi.bbox_weights", SCALE),
+    rule("detector.head.roi.smooth_l1_beta", Range::NON_NEGATIVE),
+    rule("detector.head.roi.score_threshold", Range::FRACTION),
+    rule("detector.head.roi.nms_threshold", Range::FRACTION),
+    rule("detector.head.roi.detections_per_image", COUNT),
+];
+
+/// The cross-field rules of `[detector]`: `fg_iou ≥ bg_iou`, one anchor size per pyramid
+/// level (5), at least one aspect ratio.
+pub fn detector_rules(d: &DetectorConfig, r: &mut Rules) {
+    let mut levels = |prefix: &str, fg: f64, bg: f64, sizes: usize, ratios: usize| {
+        let key = |k: &str| format!("{prefix}.{k}");
+        r.require(
+            fg >= bg,
+            &[&key("fg_iou"), &key("bg_iou")],
+            format!("{} ({fg}) must be at least {} ({bg})", key("fg_iou"), key("bg_iou")),
+        );
+        r.require(
+            sizes == 5,
+            &[&key("anchor_sizes")],
+            format!("{} needs one size per pyramid level (5), got {sizes}", key("anchor_sizes")),
+        );
+        r.require(ratios > 0, &[&key("aspect_ratios")], format!("{} must not be empty", key("aspect_ratios")));
+    };
+    match &d.head {
+        HeadConfig::Retinanet(c) => {
+            levels("detector.head", c.fg_iou, c.bg_iou, c.anchor_sizes.len(), c.aspect_ratios.len());
+        }
+        HeadConfig::FasterRcnn(c) => {
+            levels(
+                "detector.head.rpn",
+                c.rpn.fg_iou,
+                c.rpn.bg_iou,
+                c.rpn.anchor_sizes.len(),
+                c.rpn.aspect_ratios.len(),
+            );
+            r.require(
+                c.roi.fg_iou >= c.roi.bg_iou,
+                &["detector.head.roi.fg_iou", "detector.head.roi.bg_iou"],
+                format!(
+                    "detector.head.roi.fg_iou ({}) must be at least detector.head.roi.bg_iou ({})",
+                    c.roi.fg_iou, c.roi.bg_iou
+                ),
+            );
+        }
+    }
+}
+
+/// The ranges of a synthetic detection split (`data.source.train`, `.test`).
+const SYNTHETIC_DET_RANGES: &[Rule] = &[
+    rule("data.source.*.images", Range::POSITIVE),
+    rule("data.source.*.width", Range::within(16.0, 8192.0)),
+    rule("data.source.*.height", Range::within(16.0, 8192.0)),
+    rule("data.source.*.classes", Range::within(1.0, 10.0)),
+    rule("data.source.*.seed", Range::ANY),
+    rule("data.source.*.objects", Range::within(0.0, 1000.0)),
+    rule("data.source.*.radius", Range { lo: Bound::Excluded(0.0), hi: Bound::Included(0.5) }),
+    rule("data.source.*.max_overlap", Range::FRACTION),
+    rule("data.source.*.clutter", Range::within(0.0, 10_000.0)),
+];
+
 impl ConfigDocument for FinetuneConfig {
     type Error = TrainError;
 
@@ -196,35 +321,43 @@ impl ConfigDocument for FinetuneConfig {
         }
     }
 
-    fn check(&self) -> Result<(), TrainError> {
-        let bad = |m: String| Err(TrainError::Config(m));
-        let space = self.space()?;
-        if let Some(a) = &self.model.arch {
-            space.parse_arch(a).map_err(|e| TrainError::Config(format!("model.arch: {e}")))?;
+    const RANGES: &'static [&'static [Rule]] =
+        &[FINETUNE_RANGES, DETECTOR_RANGES, SYNTHETIC_DET_RANGES, SCHEDULE_RANGES, RUNTIME_RANGES, EVAL_RANGES];
+
+    fn rules(&self, r: &mut Rules) {
+        model_rules(&self.model.space, self.model.arch.as_deref().map(|a| ("model.arch", a)), r);
+        schedule_rules(&self.schedule, r);
+        detector_rules(&self.detector, r);
+        if let DetSource::Synthetic { train, test, .. } = &self.data.source {
+            for (name, s) in [("train", train), ("test", test)] {
+                let key = |k: &str| format!("data.source.{name}.{k}");
+                r.require(
+                    s.objects.0 <= s.objects.1 && s.objects.1 >= 1,
+                    &[&key("objects")],
+                    format!("{} {:?} must be an inclusive range lo ≤ hi with hi ≥ 1", key("objects"), s.objects),
+                );
+                r.require(
+                    s.radius.0 <= s.radius.1,
+                    &[&key("radius")],
+                    format!("{} {:?} must be a range lo ≤ hi", key("radius"), s.radius),
+                );
+            }
+            r.require(
+                train.classes == test.classes,
+                &["data.source.train.classes", "data.source.test.classes"],
+                format!(
+                    "data.source.train.classes ({}) and data.source.test.classes ({}) must be equal",
+                    train.classes, test.classes
+                ),
+            );
         }
-        let s = &self.schedule;
-        if s.iterations == 0 || s.batch == 0 || !(s.lr.is_finite() && s.lr > 0.0) {
-            return bad("schedule.iterations, schedule.batch and schedule.lr must be positive".into());
-        }
-        if s.clip_grad_norm.is_some_and(|c| c.is_nan() || c <= 0.0) {
-            return bad("schedule.clip_grad_norm must be positive".into());
-        }
-        let d = &self.data;
-        if d.min_size.is_empty() || d.min_size.iter().any(|&m| m < 16) || d.max_size < 16 || d.test_min_size < 16 {
-            return bad("data.min_size, data.max_size and data.test_min_size must be at least 16".into());
-        }
-        if self.detector.fpn_channels < 1 {
-            return bad("detector.fpn_channels must be positive".into());
-        }
-        if let DetSource::Synthetic { train, test, .. } = &d.source {
+    }
+
+    /// The synthetic splits' own checks.
+    fn check_references(&self) -> Result<(), TrainError> {
+        if let DetSource::Synthetic { train, test, .. } = &self.data.source {
             train.check()?;
             test.check()?;
-            if train.classes != test.classes {
-                return bad("data.source.train and .test must have the same classes".into());
-            }
-        }
-        if self.runtime.checkpoint_every == 0 || self.runtime.log_every == 0 {
-            return bad("runtime.checkpoint_every and runtime.log_every must be positive".into());
         }
         Ok(())
     }
@@ -300,6 +433,100 @@ mod tests {
             }
         }
         assert!(n >= 6, "presets found: {n}");
+    }
+
+    fn presets() -> Vec<PathBuf> {
+        let mut v = Vec::new();
+        for sub in ["demo", "coco", "voc"] {
+            for e in std::fs::read_dir(configs().join(sub)).unwrap() {
+                let p = e.unwrap().path();
+                let name = p.file_name().unwrap().to_string_lossy().into_owned();
+                if name.starts_with("finetune") && name.ends_with(".toml") {
+                    v.push(p);
+                }
+            }
+        }
+        v.sort();
+        v
+    }
+
+    /// Sets the optional numeric keys, so that the walk sees them.
+    const EVERY_KEY: [&str; 3] = ["runtime.threads=2", "schedule.clip_grad_norm=5.0", "eval.recalibrate_images=0"];
+
+    fn load_with(p: &Path) -> impl Fn(&[String]) -> Result<FinetuneConfig, TrainError> + '_ {
+        move |set| FinetuneConfig::load(p, set)
+    }
+
+    #[test]
+    fn every_numeric_key_has_a_range_and_each_bad_value_names_its_key_and_set() {
+        let base: Vec<String> = EVERY_KEY.iter().map(|s| s.to_string()).collect();
+        let mut cases = 0;
+        for p in presets() {
+            cases += detnas_runtime::rules::check_every_key(load_with(&p), TrainError::exit_code, &base)
+                .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        }
+        assert!(cases > 500, "{cases} cases");
+    }
+
+    #[test]
+    fn cross_field_rules_name_their_keys() {
+        let retina = configs().join("demo/finetune-retinanet.toml");
+        let fpn = configs().join("demo/finetune-fpn.toml");
+        for (p, set, needle) in [
+            (
+                &retina,
+                "detector.head.bg_iou=0.6",
+                "detector.head.fg_iou (0.5) must be at least detector.head.bg_iou (0.6)",
+            ),
+            (&retina, "detector.head.anchor_sizes=[32.0, 64.0]", "needs one size per pyramid level (5), got 2"),
+            (&retina, "detector.head.aspect_ratios=[]", "detector.head.aspect_ratios must not be empty"),
+            (&fpn, "detector.head.rpn.fg_iou=0.2", "detector.head.rpn.fg_iou (0.2) must be at least"),
+            (&fpn, "detector.head.roi.bg_iou=0.9", "detector.head.roi.fg_iou (0.5) must be at least"),
+            (&fpn, "detector.head.rpn.anchor_sizes=[32.0]", "detector.head.rpn.anchor_sizes needs one size"),
+            (&retina, "data.source.test.classes=3", "data.source.test.classes (3) must be equal"),
+            (
+                &retina,
+                "data.source.train.objects=[5, 2]",
+                "data.source.train.objects (5, 2) must be an inclusive range",
+            ),
+            (&retina, "schedule.milestones=[300, 200]", "schedule.milestones [300, 200] must increase"),
+        ] {
+            let e = FinetuneConfig::load(p, &[set.to_string()]).unwrap_err();
+            let m = e.to_string();
+            assert!(m.contains(needle) && m.contains(&format!("(from --set {set})")), "{set}: {m}");
+            assert_eq!(e.exit_code(), 2);
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 256, ..Default::default() })]
+        /// Any value on any numeric key: accepted only inside the key's range, refused with
+        /// the key named (exit 2), never a panic.
+        #[test]
+        fn random_values_on_random_keys_are_refused_or_in_range(
+            preset in 0usize..64,
+            key in 0usize..1000,
+            int in proptest::prelude::any::<i64>(),
+            small in -3i64..3,
+            float in proptest::prelude::any::<f64>(),
+            unit in -0.5f64..1.5,
+            pick in 0u8..4,
+        ) {
+            let ps = presets();
+            let p = &ps[preset % ps.len()];
+            let base: Vec<String> = EVERY_KEY.iter().map(|s| s.to_string()).collect();
+            let doc = toml::Value::try_from(FinetuneConfig::load(p, &base).unwrap()).unwrap();
+            let keys = detnas_runtime::rules::numeric_keys(&doc);
+            let k = &keys[key % keys.len()];
+            let v = match (k.integer, pick) {
+                (true, 0) => int as f64,
+                (true, _) => small as f64,
+                (false, 0) => float,
+                (false, _) => unit,
+            };
+            let r = detnas_runtime::rules::check_random_set(load_with(p), TrainError::exit_code, &base, k, v);
+            proptest::prop_assert!(r.is_ok(), "{}: {}", p.display(), r.unwrap_err());
+        }
     }
 
     #[test]
