@@ -665,10 +665,12 @@ fn export_detectors(a: &BenchArgs, out: &std::path::Path, demo: &SearchSpace) ->
 fn export_candidate(a: &BenchArgs, ckpt: &std::path::Path, out: &std::path::Path) -> Result<(), Failure> {
     std::fs::create_dir_all(out)?;
     let e = candidate_evaluator(ckpt, Device::Cpu)?;
-    let settings = e.settings();
+    let scorer = e.scorer();
+    let settings = scorer.settings();
+    let recal = scorer.recalibration_images().ok_or_else(|| anyhow::anyhow!("the candidate evaluator recalibrates"))?;
     let mut named: Vec<(String, Tensor)> = Vec::new();
     let mut meta = serde_json::Map::new();
-    for (name, data) in [("recal", e.recalibration_images().clone()), ("val", e.val().clone())] {
+    for (name, data) in [("recal", recal.clone()), ("val", scorer.val().clone())] {
         let mut loader = settings.loader(data.clone())?;
         let mut b_i = 0;
         let mut batches = Vec::new();
@@ -685,7 +687,7 @@ fn export_candidate(a: &BenchArgs, ckpt: &std::path::Path, out: &std::path::Path
     }
     let refs: Vec<(&str, &Tensor)> = named.iter().map(|(k, v)| (k.as_str(), v)).collect();
     Tensor::write_safetensors(&refs, out.join("inputs.safetensors"))?;
-    std::fs::write(out.join("gt.json"), serde_json::to_string(&e.val().to_coco_json())?)?;
+    std::fs::write(out.join("gt.json"), serde_json::to_string(&scorer.val().to_coco_json())?)?;
     let (_, resolved) = detnas_train::checkpoint::resolve(ckpt)?;
     let space = candidate_space(ckpt)?;
     // reps + 1 paths per evaluator, for up to one evaluator per thread (the candidate items).
@@ -694,7 +696,7 @@ fn export_candidate(a: &BenchArgs, ckpt: &std::path::Path, out: &std::path::Path
     meta.insert("checkpoint".into(), json!(std::fs::canonicalize(&resolved)?));
     meta.insert("paths".into(), json!(seq));
     meta.insert("space".into(), serde_json::to_value(&space)?);
-    meta.insert("categories".into(), json!(e.val().categories.iter().map(|c| c.id).collect::<Vec<_>>()));
+    meta.insert("categories".into(), json!(scorer.val().categories.iter().map(|c| c.id).collect::<Vec<_>>()));
     std::fs::write(out.join("meta.json"), serde_json::to_string(&meta)?)?;
     Ok(())
 }

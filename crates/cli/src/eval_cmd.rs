@@ -4,11 +4,9 @@
 use crate::Failure;
 use crate::runtime::RuntimeArgs;
 use clap::{Args, Subcommand, ValueEnum};
+use detnas_detect::metrics::CocoStats;
 use detnas_nn::BnMode;
-use detnas_train::checkpoint;
-use detnas_train::engine::load_weights;
-use detnas_train::evaluate::evaluate_path;
-use detnas_train::pretrain::{build_supernet, eval_data, open_datasets, read_checkpoint_meta, recalibration_set};
+use detnas_train::scoring::{DetSplit, ScoreSettings};
 use serde_json::json;
 use std::path::PathBuf;
 
@@ -46,13 +44,15 @@ pub struct DetArgs {
     /// Which split.
     #[arg(long, value_enum, default_value_t = SplitArg::Test)]
     pub data: SplitArg,
-    /// Recompute BN statistics on this many training images first (0: keep them).
-    #[arg(long, default_value_t = 200)]
-    pub recalibrate_bn: usize,
+    /// Recompute BN statistics on this many training images first (0: keep them). Default:
+    /// the checkpoint's eval.recalibrate_images (1000 for a supernet's path, 0 for a fixed
+    /// architecture), as its run scored itself.
+    #[arg(long)]
+    pub recalibrate_bn: Option<usize>,
     /// How recalibration pools the statistics: exact over all images, or the official
-    /// per-batch moving average.
-    #[arg(long, value_enum, default_value_t = BnModeArg::Exact)]
-    pub bn_mode: BnModeArg,
+    /// per-batch moving average. Default: the checkpoint's eval.bn_mode.
+    #[arg(long, value_enum)]
+    pub bn_mode: Option<BnModeArg>,
     /// Images per batch of recalibration and evaluation (default: the checkpoint's
     /// eval.batch). Recalibration results depend on it: BN normalises each batch by its own
     /// statistics on the way to the next layer.
@@ -81,16 +81,15 @@ pub struct CocoArgs {
     pub json: bool,
 }
 
-fn print_stats(stats: &[f64; 12], json: bool, extra: serde_json::Value) {
-    use detnas_detect::eval::COCO_STAT_NAMES;
+fn print_stats(stats: &CocoStats, json: bool, extra: serde_json::Value) {
     if json {
-        let mut v = json!({"stats": stats, "names": COCO_STAT_NAMES});
+        let mut v = json!({"stats": stats.0, "names": detnas_detect::metrics::COCO_STAT_NAMES});
         if let (Some(o), Some(e)) = (v.as_object_mut(), extra.as_object()) {
             o.extend(e.clone());
         }
         println!("{v}");
     } else {
-        for (n, s) in COCO_STAT_NAMES.iter().zip(stats) {
+        for (n, s) in stats.named() {
             println!("{n:>6}  {s:.4}");
         }
     }
@@ -98,71 +97,69 @@ fn print_stats(stats: &[f64; 12], json: bool, extra: serde_json::Value) {
 
 fn run_coco(a: CocoArgs) -> Result<(), Failure> {
     let stats =
-        detnas_detect::eval::coco_stats_files(&a.gt, &a.dt).map_err(|e| Failure { code: 3, error: e.into() })?;
+        detnas_detect::metrics::coco_stats_files(&a.gt, &a.dt).map_err(|e| Failure { code: 3, error: e.into() })?;
     print_stats(&stats, a.json, json!({}));
     Ok(())
 }
 
 fn run_det(a: DetArgs) -> Result<(), Failure> {
-    use detnas_detect::evaluate::{DetInputs, coco_eval, detect, voc_map};
+    use detnas_detect::evaluate::voc_map;
     use detnas_train::finetune::OpenedDetector;
+    use detnas_train::scoring::DetScorer;
     if let Some(run) = &a.search {
         return run_det_search(&a, run);
     }
     let device = a.runtime.init()?;
     let opened = OpenedDetector::open(a.checkpoint.as_ref().expect("required by clap"), device)?;
-    let splits = opened.splits()?;
     let arch = opened.path_of(a.arch.as_deref())?;
-    let mode = match a.bn_mode {
-        BnModeArg::Exact => BnMode::Exact,
-        BnModeArg::Ema => BnMode::Ema,
+    let eval = &opened.config.eval;
+    let settings = ScoreSettings {
+        batch: a.batch.map(|b| b.max(1)),
+        ..ScoreSettings::new(
+            a.recalibrate_bn.unwrap_or(eval.recalibrate_images(opened.is_fixed())),
+            a.bn_mode.map_or(eval.bn_mode.into(), BnMode::from),
+        )
     };
-    let mut settings = opened.config.eval_settings();
-    if let Some(b) = a.batch {
-        settings.batch = b.max(1);
-    }
-    let t0 = std::time::Instant::now();
-    let layers = if a.recalibrate_bn > 0 {
-        opened.recalibrate(&splits, arch.as_ref(), a.recalibrate_bn, &settings, mode, device)?
-    } else {
-        0
+    let split = match a.data {
+        SplitArg::Test => DetSplit::Test,
+        SplitArg::SearchVal => DetSplit::SearchVal,
     };
-    let t1 = std::time::Instant::now();
-    let OpenedDetector { config: cfg, state, detector: det, .. } = opened;
-    let data = match a.data {
-        SplitArg::Test => splits.test,
-        SplitArg::SearchVal => splits.search_val,
-    };
-    if data.is_empty() {
-        return Err(crate::usage(anyhow::anyhow!("the chosen split is empty (data.search_val_images = 0?)")));
-    }
-    let dets = detect(&det, arch.as_ref(), &DetInputs::Read(data.clone()), &settings, device)?;
-    let stats = coco_eval(&data, &dets)?;
+    let step = opened.state.step;
+    let arch_s = arch.as_ref().map(|a| a.to_string()).or(opened.config.model.arch.clone()).unwrap_or_default();
+    let mut scorer = DetScorer::open(opened, split, &settings, device)?;
+    let (score, dets) = scorer.score_with_detections(arch.as_ref())?;
     if let Some(p) = &a.dt_out {
         std::fs::write(p, serde_json::to_string(&dets).expect("serialisable"))
             .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", p.display()))?;
     }
-    let arch_s = arch.map(|a| a.to_string()).or(cfg.model.arch.clone()).unwrap_or_default();
-    let (voc_area, voc_07) = voc_map(&data, &dets);
+    let data = scorer.val();
+    let (voc_area, voc_07) = voc_map(data, &dets);
     if !a.json {
         println!("VOC mAP@0.5 (difficult ignored): {voc_area:.4} (area), {voc_07:.4} (11-point)");
         println!(
-            "{arch_s} on {} images ({} detections; step {}; BN recalibrated on {} images, {layers} layers, {:.2} s; eval {:.2} s)",
+            "{arch_s} on {} images ({} detections; step {step}; {}; eval {:.2} s)",
             data.len(),
             dets.len(),
-            state.step,
-            a.recalibrate_bn,
-            (t1 - t0).as_secs_f64(),
-            t1.elapsed().as_secs_f64()
+            recalibration_line(settings.recalibrate_images, score.bn_layers_recalibrated, score.recalibration_seconds),
+            score.evaluation_seconds
         );
     }
     let voc = |v: f64| if v.is_finite() { json!(v) } else { json!(null) };
     print_stats(
-        &stats,
+        &score.stats,
         a.json,
-        json!({"arch": arch_s, "images": data.len(), "step": state.step, "voc_map": voc(voc_area), "voc_map_07": voc(voc_07)}),
+        json!({"arch": arch_s, "images": data.len(), "step": step, "recalibrate_bn": settings.recalibrate_images,
+               "voc_map": voc(voc_area), "voc_map_07": voc(voc_07)}),
     );
     Ok(())
+}
+
+fn recalibration_line(images: usize, layers: usize, seconds: f64) -> String {
+    if images == 0 {
+        "BN statistics kept".into()
+    } else {
+        format!("BN recalibrated on {images} images, {layers} layers, {seconds:.2} s")
+    }
 }
 
 /// `eval det --search RUN --arch A`: scores `A` exactly as the search did (its evaluator, its
@@ -203,10 +200,10 @@ fn run_det_search(a: &DetArgs, run: &std::path::Path) -> Result<(), Failure> {
     detnas_search::run::check_scored(run, &info)?;
     let arch = info.space.parse_arch(arch_s).map_err(|e| crate::usage(anyhow::anyhow!("--arch {arch_s}: {e}")))?;
     let mut evaluator = DetEvaluator::open(&info.checkpoint, &cfg.eval, cfg.runtime.prefetch, device)?;
-    let images = evaluator.val().len();
+    let images = evaluator.scorer().val().len();
     let ev = evaluator.evaluate(&arch)?;
-    let stats: [f64; 12] =
-        ev.metrics.clone().try_into().map_err(|_| anyhow::anyhow!("the evaluator gave no COCO stats"))?;
+    let stats =
+        CocoStats(ev.metrics.clone().try_into().map_err(|_| anyhow::anyhow!("the evaluator gave no COCO stats"))?);
     let metric = detnas_search::run::metric_name(&cfg);
     let ledger_fitness = recorded.map(|e| e.fitness);
     let matches = ledger_fitness.map(|f| f == ev.fitness);
@@ -246,6 +243,15 @@ pub enum BnModeArg {
     Ema,
 }
 
+impl From<BnModeArg> for BnMode {
+    fn from(m: BnModeArg) -> BnMode {
+        match m {
+            BnModeArg::Exact => BnMode::Exact,
+            BnModeArg::Ema => BnMode::Ema,
+        }
+    }
+}
+
 #[derive(Args)]
 pub struct ClsArgs {
     /// A checkpoint (step-N folder) or a run folder (its latest checkpoint).
@@ -254,13 +260,15 @@ pub struct ClsArgs {
     /// The path to evaluate.
     #[arg(long)]
     pub arch: String,
-    /// Recompute BN statistics on this many training images first (0: keep the supernet's).
-    #[arg(long, default_value_t = 1000)]
-    pub recalibrate_bn: usize,
+    /// Recompute BN statistics on this many training images first (0: keep them). Default:
+    /// the checkpoint's eval.recalibrate_images (1000 for a supernet's path, 0 for a fixed
+    /// architecture), as its run scored itself.
+    #[arg(long)]
+    pub recalibrate_bn: Option<usize>,
     /// How recalibration pools the statistics: exact over all images, or the official
-    /// per-batch moving average.
-    #[arg(long, value_enum, default_value_t = BnModeArg::Exact)]
-    pub bn_mode: BnModeArg,
+    /// per-batch moving average. Default: the checkpoint's eval.bn_mode.
+    #[arg(long, value_enum)]
+    pub bn_mode: Option<BnModeArg>,
     /// Batch size (default: the config's eval.batch).
     #[arg(long)]
     pub batch: Option<usize>,
@@ -272,41 +280,39 @@ pub struct ClsArgs {
 }
 
 pub fn run(cmd: EvalCommand) -> Result<(), Failure> {
+    use detnas_train::pretrain::OpenedSupernet;
+    use detnas_train::scoring::ClsScorer;
     let a = match cmd {
         EvalCommand::Cls(a) => a,
         EvalCommand::Det(a) => return run_det(a),
         EvalCommand::Coco(a) => return run_coco(a),
     };
     let device = a.runtime.init()?;
-    let (_, ckpt) = checkpoint::resolve(&a.checkpoint)?;
-    let (cfg, state) = read_checkpoint_meta(&ckpt)?;
-    let arch = state.space.parse_arch(&a.arch).map_err(crate::usage)?;
-    let (train, val) = open_datasets(&cfg, Some(&state.task.classes))?;
-    let (mut vs, net) = build_supernet(&state.space, state.task.classes.len(), device);
-    load_weights(&ckpt, &mut vs, None)?;
-    let mut ed = eval_data(&cfg);
-    if let Some(b) = a.batch {
-        ed.batch = b.max(1);
-    }
-    let mode = match a.bn_mode {
-        BnModeArg::Exact => BnMode::Exact,
-        BnModeArg::Ema => BnMode::Ema,
+    let opened = OpenedSupernet::open(&a.checkpoint, device)?;
+    let arch = opened.state.space.parse_arch(&a.arch).map_err(crate::usage)?;
+    let eval = &opened.config.eval;
+    let settings = ScoreSettings {
+        batch: a.batch.map(|b| b.max(1)),
+        ..ScoreSettings::new(
+            a.recalibrate_bn.unwrap_or(eval.recalibrate_images(opened.is_fixed())),
+            a.bn_mode.map_or(eval.bn_mode.into(), BnMode::from),
+        )
     };
-    let recal = (a.recalibrate_bn > 0).then(|| (recalibration_set(&cfg, train, Some(a.recalibrate_bn)), mode));
-    let s = evaluate_path(&net, &arch, recal, val, &ed, device)?;
+    let (ckpt, step) = (opened.path.clone(), opened.state.step);
+    let s = ClsScorer::open(opened, &settings, device)?.score(&arch)?;
     if a.json {
-        println!("{}", json!({"checkpoint": ckpt, "step": state.step, "score": s}));
+        println!(
+            "{}",
+            json!({"checkpoint": ckpt, "step": step, "recalibrate_bn": settings.recalibrate_images, "score": s})
+        );
     } else {
         println!(
-            "{}  top-1 {:.2}%  top-5 {:.2}%  on {} images (step {}; BN recalibrated on {} images, {} layers, {:.2} s; eval {:.2} s)",
+            "{}  top-1 {:.2}%  top-5 {:.2}%  on {} images (step {step}; {}; eval {:.2} s)",
             s.arch,
             100.0 * s.top1,
             100.0 * s.top5,
             s.images,
-            state.step,
-            a.recalibrate_bn,
-            s.bn_layers_recalibrated,
-            s.recalibration_seconds,
+            recalibration_line(settings.recalibrate_images, s.bn_layers_recalibrated, s.recalibration_seconds),
             s.evaluation_seconds
         );
     }

@@ -3,7 +3,6 @@
 use crate::Failure;
 use crate::runtime::{TrainArgs, describe};
 use clap::Args;
-use detnas_detect::eval::COCO_STAT_NAMES;
 use detnas_train::FinetuneConfig;
 use detnas_train::finetune::run as train;
 use std::path::PathBuf;
@@ -33,7 +32,7 @@ pub fn run(a: FinetuneArgs) -> Result<(), Failure> {
         return Ok(()); // rank 0 prints the job's results
     }
     for p in &s.paths {
-        let stats: Vec<String> = COCO_STAT_NAMES.iter().zip(p.stats).map(|(n, v)| format!("{n} {v:.3}")).collect();
+        let stats: Vec<String> = p.stats.named().map(|(n, v)| format!("{n} {v:.3}")).collect();
         println!("path {}  {}  ({} test images)", p.arch, stats.join("  "), p.images);
     }
     println!(

@@ -171,7 +171,7 @@ pub fn run(a: PredictArgs) -> Result<(), Failure> {
     let opened = OpenedDetector::open(&a.checkpoint, device)?;
     let arch = opened.path_of(a.arch.as_deref())?;
     if let Some(arch) = &arch {
-        let n = a.recalibrate_bn.unwrap_or(opened.config.eval.recalibrate_images);
+        let n = a.recalibrate_bn.unwrap_or(opened.config.eval.recalibrate_images(false));
         if n == 0 {
             tracing::warn!(
                 "BN statistics not recomputed for path {arch}: the supernet's running averages are used, so scores differ from eval det"

@@ -70,7 +70,11 @@ pub fn run(a: RunArgs) -> Result<(), Failure> {
         if let Some(p) = r.det.paths.first() {
             println!(
                 "{:<7} {}  test AP {:.3}  AP50 {:.3}  AP75 {:.3}",
-                r.label, r.arch, p.stats[0], p.stats[1], p.stats[2]
+                r.label,
+                r.arch,
+                p.stats.ap(),
+                p.stats.ap50(),
+                p.stats.ap75()
             );
         }
     }

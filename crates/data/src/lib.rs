@@ -15,6 +15,7 @@ pub mod folder;
 pub mod idx;
 pub mod loader;
 pub mod shapes;
+pub mod streams;
 pub mod subset;
 pub mod synth;
 pub mod transform;

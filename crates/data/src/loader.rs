@@ -149,7 +149,7 @@ impl Batch {
 pub fn epoch_order(len: usize, seed: u64, epoch: u64, shuffled: bool) -> Vec<usize> {
     let mut order: Vec<usize> = (0..len).collect();
     if shuffled {
-        shuffle(&mut seeded(mix_seed(seed, &[0x0DE5, epoch])), &mut order);
+        shuffle(&mut seeded(mix_seed(seed, &[crate::streams::LOADER_EPOCH, epoch])), &mut order);
     }
     order
 }

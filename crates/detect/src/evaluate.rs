@@ -1,15 +1,15 @@
 //! Detection evaluation of one path of a detector: BN recalibration on training images,
-//! inference on an evaluation split, COCO box AP (pycocotools-exact, [`crate::eval`]) and
+//! inference on an evaluation split, COCO box AP (pycocotools-exact, [`crate::metrics`]) and
 //! Pascal VOC mAP. Used after fine-tuning, by every search candidate (DetNAS
 //! arXiv:1903.10979 §3.3: each candidate's BN statistics are recomputed before it is scored)
 //! and by `detnas eval det`.
 //!
-//! Inputs are read through the test transform ([`EvalSettings`]): decoded, resized, padded
+//! Inputs are read through the test transform ([`DetEvalSettings`]): decoded, resized, padded
 //! and batched on every pass ([`DetInputs::Read`]), or prepared once and kept in memory
 //! ([`DetInputs::prepare_all`]) when a search scores many candidates on the same images. Both
 //! give the same batches, hence the same statistics and detections.
 
-use crate::eval::{CocoDetection, GtDataset, VocDet, VocGt, coco_from_dataset, coco_stats, voc_eval};
+use crate::metrics::{CocoDetection, CocoStats, GtDataset, VocDet, VocGt, coco_from_dataset, coco_stats, voc_eval};
 use crate::{DetectError, Detector, Target};
 use detnas_data::det::DetDataset;
 use detnas_data::det::loader::{DetLoader, DetLoaderConfig};
@@ -26,7 +26,7 @@ use tch::{Device, Tensor};
 
 /// How evaluation images are presented to the detector.
 #[derive(Clone, Debug, PartialEq)]
-pub struct EvalSettings {
+pub struct DetEvalSettings {
     /// Short side after resizing, pixels (reference: 800).
     pub min_size: u32,
     /// Upper bound of the long side, pixels (reference: 1333).
@@ -40,7 +40,7 @@ pub struct EvalSettings {
     pub prefetch: usize,
 }
 
-impl EvalSettings {
+impl DetEvalSettings {
     /// One pass over `data` in order, test transform.
     ///
     /// # Errors
@@ -127,7 +127,7 @@ impl DetInputs {
     /// [`DetectError::Data`] when a set cannot be read.
     pub fn prepare_all(
         sets: &[Arc<DetDataset>],
-        settings: &EvalSettings,
+        settings: &DetEvalSettings,
         budget_bytes: u64,
     ) -> Result<Vec<DetInputs>, DetectError> {
         let total: u64 = sets.iter().map(|d| settings.prepared_bytes(d)).sum();
@@ -165,7 +165,7 @@ impl DetInputs {
 
     fn for_each(
         &self,
-        settings: &EvalSettings,
+        settings: &DetEvalSettings,
         mut f: impl FnMut(&DetBatch) -> Result<(), DetectError>,
     ) -> Result<(), DetectError> {
         match self {
@@ -196,7 +196,7 @@ pub fn recalibrate(
     det: &Detector,
     arch: Option<&Arch>,
     images: &DetInputs,
-    settings: &EvalSettings,
+    settings: &DetEvalSettings,
     mode: BnMode,
     device: Device,
 ) -> Result<usize, DetectError> {
@@ -225,7 +225,7 @@ pub fn detect(
     det: &Detector,
     arch: Option<&Arch>,
     inputs: &DetInputs,
-    settings: &EvalSettings,
+    settings: &DetEvalSettings,
     device: Device,
 ) -> Result<Vec<CocoDetection>, DetectError> {
     let data = inputs.data();
@@ -265,7 +265,7 @@ pub fn detect(
 ///
 /// # Errors
 /// [`DetectError::Eval`] when the ground truth or a detection record is rejected.
-pub fn coco_eval(data: &DetDataset, dets: &[CocoDetection]) -> Result<[f64; 12], DetectError> {
+pub fn coco_eval(data: &DetDataset, dets: &[CocoDetection]) -> Result<CocoStats, DetectError> {
     let gt: GtDataset = serde_json::from_value(data.to_coco_json())
         .map_err(|e| DetectError::Eval(format!("ground truth of {}: {e}", data.source)))?;
     coco_stats(coco_from_dataset(gt), dets)
@@ -314,8 +314,9 @@ pub fn voc_map(data: &DetDataset, dets: &[CocoDetection]) -> (f64, f64) {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct DetScore {
     pub arch: String,
-    /// COCO box stats (AP, AP50, AP75, APs, APm, APl, AR1, AR10, AR100, ARs, ARm, ARl).
-    pub stats: [f64; 12],
+    /// COCO box stats (serialised as the 12 numbers: AP, AP50, AP75, APs, APm, APl, AR1,
+    /// AR10, AR100, ARs, ARm, ARl).
+    pub stats: CocoStats,
     pub images: usize,
     pub detections: usize,
     pub bn_layers_recalibrated: usize,
@@ -333,9 +334,24 @@ pub fn evaluate(
     arch: Option<&Arch>,
     recal: Option<(&DetInputs, BnMode)>,
     inputs: &DetInputs,
-    settings: &EvalSettings,
+    settings: &DetEvalSettings,
     device: Device,
 ) -> Result<DetScore, DetectError> {
+    Ok(evaluate_with_detections(det, arch, recal, inputs, settings, device)?.0)
+}
+
+/// [`evaluate`] and the detections it scored.
+///
+/// # Errors
+/// As [`evaluate`].
+pub fn evaluate_with_detections(
+    det: &Detector,
+    arch: Option<&Arch>,
+    recal: Option<(&DetInputs, BnMode)>,
+    inputs: &DetInputs,
+    settings: &DetEvalSettings,
+    device: Device,
+) -> Result<(DetScore, Vec<CocoDetection>), DetectError> {
     let data = inputs.data();
     let t0 = Instant::now();
     let layers = match recal {
@@ -345,7 +361,7 @@ pub fn evaluate(
     let t1 = Instant::now();
     let dets = detect(det, arch, inputs, settings, device)?;
     let stats = coco_eval(data, &dets)?;
-    Ok(DetScore {
+    let score = DetScore {
         arch: arch.map(|a| a.to_string()).unwrap_or_default(),
         stats,
         images: data.len(),
@@ -353,7 +369,8 @@ pub fn evaluate(
         bn_layers_recalibrated: layers,
         recalibration_seconds: (t1 - t0).as_secs_f64(),
         evaluation_seconds: t1.elapsed().as_secs_f64(),
-    })
+    };
+    Ok((score, dets))
 }
 
 #[cfg(test)]

@@ -471,7 +471,7 @@ fn summarise(
             let ground_truth: Vec<f64> = (0..o.seeds)
                 .filter_map(|s| {
                     let r: Retrained = crate::layout::finished(&unit_dir(run, &p.arch, s))?.1;
-                    r.det.paths.first().map(|q| q.stats[0])
+                    r.det.paths.first().map(|q| q.stats.ap())
                 })
                 .collect();
             let complete = ground_truth.len() == o.seeds;

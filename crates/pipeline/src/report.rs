@@ -174,7 +174,7 @@ pub fn write(run: &Path) -> Result<PathBuf, PipelineError> {
         final_rows.push(FinalRow {
             label: r.label.clone(),
             arch: r.arch.clone(),
-            stats: r.det.paths.first().map(|p| p.stats.to_vec()).unwrap_or_default(),
+            stats: r.det.paths.first().map(|p| p.stats.0.to_vec()).unwrap_or_default(),
             backbone_macs: c.backbone_macs,
             backbone_params: c.backbone_params,
             latency_ms: latency.as_ref().and_then(|t| t.latency_ms(&arch).ok()),

@@ -26,8 +26,6 @@ use std::sync::Arc;
 use std::time::Instant;
 use tch::Device;
 
-const RANDOM_STREAM: u64 = 0x4A4D;
-
 /// Options of one invocation.
 #[derive(Clone, Debug)]
 pub struct PipelineOptions {
@@ -349,7 +347,7 @@ pub fn run(cfg: &PipelineConfig, opts: &PipelineOptions) -> Result<PipelineOutco
             &scfg.constraint.constraint(),
             &scfg.constraint.cost_model(),
             1_000_000,
-            &mut seeded(mix_seed(cfg.seed, &[RANDOM_STREAM])),
+            &mut seeded(mix_seed(cfg.seed, &[detnas_data::streams::RANDOM_BASELINE])),
         )?;
         archs.push(("random".into(), arch.to_string()));
     }

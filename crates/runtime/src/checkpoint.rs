@@ -141,7 +141,8 @@ pub fn claim_run_dir(
 ///
 /// # Errors
 /// Whatever `write` returns; [`RuntimeError::Io`] when a folder or file cannot be created,
-/// read, synced or renamed.
+/// read, synced or renamed; [`RuntimeError::Checkpoint`] saying so when the disk is full.
+/// A checkpoint that fails before it is published leaves no partial folder behind.
 pub fn save(
     dir: &Path,
     step: u64,
@@ -153,18 +154,21 @@ pub fn save(
     remove_stray_temps(dir);
     let name = step_dir_name(step);
     let tmp = dir.join(format!(".tmp-{name}"));
-    std::fs::create_dir_all(&tmp).map_err(|e| RuntimeError::io(&tmp, e))?;
-    write(&tmp)?;
-    let mut files = BTreeMap::new();
-    for e in std::fs::read_dir(&tmp).map_err(|e| RuntimeError::io(&tmp, e))? {
-        let e = e.map_err(|e| RuntimeError::io(&tmp, e))?;
-        let fname = e.file_name().to_string_lossy().into_owned();
-        fsync_path(&e.path())?;
-        files.insert(fname, sha256_file(&e.path())?);
+    if let Err(e) = stage(&tmp, step, write) {
+        // A partial checkpoint only holds space: remove it, keep the previous one.
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(if is_disk_full(&e) {
+            RuntimeError::checkpoint(
+                dir,
+                format!(
+                    "the disk is full: checkpoint {name} could not be written ({e}); its partial files were \
+                     removed and earlier checkpoints are intact; free space and re-run the same command to resume"
+                ),
+            )
+        } else {
+            e
+        });
     }
-    let manifest = Manifest { format: FORMAT, step, files };
-    write_atomic(&tmp.join(MANIFEST), serde_json::to_string_pretty(&manifest).expect("serialisable").as_bytes())?;
-    fsync_path(&tmp)?;
     before_rename();
     let final_dir = dir.join(&name);
     if final_dir.exists() {
@@ -180,6 +184,33 @@ pub fn save(
         }
     }
     Ok(final_dir)
+}
+
+/// Fills `tmp` (`write`), then writes its manifest and syncs it.
+fn stage(tmp: &Path, step: u64, write: impl FnOnce(&Path) -> Result<(), RuntimeError>) -> Result<(), RuntimeError> {
+    std::fs::create_dir_all(tmp).map_err(|e| RuntimeError::io(tmp, e))?;
+    write(tmp)?;
+    let mut files = BTreeMap::new();
+    for e in std::fs::read_dir(tmp).map_err(|e| RuntimeError::io(tmp, e))? {
+        let e = e.map_err(|e| RuntimeError::io(tmp, e))?;
+        let fname = e.file_name().to_string_lossy().into_owned();
+        fsync_path(&e.path())?;
+        files.insert(fname, sha256_file(&e.path())?);
+    }
+    let manifest = Manifest { format: FORMAT, step, files };
+    write_atomic(&tmp.join(MANIFEST), serde_json::to_string_pretty(&manifest).expect("serialisable").as_bytes())?;
+    fsync_path(tmp)
+}
+
+/// Whether `e` reports a full disk (`ENOSPC`), directly or in a library's message.
+fn is_disk_full(e: &RuntimeError) -> bool {
+    match e {
+        RuntimeError::Io { source, .. } if source.kind() == std::io::ErrorKind::StorageFull => true,
+        e => {
+            let m = e.to_string();
+            m.contains("No space left on device") || m.contains("os error 28") || m.contains("StorageFull")
+        }
+    }
 }
 
 /// Verifies a checkpoint folder: format, every listed file present with its checksum, no
@@ -341,6 +372,34 @@ mod tests {
         assert!(latest(&d).unwrap_err().to_string().contains("missing"));
         std::fs::write(p.join(MANIFEST), "{").unwrap();
         assert!(latest(&d).unwrap_err().to_string().contains("corrupt manifest"));
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_full_disk_removes_the_partial_checkpoint_and_says_so() {
+        let d = tmpdir("full");
+        save_text(&d, 1, 5, "one");
+        // /dev/full fails every write with ENOSPC, as a full disk does.
+        let e = save(
+            &d,
+            2,
+            5,
+            |tmp| {
+                std::fs::write(tmp.join("a.txt"), "two").map_err(|e| RuntimeError::io(tmp, e))?;
+                std::fs::write("/dev/full", "two").map_err(|e| RuntimeError::io(&tmp.join("b.txt"), e))
+            },
+            || {},
+        )
+        .unwrap_err();
+        let m = e.to_string();
+        assert!(m.contains("the disk is full") && m.contains("re-run the same command to resume"), "{m}");
+        assert_eq!(e.exit_code(), 5);
+        assert!(!d.join(".tmp-step-00000002").exists(), "the partial checkpoint holds the space");
+        assert_eq!(latest(&d).unwrap().unwrap().0, 1);
+        // Another failure is passed on as it is, and its partial files are removed too.
+        let e = save(&d, 3, 5, |tmp| Err(RuntimeError::checkpoint(tmp, "bad tensor")), || {}).unwrap_err();
+        assert!(e.to_string().contains("bad tensor") && !e.to_string().contains("disk is full"));
+        assert!(!d.join(".tmp-step-00000003").exists());
         std::fs::remove_dir_all(&d).unwrap();
     }
 

@@ -3,6 +3,7 @@
 //! * `kill_after_step:N` — SIGKILL right after training step N (and its checkpoint, if due);
 //! * `kill_during_save:N` — SIGKILL while checkpoint N is written, before it is published;
 //! * `nan_at_step:N` — make step N's loss NaN;
+//! * `out_of_memory_at_step:N` — make step N ask libtorch for more memory than exists;
 //! * `kill_after_candidate:N` — SIGKILL a search right after its N-th ledger entry (on a
 //!   worker rank of a multi-process search: once it has claimed its N-th candidate, before
 //!   its result).
@@ -17,6 +18,7 @@ struct Faults {
     kill_after_step: Option<u64>,
     kill_during_save: Option<u64>,
     nan_at_step: Option<u64>,
+    out_of_memory_at_step: Option<u64>,
     kill_after_candidate: Option<u64>,
 }
 
@@ -31,6 +33,7 @@ fn faults() -> &'static Faults {
             kill_after_step: get("kill_after_step"),
             kill_during_save: get("kill_during_save"),
             nan_at_step: get("nan_at_step"),
+            out_of_memory_at_step: get("out_of_memory_at_step"),
             kill_after_candidate: get("kill_after_candidate"),
         }
     })
@@ -63,6 +66,11 @@ pub fn during_save(step: u64) {
 /// Whether step `step`'s loss must be replaced by NaN.
 pub fn nan_at(step: u64) -> bool {
     faults().nan_at_step == Some(step)
+}
+
+/// Whether step `step` should fail to allocate.
+pub fn out_of_memory_at(step: u64) -> bool {
+    faults().out_of_memory_at_step == Some(step)
 }
 
 /// Called after a search appended its `count`-th ledger entry.

@@ -9,6 +9,7 @@
 //! * [`provenance`] — the code version recorded with every artifact;
 //! * [`cancel`] — the stop request the binary's signal handlers raise and the loops honour;
 //! * [`fault`] — fault injection for the crash tests (armed only by `DETNAS_FAULT`);
+//! * [`guard`] — a libtorch failure (a panic in tch) as an error, at one boundary per step;
 //! * [`mem`] — resident-memory accounting (current, peak, per stage);
 //! * [`progress`] — progress bars and the `metrics.jsonl` log.
 //!
@@ -21,6 +22,7 @@ pub mod config;
 pub mod error;
 pub mod fault;
 pub mod fsx;
+pub mod guard;
 pub mod mem;
 pub mod progress;
 pub mod provenance;

@@ -202,6 +202,16 @@ pub fn numeric_keys(doc: &toml::Value) -> Vec<NumericKey> {
     out
 }
 
+/// The number at dotted `key` of `doc` (the first element of an array).
+fn number_at(doc: &toml::Value, key: &str) -> Option<f64> {
+    let v = key.split('.').try_fold(doc, |v, k| v.get(k))?;
+    let v = match v {
+        toml::Value::Array(a) => a.first()?,
+        v => v,
+    };
+    v.as_float().or_else(|| v.as_integer().map(|i| i as f64))
+}
+
 /// The range `tables` give `key` (dotted), if any.
 pub fn range_of(tables: &[&[Rule]], key: &str) -> Option<Range> {
     let parts: Vec<String> = key.split('.').map(str::to_string).collect();
@@ -311,8 +321,15 @@ where
 {
     let set = key.set(v);
     match load(&[base, std::slice::from_ref(&set)].concat()) {
-        Ok(_) if range_of(C::RANGES, &key.key).is_some_and(|r| r.contains(v)) => Ok(()),
-        Ok(_) => Err(format!("{set} was accepted")),
+        Ok(cfg) => {
+            // The value as the field holds it (an f32 field rounds -1e-50 to -0.0).
+            let doc = toml::Value::try_from(&cfg).map_err(|e| e.to_string())?;
+            let held = number_at(&doc, &key.key).ok_or_else(|| format!("{set}: {} is gone", key.key))?;
+            match range_of(C::RANGES, &key.key) {
+                Some(r) if r.contains(held) => Ok(()),
+                _ => Err(format!("{set} was accepted (held as {held})")),
+            }
+        }
         Err(e) => refused_naming(Err(e), &code, &key.key, &set),
     }
 }

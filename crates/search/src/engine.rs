@@ -23,8 +23,6 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-const GENERATION_STREAM: u64 = 0x6E7E;
-
 /// What the search needs besides the evaluators.
 #[derive(Clone, Debug)]
 pub struct SearchSetup {
@@ -205,7 +203,7 @@ pub fn run(setup: &SearchSetup, workers: &mut Workers) -> Result<Outcome, Search
     let mut best_so_far = all_entries.iter().map(|e| e.fitness).fold(f64::NEG_INFINITY, f64::max);
     while !state.finished && state.generations_done < cfg.generations {
         let g = state.generations_done;
-        let mut rng = seeded(mix_seed(setup.seed, &[GENERATION_STREAM, g as u64]));
+        let mut rng = seeded(mix_seed(setup.seed, &[detnas_data::streams::SEARCH_GENERATION, g as u64]));
         let proposal = propose(cfg, &setup.limits, &elite, &visited, g, &mut rng);
         if proposal.shortfall > 0 {
             tracing::warn!(

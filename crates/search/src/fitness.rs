@@ -4,28 +4,24 @@
 //!   statistic of the path (backbone, FPN, heads) is reset and recomputed on training
 //!   images in training mode without gradients, then box AP is measured on the
 //!   search-validation split — the split the fine-tuning run carved out of the training set
-//!   and recorded in its checkpoint (checked here), never trained on.
+//!   and recorded in its checkpoint (checked), never trained on.
 //! * [`ClsEvaluator`] (ClsNAS baseline): the pre-trained classification supernet; BN
 //!   recalibration on training images, then top-1 on its validation set.
+//!
+//! Both are the evaluation layer's scorers ([`detnas_train::scoring`]) with the search's
+//! settings ([`SearchEvalConfig::score_settings`]).
 
 use crate::SearchError;
 use crate::config::{DetMetric, FitnessKind, SearchConfig, SearchEvalConfig};
 use crate::workers::{Evaluation, Evaluator};
-use detnas_data::Subset;
-use detnas_data::det::DetDataset;
-use detnas_detect::Detector;
-use detnas_detect::evaluate::{DetInputs, EvalSettings, evaluate};
-use detnas_nn::{BnMode, Supernet};
 use detnas_runtime::checkpoint::resolve;
 use detnas_runtime::fsx::sha256_file;
 use detnas_space::{Arch, SearchSpace};
-use detnas_train::engine::load_weights;
-use detnas_train::evaluate::{EvalData, evaluate_path};
-use detnas_train::finetune::{self, OpenedDetector, recalibration_images};
-use detnas_train::pretrain::{self, SharedDataset};
+use detnas_train::finetune::{self, OpenedDetector};
+use detnas_train::pretrain::{self, OpenedSupernet};
+use detnas_train::scoring::{ClsScorer, DetScorer, DetSplit, ScoreSettings};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use tch::{Device, nn};
+use tch::Device;
 
 /// What the search needs to know about the supernet before loading it.
 #[derive(Clone, Debug)]
@@ -95,34 +91,40 @@ impl SupernetInfo {
     }
 }
 
-/// Detection fitness of supernet paths (see the module documentation).
-pub struct DetEvaluator {
-    det: Detector,
-    _vs: nn::VarStore,
-    settings: EvalSettings,
-    /// The recalibration and validation images as model inputs (prepared once when together
-    /// they fit in [`PREPARED_INPUTS_BUDGET`]).
-    recal_inputs: DetInputs,
-    val_inputs: DetInputs,
-    mode: BnMode,
-    metric: DetMetric,
-    device: Device,
-}
-
 /// Memory one detection evaluator (one search worker; each holds its own copy) may spend on
 /// prepared inputs: recalibration and validation images decoded and test-transformed once,
 /// instead of once per candidate. The demo's 100 + 200 images at 128×128 take 59 MB;
-/// COCO-scale splits exceed it and are read per candidate as before.
+/// COCO-scale splits exceed it and are read per candidate.
 pub const PREPARED_INPUTS_BUDGET: u64 = 256 << 20;
+
+impl SearchEvalConfig {
+    /// How the search scores a candidate ([`detnas_train::scoring`]).
+    pub fn score_settings(&self, prefetch: usize) -> ScoreSettings {
+        ScoreSettings {
+            recalibrate_images: self.recalibrate_images,
+            bn_mode: self.bn_mode.into(),
+            batch: Some(self.batch),
+            max_images: self.val_images,
+            prefetch: Some(prefetch),
+            hold_inputs_bytes: PREPARED_INPUTS_BUDGET,
+        }
+    }
+}
+
+/// Detection fitness of supernet paths (see the module documentation): a
+/// [`DetScorer`] on the search-validation split.
+pub struct DetEvaluator {
+    scorer: DetScorer,
+    metric: DetMetric,
+    device: Device,
+}
 
 impl DetEvaluator {
     /// Opens the fine-tuned supernet detector of `ckpt` with its recalibration and
     /// search-validation images.
     ///
     /// # Errors
-    /// [`SearchError::Train`] when the checkpoint or its data splits cannot be opened;
-    /// [`SearchError::Config`] when the search-validation split is empty, differs from the one
-    /// recorded or overlaps the training images; [`SearchError::Detect`] for unreadable images.
+    /// As [`DetScorer::open`] on [`DetSplit::SearchVal`].
     pub fn open(
         ckpt: &Path,
         eval: &SearchEvalConfig,
@@ -142,92 +144,26 @@ impl DetEvaluator {
         prefetch: usize,
         device: Device,
     ) -> Result<DetEvaluator, SearchError> {
-        let ckpt = opened.path.clone();
-        let splits = opened.splits()?;
-        let OpenedDetector { config: cfg, state, detector: det, vs, .. } = opened;
-        if state.task.search_val_ids.is_empty() {
-            return Err(SearchError::Config(format!(
-                "{}: the fine-tuning run carved no search-validation split (data.search_val_images = 0); \
-                 the search must not score candidates on the test split",
-                ckpt.display()
-            )));
-        }
-        let mut recorded = state.task.search_val_ids.clone();
-        let mut carved: Vec<u64> = splits.search_val.images.iter().map(|i| i.id).collect();
-        recorded.sort_unstable();
-        carved.sort_unstable();
-        if recorded != carved {
-            return Err(SearchError::Config(format!(
-                "{}: the search-validation split carved now ({} images) differs from the one recorded at fine-tuning ({} images): the data changed",
-                ckpt.display(),
-                carved.len(),
-                recorded.len()
-            )));
-        }
-        let train_ids: std::collections::HashSet<u64> = splits.train.images.iter().map(|i| i.id).collect();
-        if splits.search_val.images.iter().any(|i| train_ids.contains(&i.id)) {
-            return Err(SearchError::Config("the search-validation split overlaps the fine-tuning images".into()));
-        }
-        let val = match eval.val_images {
-            Some(n) if n < splits.search_val.len() => Arc::new(splits.search_val.subset(&(0..n).collect::<Vec<_>>())),
-            _ => splits.search_val.clone(),
-        };
-        let settings = EvalSettings { batch: eval.batch, prefetch, ..cfg.eval_settings() };
-        let recal = Arc::new(recalibration_images(&cfg, &splits.train, eval.recalibrate_images));
-        let mut inputs = DetInputs::prepare_all(&[recal, val], &settings, PREPARED_INPUTS_BUDGET)?;
-        let val_inputs = inputs.pop().expect("two sets");
-        let recal_inputs = inputs.pop().expect("two sets");
-        tracing::debug!(
-            recalibration_prepared = recal_inputs.is_prepared(),
-            validation_prepared = val_inputs.is_prepared(),
-            "detection evaluator inputs"
-        );
-        Ok(DetEvaluator {
-            det,
-            _vs: vs,
-            settings,
-            recal_inputs,
-            val_inputs,
-            mode: eval.bn_mode.into(),
-            metric: eval.metric,
-            device,
-        })
+        let scorer = DetScorer::open(opened, DetSplit::SearchVal, &eval.score_settings(prefetch), device)?;
+        Ok(DetEvaluator { scorer, metric: eval.metric, device })
     }
 
-    /// The validation images.
-    pub fn val(&self) -> &Arc<DetDataset> {
-        self.val_inputs.data()
-    }
-
-    /// The BN recalibration images.
-    pub fn recalibration_images(&self) -> &Arc<DetDataset> {
-        self.recal_inputs.data()
-    }
-
-    /// How this evaluator presents images (the fine-tuning run's test transform, the
-    /// search's batch and prefetch).
-    pub fn settings(&self) -> &EvalSettings {
-        &self.settings
+    /// The scorer (its images and settings).
+    pub fn scorer(&self) -> &DetScorer {
+        &self.scorer
     }
 }
 
 impl Evaluator for DetEvaluator {
     fn evaluate(&mut self, arch: &Arch) -> Result<Evaluation, SearchError> {
-        let s = evaluate(
-            &self.det,
-            Some(arch),
-            Some((&self.recal_inputs, self.mode)),
-            &self.val_inputs,
-            &self.settings,
-            self.device,
-        )?;
+        let s = self.scorer.score(Some(arch))?;
         let fitness = match self.metric {
-            DetMetric::Ap => s.stats[0],
-            DetMetric::Ap50 => s.stats[1],
+            DetMetric::Ap => s.stats.ap(),
+            DetMetric::Ap50 => s.stats.ap50(),
         };
         Ok(Evaluation {
             fitness,
-            metrics: s.stats.to_vec(),
+            metrics: s.stats.0.to_vec(),
             recalibration_seconds: s.recalibration_seconds,
             evaluation_seconds: s.evaluation_seconds,
             threads: cpu_threads(self.device),
@@ -240,14 +176,10 @@ fn cpu_threads(device: Device) -> Option<i32> {
     (device == Device::Cpu).then(tch::get_num_threads)
 }
 
-/// Classification fitness (top-1) of supernet paths: the ClsNAS baseline.
+/// Classification fitness (top-1) of supernet paths: the ClsNAS baseline, a [`ClsScorer`]
+/// on the validation split.
 pub struct ClsEvaluator {
-    net: Supernet,
-    _vs: nn::VarStore,
-    recal: SharedDataset,
-    val: SharedDataset,
-    data: EvalData,
-    mode: BnMode,
+    scorer: ClsScorer,
     device: Device,
 }
 
@@ -263,33 +195,14 @@ impl ClsEvaluator {
         prefetch: usize,
         device: Device,
     ) -> Result<ClsEvaluator, SearchError> {
-        let (_, path) = resolve(ckpt)?;
-        let (pcfg, state) = pretrain::read_checkpoint_meta(&path)?;
-        let (train, val) = pretrain::open_datasets(&pcfg, Some(&state.task.classes))?;
-        let (mut vs, net) = pretrain::build_supernet(&state.space, state.task.classes.len(), device);
-        load_weights(&path, &mut vs, None)?;
-        let recal = pretrain::recalibration_set(&pcfg, train, Some(eval.recalibrate_images));
-        let val: SharedDataset = match eval.val_images {
-            Some(n) if n < val.len() => Arc::new(Subset::new(val, (0..n).collect())),
-            _ => val,
-        };
-        let mut data = pretrain::eval_data(&pcfg);
-        data.batch = eval.batch;
-        data.prefetch = prefetch;
-        Ok(ClsEvaluator { net, _vs: vs, recal, val, data, mode: eval.bn_mode.into(), device })
+        let opened = OpenedSupernet::open(ckpt, device)?;
+        Ok(ClsEvaluator { scorer: ClsScorer::open(opened, &eval.score_settings(prefetch), device)?, device })
     }
 }
 
 impl Evaluator for ClsEvaluator {
     fn evaluate(&mut self, arch: &Arch) -> Result<Evaluation, SearchError> {
-        let s = evaluate_path(
-            &self.net,
-            arch,
-            Some((self.recal.clone(), self.mode)),
-            self.val.clone(),
-            &self.data,
-            self.device,
-        )?;
+        let s = self.scorer.score(arch)?;
         Ok(Evaluation {
             fitness: s.top1,
             metrics: vec![s.top1, s.top5],

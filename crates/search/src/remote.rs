@@ -141,7 +141,7 @@ impl Remote {
                     Ok(Message::Job { id, .. }) => {
                         // None: a duplicate of a job already scored.
                         if let Some((i, arch, _)) = open.remove(&id) {
-                            let ev = self.local.evaluate(&arch)?;
+                            let ev = crate::workers::evaluate_guarded(self.local.as_mut(), &arch, 0)?;
                             on_done(i, arch, 0, ev)?;
                         }
                     }
@@ -254,7 +254,11 @@ pub fn serve(
         served += 1;
         // Crash tests: die holding the claimed candidate.
         detnas_runtime::fault::after_candidate(served as u64);
-        let reply = match space.parse_arch(&arch).map_err(SearchError::from).and_then(|a| eval.evaluate(&a)) {
+        let reply = match space
+            .parse_arch(&arch)
+            .map_err(SearchError::from)
+            .and_then(|a| crate::workers::evaluate_guarded(eval, &a, pg.rank()))
+        {
             Ok(ev) => Reply::Done {
                 rank: pg.rank(),
                 fitness: ev.fitness,

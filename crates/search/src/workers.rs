@@ -96,21 +96,7 @@ impl Workers {
                         if abort.load(Ordering::SeqCst) {
                             return;
                         }
-                        // A panic inside libtorch (out of memory, a kernel's check) becomes this
-                        // candidate's error: the pool never waits for a result that cannot come.
-                        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| eval.evaluate(&arch)))
-                            .unwrap_or_else(|p| {
-                                let msg = p
-                                    .downcast_ref::<String>()
-                                    .map(String::as_str)
-                                    .or_else(|| p.downcast_ref::<&str>().copied())
-                                    .unwrap_or("panic");
-                                let first = msg.lines().next().unwrap_or(msg);
-                                Err(SearchError::Evaluation {
-                                    arch: arch.to_string(),
-                                    message: format!("worker {w} failed: {first}"),
-                                })
-                            });
+                        let r = evaluate_guarded(eval.as_mut(), &arch, w);
                         if done_tx.send((i, arch, w, r)).is_err() {
                             return;
                         }
@@ -172,7 +158,7 @@ impl Workers {
     ) -> Result<(), SearchError> {
         if let Some(e) = &mut self.inline {
             for (i, arch) in jobs {
-                let r = e.evaluate(&arch)?;
+                let r = evaluate_guarded(e.as_mut(), &arch, 0)?;
                 on_done(i, arch, 0, r)?;
             }
             return Ok(());
@@ -216,6 +202,64 @@ impl Drop for Workers {
     fn drop(&mut self) {
         if let Some(p) = &mut self.pool {
             p.shutdown();
+        }
+    }
+}
+
+/// Scores `arch` on worker `worker`; a libtorch failure the scorer did not turn into an error
+/// (a panic) becomes this candidate's error, on every route (inline, threads, ranks), so the
+/// search never waits for a result that cannot come.
+///
+/// # Errors
+/// The evaluator's error, or [`SearchError::Evaluation`] naming the worker and the failure.
+pub(crate) fn evaluate_guarded(
+    eval: &mut dyn Evaluator,
+    arch: &Arch,
+    worker: usize,
+) -> Result<Evaluation, SearchError> {
+    detnas_runtime::guard::catch(|| eval.evaluate(arch)).unwrap_or_else(|f| {
+        Err(SearchError::Evaluation { arch: arch.to_string(), message: format!("worker {worker} failed: {f}") })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Panics like a failed libtorch call on its second candidate.
+    struct Failing(usize);
+
+    impl Evaluator for Failing {
+        fn evaluate(&mut self, _: &Arch) -> Result<Evaluation, SearchError> {
+            self.0 += 1;
+            if self.0 == 2 {
+                panic!("CUDA out of memory. Tried to allocate 20.00 MiB\nException raised from malloc");
+            }
+            Ok(Evaluation {
+                fitness: 0.5,
+                metrics: vec![0.5],
+                recalibration_seconds: 0.0,
+                evaluation_seconds: 0.0,
+                threads: None,
+            })
+        }
+    }
+
+    #[test]
+    fn a_libtorch_panic_is_the_candidates_error_on_the_inline_and_threaded_routes() {
+        for n in [1, 2] {
+            let factory: EvaluatorFactory = Arc::new(|_| Ok(Box::new(Failing(0)) as Box<dyn Evaluator>));
+            let mut w = Workers::new(factory, n).unwrap();
+            let jobs: Vec<(usize, Arch)> = (0..4).map(|i| (i, format!("{i}{i}{i}").parse().unwrap())).collect();
+            let mut done = 0;
+            let e = w.run(jobs, &mut |_, _, _, _| {
+                done += 1;
+                Ok(())
+            });
+            let m = e.unwrap_err().to_string();
+            assert!(m.contains("failed: CUDA out of memory. Tried to allocate 20.00 MiB"), "{n} workers: {m}");
+            assert!(!m.contains("Exception raised"), "{m}");
+            assert!(done >= 1, "{n} workers: the first candidate was scored");
         }
     }
 }

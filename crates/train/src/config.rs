@@ -415,10 +415,12 @@ impl From<BnModeConfig> for detnas_nn::BnMode {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EvalConfig {
-    /// Training images used to recompute BN statistics before evaluating a path (0: keep
-    /// the statistics training left). Default 1000.
-    #[serde(default = "d1000")]
-    pub recalibrate_images: usize,
+    /// Training images the BN statistics of a path are recomputed on before it is scored;
+    /// 0 keeps the statistics training left. Default ([`EvalConfig::recalibrate_images`]):
+    /// 1000 for a supernet's paths (their shared running averages mix every path), 0 for a
+    /// fixed architecture (a child trained alone holds its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recalibrate_images: Option<usize>,
     /// Images per evaluation batch. Default 100.
     #[serde(default = "d100")]
     pub batch: usize,
@@ -430,16 +432,21 @@ pub struct EvalConfig {
     pub final_paths: usize,
 }
 
-fn d1000() -> usize {
-    1000
-}
 fn d100() -> usize {
     100
 }
 
 impl Default for EvalConfig {
     fn default() -> EvalConfig {
-        EvalConfig { recalibrate_images: 1000, batch: 100, bn_mode: BnModeConfig::Exact, final_paths: 3 }
+        EvalConfig { recalibrate_images: None, batch: 100, bn_mode: BnModeConfig::Exact, final_paths: 3 }
+    }
+}
+
+impl EvalConfig {
+    /// The recalibration images of a supernet path (`fixed = false`) or of a fixed
+    /// architecture: `recalibrate_images`, else 1000 and 0.
+    pub fn recalibrate_images(&self, fixed: bool) -> usize {
+        self.recalibrate_images.unwrap_or(if fixed { 0 } else { 1000 })
     }
 }
 

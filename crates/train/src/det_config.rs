@@ -343,6 +343,14 @@ impl ConfigDocument for FinetuneConfig {
                 );
             }
             r.require(
+                self.data.search_val_images < train.images,
+                &["data.search_val_images", "data.source.train.images"],
+                format!(
+                    "data.search_val_images ({}) must be below data.source.train.images ({}): the carve leaves no image to train on",
+                    self.data.search_val_images, train.images
+                ),
+            );
+            r.require(
                 train.classes == test.classes,
                 &["data.source.train.classes", "data.source.test.classes"],
                 format!(
@@ -395,8 +403,8 @@ impl FinetuneConfig {
     }
 
     /// How evaluation images are presented (test transform, `eval.batch`).
-    pub fn eval_settings(&self) -> detnas_detect::evaluate::EvalSettings {
-        detnas_detect::evaluate::EvalSettings {
+    pub fn eval_settings(&self) -> detnas_detect::evaluate::DetEvalSettings {
+        detnas_detect::evaluate::DetEvalSettings {
             min_size: self.data.test_min_size,
             max_size: self.data.max_size,
             convention: self.data.convention,
@@ -484,6 +492,11 @@ mod tests {
             (&fpn, "detector.head.roi.bg_iou=0.9", "detector.head.roi.fg_iou (0.5) must be at least"),
             (&fpn, "detector.head.rpn.anchor_sizes=[32.0]", "detector.head.rpn.anchor_sizes needs one size"),
             (&retina, "data.source.test.classes=3", "data.source.test.classes (3) must be equal"),
+            (
+                &retina,
+                "data.search_val_images=100000",
+                "data.search_val_images (100000) must be below data.source.train.images",
+            ),
             (
                 &retina,
                 "data.source.train.objects=[5, 2]",

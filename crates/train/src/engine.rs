@@ -47,7 +47,7 @@ use detnas_dist::ProcessGroup;
 use detnas_nn::PathIndex;
 use detnas_runtime::mem::{MemoryRecord, PeakMeter};
 use detnas_runtime::progress::{MetricsLog, bar};
-use detnas_runtime::{Cancel, fault};
+use detnas_runtime::{Cancel, fault, guard};
 use detnas_space::rng::{ChaCha8Rng, seeded};
 use detnas_space::{Arch, PathSampler, SearchSpace};
 use rand::SeedableRng;
@@ -254,6 +254,12 @@ pub trait TrainTask {
 
     /// Names of up to 8 samples of `batch`, for the non-finite-loss diagnostic.
     fn describe(&self, batch: &Self::Batch) -> Vec<String>;
+
+    /// The batch's tensor size in words ("8 images of 800×1344"), for an out-of-memory error.
+    fn input_size(&self, batch: &Self::Batch) -> String;
+
+    /// The configuration keys that lower the memory a step takes, for an out-of-memory error.
+    const MEMORY_KEYS: &'static str;
 
     /// Called once at the start of the first step after the path sampler's warm start
     /// (also when a run resumes exactly there); the engine then clears the momentum buffers.
@@ -556,9 +562,9 @@ impl<'a> Trainer<'a> {
     /// [`TrainError::Interrupted`] after saving when `opts.cancel` was raised (on any rank),
     /// [`TrainError::Dist`] when a collective fails, and any error of the task, the metrics
     /// file or a checkpoint.
-    pub fn run<B, T: Serialize>(
+    pub fn run<B, T: Serialize, Task: TrainTask<Batch = B>>(
         &mut self,
-        task: &mut impl TrainTask<Batch = B>,
+        task: &mut Task,
         vs: &nn::VarStore,
         task_state: &T,
         opts: &RunOptions,
@@ -617,14 +623,33 @@ impl<'a> Trainer<'a> {
             let child = matches!(self.paths, Paths::Child(_));
             let at = self.step;
             let images = task.describe(&lb.batch).join(", ");
-            let report = step(
-                group.len(),
-                |i| task.losses(&lb.batch, (!child).then(|| &group[i]), at),
-                &vars,
-                &mut self.opt,
-                &settings,
-                |i, loss| TrainError::Numerical { step: at + 1, loss, lr, arch: group[i].to_string(), images },
-            )?;
+            let input_size = task.input_size(&lb.batch);
+            let device = vs.device();
+            let report = guard::catch(|| {
+                step(
+                    group.len(),
+                    |i| {
+                        if fault::out_of_memory_at(at + 1) {
+                            // A real allocator failure: more bytes than any machine holds.
+                            let _ = Tensor::empty([1i64 << 52], (Kind::Float, device));
+                        }
+                        task.losses(&lb.batch, (!child).then(|| &group[i]), at)
+                    },
+                    &vars,
+                    &mut self.opt,
+                    &settings,
+                    |i, loss| TrainError::Numerical { step: at + 1, loss, lr, arch: group[i].to_string(), images },
+                )
+            })
+            .map_err(|f| {
+                let during = format!(
+                    "{} step {} (path {}; {input_size} on {device:?})",
+                    self.spec.what,
+                    at + 1,
+                    group.iter().map(Arch::to_string).collect::<Vec<_>>().join(",")
+                );
+                TrainError::compute(during, f, <Task as TrainTask>::MEMORY_KEYS)
+            })??;
             let share = 1.0 / group.len() as f64;
             for p in &report.paths {
                 for (name, v) in &p.losses {

@@ -29,6 +29,10 @@ pub enum TrainError {
     Dist(#[from] detnas_dist::DistError),
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
+    /// libtorch failed inside a guarded step ([`detnas_runtime::guard`]); `hint` says what to
+    /// change when it ran out of memory.
+    #[error("{during}: libtorch failed: {failure}{hint}")]
+    Compute { during: String, failure: detnas_runtime::guard::ComputeFailure, hint: String },
 }
 
 impl TrainError {
@@ -46,6 +50,19 @@ impl TrainError {
             TrainError::Dist(d) => d.exit_code(),
             _ => 1,
         }
+    }
+}
+
+impl TrainError {
+    /// A [`TrainError::Compute`] for `failure` while `during` ran; `lower` names what to
+    /// lower when it ran out of memory (e.g. "schedule.batch or data.max_size").
+    pub fn compute(during: String, failure: detnas_runtime::guard::ComputeFailure, lower: &str) -> TrainError {
+        let hint = if failure.out_of_memory {
+            format!(" — out of memory: lower {lower}, or run on a device with more memory")
+        } else {
+            String::new()
+        };
+        TrainError::Compute { during, failure, hint }
     }
 }
 

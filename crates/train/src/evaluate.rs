@@ -13,7 +13,7 @@ use tch::{Device, Kind, Tensor};
 
 /// How images are presented for recalibration and evaluation.
 #[derive(Clone, Debug)]
-pub struct EvalData {
+pub struct ClsEvalSettings {
     pub transform: ClsTransform,
     pub convention: InputConvention,
     pub batch: usize,
@@ -36,7 +36,7 @@ pub struct ClsScore {
 ///
 /// # Errors
 /// [`TrainError::Data`] when `data` is empty or `d.batch` is zero.
-pub fn finite_loader(data: Arc<dyn ClsDataset>, d: &EvalData) -> Result<ClsLoader, TrainError> {
+pub fn finite_loader(data: Arc<dyn ClsDataset>, d: &ClsEvalSettings) -> Result<ClsLoader, TrainError> {
     let cfg = LoaderConfig {
         stream: StreamConfig::single_pass(d.batch, d.prefetch),
         transform: d.transform.clone(),
@@ -81,7 +81,7 @@ pub fn recalibrate(
     net: &Supernet,
     arch: &Arch,
     images: Arc<dyn ClsDataset>,
-    d: &EvalData,
+    d: &ClsEvalSettings,
     mode: BnMode,
     device: Device,
 ) -> Result<usize, TrainError> {
@@ -104,7 +104,7 @@ pub fn evaluate_path(
     arch: &Arch,
     recal: Option<(Arc<dyn ClsDataset>, BnMode)>,
     val: Arc<dyn ClsDataset>,
-    d: &EvalData,
+    d: &ClsEvalSettings,
     device: Device,
 ) -> Result<ClsScore, TrainError> {
     let t0 = Instant::now();

@@ -10,8 +10,9 @@ use crate::engine::{
     LoadedBatch, Paths, Resume, RunOptions, StepLosses, TrainOutcome, TrainTask, Trainer, TrainerSpec,
 };
 use crate::evaluate::autocast;
-use crate::evaluate::{ClsScore, EvalData, batch_tensors, evaluate_path, recalibration_subset};
+use crate::evaluate::{ClsEvalSettings, ClsScore, batch_tensors};
 use crate::loss::{smooth_cross_entropy, topk_hits};
+use crate::scoring::{ClsScorer, ScoreSettings};
 use detnas_data::{
     Batch, ClsDataset, ClsLoader, ClsTransform, IdxDataset, ImageFolder, LoaderConfig, StreamConfig, SyntheticCls,
     mix_seed,
@@ -27,11 +28,7 @@ use std::path::Path;
 use std::sync::Arc;
 use tch::{Device, nn};
 
-/// Stream ids for [`mix_seed`].
-const PATH_STREAM: u64 = 0x9A7B;
-const DROPOUT_STREAM: u64 = 0xD20F;
-const EVAL_STREAM: u64 = 0xE7A1;
-const INIT_STREAM: u64 = 0x1417;
+use detnas_data::streams::{PRETRAIN_DATA, PRETRAIN_DROPOUT, PRETRAIN_EVAL, PRETRAIN_INIT, PRETRAIN_PATHS};
 
 /// The classification part of a checkpoint's state: the class names, in label order.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -79,19 +76,10 @@ pub fn open_datasets(
     })
 }
 
-/// The BN-recalibration images of a run: `eval.recalibrate_images` (or `n`) training images
-/// drawn by the run's seed — the same set at the end of training and in `detnas eval cls`.
-pub fn recalibration_set(cfg: &PretrainConfig, train: SharedDataset, n: Option<usize>) -> SharedDataset {
-    Arc::new(recalibration_subset(
-        train,
-        n.unwrap_or(cfg.eval.recalibrate_images),
-        mix_seed(cfg.seed, &[EVAL_STREAM, 1]),
-    ))
-}
-
-/// The evaluation presentation of a config.
-pub fn eval_data(cfg: &PretrainConfig) -> EvalData {
-    EvalData {
+/// The evaluation presentation of a config (its test transform, `eval.batch`,
+/// `runtime.prefetch`).
+pub fn eval_settings(cfg: &PretrainConfig) -> ClsEvalSettings {
+    ClsEvalSettings {
         transform: ClsTransform::Eval { resize: cfg.data.eval_resize, crop: cfg.data.input_size },
         convention: cfg.data.convention,
         batch: cfg.eval.batch,
@@ -105,7 +93,7 @@ fn train_loader_config(cfg: &PretrainConfig, shard: Option<(usize, usize)>) -> L
     LoaderConfig {
         stream: StreamConfig::training(
             cfg.schedule.batch / shard.map_or(1, |s| s.1),
-            mix_seed(cfg.seed, &[0xDA7A]),
+            mix_seed(cfg.seed, &[PRETRAIN_DATA]),
             cfg.runtime.prefetch,
             shard,
         ),
@@ -136,6 +124,44 @@ pub struct Summary {
 /// [`TrainError::Checkpoint`] when it is not a readable pre-training checkpoint.
 pub fn read_checkpoint_meta(path: &Path) -> Result<(PretrainConfig, TrainState), TrainError> {
     crate::engine::read_meta(path)
+}
+
+/// A pre-training checkpoint opened for scoring: its configuration, state and supernet (or
+/// fixed child) with the weights loaded.
+pub struct OpenedSupernet {
+    pub config: PretrainConfig,
+    pub state: TrainState,
+    pub net: Supernet,
+    pub vs: nn::VarStore,
+    /// The resolved `step-N` folder.
+    pub path: std::path::PathBuf,
+}
+
+impl OpenedSupernet {
+    /// Opens a pre-training checkpoint (a `step-N` folder, or a run folder's latest).
+    ///
+    /// # Errors
+    /// [`TrainError::Checkpoint`] for a missing, corrupt or foreign checkpoint.
+    pub fn open(ckpt: &Path, device: Device) -> Result<OpenedSupernet, TrainError> {
+        let (_, path) = crate::checkpoint::resolve(ckpt)?;
+        let (config, state) = read_checkpoint_meta(&path)?;
+        let (mut vs, net) = build_supernet(&state.space, state.task.classes.len(), device);
+        crate::engine::load_weights(&path, &mut vs, None)?;
+        Ok(OpenedSupernet { config, state, net, vs, path })
+    }
+
+    /// The training and validation sets of its run, with the checkpoint's class mapping.
+    ///
+    /// # Errors
+    /// As [`open_datasets`].
+    pub fn datasets(&self) -> Result<(SharedDataset, SharedDataset), TrainError> {
+        open_datasets(&self.config, Some(&self.state.task.classes))
+    }
+
+    /// Whether the checkpoint holds one fixed child (`sampling.kind = "fixed"`).
+    pub fn is_fixed(&self) -> bool {
+        self.config.sampling.kind == SamplingKind::Fixed
+    }
 }
 
 /// Builds the supernet of a space with `classes` outputs.
@@ -197,7 +223,7 @@ impl TrainTask for ClsTask<'_> {
         // Each sample's dropout mask comes from its own seed (step, dataset index).
         let head = self.net.head().ok_or_else(|| TrainError::Config("the supernet has no head".into()))?;
         let seeds: Vec<u64> =
-            batch.indices.iter().map(|&i| mix_seed(self.seed, &[DROPOUT_STREAM, step, i as u64])).collect();
+            batch.indices.iter().map(|&i| mix_seed(self.seed, &[PRETRAIN_DROPOUT, step, i as u64])).collect();
         let mask = dropout_mask(&seeds, head.channels(), head.dropout, self.device);
         let logits = {
             let _amp = autocast(self.device, true)?;
@@ -215,6 +241,12 @@ impl TrainTask for ClsTask<'_> {
     fn describe(&self, batch: &Batch) -> Vec<String> {
         batch.indices.iter().take(8).map(|&i| self.train.name(i)).collect()
     }
+
+    fn input_size(&self, batch: &Batch) -> String {
+        format!("{} images of {}×{}", batch.len(), batch.size, batch.size)
+    }
+
+    const MEMORY_KEYS: &'static str = "schedule.batch or data.input_size";
 
     fn end_warm_start(&mut self) -> Result<(), TrainError> {
         self.net.align_choices();
@@ -254,7 +286,7 @@ pub fn run(cfg: &PretrainConfig, out: &Path, device: Device, opts: &RunOptions) 
 
     // Initial weights come from libtorch's generator: seed it so that a run is reproducible
     // from its seed alone (a resumed run then loads the checkpoint over them).
-    tch::manual_seed(mix_seed(cfg.seed, &[INIT_STREAM]) as i64);
+    tch::manual_seed(mix_seed(cfg.seed, &[PRETRAIN_INIT]) as i64);
     let (mut vs, net) = build_supernet(&space, state.classes.len(), device);
     let spec = TrainerSpec {
         what: "pretrain",
@@ -266,7 +298,7 @@ pub fn run(cfg: &PretrainConfig, out: &Path, device: Device, opts: &RunOptions) 
         config_hash: hash,
         config_toml: cfg.to_toml(),
         data_fingerprint: train.fingerprint(),
-        path_stream: PATH_STREAM,
+        path_stream: PRETRAIN_PATHS,
         sync_bn_default: false,
     };
     let sampler = sampler(cfg, &space)?;
@@ -289,20 +321,15 @@ pub fn run(cfg: &PretrainConfig, out: &Path, device: Device, opts: &RunOptions) 
     }
 
     // Final evaluation of a few random paths (after recalibrating their BN statistics).
-    let ed = eval_data(cfg);
-    let mut eval_rng = seeded(mix_seed(cfg.seed, &[EVAL_STREAM]));
-    let recal = recalibration_set(cfg, train, None);
+    drop(trainer);
+    let fixed = cfg.sampling.kind == SamplingKind::Fixed;
+    let settings = ScoreSettings::new(cfg.eval.recalibrate_images(fixed), cfg.eval.bn_mode.into());
+    let mut scorer = ClsScorer::new(net, vs, cfg, (train, val), &settings, device);
+    let mut eval_rng = seeded(mix_seed(cfg.seed, &[PRETRAIN_EVAL]));
     let mut scores = Vec::new();
     for _ in 0..cfg.eval.final_paths {
         let arch = sampler.sample(&mut eval_rng)?;
-        scores.push(evaluate_path(
-            &net,
-            &arch,
-            Some((recal.clone(), cfg.eval.bn_mode.into())),
-            val.clone(),
-            &ed,
-            device,
-        )?);
+        scores.push(scorer.score(&arch)?);
     }
     let mean_top1 = scores.iter().map(|s| s.top1).sum::<f64>() / scores.len().max(1) as f64;
     let summary = Summary { train: outcome, paths: scores, mean_top1 };

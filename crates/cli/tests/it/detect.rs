@@ -130,25 +130,17 @@ fn both_detectors_train_resume_exactly_evaluate_and_predict() {
         let o = engine(&["eval", "det", "--checkpoint", reference.to_str().unwrap()], None);
         assert_eq!(o.status.code(), Some(2));
 
-        // predict writes COCO results that eval coco scores like eval det (same path, same BN
-        // recalibration on 8 training images), and a labelled picture per image.
+        // eval det defaults to the run's own scoring (eval.recalibrate_images = 8, its batch):
+        // the summary's score again, to the bit.
         let o = engine(
-            &[
-                "eval",
-                "det",
-                "--checkpoint",
-                reference.to_str().unwrap(),
-                "--arch",
-                &arch,
-                "--recalibrate-bn",
-                "8",
-                "--threads",
-                "1",
-                "--json",
-            ],
+            &["eval", "det", "--checkpoint", reference.to_str().unwrap(), "--arch", &arch, "--threads", "1", "--json"],
             None,
         );
         let want: serde_json::Value = serde_json::from_str(ok(&o).trim()).unwrap();
+        assert_eq!(want["recalibrate_bn"], 8);
+        assert_eq!(want["stats"], summary["paths"][0]["stats"], "eval det vs summary.json");
+        // predict writes COCO results that eval coco scores like eval det (same path, same BN
+        // recalibration on 8 training images), and a labelled picture per image.
         let gt = data.join("test/annotations.json");
         let mut images: Vec<String> = std::fs::read_dir(data.join("test/images"))
             .unwrap()
@@ -359,4 +351,93 @@ fn bench_reports_first_use_steady_state_phases_and_reads() {
     let i = line("det-infer-retinanet-demo");
     assert_eq!(i["detections_per_image"], 100.0, "{i}");
     assert_eq!(i["host_reads_per_step"], 1.0, "{i}");
+}
+
+/// A fixed architecture keeps its own BN statistics by default (eval.recalibrate_images
+/// unset), after training and in `eval det`, which gives the summary's score again; asking
+/// for recalibration changes it.
+#[test]
+fn a_fixed_architecture_keeps_its_statistics_and_eval_det_reproduces_its_score() {
+    let d = dir("fixed");
+    let data = d.join("data");
+    let cfg = d.join("fixed.toml");
+    let text =
+        tiny(RETINA, &data).replace("recalibrate_images = 8\n", "").replace("[model]\n", "[model]\narch = \"01230\"\n");
+    assert!(!text.contains("recalibrate_images") && text.contains("arch = \"01230\""), "{text}");
+    std::fs::write(&cfg, text).unwrap();
+    let run = d.join("run");
+    ok(&finetune(&cfg, &run, None));
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
+    let path = &summary["paths"][0];
+    assert_eq!(path["bn_layers_recalibrated"], 0, "{summary}");
+    let eval = |extra: &[&str]| -> serde_json::Value {
+        let mut args = vec!["eval", "det", "--checkpoint", run.to_str().unwrap(), "--threads", "1", "--json"];
+        args.extend(extra);
+        serde_json::from_str(ok(&engine(&args, None)).trim()).unwrap()
+    };
+    let kept = eval(&[]);
+    assert_eq!(kept["recalibrate_bn"], 0);
+    assert_eq!(kept["stats"], path["stats"], "eval det vs summary.json");
+    let recalibrated = eval(&["--recalibrate-bn", "8"]);
+    assert_eq!(recalibrated["recalibrate_bn"], 8);
+    assert_ne!(recalibrated["stats"], path["stats"], "recalibration on 8 images changed nothing");
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+/// A start that wrote its synthetic set into the run folder but made no checkpoint does not
+/// block the corrected command: the set is written anew with the new parameters.
+#[test]
+fn a_failed_start_does_not_block_its_folder_with_its_synthetic_set() {
+    let d = dir("takeover");
+    let cfg = d.join("own-data.toml");
+    let text = tiny(RETINA, Path::new("data")).replace("checkpoint_every = 2", "checkpoint_every = 3");
+    std::fs::write(&cfg, text).unwrap();
+    let run = d.join("run");
+    // Numerical failure at step 1: the data is written, no checkpoint is made.
+    let o = finetune(&cfg, &run, Some("nan_at_step:1"));
+    assert_eq!(o.status.code(), Some(4), "{}", String::from_utf8_lossy(&o.stderr));
+    let ann = run.join("data/train/annotations.json");
+    assert!(ann.is_file() && !run.join("checkpoints/LATEST").exists());
+    let images = |p: &Path| -> usize {
+        let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
+        v["images"].as_array().unwrap().len()
+    };
+    assert_eq!(images(&ann), 30);
+    // The corrected command, with other data parameters, takes the folder over.
+    let o = engine(
+        &[
+            "finetune",
+            "--no-progress",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--out",
+            run.to_str().unwrap(),
+            "--set",
+            "data.source.train.images=40",
+        ],
+        None,
+    );
+    ok(&o);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("writing it anew"));
+    assert_eq!(images(&ann), 40);
+    // Once the run holds a checkpoint, its set is never replaced: other parameters are refused.
+    let o = engine(
+        &[
+            "finetune",
+            "--no-progress",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--out",
+            run.to_str().unwrap(),
+            "--set",
+            "data.source.train.images=50",
+            "--allow-mismatch",
+        ],
+        None,
+    );
+    assert_ne!(o.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("other parameters"), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(images(&ann), 40);
+    std::fs::remove_dir_all(&d).unwrap();
 }

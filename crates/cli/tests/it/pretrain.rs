@@ -125,6 +125,39 @@ fn bad_checkpoints_and_changed_configs_are_refused() {
     assert_eq!(o.status.code(), Some(2));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("different configuration") && err.contains("schedule.lr: "), "{err}");
+    // eval cls defaults to the run's own scoring (its eval.recalibrate_images, bn_mode and
+    // batch): the summary's score again, to the bit.
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
+    let path = &summary["paths"][0];
+    let arch = path["arch"].as_str().unwrap();
+    let o = crate::engine(
+        &["eval", "cls", "--checkpoint", run.to_str().unwrap(), "--arch", arch, "--threads", "1", "--json"],
+        None,
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&o.stdout).trim()).unwrap();
+    assert_eq!(v["recalibrate_bn"], 32);
+    for k in ["top1", "top5", "images", "bn_layers_recalibrated"] {
+        assert_eq!(v["score"][k], path[k], "{k}: eval cls {v} vs summary {path}");
+    }
+    // eval.recalibrate_images = 0 keeps the statistics (no recalibration, no error).
+    let kept = d.join("kept");
+    let o = pretrain(&cfg, &kept, &["--set", "eval.recalibrate_images=0"], None);
+    ok(&o);
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(kept.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["paths"][0]["bn_layers_recalibrated"], 0, "{summary}");
+    assert!(summary["paths"][0]["top1"].as_f64().unwrap() > 0.0, "{summary}");
+    // A bad eval value is refused before the first step: exit 2, the key named, nothing written.
+    for set in ["eval.batch=0", "eval.final_paths=0", "eval.recalibrate_images=-1"] {
+        let fresh = d.join("fresh");
+        let o = pretrain(&cfg, &fresh, &["--set", set], None);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{set}: {err}");
+        assert!(err.contains(&format!("--set {set}")), "{set}: {err}");
+        assert!(!fresh.exists(), "{set}: {fresh:?} was written");
+    }
     // A pre-training checkpoint where a detection one is needed is named as such.
     let o = crate::engine(&["eval", "det", "--checkpoint", run.to_str().unwrap(), "--arch", "0123"], None);
     let err = String::from_utf8_lossy(&o.stderr);
@@ -161,6 +194,31 @@ fn non_finite_loss_stops_with_a_diagnostic() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(4), "{err}");
     assert!(err.contains("non-finite loss NaN at step 3") && err.contains("synthetic #"), "{err}");
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+/// A libtorch failure inside a step (here a real allocator refusal at step 6) is an error
+/// naming the stage, step, path and batch, with what to lower: exit 1, no panic report; the
+/// checkpoint of step 4 stays and the re-run resumes from it.
+#[test]
+fn out_of_memory_is_an_error_naming_the_step_and_what_to_lower() {
+    let d = dir("oom");
+    let cfg = config(&d, TINY);
+    let run = d.join("run");
+    let o = pretrain(&cfg, &run, &[], Some("out_of_memory_at_step:6"));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(
+        err.contains("pretrain step 6 (path ")
+            && err.contains("8 images of 16×16 on Cpu")
+            && err.contains("libtorch failed")
+            && err.contains("out of memory: lower schedule.batch or data.input_size"),
+        "{err}"
+    );
+    let o = pretrain(&cfg, &run, &[], None);
+    ok(&o);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("resuming from"), "{}", String::from_utf8_lossy(&o.stderr));
     std::fs::remove_dir_all(&d).unwrap();
 }
 

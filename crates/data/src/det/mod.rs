@@ -338,7 +338,10 @@ impl DetDataset {
             )));
         }
         let mut order: Vec<usize> = (0..self.len()).collect();
-        detnas_space::rng::shuffle(&mut detnas_space::rng::seeded(crate::mix_seed(seed, &[0xCA7E])), &mut order);
+        detnas_space::rng::shuffle(
+            &mut detnas_space::rng::seeded(crate::mix_seed(seed, &[crate::streams::SEARCH_VAL_CARVE])),
+            &mut order,
+        );
         let mut carved = order[..n].to_vec();
         let mut rest = order[n..].to_vec();
         carved.sort_unstable();

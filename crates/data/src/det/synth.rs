@@ -98,7 +98,7 @@ impl SyntheticDetConfig {
 
     /// Renders image `i` and its objects.
     pub fn render(&self, i: usize) -> (RgbImage, Vec<SynthObject>) {
-        let mut rng = seeded(mix_seed(self.seed, &[0xDE7, i as u64]));
+        let mut rng = seeded(mix_seed(self.seed, &[crate::streams::SYNTHETIC_DET_IMAGE, i as u64]));
         let (w, h) = (self.width as f64, self.height as f64);
         let (mut img, _) = background(&mut rng, self.width, self.height, self.clutter);
         let n = self.objects.0 + below(&mut rng, (self.objects.1 - self.objects.0 + 1) as u64) as usize;
@@ -163,6 +163,26 @@ impl SyntheticDetConfig {
             )));
         }
         Ok(ds)
+    }
+
+    /// Removes the set in `dir` when it was written with other parameters (a run folder's own
+    /// set, taken over by a corrected start that made no checkpoint); returns whether it did.
+    /// The folder is first renamed aside in one step, so no reader sees a half-removed set.
+    ///
+    /// # Errors
+    /// [`DataError::Io`] when the set cannot be renamed or removed.
+    pub fn remove_other(&self, dir: &Path) -> Result<bool, DataError> {
+        let ann_path = dir.join("annotations.json");
+        let Ok(text) = std::fs::read_to_string(&ann_path) else { return Ok(false) };
+        let doc: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        if doc["info"]["config"] == serde_json::to_value(self).expect("serialisable") {
+            return Ok(false);
+        }
+        let name = dir.file_name().map_or_else(|| "set".into(), |n| n.to_string_lossy().into_owned());
+        let aside = dir.with_file_name(format!(".{name}.replaced-{}", std::process::id()));
+        std::fs::rename(dir, &aside).map_err(|source| DataError::Io { path: dir.to_path_buf(), source })?;
+        std::fs::remove_dir_all(&aside).map_err(|source| DataError::Io { path: aside, source })?;
+        Ok(true)
     }
 
     /// Renders the set into a staging folder next to `dir` and renames it to `dir`.
@@ -335,6 +355,24 @@ mod tests {
         std::fs::remove_dir_all(&dir).ok();
     }
 
+    #[test]
+    fn a_set_with_other_parameters_is_removed_only_when_asked() {
+        let d = std::env::temp_dir().join(format!("detnas-synth-other-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        let set = d.join("train");
+        let first = cfg();
+        first.write(&set).unwrap();
+        assert!(!first.remove_other(&set).unwrap(), "the same parameters are kept");
+        assert!(set.join("annotations.json").is_file());
+        let other = SyntheticDetConfig { images: 5, ..cfg() };
+        assert!(other.write(&set).is_err(), "precondition: refused without the takeover");
+        assert!(other.remove_other(&set).unwrap());
+        assert!(!set.exists());
+        assert_eq!(other.write(&set).unwrap().len(), 5);
+        let left: Vec<_> = std::fs::read_dir(&d).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left, vec![std::ffi::OsString::from("train")], "nothing aside is left");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
     #[test]
     fn concurrent_writers_of_one_set_all_read_the_same_complete_set() {
         // The ranks of a job on one machine each call `write` on the same folder at once.

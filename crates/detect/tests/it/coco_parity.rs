@@ -1,7 +1,7 @@
 //! COCO box evaluation through hotcoco equals pycocotools 2.0.11 (the fixture's
 //! `make_fixtures.py` produced both the cases and `expected.json`) to 1e-9 on every stat.
 
-use detnas_detect::eval::{CocoDetection, coco_stats, coco_stats_files};
+use detnas_detect::metrics::{CocoDetection, coco_stats, coco_stats_files};
 use std::path::PathBuf;
 
 fn dir() -> PathBuf {
@@ -19,7 +19,7 @@ fn every_case_matches_pycocotools() {
         let gt = dir().join(format!("{name}.gt.json"));
         let dt = dir().join(format!("{name}.dt.json"));
         let got = coco_stats_files(&gt, &dt).unwrap();
-        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        for (i, (g, w)) in got.0.iter().zip(&want).enumerate() {
             assert!((g - w).abs() <= 1e-9, "{name} stat {i}: hotcoco {g} vs pycocotools {w}");
         }
         // The in-memory path (what `eval det` uses) agrees with the file path.

@@ -20,11 +20,12 @@ use crate::det_config::FinetuneConfig;
 use crate::engine::{
     LoadedBatch, Paths, Resume, RunOptions, StepLosses, TrainOutcome, TrainTask, Trainer, TrainerSpec,
 };
+use crate::scoring::{DetScorer, DetSplit, ScoreSettings};
 use detnas_data::det::loader::{DetLoader, DetLoaderConfig};
 use detnas_data::det::transform::{DetBatch, DetTransform};
 use detnas_data::det::{Category, DetDataset};
 use detnas_data::{StreamConfig, mix_seed};
-use detnas_detect::evaluate::{DetInputs, DetScore, batch_inputs, evaluate, recalibration_subset};
+use detnas_detect::evaluate::{DetScore, batch_inputs};
 use detnas_detect::{Detector, Targets};
 use detnas_runtime::ConfigDocument;
 use detnas_space::rng::seeded;
@@ -34,10 +35,7 @@ use std::path::Path;
 use std::sync::Arc;
 use tch::Device;
 
-const PATH_STREAM: u64 = 0x9A7C;
-const EVAL_STREAM: u64 = 0xE7A2;
-const INIT_STREAM: u64 = 0x1418;
-const SAMPLER_STREAM: u64 = 0x5A3B;
+use detnas_data::streams::{FINETUNE_DATA, FINETUNE_EVAL, FINETUNE_INIT, FINETUNE_PATHS, FINETUNE_SAMPLER};
 
 /// The detection part of a checkpoint's state.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -61,12 +59,6 @@ pub struct FinetuneSummary {
     pub paths: Vec<DetScore>,
 }
 
-/// The recalibration images of a run: the first `n` of a permutation of the training split
-/// seeded by the run's seed (the same set after training, in the search and in `eval det`).
-pub fn recalibration_images(cfg: &FinetuneConfig, train: &DetDataset, n: usize) -> DetDataset {
-    recalibration_subset(train, n, mix_seed(cfg.seed, &[EVAL_STREAM, 1]))
-}
-
 /// Detection batches and the detector's losses.
 struct DetTask<'a> {
     det: &'a Detector,
@@ -88,7 +80,7 @@ impl TrainTask for DetTask<'_> {
     fn losses(&mut self, batch: &DetBatch, arch: Option<&Arch>, step: u64) -> Result<StepLosses, TrainError> {
         let (x, sizes, mut targets) = batch_inputs(batch, self.device);
         for t in &mut targets {
-            t.seed = mix_seed(self.seed, &[SAMPLER_STREAM, step, t.seed]);
+            t.seed = mix_seed(self.seed, &[FINETUNE_SAMPLER, step, t.seed]);
         }
         let l = self.det.losses(&x, &sizes, &Targets::new(&targets, self.device), arch)?;
         Ok(StepLosses { losses: l.terms, metrics: Vec::new(), exact: Some(l.exact) })
@@ -97,6 +89,12 @@ impl TrainTask for DetTask<'_> {
     fn describe(&self, batch: &DetBatch) -> Vec<String> {
         batch.indices.iter().take(8).map(|&i| self.train.images[i].file.display().to_string()).collect()
     }
+
+    fn input_size(&self, batch: &DetBatch) -> String {
+        format!("{} images padded to {}×{}", batch.samples.len(), batch.height, batch.width)
+    }
+
+    const MEMORY_KEYS: &'static str = "schedule.batch or data.max_size (and data.min_size)";
 }
 
 /// Decodes every image of the splits (in parallel) and logs those that fail, as `detnas data
@@ -144,6 +142,11 @@ pub fn run(cfg: &FinetuneConfig, out: &Path, device: Device, opts: &RunOptions) 
         for w in cfg.schedule.warnings() {
             tracing::warn!("{w}");
         }
+        splits::take_over_synthetic(cfg, out)?;
+    }
+    if let Some(pg) = &opts.dist {
+        // The other ranks read the data once rank 0 has removed a stale synthetic set.
+        pg.barrier()?;
     }
 
     let splits = open_splits(cfg, out)?;
@@ -173,7 +176,7 @@ pub fn run(cfg: &FinetuneConfig, out: &Path, device: Device, opts: &RunOptions) 
         decode_check(&splits);
     }
 
-    tch::manual_seed(mix_seed(cfg.seed, &[INIT_STREAM]) as i64);
+    tch::manual_seed(mix_seed(cfg.seed, &[FINETUNE_INIT]) as i64);
     let (mut vs, det, fixed) = build_detector(cfg, &space, state.categories.len(), device)?;
     if resume.is_none() {
         match &cfg.model.pretrained {
@@ -199,14 +202,14 @@ pub fn run(cfg: &FinetuneConfig, out: &Path, device: Device, opts: &RunOptions) 
         config_hash: hash,
         config_toml: cfg.to_toml(),
         data_fingerprint: format!("{}+{}", splits.train.fingerprint(), splits.search_val.fingerprint()),
-        path_stream: PATH_STREAM,
+        path_stream: FINETUNE_PATHS,
         sync_bn_default: true,
     };
     let mut trainer = Trainer::new(spec, paths, &mut vs, resume.as_ref(), opts)?;
     let loader_cfg = DetLoaderConfig {
         stream: StreamConfig::training(
             cfg.schedule.batch / trainer.shard().map_or(1, |s| s.1),
-            mix_seed(cfg.seed, &[0xDA7B]),
+            mix_seed(cfg.seed, &[FINETUNE_DATA]),
             cfg.runtime.prefetch,
             trainer.shard(),
         ),
@@ -229,12 +232,10 @@ pub fn run(cfg: &FinetuneConfig, out: &Path, device: Device, opts: &RunOptions) 
     }
 
     // A few random paths (or the child) after BN recalibration, on the test split.
-    // `eval.recalibrate_images = 0` keeps the statistics training left (a trained child).
-    let settings = cfg.eval_settings();
-    let recal = (cfg.eval.recalibrate_images > 0)
-        .then(|| DetInputs::Read(Arc::new(recalibration_images(cfg, &splits.train, cfg.eval.recalibrate_images))));
-    let test = DetInputs::Read(splits.test.clone());
-    let mut eval_rng = seeded(mix_seed(cfg.seed, &[EVAL_STREAM]));
+    drop(trainer);
+    let settings = ScoreSettings::new(cfg.eval.recalibrate_images(fixed.is_some()), cfg.eval.bn_mode.into());
+    let mut scorer = DetScorer::new(det, vs, cfg, &splits, DetSplit::Test, &settings, device)?;
+    let mut eval_rng = seeded(mix_seed(cfg.seed, &[FINETUNE_EVAL]));
     let mut scores = Vec::new();
     let n_paths = if fixed.is_some() { 1 } else { cfg.eval.final_paths };
     for _ in 0..n_paths {
@@ -245,8 +246,7 @@ pub fn run(cfg: &FinetuneConfig, out: &Path, device: Device, opts: &RunOptions) 
                 (a.clone(), Some(a))
             }
         };
-        let mode = cfg.eval.bn_mode.into();
-        let mut s = evaluate(&det, on_path.as_ref(), recal.as_ref().map(|r| (r, mode)), &test, &settings, device)?;
+        let mut s = scorer.score(on_path.as_ref())?;
         s.arch = arch.to_string();
         scores.push(s);
     }

@@ -149,6 +149,11 @@ impl OpenedDetector {
         Ok(splits)
     }
 
+    /// Whether the checkpoint holds one fixed child (`model.arch` set).
+    pub fn is_fixed(&self) -> bool {
+        self.config.model.arch.is_some()
+    }
+
     /// The path to run: `arch` of a supernet checkpoint; none for a fixed architecture (whose
     /// child has only its own path; a different `arch` is warned about and ignored).
     ///
@@ -170,7 +175,7 @@ impl OpenedDetector {
     }
 
     /// Recomputes the BN statistics of path `arch` on the run's `n` recalibration images of
-    /// the training split ([`super::recalibration_images`], the set used after training and
+    /// the training split ([`crate::scoring::det_recalibration_set`], the set used after training and
     /// by the search) with `settings` (the checkpoint's own: `self.config.eval_settings()`; the
     /// batch split matters, since BN normalises each batch by its own statistics on the way);
     /// returns the BN layers recalibrated.
@@ -182,12 +187,13 @@ impl OpenedDetector {
         splits: &DetSplits,
         arch: Option<&Arch>,
         n: usize,
-        settings: &detnas_detect::evaluate::EvalSettings,
+        settings: &detnas_detect::evaluate::DetEvalSettings,
         mode: detnas_nn::BnMode,
         device: Device,
     ) -> Result<usize, TrainError> {
         use detnas_detect::evaluate::{DetInputs, recalibrate};
-        let imgs = DetInputs::Read(std::sync::Arc::new(super::recalibration_images(&self.config, &splits.train, n)));
+        let set = crate::scoring::det_recalibration_set(&splits.train, self.config.seed, n);
+        let imgs = DetInputs::Read(std::sync::Arc::new(set));
         Ok(recalibrate(&self.detector, arch, &imgs, settings, mode, device)?)
     }
 }

@@ -9,10 +9,8 @@ use detnas_data::DataError;
 use detnas_data::det::check::SplitSummary;
 use detnas_data::det::{DetDataset, coco, voc, yolo};
 use detnas_data::mix_seed;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-
-const SPLIT_STREAM: u64 = 0x5B11;
 
 /// The splits of a fine-tuning run.
 #[derive(Debug)]
@@ -116,6 +114,32 @@ fn reconcile(cfg: &FinetuneConfig, d: &mut DetDataset) -> Result<(), TrainError>
     })
 }
 
+/// Removes the synthetic sets a failed start of this run wrote with other parameters: only a
+/// set inside the run folder (a relative `folder`), and only while the run holds no
+/// checkpoint (the start that wrote it made none, so the set is the run's own and unused).
+/// Returns the folders removed.
+///
+/// # Errors
+/// [`TrainError::Data`] when a set cannot be removed.
+pub fn take_over_synthetic(cfg: &FinetuneConfig, run_dir: &Path) -> Result<Vec<PathBuf>, TrainError> {
+    let DetSource::Synthetic { train, test, folder } = &cfg.data.source else { return Ok(Vec::new()) };
+    if folder.is_absolute() || detnas_runtime::checkpoint::has_progress(run_dir) {
+        return Ok(Vec::new());
+    }
+    let mut removed = Vec::new();
+    for (set, name) in [(train, "train"), (test, "test")] {
+        let dir = run_dir.join(folder).join(name);
+        if set.remove_other(&dir)? {
+            tracing::info!(
+                "{} held a synthetic set with other parameters from a start that made no checkpoint; writing it anew",
+                dir.display()
+            );
+            removed.push(dir);
+        }
+    }
+    Ok(removed)
+}
+
 /// Opens the data of `cfg`; `run_dir` anchors a synthetic set's relative folder.
 ///
 /// # Errors
@@ -137,7 +161,7 @@ pub fn open_splits(cfg: &FinetuneConfig, run_dir: &Path) -> Result<DetSplits, Tr
         }
     }
     let (rest, carved) = if cfg.data.search_val_images > 0 {
-        full.carve(cfg.data.search_val_images, mix_seed(cfg.seed, &[SPLIT_STREAM]))?
+        full.carve(cfg.data.search_val_images, mix_seed(cfg.seed, &[detnas_data::streams::FINETUNE_SPLIT]))?
     } else {
         ((0..full.len()).collect(), Vec::new())
     };

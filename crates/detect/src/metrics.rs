@@ -10,6 +10,47 @@ use std::path::Path;
 pub const COCO_STAT_NAMES: [&str; 12] =
     ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"];
 
+/// The 12 COCO box summary numbers (pycocotools' `COCOeval.stats`), by name; −1 where
+/// undefined (no ground truth in an area range). Serialised as the 12-number array.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct CocoStats(pub [f64; 12]);
+
+impl CocoStats {
+    /// AP averaged over IoU 0.50:0.95 (the COCO metric; DetNAS's fitness).
+    pub fn ap(&self) -> f64 {
+        self.0[0]
+    }
+    /// AP at IoU 0.5 (the VOC-style threshold, all areas).
+    pub fn ap50(&self) -> f64 {
+        self.0[1]
+    }
+    /// AP at IoU 0.75.
+    pub fn ap75(&self) -> f64 {
+        self.0[2]
+    }
+    /// AP of small objects (area < 32²).
+    pub fn ap_small(&self) -> f64 {
+        self.0[3]
+    }
+    /// AP of medium objects (32² ≤ area < 96²).
+    pub fn ap_medium(&self) -> f64 {
+        self.0[4]
+    }
+    /// AP of large objects (area ≥ 96²).
+    pub fn ap_large(&self) -> f64 {
+        self.0[5]
+    }
+    /// AR with at most 100 detections per image.
+    pub fn ar100(&self) -> f64 {
+        self.0[8]
+    }
+    /// `(name, value)` in pycocotools' order ([`COCO_STAT_NAMES`]).
+    pub fn named(&self) -> impl Iterator<Item = (&'static str, f64)> + '_ {
+        COCO_STAT_NAMES.iter().copied().zip(self.0)
+    }
+}
+
 /// One detection in COCO results form (original image coordinates, dataset category id).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CocoDetection {
@@ -20,12 +61,12 @@ pub struct CocoDetection {
     pub score: f64,
 }
 
-/// The 12 COCO box stats of `dt` against `gt` (−1 where undefined).
+/// The COCO box stats of `dt` against `gt`.
 ///
 /// # Errors
 /// [`DetectError::Eval`] when a detection cannot be converted, `hotcoco` rejects the results,
 /// or the evaluation fails or yields no statistics.
-pub fn coco_stats(gt: COCO, dt: &[CocoDetection]) -> Result<[f64; 12], DetectError> {
+pub fn coco_stats(gt: COCO, dt: &[CocoDetection]) -> Result<CocoStats, DetectError> {
     let anns: Vec<hotcoco::Annotation> = dt
         .iter()
         .map(|d| {
@@ -39,7 +80,7 @@ pub fn coco_stats(gt: COCO, dt: &[CocoDetection]) -> Result<[f64; 12], DetectErr
     run_eval(gt, dt)
 }
 
-fn run_eval(gt: COCO, dt: COCO) -> Result<[f64; 12], DetectError> {
+fn run_eval(gt: COCO, dt: COCO) -> Result<CocoStats, DetectError> {
     let mut ev = COCOeval::new(gt, dt, IouType::Bbox);
     ev.evaluate().map_err(|e| DetectError::Eval(e.to_string()))?;
     ev.accumulate();
@@ -50,14 +91,14 @@ fn run_eval(gt: COCO, dt: COCO) -> Result<[f64; 12], DetectError> {
     for (o, v) in out.iter_mut().zip(s) {
         *o = *v;
     }
-    Ok(out)
+    Ok(CocoStats(out))
 }
 
-/// The 12 COCO box stats of a results file against a ground-truth file.
+/// The COCO box stats of a results file against a ground-truth file.
 ///
 /// # Errors
 /// [`DetectError::Eval`] when either file cannot be read or parsed, or the evaluation fails.
-pub fn coco_stats_files(gt: &Path, dt: &Path) -> Result<[f64; 12], DetectError> {
+pub fn coco_stats_files(gt: &Path, dt: &Path) -> Result<CocoStats, DetectError> {
     let g = COCO::new(gt).map_err(|e| DetectError::Eval(format!("{}: {e}", gt.display())))?;
     // pycocotools refuses results on images the ground truth lacks ("Results do not
     // correspond to current coco set"); so does this (hotcoco would only warn and drop them).
