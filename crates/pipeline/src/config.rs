@@ -46,22 +46,15 @@ pub struct RetrainConfig {
 
 /// Baselines retrained with the same protocol as the found architecture.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct BaselineConfig {
     /// A random architecture under the search's constraint.
-    #[serde(default = "yes")]
     pub random: bool,
     /// The ClsNAS architecture: the same search with `fitness = "cls"` on the pre-trained
     /// supernet.
-    #[serde(default = "yes")]
     pub clsnas: bool,
     /// Overrides of the search config for the ClsNAS search.
-    #[serde(default)]
     pub clsnas_set: Vec<String>,
-}
-
-fn yes() -> bool {
-    true
 }
 
 impl Default for BaselineConfig {
@@ -214,6 +207,14 @@ impl PipelineConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The section's defaults are stated once, in its `Default`.
+    #[test]
+    fn an_empty_section_is_its_default() {
+        assert_eq!(toml::from_str::<BaselineConfig>("").unwrap(), BaselineConfig::default());
+        let text = toml::to_string(&BaselineConfig::default()).unwrap();
+        assert_eq!(toml::from_str::<BaselineConfig>(&text).unwrap(), BaselineConfig::default(), "{text}");
+    }
 
     #[test]
     fn every_numeric_key_has_a_range_and_each_bad_value_names_its_key_and_set() {

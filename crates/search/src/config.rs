@@ -258,7 +258,6 @@ pub struct SearchRuntime {
     /// In a multi-process job: how long a wait on the other processes may take, and how long
     /// a candidate may go without a result before it is handed out again (seconds). Default
     /// 1800.
-    #[serde(default = "d1800")]
     pub dist_timeout_s: u64,
     /// Activation layout (`auto`, `nchw`, `channels-last`), as the training configs'.
     /// Default `auto`.
@@ -280,10 +279,6 @@ impl SearchRuntime {
     pub fn apply_compute_settings(&self) {
         detnas_device::settings::configure(self.memory_format, self.precision);
     }
-}
-
-fn d1800() -> u64 {
-    1800
 }
 
 impl Default for SearchRuntime {
@@ -382,6 +377,14 @@ impl SearchConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The section's defaults are stated once, in its `Default`.
+    #[test]
+    fn an_empty_section_is_its_default() {
+        assert_eq!(toml::from_str::<SearchRuntime>("").unwrap(), SearchRuntime::default());
+        let text = toml::to_string(&SearchRuntime::default()).unwrap();
+        assert_eq!(toml::from_str::<SearchRuntime>(&text).unwrap(), SearchRuntime::default(), "{text}");
+    }
 
     #[test]
     fn defaults_are_the_reference_and_counts_parse() {

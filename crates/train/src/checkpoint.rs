@@ -1,13 +1,19 @@
 //! Training checkpoints: the model and the optimizer's momentum buffers as safetensors, the
 //! state and the resolved configuration, written through the durable checkpoint folders of
 //! [`detnas_runtime::checkpoint`] (re-exported here: discovery, verification, run-folder
-//! claiming).
+//! claiming); reading them back ([`read_meta`], [`load_weights`], [`Resume`]).
 
+use crate::engine::RunOptions;
 use crate::{PathSgd, TrainError};
+use detnas_data::Position;
 pub use detnas_runtime::checkpoint::*;
 use detnas_runtime::{RuntimeError, fault};
-use serde::Serialize;
+use detnas_space::SearchSpace;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use tch::{Tensor, nn};
 
 /// Saves a training checkpoint `step` into `dir`: the model (`model.safetensors`), the
 /// optimizer's momentum buffers (`optimizer.safetensors`), `state` as `state.json` and the
@@ -45,4 +51,119 @@ pub fn save_training<S: Serialize>(
         },
         || (),
     )?)
+}
+
+/// Everything besides tensors that a training checkpoint holds (`state.json`): the engine's
+/// part, and the task's (`T`, flattened into the same object).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TrainState<T> {
+    pub format: u32,
+    /// Completed updates.
+    pub step: u64,
+    pub loader: Position,
+    /// Word position of the path stream (decimal string: it is a u128).
+    pub path_rng_word_pos: String,
+    pub config_hash: String,
+    pub seed: u64,
+    pub code_version: String,
+    pub data_fingerprint: String,
+    pub space: SearchSpace,
+    /// Samples skipped so far because they could not be loaded.
+    pub skipped_samples: u64,
+    /// Processes that trained together (1 for a single process).
+    #[serde(default = "one")]
+    pub world_size: usize,
+    /// Every rank's loader position, by rank (empty for a single process).
+    #[serde(default)]
+    pub rank_positions: Vec<Position>,
+    #[serde(flatten)]
+    pub task: T,
+}
+
+pub(crate) fn one() -> usize {
+    1
+}
+
+/// Reads the configuration (`C`) and state saved in a verified checkpoint folder.
+///
+/// # Errors
+/// [`TrainError::Checkpoint`] when `config.toml` or `state.json` is missing, does not parse as
+/// this kind of checkpoint, or has another format version.
+pub fn read_meta<C: DeserializeOwned, T: DeserializeOwned>(path: &Path) -> Result<(C, TrainState<T>), TrainError> {
+    let err = |m: String| TrainError::Checkpoint { path: path.to_path_buf(), message: m };
+    let text = std::fs::read_to_string(path.join("config.toml")).map_err(|e| err(format!("config.toml: {e}")))?;
+    let cfg: C = toml::from_str(&text).map_err(|e| {
+        // Name the kind of checkpoint it is, when it is another kind (a common mix-up).
+        let doc: Option<toml::Table> = toml::from_str(&text).ok();
+        let has = |k: &str| doc.as_ref().is_some_and(|d| d.contains_key(k));
+        let section = |s: &str, k: &str| {
+            doc.as_ref().and_then(|d| d.get(s)).and_then(toml::Value::as_table).is_some_and(|t| t.contains_key(k))
+        };
+        if section("data", "input_size") {
+            err("this is a classification (pre-training) checkpoint; this command needs a fine-tuning \
+                 (detection) checkpoint: a `detnas finetune` run folder or its checkpoints/step-N"
+                .into())
+        } else if has("detector") {
+            err("this is a detection (fine-tuning) checkpoint; this command needs a pre-training \
+                 checkpoint: a `detnas pretrain` run folder or its checkpoints/step-N"
+                .into())
+        } else {
+            err(format!("config.toml: {e}"))
+        }
+    })?;
+    let text = std::fs::read_to_string(path.join("state.json")).map_err(|e| err(format!("state.json: {e}")))?;
+    let state: TrainState<T> = serde_json::from_str(&text).map_err(|e| err(format!("state.json: {e}")))?;
+    if state.format != FORMAT {
+        return Err(err(format!("state format {} is not {}", state.format, FORMAT)));
+    }
+    Ok((cfg, state))
+}
+
+/// Loads the model (and optimizer) tensors of a verified checkpoint folder.
+///
+/// # Errors
+/// [`TrainError::Checkpoint`] when a file is missing or does not match the variables.
+pub fn load_weights(path: &Path, vs: &mut nn::VarStore, opt: Option<&mut PathSgd>) -> Result<(), TrainError> {
+    let err = |m: String| TrainError::Checkpoint { path: path.to_path_buf(), message: m };
+    vs.load(path.join("model.safetensors")).map_err(|e| err(format!("model.safetensors: {e}")))?;
+    if let Some(opt) = opt {
+        let device = vs.device();
+        let buffers: BTreeMap<String, Tensor> = Tensor::read_safetensors(path.join("optimizer.safetensors"))
+            .map_err(|e| err(format!("optimizer.safetensors: {e}")))?
+            .into_iter()
+            .map(|(k, t)| (k, t.to_device(device)))
+            .collect();
+        opt.set_buffers(buffers);
+    }
+    Ok(())
+}
+
+/// A checkpoint to resume from, found before the task builds its data (which may depend on
+/// the task state, e.g. a class mapping).
+#[derive(Debug)]
+pub struct Resume<T> {
+    pub step: u64,
+    pub path: PathBuf,
+    pub state: TrainState<T>,
+}
+
+impl<T: DeserializeOwned> Resume<T> {
+    /// The checkpoint `opts.resume_from` names, else the latest of `out/checkpoints`, else
+    /// `None` (a fresh run).
+    ///
+    /// # Errors
+    /// [`TrainError::Checkpoint`] for a checkpoint that fails verification or cannot be read
+    /// as this kind — never a silent fresh start.
+    pub fn find(out: &Path, opts: &RunOptions) -> Result<Option<Resume<T>>, TrainError> {
+        let found = match &opts.resume_from {
+            Some(p) => Some(resolve(p)?),
+            None => latest(&out.join("checkpoints"))?,
+        };
+        found
+            .map(|(step, path)| {
+                let (_, state): (toml::Table, TrainState<T>) = read_meta(&path)?;
+                Ok(Resume { step, path, state })
+            })
+            .transpose()
+    }
 }

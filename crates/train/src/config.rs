@@ -243,19 +243,16 @@ pub enum SamplingKind {
 
 /// Path sampling (`[sampling]`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct SamplingConfig {
     /// Default `uniform`.
-    #[serde(default)]
     pub kind: SamplingKind,
     /// Number of MACs bins (flops-binned). Default 10.
-    #[serde(default = "d10")]
     pub bins: usize,
     /// Only paths with backbone MACs at most this (`300M`; counted at 224×224). Default none.
-    #[serde(default)]
     pub max_backbone_macs: Option<String>,
     /// The architecture of `kind = "fixed"`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub arch: Option<String>,
     /// Warm start: the first this many steps train only the reference path (every block the
     /// smallest-kernel ShuffleNetV2 choice, 3×3 in the official spaces); then every block's
@@ -264,16 +261,12 @@ pub struct SamplingConfig {
     /// sampling takes over. Default 0 (none). At CPU scale, path-wise training from a random
     /// initialisation stays near chance for thousands of steps (see the README's "One-shot
     /// training at CPU scale"); starting every path from a trained one avoids that plateau.
-    #[serde(default, skip_serializing_if = "is_zero")]
+    #[serde(skip_serializing_if = "is_zero")]
     pub warm_start_steps: u64,
 }
 
 fn is_zero(n: &u64) -> bool {
     *n == 0
-}
-
-fn d10() -> usize {
-    10
 }
 
 impl Default for SamplingConfig {
@@ -290,47 +283,40 @@ impl Default for SamplingConfig {
 
 /// How a run executes (`[runtime]`); not part of the result hash.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct RuntimeConfig {
     /// `cpu`, `cuda`, `cuda:N` or `auto`. Default `auto`.
-    #[serde(default = "auto")]
     pub device: String,
     /// libtorch intra-op threads. Default: libtorch's choice.
-    #[serde(default)]
     pub threads: Option<i32>,
     /// Steps between checkpoints (the most work a crash can lose). Default 500.
-    #[serde(default = "d500")]
     pub checkpoint_every: u64,
     /// Checkpoints kept. Default 3.
-    #[serde(default = "d3")]
     pub keep: usize,
     /// Steps between metric lines. Default 20.
-    #[serde(default = "d20")]
     pub log_every: u64,
     /// Batches prepared ahead by the loader. Default 4.
-    #[serde(default = "d4")]
     pub prefetch: usize,
     /// Synchronized BatchNorm when several processes train together (statistics of the
     /// global batch). Default: on for fine-tuning (DetNAS), off for pre-training.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub sync_bn: Option<bool>,
     /// How long a collective or the store may wait for the other processes before the run
     /// fails (seconds). Default 1800.
-    #[serde(default = "d1800")]
     pub dist_timeout_s: u64,
     /// Fine-tuning: decode every image of every split before the first step (in parallel),
     /// as `detnas data check` does, and log the files that fail (training skips them).
     /// Default true; at COCO scale this takes about a minute on 16 cores.
-    #[serde(default = "on", skip_serializing_if = "is_on")]
+    #[serde(skip_serializing_if = "is_on")]
     pub decode_check: bool,
     /// Activation layout: `auto` (channels-last on the CPU, NCHW on CUDA), `nchw` or
     /// `channels-last`. Default `auto` (`DETNAS_MEMORY_FORMAT` sets what `auto` leaves).
-    #[serde(default, skip_serializing_if = "is_default")]
+    #[serde(skip_serializing_if = "is_default")]
     pub memory_format: detnas_device::MemoryFormat,
     /// `fp32`, or `bf16`: bfloat16 autocast of the networks' forwards on CUDA (losses, box
     /// decoding and NMS stay fp32). Part of the run's identity when not `fp32`. Default
     /// `fp32`.
-    #[serde(default, skip_serializing_if = "is_default")]
+    #[serde(skip_serializing_if = "is_default")]
     pub precision: detnas_device::Precision,
 }
 
@@ -338,37 +324,14 @@ fn is_default<T: Default + PartialEq>(v: &T) -> bool {
     *v == T::default()
 }
 
-fn on() -> bool {
-    true
-}
 fn is_on(b: &bool) -> bool {
     *b
-}
-
-fn d1800() -> u64 {
-    1800
-}
-
-fn auto() -> String {
-    "auto".into()
-}
-fn d500() -> u64 {
-    500
-}
-fn d3() -> usize {
-    3
-}
-fn d20() -> u64 {
-    20
-}
-fn d4() -> usize {
-    4
 }
 
 impl Default for RuntimeConfig {
     fn default() -> RuntimeConfig {
         RuntimeConfig {
-            device: auto(),
+            device: "auto".into(),
             threads: None,
             checkpoint_every: 500,
             keep: 3,
@@ -413,27 +376,20 @@ impl From<BnModeConfig> for detnas_nn::BnMode {
 
 /// The evaluation after training (`[eval]`); not part of the result hash.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct EvalConfig {
     /// Training images the BN statistics of a path are recomputed on before it is scored;
     /// 0 keeps the statistics training left. Default ([`EvalConfig::recalibrate_images`]):
     /// 1000 for a supernet's paths (their shared running averages mix every path), 0 for a
     /// fixed architecture (a child trained alone holds its own).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub recalibrate_images: Option<usize>,
     /// Images per evaluation batch. Default 100.
-    #[serde(default = "d100")]
     pub batch: usize,
     /// Default `exact`.
-    #[serde(default)]
     pub bn_mode: BnModeConfig,
     /// Random paths evaluated at the end of training (a child network: itself). Default 3.
-    #[serde(default = "d3")]
     pub final_paths: usize,
-}
-
-fn d100() -> usize {
-    100
 }
 
 impl Default for EvalConfig {
@@ -732,6 +688,23 @@ lr = 0.1
             toml::Value::Table(doc).try_into().map_err(|e: toml::de::Error| TrainError::Config(e.to_string()))?;
         cfg.check()?;
         Ok(cfg)
+    }
+
+    /// Each all-default section states its defaults once, in its `Default`: an empty table
+    /// reads as it, and it reads back as itself.
+    #[test]
+    fn an_empty_section_is_its_default() {
+        fn check<T: Default + PartialEq + std::fmt::Debug + Serialize + serde::de::DeserializeOwned>() {
+            assert_eq!(toml::from_str::<T>("").unwrap(), T::default());
+            let text = toml::to_string(&T::default()).unwrap();
+            assert_eq!(toml::from_str::<T>(&text).unwrap(), T::default(), "{text}");
+        }
+        check::<SamplingConfig>();
+        check::<RuntimeConfig>();
+        check::<EvalConfig>();
+        assert_eq!(RuntimeConfig::default().checkpoint_every, 500);
+        assert_eq!(EvalConfig::default().recalibrate_images(false), 1000);
+        assert_eq!(EvalConfig::default().recalibrate_images(true), 0);
     }
 
     #[test]

@@ -9,6 +9,7 @@ use crate::config::{ClsSource, PretrainConfig, SamplingKind};
 use crate::engine::{
     LoadedBatch, Paths, Resume, RunOptions, StepLosses, TrainOutcome, TrainTask, Trainer, TrainerSpec,
 };
+use crate::engine::{RunStart, start_run};
 use crate::evaluate::autocast;
 use crate::evaluate::{ClsEvalSettings, ClsScore, batch_tensors};
 use crate::loss::{smooth_cross_entropy, topk_hits};
@@ -261,19 +262,8 @@ impl TrainTask for ClsTask<'_> {
 /// another one, [`TrainError::Checkpoint`] for a checkpoint that cannot be resumed, data,
 /// numerical and interruption errors of the loop ([`Trainer::run`]).
 pub fn run(cfg: &PretrainConfig, out: &Path, device: Device, opts: &RunOptions) -> Result<Summary, TrainError> {
-    cfg.check()?;
-    cfg.runtime.apply_compute_settings();
+    let RunStart { hash, writer } = start_run(cfg, (&cfg.schedule, &cfg.runtime), out, opts, || Ok(()))?;
     let space = cfg.space()?;
-    let hash = cfg.result_hash();
-    // The resolved config is written before work starts; an existing, different one is kept
-    // unless the mismatch is allowed.
-    let writer = opts.dist.as_ref().is_none_or(|pg| pg.rank() == 0);
-    if writer {
-        cfg.claim_run_dir(out, detnas_runtime::checkpoint::MismatchOverride::Flag(opts.allow_mismatch))?;
-        for w in cfg.schedule.warnings() {
-            tracing::warn!("{w}");
-        }
-    }
 
     let resume: Option<Resume<ClsState>> = Resume::find(out, opts)?;
     if let Some(done) =

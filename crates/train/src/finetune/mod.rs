@@ -20,6 +20,7 @@ use crate::det_config::FinetuneConfig;
 use crate::engine::{
     LoadedBatch, Paths, Resume, RunOptions, StepLosses, TrainOutcome, TrainTask, Trainer, TrainerSpec,
 };
+use crate::engine::{RunStart, start_run};
 use crate::scoring::{DetScorer, DetSplit, ScoreSettings};
 use detnas_data::det::loader::{DetLoader, DetLoaderConfig};
 use detnas_data::det::transform::{DetBatch, DetTransform};
@@ -132,22 +133,10 @@ fn decode_check(splits: &DetSplits) {
 /// pre-trained supernet that does not fit, data errors, and the numerical and interruption
 /// errors of the loop ([`Trainer::run`]).
 pub fn run(cfg: &FinetuneConfig, out: &Path, device: Device, opts: &RunOptions) -> Result<FinetuneSummary, TrainError> {
-    cfg.check()?;
-    cfg.runtime.apply_compute_settings();
+    // A failed start's synthetic set is removed before any rank reads the data.
+    let take_over = || splits::take_over_synthetic(cfg, out).map(drop);
+    let RunStart { hash, writer } = start_run(cfg, (&cfg.schedule, &cfg.runtime), out, opts, take_over)?;
     let space = cfg.space()?;
-    let hash = cfg.result_hash();
-    let writer = opts.dist.as_ref().is_none_or(|pg| pg.rank() == 0);
-    if writer {
-        cfg.claim_run_dir(out, detnas_runtime::checkpoint::MismatchOverride::Flag(opts.allow_mismatch))?;
-        for w in cfg.schedule.warnings() {
-            tracing::warn!("{w}");
-        }
-        splits::take_over_synthetic(cfg, out)?;
-    }
-    if let Some(pg) = &opts.dist {
-        // The other ranks read the data once rank 0 has removed a stale synthetic set.
-        pg.barrier()?;
-    }
 
     let splits = open_splits(cfg, out)?;
     let state = DetState {
