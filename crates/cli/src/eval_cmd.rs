@@ -129,8 +129,7 @@ fn run_det(a: DetArgs) -> Result<(), Failure> {
     let mut scorer = DetScorer::open(opened, split, &settings, device)?;
     let (score, dets) = scorer.score_with_detections(arch.as_ref())?;
     if let Some(p) = &a.dt_out {
-        std::fs::write(p, serde_json::to_string(&dets).expect("serialisable"))
-            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", p.display()))?;
+        detnas_runtime::fsx::write_json_atomic(p, &dets)?;
     }
     let data = scorer.val();
     let (voc_area, voc_07) = voc_map(data, &dets);

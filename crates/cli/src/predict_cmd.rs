@@ -218,11 +218,8 @@ pub fn run(a: PredictArgs) -> Result<(), Failure> {
             state.task.categories.iter().map(|c| serde_json::json!({"id": c.id, "name": c.name})).collect();
         for (name, value) in [("images.json", images), ("categories.json", categories), ("detections.json", all)] {
             let out = a.out.join(name);
-            detnas_runtime::fsx::write_atomic(
-                &out,
-                serde_json::to_string_pretty(&value).expect("serialisable").as_bytes(),
-            )
-            .with_context(|| format!("cannot write {}", out.display()))?;
+            detnas_runtime::fsx::write_json_atomic(&out, &value)
+                .with_context(|| format!("cannot write {}", out.display()))?;
         }
         println!("wrote {} (COCO results), images.json, categories.json", a.out.join("detections.json").display());
         Ok(())

@@ -89,7 +89,7 @@ pub fn report(a: ReportArgs) -> Result<(), Failure> {
             a.run.display()
         )));
     }
-    let dir = detnas_pipeline::report::write(&a.run)?;
+    let dir = detnas_pipeline::write_report(&a.run)?;
     println!("report: {}", dir.join("report.html").display());
     Ok(())
 }
@@ -177,7 +177,7 @@ pub fn rank_check(a: RankCheckArgs) -> Result<(), Failure> {
         cancel: crate::cancel_on_signals()?,
         dist: None,
     };
-    let r = rank_check::run(&cfg, &a.run, &o, &opts)?;
+    let r = detnas_pipeline::check_ranking(&cfg, &a.run, &o, &opts)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r).expect("serialisable"));
         return Ok(());

@@ -191,8 +191,7 @@ pub fn export_checkpoint(
         "stage_out_channels": std::iter::once(space.stem).chain(space.widths.iter().copied()).collect::<Vec<u64>>(),
         "stage_repeats": space.depths, "search": best,
     });
-    std::fs::write(out.join("arch.json"), serde_json::to_string_pretty(&info).expect("serialisable"))
-        .map_err(|e| PipelineError::io(out, e))?;
+    detnas_runtime::fsx::write_json_atomic(&out.join("arch.json"), &info)?;
     let readme = format!(
         r#"# Exported DetNAS backbone `{arch}`
 

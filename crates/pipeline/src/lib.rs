@@ -23,4 +23,45 @@ pub mod stages;
 
 pub use config::PipelineConfig;
 pub use error::PipelineError;
-pub use stages::{PipelineOptions, PipelineOutcome, run};
+pub use stages::{PipelineOptions, PipelineOutcome};
+
+use std::path::{Path, PathBuf};
+
+/// Runs (or resumes) the pipeline of `cfg` into `opts.out`, then writes its report (rank 0;
+/// the other ranks wait for it).
+///
+/// # Errors
+/// As [`stages::run`] and [`report::write`].
+pub fn run(cfg: &PipelineConfig, opts: &PipelineOptions) -> Result<PipelineOutcome, PipelineError> {
+    let outcome = stages::run(cfg, opts)?;
+    if opts.writer() {
+        report::write(&opts.out)?;
+    }
+    opts.barrier()?;
+    Ok(outcome)
+}
+
+/// Runs (or resumes) the ranking check of the finished pipeline run `run`, then rewrites its
+/// report with the check's section.
+///
+/// # Errors
+/// As [`rank_check::run`] and [`report::write`].
+pub fn check_ranking(
+    cfg: &PipelineConfig,
+    run: &Path,
+    options: &rank_check::RankCheckOptions,
+    opts: &PipelineOptions,
+) -> Result<rank_check::RankCheckResult, PipelineError> {
+    let result = rank_check::run(cfg, run, options, opts)?;
+    report::write(run)?;
+    Ok(result)
+}
+
+/// Regenerates the report of pipeline run `run` from its folder alone; returns the report
+/// folder.
+///
+/// # Errors
+/// As [`report::write`].
+pub fn write_report(run: &Path) -> Result<PathBuf, PipelineError> {
+    report::write(run)
+}

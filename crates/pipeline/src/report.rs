@@ -92,7 +92,8 @@ fn f4(v: f64) -> String {
     if v < 0.0 { "—".into() } else { format!("{v:.3}") }
 }
 
-/// Writes the report of `run`; returns the report folder.
+/// Writes the report of `run` (`report.md`, `report.html`, `final.json`, `plots/`): one
+/// section per part of the run that exists; returns the report folder.
 ///
 /// # Errors
 /// [`PipelineError::Io`] or [`PipelineError::Train`] (atomic writes) when a report file cannot
@@ -100,19 +101,43 @@ fn f4(v: f64) -> String {
 /// when a retrained architecture does not fit the space.
 pub fn write(run: &Path) -> Result<PathBuf, PipelineError> {
     let out = dirs::report(run);
-    let plot_dir = out.join("plots");
-    std::fs::create_dir_all(&plot_dir).map_err(|e| PipelineError::io(&plot_dir, e))?;
-    let mut sections: Vec<Section> = Vec::new();
-    let plot = |name: &str, svg: Result<String, String>, sec: &mut Section| -> Result<(), PipelineError> {
+    let figures = Figures { dir: out.join("plots") };
+    std::fs::create_dir_all(&figures.dir).map_err(|e| PipelineError::io(&figures.dir, e))?;
+    let rank_check = crate::rank_check::read_result(run);
+    let found = search(&dirs::search(run));
+    let cls = search(&dirs::search_cls(run));
+    let mut sections = vec![run_section(run), final_section(run, (&found, &cls), rank_check.as_ref(), &figures)?];
+    for (title, s, metric) in [("DetNAS search", &found, "AP (search-val)"), ("ClsNAS search", &cls, "top-1")] {
+        sections.extend(search_section(title, s, metric, &figures)?);
+    }
+    if let Some(r) = &rank_check {
+        sections.push(rank_check_section(r, &figures)?);
+    }
+    sections.push(curves_section(run, &figures)?);
+    let (md, html) = render(&sections);
+    write_atomic(&out.join("report.md"), md.as_bytes())?;
+    write_atomic(&out.join("report.html"), html.as_bytes())?;
+    Ok(out)
+}
+
+/// The report's `plots/` folder: each figure is written there and shown in its section.
+struct Figures {
+    dir: PathBuf,
+}
+
+impl Figures {
+    fn add(&self, name: &str, svg: Result<String, String>, sec: &mut Section) -> Result<(), PipelineError> {
         let svg = svg.map_err(|e| PipelineError::Config(format!("plot {name}: {e}")))?;
-        let p = plot_dir.join(format!("{name}.svg"));
+        let p = self.dir.join(format!("{name}.svg"));
         std::fs::write(&p, &svg).map_err(|e| PipelineError::io(&p, e))?;
         let _ = writeln!(sec.md, "\n![{name}](plots/{name}.svg)\n");
         let _ = write!(sec.html, "<div class=\"plot\">{svg}</div>");
         Ok(())
-    };
+    }
+}
 
-    // Configuration and stage timing.
+/// "Run": the run folder, the stages' time and peak memory, the configuration.
+fn run_section(run: &Path) -> Section {
     let cfg_text = std::fs::read_to_string(run.join("pipeline.toml")).unwrap_or_else(|_| "(no pipeline.toml)".into());
     let stage_dirs = dirs::stages(run);
     let mut rows = Vec::new();
@@ -158,12 +183,17 @@ pub fn write(run: &Path) -> Result<PathBuf, PipelineError> {
         sec.md,
         "<details><summary>configuration (pipeline.toml)</summary>\n\n```toml\n{cfg_text}\n```\n</details>\n"
     );
-    sections.push(sec);
+    sec
+}
 
-    // Final table.
-    let rank_check = crate::rank_check::read_result(run);
-    let found = search(&dirs::search(run));
-    let cls = search(&dirs::search_cls(run));
+/// "Result": the retrained architectures on the test split (also `final.json`), the noise
+/// of single runs, and the architectures figure.
+fn final_section(
+    run: &Path,
+    (found, cls): (&Search, &Search),
+    rank_check: Option<&crate::rank_check::RankCheckResult>,
+    figures: &Figures,
+) -> Result<Section, PipelineError> {
     let latency = LatencyTable::read(&dirs::search(run).join("latency-table.json")).ok();
     let mut final_rows = Vec::new();
     for l in RETRAINED {
@@ -215,8 +245,7 @@ pub fn write(run: &Path) -> Result<PathBuf, PipelineError> {
         };
         let _ = write!(sec.md, "{md}\n{note}\n\n{noise}\n");
         let _ = write!(sec.html, "{html}<p>{note}</p><p>{}</p>", esc(&noise));
-        std::fs::write(out.join("final.json"), serde_json::to_string_pretty(&final_rows).expect("serialisable"))
-            .map_err(|e| PipelineError::io(out.join("final.json"), e))?;
+        detnas_runtime::fsx::write_json_atomic(&figures.dir.with_file_name("final.json"), &final_rows)?;
     }
     // Architecture figure.
     if let Some(b) = &found.best {
@@ -236,191 +265,191 @@ pub fn write(run: &Path) -> Result<PathBuf, PipelineError> {
                 Some(*acc)
             })
             .collect();
-        plot("architectures", plots::architectures(&rows, &starts), &mut sec)?;
+        figures.add("architectures", plots::architectures(&rows, &starts), &mut sec)?;
     }
-    sections.push(sec);
+    Ok(sec)
+}
 
-    // Search.
-    for (title, s, metric) in [("DetNAS search", &found, "AP (search-val)"), ("ClsNAS search", &cls, "top-1")] {
-        let Some(state) = &s.state else { continue };
-        let mut sec = Section { title: title.into(), md: String::new(), html: String::new() };
-        let name = if title.starts_with("Det") { "search" } else { "search_cls" };
-        let best: Vec<(f64, f64)> = state.history.iter().map(|h| (h.generation as f64, h.elite_best)).collect();
-        let mean: Vec<(f64, f64)> = state.history.iter().map(|h| (h.generation as f64, h.mean)).collect();
-        let topk: Vec<(f64, f64)> = state.history.iter().map(|h| (h.generation as f64, h.elite_mean)).collect();
-        if !best.is_empty() {
-            plot(
-                &format!("{name}_progress"),
-                plots::lines(
-                    &format!("{title}: fitness per generation"),
-                    "generation",
-                    metric,
-                    &[("best so far".into(), best), ("top-k mean".into(), topk), ("generation mean".into(), mean)],
-                ),
-                &mut sec,
-            )?;
-        }
-        if let Some(b) = &s.best {
-            let limit = b.provenance.config.lines().find_map(|l| {
-                l.strip_prefix("max_backbone_macs = ").and_then(|v| v.trim().trim_matches('"').parse::<f64>().ok())
-            });
-            let pts: Vec<(f64, f64, bool)> =
-                s.entries.iter().map(|e| (e.backbone_macs as f64 / 1e6, e.fitness, e.arch == b.arch)).collect();
-            plot(
-                &format!("{name}_pareto"),
-                plots::pareto(&format!("{title}: every candidate"), metric, &pts, limit.map(|l| l / 1e6)),
-                &mut sec,
-            )?;
-            let rows: Vec<Vec<String>> = b
-                .top_k
-                .iter()
-                .enumerate()
-                .map(|(i, e)| {
-                    vec![
-                        (i + 1).to_string(),
-                        format!("`{}`", e.arch),
-                        format!("{:.4}", e.fitness),
-                        format_count(e.backbone_macs),
-                        format_count(e.backbone_params),
-                        e.generation.to_string(),
-                    ]
-                })
-                .collect();
-            let (md, html) = table(&["rank", "arch", "fitness", "MACs", "params", "generation"], &rows);
-            let n = s.entries.len().max(1) as f64;
-            let recal = s.entries.iter().map(|e| e.recalibration_seconds).sum::<f64>() / n;
-            let eval = s.entries.iter().map(|e| e.evaluation_seconds).sum::<f64>() / n;
-            let text = format!(
-                "{} candidates under {}; {:.2} s BN recalibration + {:.2} s evaluation per candidate. Top-{}:",
-                s.entries.len(),
-                b.constraint,
-                recal,
-                eval,
-                b.top_k.len()
-            );
-            let _ = write!(sec.md, "{text}\n\n{md}\n");
-            let _ = write!(sec.html, "<p>{}</p>{html}", esc(&text));
-        }
-        sections.push(sec);
+/// A search's progress and Pareto figures and its top-k; none when it has not started.
+fn search_section(title: &str, s: &Search, metric: &str, figures: &Figures) -> Result<Option<Section>, PipelineError> {
+    let Some(state) = &s.state else { return Ok(None) };
+    let mut sec = Section { title: title.into(), md: String::new(), html: String::new() };
+    let name = if title.starts_with("Det") { "search" } else { "search_cls" };
+    let best: Vec<(f64, f64)> = state.history.iter().map(|h| (h.generation as f64, h.elite_best)).collect();
+    let mean: Vec<(f64, f64)> = state.history.iter().map(|h| (h.generation as f64, h.mean)).collect();
+    let topk: Vec<(f64, f64)> = state.history.iter().map(|h| (h.generation as f64, h.elite_mean)).collect();
+    if !best.is_empty() {
+        figures.add(
+            &format!("{name}_progress"),
+            plots::lines(
+                &format!("{title}: fitness per generation"),
+                "generation",
+                metric,
+                &[("best so far".into(), best), ("top-k mean".into(), topk), ("generation mean".into(), mean)],
+            ),
+            &mut sec,
+        )?;
     }
-
-    // Ranking check.
-    if let Some(r) = &rank_check {
-        let mut sec = Section {
-            title: "Ranking check: supernet scores against each architecture retrained on its own".into(),
-            md: String::new(),
-            html: String::new(),
-        };
-        let f = |v: Option<f64>| v.map_or("—".into(), |v| format!("{v:.3}"));
-        let text = format!(
-            "{} architectures ({} drawn from the search ledger, stratified over {} and MACs{}) trained on their own with the retraining protocol ({}{}), {} seed(s) each{}. Ground truth = mean test AP over the seeds: spread (best − worst) {}, pooled seed-to-seed standard deviation {}, τ between the seeds' rankings {}. τ between unrelated rankings of {} architectures has a standard deviation of {}.",
-            r.n,
-            r.archs.iter().filter(|a| a.roles.iter().any(|x| x == "sampled")).count(),
-            r.metric,
-            {
-                let added: Vec<&str> = ["found", "clsnas"]
-                    .into_iter()
-                    .filter(|role| r.archs.iter().any(|a| a.roles.len() == 1 && a.roles[0] == *role))
-                    .collect();
-                let names: Vec<&str> = added.iter().map(|r| if *r == "found" { "found" } else { "ClsNAS" }).collect();
-                if names.is_empty() { String::new() } else { format!(", plus the {}", names.join(" and ")) }
-            },
-            if r.retrain_mode == "inherit" {
-                "inherit: from the pre-trained supernet's weights"
-            } else {
-                "scratch: classification first"
-            },
-            if r.protocol.is_empty() { String::new() } else { format!("; {}", r.protocol.join(", ")) },
-            r.seeds,
-            if r.complete { "" } else { "; unfinished: the figures cover the trained ones" },
-            f(r.spread),
-            f(r.seed_sd),
-            f(r.seed_tau),
-            r.n,
-            f(r.tau_chance_sd)
-        );
-        let sup_names: Vec<String> = (1..r.supernets.len())
-            .map(|k| format!("DetNAS: supernet fine-tuned again, seed + {k}"))
-            .chain(
-                r.supernet_mean.iter().map(|_| format!("DetNAS: mean of the {} supernets' scores", r.supernets.len())),
-            )
+    if let Some(b) = &s.best {
+        let limit = b.provenance.config.lines().find_map(|l| {
+            l.strip_prefix("max_backbone_macs = ").and_then(|v| v.trim().trim_matches('"').parse::<f64>().ok())
+        });
+        let pts: Vec<(f64, f64, bool)> =
+            s.entries.iter().map(|e| (e.backbone_macs as f64 / 1e6, e.fitness, e.arch == b.arch)).collect();
+        figures.add(
+            &format!("{name}_pareto"),
+            plots::pareto(&format!("{title}: every candidate"), metric, &pts, limit.map(|l| l / 1e6)),
+            &mut sec,
+        )?;
+        let rows: Vec<Vec<String>> = b
+            .top_k
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                vec![
+                    (i + 1).to_string(),
+                    format!("`{}`", e.arch),
+                    format!("{:.4}", e.fitness),
+                    format_count(e.backbone_macs),
+                    format_count(e.backbone_params),
+                    e.generation.to_string(),
+                ]
+            })
             .collect();
-        let rows: Vec<Vec<String>> = [
-            ("DetNAS: fine-tuned supernet", Some(&r.detnas)),
-            ("ClsNAS: pre-trained supernet top-1", r.clsnas.as_ref()),
-            ("control: detector at initialisation", r.init_control.as_ref()),
-        ]
-        .into_iter()
-        .chain(sup_names.iter().map(String::as_str).zip(r.supernets.iter().skip(1).chain(&r.supernet_mean).map(Some)))
-        .filter_map(|(name, a)| {
-            let a = a?;
-            Some(vec![
-                name.to_string(),
-                a.n.to_string(),
-                f(a.kendall_tau),
-                a.tau_ci95.map_or("—".into(), |[lo, hi]| format!("[{lo:.3}, {hi:.3}]")),
-                f(a.spearman),
-                a.chosen.as_ref().map_or("—".into(), |c| format!("`{c}`")),
-                a.chosen_percentile.map_or("—".into(), |p| format!("{:.0} %", 100.0 * p)),
-            ])
-        })
-        .collect();
-        let (md, html) = table(&["proxy", "n", "Kendall τ", "95 % CI", "Spearman", "its choice", "beats"], &rows);
+        let (md, html) = table(&["rank", "arch", "fitness", "MACs", "params", "generation"], &rows);
+        let n = s.entries.len().max(1) as f64;
+        let recal = s.entries.iter().map(|e| e.recalibration_seconds).sum::<f64>() / n;
+        let eval = s.entries.iter().map(|e| e.evaluation_seconds).sum::<f64>() / n;
+        let text = format!(
+            "{} candidates under {}; {:.2} s BN recalibration + {:.2} s evaluation per candidate. Top-{}:",
+            s.entries.len(),
+            b.constraint,
+            recal,
+            eval,
+            b.top_k.len()
+        );
         let _ = write!(sec.md, "{text}\n\n{md}\n");
         let _ = write!(sec.html, "<p>{}</p>{html}", esc(&text));
-        if let (Some(m), Some(sd)) = (r.supernet_tau_mean, r.supernet_tau_sd) {
-            let text = format!(
-                "The {} supernets (the search's own and {} fine-tuned again from the same pre-trained supernet with other seeds) rank the architectures with τ = {m:.3} on average (standard deviation {sd:.3}): a single search's ranking is one draw from that spread. \"Its choice\" of those rows is the best-scored of these architectures.",
-                r.supernets.len(),
-                r.supernets.len() - 1
-            );
-            let _ = writeln!(sec.md, "{text}");
-            let _ = write!(sec.html, "<p>{}</p>", esc(&text));
-        }
-        let ci = |a: &crate::rank_check::Agreement| match (a.kendall_tau, a.tau_ci95) {
-            (Some(t), Some([lo, hi])) => format!("τ = {t:.2} [{lo:.2}, {hi:.2}]"),
-            (Some(t), None) => format!("τ = {t:.2}"),
-            _ => "τ undefined".into(),
-        };
-        for (name, a, proxy, x_desc) in [
-            (
-                "rank_check_detnas",
-                Some(&r.detnas),
-                (|a: &crate::rank_check::ArchResult| a.det_proxy) as fn(&_) -> _,
-                format!("supernet {} (search-val)", r.metric),
-            ),
-            (
-                "rank_check_clsnas",
-                r.clsnas.as_ref(),
-                |a: &crate::rank_check::ArchResult| a.cls_proxy,
-                "supernet top-1".to_string(),
-            ),
-        ] {
-            let Some(a) = a else { continue };
-            let pts: Vec<(f64, f64, f64, f64, bool)> = r
-                .archs
-                .iter()
-                .filter_map(|x| {
-                    let m = x.ground_truth_mean?;
-                    let lo = x.ground_truth.iter().copied().fold(f64::INFINITY, f64::min);
-                    let hi = x.ground_truth.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-                    Some((proxy(x)?, m, lo, hi, a.chosen.as_deref() == Some(x.arch.as_str())))
-                })
-                .collect();
-            if pts.len() >= 2 {
-                let title =
-                    format!("{}: {}", if name.ends_with("detnas") { "DetNAS proxy" } else { "ClsNAS proxy" }, ci(a));
-                plot(name, plots::rank_scatter(&title, &x_desc, "test AP trained on its own", &pts), &mut sec)?;
-            }
-        }
-        sections.push(sec);
     }
+    Ok(Some(sec))
+}
 
-    // Training curves.
+/// "Ranking check": each proxy's agreement with the architectures retrained on their own.
+fn rank_check_section(r: &crate::rank_check::RankCheckResult, figures: &Figures) -> Result<Section, PipelineError> {
+    let mut sec = Section {
+        title: "Ranking check: supernet scores against each architecture retrained on its own".into(),
+        md: String::new(),
+        html: String::new(),
+    };
+    let f = |v: Option<f64>| v.map_or("—".into(), |v| format!("{v:.3}"));
+    let text = format!(
+        "{} architectures ({} drawn from the search ledger, stratified over {} and MACs{}) trained on their own with the retraining protocol ({}{}), {} seed(s) each{}. Ground truth = mean test AP over the seeds: spread (best − worst) {}, pooled seed-to-seed standard deviation {}, τ between the seeds' rankings {}. τ between unrelated rankings of {} architectures has a standard deviation of {}.",
+        r.n,
+        r.archs.iter().filter(|a| a.roles.iter().any(|x| x == "sampled")).count(),
+        r.metric,
+        {
+            let added: Vec<&str> = ["found", "clsnas"]
+                .into_iter()
+                .filter(|role| r.archs.iter().any(|a| a.roles.len() == 1 && a.roles[0] == *role))
+                .collect();
+            let names: Vec<&str> = added.iter().map(|r| if *r == "found" { "found" } else { "ClsNAS" }).collect();
+            if names.is_empty() { String::new() } else { format!(", plus the {}", names.join(" and ")) }
+        },
+        if r.retrain_mode == "inherit" {
+            "inherit: from the pre-trained supernet's weights"
+        } else {
+            "scratch: classification first"
+        },
+        if r.protocol.is_empty() { String::new() } else { format!("; {}", r.protocol.join(", ")) },
+        r.seeds,
+        if r.complete { "" } else { "; unfinished: the figures cover the trained ones" },
+        f(r.spread),
+        f(r.seed_sd),
+        f(r.seed_tau),
+        r.n,
+        f(r.tau_chance_sd)
+    );
+    let sup_names: Vec<String> = (1..r.supernets.len())
+        .map(|k| format!("DetNAS: supernet fine-tuned again, seed + {k}"))
+        .chain(r.supernet_mean.iter().map(|_| format!("DetNAS: mean of the {} supernets' scores", r.supernets.len())))
+        .collect();
+    let rows: Vec<Vec<String>> = [
+        ("DetNAS: fine-tuned supernet", Some(&r.detnas)),
+        ("ClsNAS: pre-trained supernet top-1", r.clsnas.as_ref()),
+        ("control: detector at initialisation", r.init_control.as_ref()),
+    ]
+    .into_iter()
+    .chain(sup_names.iter().map(String::as_str).zip(r.supernets.iter().skip(1).chain(&r.supernet_mean).map(Some)))
+    .filter_map(|(name, a)| {
+        let a = a?;
+        Some(vec![
+            name.to_string(),
+            a.n.to_string(),
+            f(a.kendall_tau),
+            a.tau_ci95.map_or("—".into(), |[lo, hi]| format!("[{lo:.3}, {hi:.3}]")),
+            f(a.spearman),
+            a.chosen.as_ref().map_or("—".into(), |c| format!("`{c}`")),
+            a.chosen_percentile.map_or("—".into(), |p| format!("{:.0} %", 100.0 * p)),
+        ])
+    })
+    .collect();
+    let (md, html) = table(&["proxy", "n", "Kendall τ", "95 % CI", "Spearman", "its choice", "beats"], &rows);
+    let _ = write!(sec.md, "{text}\n\n{md}\n");
+    let _ = write!(sec.html, "<p>{}</p>{html}", esc(&text));
+    if let (Some(m), Some(sd)) = (r.supernet_tau_mean, r.supernet_tau_sd) {
+        let text = format!(
+            "The {} supernets (the search's own and {} fine-tuned again from the same pre-trained supernet with other seeds) rank the architectures with τ = {m:.3} on average (standard deviation {sd:.3}): a single search's ranking is one draw from that spread. \"Its choice\" of those rows is the best-scored of these architectures.",
+            r.supernets.len(),
+            r.supernets.len() - 1
+        );
+        let _ = writeln!(sec.md, "{text}");
+        let _ = write!(sec.html, "<p>{}</p>", esc(&text));
+    }
+    let ci = |a: &crate::rank_check::Agreement| match (a.kendall_tau, a.tau_ci95) {
+        (Some(t), Some([lo, hi])) => format!("τ = {t:.2} [{lo:.2}, {hi:.2}]"),
+        (Some(t), None) => format!("τ = {t:.2}"),
+        _ => "τ undefined".into(),
+    };
+    for (name, a, proxy, x_desc) in [
+        (
+            "rank_check_detnas",
+            Some(&r.detnas),
+            (|a: &crate::rank_check::ArchResult| a.det_proxy) as fn(&_) -> _,
+            format!("supernet {} (search-val)", r.metric),
+        ),
+        (
+            "rank_check_clsnas",
+            r.clsnas.as_ref(),
+            |a: &crate::rank_check::ArchResult| a.cls_proxy,
+            "supernet top-1".to_string(),
+        ),
+    ] {
+        let Some(a) = a else { continue };
+        let pts: Vec<(f64, f64, f64, f64, bool)> = r
+            .archs
+            .iter()
+            .filter_map(|x| {
+                let m = x.ground_truth_mean?;
+                let lo = x.ground_truth.iter().copied().fold(f64::INFINITY, f64::min);
+                let hi = x.ground_truth.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                Some((proxy(x)?, m, lo, hi, a.chosen.as_deref() == Some(x.arch.as_str())))
+            })
+            .collect();
+        if pts.len() >= 2 {
+            let title =
+                format!("{}: {}", if name.ends_with("detnas") { "DetNAS proxy" } else { "ClsNAS proxy" }, ci(a));
+            figures.add(name, plots::rank_scatter(&title, &x_desc, "test AP trained on its own", &pts), &mut sec)?;
+        }
+    }
+    Ok(sec)
+}
+
+/// "Training curves": the loss of every training stage.
+fn curves_section(run: &Path, figures: &Figures) -> Result<Section, PipelineError> {
     let mut sec = Section { title: "Training curves".into(), md: String::new(), html: String::new() };
     let pre = curve(&dirs::pretrain(run).join("metrics.jsonl"), "loss");
     if !pre.is_empty() {
-        plot(
+        figures.add(
             "pretrain_loss",
             plots::lines("supernet pre-training", "step", "loss", &[("loss".into(), pre)]),
             &mut sec,
@@ -428,7 +457,7 @@ pub fn write(run: &Path) -> Result<PathBuf, PipelineError> {
     }
     let ft = curve(&dirs::finetune(run).join("metrics.jsonl"), "loss");
     if !ft.is_empty() {
-        plot(
+        figures.add(
             "finetune_loss",
             plots::lines("supernet fine-tuning (detection)", "step", "loss", &[("loss".into(), ft)]),
             &mut sec,
@@ -448,13 +477,24 @@ pub fn write(run: &Path) -> Result<PathBuf, PipelineError> {
         }
     }
     if !cls_curves.is_empty() {
-        plot("retrain_cls_loss", plots::lines("retraining: classification", "step", "loss", &cls_curves), &mut sec)?;
+        figures.add(
+            "retrain_cls_loss",
+            plots::lines("retraining: classification", "step", "loss", &cls_curves),
+            &mut sec,
+        )?;
     }
     if !det_curves.is_empty() {
-        plot("retrain_det_loss", plots::lines("retraining: detection", "step", "loss", &det_curves), &mut sec)?;
+        figures.add(
+            "retrain_det_loss",
+            plots::lines("retraining: detection", "step", "loss", &det_curves),
+            &mut sec,
+        )?;
     }
-    sections.push(sec);
+    Ok(sec)
+}
 
+/// The sections as one Markdown and one HTML document.
+fn render(sections: &[Section]) -> (String, String) {
     let mut md = String::from("# DetNAS run report\n\n");
     let mut html = String::from(
         "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>DetNAS run report</title><style>\
@@ -463,12 +503,10 @@ pub fn write(run: &Path) -> Result<PathBuf, PipelineError> {
          th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}.plot{margin:1em 0}\
          pre{background:#f7f7f7;padding:1em;overflow:auto}</style></head><body><h1>DetNAS run report</h1>",
     );
-    for s in &sections {
+    for s in sections {
         let _ = write!(md, "## {}\n\n{}\n", s.title, s.md);
         let _ = write!(html, "<h2>{}</h2>{}", esc(&s.title), s.html);
     }
     html.push_str("</body></html>\n");
-    write_atomic(&out.join("report.md"), md.as_bytes())?;
-    write_atomic(&out.join("report.html"), html.as_bytes())?;
-    Ok(out)
+    (md, html)
 }

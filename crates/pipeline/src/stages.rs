@@ -9,7 +9,7 @@ use crate::layout::{self as dirs, Retrained, STAGE_FILE, StageRecord, finished};
 use detnas_data::det::DetDataset;
 use detnas_data::mix_seed;
 use detnas_dist::ProcessGroup;
-use detnas_runtime::fsx::write_atomic;
+use detnas_runtime::fsx::{write_atomic, write_json_atomic};
 use detnas_runtime::mem::{MemoryRecord, PeakMeter};
 use detnas_runtime::{Cancel, ConfigDocument};
 use detnas_search::run::BestArch;
@@ -41,12 +41,12 @@ pub struct PipelineOptions {
 }
 
 impl PipelineOptions {
-    fn writer(&self) -> bool {
+    pub(crate) fn writer(&self) -> bool {
         self.dist.as_ref().is_none_or(|pg| pg.rank() == 0)
     }
 
     /// Waits for every rank (no-op for a single process).
-    fn barrier(&self) -> Result<(), PipelineError> {
+    pub(crate) fn barrier(&self) -> Result<(), PipelineError> {
         if let Some(pg) = &self.dist {
             pg.barrier().map_err(detnas_train::TrainError::from)?;
         }
@@ -75,7 +75,7 @@ pub(crate) fn stage<T: Serialize + DeserializeOwned>(
     let rec = StageRecord { stage: name.to_string(), seconds: t.elapsed().as_secs_f64(), result, memory };
     if opts.writer() {
         std::fs::create_dir_all(dir).map_err(|e| PipelineError::io(dir, e))?;
-        write_atomic(&dir.join(STAGE_FILE), serde_json::to_string_pretty(&rec).expect("serialisable").as_bytes())?;
+        write_json_atomic(&dir.join(STAGE_FILE), &rec)?;
     }
     opts.barrier()?;
     tracing::info!(
@@ -244,12 +244,13 @@ pub fn check_stages(cfg: &PipelineConfig, run: &Path, device: Device) -> Result<
     Ok(())
 }
 
-/// Runs (or resumes) the pipeline of `cfg` into `opts.out`.
+/// Runs (or resumes) the stages of `cfg` into `opts.out` (the report is written by
+/// [`crate::run`]).
 ///
 /// # Errors
 /// [`PipelineError::Config`] when `opts.out` holds another pipeline configuration;
 /// [`PipelineError::Io`] when it cannot be created; otherwise the first error of a stage (its
-/// configuration, training, search, record or the report).
+/// configuration, training, search or record).
 pub fn run(cfg: &PipelineConfig, opts: &PipelineOptions) -> Result<PipelineOutcome, PipelineError> {
     let started = Instant::now();
     let planned = std::path::absolute(&opts.out).map_err(|e| PipelineError::io(&opts.out, e))?;
@@ -363,12 +364,7 @@ pub fn run(cfg: &PipelineConfig, opts: &PipelineOptions) -> Result<PipelineOutco
         })?;
         retrained.push(r);
     }
-    let outcome = PipelineOutcome { found, clsnas, retrained, seconds: started.elapsed().as_secs_f64() };
-    if opts.writer() {
-        crate::report::write(run)?;
-    }
-    opts.barrier()?;
-    Ok(outcome)
+    Ok(PipelineOutcome { found, clsnas, retrained, seconds: started.elapsed().as_secs_f64() })
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use crate::evolution::{Limits, Scored, propose, update_elite};
 use crate::ledger::{Ledger, LedgerEntry};
 use crate::workers::{Evaluation, Workers};
 use detnas_data::mix_seed;
-use detnas_runtime::fsx::write_atomic;
+use detnas_runtime::fsx::write_json_atomic;
 use detnas_runtime::{Cancel, fault};
 use detnas_space::Arch;
 use detnas_space::rng::seeded;
@@ -329,7 +329,7 @@ pub fn run(setup: &SearchSetup, workers: &mut Workers) -> Result<Outcome, Search
 }
 
 fn write_state(dir: &Path, state: &SearchState) -> Result<(), SearchError> {
-    Ok(write_atomic(&state_path(dir), serde_json::to_string_pretty(state).expect("serialisable").as_bytes())?)
+    Ok(write_json_atomic(&state_path(dir), state)?)
 }
 
 /// The archive's ledger entries, best first.

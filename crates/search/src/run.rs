@@ -18,7 +18,7 @@ use crate::ledger::LedgerEntry;
 use crate::workers::{EvaluatorFactory, Workers};
 use detnas_dist::ProcessGroup;
 use detnas_nn::latency::{device_name, measure_table};
-use detnas_runtime::fsx::write_atomic;
+use detnas_runtime::fsx::write_json_atomic;
 use detnas_runtime::mem::{MemoryRecord, PeakMeter};
 use detnas_runtime::{Cancel, ConfigDocument};
 use detnas_space::{InputSize, LatencyTable, SearchSpace};
@@ -315,10 +315,7 @@ pub fn search(cfg: &SearchConfig, opts: &SearchOptions) -> Result<SearchReport, 
         },
         top_k: outcome.top.clone(),
     };
-    write_atomic(
-        &opts.out.join("best_arch.json"),
-        serde_json::to_string_pretty(&best).expect("serialisable").as_bytes(),
-    )?;
+    write_json_atomic(&opts.out.join("best_arch.json"), &best)?;
     // The worker ranks read best_arch.json once told to stop.
     if let Some(pg) = &opts.dist {
         crate::remote::stop_all(pg, &queue_prefix(&hash))?;
@@ -335,10 +332,7 @@ pub fn search(cfg: &SearchConfig, opts: &SearchOptions) -> Result<SearchReport, 
             ..meter.finish()
         },
     };
-    write_atomic(
-        &opts.out.join("summary.json"),
-        serde_json::to_string_pretty(&summary).expect("serialisable").as_bytes(),
-    )?;
+    write_json_atomic(&opts.out.join("summary.json"), &summary)?;
     if let Some(pg) = &opts.dist {
         crate::remote::await_stopped(pg, &queue_prefix(&hash), std::time::Duration::from_secs(15));
     }

@@ -37,7 +37,8 @@ pub type EvaluatorFactory = Arc<dyn Fn(usize) -> Result<Box<dyn Evaluator>, Sear
 type Job = (usize, Arch);
 type Done = (usize, Arch, usize, Result<Evaluation, SearchError>);
 
-struct Pool {
+/// Worker threads and their queues.
+pub struct Pool {
     jobs: Option<Sender<Job>>,
     done: Receiver<Done>,
     abort: Arc<AtomicBool>,
@@ -45,16 +46,20 @@ struct Pool {
 }
 
 /// One or several evaluators: on this thread, on worker threads, or on the ranks of a job.
-pub struct Workers {
-    inline: Option<Box<dyn Evaluator>>,
-    pool: Option<Pool>,
-    remote: Option<crate::remote::Remote>,
-    count: usize,
+/// Every variant scores through [`evaluate_guarded`]: the same error for a failed
+/// evaluation or a libtorch panic, whichever route ran it.
+pub enum Workers {
+    /// One evaluator on the calling thread.
+    Inline(Box<dyn Evaluator>),
+    /// One evaluator per worker thread, taking candidates from a shared queue.
+    Threads(Pool),
+    /// The ranks of a multi-process job (rank 0's side; see [`crate::remote`]).
+    Ranks(crate::remote::Remote),
 }
 
 impl std::fmt::Debug for Workers {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Workers({})", self.count)
+        write!(f, "Workers({})", self.count())
     }
 }
 
@@ -66,7 +71,7 @@ impl Workers {
     /// started or stops while starting.
     pub fn new(factory: EvaluatorFactory, n: usize) -> Result<Workers, SearchError> {
         if n <= 1 {
-            return Ok(Workers { inline: Some(factory(0)?), pool: None, remote: None, count: 1 });
+            return Ok(Workers::Inline(factory(0)?));
         }
         let (job_tx, job_rx) = channel::<Job>();
         let job_rx = Arc::new(Mutex::new(job_rx));
@@ -120,13 +125,12 @@ impl Workers {
                 }
             }
         }
-        Ok(Workers { inline: None, pool: Some(pool), remote: None, count: n })
+        Ok(Workers::Threads(pool))
     }
 
     /// The ranks of a job as the workers (rank 0's side; see [`crate::remote`]).
     pub fn remote(remote: crate::remote::Remote) -> Workers {
-        let count = remote.count();
-        Workers { inline: None, pool: None, remote: Some(remote), count }
+        Workers::Ranks(remote)
     }
 
     /// Tells the ranks of a job that the search is over (no-op otherwise).
@@ -134,15 +138,19 @@ impl Workers {
     /// # Errors
     /// A store failure.
     pub fn stop_remote(&self) -> Result<(), SearchError> {
-        match &self.remote {
-            Some(r) => r.stop(),
-            None => Ok(()),
+        match self {
+            Workers::Ranks(r) => r.stop(),
+            Workers::Inline(_) | Workers::Threads(_) => Ok(()),
         }
     }
 
     /// Number of workers.
     pub fn count(&self) -> usize {
-        self.count
+        match self {
+            Workers::Inline(_) => 1,
+            Workers::Threads(p) => p.handles.len(),
+            Workers::Ranks(r) => r.count(),
+        }
     }
 
     /// Evaluates `jobs` (`(index, arch)`), calling `on_done(index, arch, worker, evaluation)`
@@ -156,17 +164,17 @@ impl Workers {
         jobs: Vec<(usize, Arch)>,
         on_done: &mut dyn FnMut(usize, Arch, usize, Evaluation) -> Result<(), SearchError>,
     ) -> Result<(), SearchError> {
-        if let Some(e) = &mut self.inline {
-            for (i, arch) in jobs {
-                let r = evaluate_guarded(e.as_mut(), &arch, 0)?;
-                on_done(i, arch, 0, r)?;
+        let pool = match self {
+            Workers::Inline(e) => {
+                for (i, arch) in jobs {
+                    let r = evaluate_guarded(e.as_mut(), &arch, 0)?;
+                    on_done(i, arch, 0, r)?;
+                }
+                return Ok(());
             }
-            return Ok(());
-        }
-        if let Some(r) = &mut self.remote {
-            return r.run(jobs, on_done);
-        }
-        let pool = self.pool.as_mut().expect("a pool when not inline");
+            Workers::Ranks(r) => return r.run(jobs, on_done),
+            Workers::Threads(pool) => pool,
+        };
         let n = jobs.len();
         for j in jobs {
             pool.jobs
@@ -200,7 +208,7 @@ impl Pool {
 
 impl Drop for Workers {
     fn drop(&mut self) {
-        if let Some(p) = &mut self.pool {
+        if let Workers::Threads(p) = self {
             p.shutdown();
         }
     }
