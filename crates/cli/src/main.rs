@@ -131,13 +131,18 @@ enum DistCommand {
 /// An error with the exit code it maps to.
 #[derive(Debug)]
 pub struct Failure {
+    /// The process's exit code (2 usage, 3 data, 4 numerical, 5 checkpoint, 1 other).
     pub code: u8,
+    /// The error, printed with its causes.
     pub error: anyhow::Error,
 }
 
 /// A cancellation token that SIGINT and SIGTERM raise, for the verbs whose loops finish their
 /// unit of work, save and stop (training, search, the pipeline). Other verbs keep the default
 /// signal behaviour.
+///
+/// # Errors
+/// Exit code 1 when the signal handlers cannot be installed.
 pub fn cancel_on_signals() -> Result<detnas_runtime::Cancel, Failure> {
     let cancel = detnas_runtime::Cancel::new();
     cancel

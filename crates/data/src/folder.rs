@@ -28,6 +28,9 @@ impl ImageFolder {
     /// [`DataError::BadRoot`] when `root` cannot be listed, [`DataError::NoClasses`] without class
     /// folders, [`DataError::EmptyClass`] for a class without images, [`DataError::Invalid`] for a
     /// folder outside `classes`, [`DataError::Io`] when listing `root` or a class folder fails.
+    ///
+    /// # Panics
+    /// Never: every class folder is checked against `classes` first.
     pub fn open(root: &Path, classes: Option<&[String]>) -> Result<ImageFolder, DataError> {
         let entries = std::fs::read_dir(root).map_err(|_| DataError::BadRoot(root.to_path_buf()))?;
         let mut found: Vec<String> = Vec::new();

@@ -45,6 +45,9 @@ pub trait ClsDataset: Send + Sync {
     /// The label of sample `i` (known without decoding).
     fn label(&self, i: usize) -> usize;
     /// Decodes sample `i`.
+    ///
+    /// # Errors
+    /// A [`DataError`] when the sample cannot be read or decoded.
     fn load(&self, i: usize) -> Result<RgbImage, DataError>;
     /// A human name of sample `i` (its path, or `synthetic #i`).
     fn name(&self, i: usize) -> String;

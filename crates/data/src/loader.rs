@@ -59,6 +59,7 @@ pub struct StreamConfig {
     pub batch: usize,
     /// Seed of the epoch orders and of every sample's augmentation.
     pub seed: u64,
+    /// Reshuffle every epoch (training) or keep the order (evaluation).
     pub shuffle: bool,
     /// Drop an epoch's incomplete last batch (and continue with the next epoch).
     pub drop_last: bool,
@@ -87,22 +88,28 @@ impl StreamConfig {
 /// Classification loader settings: the stream and the per-sample transform.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LoaderConfig {
+    /// Batch size, shuffling and prefetch.
     #[serde(flatten)]
     pub stream: StreamConfig,
+    /// Cropping, resizing, flipping and jitter.
     pub transform: ClsTransform,
+    /// How the network expects the pixels.
     pub convention: InputConvention,
 }
 
 /// Where the stream stands: the next sample is entry `cursor` of epoch `epoch`'s order.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Position {
+    /// Epoch, from 0.
     pub epoch: u64,
+    /// Index of the next sample in the epoch's order.
     pub cursor: usize,
 }
 
 /// Samples of one epoch that could not be used.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct SkipReport {
+    /// The epoch that ended.
     pub epoch: u64,
     /// `(sample name, reason)` of every skipped sample.
     pub skipped: Vec<(String, String)>,
@@ -113,6 +120,7 @@ pub struct SkipReport {
 /// A batch and where the stream stands after it.
 #[derive(Debug)]
 pub struct Loaded<B> {
+    /// The batch.
     pub batch: B,
     /// The position after this batch (save it to resume after it).
     pub after: Position,
@@ -125,10 +133,13 @@ pub struct Loaded<B> {
 /// `convention`.
 #[derive(Clone, Debug)]
 pub struct Batch {
+    /// The images, `N·3·S·S` values.
     pub images: Pixels,
     /// How the network expects the pixels (applied on the device).
     pub convention: InputConvention,
+    /// Image side, pixels.
     pub size: usize,
+    /// Class labels.
     pub labels: Vec<i64>,
     /// Dataset indices of the samples, in batch order.
     pub indices: Vec<usize>,

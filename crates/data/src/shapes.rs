@@ -9,15 +9,25 @@ use std::f64::consts::PI;
 /// The shape classes, in label order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Shape {
+    /// A filled disc.
     Disc,
+    /// A ring.
     Ring,
+    /// A filled square.
     Square,
+    /// A square frame.
     Frame,
+    /// A filled triangle.
     Triangle,
+    /// A five-pointed star.
     Star,
+    /// A plus-shaped cross.
     Cross,
+    /// A bar (elongated rectangle).
     Bar,
+    /// A filled hexagon.
     Hexagon,
+    /// A crescent.
     Crescent,
 }
 
@@ -94,14 +104,17 @@ fn in_regular(u: f64, v: f64, n: usize, outer: f64, inner: f64) -> bool {
 /// Where and how a shape is drawn.
 #[derive(Clone, Copy, Debug)]
 pub struct Placement {
+    /// The shape.
     pub shape: Shape,
     /// Centre in pixels (continuous coordinates).
     pub cx: f64,
+    /// Centre row, pixels (continuous coordinates).
     pub cy: f64,
     /// Radius in pixels.
     pub radius: f64,
     /// Rotation in radians.
     pub angle: f64,
+    /// Fill colour (RGB).
     pub colour: [u8; 3],
 }
 

@@ -21,7 +21,12 @@ pub enum InputConvention {
     #[default]
     OfficialBgr,
     /// RGB, `(x / 255 − mean) / std`.
-    RgbNormalized { mean: [f32; 3], std: [f32; 3] },
+    RgbNormalized {
+        /// Per-channel mean (of x / 255).
+        mean: [f32; 3],
+        /// Per-channel standard deviation.
+        std: [f32; 3],
+    },
 }
 
 impl InputConvention {
@@ -37,7 +42,9 @@ impl InputConvention {
 /// else floats. Bytes take a quarter of the memory and of the upload.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Pixels {
+    /// Whole values 0–255, one byte each (uploaded as bytes).
     U8(Vec<u8>),
+    /// Values with fractions.
     F32(Vec<f32>),
 }
 
@@ -77,6 +84,7 @@ impl Pixels {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum ClsTransform {
+    /// Training: RandomResizedCrop, flip, colour jitter.
     Train {
         /// Output side, pixels.
         size: u32,
@@ -84,10 +92,12 @@ pub enum ClsTransform {
         scale: (f64, f64),
         /// Crop aspect ratio range (default 3/4..4/3).
         ratio: (f64, f64),
+        /// Random horizontal flip (p = 0.5).
         flip: bool,
         /// Colour-jitter strength (0 disables).
         jitter: f32,
     },
+    /// Evaluation: resize the short side, centre crop.
     Eval {
         /// Short side after resizing.
         resize: u32,
@@ -112,6 +122,9 @@ impl ClsTransform {
 
     /// Transforms `img` into `out` (`3 · s · s` values, CHW RGB 0–255). `rng` drives the random
     /// parts.
+    ///
+    /// # Panics
+    /// When `out` does not hold `3 · s · s` values.
     pub fn apply<R: RngCore + ?Sized>(&self, img: &RgbImage, rng: &mut R, out: &mut [f32]) {
         let (w, h) = (img.width() as f64, img.height() as f64);
         let s = self.output_size() as usize;

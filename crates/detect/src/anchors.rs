@@ -99,6 +99,7 @@ pub struct AnchorGrids {
 }
 
 impl AnchorGrids {
+    /// Grids of `generator`'s anchors, built per device and feature shape on first use.
     pub fn new(generator: AnchorGenerator) -> AnchorGrids {
         AnchorGrids { generator, bases: Mutex::new(Vec::new()), grids: Mutex::new(Vec::new()) }
     }

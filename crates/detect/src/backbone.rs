@@ -7,9 +7,12 @@ use detnas_nn::{ChildNet, ChildNetConfig, Supernet, SupernetConfig};
 use detnas_space::{Arch, SearchSpace};
 use tch::{Tensor, nn};
 
+/// The detector's backbone: a supernet (any path) or a child network (one fixed architecture).
 #[derive(Debug)]
 pub enum Backbone {
+    /// The supernet: every choice of every block.
     Supernet(Supernet),
+    /// A child network of one architecture.
     Child(ChildNet),
 }
 
@@ -27,6 +30,7 @@ impl Backbone {
         Ok(Backbone::Child(ChildNetConfig { space: space.clone(), arch: arch.clone(), classes: None }.build(p)?))
     }
 
+    /// The search space.
     pub fn space(&self) -> &SearchSpace {
         match self {
             Backbone::Supernet(s) => s.space(),

@@ -113,6 +113,7 @@ pub struct BoxCoder {
 }
 
 impl BoxCoder {
+    /// A coder with `(wx, wy, ww, wh)` weights (RetinaNet and the RPN: 1; the box head: 10, 10, 5, 5).
     pub fn new(weights: [f64; 4]) -> BoxCoder {
         BoxCoder { weights, clip: (1000.0f64 / 16.0).ln() }
     }

@@ -16,13 +16,17 @@ use detnas_space::{Arch, SearchSpace};
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor, nn};
 
+/// The detection head (`[detector.head]`, by `kind`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum HeadConfig {
+    /// RetinaNet (Lin et al., arXiv:1708.02002).
     Retinanet(#[serde(default)] RetinaNetConfig),
+    /// Faster R-CNN with FPN (Ren et al. arXiv:1506.01497; Lin et al. arXiv:1612.03144).
     FasterRcnn(#[serde(default)] FasterRcnnConfig),
 }
 
+/// A detector on the supernet backbone (`[detector]`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DetectorConfig {
@@ -32,6 +36,7 @@ pub struct DetectorConfig {
     /// BN in the FPN convs (DetNAS: synchronized BN).
     #[serde(default = "yes")]
     pub fpn_bn: bool,
+    /// The head.
     pub head: HeadConfig,
 }
 
@@ -126,8 +131,10 @@ pub struct Losses {
     pub exact: Tensor,
 }
 
+/// Backbone, FPN and head.
 #[derive(Debug)]
 pub struct Detector {
+    /// The backbone.
     pub backbone: Backbone,
     fpn: Fpn,
     head: Heads,
@@ -135,6 +142,7 @@ pub struct Detector {
 }
 
 impl Detector {
+    /// Object classes (without background).
     pub fn classes(&self) -> i64 {
         self.classes
     }

@@ -31,6 +31,7 @@ pub struct DetEvalSettings {
     pub min_size: u32,
     /// Upper bound of the long side, pixels (reference: 1333).
     pub max_size: u32,
+    /// How the network expects the pixels.
     pub convention: InputConvention,
     /// Batches are padded to a multiple of this, pixels (32).
     pub divisibility: u32,
@@ -70,7 +71,7 @@ impl DetEvalSettings {
 /// Tensors of a batch on `device`: images `[N, 3, H, W]` (one upload, non-blocking on CUDA),
 /// the unpadded `(height, width)` of each image, and its targets on the host (network-input
 /// coordinates; each target's sampler seed is its dataset index, which a trainer replaces by a
-/// per-step seed; [`Targets::new`] uploads them).
+/// per-step seed; [`crate::target::Targets::new`] uploads them).
 pub fn batch_inputs(b: &DetBatch, device: Device) -> (Tensor, Vec<(i64, i64)>, Vec<Target>) {
     let n = b.samples.len() as i64;
     let x = images_tensor(&b.images, [n, 3, b.height as i64, b.width as i64], b.convention, device);
@@ -115,8 +116,15 @@ pub fn recalibration_subset(train: &DetDataset, n: usize, seed: u64) -> DetDatas
 /// The images of an evaluation as model inputs: read on every pass, or prepared once.
 #[derive(Clone, Debug)]
 pub enum DetInputs {
+    /// Read and transform on every pass.
     Read(Arc<DetDataset>),
-    Prepared { data: Arc<DetDataset>, batches: Arc<Vec<DetBatch>> },
+    /// Decoded and transformed once, held in memory.
+    Prepared {
+        /// The images.
+        data: Arc<DetDataset>,
+        /// Their batches.
+        batches: Arc<Vec<DetBatch>>,
+    },
 }
 
 impl DetInputs {
@@ -313,14 +321,20 @@ pub fn voc_map(data: &DetDataset, dets: &[CocoDetection]) -> (f64, f64) {
 /// Detection score of one path.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct DetScore {
+    /// The path scored (or the fixed architecture).
     pub arch: String,
     /// COCO box stats (serialised as the 12 numbers: AP, AP50, AP75, APs, APm, APl, AR1,
     /// AR10, AR100, ARs, ARm, ARl).
     pub stats: CocoStats,
+    /// Images scored.
     pub images: usize,
+    /// Detections kept (at most 100 per image).
     pub detections: usize,
+    /// BN layers recalibrated first (0: statistics kept).
     pub bn_layers_recalibrated: usize,
+    /// BN recalibration time, seconds.
     pub recalibration_seconds: f64,
+    /// Evaluation time, seconds.
     pub evaluation_seconds: f64,
 }
 

@@ -15,10 +15,13 @@ use tch::Tensor;
 use tch::nn;
 use tch::nn::ModuleT;
 
+/// The FPN's extra top levels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum TopBlock {
+    /// P6 by max-pooling P5 (Faster R-CNN).
     MaxPool,
+    /// P6 and P7 by strided 3×3 convs from C5 (RetinaNet).
     P6P7,
 }
 
@@ -36,6 +39,9 @@ pub struct Fpn {
 impl Fpn {
     /// `in_channels` and `in_strides` (pixels): the backbone levels used (e.g. C2..C5 or
     /// C3..C5); `out` channels on every output level.
+    ///
+    /// # Panics
+    /// When `in_channels` is empty.
     pub fn new(p: &nn::Path, in_channels: &[i64], in_strides: &[i64], out: i64, bn: bool, top: TopBlock) -> Fpn {
         let lateral = in_channels
             .iter()
@@ -80,6 +86,9 @@ impl Fpn {
     /// # Shapes
     /// `feats[l]`: `[N, in_channels[l], H/s_l, W/s_l]` → `[N, out, H/s, W/s]` for every
     /// stride of [`Fpn::strides`].
+    ///
+    /// # Panics
+    /// Never: the extra level is built whenever the configuration uses it.
     pub fn forward_t(&self, feats: &[Tensor], train: bool) -> Vec<Tensor> {
         let n = feats.len();
         let mut last = self.lateral[n - 1].forward_t(&feats[n - 1], train);

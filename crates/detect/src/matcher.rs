@@ -14,8 +14,11 @@ pub const BETWEEN: i64 = -2;
 /// truth's best predictions (ties included) are matched even below `high` (RPN, RetinaNet).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Matcher {
+    /// IoU at or above which an anchor is foreground.
     pub high: f64,
+    /// IoU below which an anchor is background (between: ignored).
     pub low: f64,
+    /// Also match each box to its best anchors below `high` (Faster R-CNN's RPN).
     pub allow_low_quality: bool,
 }
 
@@ -82,9 +85,11 @@ pub fn draw(candidates: &Tensor, keys: &Tensor, k: i64, quota: &Tensor) -> (Tens
 pub struct Sampled {
     /// Drawn positive indices `[N, kp]` and their validity.
     pub pos: Tensor,
+    /// Which drawn positives are real (not padding) `[N, kp]`.
     pub pos_valid: Tensor,
     /// Drawn negative indices `[N, kn]` and their validity.
     pub neg: Tensor,
+    /// Which drawn negatives are real `[N, kn]`.
     pub neg_valid: Tensor,
     /// Positives drawn per image `[N]` (i64).
     pub n_pos: Tensor,

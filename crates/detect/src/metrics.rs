@@ -54,10 +54,13 @@ impl CocoStats {
 /// One detection in COCO results form (original image coordinates, dataset category id).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CocoDetection {
+    /// COCO image id.
     pub image_id: u64,
+    /// COCO category id.
     pub category_id: u64,
     /// `[x, y, w, h]`.
     pub bbox: [f64; 4],
+    /// Confidence.
     pub score: f64,
 }
 
@@ -179,19 +182,26 @@ pub fn voc_ap(tp: &[bool], fp: &[bool], npos: usize, use_07: bool) -> f64 {
 /// A ground-truth box of one image for VOC evaluation.
 #[derive(Clone, Debug)]
 pub struct VocGt {
+    /// Image index.
     pub image: usize,
+    /// Class index.
     pub class: usize,
     /// `(x1, y1, x2, y2)`.
     pub bbox: [f64; 4],
+    /// VOC's `difficult` flag (neither true nor false positive).
     pub difficult: bool,
 }
 
 /// A detection for VOC evaluation.
 #[derive(Clone, Debug)]
 pub struct VocDet {
+    /// Image index.
     pub image: usize,
+    /// Class index.
     pub class: usize,
+    /// `(x1, y1, x2, y2)`, pixels.
     pub bbox: [f64; 4],
+    /// Confidence.
     pub score: f64,
 }
 

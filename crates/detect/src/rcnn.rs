@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FasterRcnnConfig {
+    /// The region proposal network.
     pub rpn: RpnConfig,
+    /// The RoI box head.
     pub roi: RoiHeadsConfig,
 }

@@ -99,6 +99,7 @@ impl RetinaNetConfig {
     }
 }
 
+/// RetinaNet's class and box subnets, shared by the pyramid levels.
 #[derive(Debug)]
 pub struct RetinaHead {
     cfg: RetinaNetConfig,
@@ -115,7 +116,9 @@ pub struct RetinaHead {
 /// deltas, in the anchor grid's order.
 #[derive(Debug)]
 pub struct RetinaOutputs {
+    /// Class logits per level `[N, A·K, H, W]`.
     pub cls: Vec<Tensor>,
+    /// Box deltas per level `[N, A·4, H, W]`.
     pub reg: Vec<Tensor>,
 }
 

@@ -72,6 +72,9 @@ fn host_kernel(
 ///
 /// # Shapes
 /// `→ [K, C, output.0, output.1]`, in the order of `rois`.
+///
+/// # Panics
+/// Never: the four bilinear taps are always summed.
 pub fn gather_align(
     features: &[Tensor],
     scales: &[f64],
@@ -281,7 +284,9 @@ pub fn map_levels(rois: &Tensor, k_min: i64, k_max: i64, canonical: f64, k0: f64
 /// RoIAlign over FPN levels `P_kmin..P_kmax`, each RoI on the level chosen by [`map_levels`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct MultiScaleRoiAlign {
+    /// Output side `(height, width)` of each RoI.
     pub output: (i64, i64),
+    /// Samples per output bin and axis (0: adaptive, as torchvision).
     pub sampling_ratio: i64,
     /// Stride of each pooled level (4, 8, 16, 32 for P2–P5).
     pub strides: Vec<i64>,

@@ -98,15 +98,18 @@ impl Targets {
 pub struct Detections {
     /// `(x1, y1, x2, y2)`, network-input pixels.
     pub boxes: Vec<[f32; 4]>,
+    /// Confidence of each box.
     pub scores: Vec<f32>,
     /// Class indices `0..K`.
     pub labels: Vec<i64>,
 }
 
 impl Detections {
+    /// Number of detections.
     pub fn len(&self) -> usize {
         self.scores.len()
     }
+    /// Whether there is none.
     pub fn is_empty(&self) -> bool {
         self.scores.is_empty()
     }

@@ -29,11 +29,13 @@ use tch::{Device, TchError, Tensor};
 pub struct Counts {
     /// Reads of tensor data by the host (host kernels' excepted).
     pub reads: u64,
+    /// Bytes those reads copied to the host.
     pub read_bytes: u64,
     /// Reads by host kernels.
     pub kernel_reads: u64,
     /// Tensors made from host data.
     pub uploads: u64,
+    /// Bytes those uploads copied from the host.
     pub upload_bytes: u64,
 }
 

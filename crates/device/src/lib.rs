@@ -33,6 +33,7 @@ mod tests {
 /// A failure inside libtorch reached through the shim.
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
+    /// libtorch's message.
     #[error("libtorch: {0}")]
     Torch(String),
 }

@@ -28,14 +28,18 @@ pub enum MemoryFormat {
     /// Channels-last on the CPU, NCHW on CUDA.
     #[default]
     Auto,
+    /// Contiguous `[N, C, H, W]` everywhere.
     Nchw,
+    /// `[N, C, H, W]` sizes with `[N, H, W, C]` memory order everywhere.
     ChannelsLast,
 }
 
 /// A concrete activation layout.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Layout {
+    /// Contiguous `[N, C, H, W]`.
     Nchw,
+    /// `[N, C, H, W]` sizes with `[N, H, W, C]` memory order.
     ChannelsLast,
 }
 
@@ -70,6 +74,7 @@ impl MemoryFormat {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Precision {
+    /// Every computation in float32.
     #[default]
     Fp32,
     /// bfloat16 autocast of the networks' forwards (no loss scaling needed: bf16 has fp32's

@@ -23,14 +23,18 @@ pub const DEFAULT_PORT: u16 = 29500;
 /// Which launcher started the process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Launcher {
+    /// torchrun (`RANK`, `WORLD_SIZE`, `MASTER_ADDR`, … and its store).
     Torchrun,
+    /// Slurm's `srun` (`SLURM_PROCID`, `SLURM_NTASKS`, …).
     Slurm,
+    /// Open MPI's `mpirun` (`OMPI_COMM_WORLD_RANK`, …).
     OpenMpi,
 }
 
 /// This process's place in a job.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Launch {
+    /// The launcher whose environment was read.
     pub launcher: Launcher,
     /// Global rank, `0..world`.
     pub rank: usize,
@@ -42,6 +46,7 @@ pub struct Launch {
     pub local_world: usize,
     /// Where the store is served.
     pub master_addr: String,
+    /// The store's TCP port.
     pub master_port: u16,
     /// This process serves the store (rank 0 outside torchrun).
     pub hosts_store: bool,

@@ -18,7 +18,9 @@ use tch::nn::{self, ModuleT};
 /// `[N, in, H, W] → [N, out, H/stride, W/stride]` (rounded up).
 #[derive(Debug)]
 pub struct ChoiceOp {
+    /// The choice this op implements.
     pub choice: Choice,
+    /// Its stride (2 at the first block of a stage).
     pub stride: i64,
     /// The main branch, in order (ReLU after it is applied by [`ChoiceOp`]).
     pub branch: Vec<ConvBn>,
@@ -69,6 +71,9 @@ impl ChoiceOp {
 ///
 /// A channels-last input (NHWC strides) gives channels-last halves: the same permutation
 /// is taken on the NHWC view, so the block's convolutions keep oneDNN's NHWC layout.
+///
+/// # Panics
+/// When `x` is not 4-D (`[N, C, H, W]`).
 pub fn channel_shuffle_split(x: &Tensor) -> (Tensor, Tensor) {
     let (n, c, h, w) = x.size4().expect("a block input is 4-D");
     let shuffled = if crate::layout::is_channels_last(x) {

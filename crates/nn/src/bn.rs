@@ -165,8 +165,10 @@ fn sync_forward(bn: &nn::BatchNorm, y: &Tensor, sync: &dyn BnSync) -> Tensor {
 /// How statistics are recomputed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum BnMode {
+    /// The exact mean and variance over all recalibration images.
     #[default]
     Exact,
+    /// The official exponential moving average (momentum 0.1) after a reset.
     Ema,
 }
 
@@ -354,6 +356,9 @@ impl Recalibration {
     /// a [`BnSync`], every rank's statistics are pooled first (one all-reduce of each BN's
     /// count, `Σ n·mean` and `Σ (M2 + n·mean²)` in f64); a failed collective leaves the
     /// statistics unchanged and is reported by [`take_sync_error`].
+    ///
+    /// # Panics
+    /// When no session was begun on this thread.
     pub fn finish(self) -> usize {
         let mut session = SESSION.with(|s| s.borrow_mut().take()).expect("begun");
         let n = session.order.len();
@@ -418,8 +423,11 @@ impl Drop for Recalibration {
 /// so that [`conv_bn_t`] can run the conv itself with folded weights.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConvGeometry {
+    /// Convolution stride.
     pub stride: i64,
+    /// Zero padding, pixels per side.
     pub padding: i64,
+    /// Channel groups (the channels for a depthwise convolution).
     pub groups: i64,
 }
 

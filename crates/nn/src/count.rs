@@ -42,14 +42,21 @@ fn counting<T>(f: impl FnOnce() -> T) -> (T, u64) {
 /// Counts measured on an instantiated child network.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MeasuredCost {
+    /// Multiply-accumulates of the backbone, counted by running it.
     pub backbone_macs: u64,
+    /// Multiply-accumulates of the whole classifier.
     pub total_macs: u64,
+    /// Parameters of the backbone.
     pub backbone_params: u64,
+    /// Parameters of the whole classifier.
     pub total_params: u64,
 }
 
 /// Runs one image of `height × width` through `child` (eval mode, no grad) and counts.
 /// `vs` must be the child's own var store.
+///
+/// # Panics
+/// Never: a network has stages.
 pub fn measure_child(child: &ChildNet, vs: &nn::VarStore, height: i64, width: i64) -> MeasuredCost {
     let x = Tensor::zeros([1, 3, height, width], (Kind::Float, vs.device()));
     let (feats, backbone_macs) = tch::no_grad(|| counting(|| child.features_t(&x, false)));

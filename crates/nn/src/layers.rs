@@ -25,7 +25,12 @@ pub enum NormKind {
     Bn,
     /// One BN per pyramid level (`p.bn_p{first}.*`, `p.bn_p{first+1}.*`, …) after a conv shared
     /// by the levels.
-    PerLevel { levels: usize, first: usize },
+    PerLevel {
+        /// Pyramid levels sharing the conv.
+        levels: usize,
+        /// Number of the first level (`p{first}`).
+        first: usize,
+    },
 }
 
 /// A conv (optionally with bias) followed by BN (none, one, or one per pyramid level) and
@@ -39,10 +44,13 @@ pub enum NormKind {
 /// `[N, in, H, W] → [N, out, H', W']` with `H' = ⌊(H + 2·⌊k/2⌋ − k)/stride⌋ + 1`.
 #[derive(Debug)]
 pub struct ConvBn {
+    /// The convolution.
     pub conv: nn::Conv2D,
+    /// Its stride, padding and groups.
     pub geometry: ConvGeometry,
     /// The BNs: none, one, or one per level.
     pub bns: Vec<nn::BatchNorm>,
+    /// A ReLU after the BN.
     pub relu: bool,
     /// Folded eval-mode weights and bias per BN, with the [`fold_key`] they were made from.
     folded: Mutex<Vec<Option<Folded>>>,
@@ -58,16 +66,23 @@ struct Folded {
 /// Geometry and initialisation of a [`ConvBn`].
 #[derive(Clone, Copy, Debug)]
 pub struct ConvBnConfig {
+    /// Input channels.
     pub cin: i64,
+    /// Output channels.
     pub cout: i64,
+    /// Kernel side.
     pub kernel: i64,
+    /// Stride.
     pub stride: i64,
     /// `true` for depthwise (`groups = cin`, requires `cin == cout`).
     pub depthwise: bool,
+    /// A bias on the convolution.
     pub bias: bool,
+    /// A ReLU after the normalisation.
     pub relu: bool,
     /// Weight std; `None` is the official `1 / (cin / groups)`.
     pub std: Option<f64>,
+    /// The normalisation after the convolution.
     pub norm: NormKind,
 }
 
@@ -214,8 +229,11 @@ pub fn stem(p: &nn::Path, channels: i64) -> ConvBn {
 /// `[N, C5, H, W] → [N, classes]`
 #[derive(Debug)]
 pub struct ClsHead {
+    /// The last 1×1 conv (to the head's width) with BN and ReLU.
     pub last_conv: ConvBn,
+    /// The classifier.
     pub fc: nn::Linear,
+    /// Dropout probability before the classifier (training only).
     pub dropout: f64,
 }
 

@@ -10,6 +10,7 @@ use tch::{Device, Kind, Tensor};
 /// (maskrcnn_benchmark divides by per-GPU counts; with one process the two agree).
 #[derive(Debug)]
 pub struct LossTerm {
+    /// The loss's name in the logs (`cls`, `box`, …).
     pub name: &'static str,
     /// Sum over the batch, a scalar tensor (float).
     pub sum: Tensor,

@@ -34,6 +34,7 @@ fn backbone_forward<'a>(
 /// Builds a [`Supernet`].
 #[derive(Clone, Debug)]
 pub struct SupernetConfig {
+    /// The search space.
     pub space: SearchSpace,
     /// Classes of the classification head; `None` builds the backbone only (detection).
     pub classes: Option<i64>,
@@ -167,6 +168,9 @@ impl Supernet {
     ///
     /// The same idea as elastic kernels grown from a trained one (Once-for-All, Cai et al.,
     /// arXiv:1908.09791 §3.2), applied once.
+    ///
+    /// # Panics
+    /// Never: the reference choice is built wherever it is allowed.
     pub fn align_choices(&self) {
         let Some(rc) = Supernet::reference_choice(&self.space) else {
             return;
@@ -238,8 +242,11 @@ fn copy_centred(from: &Tensor, to: &Tensor) {
 /// Builds a [`ChildNet`].
 #[derive(Clone, Debug)]
 pub struct ChildNetConfig {
+    /// The search space.
     pub space: SearchSpace,
+    /// The architecture.
     pub arch: Arch,
+    /// Classifier outputs; none for a detection backbone.
     pub classes: Option<i64>,
 }
 

@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StageRef {
+    /// The stage's configuration file (relative to the pipeline file).
     pub config: PathBuf,
+    /// `--set` overrides applied to it.
     #[serde(default)]
     pub set: Vec<String>,
 }
@@ -31,9 +33,11 @@ pub enum RetrainMode {
     Inherit,
 }
 
+/// `[retrain]`: how the found architecture and the baselines are retrained.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetrainConfig {
+    /// `inherit` (from the pre-trained supernet's weights) or `scratch` (classification from scratch, then detection; the paper's protocol). Default `inherit`.
     #[serde(default)]
     pub mode: RetrainMode,
     /// Overrides of the pre-training config for the classification retraining (scratch).
@@ -63,6 +67,7 @@ impl Default for BaselineConfig {
     }
 }
 
+/// A pipeline configuration (`detnas run --config`): the stage configurations and their overrides.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PipelineConfig {
@@ -84,10 +89,15 @@ pub struct PipelineConfig {
     /// Default 1800.
     #[serde(default = "d1800")]
     pub dist_timeout_s: u64,
+    /// Supernet pre-training.
     pub pretrain: StageRef,
+    /// Supernet fine-tuning as a detector backbone.
     pub finetune: StageRef,
+    /// The search.
     pub search: StageRef,
+    /// Retraining of the found architecture and the baselines.
     pub retrain: RetrainConfig,
+    /// The baselines. Default: random and ClsNAS.
     #[serde(default)]
     pub baselines: BaselineConfig,
 }

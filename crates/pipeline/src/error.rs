@@ -2,18 +2,30 @@
 
 use std::path::PathBuf;
 
+/// A pipeline error; [`PipelineError::exit_code`] maps it to the documented exit code.
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
+    /// A pipeline configuration or run folder that cannot be used (exit 2).
     #[error("{0}")]
     Config(String),
+    /// A file or folder that cannot be read or written.
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+    /// A training error of a stage.
     #[error(transparent)]
     Train(#[from] detnas_train::TrainError),
+    /// A search error of a stage.
     #[error(transparent)]
     Search(#[from] detnas_search::SearchError),
+    /// A search-space error.
     #[error(transparent)]
     Space(#[from] detnas_space::SpaceError),
+    /// A data error.
     #[error(transparent)]
     Data(#[from] detnas_data::DataError),
 }
@@ -25,6 +37,7 @@ impl From<detnas_runtime::RuntimeError> for PipelineError {
 }
 
 impl PipelineError {
+    /// A [`PipelineError::Io`] on `path`.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> PipelineError {
         PipelineError::Io { path: path.into(), source }
     }

@@ -75,8 +75,11 @@ pub fn report(run: &Path) -> PathBuf {
 /// `stage.json`: written when a stage has finished.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct StageRecord<T> {
+    /// The stage's name.
     pub stage: String,
+    /// Wall time of the stage, seconds.
     pub seconds: f64,
+    /// The stage's result.
     pub result: T,
     /// Resident memory over the stage (the process's high-water mark is reset at its start).
     #[serde(default)]
@@ -97,9 +100,12 @@ pub fn finished<T: DeserializeOwned>(dir: &Path) -> Option<(f64, T)> {
 /// One retrained architecture: the result of a `retrain-LABEL` stage.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Retrained {
+    /// `found`, `random` or `clsnas` (or `rank-check`).
     pub label: String,
+    /// The architecture.
     pub arch: String,
     /// Classification training from scratch (the paper's protocol), if run.
     pub cls: Option<Summary>,
+    /// The detection retraining's summary (test AP).
     pub det: FinetuneSummary,
 }

@@ -71,6 +71,9 @@ fn legend<'a, 'b: 'a>(chart: &mut Chart<'a, 'b>, position: SeriesLabelPosition) 
 }
 
 /// Line chart of named series `(name, [(x, y)])`.
+///
+/// # Errors
+/// The drawing backend's error, as text.
 pub fn lines(title: &str, x_desc: &str, y_desc: &str, series: &[(String, Vec<(f64, f64)>)]) -> Res {
     let mut svg = String::new();
     {
@@ -97,6 +100,9 @@ pub fn lines(title: &str, x_desc: &str, y_desc: &str, series: &[(String, Vec<(f6
 
 /// Fitness vs backbone MACs of every candidate (`(macs, fitness, highlighted)`), the Pareto
 /// front (best fitness at most that many MACs) and the constraint line.
+///
+/// # Errors
+/// The drawing backend's error, as text.
 pub fn pareto(title: &str, y_desc: &str, points: &[(f64, f64, bool)], limit: Option<f64>) -> Res {
     let mut svg = String::new();
     {
@@ -147,6 +153,9 @@ pub fn pareto(title: &str, y_desc: &str, points: &[(f64, f64, bool)], limit: Opt
 
 /// The architectures as rows of blocks coloured by choice, grouped by stage (the paper's
 /// Figure 2 layout): `rows = [(label, choice ids)]`, `stage_ends` = index after each stage.
+///
+/// # Errors
+/// The drawing backend's error, as text.
 pub fn architectures(rows: &[(String, Vec<u8>)], stage_ends: &[usize]) -> Res {
     let blocks = rows.iter().map(|r| r.1.len()).max().unwrap_or(1);
     let (cell, gap, left, top) = (26i32, 10i32, 130i32, 40i32);
@@ -184,6 +193,9 @@ pub fn architectures(rows: &[(String, Vec<u8>)], stage_ends: &[usize]) -> Res {
 /// Proxy score against ground truth, one point per architecture: `(proxy, mean, min, max,
 /// highlighted)` with a vertical bar from the seeds' min to max; the highlighted one (the
 /// search's choice) ringed.
+///
+/// # Errors
+/// The drawing backend's error, as text.
 pub fn rank_scatter(title: &str, x_desc: &str, y_desc: &str, points: &[(f64, f64, f64, f64, bool)]) -> Res {
     let mut svg = String::new();
     {

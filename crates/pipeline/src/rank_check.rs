@@ -107,7 +107,9 @@ impl RankCheckOptions {
 /// One architecture of the plan.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Planned {
+    /// The architecture.
     pub arch: String,
+    /// Its backbone MACs.
     pub backbone_macs: u64,
     /// `sampled`, `found` (the search's best), `clsnas` (the ClsNAS search's best).
     pub roles: Vec<String>,
@@ -135,24 +137,33 @@ pub struct Proxies {
 pub struct Agreement {
     /// Architectures with both scores.
     pub n: usize,
+    /// Kendall τ of the proxy against the ground truth.
     pub kendall_tau: Option<f64>,
+    /// Spearman ρ.
     pub spearman: Option<f64>,
     /// 95 % percentile-bootstrap interval of τ over architectures.
     pub tau_ci95: Option<[f64; 2]>,
     /// The architecture this proxy's search chose, and the share of the others it beats in
     /// the ground truth (1 = best, ≥ 0.75 = top quartile).
     pub chosen: Option<String>,
+    /// The share of the others `chosen` beats.
     pub chosen_percentile: Option<f64>,
 }
 
 /// One architecture's scores.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ArchResult {
+    /// The architecture.
     pub arch: String,
+    /// Its backbone MACs.
     pub backbone_macs: u64,
+    /// Why it is in the check (`sampled`, `found`, `clsnas`).
     pub roles: Vec<String>,
+    /// DetNAS proxy: the search's fitness on the fine-tuned supernet.
     pub det_proxy: Option<f64>,
+    /// ClsNAS proxy: top-1 on the pre-trained supernet.
     pub cls_proxy: Option<f64>,
+    /// Control: the fitness of the detector at initialisation.
     pub init_proxy: Option<f64>,
     /// The search's fitness on supernet `k` at index `k` (index 0: `det_proxy`), when every
     /// supernet of the check has scored it.
@@ -160,6 +171,7 @@ pub struct ArchResult {
     pub supernet_proxies: Vec<f64>,
     /// Test AP of the stand-alone training, one per finished seed.
     pub ground_truth: Vec<f64>,
+    /// Mean of `ground_truth`.
     pub ground_truth_mean: Option<f64>,
 }
 
@@ -168,12 +180,15 @@ pub struct ArchResult {
 pub struct RankCheckResult {
     /// Architectures with every seed trained.
     pub n: usize,
+    /// Seeds per architecture.
     pub seeds: usize,
     /// Every planned unit finished.
     pub complete: bool,
     /// DetNAS's proxy (the fine-tuned supernet) against the ground truth.
     pub kendall_tau: Option<f64>,
+    /// Spearman ρ of the DetNAS proxy.
     pub spearman: Option<f64>,
+    /// 95 % bootstrap interval of its τ.
     pub tau_ci95: Option<[f64; 2]>,
     /// Standard deviation of τ between unrelated rankings of `n` architectures.
     pub tau_chance_sd: Option<f64>,
@@ -183,16 +198,22 @@ pub struct RankCheckResult {
     /// scores (the square root of the mean over architectures of their sample variance: the
     /// noise of one training run that differences are read against).
     pub spread: Option<f64>,
+    /// Pooled seed-to-seed standard deviation of test AP.
     pub seed_sd: Option<f64>,
     /// The DetNAS proxy's metric (`AP`, `AP50`); the ground truth is always test AP.
     pub metric: String,
     /// `retrain.mode` of the units: `inherit` (from the pre-trained supernet's weights) or
     /// `scratch` (classification from scratch first).
     pub retrain_mode: String,
+    /// The found architecture, if it is in the check.
     pub found: Option<String>,
+    /// The share of the others it beats in the ground truth.
     pub found_percentile: Option<f64>,
+    /// The DetNAS proxy's agreement.
     pub detnas: Agreement,
+    /// The ClsNAS proxy's agreement.
     pub clsnas: Option<Agreement>,
+    /// The control's agreement (the detector at initialisation).
     pub init_control: Option<Agreement>,
     /// One agreement per finished supernet `k` (index `k`; 0 is the search's own, the same as
     /// `detnas` except that "chosen" is the best-scored planned architecture, which for the
@@ -203,6 +224,7 @@ pub struct RankCheckResult {
     /// finished.
     #[serde(default)]
     pub supernet_tau_mean: Option<f64>,
+    /// Standard deviation of τ over the supernets.
     #[serde(default)]
     pub supernet_tau_sd: Option<f64>,
     /// The mean of the supernets' scores as the proxy.
@@ -210,6 +232,7 @@ pub struct RankCheckResult {
     pub supernet_mean: Option<Agreement>,
     /// The retraining overrides of every unit (detection, then classification).
     pub protocol: Vec<String>,
+    /// Every architecture's scores.
     pub archs: Vec<ArchResult>,
 }
 

@@ -18,11 +18,17 @@ const STAT_NAMES: [&str; 6] = ["AP", "AP50", "AP75", "APs", "APm", "APl"];
 /// One row of the final table.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct FinalRow {
+    /// `found`, `random` or `clsnas`.
     pub label: String,
+    /// The architecture.
     pub arch: String,
+    /// The 12 COCO stats on the test split.
     pub stats: Vec<f64>,
+    /// Backbone MACs.
     pub backbone_macs: u64,
+    /// Backbone parameters.
     pub backbone_params: u64,
+    /// Latency from the search's per-op table, ms.
     pub latency_ms: Option<f64>,
 }
 

@@ -29,8 +29,11 @@ use tch::Device;
 /// Options of one invocation.
 #[derive(Clone, Debug)]
 pub struct PipelineOptions {
+    /// The run folder.
     pub out: PathBuf,
+    /// The device of every stage.
     pub device: Device,
+    /// Draw progress bars on stderr.
     pub progress: bool,
     /// Raised by the binary's signal handlers: the running stage stops at its next safe point.
     pub cancel: Cancel,
@@ -89,9 +92,13 @@ pub(crate) fn stage<T: Serialize + DeserializeOwned>(
 /// What a finished pipeline produced.
 #[derive(Clone, Debug)]
 pub struct PipelineOutcome {
+    /// The DetNAS search's result.
     pub found: BestArch,
+    /// The ClsNAS search's result, if run.
     pub clsnas: Option<BestArch>,
+    /// The retrained architectures.
     pub retrained: Vec<Retrained>,
+    /// Wall time, seconds.
     pub seconds: f64,
 }
 
@@ -251,6 +258,9 @@ pub fn check_stages(cfg: &PipelineConfig, run: &Path, device: Device) -> Result<
 /// [`PipelineError::Config`] when `opts.out` holds another pipeline configuration;
 /// [`PipelineError::Io`] when it cannot be created; otherwise the first error of a stage (its
 /// configuration, training, search or record).
+///
+/// # Panics
+/// Never: a configuration always serialises.
 pub fn run(cfg: &PipelineConfig, opts: &PipelineOptions) -> Result<PipelineOutcome, PipelineError> {
     let started = Instant::now();
     let planned = std::path::absolute(&opts.out).map_err(|e| PipelineError::io(&opts.out, e))?;

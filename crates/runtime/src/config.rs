@@ -209,6 +209,9 @@ pub fn absolutize_path_overrides(overrides: &[String], keys: &[&str]) -> Vec<Str
 ///
 /// # Errors
 /// [`RuntimeError::Config`] naming the file and the field.
+///
+/// # Panics
+/// Never: a TOML table always serialises.
 pub fn read_document<T: DeserializeOwned>(path: Option<&Path>, overrides: &[String]) -> Result<T, RuntimeError> {
     let name = path.map_or_else(|| "the default configuration".to_string(), |p| p.display().to_string());
     let text = match path {

@@ -10,10 +10,20 @@ pub enum RuntimeError {
     Config(String),
     /// A checkpoint that cannot be written, found, verified or used (exit code 5).
     #[error("checkpoint {path}: {message}")]
-    Checkpoint { path: PathBuf, message: String },
+    Checkpoint {
+        /// The checkpoint folder (or run folder).
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
     /// A file-system operation on `path` failed (exit code 1).
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
 }
 
 impl RuntimeError {

@@ -33,8 +33,11 @@ pub fn reset_peak() -> bool {
 /// allocation when the device exposes one.
 #[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct MemoryRecord {
+    /// Resident set at the start, MiB.
     pub start_rss_mib: Option<f64>,
+    /// Resident set at the end, MiB.
     pub end_rss_mib: Option<f64>,
+    /// Largest resident set between start and end, MiB.
     pub peak_rss_mib: Option<f64>,
     /// Peak bytes held by the GPU allocator, MiB (`None` on the CPU).
     #[serde(default)]

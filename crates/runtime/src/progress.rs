@@ -30,6 +30,9 @@ struct Lines {
 pub const LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// A progress display for `total` units starting at `start` (see [`Progress`]).
+///
+/// # Panics
+/// Never: the template is a constant.
 pub fn bar(total: u64, start: u64, what: &str, enabled: bool) -> Progress {
     use std::io::IsTerminal;
     let terminal = std::io::stderr().is_terminal();
@@ -59,16 +62,19 @@ pub fn bar(total: u64, start: u64, what: &str, enabled: bool) -> Progress {
 }
 
 impl Progress {
+    /// Moves the bar to `pos` (and logs a line when due, without a terminal).
     pub fn set_position(&self, pos: u64) {
         self.bar.set_position(pos);
         self.maybe_log(pos);
     }
 
+    /// Advances the bar by `n`.
     pub fn inc(&self, n: u64) {
         self.bar.inc(n);
         self.maybe_log(self.bar.position());
     }
 
+    /// The text shown beside the bar (and in the logged lines).
     pub fn set_message(&self, msg: String) {
         if let Some(l) = &self.lines
             && let Ok(mut l) = l.lock()
@@ -78,10 +84,12 @@ impl Progress {
         self.bar.set_message(msg);
     }
 
+    /// Leaves the bar where it stopped (a failed or interrupted run).
     pub fn abandon(&self) {
         self.bar.abandon();
     }
 
+    /// Removes the bar once the work is done.
     pub fn finish_and_clear(&self) {
         self.bar.finish_and_clear();
     }

@@ -9,19 +9,25 @@ use detnas_train::config::BnModeConfig;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
+/// A search configuration (`detnas search --config`): the supernet, the strategy, the limits, how candidates are scored, and where.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SearchConfig {
     /// Seed of the search's random streams (initial population, operators).
     #[serde(default)]
     pub seed: u64,
+    /// The supernet checkpoint to search and how to score it.
     pub supernet: SupernetRef,
+    /// `[strategy]`.
     #[serde(default)]
     pub strategy: StrategyConfig,
+    /// `[constraint]`: the limits a candidate must meet.
     #[serde(default)]
     pub constraint: ConstraintConfig,
+    /// `[eval]`: how a candidate is scored.
     #[serde(default)]
     pub eval: SearchEvalConfig,
+    /// `[runtime]`: where and how fast.
     #[serde(default)]
     pub runtime: SearchRuntime,
 }
@@ -33,6 +39,7 @@ pub struct SupernetRef {
     /// A run folder (its latest checkpoint) or a `step-N` checkpoint folder: a fine-tuning
     /// run for `fitness = "det"`, a pre-training run for `fitness = "cls"`.
     pub checkpoint: PathBuf,
+    /// `det` (box AP of the fine-tuned supernet, DetNAS) or `cls` (top-1 of the pre-trained supernet, ClsNAS). Default `det`.
     #[serde(default)]
     pub fitness: FitnessKind,
 }
@@ -52,8 +59,10 @@ pub enum FitnessKind {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum StrategyKind {
+    /// Evolution (DetNAS §3.3: the top-k archive, mutations and crossovers).
     #[default]
     Evolution,
+    /// Random search under the same limits (the baseline).
     Random,
 }
 
@@ -81,11 +90,13 @@ impl std::fmt::Display for StrategyKind {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StrategyConfig {
+    /// Evolution or random search. Default `evolution`.
     pub kind: StrategyKind,
     /// Candidates per generation (the first generation is all random).
     pub population: usize,
     /// Size of the elitist archive the parents are drawn from (and of the reported top-k).
     pub top_k: usize,
+    /// Generations.
     pub generations: usize,
     /// Mutants per generation.
     pub mutations: usize,
@@ -147,7 +158,9 @@ impl<'de> Deserialize<'de> for Count {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ConstraintConfig {
+    /// Largest backbone MACs (`300M`), counted at `input`.
     pub max_backbone_macs: Option<Count>,
+    /// Largest backbone parameter count (`3.5M`).
     pub max_backbone_params: Option<Count>,
     /// Summed per-op latency limit (ms) from a table measured on the search device.
     pub max_latency_ms: Option<f64>,
@@ -171,6 +184,7 @@ impl Default for ConstraintConfig {
 }
 
 impl ConstraintConfig {
+    /// The limits as the search checks them.
     pub fn constraint(&self) -> Constraint {
         Constraint {
             max_backbone_macs: self.max_backbone_macs.map(|c| c.0),
@@ -178,6 +192,7 @@ impl ConstraintConfig {
         }
     }
 
+    /// The input size and classes the counts are taken at.
     pub fn cost_model(&self) -> CostModel {
         CostModel { input: InputSize { height: self.input[0], width: self.input[1] }, classes: 1000 }
     }
@@ -209,6 +224,7 @@ pub enum DetMetric {
     /// COCO AP@[.5:.95] (DetNAS).
     #[default]
     Ap,
+    /// COCO AP at IoU 0.5.
     Ap50,
 }
 
@@ -224,6 +240,7 @@ pub struct SearchEvalConfig {
     pub bn_mode: BnModeConfig,
     /// Use only the first N images of the validation split (default: all).
     pub val_images: Option<usize>,
+    /// Which AP is the fitness. Default `ap`.
     pub metric: DetMetric,
 }
 

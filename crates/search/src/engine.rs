@@ -26,13 +26,17 @@ use std::time::Instant;
 /// What the search needs besides the evaluators.
 #[derive(Clone, Debug)]
 pub struct SearchSetup {
+    /// Evolution parameters (`[strategy]`).
     pub strategy: StrategyConfig,
+    /// Seed of the evolution's draws.
     pub seed: u64,
+    /// The FLOPs, parameter and latency limits a candidate must meet.
     pub limits: Limits,
     /// Result hash of the configuration: a folder holding another one's state is refused.
     pub config_hash: String,
     /// Folder of `ledger.jsonl` and `state.json`.
     pub dir: PathBuf,
+    /// Draw a progress bar on stderr.
     pub progress: bool,
     /// Scores known from other searches of the same supernet under the same evaluation
     /// settings (`runtime.reuse`): taken instead of evaluating again (exact, since a
@@ -45,35 +49,49 @@ pub struct SearchSetup {
 /// An archive member as stored.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EliteEntry {
+    /// The architecture (one choice digit per block).
     pub arch: String,
+    /// Its fitness.
     pub fitness: f64,
 }
 
 /// One finished generation.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct GenerationRecord {
+    /// Generation number, from 0.
     pub generation: usize,
+    /// Candidates scored in the generation.
     pub candidates: usize,
     /// Candidates evaluated in this process (the others came from the ledger).
     pub evaluated_now: usize,
+    /// Candidates the generation lacked (no new architecture met the limits).
     pub shortfall: usize,
+    /// Best fitness of the generation.
     pub best: f64,
+    /// Mean fitness of the generation.
     pub mean: f64,
     /// Best and mean of the archive after the generation.
     pub elite_best: f64,
+    /// Mean fitness of the archive after the generation.
     pub elite_mean: f64,
 }
 
 /// `state.json`: the search after its last finished generation.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SearchState {
+    /// Version of this layout; another is refused.
     pub format: u32,
+    /// Result hash of the search's configuration (a folder of another is refused).
     pub config_hash: String,
+    /// Finished generations.
     pub generations_done: usize,
     /// Candidates of finished generations.
     pub evaluated: usize,
+    /// The archive (top-k), best first.
     pub elite: Vec<EliteEntry>,
+    /// One record per finished generation.
     pub history: Vec<GenerationRecord>,
+    /// Whether the search ended (every generation, or stopped early).
     pub finished: bool,
     /// Why the search ended before its last generation, if it did.
     pub stop_reason: Option<String>,
@@ -82,6 +100,7 @@ pub struct SearchState {
 /// The result of [`run`].
 #[derive(Clone, Debug)]
 pub struct Outcome {
+    /// The search's state at the end.
     pub state: SearchState,
     /// The top-k, best first, with their ledger entries.
     pub top: Vec<LedgerEntry>,
@@ -91,10 +110,12 @@ pub struct Outcome {
     pub evaluated_now: usize,
 }
 
+/// `dir/state.json`.
 pub fn state_path(dir: &Path) -> PathBuf {
     dir.join("state.json")
 }
 
+/// `dir/ledger.jsonl`.
 pub fn ledger_path(dir: &Path) -> PathBuf {
     dir.join("ledger.jsonl")
 }

@@ -4,27 +4,58 @@ use detnas_space::SpaceError;
 use detnas_train::TrainError;
 use std::path::PathBuf;
 
+/// A search error; [`SearchError::exit_code`] maps it to the documented exit code.
 #[derive(Debug, thiserror::Error)]
 pub enum SearchError {
+    /// A search configuration or folder that cannot be used (exit 2).
     #[error("{0}")]
     Config(String),
+    /// A file that cannot be read or written.
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+    /// A malformed ledger or `best_arch.json`.
     #[error("{path}: line {line}: {message}")]
-    Ledger { path: PathBuf, line: usize, message: String },
+    Ledger {
+        /// The file.
+        path: PathBuf,
+        /// The line, from 1 (0: the whole file).
+        line: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// A candidate that could not be scored.
     #[error("candidate {arch}: {message}")]
-    Evaluation { arch: String, message: String },
+    Evaluation {
+        /// The candidate.
+        arch: String,
+        /// What failed.
+        message: String,
+    },
+    /// A training-layer error (checkpoints, scoring).
     #[error(transparent)]
     Train(#[from] TrainError),
+    /// A search-space error.
     #[error(transparent)]
     Space(#[from] SpaceError),
+    /// A detection error.
     #[error(transparent)]
     Detect(#[from] detnas_detect::DetectError),
     #[error(
         "interrupted by {} after {evaluated} candidates; they are in the ledger, re-run the same command to resume",
         .signal.name()
     )]
-    Interrupted { signal: detnas_runtime::Signal, evaluated: usize },
+    /// Stopped by a signal after recording the candidates scored.
+    Interrupted {
+        /// The signal.
+        signal: detnas_runtime::Signal,
+        /// Candidates in the ledger.
+        evaluated: usize,
+    },
 }
 
 impl From<detnas_runtime::RuntimeError> for SearchError {
@@ -34,6 +65,7 @@ impl From<detnas_runtime::RuntimeError> for SearchError {
 }
 
 impl SearchError {
+    /// A [`SearchError::Io`] on `path`.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> SearchError {
         SearchError::Io { path: path.into(), source }
     }

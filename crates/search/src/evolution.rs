@@ -21,8 +21,11 @@ use std::collections::HashSet;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Origin {
+    /// Drawn uniformly under the limits.
     Random,
+    /// A mutation of an archive member.
     Mutation,
+    /// A crossover of two archive members.
     Crossover,
 }
 
@@ -39,17 +42,24 @@ impl std::fmt::Display for Origin {
 /// Analytic and measured cost of one architecture.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Measured {
+    /// Backbone MACs at the search's input size.
     pub backbone_macs: u64,
+    /// Backbone parameters.
     pub backbone_params: u64,
+    /// Latency from the per-op table, ms (when the search has one).
     pub latency_ms: Option<f64>,
 }
 
 /// The space with the limits every candidate must respect.
 #[derive(Clone, Debug)]
 pub struct Limits {
+    /// The search space.
     pub space: SearchSpace,
+    /// MACs and parameter limits.
     pub constraint: Constraint,
+    /// Input size and classes the counts are taken at.
     pub model: CostModel,
+    /// Latency limit, ms (needs a latency table).
     pub max_latency_ms: Option<f64>,
     /// Required when `max_latency_ms` is set; reported per candidate when present.
     pub latency: Option<LatencyTable>,
@@ -67,6 +77,7 @@ impl Limits {
         }
     }
 
+    /// MACs, parameters and latency of `arch`.
     pub fn measure(&self, arch: &Arch) -> Measured {
         let c = cost(&self.space, arch, &self.model);
         Measured {
@@ -76,6 +87,7 @@ impl Limits {
         }
     }
 
+    /// Whether `arch` meets every limit.
     pub fn admits(&self, arch: &Arch) -> bool {
         if !self.constraint.admits(&self.space, arch, &self.model) {
             return false;
@@ -112,7 +124,9 @@ impl Limits {
 /// An evaluated architecture.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Scored {
+    /// The architecture.
     pub arch: Arch,
+    /// Its fitness.
     pub fitness: f64,
 }
 
@@ -137,6 +151,7 @@ pub fn update_elite(elite: &[Scored], new: &[Scored], k: usize) -> Vec<Scored> {
 /// The candidates of one generation.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Proposal {
+    /// The candidates of the next generation and how each was made.
     pub candidates: Vec<(Arch, Origin)>,
     /// Slots of `population` left empty because no legal architecture was found.
     pub shortfall: usize,

@@ -26,10 +26,13 @@ use tch::Device;
 /// What the search needs to know about the supernet before loading it.
 #[derive(Clone, Debug)]
 pub struct SupernetInfo {
+    /// Detection or classification fitness.
     pub kind: FitnessKind,
+    /// The supernet's search space.
     pub space: SearchSpace,
     /// The resolved `step-N` checkpoint folder.
     pub checkpoint: PathBuf,
+    /// The checkpoint's step.
     pub step: u64,
     /// SHA-256 of its `model.safetensors`.
     pub model_sha256: String,

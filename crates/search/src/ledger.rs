@@ -12,19 +12,29 @@ use std::path::{Path, PathBuf};
 /// One evaluated candidate.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LedgerEntry {
+    /// Generation that proposed it, from 0.
     pub generation: usize,
     /// Position in its generation's proposal.
     pub index: usize,
+    /// How it was proposed (random, mutation, crossover).
     pub origin: Origin,
+    /// The architecture (one choice digit per block).
     pub arch: String,
+    /// Backbone multiply-accumulates at the search's input size.
     pub backbone_macs: u64,
+    /// Backbone parameters.
     pub backbone_params: u64,
+    /// Latency from the per-op table, ms (when the search has one).
     pub latency_ms: Option<f64>,
+    /// Fitness: AP or AP50 on the search-validation split, or top-1 (ClsNAS).
     pub fitness: f64,
     /// Every number the evaluation produced (COCO's 12 stats, or top-1/top-5).
     pub metrics: Vec<f64>,
+    /// BN recalibration time, seconds.
     pub recalibration_seconds: f64,
+    /// Evaluation time, seconds.
     pub evaluation_seconds: f64,
+    /// The worker (thread or rank) that scored it.
     pub worker: usize,
     /// Resident memory of the search process when the entry was recorded, MiB.
     #[serde(default)]
@@ -72,6 +82,9 @@ impl Ledger {
     ///
     /// # Errors
     /// [`SearchError::Io`] when the write or the fsync fails.
+    ///
+    /// # Panics
+    /// Never: an entry always serialises.
     pub fn append(&mut self, e: &LedgerEntry) -> Result<(), SearchError> {
         let mut line = serde_json::to_string(e).expect("serialisable");
         line.push('\n');

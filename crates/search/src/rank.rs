@@ -145,6 +145,9 @@ pub fn percentile(score: f64, others: &[f64]) -> Option<f64> {
 /// entries sorted by fitness are cut into `n` equal strata, each stratum gets a MACs stratum of
 /// a seeded permutation (a Latin hypercube over the two ranks) and gives the entry whose MACs
 /// quantile is nearest that stratum's centre. All entries when there are at most `n`.
+///
+/// # Panics
+/// Never: no stratum is empty when `n` is below the number of entries.
 pub fn stratified_sample(entries: &[LedgerEntry], n: usize, seed: u64) -> Vec<usize> {
     let len = entries.len();
     if len <= n {

@@ -93,6 +93,9 @@ impl Remote {
     ///
     /// # Errors
     /// A worker's evaluation error, an error of `on_done`, or a store failure.
+    ///
+    /// # Panics
+    /// Never: a result is only taken for a candidate still open.
     pub fn run(
         &mut self,
         jobs: Vec<(usize, Arch)>,
@@ -188,6 +191,9 @@ impl Remote {
 ///
 /// # Errors
 /// A store failure.
+///
+/// # Panics
+/// Never: the message always serialises.
 pub fn stop_all(pg: &ProcessGroup, prefix: &str) -> Result<(), SearchError> {
     for _ in 1..pg.world() {
         let m = serde_json::to_vec(&Message::Stop { stop: true }).expect("serialisable");
@@ -218,6 +224,9 @@ pub fn await_stopped(pg: &ProcessGroup, prefix: &str, wait: Duration) {
 /// # Errors
 /// A store failure or the idle timeout; an evaluation error is reported to rank 0, which
 /// fails the search, and ends this rank's loop too.
+///
+/// # Panics
+/// Never: a reply always serialises.
 pub fn serve(
     pg: &ProcessGroup,
     space: &SearchSpace,

@@ -51,12 +51,15 @@ pub fn default_workers(devices: &[Device], threads: i32) -> (usize, Option<i32>)
 /// Options of one invocation (not part of the configuration).
 #[derive(Clone, Debug)]
 pub struct SearchOptions {
+    /// The search folder (`ledger.jsonl`, `state.json`, `best_arch.json`, `summary.json`).
     pub out: PathBuf,
     /// Devices of the workers (worker `i` uses `devices[i % len]`).
     pub devices: Vec<Device>,
+    /// Evaluation workers.
     pub workers: usize,
     /// libtorch threads of each worker.
     pub threads_per_worker: Option<i32>,
+    /// Draw a progress bar on stderr.
     pub progress: bool,
     /// Raised by the binary's signal handlers: stop after the candidate being recorded.
     pub cancel: Cancel,
@@ -69,33 +72,52 @@ pub struct SearchOptions {
 /// Where a result comes from.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Provenance {
+    /// The fine-tuned (or pre-trained, ClsNAS) supernet checkpoint scored.
     pub supernet_checkpoint: PathBuf,
+    /// Its step.
     pub supernet_step: u64,
+    /// SHA-256 of its `model.safetensors` (a re-score checks it).
     pub supernet_sha256: String,
+    /// Result hash of the search configuration.
     pub config_hash: String,
+    /// The resolved search configuration (TOML).
     pub config: String,
+    /// The search's seed.
     pub seed: u64,
+    /// The code that searched ([`detnas_runtime::code_version`]).
     pub code_version: String,
 }
 
 /// `best_arch.json`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BestArch {
+    /// The best architecture (one choice digit per block).
     pub arch: String,
+    /// The search space it belongs to.
     pub space: SearchSpace,
+    /// Backbone multiply-accumulates at `input`.
     pub backbone_macs: u64,
+    /// Backbone parameters.
     pub backbone_params: u64,
     /// Input size the counts are taken at.
     pub input: InputSize,
+    /// Latency from the per-op table, ms (when the search has one).
     pub latency_ms: Option<f64>,
+    /// Its fitness.
     pub fitness: f64,
     /// `det` (box AP on the search-validation split) or `cls` (top-1).
     pub fitness_kind: FitnessKind,
+    /// The fitness's name (`AP`, `AP50`, `top-1`).
     pub metric: String,
+    /// Every number its evaluation produced (COCO's 12 stats, or top-1/top-5).
     pub metrics: Vec<f64>,
+    /// The search strategy (evolution or random).
     pub strategy: StrategyKind,
+    /// The limits, in words.
     pub constraint: String,
+    /// Candidates scored.
     pub evaluated: usize,
+    /// Where the result comes from.
     pub provenance: Provenance,
     /// The final top-k, best first.
     pub top_k: Vec<LedgerEntry>,
@@ -104,9 +126,13 @@ pub struct BestArch {
 /// What a finished search reports.
 #[derive(Clone, Debug)]
 pub struct SearchReport {
+    /// The best architecture (`best_arch.json`).
     pub best: BestArch,
+    /// The search's state and ledger.
     pub outcome: Outcome,
+    /// Mean BN recalibration time per candidate, seconds.
     pub mean_recalibration_seconds: f64,
+    /// Mean evaluation time per candidate, seconds.
     pub mean_evaluation_seconds: f64,
 }
 
@@ -202,7 +228,9 @@ pub struct SearchSummary {
     pub evaluated_now: usize,
     /// Wall time of this invocation, seconds.
     pub seconds: f64,
+    /// Mean BN recalibration time per candidate, seconds.
     pub mean_recalibration_seconds: f64,
+    /// Mean evaluation time per candidate, seconds.
     pub mean_evaluation_seconds: f64,
     /// Resident memory of this invocation (every worker included; MiB).
     pub memory: MemoryRecord,
@@ -214,6 +242,9 @@ pub struct SearchSummary {
 /// [`SearchError::Config`] for an invalid configuration, a mismatched `runtime.reuse` folder or
 /// no candidate; [`SearchError::Train`] when `opts.out` holds another configuration or the
 /// supernet cannot be opened; and as [`latency_table`] and [`engine::run`].
+///
+/// # Panics
+/// Never: the search state exists once the loop ran.
 pub fn search(cfg: &SearchConfig, opts: &SearchOptions) -> Result<SearchReport, SearchError> {
     cfg.check()?;
     cfg.runtime.apply_compute_settings();
@@ -411,6 +442,10 @@ pub fn check_scored(dir: &Path, info: &crate::fitness::SupernetInfo) -> Result<(
     Ok(())
 }
 
+/// Reads a finished search's `best_arch.json`.
+///
+/// # Errors
+/// [`SearchError::Io`] when the file cannot be read; [`SearchError::Ledger`] when it is
 /// malformed.
 pub fn read_best(dir: &Path) -> Result<BestArch, SearchError> {
     let p = dir.join("best_arch.json");

@@ -16,10 +16,13 @@ use std::thread::JoinHandle;
 /// The score of one candidate.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Evaluation {
+    /// The search's fitness (AP, AP50 or top-1).
     pub fitness: f64,
     /// Every number the evaluation produced (COCO's 12 stats, or top-1/top-5).
     pub metrics: Vec<f64>,
+    /// BN recalibration time, seconds.
     pub recalibration_seconds: f64,
+    /// Evaluation time, seconds.
     pub evaluation_seconds: f64,
     /// libtorch's intra-op threads of the evaluating thread on the CPU (`None` on a GPU or
     /// unknown): CPU kernels' reductions, and so scores in their last digits, depend on it.
@@ -28,6 +31,8 @@ pub struct Evaluation {
 
 /// Scores architectures; lives on one thread.
 pub trait Evaluator {
+    /// # Errors
+    /// A [`SearchError`] when the candidate cannot be scored.
     fn evaluate(&mut self, arch: &Arch) -> Result<Evaluation, SearchError>;
 }
 
@@ -46,7 +51,7 @@ pub struct Pool {
 }
 
 /// One or several evaluators: on this thread, on worker threads, or on the ranks of a job.
-/// Every variant scores through [`evaluate_guarded`]: the same error for a failed
+/// Every variant scores through one guarded call: the same error for a failed
 /// evaluation or a libtorch panic, whichever route ran it.
 pub enum Workers {
     /// One evaluator on the calling thread.
@@ -69,6 +74,9 @@ impl Workers {
     /// # Errors
     /// Whatever `factory` returns first; [`SearchError::Config`] when a worker thread cannot be
     /// started or stops while starting.
+    ///
+    /// # Panics
+    /// Not on this thread; a worker thread panics only when the job queue's lock is poisoned.
     pub fn new(factory: EvaluatorFactory, n: usize) -> Result<Workers, SearchError> {
         if n <= 1 {
             return Ok(Workers::Inline(factory(0)?));
@@ -159,6 +167,9 @@ impl Workers {
     /// # Errors
     /// The first error of an evaluation or of `on_done`; [`SearchError::Config`] when the worker
     /// threads have stopped; a store failure with remote workers.
+    ///
+    /// # Panics
+    /// Never: the job queue stays open until the workers are dropped.
     pub fn run(
         &mut self,
         jobs: Vec<(usize, Arch)>,

@@ -20,7 +20,9 @@ use serde::{Deserialize, Serialize};
 /// Input resolution, height × width in pixels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InputSize {
+    /// Height, pixels.
     pub height: u64,
+    /// Width, pixels.
     pub width: u64,
 }
 
@@ -34,7 +36,9 @@ impl InputSize {
 /// What the counts are taken at: input size and number of classes of the FC layer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CostModel {
+    /// Input size the costs are counted at.
     pub input: InputSize,
+    /// Classifier outputs (the head's FC).
     pub classes: u64,
 }
 
@@ -48,9 +52,13 @@ impl Default for CostModel {
 /// MACs and parameters of one architecture.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cost {
+    /// Multiply-accumulates of the backbone (stem and blocks).
     pub backbone_macs: u64,
+    /// Multiply-accumulates of the whole classifier.
     pub total_macs: u64,
+    /// Parameters of the backbone.
     pub backbone_params: u64,
+    /// Parameters of the whole classifier.
     pub total_params: u64,
 }
 
@@ -111,6 +119,9 @@ fn block(slot: &BlockSlot, choice: Choice, h: u64, w: u64) -> (Tally, u64, u64) 
 }
 
 /// The exact counts of `arch` in `space` (the architecture must be valid for the space).
+///
+/// # Panics
+/// Never for a space that passed its checks (it has stages).
 pub fn cost(space: &SearchSpace, arch: &Arch, model: &CostModel) -> Cost {
     let mut backbone = Tally::default();
     let (mut h, mut w) = (conv_out(model.input.height, 3, 2), conv_out(model.input.width, 3, 2));
@@ -137,8 +148,11 @@ pub fn cost(space: &SearchSpace, arch: &Arch, model: &CostModel) -> Cost {
 /// MACs and params of one choice in one block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BlockCost {
+    /// The block's choice.
     pub choice: Choice,
+    /// Its multiply-accumulates.
     pub macs: u64,
+    /// Its parameters.
     pub params: u64,
 }
 
@@ -191,6 +205,9 @@ fn param_bounds(space: &SearchSpace, input: InputSize) -> (u64, u64) {
 
 /// The architecture with the fewest (`largest = false`) or most backbone MACs: per block,
 /// the allowed choice of smallest (largest) MACs, ties to the lower id.
+///
+/// # Panics
+/// Never for a space that passed its checks (every block allows a choice).
 pub fn extreme_arch(space: &SearchSpace, input: InputSize, largest: bool) -> Arch {
     let (_, table) = block_macs_table(space, input);
     Arch::new(

@@ -100,6 +100,9 @@ impl LatencyTable {
     ///
     /// # Errors
     /// [`SpaceError::Io`] when the folder or the temporary file cannot be written or renamed.
+    ///
+    /// # Panics
+    /// Never: a table always serialises.
     pub fn write(&self, path: &Path) -> Result<(), SpaceError> {
         let io = |e| SpaceError::Io { path: path.to_path_buf(), source: e };
         if let Some(d) = path.parent().filter(|d| !d.as_os_str().is_empty()) {

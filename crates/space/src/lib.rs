@@ -6,7 +6,7 @@
 //! official megvii-model/DetNAS code (`detnasnet.py`, `shuffle_blocks.py`):
 //! * choice ids `0 = 3×3`, `1 = 5×5`, `2 = 7×7`, `3 = Xception` ([`Choice`]);
 //! * an architecture is one choice id per block, stage by stage ([`Arch`]);
-//! * FLOPs are multiply-accumulates of conv and linear layers only ([`cost`]).
+//! * FLOPs are multiply-accumulates of conv and linear layers only ([`cost()`]).
 //!
 //! The bottom of the model side of the workspace: it depends on no other detnas crate and
 //! not on tch, so its tests need no libtorch.

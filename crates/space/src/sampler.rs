@@ -21,6 +21,7 @@ use rand::RngCore;
 /// Draws per architecture before a sampler gives up.
 pub const MAX_ATTEMPTS: usize = 100_000;
 
+/// Draws supernet paths: uniform, FLOPs-binned (SPOS), optionally under a MACs limit, with an optional warm start on one path and strict-fairness groups.
 #[derive(Clone, Debug)]
 pub struct PathSampler {
     space: SearchSpace,

@@ -166,6 +166,9 @@ impl SearchSpace {
     }
 
     /// The TOML form of this space (readable back by [`SearchSpace::from_toml_str`]).
+    ///
+    /// # Panics
+    /// Never: a space always serialises.
     pub fn to_toml(&self) -> String {
         toml::to_string(self).expect("a space always serialises")
     }

@@ -57,16 +57,23 @@ pub fn save_training<S: Serialize>(
 /// part, and the task's (`T`, flattened into the same object).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TrainState<T> {
+    /// Version of this layout ([`FORMAT`]); another is refused.
     pub format: u32,
     /// Completed updates.
     pub step: u64,
+    /// This rank's loader position after the step (epoch and cursor).
     pub loader: Position,
     /// Word position of the path stream (decimal string: it is a u128).
     pub path_rng_word_pos: String,
+    /// Result hash of the run's configuration (a resume under another is refused).
     pub config_hash: String,
+    /// The run's seed.
     pub seed: u64,
+    /// The code that wrote it ([`detnas_runtime::code_version`]).
     pub code_version: String,
+    /// Fingerprint of the training data (a resume on other data is refused).
     pub data_fingerprint: String,
+    /// The search space the weights belong to.
     pub space: SearchSpace,
     /// Samples skipped so far because they could not be loaded.
     pub skipped_samples: u64,
@@ -76,6 +83,7 @@ pub struct TrainState<T> {
     /// Every rank's loader position, by rank (empty for a single process).
     #[serde(default)]
     pub rank_positions: Vec<Position>,
+    /// The task's part (classes, categories, carved ids), flattened into the same object.
     #[serde(flatten)]
     pub task: T,
 }
@@ -142,8 +150,11 @@ pub fn load_weights(path: &Path, vs: &mut nn::VarStore, opt: Option<&mut PathSgd
 /// the task state, e.g. a class mapping).
 #[derive(Debug)]
 pub struct Resume<T> {
+    /// Its step.
     pub step: u64,
+    /// The verified `step-N` folder.
     pub path: PathBuf,
+    /// Its `state.json`.
     pub state: TrainState<T>,
 }
 

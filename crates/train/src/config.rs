@@ -63,11 +63,30 @@ fn one() -> f64 {
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum ClsSource {
     /// The built-in synthetic shapes (no download).
-    Synthetic { train: SyntheticClsConfig, val: SyntheticClsConfig },
+    Synthetic {
+        /// The training split's parameters.
+        train: SyntheticClsConfig,
+        /// The validation split's parameters.
+        val: SyntheticClsConfig,
+    },
     /// ImageNet-style folders `root/<class>/<image>`.
-    ImageFolder { train: PathBuf, val: PathBuf },
+    ImageFolder {
+        /// The training root.
+        train: PathBuf,
+        /// The validation root.
+        val: PathBuf,
+    },
     /// MNIST / Fashion-MNIST IDX files (raw or .gz).
-    Idx { train_images: PathBuf, train_labels: PathBuf, val_images: PathBuf, val_labels: PathBuf },
+    Idx {
+        /// Training images file.
+        train_images: PathBuf,
+        /// Training labels file.
+        train_labels: PathBuf,
+        /// Validation images file.
+        val_images: PathBuf,
+        /// Validation labels file.
+        val_labels: PathBuf,
+    },
 }
 
 /// Classification data (`[data]`).
@@ -207,6 +226,7 @@ impl ScheduleConfig {
         w
     }
 
+    /// The learning-rate schedule of this section.
     pub fn lr_schedule(&self) -> LrSchedule {
         LrSchedule {
             base: self.lr,

@@ -66,21 +66,38 @@ pub enum DetSource {
     /// The built-in synthetic set, written (once) under `folder` (relative to the run folder
     /// when relative) as PNG + COCO JSON and read back through the COCO reader.
     Synthetic {
+        /// The training split's parameters.
         train: SyntheticDetConfig,
+        /// The test split's parameters.
         test: SyntheticDetConfig,
+        /// Where the set is written (relative: inside the run folder). Default `data`.
         #[serde(default = "synth_folder")]
         folder: PathBuf,
     },
     /// COCO: instances JSON + image folder for the training and test splits.
-    Coco { train_json: PathBuf, train_images: PathBuf, test_json: PathBuf, test_images: PathBuf },
+    Coco {
+        /// Training annotations (instances JSON).
+        train_json: PathBuf,
+        /// Training image folder.
+        train_images: PathBuf,
+        /// Test annotations.
+        test_json: PathBuf,
+        /// Test image folder.
+        test_images: PathBuf,
+    },
     /// Pascal VOC roots (`VOC2007/`), image sets (`ImageSets/Main/<set>.txt`) for train and
     /// test. `classes` fixes the class list and its order; without it the classes are the
     /// sorted names found in the training annotations.
     Voc {
+        /// VOC roots of the training split (`VOC2007/`, `VOC2012/`, …).
         train_roots: Vec<PathBuf>,
+        /// Their image set (`trainval`).
         train_set: String,
+        /// VOC root of the test split.
         test_root: PathBuf,
+        /// Its image set (`test`).
         test_set: String,
+        /// The class list and its order (default: the names found, sorted).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         classes: Option<Vec<String>>,
     },
@@ -88,9 +105,12 @@ pub enum DetSource {
     /// with `images/…` and `labels/….txt` ([`detnas_data::det::yolo`]); the training and test
     /// splits are two of its keys (default `train` and `val`).
     Yolo {
+        /// The dataset YAML.
         yaml: PathBuf,
+        /// The training split's key. Default `train`.
         #[serde(default = "split_train")]
         train_split: String,
+        /// The test split's key. Default `val`.
         #[serde(default = "split_val")]
         test_split: String,
     },

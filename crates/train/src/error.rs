@@ -2,37 +2,82 @@
 
 use std::path::PathBuf;
 
+/// A training error; [`TrainError::exit_code`] maps it to the documented exit code.
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
+    /// A configuration or run folder that cannot be used (exit 2).
     #[error("configuration: {0}")]
     Config(String),
+    /// A data error (exit 3).
     #[error(transparent)]
     Data(#[from] detnas_data::DataError),
+    /// A non-finite loss: the run stops before the update (exit 4).
     #[error("non-finite loss {loss} at step {step} (lr {lr}, path {arch}; images {images})")]
-    Numerical { step: u64, loss: f64, lr: f64, arch: String, images: String },
+    Numerical {
+        /// The step, from 1.
+        step: u64,
+        /// The loss.
+        loss: f64,
+        /// The learning rate.
+        lr: f64,
+        /// The path.
+        arch: String,
+        /// Up to 8 of the batch's images.
+        images: String,
+    },
+    /// A checkpoint that cannot be written, found, verified or used (exit 5).
     #[error("checkpoint {path}: {message}")]
-    Checkpoint { path: PathBuf, message: String },
+    Checkpoint {
+        /// The checkpoint or run folder.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
     #[error(
         "interrupted by {} after step {step}; the checkpoint of step {step} is saved, re-run the same command to resume",
         .signal.name()
     )]
-    Interrupted { signal: detnas_runtime::Signal, step: u64 },
+    /// Stopped by a signal after saving the step's checkpoint.
+    Interrupted {
+        /// The signal.
+        signal: detnas_runtime::Signal,
+        /// The last step saved.
+        step: u64,
+    },
+    /// A search-space error (exit 2).
     #[error(transparent)]
     Space(#[from] detnas_space::SpaceError),
+    /// A network error.
     #[error(transparent)]
     Nn(#[from] detnas_nn::NnError),
+    /// A libtorch error.
     #[error(transparent)]
     Torch(#[from] tch::TchError),
+    /// A detection error.
     #[error(transparent)]
     Detect(#[from] detnas_detect::DetectError),
+    /// A collective or store failure.
     #[error(transparent)]
     Dist(#[from] detnas_dist::DistError),
+    /// A file that cannot be read or written.
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
     /// libtorch failed inside a guarded step ([`detnas_runtime::guard`]); `hint` says what to
     /// change when it ran out of memory.
     #[error("{during}: libtorch failed: {failure}{hint}")]
-    Compute { during: String, failure: detnas_runtime::guard::ComputeFailure, hint: String },
+    Compute {
+        /// What was running (stage, step, path, batch).
+        during: String,
+        /// libtorch's failure.
+        failure: detnas_runtime::guard::ComputeFailure,
+        /// What to change, for an out-of-memory failure.
+        hint: String,
+    },
 }
 
 impl TrainError {

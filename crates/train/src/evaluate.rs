@@ -14,21 +14,32 @@ use tch::{Device, Kind, Tensor};
 /// How images are presented for recalibration and evaluation.
 #[derive(Clone, Debug)]
 pub struct ClsEvalSettings {
+    /// Resize and centre crop.
     pub transform: ClsTransform,
+    /// How the network expects the pixels.
     pub convention: InputConvention,
+    /// Images per batch.
     pub batch: usize,
+    /// Batches prepared ahead.
     pub prefetch: usize,
 }
 
 /// Top-k accuracies of a path.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ClsScore {
+    /// The path scored.
     pub arch: String,
+    /// Top-1 accuracy, 0–1.
     pub top1: f64,
+    /// Top-5 accuracy, 0–1.
     pub top5: f64,
+    /// Images scored.
     pub images: usize,
+    /// BN layers recalibrated first (0: statistics kept).
     pub bn_layers_recalibrated: usize,
+    /// BN recalibration time, seconds.
     pub recalibration_seconds: f64,
+    /// Evaluation time, seconds.
     pub evaluation_seconds: f64,
 }
 

@@ -11,9 +11,12 @@
 use std::collections::BTreeMap;
 use tch::Tensor;
 
+/// SGD with momentum that moves only the variables of the trained path (DetNAS §3.2: path-wise).
 #[derive(Debug)]
 pub struct PathSgd {
+    /// Momentum.
     pub momentum: f64,
+    /// Weight decay, on conv and FC weights only.
     pub weight_decay: f64,
     buffers: BTreeMap<String, Tensor>,
 }
@@ -24,6 +27,7 @@ pub fn decays(name: &str, t: &Tensor) -> bool {
 }
 
 impl PathSgd {
+    /// An optimiser without momentum buffers yet.
     pub fn new(momentum: f64, weight_decay: f64) -> PathSgd {
         PathSgd { momentum, weight_decay, buffers: BTreeMap::new() }
     }

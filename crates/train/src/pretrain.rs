@@ -34,6 +34,7 @@ use detnas_data::streams::{PRETRAIN_DATA, PRETRAIN_DROPOUT, PRETRAIN_EVAL, PRETR
 /// The classification part of a checkpoint's state: the class names, in label order.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ClsState {
+    /// Class names, in label order.
     pub classes: Vec<String>,
 }
 
@@ -112,10 +113,12 @@ fn train_loader_config(cfg: &PretrainConfig, shard: Option<(usize, usize)>) -> L
 /// What a finished run reports (also written to `summary.json`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Summary {
+    /// The training loop's outcome.
     #[serde(flatten)]
     pub train: TrainOutcome,
     /// Random paths scored on the validation split after BN recalibration.
     pub paths: Vec<ClsScore>,
+    /// Mean top-1 of `paths`.
     pub mean_top1: f64,
 }
 
@@ -130,9 +133,13 @@ pub fn read_checkpoint_meta(path: &Path) -> Result<(PretrainConfig, TrainState),
 /// A pre-training checkpoint opened for scoring: its configuration, state and supernet (or
 /// fixed child) with the weights loaded.
 pub struct OpenedSupernet {
+    /// The resolved pre-training configuration.
     pub config: PretrainConfig,
+    /// The checkpoint's state (classes).
     pub state: TrainState,
+    /// The supernet (or fixed child), weights loaded.
     pub net: Supernet,
+    /// Its variables.
     pub vs: nn::VarStore,
     /// The resolved `step-N` folder.
     pub path: std::path::PathBuf,

@@ -9,22 +9,36 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The schedule's shape after the warm-up.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum ScheduleKind {
+    /// Linear decay to 0 (the official SPOS / DetNAS pre-training).
     Linear,
+    /// Cosine decay to 0.
     Cosine,
-    Step { milestones: Vec<u64>, gamma: f64 },
+    /// Multiplied by `gamma` at each milestone (the detection schedules).
+    Step {
+        /// Steps at which the rate drops.
+        milestones: Vec<u64>,
+        /// The factor.
+        gamma: f64,
+    },
 }
 
 /// A schedule over `total` steps.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LrSchedule {
+    /// Base learning rate.
     pub base: f64,
+    /// Total iterations.
     pub total: u64,
+    /// The shape.
     pub kind: ScheduleKind,
+    /// Linear warm-up iterations.
     #[serde(default)]
     pub warmup_iters: u64,
+    /// Learning-rate factor at step 0 of the warm-up.
     #[serde(default = "third")]
     pub warmup_factor: f64,
 }

@@ -201,6 +201,9 @@ impl DetScorer {
     /// # Errors
     /// [`TrainError::Config`] when the split is empty; [`TrainError::Detect`] for unreadable
     /// images.
+    ///
+    /// # Panics
+    /// Never: the prepared inputs are the sets given.
     pub fn new(
         det: Detector,
         vs: nn::VarStore,

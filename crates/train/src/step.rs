@@ -57,6 +57,7 @@ pub struct StepSettings<'a> {
     /// that runs again puts them back first. With device kernels they are copied (one
     /// concatenation on the device) before every step.
     pub buffers: &'a [Tensor],
+    /// Learning rate of the update.
     pub lr: f64,
     /// Global L2 norm clipping of the summed gradients.
     pub clip_grad_norm: Option<f64>,
@@ -64,6 +65,7 @@ pub struct StepSettings<'a> {
     pub stop: bool,
     /// Replace the losses by NaN (fault injection for the tests).
     pub nan: bool,
+    /// The job's process group when several processes train together.
     pub dist: Option<&'a ProcessGroup>,
 }
 
@@ -202,6 +204,9 @@ fn restore_grads(vars: &[&(String, Tensor)], had: &[bool]) -> Result<(), TrainEr
 /// # Errors
 /// The task's errors, [`TrainError::Dist`] when a collective fails, the error of
 /// `nonfinite`, and a libtorch error from the read.
+///
+/// # Panics
+/// Never: a non-finite loss ends the step at the first one.
 pub fn step(
     paths: usize,
     mut losses: impl FnMut(usize) -> Result<StepLosses, TrainError>,

@@ -7,18 +7,26 @@ use serde::Serialize;
 /// Boxes per class.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ClassCount {
+    /// Category name.
     pub class: String,
+    /// Its boxes.
     pub boxes: usize,
 }
 
 /// The spread of image sizes, pixels (displayed frame).
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct SizeStats {
+    /// Smallest image width, pixels.
     pub width_min: u32,
+    /// Median image width, pixels.
     pub width_median: u32,
+    /// Largest image width, pixels.
     pub width_max: u32,
+    /// Smallest image height, pixels.
     pub height_min: u32,
+    /// Median image height, pixels.
     pub height_median: u32,
+    /// Largest image height, pixels.
     pub height_max: u32,
     /// Distinct `(width, height)` pairs.
     pub distinct: usize,
@@ -31,12 +39,15 @@ pub struct SizeStats {
 pub struct SplitSummary {
     /// `train`, `search-val`, `test`.
     pub split: String,
+    /// Where the split comes from (file or folder).
     pub source: String,
+    /// Images in the split.
     pub images: usize,
     /// Boxes kept (crowd regions included).
     pub boxes: usize,
     /// Crowd regions among them (COCO `iscrowd`).
     pub crowd: usize,
+    /// Boxes per category.
     pub per_class: Vec<ClassCount>,
     /// Images without a (non-crowd) box.
     pub without_boxes: usize,
@@ -44,6 +55,7 @@ pub struct SplitSummary {
     pub empty_dropped: usize,
     /// Boxes dropped or clipped while reading, and sizes read from images.
     pub report: DropReport,
+    /// Image sizes.
     pub sizes: SizeStats,
     /// Every problem found, one line each naming the file.
     pub errors: Vec<String>,

@@ -13,9 +13,12 @@ use std::sync::Arc;
 /// Detection loader settings: the stream, the per-image transform and the padding.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DetLoaderConfig {
+    /// Batch size, shuffling and prefetch.
     #[serde(flatten)]
     pub stream: StreamConfig,
+    /// Resizing and flipping.
     pub transform: DetTransform,
+    /// How the network expects the pixels.
     pub convention: InputConvention,
     /// Batches are padded to a multiple of this (pixels; FPN strides need 32).
     pub divisibility: u32,

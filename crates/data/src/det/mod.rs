@@ -23,7 +23,9 @@ use std::path::PathBuf;
 /// contiguous label.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Category {
+    /// Category id (COCO's `category_id`).
     pub id: u64,
+    /// Category name.
     pub name: String,
 }
 
@@ -47,9 +49,13 @@ pub struct Object {
 pub struct DetImage {
     /// The dataset's image id (COCO `id`; VOC: position in the image set).
     pub id: u64,
+    /// The image file.
     pub file: PathBuf,
+    /// Width, pixels (as annotated, checked against the file).
     pub width: u32,
+    /// Height, pixels.
     pub height: u32,
+    /// Its annotated objects.
     pub objects: Vec<Object>,
 }
 
@@ -127,8 +133,11 @@ pub trait Coord:
     + std::ops::Mul<Output = Self>
     + std::ops::Div<Output = Self>
 {
+    /// Zero of the type.
     const ZERO: Self;
+    /// The larger of two values.
     fn max(self, other: Self) -> Self;
+    /// The smaller of two values.
     fn min(self, other: Self) -> Self;
 }
 
@@ -206,6 +215,7 @@ pub enum SizeMismatch {
 }
 
 impl SizeMismatch {
+    /// Whether this is the default (`error`).
     pub fn is_default(&self) -> bool {
         *self == SizeMismatch::Error
     }
@@ -214,18 +224,23 @@ impl SizeMismatch {
 /// A detection dataset held in memory (annotations only; images are decoded on demand).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DetDataset {
+    /// The images, in id order of the source.
     pub images: Vec<DetImage>,
+    /// The categories, in label order (label = index + 1; 0 is background).
     pub categories: Vec<Category>,
+    /// What reading dropped or repaired (shown by `detnas data check`).
     pub report: DropReport,
     /// Where it came from (for messages and fingerprints).
     pub source: String,
 }
 
 impl DetDataset {
+    /// Number of images.
     pub fn len(&self) -> usize {
         self.images.len()
     }
 
+    /// Whether there is no image.
     pub fn is_empty(&self) -> bool {
         self.images.is_empty()
     }

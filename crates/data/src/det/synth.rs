@@ -20,14 +20,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SyntheticDetConfig {
+    /// Number of images.
     pub images: usize,
+    /// Image width, pixels.
     #[serde(default = "d128")]
     pub width: u32,
+    /// Image height, pixels.
     #[serde(default = "d128")]
     pub height: u32,
     /// Number of classes (1..=10: the first shapes of [`Shape::ALL`]).
     #[serde(default = "d6")]
     pub classes: usize,
+    /// Generator seed; use different seeds for the training and test splits.
     pub seed: u64,
     /// Objects per image, inclusive range.
     #[serde(default = "objects")]
@@ -88,6 +92,7 @@ impl SyntheticDetConfig {
         Ok(())
     }
 
+    /// The set's categories (the first `classes` shapes, ids from 1).
     pub fn categories(&self) -> Vec<Category> {
         Shape::ALL[..self.classes]
             .iter()
@@ -144,6 +149,9 @@ impl SyntheticDetConfig {
     /// JSON cannot be written, [`DataError::Decode`] when an image cannot be;
     /// [`DataError::Invalid`] when `dir` holds a set with other parameters, or is a non-empty
     /// folder without `annotations.json`.
+    ///
+    /// # Panics
+    /// Never: the configuration always serialises.
     pub fn write(&self, dir: &Path) -> Result<DetDataset, DataError> {
         self.check()?;
         let ann_path = dir.join("annotations.json");
@@ -171,6 +179,9 @@ impl SyntheticDetConfig {
     ///
     /// # Errors
     /// [`DataError::Io`] when the set cannot be renamed or removed.
+    ///
+    /// # Panics
+    /// Never: the configuration always serialises.
     pub fn remove_other(&self, dir: &Path) -> Result<bool, DataError> {
         let ann_path = dir.join("annotations.json");
         let Ok(text) = std::fs::read_to_string(&ann_path) else { return Ok(false) };

@@ -11,6 +11,7 @@ use image::RgbImage;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
+/// Detection resizing (short side drawn from `min_size`, long side bounded by `max_size`), horizontal flip and padding.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DetTransform {
@@ -27,13 +28,17 @@ pub struct DetTransform {
 pub struct DetSample {
     /// CHW RGB in 0–255, `3 · height · width`.
     pub data: Vec<f32>,
+    /// Height after resizing, pixels.
     pub height: u32,
+    /// Width after resizing, pixels.
     pub width: u32,
     /// `(sx, sy)`: resized = original × scale (per axis).
     pub scale: (f32, f32),
+    /// Whether the image was flipped horizontally.
     pub flipped: bool,
     /// `(x1, y1, x2, y2)` in resized coordinates.
     pub boxes: Vec<[f32; 4]>,
+    /// Box labels (category index + 1).
     pub labels: Vec<i64>,
 }
 
@@ -73,11 +78,15 @@ impl DetTransform {
 /// before `convention`.
 #[derive(Clone, Debug)]
 pub struct DetBatch {
+    /// The padded images, `N·3·H·W` values.
     pub images: Pixels,
     /// How the network expects the pixels (applied on the device).
     pub convention: InputConvention,
+    /// Padded height, pixels.
     pub height: u32,
+    /// Padded width, pixels.
     pub width: u32,
+    /// Each image's sizes, scale, boxes and labels.
     pub samples: Vec<DetSample>,
     /// Dataset indices, in batch order.
     pub indices: Vec<usize>,

@@ -38,7 +38,9 @@ pub const VOC_CLASSES: [&str; 20] = [
 /// One object as written in the XML.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct VocObject {
+    /// Class name.
     pub name: String,
+    /// VOC's `difficult` flag (ignored by the VOC metric).
     pub difficult: bool,
     /// `xmin, ymin, xmax, ymax` as in the file.
     pub bndbox: [f64; 4],
@@ -47,9 +49,13 @@ pub struct VocObject {
 /// One parsed annotation file.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct VocAnnotation {
+    /// Image file name.
     pub filename: String,
+    /// Width, pixels.
     pub width: u32,
+    /// Height, pixels.
     pub height: u32,
+    /// Its objects.
     pub objects: Vec<VocObject>,
 }
 

@@ -16,7 +16,7 @@
 //! * **metrics** — window averages every `runtime.log_every` steps to `metrics.jsonl`
 //!   (with the resident memory), and a progress bar;
 //! * **checkpoints** — every `runtime.checkpoint_every` steps, at the end, and when the
-//!   [`Cancel`] token is raised (the step is finished, saved, then the run stops with
+//!   [`detnas_runtime::Cancel`] token is raised (the step is finished, saved, then the run stops with
 //!   [`TrainError::Interrupted`]);
 //! * **the summary** — [`TrainOutcome`], which the task completes and [`write_summary`]
 //!   records.
@@ -28,9 +28,9 @@
 //! **Data parallelism** (a [`ProcessGroup`] in [`RunOptions::dist`]): `schedule.batch` stays
 //! the global batch (maskrcnn_benchmark's `IMS_PER_BATCH`); each of the `W` ranks loads its
 //! shard of every epoch and `batch / W` images per step. Every rank draws the same path from
-//! the same path stream. Each loss is a sum and a count ([`LossTerm`]); the counts (and the
+//! the same path stream. Each loss is a sum and a count ([`detnas_nn::LossTerm`]); the counts (and the
 //! sums, for the logged values) are summed over the ranks before dividing, and the path's
-//! gradients are summed over the ranks in buckets ([`GradReducer`]), so the update is the one a
+//! gradients are summed over the ranks in buckets ([`detnas_dist::GradReducer`]), so the update is the one a
 //! single process makes on the whole batch — with synchronized BatchNorm (`runtime.sync_bn`),
 //! to float rounding. Rank 0 alone writes checkpoints (with every rank's loader position),
 //! metrics and the summary; at every checkpoint the ranks check that their weights are
@@ -261,8 +261,8 @@ impl<'a> Trainer<'a> {
     }
 
     /// Trains until `schedule.iterations`, checkpointing as configured; `task_state` is
-    /// saved with every checkpoint. Each step: [`Trainer::next_paths`], the task's batch,
-    /// [`Trainer::train_step`], the metrics [`Window`], a checkpoint when due.
+    /// saved with every checkpoint. Each step: the next paths, the task's batch, the guarded
+    /// update, the metrics window, a checkpoint when due.
     ///
     /// # Errors
     /// [`TrainError::Numerical`] for a non-finite loss (nothing is updated at that step),

@@ -34,12 +34,19 @@ pub struct TrainerSpec<'a> {
     pub what: &'static str,
     /// The run folder (`checkpoints/`, `metrics.jsonl`).
     pub out: &'a Path,
+    /// The run's seed.
     pub seed: u64,
+    /// `[schedule]`.
     pub schedule: &'a ScheduleConfig,
+    /// `[runtime]`.
     pub runtime: &'a RuntimeConfig,
+    /// The search space of the weights.
     pub space: &'a SearchSpace,
+    /// Result hash of the configuration (recorded in every checkpoint).
     pub config_hash: String,
+    /// The resolved configuration, written into every checkpoint.
     pub config_toml: String,
+    /// Fingerprint of the training data (recorded in every checkpoint).
     pub data_fingerprint: String,
     /// Stream id (see [`detnas_data::mix_seed`]) of the path stream.
     pub path_stream: u64,

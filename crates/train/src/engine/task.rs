@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 /// One batch as the engine sees it.
 #[derive(Debug)]
 pub struct LoadedBatch<B> {
+    /// The task's batch.
     pub batch: B,
     /// Samples in the batch.
     pub len: usize,
@@ -24,8 +25,9 @@ pub struct LoadedBatch<B> {
     pub epoch_reports: Vec<SkipReport>,
 }
 
-/// What a training task supplies to the [`Trainer`].
+/// What a training task supplies to the [`Trainer`](super::Trainer).
 pub trait TrainTask {
+    /// What [`TrainTask::next_batch`] yields.
     type Batch;
 
     /// The next training batch.
@@ -64,17 +66,26 @@ pub trait TrainTask {
 /// What a finished training loop reports (the common part of every `summary.json`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TrainOutcome {
+    /// Completed updates (the schedule's iterations at the end).
     pub steps: u64,
+    /// The step resumed from, if the run resumed.
     pub resumed_from_step: Option<u64>,
+    /// Wall time of this invocation's loop, seconds.
     pub seconds: f64,
+    /// Training images per second over this invocation's steps (global batch).
     pub images_per_second: f64,
     /// The loss of the last step.
     #[serde(alias = "final_train_loss")]
     pub final_loss: f64,
+    /// Samples skipped so far because they could not be loaded.
     pub skipped_samples: u64,
+    /// Result hash of the run's configuration.
     pub config_hash: String,
+    /// The code that trained ([`detnas_runtime::code_version`]).
     pub code_version: String,
+    /// The run's seed.
     pub seed: u64,
+    /// Fingerprint of the training data.
     pub data_fingerprint: String,
     /// The last checkpoint written (or resumed from).
     pub checkpoint: PathBuf,

@@ -54,6 +54,7 @@ pub type TrainState = crate::engine::TrainState<DetState>;
 /// What a finished run reports (also written to `summary.json`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct FinetuneSummary {
+    /// The training loop's outcome.
     #[serde(flatten)]
     pub train: TrainOutcome,
     /// Random paths (or the child) scored on the test split after BN recalibration.

@@ -98,9 +98,13 @@ pub fn run_dir_of(ckpt: &Path) -> PathBuf {
 /// with the weights loaded.
 #[derive(Debug)]
 pub struct OpenedDetector {
+    /// The resolved fine-tuning configuration.
     pub config: FinetuneConfig,
+    /// The checkpoint's state (categories, carved ids).
     pub state: TrainState,
+    /// The detector, weights loaded.
     pub detector: Detector,
+    /// Its variables.
     pub vs: nn::VarStore,
     /// The resolved `step-N` folder.
     pub path: PathBuf,
