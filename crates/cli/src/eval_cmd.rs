@@ -112,14 +112,7 @@ fn run_det(a: DetArgs) -> Result<(), Failure> {
     let device = a.runtime.init()?;
     let opened = OpenedDetector::open(a.checkpoint.as_ref().expect("required by clap"), device)?;
     let arch = opened.path_of(a.arch.as_deref())?;
-    let eval = &opened.config.eval;
-    let settings = ScoreSettings {
-        batch: a.batch.map(|b| b.max(1)),
-        ..ScoreSettings::new(
-            a.recalibrate_bn.unwrap_or(eval.recalibrate_images(opened.is_fixed())),
-            a.bn_mode.map_or(eval.bn_mode.into(), BnMode::from),
-        )
-    };
+    let settings = settings(&opened.config.eval, opened.is_fixed(), (a.recalibrate_bn, a.bn_mode, a.batch));
     let split = match a.data {
         SplitArg::Test => DetSplit::Test,
         SplitArg::SearchVal => DetSplit::SearchVal,
@@ -151,6 +144,22 @@ fn run_det(a: DetArgs) -> Result<(), Failure> {
                "voc_map": voc(voc_area), "voc_map_07": voc(voc_07)}),
     );
     Ok(())
+}
+
+/// The checkpoint's own scoring (`eval`; `fixed`: a fixed architecture's defaults) with the
+/// command line's `--recalibrate-bn`, `--bn-mode` and `--batch`.
+fn settings(
+    eval: &detnas_train::config::EvalConfig,
+    fixed: bool,
+    (recalibrate_bn, bn_mode, batch): (Option<usize>, Option<BnModeArg>, Option<usize>),
+) -> ScoreSettings {
+    let own = ScoreSettings::of_run(eval, fixed);
+    ScoreSettings {
+        recalibrate_images: recalibrate_bn.unwrap_or(own.recalibrate_images),
+        bn_mode: bn_mode.map_or(own.bn_mode, BnMode::from),
+        batch: batch.map(|b| b.max(1)),
+        ..own
+    }
 }
 
 fn recalibration_line(images: usize, layers: usize, seconds: f64) -> String {
@@ -289,14 +298,7 @@ pub fn run(cmd: EvalCommand) -> Result<(), Failure> {
     let device = a.runtime.init()?;
     let opened = OpenedSupernet::open(&a.checkpoint, device)?;
     let arch = opened.state.space.parse_arch(&a.arch).map_err(crate::usage)?;
-    let eval = &opened.config.eval;
-    let settings = ScoreSettings {
-        batch: a.batch.map(|b| b.max(1)),
-        ..ScoreSettings::new(
-            a.recalibrate_bn.unwrap_or(eval.recalibrate_images(opened.is_fixed())),
-            a.bn_mode.map_or(eval.bn_mode.into(), BnMode::from),
-        )
-    };
+    let settings = settings(&opened.config.eval, opened.is_fixed(), (a.recalibrate_bn, a.bn_mode, a.batch));
     let (ckpt, step) = (opened.path.clone(), opened.state.step);
     let s = ClsScorer::open(opened, &settings, device)?.score(&arch)?;
     if a.json {

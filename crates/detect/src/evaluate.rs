@@ -338,27 +338,13 @@ pub struct DetScore {
     pub evaluation_seconds: f64,
 }
 
-/// Box AP of path `arch` on `inputs`, after BN recalibration on `recal` when given.
+/// Box AP of path `arch` on `inputs`, after BN recalibration on `recal` when given, and the
+/// detections it scored (COCO results form).
 ///
 /// # Errors
 /// A data error reading the images, a model error, or [`DetectError::Eval`] from COCO
 /// evaluation.
 pub fn evaluate(
-    det: &Detector,
-    arch: Option<&Arch>,
-    recal: Option<(&DetInputs, BnMode)>,
-    inputs: &DetInputs,
-    settings: &DetEvalSettings,
-    device: Device,
-) -> Result<DetScore, DetectError> {
-    Ok(evaluate_with_detections(det, arch, recal, inputs, settings, device)?.0)
-}
-
-/// [`evaluate`] and the detections it scored.
-///
-/// # Errors
-/// As [`evaluate`].
-pub fn evaluate_with_detections(
     det: &Detector,
     arch: Option<&Arch>,
     recal: Option<(&DetInputs, BnMode)>,

@@ -303,6 +303,119 @@ where
     Ok(cases.len())
 }
 
+/// [`check_every_key`] over several documents (test support): `load(file, overrides)` for
+/// each of `files`, `base` first. Returns the refusals checked, over all of them.
+///
+/// # Errors
+/// The first case that breaks the property, with its file.
+pub fn check_every_file<C, E: fmt::Display>(
+    files: &[std::path::PathBuf],
+    load: impl Fn(&std::path::Path, &[String]) -> Result<C, E>,
+    code: impl Fn(&E) -> u8 + Copy,
+    base: &[&str],
+) -> Result<usize, String>
+where
+    C: crate::ConfigDocument,
+{
+    let base: Vec<String> = base.iter().map(|s| s.to_string()).collect();
+    let mut cases = 0;
+    for f in files {
+        cases +=
+            check_every_key(|set: &[String]| load(f, set), code, &base).map_err(|e| format!("{}: {e}", f.display()))?;
+    }
+    Ok(cases)
+}
+
+/// What one case of the configuration proptests draws ([`range_tests`]): a
+/// document, a key, and candidate values (an integer key takes `int` or `small`, a float key
+/// `float` or `unit`, by `pick`).
+#[derive(Clone, Copy, Debug)]
+pub struct Draw {
+    /// Index of the document (modulo their number).
+    pub file: usize,
+    /// Index of the numeric key (modulo their number).
+    pub key: usize,
+    /// Any integer.
+    pub int: i64,
+    /// An integer near 0.
+    pub small: i64,
+    /// Any float (NaN and infinities included).
+    pub float: f64,
+    /// A float near \[0, 1\].
+    pub unit: f64,
+    /// Which candidate: 0 the wide one, else the narrow one.
+    pub pick: u8,
+}
+
+/// One case of the configuration proptests (test support): [`check_random_set`] with the key
+/// and value `d` picks from the document `files[d.file]` gives with `base`.
+///
+/// # Errors
+/// What broke the property, with the file.
+///
+/// # Panics
+/// When the base document does not load.
+pub fn check_random_draw<C, E: fmt::Display + fmt::Debug>(
+    files: &[std::path::PathBuf],
+    load: impl Fn(&std::path::Path, &[String]) -> Result<C, E>,
+    code: impl Fn(&E) -> u8,
+    base: &[&str],
+    d: Draw,
+) -> Result<(), String>
+where
+    C: crate::ConfigDocument,
+{
+    let f = &files[d.file % files.len()];
+    let base: Vec<String> = base.iter().map(|s| s.to_string()).collect();
+    let doc = toml::Value::try_from(load(f, &base).expect("the base document loads")).map_err(|e| e.to_string())?;
+    let keys = numeric_keys(&doc);
+    let k = &keys[d.key % keys.len()];
+    let v = match (k.integer, d.pick) {
+        (true, 0) => d.int as f64,
+        (true, _) => d.small as f64,
+        (false, 0) => d.float,
+        (false, _) => d.unit,
+    };
+    check_random_set(|set: &[String]| load(f, set), code, &base, k, v).map_err(|e| format!("{}: {e}", f.display()))
+}
+
+/// Declares the two range tests of a document type (test support): the table test
+/// `every_numeric_key_has_a_range_and_each_bad_value_names_its_key_and_set` ([`check_every_file`],
+/// at least `$min` refusals) and the proptest
+/// `random_values_on_random_keys_are_refused_or_in_range` (`$cases` [`check_random_draw`]
+/// cases), over the documents `$files`, loaded by `$load(file, overrides)` after the overrides
+/// `$base`, errors mapped to exit codes by `$code`. The calling crate needs `proptest`.
+#[macro_export]
+macro_rules! range_tests {
+    (files: $files:expr, load: $load:expr, code: $code:expr, base: $base:expr, min: $min:expr, cases: $cases:expr) => {
+        #[test]
+        fn every_numeric_key_has_a_range_and_each_bad_value_names_its_key_and_set() {
+            let n = $crate::rules::check_every_file(&$files, $load, $code, &$base).unwrap();
+            assert!(n >= $min, "{n} cases");
+        }
+
+        proptest::proptest! {
+            #![proptest_config(proptest::prelude::ProptestConfig { cases: $cases, ..Default::default() })]
+            /// Any value on any numeric key: accepted only inside the key's range, refused with
+            /// the key named (exit 2), never a panic.
+            #[test]
+            fn random_values_on_random_keys_are_refused_or_in_range(
+                file in 0usize..64,
+                key in 0usize..1000,
+                int in proptest::prelude::any::<i64>(),
+                small in -3i64..3,
+                float in proptest::prelude::any::<f64>(),
+                unit in -0.5f64..1.5,
+                pick in 0u8..4,
+            ) {
+                let d = $crate::rules::Draw { file, key, int, small, float, unit, pick };
+                let r = $crate::rules::check_random_draw(&$files, $load, $code, &$base, d);
+                proptest::prop_assert!(r.is_ok(), "{}", r.unwrap_err());
+            }
+        }
+    };
+}
+
 /// The property of one random `--set` (test support): `load` with `base` and `key = v`
 /// either succeeds with `v` inside the key's range, or is refused with exit code 2 naming
 /// the key and the `--set`.

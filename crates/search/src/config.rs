@@ -448,53 +448,11 @@ mod tests {
         "constraint.max_backbone_params=1000000",
     ];
 
-    fn load_with(p: &Path) -> impl Fn(&[String]) -> Result<SearchConfig, SearchError> + '_ {
-        move |set| SearchConfig::load(p, set)
+    fn load_file(p: &Path, set: &[String]) -> Result<SearchConfig, SearchError> {
+        SearchConfig::load(p, set)
     }
 
-    #[test]
-    fn every_numeric_key_has_a_range_and_each_bad_value_names_its_key_and_set() {
-        let base: Vec<String> = EVERY_KEY.iter().map(|s| s.to_string()).collect();
-        let mut cases = 0;
-        let presets = presets();
-        assert!(presets.len() >= 5);
-        for p in presets {
-            cases += detnas_runtime::rules::check_every_key(load_with(&p), SearchError::exit_code, &base)
-                .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-        }
-        assert!(cases > 100, "{cases} cases");
-    }
-
-    proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig { cases: 128, ..Default::default() })]
-        /// Any value on any numeric key: accepted only inside the key's range, refused with
-        /// the key named (exit 2), never a panic.
-        #[test]
-        fn random_values_on_random_keys_are_refused_or_in_range(
-            preset in 0usize..64,
-            key in 0usize..1000,
-            int in proptest::prelude::any::<i64>(),
-            small in -3i64..3,
-            float in proptest::prelude::any::<f64>(),
-            unit in -0.5f64..1.5,
-            pick in 0u8..4,
-        ) {
-            let ps = presets();
-            let p = &ps[preset % ps.len()];
-            let base: Vec<String> = EVERY_KEY.iter().map(|s| s.to_string()).collect();
-            let doc = toml::Value::try_from(SearchConfig::load(p, &base).unwrap()).unwrap();
-            let keys = detnas_runtime::rules::numeric_keys(&doc);
-            let k = &keys[key % keys.len()];
-            let v = match (k.integer, pick) {
-                (true, 0) => int as f64,
-                (true, _) => small as f64,
-                (false, 0) => float,
-                (false, _) => unit,
-            };
-            let r = detnas_runtime::rules::check_random_set(load_with(p), SearchError::exit_code, &base, k, v);
-            proptest::prop_assert!(r.is_ok(), "{}: {}", p.display(), r.unwrap_err());
-        }
-    }
+    detnas_runtime::range_tests!(files: presets(), load: load_file, code: SearchError::exit_code, base: EVERY_KEY, min: 100, cases: 128);
 
     #[test]
     fn bad_values_are_refused() {

@@ -667,6 +667,7 @@ impl PretrainConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use detnas_runtime::rules;
 
     #[test]
     fn milestones_past_the_end_are_warned_about() {
@@ -776,49 +777,28 @@ lr = 0.1
     /// Sets the optional numeric keys, so that the walk sees them.
     const EVERY_KEY: [&str; 3] = ["runtime.threads=2", "schedule.clip_grad_norm=5.0", "schedule.milestones=[1, 2]"];
 
-    fn load_with(p: &Path) -> impl Fn(&[String]) -> Result<PretrainConfig, TrainError> + '_ {
-        move |set| PretrainConfig::load(Some(p), set)
+    fn load_file(p: &Path, set: &[String]) -> Result<PretrainConfig, TrainError> {
+        PretrainConfig::load(Some(p), set)
     }
 
+    detnas_runtime::range_tests!(files: presets(), load: load_file, code: TrainError::exit_code, base: EVERY_KEY, min: 100, cases: 128);
+
+    /// A value an f32 field rounds into its range (`-7e-50` → `-0.0`) is held in range.
     #[test]
-    fn every_numeric_key_has_a_range_and_each_bad_value_names_its_key_and_set() {
+    fn a_value_rounded_into_range_is_held_in_range() {
+        let p = &presets()[0];
+        let key = rules::NumericKey { key: "data.jitter".into(), array_len: None, integer: false };
         let base: Vec<String> = EVERY_KEY.iter().map(|s| s.to_string()).collect();
-        let mut cases = 0;
-        for p in presets() {
-            cases += detnas_runtime::rules::check_every_key(load_with(&p), TrainError::exit_code, &base)
-                .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-        }
-        assert!(cases > 100, "{cases} cases");
-    }
-
-    proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig { cases: 128, ..Default::default() })]
-        /// Any value on any numeric key: accepted only inside the key's range, refused with
-        /// the key named (exit 2), never a panic.
-        #[test]
-        fn random_values_on_random_keys_are_refused_or_in_range(
-            preset in 0usize..3,
-            key in 0usize..1000,
-            int in proptest::prelude::any::<i64>(),
-            small in -3i64..3,
-            float in proptest::prelude::any::<f64>(),
-            unit in -0.5f64..1.5,
-            pick in 0u8..4,
-        ) {
-            let p = &presets()[preset];
-            let base: Vec<String> = EVERY_KEY.iter().map(|s| s.to_string()).collect();
-            let doc = toml::Value::try_from(PretrainConfig::load(Some(p), &base).unwrap()).unwrap();
-            let keys = detnas_runtime::rules::numeric_keys(&doc);
-            let k = &keys[key % keys.len()];
-            let v = match (k.integer, pick) {
-                (true, 0) => int as f64,
-                (true, _) => small as f64,
-                (false, 0) => float,
-                (false, _) => unit,
-            };
-            let r = detnas_runtime::rules::check_random_set(load_with(p), TrainError::exit_code, &base, k, v);
-            proptest::prop_assert!(r.is_ok(), "{}: {}", p.display(), r.unwrap_err());
-        }
+        rules::check_random_set(
+            |set: &[String]| load_file(p, set),
+            TrainError::exit_code,
+            &base,
+            &key,
+            -7.23699849942659e-50,
+        )
+        .unwrap();
+        let cfg = load_file(p, &["data.jitter=-7.23699849942659e-50".to_string()]).unwrap();
+        assert_eq!(cfg.data.jitter, 0.0);
     }
 
     #[test]

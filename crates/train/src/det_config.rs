@@ -481,19 +481,8 @@ mod tests {
     /// Sets the optional numeric keys, so that the walk sees them.
     const EVERY_KEY: [&str; 3] = ["runtime.threads=2", "schedule.clip_grad_norm=5.0", "eval.recalibrate_images=0"];
 
-    fn load_with(p: &Path) -> impl Fn(&[String]) -> Result<FinetuneConfig, TrainError> + '_ {
-        move |set| FinetuneConfig::load(p, set)
-    }
-
-    #[test]
-    fn every_numeric_key_has_a_range_and_each_bad_value_names_its_key_and_set() {
-        let base: Vec<String> = EVERY_KEY.iter().map(|s| s.to_string()).collect();
-        let mut cases = 0;
-        for p in presets() {
-            cases += detnas_runtime::rules::check_every_key(load_with(&p), TrainError::exit_code, &base)
-                .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-        }
-        assert!(cases > 500, "{cases} cases");
+    fn load_file(p: &Path, set: &[String]) -> Result<FinetuneConfig, TrainError> {
+        FinetuneConfig::load(p, set)
     }
 
     #[test]
@@ -531,36 +520,7 @@ mod tests {
         }
     }
 
-    proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig { cases: 256, ..Default::default() })]
-        /// Any value on any numeric key: accepted only inside the key's range, refused with
-        /// the key named (exit 2), never a panic.
-        #[test]
-        fn random_values_on_random_keys_are_refused_or_in_range(
-            preset in 0usize..64,
-            key in 0usize..1000,
-            int in proptest::prelude::any::<i64>(),
-            small in -3i64..3,
-            float in proptest::prelude::any::<f64>(),
-            unit in -0.5f64..1.5,
-            pick in 0u8..4,
-        ) {
-            let ps = presets();
-            let p = &ps[preset % ps.len()];
-            let base: Vec<String> = EVERY_KEY.iter().map(|s| s.to_string()).collect();
-            let doc = toml::Value::try_from(FinetuneConfig::load(p, &base).unwrap()).unwrap();
-            let keys = detnas_runtime::rules::numeric_keys(&doc);
-            let k = &keys[key % keys.len()];
-            let v = match (k.integer, pick) {
-                (true, 0) => int as f64,
-                (true, _) => small as f64,
-                (false, 0) => float,
-                (false, _) => unit,
-            };
-            let r = detnas_runtime::rules::check_random_set(load_with(p), TrainError::exit_code, &base, k, v);
-            proptest::prop_assert!(r.is_ok(), "{}: {}", p.display(), r.unwrap_err());
-        }
-    }
+    detnas_runtime::range_tests!(files: presets(), load: load_file, code: TrainError::exit_code, base: EVERY_KEY, min: 500, cases: 256);
 
     #[test]
     fn reference_defaults_and_overrides() {

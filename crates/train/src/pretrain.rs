@@ -320,7 +320,7 @@ pub fn run(cfg: &PretrainConfig, out: &Path, device: Device, opts: &RunOptions) 
     // Final evaluation of a few random paths (after recalibrating their BN statistics).
     drop(trainer);
     let fixed = cfg.sampling.kind == SamplingKind::Fixed;
-    let settings = ScoreSettings::new(cfg.eval.recalibrate_images(fixed), cfg.eval.bn_mode.into());
+    let settings = ScoreSettings::of_run(&cfg.eval, fixed);
     let mut scorer = ClsScorer::new(net, vs, cfg, (train, val), &settings, device);
     let mut eval_rng = seeded(mix_seed(cfg.seed, &[PRETRAIN_EVAL]));
     let mut scores = Vec::new();

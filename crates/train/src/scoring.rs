@@ -12,6 +12,7 @@
 //!   the model a run has just trained.
 
 use crate::TrainError;
+use crate::config::EvalConfig;
 use crate::det_config::FinetuneConfig;
 use crate::evaluate::{ClsEvalSettings, ClsScore, evaluate_path, recalibration_subset};
 use crate::finetune::{DetSplits, OpenedDetector};
@@ -22,7 +23,7 @@ use detnas_data::det::DetDataset;
 use detnas_data::mix_seed;
 use detnas_data::streams::{FINETUNE_EVAL, PRETRAIN_EVAL, RECALIBRATION};
 use detnas_detect::Detector;
-use detnas_detect::evaluate::{DetEvalSettings, DetInputs, DetScore, evaluate_with_detections};
+use detnas_detect::evaluate::{DetEvalSettings, DetInputs, DetScore, evaluate};
 use detnas_detect::metrics::CocoDetection;
 use detnas_nn::{BnMode, Supernet};
 use detnas_runtime::guard;
@@ -80,6 +81,13 @@ impl ScoreSettings {
             prefetch: None,
             hold_inputs_bytes: 0,
         }
+    }
+
+    /// How a run with `[eval]` = `eval` scores itself after training: its
+    /// `recalibrate_images` (default [`EvalConfig::recalibrate_images`] for a supernet path or,
+    /// when `fixed`, a fixed architecture) and its BN mode, batch and prefetch.
+    pub fn of_run(eval: &EvalConfig, fixed: bool) -> ScoreSettings {
+        ScoreSettings::new(eval.recalibrate_images(fixed), eval.bn_mode.into())
     }
 }
 
@@ -246,7 +254,7 @@ impl DetScorer {
     /// Recalibrates (unless 0 images) and scores path `arch` (none: a fixed child).
     ///
     /// # Errors
-    /// As [`detnas_detect::evaluate::evaluate`].
+    /// As [`detnas_detect::evaluate::evaluate`]; [`TrainError::Compute`] when libtorch fails.
     pub fn score(&mut self, arch: Option<&Arch>) -> Result<DetScore, TrainError> {
         Ok(self.score_with_detections(arch)?.0)
     }
@@ -258,7 +266,7 @@ impl DetScorer {
     pub fn score_with_detections(&mut self, arch: Option<&Arch>) -> Result<(DetScore, Vec<CocoDetection>), TrainError> {
         let recal = self.recal.as_ref().map(|(i, m)| (i, *m));
         let (det, val, settings, device) = (&self.det, &self.val, &self.settings, self.device);
-        guard::catch(|| evaluate_with_detections(det, arch, recal, val, settings, device))
+        guard::catch(|| evaluate(det, arch, recal, val, settings, device))
             .map_err(|f| {
                 let path = arch.map_or_else(|| "the fixed architecture".to_string(), |a| format!("path {a}"));
                 let during = format!("scoring {path} ({} images per batch on {device:?})", settings.batch);

@@ -404,38 +404,19 @@ fn a_failed_start_does_not_block_its_folder_with_its_synthetic_set() {
         v["images"].as_array().unwrap().len()
     };
     assert_eq!(images(&ann), 30);
+    let again = |extra: &[&str]| {
+        let mut args =
+            vec!["finetune", "--no-progress", "--config", cfg.to_str().unwrap(), "--out", run.to_str().unwrap()];
+        args.extend(extra);
+        engine(&args, None)
+    };
     // The corrected command, with other data parameters, takes the folder over.
-    let o = engine(
-        &[
-            "finetune",
-            "--no-progress",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--out",
-            run.to_str().unwrap(),
-            "--set",
-            "data.source.train.images=40",
-        ],
-        None,
-    );
+    let o = again(&["--set", "data.source.train.images=40"]);
     ok(&o);
     assert!(String::from_utf8_lossy(&o.stderr).contains("writing it anew"));
     assert_eq!(images(&ann), 40);
     // Once the run holds a checkpoint, its set is never replaced: other parameters are refused.
-    let o = engine(
-        &[
-            "finetune",
-            "--no-progress",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--out",
-            run.to_str().unwrap(),
-            "--set",
-            "data.source.train.images=50",
-            "--allow-mismatch",
-        ],
-        None,
-    );
+    let o = again(&["--set", "data.source.train.images=50", "--allow-mismatch"]);
     assert_ne!(o.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&o.stderr).contains("other parameters"), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(images(&ann), 40);

@@ -223,7 +223,7 @@ pub fn run(cfg: &FinetuneConfig, out: &Path, device: Device, opts: &RunOptions) 
 
     // A few random paths (or the child) after BN recalibration, on the test split.
     drop(trainer);
-    let settings = ScoreSettings::new(cfg.eval.recalibrate_images(fixed.is_some()), cfg.eval.bn_mode.into());
+    let settings = ScoreSettings::of_run(&cfg.eval, fixed.is_some());
     let mut scorer = DetScorer::new(det, vs, cfg, &splits, DetSplit::Test, &settings, device)?;
     let mut eval_rng = seeded(mix_seed(cfg.seed, &[FINETUNE_EVAL]));
     let mut scores = Vec::new();
