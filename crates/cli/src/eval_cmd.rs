@@ -105,7 +105,6 @@ fn run_coco(a: CocoArgs) -> Result<(), Failure> {
 fn run_det(a: DetArgs) -> Result<(), Failure> {
     use detnas_detect::evaluate::voc_map;
     use detnas_train::finetune::OpenedDetector;
-    use detnas_train::scoring::DetScorer;
     if let Some(run) = &a.search {
         return run_det_search(&a, run);
     }
@@ -119,7 +118,7 @@ fn run_det(a: DetArgs) -> Result<(), Failure> {
     };
     let step = opened.state.step;
     let arch_s = arch.as_ref().map(|a| a.to_string()).or(opened.config.model.arch.clone()).unwrap_or_default();
-    let mut scorer = DetScorer::open(opened, split, &settings, device)?;
+    let mut scorer = opened.scorer(split, &settings, device)?;
     let (score, dets) = scorer.score_with_detections(arch.as_ref())?;
     if let Some(p) = &a.dt_out {
         detnas_runtime::fsx::write_json_atomic(p, &dets)?;
@@ -289,7 +288,6 @@ pub struct ClsArgs {
 
 pub fn run(cmd: EvalCommand) -> Result<(), Failure> {
     use detnas_train::pretrain::OpenedSupernet;
-    use detnas_train::scoring::ClsScorer;
     let a = match cmd {
         EvalCommand::Cls(a) => a,
         EvalCommand::Det(a) => return run_det(a),
@@ -300,7 +298,7 @@ pub fn run(cmd: EvalCommand) -> Result<(), Failure> {
     let arch = opened.state.space.parse_arch(&a.arch).map_err(crate::usage)?;
     let settings = settings(&opened.config.eval, opened.is_fixed(), (a.recalibrate_bn, a.bn_mode, a.batch));
     let (ckpt, step) = (opened.path.clone(), opened.state.step);
-    let s = ClsScorer::open(opened, &settings, device)?.score(&arch)?;
+    let s = opened.scorer(&settings, device)?.score(&arch)?;
     if a.json {
         println!(
             "{}",

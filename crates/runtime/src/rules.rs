@@ -326,7 +326,7 @@ where
     Ok(cases)
 }
 
-/// What one case of the configuration proptests draws ([`range_tests`]): a
+/// What one case of the configuration proptests draws ([`crate::range_tests`]): a
 /// document, a key, and candidate values (an integer key takes `int` or `small`, a float key
 /// `float` or `unit`, by `pick`).
 #[derive(Clone, Copy, Debug)]

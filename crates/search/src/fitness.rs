@@ -127,7 +127,7 @@ impl DetEvaluator {
     /// search-validation images.
     ///
     /// # Errors
-    /// As [`DetScorer::open`] on [`DetSplit::SearchVal`].
+    /// As [`OpenedDetector::scorer`] on [`DetSplit::SearchVal`].
     pub fn open(
         ckpt: &Path,
         eval: &SearchEvalConfig,
@@ -147,7 +147,7 @@ impl DetEvaluator {
         prefetch: usize,
         device: Device,
     ) -> Result<DetEvaluator, SearchError> {
-        let scorer = DetScorer::open(opened, DetSplit::SearchVal, &eval.score_settings(prefetch), device)?;
+        let scorer = opened.scorer(DetSplit::SearchVal, &eval.score_settings(prefetch), device)?;
         Ok(DetEvaluator { scorer, metric: eval.metric, device })
     }
 
@@ -199,7 +199,7 @@ impl ClsEvaluator {
         device: Device,
     ) -> Result<ClsEvaluator, SearchError> {
         let opened = OpenedSupernet::open(ckpt, device)?;
-        Ok(ClsEvaluator { scorer: ClsScorer::open(opened, &eval.score_settings(prefetch), device)?, device })
+        Ok(ClsEvaluator { scorer: opened.scorer(&eval.score_settings(prefetch), device)?, device })
     }
 }
 

@@ -18,6 +18,7 @@
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod evaluator;
 pub mod evolution;
 pub mod fitness;
 pub mod ledger;
@@ -28,6 +29,7 @@ pub mod workers;
 
 pub use config::{FitnessKind, SearchConfig, StrategyConfig, StrategyKind};
 pub use error::SearchError;
+pub use evaluator::{Evaluation, Evaluator};
 pub use evolution::{Limits, Origin, Scored};
 pub use run::{BestArch, SearchOptions, SearchReport, search};
-pub use workers::{Evaluation, Evaluator, EvaluatorFactory, Workers};
+pub use workers::{EvaluatorFactory, Workers};

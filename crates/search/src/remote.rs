@@ -15,7 +15,7 @@
 //! the job's own store is needed.
 
 use crate::SearchError;
-use crate::workers::{Evaluation, Evaluator};
+use crate::evaluator::{Evaluation, Evaluator, evaluate_guarded};
 use detnas_dist::ProcessGroup;
 use detnas_space::{Arch, SearchSpace};
 use serde::{Deserialize, Serialize};
@@ -144,7 +144,7 @@ impl Remote {
                     Ok(Message::Job { id, .. }) => {
                         // None: a duplicate of a job already scored.
                         if let Some((i, arch, _)) = open.remove(&id) {
-                            let ev = crate::workers::evaluate_guarded(self.local.as_mut(), &arch, 0)?;
+                            let ev = evaluate_guarded(self.local.as_mut(), &arch, 0)?;
                             on_done(i, arch, 0, ev)?;
                         }
                     }
@@ -266,7 +266,7 @@ pub fn serve(
         let reply = match space
             .parse_arch(&arch)
             .map_err(SearchError::from)
-            .and_then(|a| crate::workers::evaluate_guarded(eval, &a, pg.rank()))
+            .and_then(|a| evaluate_guarded(eval, &a, pg.rank()))
         {
             Ok(ev) => Reply::Done {
                 rank: pg.rank(),

@@ -7,34 +7,13 @@
 //! architecture, so the results equal the sequential run's whatever the order of completion.
 
 use crate::SearchError;
+use crate::evaluator::evaluate_guarded;
+pub use crate::evaluator::{Evaluation, Evaluator};
 use detnas_space::Arch;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-
-/// The score of one candidate.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Evaluation {
-    /// The search's fitness (AP, AP50 or top-1).
-    pub fitness: f64,
-    /// Every number the evaluation produced (COCO's 12 stats, or top-1/top-5).
-    pub metrics: Vec<f64>,
-    /// BN recalibration time, seconds.
-    pub recalibration_seconds: f64,
-    /// Evaluation time, seconds.
-    pub evaluation_seconds: f64,
-    /// libtorch's intra-op threads of the evaluating thread on the CPU (`None` on a GPU or
-    /// unknown): CPU kernels' reductions, and so scores in their last digits, depend on it.
-    pub threads: Option<i32>,
-}
-
-/// Scores architectures; lives on one thread.
-pub trait Evaluator {
-    /// # Errors
-    /// A [`SearchError`] when the candidate cannot be scored.
-    fn evaluate(&mut self, arch: &Arch) -> Result<Evaluation, SearchError>;
-}
 
 /// Builds worker `i`'s evaluator, on that worker's thread.
 pub type EvaluatorFactory = Arc<dyn Fn(usize) -> Result<Box<dyn Evaluator>, SearchError> + Send + Sync>;
@@ -51,7 +30,7 @@ pub struct Pool {
 }
 
 /// One or several evaluators: on this thread, on worker threads, or on the ranks of a job.
-/// Every variant scores through one guarded call: the same error for a failed
+/// Every variant scores through [`crate::evaluator`]'s guarded call: the same error for a failed
 /// evaluation or a libtorch panic, whichever route ran it.
 pub enum Workers {
     /// One evaluator on the calling thread.
@@ -223,22 +202,6 @@ impl Drop for Workers {
             p.shutdown();
         }
     }
-}
-
-/// Scores `arch` on worker `worker`; a libtorch failure the scorer did not turn into an error
-/// (a panic) becomes this candidate's error, on every route (inline, threads, ranks), so the
-/// search never waits for a result that cannot come.
-///
-/// # Errors
-/// The evaluator's error, or [`SearchError::Evaluation`] naming the worker and the failure.
-pub(crate) fn evaluate_guarded(
-    eval: &mut dyn Evaluator,
-    arch: &Arch,
-    worker: usize,
-) -> Result<Evaluation, SearchError> {
-    detnas_runtime::guard::catch(|| eval.evaluate(arch)).unwrap_or_else(|f| {
-        Err(SearchError::Evaluation { arch: arch.to_string(), message: format!("worker {worker} failed: {f}") })
-    })
 }
 
 #[cfg(test)]

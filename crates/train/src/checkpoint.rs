@@ -3,7 +3,6 @@
 //! [`detnas_runtime::checkpoint`] (re-exported here: discovery, verification, run-folder
 //! claiming); reading them back ([`read_meta`], [`load_weights`], [`Resume`]).
 
-use crate::engine::RunOptions;
 use crate::{PathSgd, TrainError};
 use detnas_data::Position;
 pub use detnas_runtime::checkpoint::*;
@@ -159,14 +158,14 @@ pub struct Resume<T> {
 }
 
 impl<T: DeserializeOwned> Resume<T> {
-    /// The checkpoint `opts.resume_from` names, else the latest of `out/checkpoints`, else
-    /// `None` (a fresh run).
+    /// The checkpoint `resume_from` names (`--resume-from`), else the latest of
+    /// `out/checkpoints`, else `None` (a fresh run).
     ///
     /// # Errors
     /// [`TrainError::Checkpoint`] for a checkpoint that fails verification or cannot be read
     /// as this kind — never a silent fresh start.
-    pub fn find(out: &Path, opts: &RunOptions) -> Result<Option<Resume<T>>, TrainError> {
-        let found = match &opts.resume_from {
+    pub fn find(out: &Path, resume_from: Option<&Path>) -> Result<Option<Resume<T>>, TrainError> {
+        let found = match resume_from {
             Some(p) => Some(resolve(p)?),
             None => latest(&out.join("checkpoints"))?,
         };

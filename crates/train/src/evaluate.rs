@@ -1,6 +1,7 @@
 //! Classification evaluation of one supernet path, after recomputing its BN statistics.
 
 use crate::TrainError;
+use crate::config::PretrainConfig;
 use crate::loss::topk_hits;
 use detnas_data::{ClsDataset, ClsLoader, ClsTransform, InputConvention, LoaderConfig, Position, StreamConfig, Subset};
 use detnas_nn::{BnMode, Recalibration, Supernet};
@@ -10,6 +11,9 @@ use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
+
+/// A shared, thread-safe dataset.
+pub type SharedDataset = Arc<dyn ClsDataset>;
 
 /// How images are presented for recalibration and evaluation.
 #[derive(Clone, Debug)]
@@ -22,6 +26,19 @@ pub struct ClsEvalSettings {
     pub batch: usize,
     /// Batches prepared ahead.
     pub prefetch: usize,
+}
+
+impl ClsEvalSettings {
+    /// The evaluation presentation of a pre-training config: its test transform, `eval.batch`,
+    /// `runtime.prefetch`.
+    pub fn of(cfg: &PretrainConfig) -> ClsEvalSettings {
+        ClsEvalSettings {
+            transform: ClsTransform::Eval { resize: cfg.data.eval_resize, crop: cfg.data.input_size },
+            convention: cfg.data.convention,
+            batch: cfg.eval.batch,
+            prefetch: cfg.runtime.prefetch,
+        }
+    }
 }
 
 /// Top-k accuracies of a path.

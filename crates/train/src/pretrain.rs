@@ -11,7 +11,7 @@ use crate::engine::{
 };
 use crate::engine::{RunStart, start_run};
 use crate::evaluate::autocast;
-use crate::evaluate::{ClsEvalSettings, ClsScore, batch_tensors};
+use crate::evaluate::{ClsScore, batch_tensors};
 use crate::loss::{smooth_cross_entropy, topk_hits};
 use crate::scoring::{ClsScorer, ScoreSettings};
 use detnas_data::{
@@ -41,8 +41,7 @@ pub struct ClsState {
 /// A pre-training checkpoint's state.
 pub type TrainState = crate::engine::TrainState<ClsState>;
 
-/// A shared, thread-safe dataset.
-pub type SharedDataset = Arc<dyn ClsDataset>;
+pub use crate::evaluate::SharedDataset;
 
 /// Opens the train and validation sets of a config. `classes` imposes a saved mapping.
 ///
@@ -76,17 +75,6 @@ pub fn open_datasets(
             (Arc::new(t.with_classes(names.clone())?), Arc::new(v.with_classes(names)?))
         }
     })
-}
-
-/// The evaluation presentation of a config (its test transform, `eval.batch`,
-/// `runtime.prefetch`).
-pub fn eval_settings(cfg: &PretrainConfig) -> ClsEvalSettings {
-    ClsEvalSettings {
-        transform: ClsTransform::Eval { resize: cfg.data.eval_resize, crop: cfg.data.input_size },
-        convention: cfg.data.convention,
-        batch: cfg.eval.batch,
-        prefetch: cfg.runtime.prefetch,
-    }
 }
 
 /// The training loader settings of a config for a rank's share `(rank, world)` of the global
@@ -169,6 +157,15 @@ impl OpenedSupernet {
     /// Whether the checkpoint holds one fixed child (`sampling.kind = "fixed"`).
     pub fn is_fixed(&self) -> bool {
         self.config.sampling.kind == SamplingKind::Fixed
+    }
+
+    /// A scorer of its paths on the run's validation split ([`ClsScorer`]).
+    ///
+    /// # Errors
+    /// As [`OpenedSupernet::datasets`].
+    pub fn scorer(self, s: &ScoreSettings, device: Device) -> Result<ClsScorer, TrainError> {
+        let (train, val) = self.datasets()?;
+        Ok(ClsScorer::new(self.net, self.vs, &self.config, (train, val), s, device))
     }
 }
 
@@ -272,7 +269,7 @@ pub fn run(cfg: &PretrainConfig, out: &Path, device: Device, opts: &RunOptions) 
     let RunStart { hash, writer } = start_run(cfg, (&cfg.schedule, &cfg.runtime), out, opts, || Ok(()))?;
     let space = cfg.space()?;
 
-    let resume: Option<Resume<ClsState>> = Resume::find(out, opts)?;
+    let resume: Option<Resume<ClsState>> = Resume::find(out, opts.resume_from.as_deref())?;
     if let Some(done) =
         crate::engine::finished_summary(out, resume.as_ref().map(|r| r.step), cfg.schedule.iterations, &hash, opts)
     {

@@ -8,16 +8,14 @@
 //! * [`ScoreSettings`] — how many images, which BN pooling, which batch;
 //! * [`ClsScorer`] (top-1 / top-5 of a pre-trained supernet's path, or a child) and
 //!   [`DetScorer`] (COCO box AP of a fine-tuned detector's path, or a child) over an opened
-//!   checkpoint ([`crate::pretrain::OpenedSupernet`], [`crate::finetune::OpenedDetector`]) or
+//!   checkpoint (`OpenedSupernet::scorer`, `OpenedDetector::scorer`) or
 //!   the model a run has just trained.
 
+use crate::PretrainConfig;
 use crate::TrainError;
 use crate::config::EvalConfig;
 use crate::det_config::FinetuneConfig;
-use crate::evaluate::{ClsEvalSettings, ClsScore, evaluate_path, recalibration_subset};
-use crate::finetune::{DetSplits, OpenedDetector};
-use crate::pretrain::{OpenedSupernet, SharedDataset};
-use crate::{PretrainConfig, pretrain};
+use crate::evaluate::{ClsEvalSettings, ClsScore, SharedDataset, evaluate_path, recalibration_subset};
 use detnas_data::Subset;
 use detnas_data::det::DetDataset;
 use detnas_data::mix_seed;
@@ -110,16 +108,6 @@ pub struct ClsScorer {
 }
 
 impl ClsScorer {
-    /// Scores paths of an opened pre-training checkpoint.
-    ///
-    /// # Errors
-    /// [`TrainError::Data`] when its datasets cannot be opened.
-    pub fn open(opened: OpenedSupernet, s: &ScoreSettings, device: Device) -> Result<ClsScorer, TrainError> {
-        let (train, val) = opened.datasets()?;
-        let OpenedSupernet { config, net, vs, .. } = opened;
-        Ok(ClsScorer::new(net, vs, &config, (train, val), s, device))
-    }
-
     /// Scores paths of `net` (trained with `cfg`) on `val`, recalibrating on `train`'s
     /// recalibration set.
     pub fn new(
@@ -135,7 +123,7 @@ impl ClsScorer {
         let len = val.len();
         let val: SharedDataset =
             first_n(val, len, s.max_images, |v, n| Arc::new(Subset::new(v, (0..n).collect())) as SharedDataset);
-        let mut settings = pretrain::eval_settings(cfg);
+        let mut settings = ClsEvalSettings::of(cfg);
         settings.batch = s.batch.unwrap_or(settings.batch);
         settings.prefetch = s.prefetch.unwrap_or(settings.prefetch);
         ClsScorer { net, _vs: vs, recal, val, settings, device }
@@ -183,28 +171,8 @@ pub struct DetScorer {
 }
 
 impl DetScorer {
-    /// Scores paths of an opened fine-tuning checkpoint on `split`.
-    ///
-    /// # Errors
-    /// [`TrainError::Data`] or [`TrainError::Config`] when its splits cannot be opened or
-    /// differ from the checkpoint's; for [`DetSplit::SearchVal`], [`TrainError::Config`] when
-    /// the run carved none, the split carved now differs from the one recorded, or it overlaps
-    /// the training images; [`TrainError::Detect`] for unreadable images.
-    pub fn open(
-        opened: OpenedDetector,
-        split: DetSplit,
-        s: &ScoreSettings,
-        device: Device,
-    ) -> Result<DetScorer, TrainError> {
-        let splits = opened.splits()?;
-        if split == DetSplit::SearchVal {
-            check_search_val(&opened, &splits)?;
-        }
-        let OpenedDetector { config, detector, vs, .. } = opened;
-        DetScorer::new(detector, vs, &config, &splits, split, s, device)
-    }
-
-    /// Scores paths of `det` (trained with `cfg` on `splits`) on `split`.
+    /// Scores paths of `det` (trained with `cfg`) on `data`, the run's `split`, recalibrating
+    /// on the recalibration set of its training split `train`.
     ///
     /// # Errors
     /// [`TrainError::Config`] when the split is empty; [`TrainError::Detect`] for unreadable
@@ -216,15 +184,11 @@ impl DetScorer {
         det: Detector,
         vs: nn::VarStore,
         cfg: &FinetuneConfig,
-        splits: &DetSplits,
+        (train, data): (&DetDataset, Arc<DetDataset>),
         split: DetSplit,
         s: &ScoreSettings,
         device: Device,
     ) -> Result<DetScorer, TrainError> {
-        let data = match split {
-            DetSplit::Test => splits.test.clone(),
-            DetSplit::SearchVal => splits.search_val.clone(),
-        };
         if data.is_empty() {
             return Err(TrainError::Config(match split {
                 DetSplit::Test => "the test split is empty".into(),
@@ -238,7 +202,7 @@ impl DetScorer {
         settings.prefetch = s.prefetch.unwrap_or(settings.prefetch);
         let mut sets = vec![val];
         if s.recalibrate_images > 0 {
-            sets.push(Arc::new(det_recalibration_set(&splits.train, cfg.seed, s.recalibrate_images)));
+            sets.push(Arc::new(det_recalibration_set(train, cfg.seed, s.recalibrate_images)));
         }
         let mut inputs = DetInputs::prepare_all(&sets, &settings, s.hold_inputs_bytes)?;
         let recal = (s.recalibrate_images > 0).then(|| (inputs.pop().expect("two sets"), s.bn_mode));
@@ -289,37 +253,6 @@ impl DetScorer {
     pub fn settings(&self) -> &DetEvalSettings {
         &self.settings
     }
-}
-
-/// The search-validation split of an opened checkpoint is the one its run carved and
-/// recorded, and disjoint from the training images.
-fn check_search_val(opened: &OpenedDetector, splits: &DetSplits) -> Result<(), TrainError> {
-    let ckpt = &opened.path;
-    let state = &opened.state;
-    if state.task.search_val_ids.is_empty() {
-        return Err(TrainError::Config(format!(
-            "{}: the fine-tuning run carved no search-validation split (data.search_val_images = 0); \
-             candidates must not be scored on the test split",
-            ckpt.display()
-        )));
-    }
-    let mut recorded = state.task.search_val_ids.clone();
-    let mut carved: Vec<u64> = splits.search_val.images.iter().map(|i| i.id).collect();
-    recorded.sort_unstable();
-    carved.sort_unstable();
-    if recorded != carved {
-        return Err(TrainError::Config(format!(
-            "{}: the search-validation split carved now ({} images) differs from the one recorded at fine-tuning ({} images): the data changed",
-            ckpt.display(),
-            carved.len(),
-            recorded.len()
-        )));
-    }
-    let train_ids: std::collections::HashSet<u64> = splits.train.images.iter().map(|i| i.id).collect();
-    if splits.search_val.images.iter().any(|i| train_ids.contains(&i.id)) {
-        return Err(TrainError::Config("the search-validation split overlaps the fine-tuning images".into()));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -156,7 +156,7 @@ pub fn run(cfg: &FinetuneConfig, out: &Path, device: Device, opts: &RunOptions) 
     for s in &splits.summaries {
         tracing::info!("data: {s}");
     }
-    let resume: Option<Resume<DetState>> = Resume::find(out, opts)?;
+    let resume: Option<Resume<DetState>> = Resume::find(out, opts.resume_from.as_deref())?;
     if let Some(done) =
         crate::engine::finished_summary(out, resume.as_ref().map(|r| r.step), cfg.schedule.iterations, &hash, opts)
     {
@@ -224,7 +224,8 @@ pub fn run(cfg: &FinetuneConfig, out: &Path, device: Device, opts: &RunOptions) 
     // A few random paths (or the child) after BN recalibration, on the test split.
     drop(trainer);
     let settings = ScoreSettings::of_run(&cfg.eval, fixed.is_some());
-    let mut scorer = DetScorer::new(det, vs, cfg, &splits, DetSplit::Test, &settings, device)?;
+    let mut scorer =
+        DetScorer::new(det, vs, cfg, (&splits.train, splits.test.clone()), DetSplit::Test, &settings, device)?;
     let mut eval_rng = seeded(mix_seed(cfg.seed, &[FINETUNE_EVAL]));
     let mut scores = Vec::new();
     let n_paths = if fixed.is_some() { 1 } else { cfg.eval.final_paths };

@@ -4,6 +4,7 @@
 use super::splits::{DetSplits, open_splits};
 use super::{DetState, TrainState};
 use crate::det_config::FinetuneConfig;
+use crate::scoring::{DetScorer, DetSplit, ScoreSettings};
 use crate::{TrainError, checkpoint};
 use detnas_detect::Detector;
 use detnas_space::{Arch, SearchSpace};
@@ -153,6 +154,26 @@ impl OpenedDetector {
         Ok(splits)
     }
 
+    /// A scorer of its paths on `split` of its run ([`DetScorer`]); the search-validation
+    /// split is checked against the one the run carved and recorded first.
+    ///
+    /// # Errors
+    /// [`TrainError::Data`] or [`TrainError::Config`] when its splits cannot be opened or
+    /// differ from the checkpoint's; for [`DetSplit::SearchVal`], [`TrainError::Config`] when
+    /// the run carved none, the split carved now differs from the one recorded, or it overlaps
+    /// the training images; as [`DetScorer::new`].
+    pub fn scorer(self, split: DetSplit, s: &ScoreSettings, device: Device) -> Result<DetScorer, TrainError> {
+        let splits = self.splits()?;
+        if split == DetSplit::SearchVal {
+            check_search_val(&self, &splits)?;
+        }
+        let data = match split {
+            DetSplit::Test => splits.test.clone(),
+            DetSplit::SearchVal => splits.search_val.clone(),
+        };
+        DetScorer::new(self.detector, self.vs, &self.config, (&splits.train, data), split, s, device)
+    }
+
     /// Whether the checkpoint holds one fixed child (`model.arch` set).
     pub fn is_fixed(&self) -> bool {
         self.config.model.arch.is_some()
@@ -220,6 +241,37 @@ pub fn check_categories(state: &DetState, splits: &DetSplits) -> Result<(), Trai
                 show(&state.categories)
             )));
         }
+    }
+    Ok(())
+}
+
+/// The search-validation split of an opened checkpoint is the one its run carved and
+/// recorded, and disjoint from the training images.
+fn check_search_val(opened: &OpenedDetector, splits: &DetSplits) -> Result<(), TrainError> {
+    let ckpt = &opened.path;
+    let state = &opened.state;
+    if state.task.search_val_ids.is_empty() {
+        return Err(TrainError::Config(format!(
+            "{}: the fine-tuning run carved no search-validation split (data.search_val_images = 0); \
+             candidates must not be scored on the test split",
+            ckpt.display()
+        )));
+    }
+    let mut recorded = state.task.search_val_ids.clone();
+    let mut carved: Vec<u64> = splits.search_val.images.iter().map(|i| i.id).collect();
+    recorded.sort_unstable();
+    carved.sort_unstable();
+    if recorded != carved {
+        return Err(TrainError::Config(format!(
+            "{}: the search-validation split carved now ({} images) differs from the one recorded at fine-tuning ({} images): the data changed",
+            ckpt.display(),
+            carved.len(),
+            recorded.len()
+        )));
+    }
+    let train_ids: std::collections::HashSet<u64> = splits.train.images.iter().map(|i| i.id).collect();
+    if splits.search_val.images.iter().any(|i| train_ids.contains(&i.id)) {
+        return Err(TrainError::Config("the search-validation split overlaps the fine-tuning images".into()));
     }
     Ok(())
 }
