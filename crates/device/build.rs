@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 fn main() {
     println!("cargo:rerun-if-changed=cxx/device_shim.cpp");
+    println!("cargo:rerun-if-changed=cxx/shim_error.h");
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     let lib = PathBuf::from(std::env::var("DEP_TCH_LIBTORCH_LIB").expect("torch-sys exports its libtorch folder"));
     let root = lib.parent().expect("libtorch's lib folder has a parent").to_path_buf();

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 fn main() {
     println!("cargo:rerun-if-changed=cxx/c10d_shim.cpp");
     println!("cargo:rerun-if-changed=cxx/nccl_shim.cpp");
+    println!("cargo:rerun-if-changed=../device/cxx/shim_error.h");
     println!("cargo:rerun-if-env-changed=DETNAS_GLOO_INCLUDE");
     println!("cargo:rerun-if-env-changed=DETNAS_CUDA_INCLUDE");
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
@@ -30,6 +31,8 @@ fn main() {
     b.cpp(true)
         .file("cxx/c10d_shim.cpp")
         .includes(&includes)
+        // The shims' shared error reporting.
+        .include("../device/cxx")
         .flag("-std=c++17")
         .flag("-D_GLIBCXX_USE_CXX11_ABI=1")
         .flag("-DGLOG_USE_GLOG_EXPORT")

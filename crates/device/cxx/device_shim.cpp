@@ -8,6 +8,8 @@
 // Every function that can fail returns 0 on success; on failure it returns non-zero and
 // copies the exception's message into `err` (at most `errlen` bytes, NUL-terminated).
 
+#include "shim_error.h"
+
 #include <ATen/autocast_mode.h>
 #include <torch/csrc/autograd/profiler_kineto.h>
 #include <torch/csrc/profiler/collection.h>
@@ -21,21 +23,10 @@
 
 namespace {
 
-void fail(const char* msg, char* err, size_t errlen) {
-  if (err != nullptr && errlen > 0) {
-    std::strncpy(err, msg, errlen - 1);
-    err[errlen - 1] = '\0';
-  }
-}
+void fail(const char* msg, char* err, size_t errlen) { detnas_shim::copy_message(msg, err, errlen); }
 
-#define GUARD(...)                   \
-  try {                              \
-    __VA_ARGS__                      \
-    return 0;                        \
-  } catch (const std::exception& e) { \
-    fail(e.what(), err, errlen);     \
-    return 1;                        \
-  }
+// The body succeeds with status 0.
+#define GUARD(...) GUARD_RETURN(__VA_ARGS__ return 0;)
 
 namespace prof = torch::autograd::profiler;
 namespace pimpl = torch::profiler::impl;

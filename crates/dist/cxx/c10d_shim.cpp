@@ -25,6 +25,9 @@
 
 #include <dlfcn.h>
 
+// Shared with the device shim.
+#include "shim_error.h"
+
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
@@ -42,27 +45,9 @@ struct Ctx {
   std::chrono::milliseconds timeout;
 };
 
-void fail(const std::exception& e, char* err, size_t errlen) {
-  if (err != nullptr && errlen > 0) {
-    std::strncpy(err, e.what(), errlen - 1);
-    err[errlen - 1] = '\0';
-  }
-}
+void fail_msg(const char* msg, char* err, size_t errlen) { detnas_shim::copy_message(msg, err, errlen); }
 
-void fail_msg(const char* msg, char* err, size_t errlen) {
-  if (err != nullptr && errlen > 0) {
-    std::strncpy(err, msg, errlen - 1);
-    err[errlen - 1] = '\0';
-  }
-}
-
-#define GUARD(...)                   \
-  try {                              \
-    __VA_ARGS__                      \
-  } catch (const std::exception& e) { \
-    fail(e, err, errlen);            \
-    return 1;                        \
-  }
+#define GUARD(...) GUARD_RETURN(__VA_ARGS__)
 
 void wait(const c10::intrusive_ptr<c10d::Work>& work, const Ctx* c) {
   if (!work->wait(c->timeout)) {
