@@ -266,12 +266,12 @@ impl Detector {
             let p = self.pyramid(images, arch, true)?;
             Ok(match &self.head {
                 Heads::Retina(h) => {
-                    h.observe(&p);
+                    h.forward_for_bn_stats(&p);
                     Tensor::ones([], (Kind::Bool, device))
                 }
                 Heads::Rcnn(h) => {
                     let props = h.rpn.proposals(&h.rpn.run(&p), sizes, false)?;
-                    let rois_exact = h.roi_heads.observe(&p, &props)?;
+                    let rois_exact = h.roi_heads.forward_for_bn_stats(&p, &props)?;
                     props.exact.logical_and(&rois_exact)
                 }
             })

@@ -257,7 +257,7 @@ impl RetinaHead {
 
     /// Runs the head's BN-bearing towers in training mode (BN recalibration); the predictor
     /// convs, which have no BN, are skipped.
-    pub fn observe(&self, feats: &[Tensor]) {
+    pub fn forward_for_bn_stats(&self, feats: &[Tensor]) {
         for (l, f) in feats.iter().enumerate() {
             let _ = self.towers(f, l, true);
         }

@@ -333,7 +333,7 @@ impl RoiHeads {
     ///
     /// # Errors
     /// As [`RoiHeads::run`].
-    pub fn observe(&self, feats: &[Tensor], proposals: &Proposals) -> Result<Tensor, tch::TchError> {
+    pub fn forward_for_bn_stats(&self, feats: &[Tensor], proposals: &Proposals) -> Result<Tensor, tch::TchError> {
         let (rois, exact) = self.rois(proposals)?;
         let _ = self.run(feats, &rois, true)?;
         Ok(exact)
