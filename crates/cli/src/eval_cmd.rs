@@ -26,6 +26,8 @@ pub enum SplitArg {
     Test,
     /// The search-validation split carved from the training set.
     SearchVal,
+    /// The training images (after the carve): what the model fits.
+    Train,
 }
 
 #[derive(Args)]
@@ -115,6 +117,7 @@ fn run_det(a: DetArgs) -> Result<(), Failure> {
     let split = match a.data {
         SplitArg::Test => DetSplit::Test,
         SplitArg::SearchVal => DetSplit::SearchVal,
+        SplitArg::Train => DetSplit::Train,
     };
     let step = opened.state.step;
     let arch_s = arch.as_ref().map(|a| a.to_string()).or(opened.config.model.arch.clone()).unwrap_or_default();

@@ -98,7 +98,8 @@ enum Command {
     /// Evaluate one path of a trained supernet, or a detection results file.
     #[command(subcommand)]
     Eval(eval_cmd::EvalCommand),
-    /// Generate built-in synthetic data.
+    /// Check a dataset before training (`data check`: every split loaded and decoded, boxes per
+    /// class, errors by file) and write the built-in synthetic sets (`synth`, `synth-cls`).
     #[command(subcommand)]
     Data(data_cmd::DataCommand),
     /// The embedded demo: the whole pipeline on built-in synthetic data, CPU, no download

@@ -328,7 +328,7 @@ pub struct DetScore {
     pub stats: CocoStats,
     /// Images scored.
     pub images: usize,
-    /// Detections kept (at most 100 per image).
+    /// Detections kept (at most the head's `detections_per_image` per image).
     pub detections: usize,
     /// BN layers recalibrated first (0: statistics kept).
     pub bn_layers_recalibrated: usize,

@@ -14,6 +14,18 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use tch::{Tensor, nn};
 
+/// [`resolve`] that also takes a pipeline retraining stage folder (`RUN/retrain-found`),
+/// which holds its runs in `cls/` and `det/`: there, the run `part` (`"cls"` or `"det"`).
+///
+/// # Errors
+/// As [`resolve`].
+pub fn resolve_run(path: &Path, part: &str) -> Result<(u64, PathBuf), RuntimeError> {
+    match resolve(path) {
+        Err(e) if path.join(part).join("checkpoints").is_dir() => resolve(&path.join(part)).map_err(|_| e),
+        found => found,
+    }
+}
+
 /// Saves a training checkpoint `step` into `dir`: the model (`model.safetensors`), the
 /// optimizer's momentum buffers (`optimizer.safetensors`), `state` as `state.json` and the
 /// resolved configuration as `config.toml` — atomically ([`save`]); the newest `keep` are

@@ -134,12 +134,13 @@ pub struct OpenedSupernet {
 }
 
 impl OpenedSupernet {
-    /// Opens a pre-training checkpoint (a `step-N` folder, or a run folder's latest).
+    /// Opens a pre-training checkpoint (a `step-N` folder, a run folder's latest, or the `cls`
+    /// run of a pipeline retraining stage folder).
     ///
     /// # Errors
     /// [`TrainError::Checkpoint`] for a missing, corrupt or foreign checkpoint.
     pub fn open(ckpt: &Path, device: Device) -> Result<OpenedSupernet, TrainError> {
-        let (_, path) = crate::checkpoint::resolve(ckpt)?;
+        let (_, path) = crate::checkpoint::resolve_run(ckpt, "cls")?;
         let (config, state) = read_checkpoint_meta(&path)?;
         let (mut vs, net) = build_supernet(&state.space, state.task.classes.len(), device);
         crate::engine::load_weights(&path, &mut vs, None)?;

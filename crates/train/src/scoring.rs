@@ -157,6 +157,8 @@ pub enum DetSplit {
     /// The search-validation split carved from the training set (never fine-tuned on),
     /// checked against the one the run recorded.
     SearchVal,
+    /// The images the run trained on (what the model fits, beside what it generalises to).
+    Train,
 }
 
 /// COCO box AP of paths of a detector (a supernet's paths, or its fixed child) on a split of
@@ -193,6 +195,7 @@ impl DetScorer {
             return Err(TrainError::Config(match split {
                 DetSplit::Test => "the test split is empty".into(),
                 DetSplit::SearchVal => "the search-validation split is empty (data.search_val_images = 0)".into(),
+                DetSplit::Train => "the training split is empty".into(),
             }));
         }
         let len = data.len();

@@ -126,6 +126,21 @@ fn pipeline_runs_every_stage_resumes_after_kills_and_exports() {
     assert_eq!(o.status.code(), Some(2), "a folder that is not a pipeline run is refused");
     assert_eq!(final_json(&reference), rows);
 
+    // eval det on each retraining stage folder gives exactly the report's test AP (the fixed
+    // architecture keeps its own statistics by default), and scores its training images too.
+    for r in rows.as_array().unwrap() {
+        let stage = reference.join(format!("retrain-{}", r["label"].as_str().unwrap()));
+        let eval = |extra: &[&str]| -> serde_json::Value {
+            let mut args = vec!["eval", "det", "--checkpoint", stage.to_str().unwrap(), "--threads", "1", "--json"];
+            args.extend(extra);
+            serde_json::from_str(ok(&engine(&args, None)).trim()).unwrap()
+        };
+        let v = eval(&[]);
+        assert_eq!(v["stats"], r["stats"], "eval det vs final.json for {}", r["label"]);
+        let train = eval(&["--data", "train"]);
+        assert!(train["images"].as_u64().unwrap() > v["images"].as_u64().unwrap(), "{train}");
+    }
+
     // Export, then predict with the exported detector.
     let ex = d.join("export");
     ok(&engine(&["export", reference.to_str().unwrap(), "--out", ex.to_str().unwrap()], None));

@@ -226,7 +226,7 @@ impl SizeMismatch {
 pub struct DetDataset {
     /// The images, in id order of the source.
     pub images: Vec<DetImage>,
-    /// The categories, in label order (label = index + 1; 0 is background).
+    /// The categories, in label order (an object's `label` is its category's index).
     pub categories: Vec<Category>,
     /// What reading dropped or repaired (shown by `detnas data check`).
     pub report: DropReport,
@@ -329,6 +329,17 @@ impl DetDataset {
         if problems.is_empty() { Ok(()) } else { Err(problems) }
     }
 
+    /// The categories no image has a (non-crowd) box of: a detector cannot learn them.
+    pub fn categories_without_boxes(&self) -> Vec<&Category> {
+        let mut boxes = vec![0usize; self.categories.len()];
+        for o in self.images.iter().flat_map(|i| &i.objects).filter(|o| !o.crowd) {
+            if let Some(b) = boxes.get_mut(o.label) {
+                *b += 1;
+            }
+        }
+        self.categories.iter().zip(boxes).filter(|(_, n)| *n == 0).map(|(c, _)| c).collect()
+    }
+
     /// The images at `indices`, same categories.
     pub fn subset(&self, indices: &[usize]) -> DetDataset {
         DetDataset {
@@ -403,5 +414,33 @@ impl DetDataset {
             "annotations": anns,
             "categories": self.categories.iter().map(|c| serde_json::json!({"id": c.id, "name": c.name})).collect::<Vec<_>>(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn categories_without_boxes_are_named() {
+        let cat = |id: u64, name: &str| Category { id, name: name.into() };
+        let obj = |label: usize, crowd: bool| Object {
+            bbox: [0.0, 0.0, 4.0, 4.0],
+            label,
+            crowd,
+            difficult: false,
+            area: 16.0,
+        };
+        let image = |objects: Vec<Object>| DetImage { id: 1, file: "a.png".into(), width: 8, height: 8, objects };
+        let d = DetDataset {
+            images: vec![image(vec![obj(0, false), obj(2, true)]), image(vec![obj(0, false)])],
+            categories: vec![cat(1, "Tree"), cat(2, "Shrub"), cat(3, "Rock")],
+            report: DropReport::default(),
+            source: "test".into(),
+        };
+        // Shrub has no box; Rock only a crowd region.
+        let names: Vec<&str> = d.categories_without_boxes().iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["Shrub", "Rock"]);
+        assert!(d.subset(&[0]).categories_without_boxes().len() == 2);
     }
 }

@@ -38,7 +38,7 @@ pub struct DetSample {
     pub flipped: bool,
     /// `(x1, y1, x2, y2)` in resized coordinates.
     pub boxes: Vec<[f32; 4]>,
-    /// Box labels (category index + 1).
+    /// Box labels (the category's index, from 0).
     pub labels: Vec<i64>,
 }
 

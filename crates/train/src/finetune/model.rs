@@ -112,12 +112,13 @@ pub struct OpenedDetector {
 }
 
 impl OpenedDetector {
-    /// Opens a fine-tuning checkpoint (a `step-N` folder, or a run folder's latest).
+    /// Opens a fine-tuning checkpoint (a `step-N` folder, a run folder's latest, or the `det`
+    /// run of a pipeline retraining stage folder).
     ///
     /// # Errors
     /// [`TrainError::Checkpoint`] for a missing, corrupt or foreign checkpoint.
     pub fn open(ckpt: &Path, device: Device) -> Result<OpenedDetector, TrainError> {
-        let (_, path) = checkpoint::resolve(ckpt)?;
+        let (_, path) = checkpoint::resolve_run(ckpt, "det")?;
         let (config, state) = read_meta(&path)?;
         let (mut vs, detector, _) = build_detector(&config, &state.space, state.task.categories.len(), device)?;
         vs.load(path.join("model.safetensors"))
@@ -170,6 +171,7 @@ impl OpenedDetector {
         let data = match split {
             DetSplit::Test => splits.test.clone(),
             DetSplit::SearchVal => splits.search_val.clone(),
+            DetSplit::Train => splits.train.clone(),
         };
         DetScorer::new(self.detector, self.vs, &self.config, (&splits.train, data), split, s, device)
     }

@@ -178,6 +178,14 @@ pub fn open_splits(cfg: &FinetuneConfig, run_dir: &Path) -> Result<DetSplits, Tr
         return Err(TrainError::Config(format!("{} has no image with a non-crowd object to train on", full.source)));
     }
     let train = full.subset(&train_idx);
+    for c in train.categories_without_boxes() {
+        tracing::warn!(
+            "category '{}' (id {}) has no box in the training split ({}): the detector cannot learn it",
+            c.name,
+            c.id,
+            full.source
+        );
+    }
     let mut search_val = full.subset(&carved);
     // The reading report belongs to the whole training set (shown with `train`).
     search_val.report = Default::default();
