@@ -21,7 +21,7 @@ use tch::{Tensor, nn};
 /// As [`resolve`].
 pub fn resolve_run(path: &Path, part: &str) -> Result<(u64, PathBuf), RuntimeError> {
     match resolve(path) {
-        Err(e) if path.join(part).join("checkpoints").is_dir() => resolve(&path.join(part)).map_err(|_| e),
+        Err(_) if path.join(part).join("checkpoints").is_dir() => resolve(&path.join(part)),
         found => found,
     }
 }
