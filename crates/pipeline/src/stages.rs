@@ -230,9 +230,26 @@ pub fn check_stages(cfg: &PipelineConfig, run: &Path, device: Device) -> Result<
     };
     let pre = PretrainConfig::load(Some(&cfg.pretrain.config), &with(&cfg.pretrain.set, &[], &ro))
         .map_err(|e| named("pretrain", &cfg.pretrain.config, e.into()))?;
-    finetune_config(cfg, run, &[], &ro).map_err(|e| named("finetune", &cfg.finetune.config, e))?;
-    SearchConfig::load(&cfg.search.config, &with(&cfg.search.set, &[], &ro))
+    let ft = finetune_config(cfg, run, &[], &ro).map_err(|e| named("finetune", &cfg.finetune.config, e))?;
+    // The data every stage reads exists (a typo is found in seconds, not after pre-training).
+    let missing: Vec<String> = [("pretrain", &cfg.pretrain.config, pre.data.source.paths())]
+        .into_iter()
+        .chain([("finetune", &cfg.finetune.config, ft.data.source.paths())])
+        .flat_map(|(stage, file, paths)| {
+            paths.into_iter().filter(|(_, p)| !p.exists()).map(move |(key, p)| {
+                format!("stage {stage} ({}): data.source.{key}: {} does not exist", file.display(), p.display())
+            })
+        })
+        .collect();
+    if !missing.is_empty() {
+        return Err(PipelineError::Config(missing.join("\n")));
+    }
+    let search = SearchConfig::load(&cfg.search.config, &with(&cfg.search.set, &[], &ro))
         .map_err(|e| named("search", &cfg.search.config, e.into()))?;
+    // Some architecture of the pre-trained space meets the search's limits.
+    search.constraint.constraint().check_satisfiable(&pre.space()?, &search.constraint.cost_model()).map_err(|e| {
+        PipelineError::Config(format!("stage search ({}): [constraint]: {e}", cfg.search.config.display()))
+    })?;
     if cfg.baselines.clsnas {
         SearchConfig::load(&cfg.search.config, &with(&cfg.search.set, &cfg.baselines.clsnas_set, &ro))
             .map_err(|e| named("search-cls (baselines.clsnas_set)", &cfg.search.config, e.into()))?;
@@ -439,5 +456,33 @@ mod tests {
         cfg.retrain.cls_set.push("data.scale_min=0".into());
         assert_eq!(cfg.retrain.mode, RetrainMode::Inherit);
         check_stages(&cfg, &out, Device::Cpu).unwrap();
+    }
+
+    /// Data a stage would read that does not exist, and limits no architecture meets, are
+    /// refused before anything runs, naming the stage, the key and the file.
+    #[test]
+    fn missing_data_and_unsatisfiable_limits_are_refused_before_anything_runs() {
+        let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../configs/demo/pipeline.toml");
+        let out = std::env::temp_dir().join(format!("detnas-preflight-data-{}", std::process::id()));
+        let mut cfg = PipelineConfig::load(&root, &[]).unwrap();
+        cfg.finetune.set.push(
+            "data.source={ kind = \"coco\", train_json = \"/no/such/train.json\", train_images = \"/no/such/train\", \
+             test_json = \"/no/such/test.json\", test_images = \"/no/such/test\" }"
+                .into(),
+        );
+        let m = check_stages(&cfg, &out, Device::Cpu).unwrap_err().to_string();
+        for needle in
+            ["stage finetune", "finetune-retinanet.toml", "data.source.train_json: /no/such/train.json does not exist"]
+        {
+            assert!(m.contains(needle), "{needle}: {m}");
+        }
+        assert_eq!(m.lines().count(), 4, "{m}");
+        let mut cfg = PipelineConfig::load(&root, &[]).unwrap();
+        cfg.search.set.push("constraint.max_backbone_macs=\"1k\"".into());
+        let e = check_stages(&cfg, &out, Device::Cpu).unwrap_err();
+        let m = e.to_string();
+        assert!(m.contains("stage search") && m.contains("[constraint]") && m.contains("backbone MACs <= 1.00k"), "{m}");
+        assert_eq!(e.exit_code(), 2);
+        assert!(!out.exists());
     }
 }

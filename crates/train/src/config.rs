@@ -89,6 +89,23 @@ pub enum ClsSource {
     },
 }
 
+impl ClsSource {
+    /// The files and folders the source reads, each with its key under `data.source`; none
+    /// for the synthetic set.
+    pub fn paths(&self) -> Vec<(String, PathBuf)> {
+        match self {
+            ClsSource::Synthetic { .. } => Vec::new(),
+            ClsSource::ImageFolder { train, val } => vec![("train".into(), train.clone()), ("val".into(), val.clone())],
+            ClsSource::Idx { train_images, train_labels, val_images, val_labels } => vec![
+                ("train_images".into(), train_images.clone()),
+                ("train_labels".into(), train_labels.clone()),
+                ("val_images".into(), val_images.clone()),
+                ("val_labels".into(), val_labels.clone()),
+            ],
+        }
+    }
+}
+
 /// Classification data (`[data]`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

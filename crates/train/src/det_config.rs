@@ -116,6 +116,34 @@ pub enum DetSource {
     },
 }
 
+impl DetSource {
+    /// The files and folders the source reads, each with its key under `data.source`
+    /// (`train_json`, `train_roots[0]`, …; VOC image-set lists included); none for the
+    /// synthetic set, which is written.
+    pub fn paths(&self) -> Vec<(String, PathBuf)> {
+        match self {
+            DetSource::Synthetic { .. } => Vec::new(),
+            DetSource::Coco { train_json, train_images, test_json, test_images } => vec![
+                ("train_json".into(), train_json.clone()),
+                ("train_images".into(), train_images.clone()),
+                ("test_json".into(), test_json.clone()),
+                ("test_images".into(), test_images.clone()),
+            ],
+            DetSource::Voc { train_roots, train_set, test_root, test_set, .. } => {
+                let list = |root: &Path, set: &str| root.join("ImageSets/Main").join(format!("{set}.txt"));
+                let mut v: Vec<(String, PathBuf)> = train_roots
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| (format!("train_roots[{i}] with train_set"), list(r, train_set)))
+                    .collect();
+                v.push(("test_root with test_set".into(), list(test_root, test_set)));
+                v
+            }
+            DetSource::Yolo { yaml, .. } => vec![("yaml".into(), yaml.clone())],
+        }
+    }
+}
+
 fn split_train() -> String {
     "train".into()
 }
