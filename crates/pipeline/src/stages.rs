@@ -481,7 +481,10 @@ mod tests {
         cfg.search.set.push("constraint.max_backbone_macs=\"1k\"".into());
         let e = check_stages(&cfg, &out, Device::Cpu).unwrap_err();
         let m = e.to_string();
-        assert!(m.contains("stage search") && m.contains("[constraint]") && m.contains("backbone MACs <= 1.00k"), "{m}");
+        assert!(
+            m.contains("stage search") && m.contains("[constraint]") && m.contains("backbone MACs <= 1.00k"),
+            "{m}"
+        );
         assert_eq!(e.exit_code(), 2);
         assert!(!out.exists());
     }
