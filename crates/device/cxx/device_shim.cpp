@@ -23,8 +23,6 @@
 
 namespace {
 
-void fail(const char* msg, char* err, size_t errlen) { detnas_shim::copy_message(msg, err, errlen); }
-
 // The body succeeds with status 0.
 #define GUARD(...) GUARD_RETURN(__VA_ARGS__ return 0;)
 

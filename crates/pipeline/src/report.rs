@@ -251,7 +251,7 @@ fn final_section(
         };
         let _ = write!(sec.md, "{md}\n{note}\n\n{noise}\n");
         let _ = write!(sec.html, "{html}<p>{note}</p><p>{}</p>", esc(&noise));
-        detnas_runtime::fsx::write_json_atomic(&figures.dir.with_file_name("final.json"), &final_rows)?;
+        detnas_runtime::fsx::write_json_atomic(&dirs::report(run).join("final.json"), &final_rows)?;
     }
     // Architecture figure.
     if let Some(b) = &found.best {

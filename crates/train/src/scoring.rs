@@ -68,24 +68,19 @@ pub struct ScoreSettings {
 }
 
 impl ScoreSettings {
-    /// Recalibrate on `recalibrate_images` (0: keep) with `bn_mode`; the run's batch and
-    /// prefetch; every image; read on every pass.
-    pub fn new(recalibrate_images: usize, bn_mode: BnMode) -> ScoreSettings {
+    /// How a run with `[eval]` = `eval` scores itself after training: its
+    /// `recalibrate_images` (default [`EvalConfig::recalibrate_images`] for a supernet path or,
+    /// when `fixed`, a fixed architecture) and its BN mode; the run's batch and prefetch;
+    /// every image; read on every pass.
+    pub fn of_run(eval: &EvalConfig, fixed: bool) -> ScoreSettings {
         ScoreSettings {
-            recalibrate_images,
-            bn_mode,
+            recalibrate_images: eval.recalibrate_images(fixed),
+            bn_mode: eval.bn_mode.into(),
             batch: None,
             max_images: None,
             prefetch: None,
             hold_inputs_bytes: 0,
         }
-    }
-
-    /// How a run with `[eval]` = `eval` scores itself after training: its
-    /// `recalibrate_images` (default [`EvalConfig::recalibrate_images`] for a supernet path or,
-    /// when `fixed`, a fixed architecture) and its BN mode, batch and prefetch.
-    pub fn of_run(eval: &EvalConfig, fixed: bool) -> ScoreSettings {
-        ScoreSettings::new(eval.recalibrate_images(fixed), eval.bn_mode.into())
     }
 }
 

@@ -400,7 +400,6 @@ impl<'a> Trainer<'a> {
         };
         let child = matches!(self.paths, Paths::Child(_));
         let images = task.describe(batch).join(", ");
-        let input_size = task.input_size(batch);
         let vars = self.index.union_vars(group);
         let opt = &mut self.opt;
         guard::catch(|| {
@@ -421,7 +420,8 @@ impl<'a> Trainer<'a> {
         })
         .map_err(|f| {
             let paths = group.iter().map(Arch::to_string).collect::<Vec<_>>().join(",");
-            let during = format!("{} step {} (path {paths}; {input_size} on {device:?})", self.spec.what, at + 1);
+            let during =
+                format!("{} step {} (path {paths}; {} on {device:?})", self.spec.what, at + 1, task.input_size(batch));
             TrainError::compute(during, f, Task::MEMORY_KEYS)
         })?
     }
