@@ -77,6 +77,14 @@ fn esc(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
+/// Top-left corner of a box's label of `size` `[width, height]`: above the box's corner
+/// `[x1, y1]` when there is room, else inside it, and always within an image of `image`
+/// `[width, height]` (a label wider than the image starts at its left edge).
+fn label_origin([x1, y1]: [f64; 2], [tw, th]: [f64; 2], [w, h]: [f64; 2]) -> (f64, f64) {
+    let y = if y1 >= th { y1 - th } else { y1 };
+    (x1.min(w - tw).max(0.0), y.min(h - th).max(0.0))
+}
+
 /// The image with labelled boxes and a legend of the classes drawn, as a self-contained SVG
 /// (the image embedded as PNG): readable at any size in a browser.
 fn picture_svg(img: &RgbImage, dets: &[Drawn]) -> anyhow::Result<String> {
@@ -99,14 +107,14 @@ fn picture_svg(img: &RgbImage, dets: &[Drawn]) -> anyhow::Result<String> {
         let [x1, y1, x2, y2] = d.bbox;
         let label = format!("{} {:.2}", d.class, d.score);
         let tw = font * 0.6 * label.chars().count() as f64 + 6.0;
-        let ty = if y1 >= font + 4.0 { y1 - font - 4.0 } else { y1 };
+        let (tx, ty) = label_origin([x1, y1], [tw, font + 4.0], [w, h]);
         let _ = write!(
             svg,
-            r#"<rect x="{x1:.1}" y="{y1:.1}" width="{:.1}" height="{:.1}" fill="none" stroke="{c}" stroke-width="{stroke:.1}"/><rect x="{x1:.1}" y="{ty:.1}" width="{tw:.1}" height="{:.1}" fill="{c}"/><text x="{:.1}" y="{:.1}" fill="black">{}</text>"#,
+            r#"<rect x="{x1:.1}" y="{y1:.1}" width="{:.1}" height="{:.1}" fill="none" stroke="{c}" stroke-width="{stroke:.1}"/><rect x="{tx:.1}" y="{ty:.1}" width="{tw:.1}" height="{:.1}" fill="{c}"/><text x="{:.1}" y="{:.1}" fill="black">{}</text>"#,
             x2 - x1,
             y2 - y1,
             font + 4.0,
-            x1 + 3.0,
+            tx + 3.0,
             ty + font,
             esc(&label),
             c = rgb(d.colour)
@@ -318,4 +326,24 @@ fn predict_into(
         }));
     }
     Ok((all, images))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::label_origin;
+
+    /// Every label lies inside the picture, wherever its box is (corners, edges, degenerate).
+    #[test]
+    fn labels_stay_inside_the_image() {
+        let (w, h, size) = (200.0, 100.0, [60.0, 16.0]);
+        assert_eq!(label_origin([50.0, 40.0], size, [w, h]), (50.0, 24.0), "above the box");
+        assert_eq!(label_origin([50.0, 5.0], size, [w, h]), (50.0, 5.0), "inside, no room above");
+        for x1 in [0.0, 10.0, 150.0, 190.0, 200.0] {
+            for y1 in [0.0, 8.0, 50.0, 95.0, 100.0] {
+                let (x, y) = label_origin([x1, y1], size, [w, h]);
+                assert!(x >= 0.0 && x + size[0] <= w && y >= 0.0 && y + size[1] <= h, "({x1}, {y1}) → ({x}, {y})");
+            }
+        }
+        assert_eq!(label_origin([30.0, 50.0], [300.0, 16.0], [w, h]).0, 0.0, "wider than the image");
+    }
 }

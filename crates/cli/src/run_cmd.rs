@@ -78,8 +78,30 @@ pub fn run(a: RunArgs) -> Result<(), Failure> {
             );
         }
     }
+    let grid = detnas_pipeline::layout::finished::<detnas_pipeline::layout::GridRecord>(
+        &detnas_pipeline::layout::baseline_grid(&a.out),
+    );
+    if let Some(stats) = grid.and_then(|(_, g)| g.test) {
+        println!(
+            "{:<7} {:<width$}  test AP {:.3}  AP50 {:.3}  AP75 {:.3}  (trivial baseline, no training)",
+            "grid",
+            "—",
+            stats.ap(),
+            stats.ap50(),
+            stats.ap75(),
+            width = o.found.arch.len()
+        );
+    }
+    print_warnings(&a.out);
     println!("report: {}", a.out.join("report/report.html").display());
     Ok(())
+}
+
+/// The run's honest warnings ([`detnas_pipeline::report::warnings`]) on stderr.
+fn print_warnings(run: &std::path::Path) {
+    for w in detnas_pipeline::report::warnings(run) {
+        eprintln!("warning: {w}");
+    }
 }
 
 pub fn report(a: ReportArgs) -> Result<(), Failure> {
@@ -90,6 +112,7 @@ pub fn report(a: ReportArgs) -> Result<(), Failure> {
         )));
     }
     let dir = detnas_pipeline::write_report(&a.run)?;
+    print_warnings(&a.run);
     println!("report: {}", dir.join("report.html").display());
     Ok(())
 }

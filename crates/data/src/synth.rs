@@ -12,37 +12,27 @@ use std::path::Path;
 
 /// Parameters of a synthetic classification split.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct SyntheticClsConfig {
-    /// Number of images.
+    /// Number of images. Required.
     pub images: usize,
-    /// Side of the square images, pixels.
-    #[serde(default = "default_size")]
+    /// Side of the square images, pixels. Default 32.
     pub size: u32,
-    /// Number of classes (1..=10; the first `classes` shapes).
-    #[serde(default = "default_classes")]
+    /// Number of classes (1..=10; the first `classes` shapes). Default 10.
     pub classes: usize,
-    /// Generator seed; use different seeds for train and validation splits.
+    /// Generator seed; use different seeds for train and validation splits. Required.
     pub seed: u64,
-    /// Clutter line segments per image.
-    #[serde(default = "default_clutter")]
+    /// Clutter line segments per image. Default 2.
     pub clutter: usize,
-    /// Shapes are rotated uniformly within ± this many degrees.
-    #[serde(default = "default_rotation")]
+    /// Shapes are rotated uniformly within ± this many degrees. Default 180.
     pub max_rotation_deg: f64,
 }
 
-fn default_size() -> u32 {
-    32
-}
-fn default_classes() -> usize {
-    10
-}
-fn default_clutter() -> usize {
-    2
-}
-fn default_rotation() -> f64 {
-    180.0
+/// The defaults; `images` and `seed` are required (0 here).
+impl Default for SyntheticClsConfig {
+    fn default() -> SyntheticClsConfig {
+        SyntheticClsConfig { images: 0, size: 32, classes: 10, seed: 0, clutter: 2, max_rotation_deg: 180.0 }
+    }
 }
 
 /// A synthetic classification split (generated on demand).

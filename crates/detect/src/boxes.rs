@@ -79,6 +79,16 @@ pub fn sizes_tensor(sizes: &[(i64, i64)], device: tch::Device) -> Tensor {
     detnas_device::host::upload(&v, &[sizes.len() as i64, 2], device, "detect.boxes.sizes")
 }
 
+/// Whether each of `[..., 4]` boxes is wider and taller than 1e-3 pixels, `[...]`: the final
+/// detections' rule, after clipping, before NMS (torchvision `roi_heads.py`
+/// `remove_small_boxes`): a box decoded outside the image clips to zero width or height and
+/// is dropped.
+pub fn strictly_nonempty(b: &Tensor) -> Tensor {
+    let w = b.select(-1, 2) - b.select(-1, 0);
+    let h = b.select(-1, 3) - b.select(-1, 1);
+    w.gt(1e-3).logical_and(&h.gt(1e-3))
+}
+
 /// Whether each of `[..., 4]` boxes has width and height of at least `min_size`, `[...]`.
 pub fn nonempty_mask(b: &Tensor, min_size: f64) -> Tensor {
     let w = b.select(-1, 2) - b.select(-1, 0);

@@ -28,23 +28,21 @@ pub enum HeadConfig {
 
 /// A detector on the supernet backbone (`[detector]`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct DetectorConfig {
-    /// FPN output channels (reference: 256).
-    #[serde(default = "d256")]
+    /// FPN output channels. Default 256, as the reference.
     pub fpn_channels: i64,
-    /// BN in the FPN convs (DetNAS: synchronized BN).
-    #[serde(default = "yes")]
+    /// BN in the FPN convs. Default true (DetNAS: synchronized BN).
     pub fpn_bn: bool,
-    /// The head.
+    /// The head (`[detector.head] kind = …`). Required.
     pub head: HeadConfig,
 }
 
-fn d256() -> i64 {
-    256
-}
-fn yes() -> bool {
-    true
+/// The defaults; `head` is required (a Faster R-CNN placeholder here).
+impl Default for DetectorConfig {
+    fn default() -> DetectorConfig {
+        DetectorConfig { fpn_channels: 256, fpn_bn: true, head: HeadConfig::FasterRcnn(FasterRcnnConfig::default()) }
+    }
 }
 
 impl DetectorConfig {

@@ -11,6 +11,7 @@
 
 pub mod anchors;
 pub mod backbone;
+pub mod baseline;
 pub mod boxes;
 pub mod detector;
 pub mod error;

@@ -13,7 +13,7 @@
 //! convention of [`crate::boxes`] (torchvision's), not maskrcnn_benchmark's `TO_REMOVE = 1`.
 
 use crate::anchors::{AnchorGenerator, AnchorGrids};
-use crate::boxes::{BoxCoder, clip_each, pairwise_iou, sizes_tensor};
+use crate::boxes::{BoxCoder, clip_each, pairwise_iou, sizes_tensor, strictly_nonempty};
 use crate::layers::{bn_if, conv_unit, predictor};
 use crate::losses::{sigmoid_focal_loss_elementwise, smooth_l1_elementwise};
 use crate::matcher::Matcher;
@@ -265,8 +265,8 @@ impl RetinaHead {
 
     /// Detections per image; `sizes` are the unpadded `(height, width)` for clipping. Per
     /// level the `pre_nms_top_n` best scores of each image above the threshold, decoded and
-    /// clipped on the device; then one host read of the batch's candidates and class-wise NMS
-    /// on the host.
+    /// clipped on the device (boxes clipped to zero width or height dropped, as the box head
+    /// does); then one host read of the batch's candidates and class-wise NMS on the host.
     ///
     /// # Errors
     /// A libtorch error from the read.
@@ -311,7 +311,7 @@ impl RetinaHead {
                 out.reg[l].to_kind(Kind::Float).gather(1, &anchor_idx.unsqueeze(2).expand([n, top, 4], false), false);
             let refs = level_anchors.index_select(0, &anchor_idx.reshape([-1])).view([n, top, 4]);
             let boxes = clip_each(&self.coder.decode(&deltas, &refs), &size_t);
-            let valid = score.gt(self.cfg.score_threshold);
+            let valid = score.gt(self.cfg.score_threshold).logical_and(&strictly_nonempty(&boxes));
             levels.push(Tensor::cat(
                 &[
                     boxes,
@@ -326,5 +326,36 @@ impl RetinaHead {
             return Ok(Tensor::zeros([n, 0, 7], (Kind::Float, anchors[0].device())));
         }
         Ok(Tensor::cat(&levels, 1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A box decoded outside the image clips to zero width: it is no candidate, however high
+    /// its score (torchvision drops such boxes before NMS).
+    #[test]
+    fn boxes_clipped_to_nothing_are_dropped_before_nms() {
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        let head = RetinaHead::new(&vs.root(), &RetinaNetConfig::default(), 8, 2, &[8, 16, 32, 64, 128]);
+        // Two anchors, both [10, 10, 30, 30]; anchor 0 scores class 0, anchor 1 class 1.
+        let cls = Tensor::from_slice(&[6.0f32, -9.0, -9.0, 8.0]).view([1, 2, 2]);
+        // Anchor 1's box moves 100 widths to the right: it clips to x1 = x2 = 64.
+        let reg = Tensor::from_slice(&[0.0f32, 0.0, 0.0, 0.0, 100.0, 0.0, 0.0, 0.0]).view([1, 2, 4]);
+        let anchors = Tensor::from_slice(&[10.0f32, 10.0, 30.0, 30.0, 10.0, 10.0, 30.0, 30.0]).view([2, 4]);
+        let out = RetinaOutputs { cls: vec![cls], reg: vec![reg] };
+        let packed = head.candidates(&out, &[anchors], &[(64, 64)]).unwrap();
+        let rows: Vec<Vec<f32>> = (0..packed.size()[1])
+            .map(|i| Vec::<f32>::try_from(packed.get(0).get(i)).unwrap())
+            .filter(|r| r[4] > 0.5)
+            .collect();
+        assert_eq!(rows.len(), 2, "{rows:?}");
+        let clipped = rows.iter().find(|r| r[5] == 1.0).unwrap();
+        assert_eq!((clipped[0], clipped[2], clipped[6]), (64.0, 64.0, 0.0), "{clipped:?}");
+        let kept = rows.iter().find(|r| r[5] == 0.0).unwrap();
+        assert_eq!((&kept[..4], kept[6]), (&[10.0, 10.0, 30.0, 30.0][..], 1.0), "{kept:?}");
+        let (dets, _) = final_detections(&packed, None, 0.5, 100).unwrap();
+        assert_eq!(dets[0].labels, [0]);
     }
 }

@@ -18,7 +18,7 @@
 //! (training mode) would see the padding, so a caller reruns such a step with host kernels,
 //! which drop the padding after one host read.
 
-use crate::boxes::{BoxCoder, clip_each, pairwise_iou, sizes_tensor};
+use crate::boxes::{BoxCoder, clip_each, pairwise_iou, sizes_tensor, strictly_nonempty};
 use crate::layers::{bn_if, conv_unit};
 use crate::losses::smooth_l1_elementwise;
 use crate::matcher::{Matcher, sample_balanced};
@@ -415,11 +415,4 @@ fn true_indices(mask: &Tensor, site: &'static str) -> Result<Tensor, tch::TchErr
     let v: Vec<u8> = host::read_for_host_kernel(&mask.to_kind(Kind::Uint8), site)?;
     let idx: Vec<i64> = v.iter().enumerate().filter(|&(_, &b)| b != 0).map(|(i, _)| i as i64).collect();
     Ok(host::upload(&idx, &[idx.len() as i64], mask.device(), site))
-}
-
-/// Boxes `[..., 4]` wider and taller than 1e-3 pixels (the box head's rule).
-fn strictly_nonempty(b: &Tensor) -> Tensor {
-    let w = b.select(-1, 2) - b.select(-1, 0);
-    let h = b.select(-1, 3) - b.select(-1, 1);
-    w.gt(1e-3).logical_and(&h.gt(1e-3))
 }

@@ -4,19 +4,18 @@
 
 use crate::PipelineError;
 use detnas_runtime::ConfigDocument;
-use detnas_runtime::config::resolve_path;
+use detnas_runtime::config::{Required, resolve_path};
 use detnas_runtime::rules::{Range, Rule, rule};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 /// One stage: a configuration file and overrides applied to it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct StageRef {
-    /// The stage's configuration file (relative to the pipeline file).
+    /// The stage's configuration file (relative to the pipeline file). Required.
     pub config: PathBuf,
-    /// `--set` overrides applied to it.
-    #[serde(default)]
+    /// `--set` overrides applied to it. Default none.
     pub set: Vec<String>,
 }
 
@@ -34,17 +33,15 @@ pub enum RetrainMode {
 }
 
 /// `[retrain]`: how the found architecture and the baselines are retrained.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct RetrainConfig {
-    /// `inherit` (from the pre-trained supernet's weights) or `scratch` (classification from scratch, then detection; the paper's protocol). Default `inherit`.
-    #[serde(default)]
+    /// `scratch` (classification from scratch, then detection; the paper's protocol) or
+    /// `inherit` (from the pre-trained supernet's weights). Default `scratch`.
     pub mode: RetrainMode,
     /// Overrides of the pre-training config for the classification retraining (scratch).
-    #[serde(default)]
     pub cls_set: Vec<String>,
     /// Overrides of the fine-tuning config for the detection retraining.
-    #[serde(default)]
     pub det_set: Vec<String>,
 }
 
@@ -69,49 +66,50 @@ impl Default for BaselineConfig {
 
 /// A pipeline configuration (`detnas run --config`): the stage configurations and their overrides.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct PipelineConfig {
-    /// A name for reports.
-    #[serde(default = "default_name")]
+    /// A name for reports. Default `detnas`.
     pub name: String,
     /// Seed of the run: added to the seed of every stage config (pre-training, fine-tuning,
     /// searches, retraining; 0 keeps theirs; the synthetic data stays the same) and seed of
     /// the random baseline's draw. Default 0.
-    #[serde(default)]
     pub seed: u64,
-    /// `cpu`, `cuda`, `cuda:N` or `auto` for every stage.
-    #[serde(default = "auto")]
+    /// `cpu`, `cuda`, `cuda:N` or `auto` for every stage. Default `auto`.
     pub device: String,
-    /// libtorch threads of every stage (default: libtorch's choice).
-    #[serde(default)]
+    /// libtorch threads of every stage. Default: libtorch's choice.
     pub threads: Option<i32>,
     /// In a multi-process job: how long a wait on the other processes may take (seconds).
     /// Default 1800.
-    #[serde(default = "d1800")]
     pub dist_timeout_s: u64,
-    /// Supernet pre-training.
+    /// Supernet pre-training. Required.
     pub pretrain: StageRef,
-    /// Supernet fine-tuning as a detector backbone.
+    /// Supernet fine-tuning as a detector backbone. Required.
     pub finetune: StageRef,
-    /// The search.
+    /// The search. Required.
     pub search: StageRef,
-    /// Retraining of the found architecture and the baselines.
+    /// Retraining of the found architecture and the baselines. Default: the paper's
+    /// protocol, no overrides.
     pub retrain: RetrainConfig,
     /// The baselines. Default: random and ClsNAS.
-    #[serde(default)]
     pub baselines: BaselineConfig,
 }
 
-fn d1800() -> u64 {
-    1800
-}
-
-fn default_name() -> String {
-    "detnas".into()
-}
-
-fn auto() -> String {
-    "auto".into()
+/// The defaults; the three stage configs are required (empty here).
+impl Default for PipelineConfig {
+    fn default() -> PipelineConfig {
+        PipelineConfig {
+            name: "detnas".into(),
+            seed: 0,
+            device: "auto".into(),
+            threads: None,
+            dist_timeout_s: 1800,
+            pretrain: StageRef::default(),
+            finetune: StageRef::default(),
+            search: StageRef::default(),
+            retrain: RetrainConfig::default(),
+            baselines: BaselineConfig::default(),
+        }
+    }
 }
 
 /// The embedded demo: `configs/demo/pipeline.toml` and the stage configs it names, compiled
@@ -126,6 +124,9 @@ pub const EMBEDDED: [(&str, &str); 5] = [
 
 impl ConfigDocument for PipelineConfig {
     type Error = PipelineError;
+
+    const REQUIRED: &'static [Required] =
+        &[Required::key("pretrain.config"), Required::key("finetune.config"), Required::key("search.config")];
 
     fn resolve_paths(&mut self, base: &Path) {
         for s in [&mut self.pretrain, &mut self.finetune, &mut self.search] {
@@ -224,6 +225,29 @@ mod tests {
         assert_eq!(toml::from_str::<BaselineConfig>("").unwrap(), BaselineConfig::default());
         let text = toml::to_string(&BaselineConfig::default()).unwrap();
         assert_eq!(toml::from_str::<BaselineConfig>(&text).unwrap(), BaselineConfig::default(), "{text}");
+    }
+
+    /// Given only the stage configs, every other value comes from `Default`; each one missing
+    /// is named.
+    #[test]
+    fn required_keys_and_the_rest_from_default() {
+        let text = "[pretrain]\nconfig = \"p.toml\"\n[finetune]\nconfig = \"f.toml\"\n[search]\nconfig = \"s.toml\"\n";
+        let cfg: PipelineConfig = toml::from_str(text).unwrap();
+        let stage = |p: &str| StageRef { config: p.into(), ..StageRef::default() };
+        let expected = PipelineConfig {
+            pretrain: stage("p.toml"),
+            finetune: stage("f.toml"),
+            search: stage("s.toml"),
+            ..PipelineConfig::default()
+        };
+        assert_eq!(cfg, expected);
+        assert_eq!((cfg.name.as_str(), cfg.device.as_str(), cfg.dist_timeout_s), ("detnas", "auto", 1800));
+        assert_eq!(cfg.retrain.mode, RetrainMode::Scratch);
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+        let files = [root.join("demo/pipeline.toml"), root.join("coco/pipeline-fpn-300m.toml")];
+        let n = detnas_runtime::rules::check_required_files(&files, PipelineConfig::load, PipelineError::exit_code)
+            .unwrap();
+        assert_eq!(n, 6);
     }
 
     #[test]

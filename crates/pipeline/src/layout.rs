@@ -7,6 +7,7 @@
 //! RUN/data/             the synthetic detection set (train/, test/), shared by all stages
 //! RUN/pretrain/         supernet pre-training (classification, path-wise)
 //! RUN/finetune/         supernet fine-tuning as the detector backbone (path-wise)
+//! RUN/baseline-grid/    the trivial grid detector scored on the test and search-val splits
 //! RUN/search/           evolutionary search, fitness = AP on the search-validation split
 //! RUN/search-cls/       the ClsNAS baseline search, fitness = top-1 on the pre-trained supernet
 //! RUN/retrain-NAME/     cls/ (from scratch, paper protocol) and det/ for found, random, clsnas
@@ -34,6 +35,7 @@ pub fn stages(run: &Path) -> Vec<(String, PathBuf)> {
         ("data".to_string(), data(run)),
         ("pretrain".into(), pretrain(run)),
         ("finetune".into(), finetune(run)),
+        ("baseline-grid".into(), baseline_grid(run)),
         ("search".into(), search(run)),
         ("search-cls".into(), search_cls(run)),
     ];
@@ -54,6 +56,10 @@ pub fn pretrain(run: &Path) -> PathBuf {
 /// `RUN/finetune`.
 pub fn finetune(run: &Path) -> PathBuf {
     run.join("finetune")
+}
+/// `RUN/baseline-grid`.
+pub fn baseline_grid(run: &Path) -> PathBuf {
+    run.join("baseline-grid")
 }
 /// `RUN/search`.
 pub fn search(run: &Path) -> PathBuf {
@@ -77,13 +83,20 @@ pub fn report(run: &Path) -> PathBuf {
 pub struct StageRecord<T> {
     /// The stage's name.
     pub stage: String,
-    /// Wall time of the stage, seconds.
+    /// Wall time of the stage over all its sessions, seconds.
     pub seconds: f64,
+    /// Sessions that worked on the stage (runs resumed after a stop or a crash, plus one).
+    #[serde(default = "one_session")]
+    pub sessions: usize,
     /// The stage's result.
     pub result: T,
     /// Resident memory over the stage (the process's high-water mark is reset at its start).
     #[serde(default)]
     pub memory: MemoryRecord,
+}
+
+fn one_session() -> usize {
+    1
 }
 
 /// The record of a finished stage, if any.
@@ -108,4 +121,30 @@ pub struct Retrained {
     pub cls: Option<Summary>,
     /// The detection retraining's summary (test AP).
     pub det: FinetuneSummary,
+}
+
+/// Images and boxes of a split (crowd regions not counted).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SplitCounts {
+    /// Images.
+    pub images: usize,
+    /// Boxes that count in the evaluation.
+    pub boxes: usize,
+}
+
+/// The `baseline-grid` stage's result: the trivial grid detector
+/// ([`detnas_detect::baseline::GridBaseline`]) scored on the splits the models are judged on,
+/// and the size of those splits.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct GridRecord {
+    /// The grid's box (the training boxes' median size); none when training has no box.
+    pub grid: Option<detnas_detect::baseline::GridBaseline>,
+    /// Its COCO stats on the test split.
+    pub test: Option<detnas_detect::metrics::CocoStats>,
+    /// Its COCO stats on the search-validation split (none when nothing is carved).
+    pub search_val: Option<detnas_detect::metrics::CocoStats>,
+    /// The test split's size.
+    pub test_counts: SplitCounts,
+    /// The search-validation split's size (none when nothing is carved).
+    pub search_val_counts: Option<SplitCounts>,
 }

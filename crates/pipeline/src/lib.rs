@@ -12,6 +12,7 @@
 //! The top library: it composes training, search and evaluation; only the command line
 //! depends on it.
 
+mod clock;
 pub mod config;
 pub mod error;
 pub mod export;

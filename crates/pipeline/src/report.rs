@@ -3,7 +3,7 @@
 //! so `detnas report RUN` regenerates it at any time (sections of unfinished stages say so).
 
 use crate::PipelineError;
-use crate::layout::{self as dirs, RETRAINED, Retrained, finished, stage_record};
+use crate::layout::{self as dirs, GridRecord, RETRAINED, Retrained, finished, stage_record};
 use crate::plots;
 use detnas_runtime::fsx::write_atomic;
 use detnas_search::engine::{SearchState, read_state};
@@ -158,7 +158,7 @@ fn run_section(run: &Path) -> Section {
                 format!("{:.1}", r.seconds),
                 mib(r.memory.peak_rss_mib),
                 mib(r.memory.gpu_peak_mib),
-                "done".into(),
+                if r.sessions > 1 { format!("done ({} sessions)", r.sessions) } else { "done".into() },
             ]);
         } else if d.exists() {
             rows.push(vec![name.clone(), "—".into(), "—".into(), "—".into(), "unfinished".into()]);
@@ -190,6 +190,74 @@ fn run_section(run: &Path) -> Section {
         "<details><summary>configuration (pipeline.toml)</summary>\n\n```toml\n{cfg_text}\n```\n</details>\n"
     );
     sec
+}
+
+/// The smallest difference of AP between two models that a split of `boxes` boxes resolves:
+/// twice the standard deviation of a difference, each AP's taken as that of a proportion on
+/// the box count, √(AP (1 − AP) / boxes) (AP clamped to [0.05, 0.95]). An estimate from the
+/// split's size, not a measurement (`detnas rank-check` measures the seed noise).
+pub fn resolvable_ap_difference(ap: f64, boxes: usize) -> f64 {
+    let ap = if ap.is_finite() { ap.clamp(0.05, 0.95) } else { 0.5 };
+    2.0 * std::f64::consts::SQRT_2 * (ap * (1.0 - ap) / boxes.max(1) as f64).sqrt()
+}
+
+/// A split whose resolvable AP difference ([`resolvable_ap_difference`]) exceeds this is
+/// called too small to separate models.
+pub const SMALL_SPLIT_AP: f64 = 0.02;
+
+/// What the run's numbers cannot support, computed from the run folder: splits too small to
+/// separate models, search candidates within the search-validation split's noise, and
+/// retrained models not above the trivial grid baseline by more than the test split's noise.
+/// Empty before the `baseline-grid` stage has run.
+pub fn warnings(run: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let Some((_, grid)) = finished::<GridRecord>(&dirs::baseline_grid(run)) else { return out };
+    let retrained: Vec<(String, f64)> = RETRAINED
+        .iter()
+        .filter_map(|l| finished::<Retrained>(&dirs::retrain(run, l)))
+        .filter_map(|(_, r)| Some((r.label.clone(), r.det.paths.first()?.stats.ap())))
+        .collect();
+    let typical = retrained.first().map_or(0.3, |r| r.1);
+    let t = grid.test_counts;
+    let d_test = resolvable_ap_difference(typical, t.boxes);
+    if d_test > SMALL_SPLIT_AP {
+        out.push(format!(
+            "the test split ({} images, {} boxes) is too small to separate models: test AP differences below about {d_test:.3} are within its noise (estimated from the box count)",
+            t.images, t.boxes
+        ));
+    }
+    let entries = detnas_search::ledger::read(&dirs::search(run).join("ledger.jsonl")).unwrap_or_default();
+    let fitness: Vec<f64> = entries.iter().map(|e| e.fitness).filter(|f| f.is_finite()).collect();
+    if let Some(sv) = grid.search_val_counts {
+        let mean = if fitness.is_empty() { typical } else { fitness.iter().sum::<f64>() / fitness.len() as f64 };
+        let d_sv = resolvable_ap_difference(mean, sv.boxes);
+        if d_sv > SMALL_SPLIT_AP {
+            out.push(format!(
+                "the search-validation split ({} images, {} boxes) is too small to rank architectures: fitness differences below about {d_sv:.3} are within its noise (estimated from the box count)",
+                sv.images, sv.boxes
+            ));
+        }
+        if fitness.len() >= 2 {
+            let (lo, hi) = fitness.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &f| (a.min(f), b.max(f)));
+            if hi - lo < d_sv {
+                out.push(format!(
+                    "all {} search candidates lie within {:.3} AP of each other, less than the search-validation split's noise (about {d_sv:.3}): the search could not tell them apart, and the found architecture is no better supported than a random one under the same limit",
+                    fitness.len(),
+                    hi - lo
+                ));
+            }
+        }
+    }
+    if let Some(g) = grid.test.map(|s| s.ap()) {
+        for (label, ap) in &retrained {
+            if ap - g <= d_test {
+                out.push(format!(
+                    "the {label} model's test AP ({ap:.3}) is not above the trivial grid baseline's ({g:.3}) by more than the test split's noise (about {d_test:.3}): it has not shown that it learnt to detect"
+                ));
+            }
+        }
+    }
+    out
 }
 
 /// "Result": the retrained architectures on the test split (also `final.json`), the noise
@@ -239,8 +307,16 @@ fn final_section(
                 v
             })
             .collect();
+        let mut rows = rows;
+        let grid = finished::<GridRecord>(&dirs::baseline_grid(run)).map(|(_, g)| g);
+        if let Some((g, stats)) = grid.as_ref().and_then(|g| Some((g.grid?, g.test?))) {
+            let mut v = vec!["grid".to_string(), format!("{:.0}×{:.0} px boxes, no training", g.width, g.height)];
+            v.extend(stats.0.iter().take(6).map(|&s| f4(s)));
+            v.extend(["—".to_string(), "—".to_string(), "—".to_string()]);
+            rows.push(v);
+        }
         let (md, html) = table(&head, &rows);
-        let note = "found = DetNAS search (AP on the search-validation split); random = a random architecture under the same limit; clsnas = search by classification top-1 on the pre-trained supernet. All retrained with the same protocol and evaluated on the test split, which no earlier stage saw.";
+        let note = "grid = the trivial baseline: boxes of the training set's median size on a fixed grid, every class, one score; it looks at no pixel. found = DetNAS search (AP on the search-validation split); random = a random architecture under the same limit; clsnas = search by classification top-1 on the pre-trained supernet. All retrained with the same protocol and evaluated on the test split, which no earlier stage saw.";
         let noise = match rank_check.as_ref().filter(|r| r.complete).and_then(|r| Some((r.seed_sd?, r.n, r.seeds, &r.protocol))) {
             Some((sd, n, s, protocol)) => format!(
                 "Each model was trained once (one seed). The seed-to-seed standard deviation of test AP is {sd:.4} (rank-check: {n} architectures × {s} seeds{}), so a difference between two of these single runs smaller than about {:.3} (twice the standard deviation of a difference) is not evidence.",
@@ -251,6 +327,16 @@ fn final_section(
         };
         let _ = write!(sec.md, "{md}\n{note}\n\n{noise}\n");
         let _ = write!(sec.html, "{html}<p>{note}</p><p>{}</p>", esc(&noise));
+        let warned = warnings(run);
+        if !warned.is_empty() {
+            sec.md.push_str("\n**Warnings** (computed from this run):\n\n");
+            sec.html.push_str("<p><strong>Warnings</strong> (computed from this run):</p><ul>");
+            for w in &warned {
+                let _ = writeln!(sec.md, "- ⚠ {w}");
+                let _ = write!(sec.html, "<li>⚠ {}</li>", esc(w));
+            }
+            sec.html.push_str("</ul>");
+        }
         detnas_runtime::fsx::write_json_atomic(&dirs::report(run).join("final.json"), &final_rows)?;
     }
     // Architecture figure.

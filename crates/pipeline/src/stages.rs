@@ -5,7 +5,7 @@
 
 use crate::PipelineError;
 use crate::config::{PipelineConfig, RetrainMode};
-use crate::layout::{self as dirs, Retrained, STAGE_FILE, StageRecord, finished};
+use crate::layout::{self as dirs, GridRecord, Retrained, STAGE_FILE, SplitCounts, StageRecord, finished};
 use detnas_data::det::DetDataset;
 use detnas_data::mix_seed;
 use detnas_dist::ProcessGroup;
@@ -16,7 +16,7 @@ use detnas_search::run::BestArch;
 use detnas_search::{FitnessKind, SearchConfig, SearchOptions};
 use detnas_space::rng::seeded;
 use detnas_space::sample_constrained;
-use detnas_train::det_config::DetSource;
+use detnas_train::det_config::{DetSource, SyntheticDetSource};
 use detnas_train::finetune::FinetuneSummary;
 use detnas_train::{FinetuneConfig, PretrainConfig, RunOptions};
 use serde::Serialize;
@@ -70,20 +70,22 @@ pub(crate) fn stage<T: Serialize + DeserializeOwned>(
         return Ok(r);
     }
     tracing::info!("stage {name}: running into {}", dir.display());
-    let t = Instant::now();
+    let clock = crate::clock::SessionClock::start(dir, opts.writer());
     let meter = PeakMeter::start();
     detnas_dist::cuda_memory::reset_of(opts.device);
     let result = run()?;
     let memory = MemoryRecord { gpu_peak_mib: detnas_dist::cuda_memory::peak_of(opts.device), ..meter.finish() };
-    let rec = StageRecord { stage: name.to_string(), seconds: t.elapsed().as_secs_f64(), result, memory };
+    let (seconds, sessions) = clock.finish();
+    let rec = StageRecord { stage: name.to_string(), seconds, sessions, result, memory };
     if opts.writer() {
         std::fs::create_dir_all(dir).map_err(|e| PipelineError::io(dir, e))?;
         write_json_atomic(&dir.join(STAGE_FILE), &rec)?;
     }
     opts.barrier()?;
     tracing::info!(
-        "stage {name}: done in {:.1} s, peak resident memory {}",
+        "stage {name}: done in {:.1} s{}, peak resident memory {}",
         rec.seconds,
+        if sessions > 1 { format!(" over {sessions} sessions") } else { String::new() },
         memory.peak_rss_mib.map_or("unknown".into(), |m| format!("{m:.0} MiB"))
     );
     Ok(rec.result)
@@ -151,7 +153,7 @@ fn finetune_config(
 ) -> Result<FinetuneConfig, PipelineError> {
     let mut f = FinetuneConfig::load(&cfg.finetune.config, &with(&cfg.finetune.set, extra, ro))?;
     f.seed = f.seed.wrapping_add(cfg.seed);
-    if let DetSource::Synthetic { folder, .. } = &mut f.data.source {
+    if let DetSource::Synthetic(SyntheticDetSource { folder, .. }) = &mut f.data.source {
         *folder = dirs::data(run);
     }
     Ok(f)
@@ -308,7 +310,7 @@ pub fn run(cfg: &PipelineConfig, opts: &PipelineOptions) -> Result<PipelineOutco
 
     let ft_base = finetune_config(cfg, run, &[], &ro)?;
     stage(opts, &dirs::data(run), "data", || {
-        if let DetSource::Synthetic { train, test, .. } = &ft_base.data.source
+        if let DetSource::Synthetic(SyntheticDetSource { train, test, .. }) = &ft_base.data.source
             && opts.writer()
         {
             let a: DetDataset = train.write(&dirs::data(run).join("train"))?;
@@ -330,6 +332,8 @@ pub fn run(cfg: &PipelineConfig, opts: &PipelineOptions) -> Result<PipelineOutco
     stage(opts, &dirs::finetune(run), "finetune", || {
         finetune_supernet(cfg, run, &dirs::finetune(run), 0, opts, &train_opts)
     })?;
+
+    stage(opts, &dirs::baseline_grid(run), "baseline-grid", || grid_baseline(&ft_base, &dirs::finetune(run)))?;
 
     let (workers, threads_per_worker) =
         detnas_search::run::default_workers(&[opts.device], cfg.threads.unwrap_or_else(tch::get_num_threads));
@@ -392,6 +396,27 @@ pub fn run(cfg: &PipelineConfig, opts: &PipelineOptions) -> Result<PipelineOutco
         retrained.push(r);
     }
     Ok(PipelineOutcome { found, clsnas, retrained, seconds: started.elapsed().as_secs_f64() })
+}
+
+/// The trivial grid detector fitted to the fine-tuning's training split and scored on its
+/// test and search-validation splits (annotations only; no image is read).
+fn grid_baseline(ft: &FinetuneConfig, finetune_dir: &Path) -> Result<GridRecord, PipelineError> {
+    use detnas_detect::baseline::GridBaseline;
+    let splits = detnas_train::finetune::splits::open_splits(ft, finetune_dir)?;
+    let counts = |d: &DetDataset| SplitCounts {
+        images: d.len(),
+        boxes: d.images.iter().map(|i| i.objects.iter().filter(|o| !o.crowd).count()).sum(),
+    };
+    let grid = GridBaseline::fit(&splits.train);
+    let carved = !splits.search_val.images.is_empty();
+    let score = |d: &DetDataset| grid.map(|g| g.score(d).map_err(detnas_train::TrainError::from)).transpose();
+    Ok(GridRecord {
+        grid,
+        test: score(&splits.test)?,
+        search_val: if carved { score(&splits.search_val)? } else { None },
+        test_counts: counts(&splits.test),
+        search_val_counts: carved.then(|| counts(&splits.search_val)),
+    })
 }
 
 #[cfg(test)]

@@ -19,6 +19,11 @@ pub trait ConfigDocument: Serialize + DeserializeOwned + Sized {
     /// The error of [`ConfigDocument::check`] (and of loading, through `From`).
     type Error: From<RuntimeError>;
 
+    /// The keys a document must give. Every other key takes its section's `Default` (each
+    /// section is `#[serde(default)]` with one `Default`: the one statement of its defaults),
+    /// so a missing required key is found here, in the merged document, before deserialising.
+    const REQUIRED: &'static [Required] = &[];
+
     /// Keys whose `--set` values are paths: relative ones are taken from the working folder
     /// (paths written in the file are relative to the file).
     const PATH_KEYS: &'static [&'static str] = &[];
@@ -107,7 +112,7 @@ pub trait ConfigDocument: Serialize + DeserializeOwned + Sized {
     /// unknown keys and wrong types; the type's own error for a broken rule.
     fn load(path: Option<&Path>, overrides: &[String]) -> Result<Self, Self::Error> {
         let overrides = absolutize_path_overrides(overrides, Self::PATH_KEYS);
-        let mut cfg: Self = read_document(path, &overrides)?;
+        let mut cfg: Self = read_document(path, &overrides, Self::REQUIRED)?;
         if let Some(base) = path.and_then(Path::parent) {
             // Absolute, so the resolved configuration a run records works from any folder.
             let base = std::path::absolute(base).unwrap_or_else(|_| base.to_path_buf());
@@ -117,6 +122,47 @@ pub trait ConfigDocument: Serialize + DeserializeOwned + Sized {
         cfg.check_with(&name, &overrides)?;
         Ok(cfg)
     }
+}
+
+/// A key a configuration document must give ([`ConfigDocument::REQUIRED`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Required {
+    /// The dotted key (`schedule.lr`).
+    pub key: &'static str,
+    /// Required only when this key holds this string (a source's `kind`).
+    pub when: Option<(&'static str, &'static str)>,
+}
+
+impl Required {
+    /// `key` is always required.
+    pub const fn key(key: &'static str) -> Required {
+        Required { key, when: None }
+    }
+
+    /// `key` is required when `selector` (a dotted key) holds `value`.
+    pub const fn when(selector: &'static str, value: &'static str, key: &'static str) -> Required {
+        Required { key, when: Some((selector, value)) }
+    }
+}
+
+/// The value at dotted `key` of `doc`.
+pub(crate) fn lookup<'a>(doc: &'a toml::Table, key: &str) -> Option<&'a toml::Value> {
+    let mut parts = key.split('.');
+    let mut value = doc.get(parts.next()?)?;
+    for p in parts {
+        value = value.as_table()?.get(p)?;
+    }
+    Some(value)
+}
+
+/// The keys of `required` that `doc` lacks (in the order listed).
+pub fn missing_keys(doc: &toml::Table, required: &[Required]) -> Vec<&'static str> {
+    required
+        .iter()
+        .filter(|r| r.when.is_none_or(|(sel, value)| lookup(doc, sel).and_then(toml::Value::as_str) == Some(value)))
+        .filter(|r| lookup(doc, r.key).is_none())
+        .map(|r| r.key)
+        .collect()
 }
 
 /// The keys whose values differ between two JSON documents, `key: old → new` (dotted paths;
@@ -205,14 +251,19 @@ pub fn absolutize_path_overrides(overrides: &[String], keys: &[&str]) -> Vec<Str
 }
 
 /// Reads a TOML configuration document from `path` (none: empty), applies `--set`
-/// overrides, and deserialises it.
+/// overrides, checks that it gives every `required` key, and deserialises it.
 ///
 /// # Errors
-/// [`RuntimeError::Config`] naming the file and the field.
+/// [`RuntimeError::Config`] naming the file and the field; for missing required keys, every
+/// one of them.
 ///
 /// # Panics
 /// Never: a TOML table always serialises.
-pub fn read_document<T: DeserializeOwned>(path: Option<&Path>, overrides: &[String]) -> Result<T, RuntimeError> {
+pub fn read_document<T: DeserializeOwned>(
+    path: Option<&Path>,
+    overrides: &[String],
+    required: &[Required],
+) -> Result<T, RuntimeError> {
     let name = path.map_or_else(|| "the default configuration".to_string(), |p| p.display().to_string());
     let text = match path {
         Some(p) => std::fs::read_to_string(p).map_err(|e| RuntimeError::Config(format!("cannot read {name}: {e}")))?,
@@ -220,10 +271,19 @@ pub fn read_document<T: DeserializeOwned>(path: Option<&Path>, overrides: &[Stri
     };
     // The file's own errors carry its line, column and the offending text.
     let mut doc: toml::Table = toml::from_str(&text).map_err(|e| RuntimeError::Config(format!("{name}: {e}")))?;
+    apply_overrides(&mut doc, overrides)?;
+    let missing = missing_keys(&doc, required);
+    if !missing.is_empty() {
+        let keys = missing.join(", ");
+        return Err(RuntimeError::Config(format!(
+            "{name}: required key{} not given: {keys} (write {} in the file or give --set KEY=VALUE)",
+            if missing.len() == 1 { "" } else { "s" },
+            if missing.len() == 1 { "it" } else { "them" }
+        )));
+    }
     if overrides.is_empty() {
         return toml::from_str(&text).map_err(|e| RuntimeError::Config(format!("{name}: {e}")));
     }
-    apply_overrides(&mut doc, overrides)?;
     let merged = toml::to_string(&doc).expect("a TOML table serialises");
     match toml::from_str::<T>(&merged) {
         Ok(v) => Ok(v),
@@ -313,14 +373,39 @@ mod tests {
         std::fs::create_dir_all(&d).unwrap();
         let f = d.join("c.toml");
         std::fs::write(&f, "seed = 1\n[schedule]\nlr = \"0.02\"\n").unwrap();
-        let e = read_document::<Doc>(Some(&f), &[]).unwrap_err().to_string();
+        let e = read_document::<Doc>(Some(&f), &[], &[]).unwrap_err().to_string();
         assert!(e.contains("c.toml") && e.contains("line 3") && e.contains("lr = \"0.02\""), "{e}");
         std::fs::write(&f, "seed = 1\n[schedule]\nlr = 0.02\nlrr = 1\n").unwrap();
-        let e = read_document::<Doc>(Some(&f), &[]).unwrap_err().to_string();
+        let e = read_document::<Doc>(Some(&f), &[], &[]).unwrap_err().to_string();
         assert!(e.contains("line 4") && e.contains("unknown field `lrr`"), "{e}");
         std::fs::write(&f, "seed = 1\n[schedule]\nlr = 0.02\n").unwrap();
-        let e = read_document::<Doc>(Some(&f), &["seed=2".into(), "schedule.lr=fast".into()]).unwrap_err().to_string();
+        let e =
+            read_document::<Doc>(Some(&f), &["seed=2".into(), "schedule.lr=fast".into()], &[]).unwrap_err().to_string();
         assert!(e.starts_with("configuration: --set schedule.lr=fast: schedule.lr:") && !e.contains("c.toml"), "{e}");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn missing_required_keys_are_all_named_and_conditions_apply() {
+        let doc: toml::Table = toml::from_str("seed = 1\n[data.source]\nkind = \"yolo\"\n").unwrap();
+        let required = [
+            Required::key("seed"),
+            Required::key("schedule.lr"),
+            Required::key("schedule.batch"),
+            Required::when("data.source.kind", "yolo", "data.source.yaml"),
+            Required::when("data.source.kind", "synthetic", "data.source.train.images"),
+        ];
+        assert_eq!(missing_keys(&doc, &required), ["schedule.lr", "schedule.batch", "data.source.yaml"]);
+        let d = std::env::temp_dir().join(format!("detnas-cfg-required-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        let f = d.join("c.toml");
+        std::fs::write(&f, "seed = 1\n").unwrap();
+        let need = [Required::key("seed"), Required::key("schedule.lr")];
+        let e = read_document::<Doc>(Some(&f), &[], &need).unwrap_err().to_string();
+        assert!(e.contains("c.toml") && e.contains("required key not given: schedule.lr"), "{e}");
+        // An override gives it.
+        let doc = read_document::<Doc>(Some(&f), &["schedule.lr=0.5".into()], &need).unwrap();
+        assert_eq!(doc.schedule.lr, 0.5);
         std::fs::remove_dir_all(&d).unwrap();
     }
 

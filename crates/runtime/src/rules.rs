@@ -326,6 +326,77 @@ where
     Ok(cases)
 }
 
+/// [`crate::ConfigDocument::REQUIRED`] over several documents (test support): each required
+/// key that `file` gives (and whose condition holds there) is removed in turn from a copy of
+/// the file (its folder's other `.toml` files copied beside it, so relative paths resolve);
+/// `load` must then refuse it with exit code 2, naming the key. Returns the refusals checked.
+///
+/// # Errors
+/// The first case that breaks the property, with its file and key.
+pub fn check_required_files<C, E: fmt::Display>(
+    files: &[std::path::PathBuf],
+    load: impl Fn(&std::path::Path, &[String]) -> Result<C, E>,
+    code: impl Fn(&E) -> u8,
+) -> Result<usize, String>
+where
+    C: crate::ConfigDocument,
+{
+    let mut cases = 0;
+    for (i, f) in files.iter().enumerate() {
+        static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("detnas-required-{}-{call}-{i}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let folder = f.parent().ok_or("a file without a folder")?;
+        for entry in std::fs::read_dir(folder).map_err(|e| e.to_string())?.flatten() {
+            if entry.path().extension().is_some_and(|x| x == "toml") {
+                std::fs::copy(entry.path(), dir.join(entry.file_name())).map_err(|e| e.to_string())?;
+            }
+        }
+        let copy = dir.join(f.file_name().ok_or("a file without a name")?);
+        let text = std::fs::read_to_string(f).map_err(|e| e.to_string())?;
+        let doc: toml::Table = toml::from_str(&text).map_err(|e| format!("{}: {e}", f.display()))?;
+        for r in C::REQUIRED {
+            let applies = r.when.is_none_or(|(selector, value)| {
+                crate::config::lookup(&doc, selector).and_then(toml::Value::as_str) == Some(value)
+            });
+            let key = r.key;
+            if !applies || without(&doc, key) == doc {
+                continue;
+            }
+            let stripped = toml::to_string(&without(&doc, key)).map_err(|e| e.to_string())?;
+            std::fs::write(&copy, stripped).map_err(|e| e.to_string())?;
+            match load(&copy, &[]) {
+                Ok(_) => return Err(format!("{}: accepted without {key}", f.display())),
+                Err(e) if code(&e) != 2 => {
+                    return Err(format!("{}: without {key}: exit {}: {e}", f.display(), code(&e)));
+                }
+                Err(e) if !e.to_string().contains(key) => {
+                    return Err(format!("{}: without {key}: the message does not name it: {e}", f.display()));
+                }
+                Err(_) => cases += 1,
+            }
+        }
+        std::fs::remove_dir_all(&dir).map_err(|e| e.to_string())?;
+    }
+    Ok(cases)
+}
+
+/// `doc` without the value at dotted `key`.
+fn without(doc: &toml::Table, key: &str) -> toml::Table {
+    let mut doc = doc.clone();
+    let parts: Vec<&str> = key.split('.').collect();
+    let mut table = &mut doc;
+    for p in &parts[..parts.len() - 1] {
+        match table.get_mut(*p).and_then(toml::Value::as_table_mut) {
+            Some(t) => table = t,
+            None => return doc.clone(),
+        }
+    }
+    table.remove(parts[parts.len() - 1]);
+    doc
+}
+
 /// What one case of the configuration proptests draws ([`crate::range_tests`]): a
 /// document, a key, and candidate values (an integer key takes `int` or `small`, a float key
 /// `float` or `unit`, by `pick`).
@@ -392,6 +463,13 @@ macro_rules! range_tests {
         fn every_numeric_key_has_a_range_and_each_bad_value_names_its_key_and_set() {
             let n = $crate::rules::check_every_file(&$files, $load, $code, &$base).unwrap();
             assert!(n >= $min, "{n} cases");
+        }
+
+        /// Every required key, removed from each document that gives it, is named (exit 2).
+        #[test]
+        fn a_missing_required_key_is_named() {
+            let n = $crate::rules::check_required_files(&$files, $load, $code).unwrap();
+            assert!(n >= 1, "{n} cases");
         }
 
         proptest::proptest! {

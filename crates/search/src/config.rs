@@ -2,7 +2,7 @@
 
 use crate::SearchError;
 use detnas_runtime::ConfigDocument;
-use detnas_runtime::config::resolve_path;
+use detnas_runtime::config::{Required, resolve_path};
 use detnas_runtime::rules::{Range, Rule, Rules, rule};
 use detnas_space::{Constraint, CostModel, InputSize, parse_count};
 use detnas_train::config::BnModeConfig;
@@ -33,14 +33,14 @@ pub struct SearchConfig {
 }
 
 /// The trained supernet whose paths are scored.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct SupernetRef {
     /// A run folder (its latest checkpoint) or a `step-N` checkpoint folder: a fine-tuning
-    /// run for `fitness = "det"`, a pre-training run for `fitness = "cls"`.
+    /// run for `fitness = "det"`, a pre-training run for `fitness = "cls"`. Required.
     pub checkpoint: PathBuf,
-    /// `det` (box AP of the fine-tuned supernet, DetNAS) or `cls` (top-1 of the pre-trained supernet, ClsNAS). Default `det`.
-    #[serde(default)]
+    /// `det` (box AP of the fine-tuned supernet, DetNAS) or `cls` (top-1 of the pre-trained
+    /// supernet, ClsNAS). Default `det`.
     pub fitness: FitnessKind,
 }
 
@@ -339,6 +339,8 @@ const SEARCH_RANGES: &[Rule] = &[
 
 impl ConfigDocument for SearchConfig {
     type Error = SearchError;
+
+    const REQUIRED: &'static [Required] = &[Required::key("supernet.checkpoint")];
 
     const PATH_KEYS: &'static [&'static str] = &["supernet.checkpoint", "constraint.latency_table"];
 

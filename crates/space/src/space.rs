@@ -25,8 +25,7 @@ pub struct SearchSpace {
     pub depths: Vec<u64>,
     /// Channels of the classification head's last 1×1 conv.
     pub last_conv: u64,
-    /// Choice ids a block may take (default: all four).
-    #[serde(default = "all_choice_ids")]
+    /// Choice ids a block may take (a space file without `choices`: all four).
     pub choices: Vec<u8>,
 }
 
@@ -40,12 +39,7 @@ pub struct SpaceSpec {
     /// `small`, `large`, `large-3.8g`, or a path to a `.toml` space definition.
     pub space: String,
     /// Multiplier on every width (1.0 keeps the space as defined).
-    #[serde(default = "one")]
     pub width_mult: f64,
-}
-
-fn one() -> f64 {
-    1.0
 }
 
 impl SpaceSpec {
@@ -148,8 +142,7 @@ impl SearchSpace {
             widths: Vec<u64>,
             depths: Vec<u64>,
             last_conv: u64,
-            #[serde(default = "all_choice_ids")]
-            choices: Vec<u8>,
+            choices: Option<Vec<u8>>,
         }
         let raw: Raw = toml::from_str(text)
             .map_err(|e| SpaceError::Toml { path: Default::default(), message: e.message().to_string() })?;
@@ -159,7 +152,7 @@ impl SearchSpace {
             widths: raw.widths,
             depths: raw.depths,
             last_conv: raw.last_conv,
-            choices: raw.choices,
+            choices: raw.choices.unwrap_or_else(all_choice_ids),
         };
         space.check()?;
         Ok(space)

@@ -12,7 +12,7 @@ use crate::schedule::{LrSchedule, ScheduleKind};
 use detnas_data::InputConvention;
 use detnas_data::synth::SyntheticClsConfig;
 use detnas_runtime::ConfigDocument;
-use detnas_runtime::config::resolve_path;
+use detnas_runtime::config::{Required, resolve_path};
 use detnas_runtime::rules::{Range, Rule, Rules, rule};
 use detnas_space::{SearchSpace, SpaceSpec};
 use serde::{Deserialize, Serialize};
@@ -44,18 +44,21 @@ pub struct PretrainConfig {
 
 /// The search space (`[model]`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct ModelConfig {
     /// `small`, `large`, `large-3.8g` or a space TOML file (relative to the config file).
+    /// Required.
     pub space: String,
     /// Width multiplier (1.0 = the published widths; widths rounded to multiples of 4).
     /// Default 1.0.
-    #[serde(default = "one")]
     pub width_mult: f64,
 }
 
-fn one() -> f64 {
-    1.0
+/// The defaults; `space` is required (empty here).
+impl Default for ModelConfig {
+    fn default() -> ModelConfig {
+        ModelConfig { space: String::new(), width_mult: 1.0 }
+    }
 }
 
 /// Where the images come from.
@@ -89,6 +92,14 @@ pub enum ClsSource {
     },
 }
 
+/// A placeholder (synthetic, with its required sizes and seeds unset): `data.source` is
+/// required.
+impl Default for ClsSource {
+    fn default() -> ClsSource {
+        ClsSource::Synthetic { train: SyntheticClsConfig::default(), val: SyntheticClsConfig::default() }
+    }
+}
+
 impl ClsSource {
     /// The files and folders the source reads, each with its key under `data.source`; none
     /// for the synthetic set.
@@ -108,44 +119,37 @@ impl ClsSource {
 
 /// Classification data (`[data]`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct DataConfig {
-    /// Where the images come from (`[data.source] kind = …`).
+    /// Where the images come from (`[data.source] kind = …`). Required.
     pub source: ClsSource,
     /// Training crop side (RandomResizedCrop output), pixels. Default 224.
-    #[serde(default = "d224")]
     pub input_size: u32,
     /// Evaluation: short side after resizing (centre crop `input_size`). Default 256.
-    #[serde(default = "d256")]
     pub eval_resize: u32,
-    /// Pixel convention (default: the official BGR 0–255).
-    #[serde(default)]
+    /// Pixel convention. Default: the official BGR 0–255.
     pub convention: InputConvention,
-    /// Smallest crop area fraction of RandomResizedCrop (default 0.08).
-    #[serde(default = "d008")]
+    /// Smallest crop area fraction of RandomResizedCrop. Default 0.08.
     pub scale_min: f64,
     /// Random horizontal flip (p = 0.5). Default true.
-    #[serde(default = "yes")]
     pub flip: bool,
-    /// Colour-jitter strength (default 0.4, as the official code).
-    #[serde(default = "d04")]
+    /// Colour-jitter strength. Default 0.4, as the official code.
     pub jitter: f32,
 }
 
-fn d224() -> u32 {
-    224
-}
-fn d256() -> u32 {
-    256
-}
-fn d008() -> f64 {
-    0.08
-}
-fn yes() -> bool {
-    true
-}
-fn d04() -> f32 {
-    0.4
+/// The defaults (the official SPOS pre-training's); `source` is required.
+impl Default for DataConfig {
+    fn default() -> DataConfig {
+        DataConfig {
+            source: ClsSource::default(),
+            input_size: 224,
+            eval_resize: 256,
+            convention: InputConvention::default(),
+            scale_min: 0.08,
+            flip: true,
+            jitter: 0.4,
+        }
+    }
 }
 
 /// The shape of the learning-rate schedule (see [`crate::schedule`]).
@@ -162,7 +166,7 @@ pub enum LrKind {
 
 /// Optimisation (`[schedule]`), shared by pre-training and fine-tuning.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct ScheduleConfig {
     /// Optimisation steps (one batch each). Required.
     pub iterations: u64,
@@ -172,50 +176,46 @@ pub struct ScheduleConfig {
     /// for FPN fine-tuning). Required.
     pub lr: f64,
     /// Schedule shape. Default `linear`.
-    #[serde(default = "linear")]
     pub lr_schedule: LrKind,
     /// Step schedule: iterations at which the rate is multiplied by `gamma`, increasing.
     /// Default none.
-    #[serde(default)]
     pub milestones: Vec<u64>,
     /// Step schedule factor. Default 0.1.
-    #[serde(default = "d01")]
     pub gamma: f64,
     /// Iterations of linear warm-up. Default 0.
-    #[serde(default)]
     pub warmup_iters: u64,
     /// Learning-rate factor at step 0 of the warm-up. Default 1/3.
-    #[serde(default = "third")]
     pub warmup_factor: f64,
     /// SGD momentum. Default 0.9.
-    #[serde(default = "d09")]
     pub momentum: f64,
     /// On conv and FC weights only. Default 4e-5 (official pre-training; fine-tuning 1e-4).
-    #[serde(default = "d4e5")]
     pub weight_decay: f64,
     /// Label smoothing of the classification loss, in [0, 1). Default 0.1.
-    #[serde(default = "d01")]
     pub label_smoothing: f64,
     /// Clip the path's gradient to this global L2 norm (detection fine-tuning option).
     /// Default none.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub clip_grad_norm: Option<f64>,
 }
 
-fn linear() -> LrKind {
-    LrKind::Linear
-}
-fn d01() -> f64 {
-    0.1
-}
-fn third() -> f64 {
-    1.0 / 3.0
-}
-fn d09() -> f64 {
-    0.9
-}
-fn d4e5() -> f64 {
-    4e-5
+/// The defaults; `iterations`, `batch` and `lr` are required (0 here).
+impl Default for ScheduleConfig {
+    fn default() -> ScheduleConfig {
+        ScheduleConfig {
+            iterations: 0,
+            batch: 0,
+            lr: 0.0,
+            lr_schedule: LrKind::Linear,
+            milestones: Vec::new(),
+            gamma: 0.1,
+            warmup_iters: 0,
+            warmup_factor: 1.0 / 3.0,
+            momentum: 0.9,
+            weight_decay: 4e-5,
+            label_smoothing: 0.1,
+            clip_grad_norm: None,
+        }
+    }
 }
 
 impl ScheduleConfig {
@@ -536,8 +536,24 @@ const SYNTHETIC_CLS_RANGES: &[Rule] = &[
     rule("data.source.*.max_rotation_deg", Range::within(0.0, 180.0)),
 ];
 
+/// The keys of `[schedule]` every training config gives.
+pub const SCHEDULE_REQUIRED: [Required; 3] =
+    [Required::key("schedule.iterations"), Required::key("schedule.batch"), Required::key("schedule.lr")];
+
 impl ConfigDocument for PretrainConfig {
     type Error = TrainError;
+
+    const REQUIRED: &'static [Required] = &[
+        Required::key("model.space"),
+        Required::key("data.source.kind"),
+        Required::when("data.source.kind", "synthetic", "data.source.train.images"),
+        Required::when("data.source.kind", "synthetic", "data.source.train.seed"),
+        Required::when("data.source.kind", "synthetic", "data.source.val.images"),
+        Required::when("data.source.kind", "synthetic", "data.source.val.seed"),
+        SCHEDULE_REQUIRED[0],
+        SCHEDULE_REQUIRED[1],
+        SCHEDULE_REQUIRED[2],
+    ];
 
     /// Makes relative file paths (a space TOML, dataset folders and files) relative to
     /// `base`, the folder of the config file, so a config works from any working directory.
@@ -743,6 +759,39 @@ lr = 0.1
         assert_eq!(RuntimeConfig::default().checkpoint_every, 500);
         assert_eq!(EvalConfig::default().recalibrate_images(false), 1000);
         assert_eq!(EvalConfig::default().recalibrate_images(true), 0);
+    }
+
+    /// A section given only its required keys takes every other value from its `Default`.
+    #[test]
+    fn a_section_given_its_required_keys_takes_the_rest_from_its_default() {
+        let schedule: ScheduleConfig = toml::from_str("iterations = 5\nbatch = 2\nlr = 0.1\n").unwrap();
+        assert_eq!(schedule, ScheduleConfig { iterations: 5, batch: 2, lr: 0.1, ..ScheduleConfig::default() });
+        assert_eq!((schedule.momentum, schedule.weight_decay, schedule.warmup_factor), (0.9, 4e-5, 1.0 / 3.0));
+        let model: ModelConfig = toml::from_str("space = \"small\"\n").unwrap();
+        assert_eq!(model, ModelConfig { space: "small".into(), ..ModelConfig::default() });
+        assert_eq!(model.width_mult, 1.0);
+        let set: SyntheticClsConfig = toml::from_str("images = 7\nseed = 3\n").unwrap();
+        assert_eq!(set, SyntheticClsConfig { images: 7, seed: 3, ..SyntheticClsConfig::default() });
+        let data: DataConfig =
+            toml::from_str("[source]\nkind = \"image-folder\"\ntrain = \"a\"\nval = \"b\"\n").unwrap();
+        let source = ClsSource::ImageFolder { train: "a".into(), val: "b".into() };
+        assert_eq!(data, DataConfig { source, ..DataConfig::default() });
+        assert_eq!((data.input_size, data.eval_resize, data.scale_min, data.jitter), (224, 256, 0.08, 0.4));
+        // Every default reads back as itself.
+        let text = toml::to_string(&DataConfig::default()).unwrap();
+        assert_eq!(toml::from_str::<DataConfig>(&text).unwrap(), DataConfig::default(), "{text}");
+    }
+
+    #[test]
+    fn a_missing_required_key_is_named_with_every_other() {
+        let text = MINIMAL.replace("lr = ", "# lr = ").replace("iterations = ", "# iterations = ");
+        let dir = std::env::temp_dir().join(format!("detnas-cfg-required-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("cfg.toml"), text).unwrap();
+        let e = PretrainConfig::load(Some(&dir.join("cfg.toml")), &[]).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert!(e.to_string().contains("required keys not given: schedule.iterations, schedule.lr"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -4,15 +4,15 @@
 
 use crate::TrainError;
 use crate::config::{
-    EVAL_RANGES, EvalConfig, ModelConfig, RUNTIME_RANGES, RuntimeConfig, SCHEDULE_RANGES, ScheduleConfig, model_rules,
-    schedule_rules,
+    EVAL_RANGES, EvalConfig, ModelConfig, RUNTIME_RANGES, RuntimeConfig, SCHEDULE_RANGES, SCHEDULE_REQUIRED,
+    ScheduleConfig, model_rules, schedule_rules,
 };
 use detnas_data::InputConvention;
 use detnas_data::det::SizeMismatch;
 use detnas_data::det::synth::SyntheticDetConfig;
 use detnas_detect::{DetectorConfig, HeadConfig};
 use detnas_runtime::ConfigDocument;
-use detnas_runtime::config::resolve_path;
+use detnas_runtime::config::{Required, resolve_path};
 use detnas_runtime::rules::{Range, Rule, Rules, rule};
 use detnas_space::{SearchSpace, SpaceSpec};
 use serde::{Deserialize, Serialize};
@@ -43,19 +43,17 @@ pub struct FinetuneConfig {
 }
 
 /// The backbone (`[model]`).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct FinetuneModel {
     /// `space` and `width_mult`, as in pre-training.
     #[serde(flatten)]
     pub space: ModelConfig,
     /// A pre-training checkpoint (step-N folder) or run folder (its latest checkpoint), or
-    /// none to start from scratch.
-    #[serde(default)]
+    /// none to start from scratch. Default none.
     pub pretrained: Option<PathBuf>,
     /// Train one fixed architecture (a child backbone) instead of the supernet path-wise.
     /// Default none.
-    #[serde(default)]
     pub arch: Option<String>,
 }
 
@@ -63,17 +61,8 @@ pub struct FinetuneModel {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum DetSource {
-    /// The built-in synthetic set, written (once) under `folder` (relative to the run folder
-    /// when relative) as PNG + COCO JSON and read back through the COCO reader.
-    Synthetic {
-        /// The training split's parameters.
-        train: SyntheticDetConfig,
-        /// The test split's parameters.
-        test: SyntheticDetConfig,
-        /// Where the set is written (relative: inside the run folder). Default `data`.
-        #[serde(default = "synth_folder")]
-        folder: PathBuf,
-    },
+    /// The built-in synthetic set.
+    Synthetic(#[serde(default)] SyntheticDetSource),
     /// COCO: instances JSON + image folder for the training and test splits.
     Coco {
         /// Training annotations (instances JSON).
@@ -101,19 +90,61 @@ pub enum DetSource {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         classes: Option<Vec<String>>,
     },
-    /// The YOLO layout: an Ultralytics dataset YAML (`path`, `train`, `val`, `test`, `names`)
-    /// with `images/…` and `labels/….txt` ([`detnas_data::det::yolo`]); the training and test
-    /// splits are two of its keys (default `train` and `val`).
-    Yolo {
-        /// The dataset YAML.
-        yaml: PathBuf,
-        /// The training split's key. Default `train`.
-        #[serde(default = "split_train")]
-        train_split: String,
-        /// The test split's key. Default `val`.
-        #[serde(default = "split_val")]
-        test_split: String,
-    },
+    /// The YOLO layout.
+    Yolo(#[serde(default)] YoloSource),
+}
+
+/// The built-in synthetic set (`kind = "synthetic"`), written (once) under `folder`
+/// (relative to the run folder when relative) as PNG + COCO JSON and read back through the
+/// COCO reader.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SyntheticDetSource {
+    /// The training split's parameters. Required.
+    pub train: SyntheticDetConfig,
+    /// The test split's parameters. Required.
+    pub test: SyntheticDetConfig,
+    /// Where the set is written (relative: inside the run folder). Default `data`.
+    pub folder: PathBuf,
+}
+
+/// The defaults; `train` and `test` are required (placeholders here).
+impl Default for SyntheticDetSource {
+    fn default() -> SyntheticDetSource {
+        SyntheticDetSource {
+            train: SyntheticDetConfig::default(),
+            test: SyntheticDetConfig::default(),
+            folder: PathBuf::from("data"),
+        }
+    }
+}
+
+/// The YOLO layout (`kind = "yolo"`): an Ultralytics dataset YAML (`path`, `train`, `val`,
+/// `test`, `names`) with `images/…` and `labels/….txt` ([`detnas_data::det::yolo`]); the
+/// training and test splits are two of its keys.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct YoloSource {
+    /// The dataset YAML. Required.
+    pub yaml: PathBuf,
+    /// The training split's key. Default `train`.
+    pub train_split: String,
+    /// The test split's key. Default `val`.
+    pub test_split: String,
+}
+
+/// The defaults; `yaml` is required (empty here).
+impl Default for YoloSource {
+    fn default() -> YoloSource {
+        YoloSource { yaml: PathBuf::new(), train_split: "train".into(), test_split: "val".into() }
+    }
+}
+
+/// A placeholder: `data.source` is required.
+impl Default for DetSource {
+    fn default() -> DetSource {
+        DetSource::Synthetic(SyntheticDetSource::default())
+    }
 }
 
 impl DetSource {
@@ -122,7 +153,7 @@ impl DetSource {
     /// synthetic set, which is written.
     pub fn paths(&self) -> Vec<(String, PathBuf)> {
         match self {
-            DetSource::Synthetic { .. } => Vec::new(),
+            DetSource::Synthetic(_) => Vec::new(),
             DetSource::Coco { train_json, train_images, test_json, test_images } => vec![
                 ("train_json".into(), train_json.clone()),
                 ("train_images".into(), train_images.clone()),
@@ -139,75 +170,59 @@ impl DetSource {
                 v.push(("test_root with test_set".into(), list(test_root, test_set)));
                 v
             }
-            DetSource::Yolo { yaml, .. } => vec![("yaml".into(), yaml.clone())],
+            DetSource::Yolo(YoloSource { yaml, .. }) => vec![("yaml".into(), yaml.clone())],
         }
     }
 }
 
-fn split_train() -> String {
-    "train".into()
-}
-fn split_val() -> String {
-    "val".into()
-}
-
-fn synth_folder() -> PathBuf {
-    PathBuf::from("data")
-}
-
 /// Detection data (`[data]`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct DetDataConfig {
-    /// Where the images and annotations come from (`[data.source] kind = …`).
+    /// Where the images and annotations come from (`[data.source] kind = …`). Required.
     pub source: DetSource,
     /// Training short side(s), pixels (one drawn per image). Default `[800]`.
-    #[serde(default = "d800")]
     pub min_size: Vec<u32>,
     /// Long side bound, pixels. Default 1333.
-    #[serde(default = "d1333")]
     pub max_size: u32,
     /// Test short side, pixels. Default 800.
-    #[serde(default = "d800_1")]
     pub test_min_size: u32,
     /// Random horizontal flip in training (p = 0.5). Default true.
-    #[serde(default = "yes")]
     pub flip: bool,
     /// Pixel convention. Default: the official BGR 0–255.
-    #[serde(default)]
     pub convention: InputConvention,
     /// Batches are padded to a multiple of this, pixels. Default 32.
-    #[serde(default = "d32")]
     pub divisibility: u32,
     /// Images carved from the training set as the architecture-search validation split
     /// (never fine-tuned on; DetNAS arXiv:1903.10979 §3.3). Default 0: none.
-    #[serde(default)]
     pub search_val_images: usize,
     /// An annotated image size that differs from the image's (after EXIF orientation):
     /// `"error"` (default) or `"use-image"` (the image's size; boxes clipped to it).
-    #[serde(default, skip_serializing_if = "SizeMismatch::is_default")]
+    #[serde(skip_serializing_if = "SizeMismatch::is_default")]
     pub size_mismatch: SizeMismatch,
     /// Train on images without boxes as pure background (RetinaNet: classification loss
     /// only; Faster R-CNN: negatives for the RPN and the box head). Default false: they are
     /// dropped from training, as in the reference (maskrcnn-benchmark), and counted.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub keep_empty: bool,
 }
 
-fn d800() -> Vec<u32> {
-    vec![800]
-}
-fn d800_1() -> u32 {
-    800
-}
-fn d1333() -> u32 {
-    1333
-}
-fn yes() -> bool {
-    true
-}
-fn d32() -> u32 {
-    32
+/// The defaults (maskrcnn-benchmark's); `source` is required.
+impl Default for DetDataConfig {
+    fn default() -> DetDataConfig {
+        DetDataConfig {
+            source: DetSource::default(),
+            min_size: vec![800],
+            max_size: 1333,
+            test_min_size: 800,
+            flip: true,
+            convention: InputConvention::default(),
+            divisibility: 32,
+            search_val_images: 0,
+            size_mismatch: SizeMismatch::default(),
+            keep_empty: false,
+        }
+    }
 }
 
 /// The ranges of the fine-tuning document's own keys.
@@ -333,6 +348,20 @@ const SYNTHETIC_DET_RANGES: &[Rule] = &[
 impl ConfigDocument for FinetuneConfig {
     type Error = TrainError;
 
+    const REQUIRED: &'static [Required] = &[
+        Required::key("model.space"),
+        Required::key("detector.head.kind"),
+        Required::key("data.source.kind"),
+        Required::when("data.source.kind", "synthetic", "data.source.train.images"),
+        Required::when("data.source.kind", "synthetic", "data.source.train.seed"),
+        Required::when("data.source.kind", "synthetic", "data.source.test.images"),
+        Required::when("data.source.kind", "synthetic", "data.source.test.seed"),
+        Required::when("data.source.kind", "yolo", "data.source.yaml"),
+        SCHEDULE_REQUIRED[0],
+        SCHEDULE_REQUIRED[1],
+        SCHEDULE_REQUIRED[2],
+    ];
+
     const PATH_KEYS: &'static [&'static str] = &[
         "model.pretrained",
         "data.source.train_json",
@@ -353,7 +382,7 @@ impl ConfigDocument for FinetuneConfig {
             resolve_path(p, base);
         }
         match &mut self.data.source {
-            DetSource::Synthetic { .. } => {}
+            DetSource::Synthetic(_) => {}
             DetSource::Coco { train_json, train_images, test_json, test_images } => {
                 for p in [train_json, train_images, test_json, test_images] {
                     resolve_path(p, base);
@@ -365,7 +394,7 @@ impl ConfigDocument for FinetuneConfig {
                 }
                 resolve_path(test_root, base);
             }
-            DetSource::Yolo { yaml, .. } => resolve_path(yaml, base),
+            DetSource::Yolo(YoloSource { yaml, .. }) => resolve_path(yaml, base),
         }
     }
 
@@ -376,7 +405,7 @@ impl ConfigDocument for FinetuneConfig {
         model_rules(&self.model.space, self.model.arch.as_deref().map(|a| ("model.arch", a)), r);
         schedule_rules(&self.schedule, r);
         detector_rules(&self.detector, r);
-        if let DetSource::Synthetic { train, test, .. } = &self.data.source {
+        if let DetSource::Synthetic(SyntheticDetSource { train, test, .. }) = &self.data.source {
             for (name, s) in [("train", train), ("test", test)] {
                 let key = |k: &str| format!("data.source.{name}.{k}");
                 r.require(
@@ -411,7 +440,7 @@ impl ConfigDocument for FinetuneConfig {
 
     /// The synthetic splits' own checks.
     fn check_references(&self) -> Result<(), TrainError> {
-        if let DetSource::Synthetic { train, test, .. } = &self.data.source {
+        if let DetSource::Synthetic(SyntheticDetSource { train, test, .. }) = &self.data.source {
             train.check()?;
             test.check()?;
         }
@@ -549,6 +578,43 @@ mod tests {
     }
 
     detnas_runtime::range_tests!(files: presets(), load: load_file, code: TrainError::exit_code, base: EVERY_KEY, min: 500, cases: 256);
+
+    /// A section given only its required keys takes every other value from its `Default`.
+    #[test]
+    fn a_section_given_its_required_keys_takes_the_rest_from_its_default() {
+        let yolo: DetDataConfig = toml::from_str("[source]\nkind = \"yolo\"\nyaml = \"d.yaml\"\n").unwrap();
+        let source = DetSource::Yolo(YoloSource { yaml: "d.yaml".into(), ..YoloSource::default() });
+        assert_eq!(yolo, DetDataConfig { source, ..DetDataConfig::default() });
+        assert_eq!(
+            (yolo.min_size.as_slice(), yolo.max_size, yolo.test_min_size, yolo.divisibility),
+            (&[800][..], 1333, 800, 32)
+        );
+        let DetSource::Yolo(y) = &yolo.source else { unreachable!() };
+        assert_eq!((y.train_split.as_str(), y.test_split.as_str()), ("train", "val"));
+        let text =
+            "[source]\nkind = \"synthetic\"\ntrain = { images = 9, seed = 1 }\ntest = { images = 4, seed = 2 }\n";
+        let synthetic: DetDataConfig = toml::from_str(text).unwrap();
+        let set = |images, seed| SyntheticDetConfig { images, seed, ..SyntheticDetConfig::default() };
+        let source = DetSource::Synthetic(SyntheticDetSource {
+            train: set(9, 1),
+            test: set(4, 2),
+            ..SyntheticDetSource::default()
+        });
+        assert_eq!(synthetic, DetDataConfig { source, ..DetDataConfig::default() });
+        let DetSource::Synthetic(s) = &synthetic.source else { unreachable!() };
+        assert_eq!((s.folder.as_path(), s.train.width, s.train.classes), (Path::new("data"), 128, 6));
+        let detector: DetectorConfig = toml::from_str("[head]\nkind = \"retinanet\"\n").unwrap();
+        let head = HeadConfig::Retinanet(detnas_detect::retinanet::RetinaNetConfig::default());
+        assert_eq!(detector, DetectorConfig { head, ..DetectorConfig::default() });
+        assert_eq!((detector.fpn_channels, detector.fpn_bn), (256, true));
+        let model: FinetuneModel = toml::from_str("space = \"small\"\n").unwrap();
+        assert_eq!(model.space.space, "small");
+        assert_eq!((model.space.width_mult, &model.pretrained, &model.arch), (1.0, &None, &None));
+        let text = toml::to_string(&DetectorConfig::default()).unwrap();
+        assert_eq!(toml::from_str::<DetectorConfig>(&text).unwrap(), DetectorConfig::default(), "{text}");
+        let text = toml::to_string(&DetDataConfig::default()).unwrap();
+        assert_eq!(toml::from_str::<DetDataConfig>(&text).unwrap(), DetDataConfig::default(), "{text}");
+    }
 
     #[test]
     fn reference_defaults_and_overrides() {

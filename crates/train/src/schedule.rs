@@ -36,15 +36,9 @@ pub struct LrSchedule {
     /// The shape.
     pub kind: ScheduleKind,
     /// Linear warm-up iterations.
-    #[serde(default)]
     pub warmup_iters: u64,
     /// Learning-rate factor at step 0 of the warm-up.
-    #[serde(default = "third")]
     pub warmup_factor: f64,
-}
-
-fn third() -> f64 {
-    1.0 / 3.0
 }
 
 impl LrSchedule {

@@ -83,7 +83,9 @@ fn pipeline_runs_every_stage_resumes_after_kills_and_exports() {
     let d = dir("run");
     let cfg = write_configs(&d);
     let reference = d.join("ref");
-    let printed = ok(&run(&cfg, &reference, None));
+    let first = run(&cfg, &reference, None);
+    let printed = ok(&first);
+    let stderr = String::from_utf8_lossy(&first.stderr);
     assert!(printed.contains("found architecture") && printed.contains("clsnas"), "{printed}");
     let rows = final_json(&reference);
     let labels: Vec<&str> = rows.as_array().unwrap().iter().map(|r| r["label"].as_str().unwrap()).collect();
@@ -104,6 +106,11 @@ fn pipeline_runs_every_stage_resumes_after_kills_and_exports() {
     }
     let md = std::fs::read_to_string(reference.join("report/report.md")).unwrap();
     assert!(md.contains("| found |") && md.contains("plots/search_pareto.svg"), "{md}");
+    // The trivial grid baseline sits in the final table; the tiny test split is called too
+    // small to separate models, on the terminal and in the report.
+    assert!(md.contains("| grid |") && md.contains("px boxes, no training"), "{md}");
+    assert!(printed.contains("grid ") && printed.contains("(trivial baseline, no training)"), "{printed}");
+    assert!(stderr.contains("warning: the test split (") && md.contains("too small to separate models"), "{stderr}");
     let plots = std::fs::read_dir(reference.join("report/plots")).unwrap().count();
     assert!(plots >= 8, "{plots} plots");
 
@@ -118,6 +125,13 @@ fn pipeline_runs_every_stage_resumes_after_kills_and_exports() {
     assert!(killed.join("finetune/stage.json").is_file() && !killed.join("search/stage.json").exists());
     ok(&run(&cfg, &killed, None));
     assert_eq!(final_json(&killed), final_json(&reference));
+    // Each stage's record counts the sessions that worked on it.
+    let sessions = |run: &Path, stage: &str| {
+        let text = std::fs::read_to_string(run.join(stage).join("stage.json")).unwrap();
+        serde_json::from_str::<serde_json::Value>(&text).unwrap()["sessions"].as_u64().unwrap()
+    };
+    assert_eq!([sessions(&killed, "pretrain"), sessions(&killed, "finetune"), sessions(&killed, "search")], [1, 2, 2]);
+    assert_eq!(sessions(&reference, "finetune"), 1);
 
     // The report regenerates from the folder alone.
     std::fs::remove_dir_all(reference.join("report")).unwrap();

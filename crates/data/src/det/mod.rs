@@ -350,12 +350,15 @@ impl DetDataset {
         }
     }
 
-    /// Splits off `n` images chosen by `seed` (a Fisher–Yates shuffle): returns
-    /// `(rest, carved)` index lists, each sorted.
+    /// Splits off `n` images chosen by `seed`: returns `(rest, carved)` index lists, each
+    /// sorted. The images are ranked by a hash of `seed` and their file name (not their
+    /// folder, not their position), so the same images give the same carve in any layout
+    /// (COCO, VOC, YOLO) and any order.
     ///
     /// # Errors
     /// [`DataError::Invalid`] when `n` is not below the number of images.
     pub fn carve(&self, n: usize, seed: u64) -> Result<(Vec<usize>, Vec<usize>), DataError> {
+        use sha2::{Digest, Sha256};
         if n >= self.len() {
             return Err(DataError::Invalid(format!(
                 "cannot carve {n} images from {} with {} images (nothing would be left)",
@@ -363,13 +366,16 @@ impl DetDataset {
                 self.len()
             )));
         }
-        let mut order: Vec<usize> = (0..self.len()).collect();
-        detnas_space::rng::shuffle(
-            &mut detnas_space::rng::seeded(crate::mix_seed(seed, &[crate::streams::SEARCH_VAL_CARVE])),
-            &mut order,
-        );
-        let mut carved = order[..n].to_vec();
-        let mut rest = order[n..].to_vec();
+        let stream = crate::mix_seed(seed, &[crate::streams::SEARCH_VAL_CARVE]);
+        let rank = |i: usize| {
+            let name = self.images[i].file.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+            let digest = Sha256::new().chain_update(stream.to_le_bytes()).chain_update(name.as_bytes()).finalize();
+            (u64::from_le_bytes(digest[..8].try_into().expect("a SHA-256 digest has 8 bytes")), name, i)
+        };
+        let mut order: Vec<(u64, String, usize)> = (0..self.len()).map(rank).collect();
+        order.sort_unstable();
+        let mut carved: Vec<usize> = order[..n].iter().map(|r| r.2).collect();
+        let mut rest: Vec<usize> = order[n..].iter().map(|r| r.2).collect();
         carved.sort_unstable();
         rest.sort_unstable();
         Ok((rest, carved))
@@ -442,5 +448,43 @@ mod tests {
         let names: Vec<&str> = d.categories_without_boxes().iter().map(|c| c.name.as_str()).collect();
         assert_eq!(names, ["Shrub", "Rock"]);
         assert!(d.subset(&[0]).categories_without_boxes().len() == 2);
+    }
+
+    /// The carve follows the file names: the same images in another folder and order give
+    /// the same carved names; another seed gives another carve.
+    #[test]
+    fn the_carve_is_the_same_in_any_layout_and_order() {
+        let set = |folder: &str, names: &[String]| DetDataset {
+            images: names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| DetImage {
+                    id: i as u64,
+                    file: std::path::Path::new(folder).join(n),
+                    width: 8,
+                    height: 8,
+                    objects: Vec::new(),
+                })
+                .collect(),
+            categories: Vec::new(),
+            report: DropReport::default(),
+            source: folder.into(),
+        };
+        let names: Vec<String> = (0..40).map(|i| format!("{i:06}.jpg")).collect();
+        let mut reversed = names.clone();
+        reversed.reverse();
+        let carved_names = |d: &DetDataset, seed: u64| {
+            let (rest, carved) = d.carve(10, seed).unwrap();
+            assert_eq!(rest.len() + carved.len(), d.len());
+            let mut v: Vec<String> =
+                carved.iter().map(|&i| d.images[i].file.file_name().unwrap().to_string_lossy().into_owned()).collect();
+            v.sort();
+            v
+        };
+        let voc = carved_names(&set("VOC2007/JPEGImages", &names), 3);
+        assert_eq!(voc.len(), 10);
+        assert_eq!(voc, carved_names(&set("images/train", &reversed), 3), "YOLO folder, reversed order");
+        assert_ne!(voc, carved_names(&set("VOC2007/JPEGImages", &names), 4), "another seed");
+        assert!(set("x", &names).carve(40, 3).is_err(), "nothing would be left");
     }
 }

@@ -18,49 +18,44 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Parameters of a synthetic detection split.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct SyntheticDetConfig {
-    /// Number of images.
+    /// Number of images. Required.
     pub images: usize,
-    /// Image width, pixels.
-    #[serde(default = "d128")]
+    /// Image width, pixels. Default 128.
     pub width: u32,
-    /// Image height, pixels.
-    #[serde(default = "d128")]
+    /// Image height, pixels. Default 128.
     pub height: u32,
-    /// Number of classes (1..=10: the first shapes of [`Shape::ALL`]).
-    #[serde(default = "d6")]
+    /// Number of classes (1..=10: the first shapes of [`Shape::ALL`]). Default 6.
     pub classes: usize,
-    /// Generator seed; use different seeds for the training and test splits.
+    /// Generator seed; use different seeds for the training and test splits. Required.
     pub seed: u64,
-    /// Objects per image, inclusive range.
-    #[serde(default = "objects")]
+    /// Objects per image, inclusive range. Default (1, 5).
     pub objects: (usize, usize),
     /// Object radius as a fraction of the image's shorter side, drawn log-uniformly.
-    #[serde(default = "radius")]
+    /// Default (0.05, 0.3).
     pub radius: (f64, f64),
-    /// Largest IoU allowed between two objects' boxes.
-    #[serde(default = "d03")]
+    /// Largest IoU allowed between two objects' boxes. Default 0.3.
     pub max_overlap: f64,
-    /// Clutter line segments per image.
-    #[serde(default = "d6")]
+    /// Clutter line segments per image. Default 6.
     pub clutter: usize,
 }
 
-fn d128() -> u32 {
-    128
-}
-fn d6() -> usize {
-    6
-}
-fn objects() -> (usize, usize) {
-    (1, 5)
-}
-fn radius() -> (f64, f64) {
-    (0.05, 0.3)
-}
-fn d03() -> f64 {
-    0.3
+/// The defaults; `images` and `seed` are required (0 here).
+impl Default for SyntheticDetConfig {
+    fn default() -> SyntheticDetConfig {
+        SyntheticDetConfig {
+            images: 0,
+            width: 128,
+            height: 128,
+            classes: 6,
+            seed: 0,
+            objects: (1, 5),
+            radius: (0.05, 0.3),
+            max_overlap: 0.3,
+            clutter: 6,
+        }
+    }
 }
 
 /// One drawn object: box `(x1, y1, x2, y2)` and label.

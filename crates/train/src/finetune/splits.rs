@@ -4,7 +4,7 @@
 //! never on the test set) and the test split.
 
 use crate::TrainError;
-use crate::det_config::{DetSource, FinetuneConfig};
+use crate::det_config::{DetSource, FinetuneConfig, SyntheticDetSource, YoloSource};
 use detnas_data::DataError;
 use detnas_data::det::check::SplitSummary;
 use detnas_data::det::{DetDataset, coco, voc, yolo};
@@ -46,7 +46,7 @@ fn voc_classes(given: Option<&Vec<String>>, sets: &[voc::VocSet]) -> Result<(Vec
 /// The training (before the carve) and test datasets of a source.
 fn load_source(cfg: &FinetuneConfig, run_dir: &Path) -> Result<(DetDataset, DetDataset), TrainError> {
     Ok(match &cfg.data.source {
-        DetSource::Synthetic { train, test, folder } => {
+        DetSource::Synthetic(SyntheticDetSource { train, test, folder }) => {
             let base = if folder.is_relative() { run_dir.join(folder) } else { folder.clone() };
             (train.write(&base.join("train"))?, test.write(&base.join("test"))?)
         }
@@ -86,7 +86,7 @@ fn load_source(cfg: &FinetuneConfig, run_dir: &Path) -> Result<(DetDataset, DetD
             let all = all.expect("at least one root");
             (all, voc::build(&voc::read(test_root, test_set)?, &classes, origin)?)
         }
-        DetSource::Yolo { yaml, train_split, test_split } => {
+        DetSource::Yolo(YoloSource { yaml, train_split, test_split }) => {
             let spec = yolo::read_spec(yaml)?;
             (yolo::load(&spec, train_split)?, yolo::load(&spec, test_split)?)
         }
@@ -122,7 +122,9 @@ fn reconcile(cfg: &FinetuneConfig, d: &mut DetDataset) -> Result<(), TrainError>
 /// # Errors
 /// [`TrainError::Data`] when a set cannot be removed.
 pub fn take_over_synthetic(cfg: &FinetuneConfig, run_dir: &Path) -> Result<Vec<PathBuf>, TrainError> {
-    let DetSource::Synthetic { train, test, folder } = &cfg.data.source else { return Ok(Vec::new()) };
+    let DetSource::Synthetic(SyntheticDetSource { train, test, folder }) = &cfg.data.source else {
+        return Ok(Vec::new());
+    };
     if folder.is_absolute() || detnas_runtime::checkpoint::has_progress(run_dir) {
         return Ok(Vec::new());
     }
