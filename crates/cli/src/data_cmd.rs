@@ -60,6 +60,11 @@ pub enum DataCommand {
         /// Number of classes (shapes).
         #[arg(long, default_value_t = 6)]
         classes: usize,
+        /// Write Pascal VOC instead: `OUT` becomes a VOC root and the images image set SET
+        /// (`JPEGImages/`, `Annotations/`, `ImageSets/Main/SET.txt`); run again with another
+        /// SET and seed for another split (e.g. `trainval`, then `test`).
+        #[arg(long, value_name = "SET")]
+        voc_set: Option<String>,
     },
 }
 
@@ -113,7 +118,7 @@ pub fn run(cmd: DataCommand) -> Result<(), Failure> {
     let (out, images, size, classes, seed) = match cmd {
         DataCommand::Check { config, overrides, json } => return check(&config, &overrides, json),
         DataCommand::SynthCls { out, images, size, classes, seed } => (out, images, size, classes, seed),
-        DataCommand::Synth { out, images, seed, size, classes } => {
+        DataCommand::Synth { out, images, seed, size, classes, voc_set } => {
             let cfg = detnas_data::det::synth::SyntheticDetConfig {
                 images,
                 width: size,
@@ -126,6 +131,19 @@ pub fn run(cmd: DataCommand) -> Result<(), Failure> {
                 clutter: 6,
             };
             cfg.check().map_err(crate::usage)?;
+            if let Some(set) = voc_set {
+                let scratch = out.join(format!(".synthetic-{set}"));
+                let ds = cfg.write(&scratch)?;
+                detnas_data::det::voc::write(&ds, &out, &set)?;
+                std::fs::remove_dir_all(&scratch)
+                    .map_err(|e| anyhow::anyhow!("cannot remove {}: {e}", scratch.display()))?;
+                let objects: usize = ds.images.iter().map(|i| i.objects.len()).sum();
+                println!(
+                    "wrote {images} images ({objects} objects, {classes} classes) as VOC image set {set} under {}",
+                    out.display()
+                );
+                return Ok(());
+            }
             let ds = cfg.write(&out)?;
             let objects: usize = ds.images.iter().map(|i| i.objects.len()).sum();
             println!(

@@ -106,16 +106,19 @@ fn picture_svg(img: &RgbImage, dets: &[Drawn]) -> anyhow::Result<String> {
     for d in dets {
         let [x1, y1, x2, y2] = d.bbox;
         let label = format!("{} {:.2}", d.class, d.score);
-        let tw = font * 0.6 * label.chars().count() as f64 + 6.0;
-        let (tx, ty) = label_origin([x1, y1], [tw, font + 4.0], [w, h]);
+        // A label wider than a small picture is set smaller.
+        let chars = label.chars().count() as f64;
+        let lf = font.min(((w - 6.0) / (0.6 * chars)).max(1.0));
+        let tw = lf * 0.6 * chars + 6.0;
+        let (tx, ty) = label_origin([x1, y1], [tw, lf + 4.0], [w, h]);
         let _ = write!(
             svg,
-            r#"<rect x="{x1:.1}" y="{y1:.1}" width="{:.1}" height="{:.1}" fill="none" stroke="{c}" stroke-width="{stroke:.1}"/><rect x="{tx:.1}" y="{ty:.1}" width="{tw:.1}" height="{:.1}" fill="{c}"/><text x="{:.1}" y="{:.1}" fill="black">{}</text>"#,
+            r#"<rect x="{x1:.1}" y="{y1:.1}" width="{:.1}" height="{:.1}" fill="none" stroke="{c}" stroke-width="{stroke:.1}"/><rect x="{tx:.1}" y="{ty:.1}" width="{tw:.1}" height="{:.1}" fill="{c}"/><text x="{:.1}" y="{:.1}" font-size="{lf:.1}" fill="black">{}</text>"#,
             x2 - x1,
             y2 - y1,
-            font + 4.0,
+            lf + 4.0,
             tx + 3.0,
-            ty + font,
+            ty + lf,
             esc(&label),
             c = rgb(d.colour)
         );
@@ -124,7 +127,11 @@ fn picture_svg(img: &RgbImage, dets: &[Drawn]) -> anyhow::Result<String> {
     classes.sort();
     classes.dedup();
     if !classes.is_empty() {
-        let lw = font * 0.6 * classes.iter().map(|c| c.1.chars().count()).max().unwrap_or(1) as f64 + font * 2.0;
+        // The legend is set smaller when the picture is narrower or lower than it.
+        let longest = classes.iter().map(|c| c.1.chars().count()).max().unwrap_or(1) as f64;
+        let rows = classes.len() as f64;
+        let font = font.min(((w - 8.0) / (0.6 * longest + 2.0)).min((h - 14.0) / rows - 6.0).max(1.0));
+        let lw = font * 0.6 * longest + font * 2.0;
         let lh = (font + 6.0) * classes.len() as f64 + 6.0;
         let _ = write!(
             svg,
@@ -135,7 +142,7 @@ fn picture_svg(img: &RgbImage, dets: &[Drawn]) -> anyhow::Result<String> {
             let y = 8.0 + (font + 6.0) * i as f64;
             let _ = write!(
                 svg,
-                r#"<rect x="{:.1}" y="{y:.1}" width="{font:.1}" height="{font:.1}" fill="{}"/><text x="{:.1}" y="{:.1}">{}</text>"#,
+                r#"<rect x="{:.1}" y="{y:.1}" width="{font:.1}" height="{font:.1}" fill="{}"/><text x="{:.1}" y="{:.1}" font-size="{font:.1}">{}</text>"#,
                 w - lw + 2.0,
                 rgb(*c),
                 w - lw + font + 6.0,

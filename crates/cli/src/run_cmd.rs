@@ -15,6 +15,11 @@ pub struct RunArgs {
     /// Run folder; re-running the same command resumes where it stopped.
     #[arg(long, default_value = "runs/demo")]
     out: PathBuf,
+    /// A stage whose configuration or inputs changed since it ran is run again, with every
+    /// stage after it, in fresh folders (the old ones move to RUN/replaced/); without it such
+    /// a run is refused with the changed keys.
+    #[arg(long)]
+    rerun_changed: bool,
     #[command(flatten)]
     job: JobArgs,
 }
@@ -54,6 +59,7 @@ pub fn run(a: RunArgs) -> Result<(), Failure> {
         progress: !a.job.no_progress,
         cancel: crate::cancel_on_signals()?,
         dist,
+        rerun_changed: a.rerun_changed,
     };
     let o = detnas_pipeline::run(&cfg, &opts)?;
     if crate::dist_cmd::is_follower(launch.as_ref()) {
@@ -199,6 +205,7 @@ pub fn rank_check(a: RankCheckArgs) -> Result<(), Failure> {
         progress: !a.no_progress,
         cancel: crate::cancel_on_signals()?,
         dist: None,
+        rerun_changed: false,
     };
     let r = detnas_pipeline::check_ranking(&cfg, &a.run, &o, &opts)?;
     if a.json {

@@ -13,6 +13,14 @@ pub enum DataError {
         /// The operating system's error.
         source: std::io::Error,
     },
+    /// A file or folder that cannot be written.
+    #[error("cannot write {path}: {source}")]
+    Write {
+        /// The file or folder.
+        path: PathBuf,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
     /// An image that cannot be decoded.
     #[error("cannot decode image {path}: {message}")]
     Decode {

@@ -25,6 +25,11 @@ fn sessions_path(dir: &Path) -> PathBuf {
     dir.with_file_name(format!(".{name}.sessions.json"))
 }
 
+/// Forgets the sessions of the stage in `dir` (its folder was replaced).
+pub(crate) fn forget(dir: &Path) {
+    let _ = std::fs::remove_file(sessions_path(dir));
+}
+
 /// The running session of a stage: its time is written every [`INTERVAL`] while it lives,
 /// and once more when it ends (dropped or [`SessionClock::finish`]ed).
 #[derive(Debug)]

@@ -17,6 +17,11 @@ pub struct StageRef {
     pub config: PathBuf,
     /// `--set` overrides applied to it. Default none.
     pub set: Vec<String>,
+    /// `[pretrain]` only: a finished pre-training run folder (`RUN/pretrain` of another
+    /// pipeline run, or a `detnas pretrain --out` folder) used instead of running the stage;
+    /// its `model` must equal `config`'s. Default none: the stage runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reuse: Option<PathBuf>,
 }
 
 /// How the found architecture (and each baseline) is retrained.
@@ -128,21 +133,39 @@ impl ConfigDocument for PipelineConfig {
     const REQUIRED: &'static [Required] =
         &[Required::key("pretrain.config"), Required::key("finetune.config"), Required::key("search.config")];
 
+    const PATH_KEYS: &'static [&'static str] = &["pretrain.reuse"];
+
     fn resolve_paths(&mut self, base: &Path) {
         for s in [&mut self.pretrain, &mut self.finetune, &mut self.search] {
             resolve_path(&mut s.config, base);
+            if let Some(r) = &mut s.reuse {
+                resolve_path(r, base);
+            }
         }
     }
 
     const RANGES: &'static [&'static [Rule]] =
         &[&[rule("seed", Range::ANY), rule("threads", Range::POSITIVE), rule("dist_timeout_s", Range::POSITIVE)]];
 
-    /// Every stage config exists.
+    /// Every stage config exists; a reused pre-training is a finished run.
     fn check_references(&self) -> Result<(), PipelineError> {
         for (what, s) in [("pretrain", &self.pretrain), ("finetune", &self.finetune), ("search", &self.search)] {
             if !s.config.is_file() {
                 return Err(PipelineError::Config(format!("{what}.config: {} not found", s.config.display())));
             }
+            if what != "pretrain" && s.reuse.is_some() {
+                return Err(PipelineError::Config(format!(
+                    "{what}.reuse: only a pre-training can be reused (pretrain.reuse)"
+                )));
+            }
+        }
+        if let Some(r) = &self.pretrain.reuse
+            && !r.join("summary.json").is_file()
+        {
+            return Err(PipelineError::Config(format!(
+                "pretrain.reuse: {} is not a finished pre-training run (no summary.json)",
+                r.display()
+            )));
         }
         Ok(())
     }

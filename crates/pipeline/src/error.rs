@@ -8,6 +8,9 @@ pub enum PipelineError {
     /// A pipeline configuration or run folder that cannot be used (exit 2).
     #[error("{0}")]
     Config(String),
+    /// A finished or started stage whose configuration or inputs changed since (exit 2).
+    #[error("{0}")]
+    StageChanged(String),
     /// A file or folder that cannot be read or written.
     #[error("{path}: {source}")]
     Io {
@@ -45,7 +48,7 @@ impl PipelineError {
     /// Exit code of the `detnas` binary.
     pub fn exit_code(&self) -> u8 {
         match self {
-            PipelineError::Config(_) | PipelineError::Space(_) => 2,
+            PipelineError::Config(_) | PipelineError::StageChanged(_) | PipelineError::Space(_) => 2,
             PipelineError::Data(_) => 3,
             PipelineError::Train(t) => t.exit_code(),
             PipelineError::Search(s) => s.exit_code(),

@@ -12,9 +12,11 @@
 //! RUN/search-cls/       the ClsNAS baseline search, fitness = top-1 on the pre-trained supernet
 //! RUN/retrain-NAME/     cls/ (from scratch, paper protocol) and det/ for found, random, clsnas
 //! RUN/report/           report.md, report.html, plots (regenerable: detnas report RUN)
+//! RUN/replaced/         folders of stages that changed and ran again (`--rerun-changed`)
 //! ```
 //!
-//! Every stage folder holds `stage.json` ([`StageRecord`]) once the stage has finished.
+//! Every stage folder holds `identity.json` (what determines its result) from its start and
+//! `stage.json` ([`StageRecord`]) once the stage has finished.
 
 use detnas_runtime::mem::MemoryRecord;
 use detnas_train::finetune::FinetuneSummary;

@@ -413,8 +413,9 @@ fn supernet_scores(
         return Ok(m);
     }
     let name = format!("rank-check supernet {k} (of {}, seed offset {k})", plan.options.supernets - 1);
-    let _: FinetuneSummary =
-        stage(opts, &sdir, &name, || finetune_supernet(cfg, run, &sdir, k as u64, opts, train_opts))?;
+    let _: FinetuneSummary = stage(opts, &sdir, &name, &serde_json::Value::Null, || {
+        finetune_supernet(cfg, run, &sdir, k as u64, opts, train_opts)
+    })?;
     let scfg = search_config(&dirs::search(run))?;
     let (_, ckpt) = resolve(&sdir).map_err(detnas_train::TrainError::from)?;
     let space = detnas_train::finetune::read_meta(&ckpt)?.1.space;
@@ -644,7 +645,7 @@ pub fn run(
             let udir = unit_dir(run, &p.arch, seed);
             let name = format!("rank-check {} seed {seed} (unit {k} of {units})", p.arch);
             let (cls_set, det_set) = unit_sets(o, seed);
-            let _: Retrained = stage(opts, &udir, &name, || {
+            let _: Retrained = stage(opts, &udir, &name, &serde_json::Value::Null, || {
                 retrain(cfg, run, &udir, "rank-check", &p.arch, (&cls_set, &det_set), opts, &train_opts)
             })?;
             result = summarise(run, cfg, &plan, &proxies, &more, &metric);

@@ -41,6 +41,9 @@ pub struct PipelineOptions {
     /// training stage and the search run data-parallel, rank 0 writes the stage records, the
     /// synthetic data and the report.
     pub dist: Option<Arc<ProcessGroup>>,
+    /// A stage whose configuration or inputs changed since it ran is run again (with every
+    /// stage after it) instead of refused.
+    pub rerun_changed: bool,
 }
 
 impl PipelineOptions {
@@ -57,14 +60,49 @@ impl PipelineOptions {
     }
 }
 
+/// The file of a stage folder that records the stage's identity (what determines its
+/// result: its resolved configuration and the identities of the stages it reads).
+const IDENTITY_FILE: &str = "identity.json";
+
 /// Runs stage `name` into `dir` unless it finished earlier, and records it (rank 0). Every
 /// rank runs `run` (training and the search are collective); the ranks leave together.
+///
+/// `identity` (`Null`: not checked) is compared with the one the folder recorded when the
+/// stage started: a stage that changed since is refused ([`PipelineError::StageChanged`],
+/// naming the changed keys), or with `opts.rerun_changed` moved aside to `RUN/replaced/` and
+/// run again into a fresh folder.
 pub(crate) fn stage<T: Serialize + DeserializeOwned>(
     opts: &PipelineOptions,
     dir: &Path,
     name: &str,
+    identity: &serde_json::Value,
     run: impl FnOnce() -> Result<T, PipelineError>,
 ) -> Result<T, PipelineError> {
+    let id_path = dir.join(IDENTITY_FILE);
+    let recorded: Option<serde_json::Value> =
+        std::fs::read_to_string(&id_path).ok().and_then(|t| serde_json::from_str(&t).ok());
+    if let Some(old) = recorded.filter(|old| !identity.is_null() && old != identity) {
+        let keys = detnas_runtime::config::diff_keys(&old, identity);
+        if !opts.rerun_changed {
+            return Err(PipelineError::StageChanged(format!(
+                "stage {name} changed since it ran in {}: {}; every stage after it depends on it. Run again with \
+                 --rerun-changed to redo it and the stages after it in fresh folders (the old ones move to {}), or \
+                 use another --out",
+                dir.display(),
+                keys.join("; "),
+                replaced_dir(dir).display()
+            )));
+        }
+        if opts.writer() {
+            move_aside(dir)?;
+        }
+        opts.barrier()?;
+        tracing::warn!("stage {name} changed ({}): running it again", keys.join("; "));
+    }
+    if !identity.is_null() && opts.writer() {
+        std::fs::create_dir_all(dir).map_err(|e| PipelineError::io(dir, e))?;
+        write_json_atomic(&id_path, identity)?;
+    }
     if let Some((_, r)) = finished::<T>(dir) {
         tracing::info!("stage {name}: finished earlier ({})", dir.display());
         return Ok(r);
@@ -89,6 +127,24 @@ pub(crate) fn stage<T: Serialize + DeserializeOwned>(
         memory.peak_rss_mib.map_or("unknown".into(), |m| format!("{m:.0} MiB"))
     );
     Ok(rec.result)
+}
+
+/// `RUN/replaced/`, where the folders of changed stages go.
+fn replaced_dir(dir: &Path) -> PathBuf {
+    dir.parent().unwrap_or(dir).join("replaced")
+}
+
+/// Moves stage folder `dir` to `RUN/replaced/<stage>-<n>` (the first free `n`) and forgets
+/// its sessions.
+fn move_aside(dir: &Path) -> Result<(), PipelineError> {
+    let to_dir = replaced_dir(dir);
+    std::fs::create_dir_all(&to_dir).map_err(|e| PipelineError::io(&to_dir, e))?;
+    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let to = (1..).map(|n| to_dir.join(format!("{name}-{n}"))).find(|p| !p.exists()).expect("a free name");
+    std::fs::rename(dir, &to).map_err(|e| PipelineError::io(dir, e))?;
+    crate::clock::forget(dir);
+    tracing::info!("moved {} to {}", dir.display(), to.display());
+    Ok(())
 }
 
 /// What a finished pipeline produced.
@@ -145,6 +201,11 @@ pub(crate) fn with(a: &[String], b: &[String], c: &[String]) -> Vec<String> {
     a.iter().chain(b).chain(c).cloned().collect()
 }
 
+/// The pre-trained supernet of the run: `pretrain.reuse`, else `RUN/pretrain`.
+fn pretrained(cfg: &PipelineConfig, run: &Path) -> PathBuf {
+    cfg.pretrain.reuse.clone().unwrap_or_else(|| dirs::pretrain(run))
+}
+
 fn finetune_config(
     cfg: &PipelineConfig,
     run: &Path,
@@ -179,19 +240,40 @@ pub(crate) fn retrain(
     train_opts: &RunOptions,
 ) -> Result<Retrained, PipelineError> {
     let ro = runtime_overrides(cfg, opts.device);
-    let cls = match cfg.retrain.mode {
-        RetrainMode::Scratch => {
-            let p = scratch_cls_config(cfg, arch, cls_extra, &ro)?;
-            Some(detnas_train::pretrain::run(&p, &dir.join("cls"), opts.device, train_opts)?)
-        }
-        RetrainMode::Inherit => None,
+    let (cls_cfg, mut f) = retrain_configs(cfg, run, arch, (cls_extra, det_extra), &ro)?;
+    let cls = match &cls_cfg {
+        Some(p) => Some(detnas_train::pretrain::run(p, &dir.join("cls"), opts.device, train_opts)?),
+        None => None,
     };
-    let mut f = finetune_config(cfg, run, &with(&cfg.retrain.det_set, det_extra, &[]), &ro)?;
-    f.model.arch = Some(arch.to_string());
-    f.model.pretrained = Some(if cls.is_some() { dir.join("cls") } else { dirs::pretrain(run) });
-    f.check()?;
+    if cls.is_some() {
+        f.model.pretrained = Some(dir.join("cls"));
+    }
     let det = detnas_train::finetune::run(&f, &dir.join("det"), opts.device, train_opts)?;
     Ok(Retrained { label: label.to_string(), arch: arch.to_string(), cls, det })
+}
+
+/// The configurations of [`retrain`]: the classification from scratch (`retrain.mode =
+/// "scratch"`) and the detection training of `arch`, which starts from the pre-trained
+/// supernet (the retraining's own `cls/` replaces it after a classification from scratch).
+///
+/// # Errors
+/// The first configuration that does not load or check.
+pub(crate) fn retrain_configs(
+    cfg: &PipelineConfig,
+    run: &Path,
+    arch: &str,
+    (cls_extra, det_extra): (&[String], &[String]),
+    ro: &[String],
+) -> Result<(Option<PretrainConfig>, FinetuneConfig), PipelineError> {
+    let cls = match cfg.retrain.mode {
+        RetrainMode::Scratch => Some(scratch_cls_config(cfg, arch, cls_extra, ro)?),
+        RetrainMode::Inherit => None,
+    };
+    let mut f = finetune_config(cfg, run, &with(&cfg.retrain.det_set, det_extra, &[]), ro)?;
+    f.model.arch = Some(arch.to_string());
+    f.model.pretrained = Some(pretrained(cfg, run));
+    f.check()?;
+    Ok((cls, f))
 }
 
 /// Fine-tunes the pre-trained supernet of `run` path-wise into `dir` with the pipeline's
@@ -208,11 +290,25 @@ pub(crate) fn finetune_supernet(
     opts: &PipelineOptions,
     train_opts: &RunOptions,
 ) -> Result<FinetuneSummary, PipelineError> {
-    let mut f = finetune_config(cfg, run, &[], &runtime_overrides(cfg, opts.device))?;
-    f.seed = f.seed.wrapping_add(seed_offset);
-    f.model.pretrained = Some(dirs::pretrain(run));
-    f.check()?;
+    let f = finetune_supernet_config(cfg, run, seed_offset, &runtime_overrides(cfg, opts.device))?;
     Ok(detnas_train::finetune::run(&f, dir, opts.device, train_opts)?)
+}
+
+/// The configuration of [`finetune_supernet`].
+///
+/// # Errors
+/// The first configuration error.
+pub(crate) fn finetune_supernet_config(
+    cfg: &PipelineConfig,
+    run: &Path,
+    seed_offset: u64,
+    ro: &[String],
+) -> Result<FinetuneConfig, PipelineError> {
+    let mut f = finetune_config(cfg, run, &[], ro)?;
+    f.seed = f.seed.wrapping_add(seed_offset);
+    f.model.pretrained = Some(pretrained(cfg, run));
+    f.check()?;
+    Ok(f)
 }
 
 /// Loads and checks every stage configuration the pipeline of `cfg` will run (pre-training,
@@ -233,6 +329,32 @@ pub fn check_stages(cfg: &PipelineConfig, run: &Path, device: Device) -> Result<
     let pre = PretrainConfig::load(Some(&cfg.pretrain.config), &with(&cfg.pretrain.set, &[], &ro))
         .map_err(|e| named("pretrain", &cfg.pretrain.config, e.into()))?;
     let ft = finetune_config(cfg, run, &[], &ro).map_err(|e| named("finetune", &cfg.finetune.config, e))?;
+    if let Some(reused) = &cfg.pretrain.reuse {
+        let path = reused.join("config.toml");
+        let text = std::fs::read_to_string(&path).map_err(|e| PipelineError::io(&path, e))?;
+        let theirs: PretrainConfig = toml::from_str(&text)
+            .map_err(|e| PipelineError::Config(format!("pretrain.reuse: {}: {e}", path.display())))?;
+        // The same network, wherever its space file lies.
+        let shape = |s: &detnas_space::SearchSpace| {
+            (s.stem, s.widths.clone(), s.depths.clone(), s.last_conv, s.choices.clone())
+        };
+        let (mine, other) = (pre.space()?, theirs.space()?);
+        if shape(&mine) != shape(&other) {
+            return Err(PipelineError::Config(format!(
+                "pretrain.reuse: {} pre-trained the space {} (stem {}, widths {:?}, depths {:?}); the pre-training config {} names {} (stem {}, widths {:?}, depths {:?})",
+                reused.display(),
+                other.name,
+                other.stem,
+                other.widths,
+                other.depths,
+                cfg.pretrain.config.display(),
+                mine.name,
+                mine.stem,
+                mine.widths,
+                mine.depths
+            )));
+        }
+    }
     // The data every stage reads exists (a typo is found in seconds, not after pre-training).
     let missing: Vec<String> = [("pretrain", &cfg.pretrain.config, pre.data.source.paths())]
         .into_iter()
@@ -246,8 +368,28 @@ pub fn check_stages(cfg: &PipelineConfig, run: &Path, device: Device) -> Result<
     if !missing.is_empty() {
         return Err(PipelineError::Config(missing.join("\n")));
     }
+    // The fine-tuning's splits open (annotations, classes, the search-validation carve); a
+    // synthetic set is generated later and checked by its rules.
+    if !matches!(ft.data.source, DetSource::Synthetic(_)) {
+        detnas_train::finetune::open_splits(&ft, run)
+            .map_err(|e| PipelineError::Config(format!("stage finetune ({}): {e}", cfg.finetune.config.display())))?;
+    }
     let search = SearchConfig::load(&cfg.search.config, &with(&cfg.search.set, &[], &ro))
         .map_err(|e| named("search", &cfg.search.config, e.into()))?;
+    // The limits are counted at a size some stage uses: the classification convention of the
+    // paper (224×224) or the detection test size.
+    let [h, w] = search.constraint.input;
+    let side = u64::from(ft.data.test_min_size);
+    let limited = search.constraint.max_backbone_macs.is_some() || search.constraint.max_latency_ms.is_some();
+    if limited && [h, w] != [224, 224] && h.min(w) != side {
+        return Err(PipelineError::Config(format!(
+            "stage search ({}): constraint.input = [{h}, {w}] is neither the classification convention [224, 224] nor \
+             the fine-tuning's test size (data.test_min_size = {side} in {}): the limits would be counted at a size no \
+             stage uses; set constraint.input = [{side}, {side}] and scale max_backbone_macs with the pixel count",
+            cfg.search.config.display(),
+            cfg.finetune.config.display()
+        )));
+    }
     // Some architecture of the pre-trained space meets the search's limits.
     search.constraint.constraint().check_satisfiable(&pre.space()?, &search.constraint.cost_model()).map_err(|e| {
         PipelineError::Config(format!("stage search ({}): [constraint]: {e}", cfg.search.config.display()))
@@ -289,27 +431,41 @@ pub fn run(cfg: &PipelineConfig, opts: &PipelineOptions) -> Result<PipelineOutco
     // taken relative to each stage's own run folder.
     let run_abs = std::fs::canonicalize(&opts.out).map_err(|e| PipelineError::io(&opts.out, e))?;
     let run = run_abs.as_path();
+
+    // Record the configuration. Another one may replace it: each stage checks its own
+    // identity, and a refused change puts the old one back.
+    let text = toml::to_string(cfg).expect("serialisable");
+    let cfg_path = run.join("pipeline.toml");
+    let previous = std::fs::read_to_string(&cfg_path).ok().filter(|old| *old != text);
+    if opts.writer() && (previous.is_some() || !cfg_path.exists()) {
+        write_atomic(&cfg_path, text.as_bytes())?;
+    }
+    opts.barrier()?;
+    let result = run_stages(cfg, opts, run, started);
+    if let (Err(PipelineError::StageChanged(_)), Some(old)) = (&result, &previous)
+        && opts.writer()
+    {
+        write_atomic(&cfg_path, old.as_bytes())?;
+    }
+    result
+}
+
+/// The stages of [`run`], in order, into the (absolute) run folder `run`.
+fn run_stages(
+    cfg: &PipelineConfig,
+    opts: &PipelineOptions,
+    run: &Path,
+    started: Instant,
+) -> Result<PipelineOutcome, PipelineError> {
     let ro = runtime_overrides(cfg, opts.device);
     let progress = opts.progress;
 
-    // Record the configuration; another one in the same folder is refused.
-    let text = toml::to_string(cfg).expect("serialisable");
-    let cfg_path = run.join("pipeline.toml");
-    match std::fs::read_to_string(&cfg_path) {
-        Ok(old) if toml::from_str::<PipelineConfig>(&old).ok().as_ref() != Some(cfg) => {
-            return Err(PipelineError::Config(format!(
-                "{} holds another pipeline configuration; use another --out",
-                cfg_path.display()
-            )));
-        }
-        Ok(_) => {}
-        Err(_) if opts.writer() => write_atomic(&cfg_path, text.as_bytes())?,
-        Err(_) => {}
-    }
-    opts.barrier()?;
-
     let ft_base = finetune_config(cfg, run, &[], &ro)?;
-    stage(opts, &dirs::data(run), "data", || {
+    let id_data = match &ft_base.data.source {
+        DetSource::Synthetic(s) => serde_json::json!({ "synthetic": s }),
+        _ => serde_json::json!({ "synthetic": null }),
+    };
+    stage(opts, &dirs::data(run), "data", &id_data, || {
         if let DetSource::Synthetic(SyntheticDetSource { train, test, .. }) = &ft_base.data.source
             && opts.writer()
         {
@@ -325,15 +481,32 @@ pub fn run(cfg: &PipelineConfig, opts: &PipelineOptions) -> Result<PipelineOutco
     pre_cfg.seed = pre_cfg.seed.wrapping_add(cfg.seed);
     let train_opts =
         RunOptions { progress, cancel: opts.cancel.clone(), dist: opts.dist.clone(), ..RunOptions::default() };
-    stage(opts, &dirs::pretrain(run), "pretrain", || {
-        Ok(detnas_train::pretrain::run(&pre_cfg, &dirs::pretrain(run), opts.device, &train_opts)?)
+    let id_pre = match &cfg.pretrain.reuse {
+        Some(r) => serde_json::json!({ "reuse": r }),
+        None => serde_json::json!({ "config": pre_cfg.result_parts() }),
+    };
+    stage(opts, &dirs::pretrain(run), "pretrain", &id_pre, || match &cfg.pretrain.reuse {
+        Some(reused) => {
+            tracing::info!("stage pretrain: reusing the finished pre-training {}", reused.display());
+            let path = reused.join("summary.json");
+            let text = std::fs::read_to_string(&path).map_err(|e| PipelineError::io(&path, e))?;
+            let summary: detnas_train::pretrain::Summary = serde_json::from_str(&text)
+                .map_err(|e| PipelineError::Config(format!("pretrain.reuse: {}: {e}", path.display())))?;
+            Ok(summary)
+        }
+        None => Ok(detnas_train::pretrain::run(&pre_cfg, &dirs::pretrain(run), opts.device, &train_opts)?),
     })?;
 
-    stage(opts, &dirs::finetune(run), "finetune", || {
+    let ft_cfg = finetune_supernet_config(cfg, run, 0, &ro)?;
+    let id_ft = serde_json::json!({ "config": ft_cfg.result_parts(), "pretrain": id_pre });
+    stage(opts, &dirs::finetune(run), "finetune", &id_ft, || {
         finetune_supernet(cfg, run, &dirs::finetune(run), 0, opts, &train_opts)
     })?;
 
-    stage(opts, &dirs::baseline_grid(run), "baseline-grid", || grid_baseline(&ft_base, &dirs::finetune(run)))?;
+    let id_grid = serde_json::json!({ "finetune": id_ft });
+    stage(opts, &dirs::baseline_grid(run), "baseline-grid", &id_grid, || {
+        grid_baseline(&ft_base, &dirs::finetune(run))
+    })?;
 
     let (workers, threads_per_worker) =
         detnas_search::run::default_workers(&[opts.device], cfg.threads.unwrap_or_else(tch::get_num_threads));
@@ -354,17 +527,20 @@ pub fn run(cfg: &PipelineConfig, opts: &PipelineOptions) -> Result<PipelineOutco
     if scfg.constraint.latency_table.is_none() {
         scfg.constraint.latency_table = Some(dirs::search(run).join("latency-table.json"));
     }
-    let found: BestArch = stage(opts, &dirs::search(run), "search", || {
+    let id_search = serde_json::json!({ "config": scfg.result_parts(), "finetune": id_ft });
+    let found: BestArch = stage(opts, &dirs::search(run), "search", &id_search, || {
         Ok(detnas_search::search(&scfg, &search_opts(dirs::search(run)))?.best)
     })?;
 
+    let mut id_cls = serde_json::Value::Null;
     let clsnas: Option<BestArch> = if cfg.baselines.clsnas {
         let mut c = SearchConfig::load(&cfg.search.config, &with(&cfg.search.set, &cfg.baselines.clsnas_set, &ro))?;
-        c.supernet.checkpoint = dirs::pretrain(run);
+        c.supernet.checkpoint = pretrained(cfg, run);
         c.seed = c.seed.wrapping_add(cfg.seed);
         c.supernet.fitness = FitnessKind::Cls;
         c.runtime.reuse.clear();
-        Some(stage(opts, &dirs::search_cls(run), "search-cls", || {
+        id_cls = serde_json::json!({ "config": c.result_parts(), "pretrain": id_pre });
+        Some(stage(opts, &dirs::search_cls(run), "search-cls", &id_cls, || {
             Ok(detnas_search::search(&c, &search_opts(dirs::search_cls(run)))?.best)
         })?)
     } else {
@@ -390,7 +566,19 @@ pub fn run(cfg: &PipelineConfig, opts: &PipelineOptions) -> Result<PipelineOutco
     let mut retrained = Vec::new();
     for (label, arch) in archs {
         let dir = dirs::retrain(run, &label);
-        let r: Retrained = stage(opts, &dir, &format!("retrain-{label}"), || {
+        let (cls_cfg, det_cfg) = retrain_configs(cfg, run, &arch, (&[], &[]), &ro)?;
+        let upstream = match label.as_str() {
+            "found" => id_search.clone(),
+            "clsnas" => id_cls.clone(),
+            _ => serde_json::json!({ "pretrain": id_pre }),
+        };
+        let id_retrain = serde_json::json!({
+            "arch": arch,
+            "cls": cls_cfg.as_ref().map(ConfigDocument::result_parts),
+            "det": det_cfg.result_parts(),
+            "upstream": upstream,
+        });
+        let r: Retrained = stage(opts, &dir, &format!("retrain-{label}"), &id_retrain, || {
             retrain(cfg, run, &dir, &label, &arch, (&[], &[]), opts, &train_opts)
         })?;
         retrained.push(r);
@@ -471,6 +659,7 @@ mod tests {
                     progress: false,
                     cancel: Cancel::new(),
                     dist: None,
+                    rerun_changed: false,
                 };
                 assert_eq!(run(&cfg, &opts).unwrap_err().to_string(), m);
                 assert!(!out.exists(), "the run folder was created");

@@ -145,22 +145,15 @@ impl Required {
     }
 }
 
-/// The value at dotted `key` of `doc`.
-pub(crate) fn lookup<'a>(doc: &'a toml::Table, key: &str) -> Option<&'a toml::Value> {
-    let mut parts = key.split('.');
-    let mut value = doc.get(parts.next()?)?;
-    for p in parts {
-        value = value.as_table()?.get(p)?;
-    }
-    Some(value)
-}
-
 /// The keys of `required` that `doc` lacks (in the order listed).
 pub fn missing_keys(doc: &toml::Table, required: &[Required]) -> Vec<&'static str> {
     required
         .iter()
-        .filter(|r| r.when.is_none_or(|(sel, value)| lookup(doc, sel).and_then(toml::Value::as_str) == Some(value)))
-        .filter(|r| lookup(doc, r.key).is_none())
+        .filter(|r| {
+            r.when
+                .is_none_or(|(sel, value)| crate::rules::lookup(doc, sel).and_then(toml::Value::as_str) == Some(value))
+        })
+        .filter(|r| crate::rules::lookup(doc, r.key).is_none())
         .map(|r| r.key)
         .collect()
 }

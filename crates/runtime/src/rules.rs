@@ -357,9 +357,9 @@ where
         let text = std::fs::read_to_string(f).map_err(|e| e.to_string())?;
         let doc: toml::Table = toml::from_str(&text).map_err(|e| format!("{}: {e}", f.display()))?;
         for r in C::REQUIRED {
-            let applies = r.when.is_none_or(|(selector, value)| {
-                crate::config::lookup(&doc, selector).and_then(toml::Value::as_str) == Some(value)
-            });
+            let applies = r
+                .when
+                .is_none_or(|(selector, value)| lookup(&doc, selector).and_then(toml::Value::as_str) == Some(value));
             let key = r.key;
             if !applies || without(&doc, key) == doc {
                 continue;
@@ -380,6 +380,16 @@ where
         std::fs::remove_dir_all(&dir).map_err(|e| e.to_string())?;
     }
     Ok(cases)
+}
+
+/// The value at dotted `key` of `doc`.
+pub(crate) fn lookup<'a>(doc: &'a toml::Table, key: &str) -> Option<&'a toml::Value> {
+    let mut parts = key.split('.');
+    let mut value = doc.get(parts.next()?)?;
+    for p in parts {
+        value = value.as_table()?.get(p)?;
+    }
+    Some(value)
 }
 
 /// `doc` without the value at dotted `key`.
@@ -513,9 +523,10 @@ where
     let set = key.set(v);
     match load(&[base, std::slice::from_ref(&set)].concat()) {
         Ok(cfg) => {
-            // The value as the field holds it (an f32 field rounds -1e-50 to -0.0).
+            // The value as the field holds it (an f32 field rounds -1e-50 to -0.0); a key the
+            // configuration leaves out when it holds its default (0 warm-start steps) holds `v`.
             let doc = toml::Value::try_from(&cfg).map_err(|e| e.to_string())?;
-            let held = number_at(&doc, &key.key).ok_or_else(|| format!("{set}: {} is gone", key.key))?;
+            let held = number_at(&doc, &key.key).unwrap_or(v);
             match range_of(C::RANGES, &key.key) {
                 Some(r) if r.contains(held) => Ok(()),
                 _ => Err(format!("{set} was accepted (held as {held})")),

@@ -430,7 +430,7 @@ mod tests {
 
     fn presets() -> Vec<PathBuf> {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
-        let mut v: Vec<PathBuf> = ["demo", "coco", "voc"]
+        let mut v: Vec<PathBuf> = ["demo", "own-data", "coco", "voc"]
             .iter()
             .flat_map(|d| std::fs::read_dir(root.join(d)).unwrap())
             .map(|e| e.unwrap().path())

@@ -834,7 +834,7 @@ lr = 0.1
 
     fn presets() -> Vec<PathBuf> {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
-        ["demo/pretrain.toml", "imagenet/pretrain-small.toml", "imagenet/pretrain-large.toml"]
+        ["demo/pretrain.toml", "own-data/pretrain.toml", "imagenet/pretrain-small.toml", "imagenet/pretrain-large.toml"]
             .iter()
             .map(|p| root.join(p))
             .collect()

@@ -503,14 +503,17 @@ mod tests {
     #[test]
     fn every_finetune_preset_loads_and_checks() {
         let mut n = 0;
-        for sub in ["demo", "coco", "voc"] {
+        for sub in ["demo", "own-data", "coco", "voc"] {
             for e in std::fs::read_dir(configs().join(sub)).unwrap() {
                 let p = e.unwrap().path();
                 let name = p.file_name().unwrap().to_string_lossy().into_owned();
                 if name.starts_with("finetune") && name.ends_with(".toml") {
                     let cfg = FinetuneConfig::load(&p, &[]).unwrap_or_else(|e| panic!("{name}: {e}"));
                     assert!(
-                        cfg.model.space.space == "small" || cfg.model.space.space == "large" || sub == "demo",
+                        cfg.model.space.space == "small"
+                            || cfg.model.space.space == "large"
+                            || sub == "demo"
+                            || sub == "own-data",
                         "{name}"
                     );
                     n += 1;
@@ -522,7 +525,7 @@ mod tests {
 
     fn presets() -> Vec<PathBuf> {
         let mut v = Vec::new();
-        for sub in ["demo", "coco", "voc"] {
+        for sub in ["demo", "own-data", "coco", "voc"] {
             for e in std::fs::read_dir(configs().join(sub)).unwrap() {
                 let p = e.unwrap().path();
                 let name = p.file_name().unwrap().to_string_lossy().into_owned();

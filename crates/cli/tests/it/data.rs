@@ -198,7 +198,9 @@ fn data_check_and_fine_tuning_on_a_voc_set_with_its_own_classes() {
     let (c, o2) = (cfg.to_str().unwrap(), ft2.to_str().unwrap());
     let o =
         engine(&["finetune", "--no-progress", "--config", c, "--out", o2, "--set", "data.search_val_images=500"], None);
-    assert_eq!(o.status.code(), Some(3), "{}", String::from_utf8_lossy(&o.stderr));
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{e}");
+    assert!(e.contains("data.search_val_images = 500: cannot carve 500 images"), "{e}");
     let o = engine(&["finetune", "--no-progress", "--config", c, "--out", o2], None);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     std::fs::remove_dir_all(&d).unwrap();

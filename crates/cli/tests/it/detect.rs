@@ -196,6 +196,24 @@ fn both_detectors_train_resume_exactly_evaluate_and_predict() {
         assert!(svgs.iter().all(|s| s.starts_with("<svg") && s.contains("data:image/png;base64,")));
         let labelled: usize = svgs.iter().map(|s| s.matches("<text").count()).sum();
         assert!(labelled > 0, "no labelled box in any picture");
+        // No degenerate box (clipped to zero width or height) among the detections, even at
+        // score threshold 0; every label's background lies inside its picture.
+        for r in results.as_array().unwrap() {
+            let b = r["bbox"].as_array().unwrap();
+            assert!(b[2].as_f64().unwrap() > 0.0 && b[3].as_f64().unwrap() > 0.0, "degenerate box {r}");
+        }
+        for svg in &svgs {
+            let attr = |tag: &str, name: &str| -> f64 {
+                let at = tag.find(&format!(" {name}=\"")).unwrap() + name.len() + 3;
+                tag[at..].split('"').next().unwrap().parse().unwrap()
+            };
+            let head = svg.split('>').next().unwrap();
+            let (w, h) = (attr(head, "width"), attr(head, "height"));
+            for tag in svg.split("<rect").skip(1).filter(|t| t.contains("fill=\"rgb(")) {
+                let (x, y, tw, th) = (attr(tag, "x"), attr(tag, "y"), attr(tag, "width"), attr(tag, "height"));
+                assert!(x >= 0.0 && y >= 0.0 && x + tw <= w + 0.1 && y + th <= h + 0.1, "label outside {w}×{h}: {tag}");
+            }
+        }
         // Two inputs with the same file name get two pictures.
         let other = d.join(format!("{name}-other"));
         std::fs::create_dir_all(&other).unwrap();

@@ -160,6 +160,12 @@ fn pipeline_stages_release_their_memory() {
     // The pipeline test's stages, with the 96×96 fine-tuning and longer detection retraining.
     let cfg = crate::pipeline::write_configs(&d);
     std::fs::write(d.join("finetune.toml"), soak_finetune(&d.join("unused"), 12)).unwrap();
+    // The search's limit counted at the fine-tuning's 96×96 (the MACs scale with the pixels).
+    let search = std::fs::read_to_string(d.join("search.toml")).unwrap();
+    let limit = "input = [64, 64]\nmax_backbone_macs = \"2.8M\"";
+    assert!(search.contains(limit));
+    std::fs::write(d.join("search.toml"), search.replace(limit, "input = [96, 96]\nmax_backbone_macs = \"6.3M\""))
+        .unwrap();
     let pipeline = std::fs::read_to_string(&cfg).unwrap();
     let short = r#"det_set = ["schedule.iterations=40", "eval.recalibrate_images=0"]"#;
     assert!(pipeline.contains(short));

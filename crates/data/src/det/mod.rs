@@ -370,7 +370,9 @@ impl DetDataset {
         let rank = |i: usize| {
             let name = self.images[i].file.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
             let digest = Sha256::new().chain_update(stream.to_le_bytes()).chain_update(name.as_bytes()).finalize();
-            (u64::from_le_bytes(digest[..8].try_into().expect("a SHA-256 digest has 8 bytes")), name, i)
+            // The digest's first 8 bytes, little-endian.
+            let key = digest.iter().take(8).rev().fold(0u64, |k, &b| (k << 8) | u64::from(b));
+            (key, name, i)
         };
         let mut order: Vec<(u64, String, usize)> = (0..self.len()).map(rank).collect();
         order.sort_unstable();

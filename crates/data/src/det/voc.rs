@@ -281,6 +281,65 @@ pub fn load(root: &Path, set: &str, classes: &[&str]) -> Result<DetDataset, Data
     build(&read(root, set)?, &classes, "the given classes")
 }
 
+/// Writes `data` as Pascal VOC image set `set` under `root`: each image copied to
+/// `JPEGImages/<set>_<n>.<ext>` (its own format), `Annotations/<set>_<n>.xml` with its size and
+/// boxes (1-based: `xmin = x1 + 1`, `ymin = y1 + 1`, `xmax = x2`, `ymax = y2`, the inverse of
+/// [`build`]'s reading; crowd regions as `difficult`), and the ids appended to
+/// `ImageSets/Main/<set>.txt`. The class names are the categories' names.
+///
+/// # Errors
+/// [`DataError::Write`] when a folder or file cannot be written; [`DataError::Io`] when an
+/// image cannot be copied.
+pub fn write(data: &DetDataset, root: &Path, set: &str) -> Result<(), DataError> {
+    use std::fmt::Write as _;
+    let write_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| DataError::Write { path, source }
+    };
+    for sub in ["Annotations", "JPEGImages", "ImageSets/Main"] {
+        std::fs::create_dir_all(root.join(sub)).map_err(write_err(&root.join(sub)))?;
+    }
+    let mut ids = String::new();
+    for (n, im) in data.images.iter().enumerate() {
+        let id = format!("{set}_{n:06}");
+        let ext = im.file.extension().map_or_else(|| "jpg".to_string(), |e| e.to_string_lossy().into_owned());
+        let file = format!("{id}.{ext}");
+        std::fs::copy(&im.file, root.join("JPEGImages").join(&file))
+            .map_err(|source| DataError::Io { path: im.file.clone(), source })?;
+        let esc = |t: &str| quick_xml::escape::escape(t).into_owned();
+        let mut xml = format!(
+            "<annotation>\n  <folder>{}</folder>\n  <filename>{}</filename>\n  <size><width>{}</width><height>{}</height><depth>3</depth></size>\n",
+            esc(&root.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default()),
+            esc(&file),
+            im.width,
+            im.height
+        );
+        for o in &im.objects {
+            let [x1, y1, x2, y2] = o.bbox;
+            let _ = writeln!(
+                xml,
+                "  <object><name>{}</name><difficult>{}</difficult><bndbox><xmin>{}</xmin><ymin>{}</ymin><xmax>{x2}</xmax><ymax>{y2}</ymax></bndbox></object>",
+                esc(&data.categories[o.label].name),
+                u8::from(o.difficult || o.crowd),
+                x1 + 1.0,
+                y1 + 1.0
+            );
+        }
+        xml.push_str("</annotation>\n");
+        let xml_path = root.join("Annotations").join(format!("{id}.xml"));
+        std::fs::write(&xml_path, xml).map_err(write_err(&xml_path))?;
+        let _ = writeln!(ids, "{id}");
+    }
+    let list = root.join("ImageSets/Main").join(format!("{set}.txt"));
+    // Written again (the same set): each id listed once.
+    let mut text = std::fs::read_to_string(&list).unwrap_or_default();
+    let listed: std::collections::HashSet<String> = text.lines().map(str::to_string).collect();
+    for id in ids.lines().filter(|id| !listed.contains(*id)) {
+        let _ = writeln!(text, "{id}");
+    }
+    std::fs::write(&list, text).map_err(write_err(&list))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -172,3 +172,26 @@ fn voc_reads_what_coco_reads_with_its_own_class_names() {
     }
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+/// `voc::write` is the inverse of the VOC reader: the written set reads back with the COCO
+/// twin's sizes, boxes and class names; writing it again lists each id once.
+#[test]
+fn voc_write_reads_back_as_written() {
+    let d = tmp("voc-write");
+    let coco = coco_twin(&d);
+    let root = d.join("VOC");
+    voc::write(&coco, &root, "trainval").unwrap();
+    voc::write(&coco, &root, "trainval").unwrap();
+    let listed = std::fs::read_to_string(root.join("ImageSets/Main/trainval.txt")).unwrap();
+    assert_eq!(listed.lines().count(), coco.len());
+    let names: Vec<String> = coco.categories.iter().map(|c| c.name.clone()).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let v = voc::load(&root, "trainval", &refs).unwrap();
+    assert_eq!(v.len(), coco.len());
+    for (a, b) in v.images.iter().zip(&coco.images) {
+        assert_eq!((a.width, a.height), (b.width, b.height));
+        let boxes = |d: &detnas_data::det::DetImage| d.objects.iter().map(|o| (o.bbox, o.label)).collect::<Vec<_>>();
+        assert_eq!(boxes(a), boxes(b));
+    }
+    std::fs::remove_dir_all(&d).unwrap();
+}

@@ -163,7 +163,8 @@ pub fn open_splits(cfg: &FinetuneConfig, run_dir: &Path) -> Result<DetSplits, Tr
         }
     }
     let (rest, carved) = if cfg.data.search_val_images > 0 {
-        full.carve(cfg.data.search_val_images, mix_seed(cfg.seed, &[detnas_data::streams::FINETUNE_SPLIT]))?
+        full.carve(cfg.data.search_val_images, mix_seed(cfg.seed, &[detnas_data::streams::FINETUNE_SPLIT]))
+            .map_err(|e| TrainError::Config(format!("data.search_val_images = {}: {e}", cfg.data.search_val_images)))?
     } else {
         ((0..full.len()).collect(), Vec::new())
     };
