@@ -10,6 +10,7 @@
 
 #include "shim_error.h"
 
+#include <ATen/Version.h>
 #include <ATen/autocast_mode.h>
 #include <torch/csrc/autograd/profiler_kineto.h>
 #include <torch/csrc/profiler/collection.h>
@@ -108,6 +109,10 @@ extern "C" int detnas_profiler_stop(const char* path, char** ops, char* err, siz
 }
 
 extern "C" void detnas_free(char* p) { std::free(p); }
+
+// libtorch's build configuration (`torch.__config__.show()`): version, CPU capability in
+// use, CUDA and cuDNN versions of the build. Free with detnas_free.
+extern "C" char* detnas_show_config() { return copy_out(at::show_config()); }
 
 // Enters autocast on `device_type` (0 CPU, 1 CUDA) with `dtype` (0 bfloat16, 1 float16):
 // saves the previous state into `prev_enabled` / `prev_dtype` for detnas_autocast_exit.

@@ -41,6 +41,30 @@ pub enum DeviceError {
 #[allow(unsafe_code)]
 unsafe extern "C" {
     fn detnas_grad_enabled() -> std::ffi::c_int;
+    fn detnas_show_config() -> *mut std::ffi::c_char;
+    fn detnas_free(p: *mut std::ffi::c_char);
+}
+
+/// libtorch's build configuration text (`torch.__config__.show()`).
+#[allow(unsafe_code)]
+pub fn torch_config() -> String {
+    // SAFETY: the shim returns a malloc'ed NUL-terminated copy (or null), freed here once.
+    unsafe {
+        let p = detnas_show_config();
+        if p.is_null() {
+            return String::new();
+        }
+        let s = std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned();
+        detnas_free(p);
+        s
+    }
+}
+
+/// The machine and libtorch build this process computes on
+/// ([`detnas_runtime::Machine`]), read once.
+pub fn machine() -> detnas_runtime::Machine {
+    static MACHINE: std::sync::OnceLock<detnas_runtime::Machine> = std::sync::OnceLock::new();
+    MACHINE.get_or_init(|| detnas_runtime::Machine::of_host().with_torch_config(&torch_config())).clone()
 }
 
 /// Whether autograd records operations on this thread (`torch.is_grad_enabled()`).

@@ -95,6 +95,9 @@ pub struct StageRecord<T> {
     /// Resident memory over the stage (the process's high-water mark is reset at its start).
     #[serde(default)]
     pub memory: MemoryRecord,
+    /// The machine and libtorch build of the session that finished the stage.
+    #[serde(default)]
+    pub machine: detnas_runtime::Machine,
 }
 
 fn one_session() -> usize {

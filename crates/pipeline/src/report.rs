@@ -171,17 +171,33 @@ fn run_section(run: &Path) -> Section {
         "Peak resident memory of the run: {peak:.0} MiB (the largest stage peak; each stage's peak is measured \
          from its own start)."
     );
+    // The machines the stages ran on, as recorded (a run may move between machines).
+    let mut machines: Vec<String> = Vec::new();
+    for (_, d) in &stage_dirs {
+        if let Some(r) = stage_record::<serde_json::Value>(d)
+            && !r.machine.cpu.is_empty()
+            && !machines.contains(&r.machine.describe())
+        {
+            machines.push(r.machine.describe());
+        }
+    }
+    let machine = if machines.is_empty() {
+        "Machine: not recorded.".to_string()
+    } else {
+        format!("Machine{}: {}.", if machines.len() > 1 { "s" } else { "" }, machines.join("; "))
+    };
     let _ = writeln!(
         sec.md,
-        "Run folder `{}`; code {}.\n\n{md}\n{memory}\n",
+        "Run folder `{}`; code {}.\n\n{machine}\n\n{md}\n{memory}\n",
         run.display(),
         detnas_runtime::code_version()
     );
     let _ = write!(
         sec.html,
-        "<p>Run folder <code>{}</code>; code {}.</p>{html}<p>{}</p><details><summary>configuration (pipeline.toml)</summary><pre>{}</pre></details>",
+        "<p>Run folder <code>{}</code>; code {}.</p><p>{}</p>{html}<p>{}</p><details><summary>configuration (pipeline.toml)</summary><pre>{}</pre></details>",
         esc(&run.display().to_string()),
         esc(&detnas_runtime::code_version()),
+        esc(&machine),
         esc(&memory),
         esc(&cfg_text)
     );
@@ -189,6 +205,24 @@ fn run_section(run: &Path) -> Section {
         sec.md,
         "<details><summary>configuration (pipeline.toml)</summary>\n\n```toml\n{cfg_text}\n```\n</details>\n"
     );
+    // The resolved configuration of every stage, as it recorded it (folded).
+    for (name, d) in &stage_dirs {
+        for (part, file) in
+            [("", d.join("config.toml")), (" cls", d.join("cls/config.toml")), (" det", d.join("det/config.toml"))]
+        {
+            let Ok(text) = std::fs::read_to_string(&file) else { continue };
+            let _ = writeln!(
+                sec.md,
+                "<details><summary>stage {name}{part}: resolved configuration</summary>\n\n```toml\n{text}\n```\n</details>\n"
+            );
+            let _ = write!(
+                sec.html,
+                "<details><summary>stage {}{part}: resolved configuration</summary><pre>{}</pre></details>",
+                esc(name),
+                esc(&text)
+            );
+        }
+    }
     sec
 }
 

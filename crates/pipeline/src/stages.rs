@@ -114,7 +114,8 @@ pub(crate) fn stage<T: Serialize + DeserializeOwned>(
     let result = run()?;
     let memory = MemoryRecord { gpu_peak_mib: detnas_dist::cuda_memory::peak_of(opts.device), ..meter.finish() };
     let (seconds, sessions) = clock.finish();
-    let rec = StageRecord { stage: name.to_string(), seconds, sessions, result, memory };
+    let rec =
+        StageRecord { stage: name.to_string(), seconds, sessions, result, memory, machine: detnas_device::machine() };
     if opts.writer() {
         std::fs::create_dir_all(dir).map_err(|e| PipelineError::io(dir, e))?;
         write_json_atomic(&dir.join(STAGE_FILE), &rec)?;

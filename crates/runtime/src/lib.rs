@@ -31,4 +31,4 @@ pub mod rules;
 pub use cancel::{Cancel, Signal};
 pub use config::ConfigDocument;
 pub use error::RuntimeError;
-pub use provenance::code_version;
+pub use provenance::{Machine, code_version};

@@ -106,6 +106,13 @@ fn pipeline_runs_every_stage_resumes_after_kills_and_exports() {
     }
     let md = std::fs::read_to_string(reference.join("report/report.md")).unwrap();
     assert!(md.contains("| found |") && md.contains("plots/search_pareto.svg"), "{md}");
+    // Where and how it ran: the machine and libtorch build, every stage's resolved config.
+    assert!(md.contains("Machine: ") && md.contains("cores, CPU kernels ") && md.contains("libtorch 2."), "{md}");
+    assert!(md.contains("stage finetune: resolved configuration") && md.contains("stage retrain-found det:"), "{md}");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(reference.join("finetune/summary.json")).unwrap()).unwrap();
+    let capability = summary["machine"]["cpu_capability"].as_str().unwrap();
+    assert!(!capability.is_empty() && md.contains(&format!("CPU kernels {capability}")), "{summary}");
     // The trivial grid baseline sits in the final table; the tiny test split is called too
     // small to separate models, on the terminal and in the report.
     assert!(md.contains("| grid |") && md.contains("px boxes, no training"), "{md}");

@@ -126,3 +126,39 @@ fn pipeline_presets_load() {
     }
     assert_eq!(n, 6);
 }
+
+/// The README's demo table is the committed run's: `docs/demo/final.json` and
+/// `docs/demo/baseline-grid.json`, copied from one demo run's `report/final.json` and
+/// `baseline-grid/stage.json` (with its figures, `docs/demo/*.svg`).
+#[test]
+fn the_readme_demo_table_is_the_committed_run() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let read = |p: &str| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(root.join(p)).unwrap()).unwrap()
+    };
+    let rows = read("docs/demo/final.json");
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 3);
+    for r in rows {
+        let label = match r["label"].as_str().unwrap() {
+            "found" => "found (DetNAS search)",
+            "random" => "random",
+            _ => "ClsNAS",
+        };
+        let s: Vec<f64> = r["stats"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        let row = format!(
+            "| {label} | `{}` | {:.3} | {:.3} | {:.3} | {} |",
+            r["arch"].as_str().unwrap(),
+            s[0],
+            s[1],
+            s[2],
+            detnas_space::format_count(r["backbone_macs"].as_u64().unwrap())
+        );
+        assert!(readme.contains(&row), "the README lacks {row}");
+    }
+    let grid = read("docs/demo/baseline-grid.json");
+    let g: Vec<f64> = grid["test"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    let row = format!("| grid (no training) | — | {:.3} | {:.3} | {:.3} | — |", g[0], g[1], g[2]);
+    assert!(readme.contains(&row), "the README lacks {row}");
+}

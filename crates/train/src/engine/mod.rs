@@ -356,6 +356,7 @@ impl<'a> Trainer<'a> {
             memory: MemoryRecord { gpu_peak_mib: detnas_dist::cuda_memory::peak_of(vs.device()), ..meter.finish() },
             world_size: dist.as_ref().map_or(1, |pg| pg.world()),
             collective_seconds: dist.as_ref().zip(comm_start).map(|(pg, s)| pg.collective_seconds() - s),
+            machine: detnas_device::machine(),
         })
     }
 

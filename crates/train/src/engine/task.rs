@@ -99,6 +99,9 @@ pub struct TrainOutcome {
     /// per-step loss sums, SyncBN's forward gathers); `None` in a single process.
     #[serde(default)]
     pub collective_seconds: Option<f64>,
+    /// The machine and libtorch build that trained (rank 0's in a job).
+    #[serde(default)]
+    pub machine: detnas_runtime::Machine,
 }
 
 /// The summary of a run that already finished: `out/summary.json` when the latest
