@@ -79,6 +79,34 @@ struct Cli {
     command: Command,
 }
 
+/// `detnas import …`.
+/// `detnas import`.
+fn import(cmd: ImportCommand) -> Result<(), Failure> {
+    match cmd {
+        ImportCommand::Spos { weights, out } => {
+            let ckpt = detnas_train::import::import_spos(&weights, &out)?;
+            println!("imported {} into {} (space small-spos)", weights.display(), ckpt.display());
+            Ok(())
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum ImportCommand {
+    /// The SinglePathOneShot supernet (megvii-model/SinglePathOneShot, published as
+    /// `Supernet/checkpoint-150000.pth.tar`; convert it to safetensors first with
+    /// `python scripts/pth_to_safetensors.py FILE.pth.tar OUT.safetensors`). Writes a
+    /// pre-training run folder of the `small-spos` space for `model.pretrained` and `eval cls`.
+    Spos {
+        /// The state dict as safetensors (official names, `module.` prefix optional).
+        #[arg(long)]
+        weights: std::path::PathBuf,
+        /// The run folder to write (`OUT/checkpoints/step-00000000`).
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Inspect search spaces: sizes, MACs/params of architectures, sampling.
@@ -117,6 +145,10 @@ enum Command {
     Report(run_cmd::ReportArgs),
     /// Export the found architecture: official-name weights for PyTorch, detector for predict.
     Export(run_cmd::ExportArgs),
+    /// Convert official ImageNet weights into a detnas pre-training checkpoint
+    /// (`import spos`: the SinglePathOneShot supernet, space `small-spos`).
+    #[command(subcommand)]
+    Import(ImportCommand),
     /// How far a run's search ranking can be trusted: architectures from its ledger trained
     /// stand-alone, Kendall τ of the supernet's scores against them. Re-running resumes.
     RankCheck(run_cmd::RankCheckArgs),
@@ -226,6 +258,7 @@ fn main() -> ExitCode {
         Command::Bench(a) => bench_cmd::run(a),
         Command::Dist(DistCommand::Check(a)) => dist_cmd::check(a),
         Command::Export(a) => run_cmd::export(a),
+        Command::Import(c) => import(c),
         Command::RankCheck(a) => run_cmd::rank_check(a),
     };
     match result {

@@ -2,8 +2,8 @@
 //! `shuffle_blocks.py` of megvii-model/DetNAS).
 
 use crate::layers::{ConvBn, ConvBnConfig};
-use detnas_space::Choice;
 use detnas_space::space::BlockSlot;
+use detnas_space::{ChannelShuffle, Choice};
 use tch::Tensor;
 use tch::nn::{self, ModuleT};
 
@@ -26,6 +26,8 @@ pub struct ChoiceOp {
     pub branch: Vec<ConvBn>,
     /// The projection of stride-2 blocks.
     pub proj: Vec<ConvBn>,
+    /// How the input is split at stride 1.
+    pub shuffle: ChannelShuffle,
 }
 
 impl ChoiceOp {
@@ -62,7 +64,7 @@ impl ChoiceOp {
         } else {
             Vec::new()
         };
-        ChoiceOp { choice, stride, branch, proj }
+        ChoiceOp { choice, stride, branch, proj, shuffle: slot.shuffle }
     }
 }
 
@@ -84,6 +86,23 @@ pub fn channel_shuffle_split(x: &Tensor) -> (Tensor, Tensor) {
     (shuffled.narrow(1, 0, c / 2), shuffled.narrow(1, c / 2, c / 2))
 }
 
+/// SPOS's split (`channel_shuffle` of megvii-model/SinglePathOneShot `blocks.py`): the even
+/// channels are `x_proj`, the odd ones `x`.
+///
+/// # Panics
+/// When `x` is not 4-D (`[N, C, H, W]`).
+pub fn even_odd_split(x: &Tensor) -> (Tensor, Tensor) {
+    let (n, c, h, w) = x.size4().expect("a block input is 4-D");
+    if crate::layout::is_channels_last(x) {
+        let v = x.permute([0, 2, 3, 1]).view([n, h, w, c / 2, 2]);
+        let half = |i: i64| v.select(4, i).contiguous().permute([0, 3, 1, 2]);
+        (half(0), half(1))
+    } else {
+        let v = x.view([n, c / 2, 2, h, w]);
+        (v.select(2, 0), v.select(2, 1))
+    }
+}
+
 fn run(units: &[ConvBn], x: &Tensor, train: bool) -> Tensor {
     let mut y = units[0].forward_t(x, train);
     for u in &units[1..] {
@@ -94,9 +113,35 @@ fn run(units: &[ConvBn], x: &Tensor, train: bool) -> Tensor {
 
 impl ModuleT for ChoiceOp {
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        let (x_proj, x_main) =
-            if self.stride == 1 { channel_shuffle_split(x) } else { (run(&self.proj, x, train), x.shallow_clone()) };
+        let (x_proj, x_main) = match (self.stride, self.shuffle) {
+            (1, ChannelShuffle::Detnas) => channel_shuffle_split(x),
+            (1, ChannelShuffle::EvenOdd) => even_odd_split(x),
+            _ => (run(&self.proj, x, train), x.shallow_clone()),
+        };
         let y = run(&self.branch, &x_main, train).relu();
         Tensor::cat(&[x_proj, y], 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Device, Kind};
+
+    /// SPOS's split: even channels pass through, odd ones go to the branch, in either layout
+    /// (a channels-last input keeps its layout).
+    #[test]
+    fn even_odd_split_takes_the_even_and_the_odd_channels() {
+        let x = Tensor::arange(2 * 8 * 3 * 2, (Kind::Float, Device::Cpu)).view([2, 8, 3, 2]);
+        let idx = |v: &[i64]| Tensor::from_slice(v);
+        for input in [x.shallow_clone(), crate::layout::to_channels_last(&x)] {
+            let (a, b) = even_odd_split(&input);
+            assert_eq!(a, x.index_select(1, &idx(&[0, 2, 4, 6])));
+            assert_eq!(b, x.index_select(1, &idx(&[1, 3, 5, 7])));
+            assert_eq!(crate::layout::is_channels_last(&a), crate::layout::is_channels_last(&input));
+        }
+        // DetNAS's split takes other channels.
+        let (a, _) = channel_shuffle_split(&x);
+        assert_eq!(a, x.index_select(1, &idx(&[0, 4, 1, 5])));
     }
 }

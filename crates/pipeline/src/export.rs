@@ -147,8 +147,9 @@ pub fn export(run: &Path, out: &Path) -> Result<PathBuf, PipelineError> {
 /// Exports a fixed-architecture detection checkpoint `ckpt`.
 ///
 /// # Errors
-/// [`PipelineError::Config`] when `model.safetensors` cannot be read or has no backbone, or
-/// `backbone.safetensors` cannot be written, and as [`to_official`]; [`PipelineError::Io`]
+/// [`PipelineError::Config`] for a space whose channel shuffle is not DetNAS's (`small-spos`),
+/// when `model.safetensors` cannot be read or has no backbone, or `backbone.safetensors`
+/// cannot be written, and as [`to_official`]; [`PipelineError::Io`]
 /// when `out` or another file cannot be written or the checkpoint cannot be copied.
 pub fn export_checkpoint(
     ckpt: &Path,
@@ -157,6 +158,13 @@ pub fn export_checkpoint(
     best: Option<&detnas_search::BestArch>,
     out: &Path,
 ) -> Result<PathBuf, PipelineError> {
+    if !space.shuffle.is_detnas() {
+        return Err(PipelineError::Config(format!(
+            "space {}: its channel shuffle ({:?}) is not DetNAS's, so its weights would not compute the same \
+             function in the official DetNAS definition",
+            space.name, space.shuffle
+        )));
+    }
     std::fs::create_dir_all(out).map_err(|e| PipelineError::io(out, e))?;
     let model = ckpt.join("model.safetensors");
     let all =

@@ -337,7 +337,7 @@ pub fn check_stages(cfg: &PipelineConfig, run: &Path, device: Device) -> Result<
             .map_err(|e| PipelineError::Config(format!("pretrain.reuse: {}: {e}", path.display())))?;
         // The same network, wherever its space file lies.
         let shape = |s: &detnas_space::SearchSpace| {
-            (s.stem, s.widths.clone(), s.depths.clone(), s.last_conv, s.choices.clone())
+            (s.stem, s.widths.clone(), s.depths.clone(), s.last_conv, s.choices.clone(), s.shuffle)
         };
         let (mine, other) = (pre.space()?, theirs.space()?);
         if shape(&mine) != shape(&other) {

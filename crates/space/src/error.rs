@@ -6,7 +6,7 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum SpaceError {
     /// A space name that is neither built in nor a `.toml` file.
-    #[error("unknown search space '{0}' (expected small, large, large-3.8g or a path to a .toml file)")]
+    #[error("unknown search space '{0}' (expected small, small-spos, large, large-3.8g or a path to a .toml file)")]
     UnknownSpace(String),
     /// A space file that cannot be read.
     #[error("cannot read search space file {path}: {source}")]

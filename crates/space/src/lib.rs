@@ -29,5 +29,5 @@ pub use error::SpaceError;
 pub use latency::LatencyTable;
 pub use ops::{Constraint, crossover, mutate, sample_constrained, sample_uniform};
 pub use sampler::PathSampler;
-pub use space::{SearchSpace, SpaceSpec};
+pub use space::{ChannelShuffle, SearchSpace, SpaceSpec};
 pub use units::{format_count, parse_count};

@@ -27,6 +27,31 @@ pub struct SearchSpace {
     pub last_conv: u64,
     /// Choice ids a block may take (a space file without `choices`: all four).
     pub choices: Vec<u8>,
+    /// How stride-1 blocks split their input (default: DetNAS's).
+    #[serde(default, skip_serializing_if = "ChannelShuffle::is_detnas")]
+    pub shuffle: ChannelShuffle,
+}
+
+/// How a stride-1 block splits its input into the half it passes through and the half its
+/// branch transforms. The two official codes differ, so weights trained with one do not fit
+/// the other.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ChannelShuffle {
+    /// DetNAS's ("method 1" of megvii-model/DetNAS `shuffle_blocks.py`): view the channels
+    /// as `[2, C/2]`, transpose, and take the first and second half.
+    #[default]
+    Detnas,
+    /// SPOS's (`channel_shuffle` of megvii-model/SinglePathOneShot `src/Supernet/blocks.py`):
+    /// the even channels pass through, the odd ones go to the branch.
+    EvenOdd,
+}
+
+impl ChannelShuffle {
+    /// Whether this is the default, DetNAS's.
+    pub fn is_detnas(&self) -> bool {
+        *self == ChannelShuffle::Detnas
+    }
 }
 
 fn all_choice_ids() -> Vec<u8> {
@@ -66,12 +91,21 @@ pub struct BlockSlot {
     pub out_channels: u64,
     /// 2 for the first block of a stage, else 1.
     pub stride: u64,
+    /// How the block splits its input when its stride is 1 (the space's).
+    pub shuffle: ChannelShuffle,
 }
 
 impl SearchSpace {
     /// The 20-block space of DetNAS-300M (stem 16; widths 64, 160, 320, 640; depths 4, 4, 8, 4).
     pub fn small() -> SearchSpace {
         SearchSpace::preset("small", 16, [64, 160, 320, 640], [4, 4, 8, 4], 1024)
+    }
+
+    /// [`SearchSpace::small`] with SPOS's channel shuffle: the network of the SinglePathOneShot
+    /// supernet (megvii-model/SinglePathOneShot `src/Supernet/network.py`), whose
+    /// ImageNet-trained weights `detnas import spos` converts.
+    pub fn small_spos() -> SearchSpace {
+        SearchSpace { name: "small-spos".into(), shuffle: ChannelShuffle::EvenOdd, ..SearchSpace::small() }
     }
 
     /// The 40-block space of DetNAS-1.3G (stem 48; widths 96, 240, 480, 960; depths 8, 8, 16, 8).
@@ -92,6 +126,7 @@ impl SearchSpace {
             depths: depths.to_vec(),
             last_conv,
             choices: all_choice_ids(),
+            shuffle: ChannelShuffle::Detnas,
         }
     }
 
@@ -103,6 +138,7 @@ impl SearchSpace {
     pub fn named(name: &str) -> Result<SearchSpace, SpaceError> {
         match name {
             "small" => Ok(SearchSpace::small()),
+            "small-spos" => Ok(SearchSpace::small_spos()),
             "large" => Ok(SearchSpace::large()),
             "large-3.8g" | "large-3.8G" => Ok(SearchSpace::large_3_8g()),
             other if other.ends_with(".toml") || Path::new(other).is_file() => {
@@ -143,6 +179,7 @@ impl SearchSpace {
             depths: Vec<u64>,
             last_conv: u64,
             choices: Option<Vec<u8>>,
+            shuffle: Option<ChannelShuffle>,
         }
         let raw: Raw = toml::from_str(text)
             .map_err(|e| SpaceError::Toml { path: Default::default(), message: e.message().to_string() })?;
@@ -153,6 +190,7 @@ impl SearchSpace {
             depths: raw.depths,
             last_conv: raw.last_conv,
             choices: raw.choices.unwrap_or_else(all_choice_ids),
+            shuffle: raw.shuffle.unwrap_or_default(),
         };
         space.check()?;
         Ok(space)
@@ -186,6 +224,7 @@ impl SearchSpace {
             depths: self.depths.clone(),
             last_conv: round4(self.last_conv),
             choices: self.choices.clone(),
+            shuffle: self.shuffle,
         };
         space.check()?;
         Ok(space)
@@ -267,6 +306,7 @@ impl SearchSpace {
                     in_channels: in_c,
                     out_channels: w,
                     stride: if j == 0 { 2 } else { 1 },
+                    shuffle: self.shuffle,
                 });
                 in_c = w;
             }
@@ -359,10 +399,37 @@ mod tests {
 
     #[test]
     fn slots_have_strides_and_channels() {
-        let slots = SearchSpace::small().slots();
-        assert_eq!(slots[0], BlockSlot { index: 0, stage: 0, in_channels: 16, out_channels: 64, stride: 2 });
+        let s = SearchSpace::small();
+        let slots = s.slots();
+        assert_eq!(
+            slots[0],
+            BlockSlot {
+                index: 0,
+                stage: 0,
+                in_channels: 16,
+                out_channels: 64,
+                stride: 2,
+                shuffle: ChannelShuffle::Detnas
+            }
+        );
         assert_eq!(slots[1].stride, 1);
-        assert_eq!(slots[4], BlockSlot { index: 4, stage: 1, in_channels: 64, out_channels: 160, stride: 2 });
+        assert_eq!(
+            slots[4],
+            BlockSlot {
+                index: 4,
+                stage: 1,
+                in_channels: 64,
+                out_channels: 160,
+                stride: 2,
+                shuffle: ChannelShuffle::Detnas
+            }
+        );
+        // The SPOS network: the same slots, SPOS's shuffle; named by its preset, read back from TOML.
+        let spos = SearchSpace::named("small-spos").unwrap();
+        assert!(spos.slots().iter().all(|s| s.shuffle == ChannelShuffle::EvenOdd));
+        assert_eq!((spos.widths.clone(), spos.depths.clone()), (s.widths.clone(), s.depths.clone()));
+        assert_eq!(SearchSpace::from_toml_str(&spos.to_toml(), "x").unwrap(), spos);
+        assert!(!s.to_toml().contains("shuffle"), "the default is not written");
         assert_eq!(slots.iter().filter(|s| s.stride == 2).count(), 4);
     }
 

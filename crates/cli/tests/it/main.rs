@@ -3,6 +3,7 @@
 mod data;
 mod detect;
 mod dist;
+mod import;
 mod own_data;
 mod pipeline;
 mod pretrain;
