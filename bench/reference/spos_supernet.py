@@ -83,25 +83,14 @@ class Supernet(nn.Module):
         return self.classifier(x)
 
 
+DTYPES = {torch.float32: "F32", torch.float64: "F64", torch.int64: "I64"}
+
+
 def write_safetensors(path, tensors):
     header, body, offset = {}, b"", 0
     for name, t in tensors.items():
-        data = t.detach().contiguous().float().numpy().tobytes() if t.dtype != torch.int64 else t.numpy().tobytes()
-        dtype = "I64" if t.dtype == torch.int64 else "F32"
-        header[name] = {"dtype": dtype, "shape": list(t.shape), "data_offsets": [offset, offset + len(data)]}
-        body += data
-        offset += len(data)
-    h = json.dumps(header).encode()
-    h += b" " * ((8 - len(h) % 8) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(h)) + h + body)
-
-
-def write_safetensors64(path, tensors):
-    header, body, offset = {}, b"", 0
-    for name, t in tensors.items():
         data = t.detach().contiguous().numpy().tobytes()
-        header[name] = {"dtype": "F64", "shape": list(t.shape), "data_offsets": [offset, offset + len(data)]}
+        header[name] = {"dtype": DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + len(data)]}
         body += data
         offset += len(data)
     h = json.dumps(header).encode()
@@ -140,7 +129,7 @@ def main():
         net.float()
     write_safetensors(f"{out}/supernet.safetensors", {"module." + k: v for k, v in net.state_dict().items()})
     write_safetensors(f"{out}/io.safetensors", {"input": x, "logits": logits})
-    write_safetensors64(f"{out}/io64.safetensors", {"input": x.double(), "logits": logits64})
+    write_safetensors(f"{out}/io64.safetensors", {"input": x.double(), "logits": logits64})
     print(json.dumps({"keys": len(net.state_dict()), "logits_abs_mean": logits.abs().mean().item()}))
 
 
