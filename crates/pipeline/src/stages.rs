@@ -369,11 +369,17 @@ pub fn check_stages(cfg: &PipelineConfig, run: &Path, device: Device) -> Result<
     if !missing.is_empty() {
         return Err(PipelineError::Config(missing.join("\n")));
     }
-    // The fine-tuning's splits open (annotations, classes, the search-validation carve); a
-    // synthetic set is generated later and checked by its rules.
+    // The fine-tuning's splits open (annotations, classes, the search-validation carve) and
+    // their images decode; a synthetic set is generated later and checked by its rules.
     if !matches!(ft.data.source, DetSource::Synthetic(_)) {
-        detnas_train::finetune::open_splits(&ft, run)
+        let splits = detnas_train::finetune::open_splits(&ft, run)
             .map_err(|e| PipelineError::Config(format!("stage finetune ({}): {e}", cfg.finetune.config.display())))?;
+        // Every image decoded (`runtime.decode_check`): a broken file, or a size that differs
+        // from its annotation, is reported now rather than after pre-training (training skips
+        // such images).
+        if ft.runtime.decode_check {
+            detnas_train::finetune::decode_check(&splits);
+        }
     }
     let search = SearchConfig::load(&cfg.search.config, &with(&cfg.search.set, &[], &ro))
         .map_err(|e| named("search", &cfg.search.config, e.into()))?;

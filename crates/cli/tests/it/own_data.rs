@@ -110,6 +110,27 @@ fn the_own_data_recipe_runs_on_generated_voc_and_reuses_a_pretraining() {
     assert!(e.contains("stage finetune") && e.contains("data.search_val_images = 70: cannot carve 70 images"), "{e}");
     assert!(!d.join("carve/pretrain").exists(), "nothing ran");
 
+    // A broken image is reported before pre-training, by name: the VOC reader refuses it
+    // while opening the splits (were it read, the decode check would name it; the run would
+    // stop on the limit no architecture meets, checked after the images).
+    let broken = d.join("VOC-broken");
+    std::fs::create_dir_all(broken.join("JPEGImages")).unwrap();
+    for sub in ["Annotations", "ImageSets/Main", "JPEGImages"] {
+        std::fs::create_dir_all(broken.join(sub)).unwrap();
+        for e in std::fs::read_dir(voc.join(sub)).unwrap().flatten() {
+            std::fs::copy(e.path(), broken.join(sub).join(e.file_name())).unwrap();
+        }
+    }
+    std::fs::write(broken.join("JPEGImages/trainval_000005.png"), b"not a PNG").unwrap();
+    let mut bad = short(&broken);
+    bad[2] = bad[2].replace("max_backbone_macs=\\\"5.5M\\\"", "max_backbone_macs=\\\"1k\\\"");
+    assert!(bad[2].contains("1k"), "{}", bad[2]);
+    let o = run_recipe(&d.join("broken"), &bad);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{e}");
+    assert!(e.contains("trainval_000005.png") && e.contains("cannot decode image"), "{e}");
+    assert!(!d.join("broken/pretrain").exists(), "nothing ran");
+
     // The recipe end to end.
     let run = d.join("run");
     let o = run_recipe(&run, &short(&voc));
