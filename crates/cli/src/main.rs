@@ -84,8 +84,15 @@ struct Cli {
 fn import(cmd: ImportCommand) -> Result<(), Failure> {
     match cmd {
         ImportCommand::Spos { weights, out } => {
-            let ckpt = detnas_train::import::import_spos(&weights, &out)?;
+            let ckpt = detnas_pipeline::import::import_spos(&weights, &out)?;
             println!("imported {} into {} (space small-spos)", weights.display(), ckpt.display());
+            Ok(())
+        }
+        ImportCommand::Detnas { weights, out, arch } => {
+            let arch: Option<detnas_space::Arch> = arch.map(|a| a.parse()).transpose().map_err(crate::usage)?;
+            let ckpt = detnas_pipeline::import::import_detnas(&weights, &out, arch.as_ref())?;
+            let (_, state) = detnas_train::pretrain::read_checkpoint_meta(&ckpt)?;
+            println!("imported {} into {} (space {})", weights.display(), ckpt.display(), state.space.name);
             Ok(())
         }
     }
@@ -104,6 +111,21 @@ enum ImportCommand {
         /// The run folder to write (`OUT/checkpoints/step-00000000`).
         #[arg(long)]
         out: std::path::PathBuf,
+    },
+    /// DetNAS's ImageNet weights (megvii-model/DetNAS README): its ImageNet supernet
+    /// (`Supernet-ImageNet/detnasnet.py`), or a searched model with `--arch`, Small (300M) or
+    /// Large (1.3G). Writes a pre-training run folder of the `small` or `large` space.
+    Detnas {
+        /// The state dict as safetensors (official names, `module.` prefix optional).
+        #[arg(long)]
+        weights: std::path::PathBuf,
+        /// The run folder to write (`OUT/checkpoints/step-00000000`).
+        #[arg(long)]
+        out: std::path::PathBuf,
+        /// A searched model's architecture (its names hold no choice): one choice id per block,
+        /// e.g. `21202112331300313132`.
+        #[arg(long)]
+        arch: Option<String>,
     },
 }
 
@@ -145,8 +167,8 @@ enum Command {
     Report(run_cmd::ReportArgs),
     /// Export the found architecture: official-name weights for PyTorch, detector for predict.
     Export(run_cmd::ExportArgs),
-    /// Convert official ImageNet weights into a detnas pre-training checkpoint
-    /// (`import spos`: the SinglePathOneShot supernet, space `small-spos`).
+    /// Convert official ImageNet weights into a detnas pre-training checkpoint (`import spos`:
+    /// the SinglePathOneShot supernet; `import detnas`: the DetNAS ImageNet supernet).
     #[command(subcommand)]
     Import(ImportCommand),
     /// How far a run's search ranking can be trusted: architectures from its ledger trained

@@ -16,6 +16,7 @@ mod clock;
 pub mod config;
 pub mod error;
 pub mod export;
+pub mod import;
 pub mod layout;
 pub mod plots;
 pub mod rank_check;

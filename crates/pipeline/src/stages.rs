@@ -84,14 +84,9 @@ pub(crate) fn stage<T: Serialize + DeserializeOwned>(
     if let Some(old) = recorded.filter(|old| !identity.is_null() && old != identity) {
         let keys = detnas_runtime::config::diff_keys(&old, identity);
         if !opts.rerun_changed {
-            return Err(PipelineError::StageChanged(format!(
-                "stage {name} changed since it ran in {}: {}; every stage after it depends on it. Run again with \
-                 --rerun-changed to redo it and the stages after it in fresh folders (the old ones move to {}), or \
-                 use another --out",
-                dir.display(),
-                keys.join("; "),
-                replaced_dir(dir).display()
-            )));
+            // Listed; the stage's recorded result lets the later ones be compared too.
+            CHANGED.with(|c| c.borrow_mut().push(format!("stage {name} ({}): {}", dir.display(), keys.join("; "))));
+            return finished::<T>(dir).map(|(_, r)| r).ok_or_else(changed_error);
         }
         if opts.writer() {
             move_aside(dir)?;
@@ -106,6 +101,10 @@ pub(crate) fn stage<T: Serialize + DeserializeOwned>(
     if let Some((_, r)) = finished::<T>(dir) {
         tracing::info!("stage {name}: finished earlier ({})", dir.display());
         return Ok(r);
+    }
+    // A stage to run after a changed one that is not to be redone: stop with the list.
+    if CHANGED.with(|c| !c.borrow().is_empty()) {
+        return Err(changed_error());
     }
     tracing::info!("stage {name}: running into {}", dir.display());
     let clock = crate::clock::SessionClock::start(dir, opts.writer());
@@ -128,6 +127,20 @@ pub(crate) fn stage<T: Serialize + DeserializeOwned>(
         memory.peak_rss_mib.map_or("unknown".into(), |m| format!("{m:.0} MiB"))
     );
     Ok(rec.result)
+}
+
+thread_local! {
+    /// The stages of this invocation found changed since they ran (without `--rerun-changed`).
+    static CHANGED: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The refusal listing every changed stage found so far.
+fn changed_error() -> PipelineError {
+    let list = CHANGED.with(|c| c.borrow().join("\n  "));
+    PipelineError::StageChanged(format!(
+        "stages changed since they ran (their configuration or the stages they read):\n  {list}\nRun again with \
+         --rerun-changed to redo them in fresh folders (the old ones move to RUN/replaced/), or use another --out"
+    ))
 }
 
 /// `RUN/replaced/`, where the folders of changed stages go.
@@ -448,7 +461,12 @@ pub fn run(cfg: &PipelineConfig, opts: &PipelineOptions) -> Result<PipelineOutco
         write_atomic(&cfg_path, text.as_bytes())?;
     }
     opts.barrier()?;
-    let result = run_stages(cfg, opts, run, started);
+    CHANGED.with(|c| c.borrow_mut().clear());
+    let mut result = run_stages(cfg, opts, run, started);
+    if result.is_ok() && CHANGED.with(|c| !c.borrow().is_empty()) {
+        result = Err(changed_error());
+    }
+    CHANGED.with(|c| c.borrow_mut().clear());
     if let (Err(PipelineError::StageChanged(_)), Some(old)) = (&result, &previous)
         && opts.writer()
     {

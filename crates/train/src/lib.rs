@@ -16,7 +16,6 @@ pub mod engine;
 pub mod error;
 pub mod evaluate;
 pub mod finetune;
-pub mod import;
 pub mod loss;
 pub mod optim;
 pub mod pretrain;

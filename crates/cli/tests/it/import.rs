@@ -103,3 +103,53 @@ fn imported_spos_supernet_gives_the_official_logits() {
     assert!(e.contains("features.7.2.branch_main.3.weight") && e.contains("partial.safetensors"), "{e}");
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+/// `detnas import detnas`: the DetNAS ImageNet supernet, and a searched model (`--arch`),
+/// restated in PyTorch with the official names (`bench/reference/detnas_supernet.py`, the
+/// official DetNAS blocks of `crates/pipeline/tests/official/check_official.py`) give the
+/// same logits after import.
+#[test]
+fn imported_detnas_networks_give_the_official_logits() {
+    let d = temp_dir("import", "detnas");
+    let arch_text = "30123012301230123012";
+    let arch: Arch = arch_text.parse().unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/reference/detnas_supernet.py");
+    for fixed in [false, true] {
+        let dir = d.join(if fixed { "searched" } else { "supernet" });
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut cmd = std::process::Command::new("python3");
+        cmd.arg(&script).arg(&dir).arg(arch_text);
+        if fixed {
+            cmd.arg("--fixed");
+        }
+        let o = cmd.output().expect("python3 with torch (the project's venv: source scripts/env.sh)");
+        assert!(o.status.success(), "reference: {}", String::from_utf8_lossy(&o.stderr));
+        let weights = dir.join("supernet.safetensors");
+        let run = dir.join("run");
+        let mut args = vec!["import", "detnas", "--weights", weights.to_str().unwrap(), "--out", run.to_str().unwrap()];
+        if fixed {
+            // A searched model needs its architecture.
+            let o = engine(&args, None);
+            let e = String::from_utf8_lossy(&o.stderr);
+            assert!(!o.status.success() && e.contains("--arch"), "{e}");
+            args.extend(["--arch", arch_text]);
+        }
+        let printed = ok(&engine(&args, None));
+        assert!(printed.contains("(space small)"), "{printed}");
+        let mut opened = detnas_train::pretrain::OpenedSupernet::open(&run, Device::Cpu).unwrap();
+        assert_eq!(opened.state.space, detnas_space::SearchSpace::small());
+        opened.vs.double();
+        let io: BTreeMap<String, Tensor> =
+            Tensor::read_safetensors(dir.join("io64.safetensors")).unwrap().into_iter().collect();
+        let got = detnas_device::settings::with_memory_format(detnas_device::MemoryFormat::Nchw, || {
+            tch::no_grad(|| opened.net.forward_t(&io["input"], &arch, false))
+        })
+        .unwrap();
+        let scale = f64::try_from(io["logits"].abs().max()).unwrap();
+        let diff = f64::try_from((&got - &io["logits"]).abs().max()).unwrap();
+        assert!(scale > 1e-3, "precondition: logits of some size ({scale})");
+        assert!(diff <= 1e-5 * scale && diff < 1e-9, "fixed {fixed}: float64 max |Δ| {diff} against {scale}");
+        eprintln!("import detnas (searched model: {fixed}): max |Δ| float64 {diff:e}; max |logit| {scale}");
+    }
+    std::fs::remove_dir_all(&d).unwrap();
+}

@@ -160,8 +160,13 @@ fn the_own_data_recipe_runs_on_generated_voc_and_reuses_a_pretraining() {
     let o = run_recipe(&run, &changed);
     let e = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{e}");
-    assert!(e.contains("stage finetune changed") && e.contains("schedule.iterations: 30 → 32"), "{e}");
-    assert!(e.contains("--rerun-changed"), "{e}");
+    assert!(e.contains("stages changed since they ran") && e.contains("--rerun-changed"), "{e}");
+    // Every changed stage is listed with its keys; the unchanged ones are not.
+    for stage in ["finetune", "baseline-grid", "search", "retrain-found"] {
+        assert!(e.contains(&format!("stage {stage} (")), "{stage} not listed: {e}");
+    }
+    assert!(e.contains("config.schedule.iterations: 30 → 32"), "{e}");
+    assert!(!e.contains("stage pretrain (") && !e.contains("stage retrain-random ("), "{e}");
     assert_eq!(std::fs::read_to_string(run.join("pipeline.toml")).unwrap(), recorded);
     // With --rerun-changed: the fine-tuning and every stage after it run again in fresh
     // folders, the old ones kept under replaced/; the stages it does not feed are kept.
