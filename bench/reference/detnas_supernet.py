@@ -81,24 +81,7 @@ def main():
     seed = int(args[args.index("--seed") + 1]) if "--seed" in args else 0
     torch.manual_seed(seed)
     net = Supernet(classes, arch if "--fixed" in args else None)
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, nn.Conv2d):
-                m.weight.normal_(0, 1.0 / m.weight.shape[1] ** 0.5)
-                if m.bias is not None:
-                    m.bias.normal_(0, 0.1)
-            elif isinstance(m, nn.BatchNorm2d):
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.normal_(0, 0.1)
-                m.momentum = None
-            elif isinstance(m, nn.Linear):
-                m.weight.normal_(0, 0.01)
-                m.bias.normal_(0, 0.01)
-        # The path's running statistics from random images, so its activations keep their scale.
-        net.train()
-        for _ in range(2):
-            net(torch.randn(4, 3, 224, 224) * 50 + 100, arch)
-    net.eval()
+    spos.randomise(net, arch)
     x = torch.randn(2, 3, 224, 224) * 50 + 100
     with torch.no_grad():
         logits = net.double()(x.double(), arch)

@@ -83,6 +83,34 @@ class Supernet(nn.Module):
         return self.classifier(x)
 
 
+def randomise(net, arch):
+    """Random weights (and biases, BN affine parameters where the network has them), then the
+    running statistics of `arch`'s BNs measured on random images (a cumulative average), so
+    its activations keep their scale; the other choices keep random statistics. Leaves `net`
+    in eval mode."""
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.Conv2d):
+                m.weight.normal_(0, 1.0 / m.weight.shape[1] ** 0.5)
+                if m.bias is not None:
+                    m.bias.normal_(0, 0.1)
+            elif isinstance(m, nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+                if m.affine:
+                    m.weight.uniform_(0.5, 1.5)
+                    m.bias.normal_(0, 0.1)
+                m.momentum = None
+            elif isinstance(m, nn.Linear):
+                m.weight.normal_(0, 0.01)
+                if m.bias is not None:
+                    m.bias.normal_(0, 0.01)
+        net.train()
+        for _ in range(2):
+            net(torch.randn(4, 3, 224, 224) * 50 + 100, arch)
+    net.eval()
+
+
 DTYPES = {torch.float32: "F32", torch.float64: "F64", torch.int64: "I64"}
 
 
@@ -106,22 +134,7 @@ def main():
     seed = int(args[args.index("--seed") + 1]) if "--seed" in args else 0
     torch.manual_seed(seed)
     net = Supernet(classes)
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, nn.Conv2d):
-                m.weight.normal_(0, 1.0 / m.weight.shape[1] ** 0.5)
-            elif isinstance(m, nn.BatchNorm2d):
-                m.running_mean.normal_(0, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
-                m.momentum = None
-            elif isinstance(m, nn.Linear):
-                m.weight.normal_(0, 0.01)
-        # Running statistics of the path's BNs from random images (cumulative average), so its
-        # activations keep their scale; the other choices keep random ones.
-        net.train()
-        for _ in range(2):
-            net(torch.randn(4, 3, 224, 224) * 50 + 100, arch)
-    net.eval()
+    randomise(net, arch)
     x = torch.randn(2, 3, 224, 224) * 50 + 100
     with torch.no_grad():
         logits = net(x, arch)
