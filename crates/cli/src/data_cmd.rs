@@ -132,11 +132,14 @@ pub fn run(cmd: DataCommand) -> Result<(), Failure> {
             };
             cfg.check().map_err(crate::usage)?;
             if let Some(set) = voc_set {
+                // Drawn into a scratch folder, then written as VOC; the scratch goes either way
+                // (the image set's list is written last, so a failed write lists nothing new).
                 let scratch = out.join(format!(".synthetic-{set}"));
-                let ds = cfg.write(&scratch)?;
-                detnas_data::det::voc::write(&ds, &out, &set)?;
-                std::fs::remove_dir_all(&scratch)
-                    .map_err(|e| anyhow::anyhow!("cannot remove {}: {e}", scratch.display()))?;
+                let written =
+                    cfg.write(&scratch).and_then(|ds| detnas_data::det::voc::write(&ds, &out, &set).map(|()| ds));
+                let removed = std::fs::remove_dir_all(&scratch);
+                let ds = written?;
+                removed.map_err(|e| anyhow::anyhow!("cannot remove {}: {e}", scratch.display()))?;
                 let objects: usize = ds.images.iter().map(|i| i.objects.len()).sum();
                 println!(
                     "wrote {images} images ({objects} objects, {classes} classes) as VOC image set {set} under {}",

@@ -134,7 +134,7 @@ fn detnas_source(space: &SearchSpace, fixed: Option<&Arch>, name: &str) -> Optio
 /// # Errors
 /// As [`import_supernet`].
 pub fn import_spos(weights: &Path, out: &Path) -> Result<PathBuf, TrainError> {
-    import_supernet(weights, out, &SearchSpace::small_spos(), SPOS_RECIPE, spos_source)
+    import_supernet(weights, read_official(weights)?, out, &SearchSpace::small_spos(), SPOS_RECIPE, spos_source)
 }
 
 /// Converts a DetNAS ImageNet state dict in `weights` into a pre-training checkpoint of the
@@ -150,13 +150,11 @@ pub fn import_spos(weights: &Path, out: &Path) -> Result<PathBuf, TrainError> {
 /// [`import_supernet`].
 pub fn import_detnas(weights: &Path, out: &Path, arch: Option<&Arch>) -> Result<PathBuf, TrainError> {
     let bad = |message: String| TrainError::Checkpoint { path: weights.to_path_buf(), message };
-    let tensors = Tensor::read_safetensors(weights).map_err(|e| bad(format!("not a safetensors file: {e}")))?;
-    let key = |k: &str| k.strip_prefix("module.").unwrap_or(k).to_string();
-    let supernet = tensors.iter().any(|(k, _)| key(k).starts_with("features.0.0."));
-    let stem = tensors
-        .iter()
-        .find(|(k, _)| key(k) == "first_conv.conv.weight")
-        .map(|(_, v)| v.size()[0])
+    let official = read_official(weights)?;
+    let supernet = official.keys().any(|k| k.starts_with("features.0.0."));
+    let stem = official
+        .get("first_conv.conv.weight")
+        .map(|v| v.size()[0])
         .ok_or_else(|| bad("no first_conv.conv.weight: not a DetNAS ImageNet network".into()))?;
     let (name, space) = match stem {
         16 => ("small", SearchSpace::small()),
@@ -179,11 +177,28 @@ pub fn import_detnas(weights: &Path, out: &Path, arch: Option<&Arch>) -> Result<
     };
     let recipe = detnas_recipe(name);
     let s = space.clone();
-    import_supernet(weights, out, &space, &recipe, move |n| detnas_source(&s, fixed.as_ref(), n))
+    import_supernet(weights, official, out, &space, &recipe, move |n| detnas_source(&s, fixed.as_ref(), n))
 }
 
-/// Converts the supernet state dict in `weights` (safetensors, `module.` prefix optional)
-/// into a pre-training checkpoint of `space` under `out`, `source` giving each variable's
+/// The tensors of safetensors file `weights` by official name: without the DataParallel
+/// prefix `module.` and BN's `num_batches_tracked` counters.
+///
+/// # Errors
+/// [`TrainError::Checkpoint`] when `weights` is not a readable safetensors file.
+fn read_official(weights: &Path) -> Result<BTreeMap<String, Tensor>, TrainError> {
+    Ok(Tensor::read_safetensors(weights)
+        .map_err(|e| TrainError::Checkpoint {
+            path: weights.to_path_buf(),
+            message: format!("not a safetensors file: {e}"),
+        })?
+        .into_iter()
+        .map(|(k, v)| (k.strip_prefix("module.").unwrap_or(&k).to_string(), v))
+        .filter(|(k, _)| !k.ends_with("num_batches_tracked"))
+        .collect())
+}
+
+/// Converts the supernet state dict `official` read from `weights` ([`read_official`]) into a
+/// pre-training checkpoint of `space` under `out`, `source` giving each variable's
 /// official name and the value it takes when the file has none (an empty name: the variable
 /// keeps its initial value). The classes are named
 /// `class-0000`, … (ImageNet's order in the official loaders); `recipe` is the recorded
@@ -196,18 +211,13 @@ pub fn import_detnas(weights: &Path, out: &Path, arch: Option<&Arch>) -> Result<
 /// be written.
 fn import_supernet(
     weights: &Path,
+    mut official: BTreeMap<String, Tensor>,
     out: &Path,
     space: &SearchSpace,
     recipe: &str,
     source: impl Fn(&str) -> Option<(String, Option<f64>)>,
 ) -> Result<PathBuf, TrainError> {
     let bad = |message: String| TrainError::Checkpoint { path: weights.to_path_buf(), message };
-    let mut official: BTreeMap<String, Tensor> = Tensor::read_safetensors(weights)
-        .map_err(|e| bad(format!("not a safetensors file: {e}")))?
-        .into_iter()
-        .map(|(k, v)| (k.strip_prefix("module.").unwrap_or(&k).to_string(), v))
-        .filter(|(k, _)| !k.ends_with("num_batches_tracked"))
-        .collect();
     let fc = source("head.fc.weight").map(|s| s.0).unwrap_or_default();
     let classes = official
         .get(&fc)

@@ -100,8 +100,8 @@ impl TrainTask for DetTask<'_> {
 }
 
 /// Decodes every image of the splits (in parallel) and logs those that fail, as `detnas data
-/// check` does; training skips them when it meets them. Returns how many failed.
-pub fn decode_check(splits: &DetSplits) -> usize {
+/// check` does; training skips them when it meets them.
+pub fn decode_check(splits: &DetSplits) {
     let t = std::time::Instant::now();
     let mut n = 0;
     let mut bad = 0;
@@ -124,7 +124,6 @@ pub fn decode_check(splits: &DetSplits) -> usize {
         t.elapsed().as_secs_f64(),
         if bad == 0 { "no errors".to_string() } else { format!("{bad} cannot be decoded and will be skipped") }
     );
-    bad
 }
 
 /// Runs (or resumes) fine-tuning into `out`.
@@ -164,7 +163,7 @@ pub fn run(cfg: &FinetuneConfig, out: &Path, device: Device, opts: &RunOptions) 
         return Ok(done);
     }
     if resume.is_none() && writer && cfg.runtime.decode_check {
-        let _ = decode_check(&splits);
+        decode_check(&splits);
     }
 
     tch::manual_seed(mix_seed(cfg.seed, &[FINETUNE_INIT]) as i64);
