@@ -78,7 +78,8 @@ pub struct CocoArgs {
     /// Detections (COCO results JSON).
     #[arg(long)]
     pub dt: PathBuf,
-    /// Print one JSON object with `stats` (pycocotools' order).
+    /// Print one JSON object with `stats` (pycocotools' order) and `per_class` (each
+    /// category's `ap` and `ar100`).
     #[arg(long)]
     pub json: bool,
 }
@@ -98,9 +99,9 @@ fn print_stats(stats: &CocoStats, json: bool, extra: serde_json::Value) {
 }
 
 fn run_coco(a: CocoArgs) -> Result<(), Failure> {
-    let stats =
-        detnas_detect::metrics::coco_stats_files(&a.gt, &a.dt).map_err(|e| Failure { code: 3, error: e.into() })?;
-    print_stats(&stats, a.json, json!({}));
+    let ev = detnas_detect::metrics::coco_evaluation_files(&a.gt, &a.dt)
+        .map_err(|e| Failure { code: 3, error: e.into() })?;
+    print_stats(&ev.stats, a.json, json!({ "per_class": ev.classes }));
     Ok(())
 }
 

@@ -15,9 +15,9 @@ use detnas_data::decode_image;
 use detnas_data::det::transform::DetTransform;
 use detnas_data::det::transform::collate;
 use detnas_detect::evaluate::batch_inputs;
+use detnas_pipeline::pictures::{Drawn, detections_svg};
 use detnas_space::rng::seeded;
 use detnas_train::finetune::OpenedDetector;
-use image::RgbImage;
 use std::path::PathBuf;
 
 #[derive(Args)]
@@ -36,7 +36,7 @@ pub struct PredictArgs {
     #[arg(long, default_value = "predictions")]
     pub out: PathBuf,
     /// Boxes drawn (and written) from this score on.
-    #[arg(long, default_value_t = 0.3)]
+    #[arg(long, default_value_t = detnas_pipeline::pictures::SCORE_THRESHOLD)]
     pub score_threshold: f64,
     /// A COCO instances file whose images these are: results carry its image ids (matched by
     /// file name), so `detnas eval coco --gt GT --dt OUT/detections.json` scores them.
@@ -50,109 +50,6 @@ pub struct PredictArgs {
     pub recalibrate_bn: Option<usize>,
     #[command(flatten)]
     pub runtime: RuntimeArgs,
-}
-
-const PALETTE: [[u8; 3]; 10] = [
-    [230, 25, 75],
-    [60, 180, 75],
-    [255, 225, 25],
-    [0, 130, 200],
-    [245, 130, 48],
-    [145, 30, 180],
-    [70, 240, 240],
-    [240, 50, 230],
-    [210, 245, 60],
-    [250, 190, 212],
-];
-
-/// One drawn detection: box in image pixels, class name, score, palette index.
-struct Drawn {
-    bbox: [f64; 4],
-    class: String,
-    score: f32,
-    colour: usize,
-}
-
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
-}
-
-/// Top-left corner of a box's label of `size` `[width, height]`: above the box's corner
-/// `[x1, y1]` when there is room, else inside it, and always within an image of `image`
-/// `[width, height]` (a label wider than the image starts at its left edge).
-fn label_origin([x1, y1]: [f64; 2], [tw, th]: [f64; 2], [w, h]: [f64; 2]) -> (f64, f64) {
-    let y = if y1 >= th { y1 - th } else { y1 };
-    (x1.min(w - tw).max(0.0), y.min(h - th).max(0.0))
-}
-
-/// The image with labelled boxes and a legend of the classes drawn, as a self-contained SVG
-/// (the image embedded as PNG): readable at any size in a browser.
-fn picture_svg(img: &RgbImage, dets: &[Drawn]) -> anyhow::Result<String> {
-    use base64::Engine;
-    use std::fmt::Write;
-    let (w, h) = (img.width() as f64, img.height() as f64);
-    let mut png = Vec::new();
-    img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)?;
-    let stroke = (w.min(h) / 150.0).max(2.0);
-    let font = (w.min(h) / 28.0).clamp(11.0, 28.0);
-    let mut svg = format!(
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="{font:.1}"><image width="{w}" height="{h}" href="data:image/png;base64,{}"/>"#,
-        base64::engine::general_purpose::STANDARD.encode(&png)
-    );
-    let rgb = |c: usize| {
-        let p = PALETTE[c % PALETTE.len()];
-        format!("rgb({},{},{})", p[0], p[1], p[2])
-    };
-    for d in dets {
-        let [x1, y1, x2, y2] = d.bbox;
-        let label = format!("{} {:.2}", d.class, d.score);
-        // A label wider than a small picture is set smaller.
-        let chars = label.chars().count() as f64;
-        let lf = font.min(((w - 6.0) / (0.6 * chars)).max(1.0));
-        let tw = lf * 0.6 * chars + 6.0;
-        let (tx, ty) = label_origin([x1, y1], [tw, lf + 4.0], [w, h]);
-        let _ = write!(
-            svg,
-            r#"<rect x="{x1:.1}" y="{y1:.1}" width="{:.1}" height="{:.1}" fill="none" stroke="{c}" stroke-width="{stroke:.1}"/><rect x="{tx:.1}" y="{ty:.1}" width="{tw:.1}" height="{:.1}" fill="{c}"/><text x="{:.1}" y="{:.1}" font-size="{lf:.1}" fill="black">{}</text>"#,
-            x2 - x1,
-            y2 - y1,
-            lf + 4.0,
-            tx + 3.0,
-            ty + lf,
-            esc(&label),
-            c = rgb(d.colour)
-        );
-    }
-    let mut classes: Vec<(usize, &str)> = dets.iter().map(|d| (d.colour, d.class.as_str())).collect();
-    classes.sort();
-    classes.dedup();
-    if !classes.is_empty() {
-        // The legend is set smaller when the picture is narrower or lower than it.
-        let longest = classes.iter().map(|c| c.1.chars().count()).max().unwrap_or(1) as f64;
-        let rows = classes.len() as f64;
-        let font = font.min(((w - 8.0) / (0.6 * longest + 2.0)).min((h - 14.0) / rows - 6.0).max(1.0));
-        let lw = font * 0.6 * longest + font * 2.0;
-        let lh = (font + 6.0) * classes.len() as f64 + 6.0;
-        let _ = write!(
-            svg,
-            r#"<rect x="{:.1}" y="4" width="{lw:.1}" height="{lh:.1}" fill="white" fill-opacity="0.8"/>"#,
-            w - lw - 4.0
-        );
-        for (i, (c, name)) in classes.iter().enumerate() {
-            let y = 8.0 + (font + 6.0) * i as f64;
-            let _ = write!(
-                svg,
-                r#"<rect x="{:.1}" y="{y:.1}" width="{font:.1}" height="{font:.1}" fill="{}"/><text x="{:.1}" y="{:.1}" font-size="{font:.1}">{}</text>"#,
-                w - lw + 2.0,
-                rgb(*c),
-                w - lw + font + 6.0,
-                y + font - 2.0,
-                esc(name)
-            );
-        }
-    }
-    svg.push_str("</svg>\n");
-    Ok(svg)
 }
 
 /// Output names: `<stem>.det.svg`, or `<parent>-<stem>` … when two inputs share a stem, and
@@ -325,32 +222,15 @@ fn predict_into(
             dets += 1;
         }
         let staged = staging.join(&name);
-        std::fs::write(&staged, picture_svg(&img, &drawn)?)
-            .with_context(|| format!("cannot write {}", staged.display()))?;
+        std::fs::write(
+            &staged,
+            detections_svg(&img, &drawn, &[]).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
+        )
+        .with_context(|| format!("cannot write {}", staged.display()))?;
         println!("{}: {dets} detections ≥ {} → {}", path.display(), a.score_threshold, a.out.join(&name).display());
         images.push(serde_json::json!({
             "id": image_id, "file_name": path, "width": img.width(), "height": img.height(),
         }));
     }
     Ok((all, images))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::label_origin;
-
-    /// Every label lies inside the picture, wherever its box is (corners, edges, degenerate).
-    #[test]
-    fn labels_stay_inside_the_image() {
-        let (w, h, size) = (200.0, 100.0, [60.0, 16.0]);
-        assert_eq!(label_origin([50.0, 40.0], size, [w, h]), (50.0, 24.0), "above the box");
-        assert_eq!(label_origin([50.0, 5.0], size, [w, h]), (50.0, 5.0), "inside, no room above");
-        for x1 in [0.0, 10.0, 150.0, 190.0, 200.0] {
-            for y1 in [0.0, 8.0, 50.0, 95.0, 100.0] {
-                let (x, y) = label_origin([x1, y1], size, [w, h]);
-                assert!(x >= 0.0 && x + size[0] <= w && y >= 0.0 && y + size[1] <= h, "({x1}, {y1}) → ({x}, {y})");
-            }
-        }
-        assert_eq!(label_origin([30.0, 50.0], [300.0, 16.0], [w, h]).0, 0.0, "wider than the image");
-    }
 }

@@ -32,11 +32,21 @@ pub struct ReportArgs {
 
 #[derive(Args)]
 pub struct ExportArgs {
-    /// The run folder.
-    run: PathBuf,
+    /// What to export: a pipeline run (its retrained found architecture), a retraining folder
+    /// (RUN/retrain-NAME) or fine-tuning run of a fixed architecture, a supernet fine-tuning
+    /// folder (RUN/finetune or a detnas finetune run) or a detection search folder
+    /// (RUN/search). The last two export a path with the supernet's weights, not retrained.
+    src: PathBuf,
     /// Output folder.
     #[arg(long)]
     out: PathBuf,
+    /// The path of a supernet to export (default: the run's or search's found architecture).
+    #[arg(long)]
+    arch: Option<String>,
+    /// A Python with torch: also measure PyTorch eager's latency with the exported model.py
+    /// (`python model.py bench`), beside detnas's, for the export's README.
+    #[arg(long)]
+    python: Option<PathBuf>,
 }
 
 pub fn run(a: RunArgs) -> Result<(), Failure> {
@@ -124,7 +134,7 @@ pub fn report(a: ReportArgs) -> Result<(), Failure> {
 }
 
 pub fn export(a: ExportArgs) -> Result<(), Failure> {
-    let dir = detnas_pipeline::export::export(&a.run, &a.out)?;
+    let dir = detnas_pipeline::export::export(&a.src, a.arch.as_deref(), a.python.as_deref(), &a.out)?;
     println!("exported to {}", dir.display());
     Ok(())
 }

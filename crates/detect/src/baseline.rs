@@ -87,7 +87,7 @@ impl GridBaseline {
     /// # Errors
     /// As [`coco_eval`].
     pub fn score(&self, data: &DetDataset) -> Result<CocoStats, DetectError> {
-        coco_eval(data, &self.detections(data))
+        Ok(coco_eval(data, &self.detections(data))?.stats)
     }
 }
 

@@ -9,7 +9,10 @@
 //! ([`DetInputs::prepare_all`]) when a search scores many candidates on the same images. Both
 //! give the same batches, hence the same statistics and detections.
 
-use crate::metrics::{CocoDetection, CocoStats, GtDataset, VocDet, VocGt, coco_from_dataset, coco_stats, voc_eval};
+use crate::metrics::{
+    ClassScore, CocoDetection, CocoEvaluation, CocoStats, GtDataset, VocDet, VocGt, coco_evaluation, coco_from_dataset,
+    voc_eval,
+};
 use crate::{DetectError, Detector, Target};
 use detnas_data::det::DetDataset;
 use detnas_data::det::loader::{DetLoader, DetLoaderConfig};
@@ -269,14 +272,14 @@ pub fn detect(
     Ok(out)
 }
 
-/// COCO stats of detections against a dataset's ground truth.
+/// COCO box evaluation (stats and per class) of detections against a dataset's ground truth.
 ///
 /// # Errors
 /// [`DetectError::Eval`] when the ground truth or a detection record is rejected.
-pub fn coco_eval(data: &DetDataset, dets: &[CocoDetection]) -> Result<CocoStats, DetectError> {
+pub fn coco_eval(data: &DetDataset, dets: &[CocoDetection]) -> Result<CocoEvaluation, DetectError> {
     let gt: GtDataset = serde_json::from_value(data.to_coco_json())
         .map_err(|e| DetectError::Eval(format!("ground truth of {}: {e}", data.source)))?;
-    coco_stats(coco_from_dataset(gt), dets)
+    coco_evaluation(coco_from_dataset(gt), dets)
 }
 
 /// Pascal VOC mAP at IoU 0.5 with difficult objects ignored: `(area under the envelope
@@ -326,6 +329,9 @@ pub struct DetScore {
     /// COCO box stats (serialised as the 12 numbers: AP, AP50, AP75, APs, APm, APl, AR1,
     /// AR10, AR100, ARs, ARm, ARl).
     pub stats: CocoStats,
+    /// AP and AR100 of every category (empty in records written before they were kept).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub per_class: Vec<ClassScore>,
     /// Images scored.
     pub images: usize,
     /// Detections kept (at most the head's `detections_per_image` per image).
@@ -360,10 +366,11 @@ pub fn evaluate(
     };
     let t1 = Instant::now();
     let dets = detect(det, arch, inputs, settings, device)?;
-    let stats = coco_eval(data, &dets)?;
+    let CocoEvaluation { stats, classes } = coco_eval(data, &dets)?;
     let score = DetScore {
         arch: arch.map(|a| a.to_string()).unwrap_or_default(),
         stats,
+        per_class: classes,
         images: data.len(),
         detections: dets.len(),
         bn_layers_recalibrated: layers,

@@ -64,12 +64,37 @@ pub struct CocoDetection {
     pub score: f64,
 }
 
-/// The COCO box stats of `dt` against `gt`.
+/// Box AP and AR of one category: pycocotools' accumulated `precision[:, :, k, all, 100]` and
+/// `recall[:, k, all, 100]` averaged over their defined entries, as detectron2's
+/// `COCOEvaluator._derive_coco_results` (`evaluation/coco_evaluation.py`) reads AP; −1 for a
+/// category without ground truth.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClassScore {
+    /// COCO category id.
+    pub category_id: u64,
+    /// Category name, from the ground truth.
+    pub name: String,
+    /// AP over IoU 0.50:0.95, all areas, up to 100 detections per image.
+    pub ap: f64,
+    /// AR with up to 100 detections per image, all areas.
+    pub ar100: f64,
+}
+
+/// A COCO box evaluation: the 12 summary numbers and each category's AP and AR.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CocoEvaluation {
+    /// pycocotools' `COCOeval.stats`.
+    pub stats: CocoStats,
+    /// Every category of the ground truth, in its id order.
+    pub classes: Vec<ClassScore>,
+}
+
+/// The COCO box evaluation of `dt` against `gt`.
 ///
 /// # Errors
 /// [`DetectError::Eval`] when a detection cannot be converted, `hotcoco` rejects the results,
 /// or the evaluation fails or yields no statistics.
-pub fn coco_stats(gt: COCO, dt: &[CocoDetection]) -> Result<CocoStats, DetectError> {
+pub fn coco_evaluation(gt: COCO, dt: &[CocoDetection]) -> Result<CocoEvaluation, DetectError> {
     let anns: Vec<hotcoco::Annotation> = dt
         .iter()
         .map(|d| {
@@ -83,7 +108,9 @@ pub fn coco_stats(gt: COCO, dt: &[CocoDetection]) -> Result<CocoStats, DetectErr
     run_eval(gt, dt)
 }
 
-fn run_eval(gt: COCO, dt: COCO) -> Result<CocoStats, DetectError> {
+fn run_eval(gt: COCO, dt: COCO) -> Result<CocoEvaluation, DetectError> {
+    let names: std::collections::HashMap<u64, String> =
+        gt.dataset.categories.iter().map(|c| (c.id, c.name.clone())).collect();
     let mut ev = COCOeval::new(gt, dt, IouType::Bbox);
     ev.evaluate().map_err(|e| DetectError::Eval(e.to_string()))?;
     ev.accumulate();
@@ -94,14 +121,35 @@ fn run_eval(gt: COCO, dt: COCO) -> Result<CocoStats, DetectError> {
     for (o, v) in out.iter_mut().zip(s) {
         *o = *v;
     }
-    Ok(CocoStats(out))
+    let acc = ev.accumulated().ok_or_else(|| DetectError::Eval("nothing was accumulated".into()))?;
+    let (a, m, sh) = (ev.params.all_area_idx(), ev.params.max_det_idx(), acc.shape);
+    let mean = |v: &mut dyn Iterator<Item = f64>| {
+        let (n, s) = v.filter(|&x| x > -1.0).fold((0usize, 0.0), |(n, s), x| (n + 1, s + x));
+        if n == 0 { -1.0 } else { s / n as f64 }
+    };
+    let classes = acc
+        .cat_ids
+        .iter()
+        .enumerate()
+        .map(|(k, &id)| ClassScore {
+            category_id: id,
+            name: names.get(&id).cloned().unwrap_or_default(),
+            ap: mean(
+                &mut (0..sh.t)
+                    .flat_map(|t| (0..sh.r).map(move |r| (t, r)))
+                    .map(|(t, r)| acc.precision[acc.precision_idx(t, r, k, a, m)]),
+            ),
+            ar100: mean(&mut (0..sh.t).map(|t| acc.recall[acc.recall_idx(t, k, a, m)])),
+        })
+        .collect();
+    Ok(CocoEvaluation { stats: CocoStats(out), classes })
 }
 
-/// The COCO box stats of a results file against a ground-truth file.
+/// The COCO box evaluation of a results file against a ground-truth file.
 ///
 /// # Errors
 /// [`DetectError::Eval`] when either file cannot be read or parsed, or the evaluation fails.
-pub fn coco_stats_files(gt: &Path, dt: &Path) -> Result<CocoStats, DetectError> {
+pub fn coco_evaluation_files(gt: &Path, dt: &Path) -> Result<CocoEvaluation, DetectError> {
     let g = COCO::new(gt).map_err(|e| DetectError::Eval(format!("{}: {e}", gt.display())))?;
     // pycocotools refuses results on images the ground truth lacks ("Results do not
     // correspond to current coco set"); so does this (hotcoco would only warn and drop them).

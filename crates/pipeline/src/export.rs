@@ -1,11 +1,23 @@
-//! `detnas export RUN --out DIR`: the retrained found architecture for PyTorch users and for
-//! `detnas predict`.
+//! `detnas export SRC --out DIR [--arch A]`: a child detector for PyTorch users and for
+//! `detnas predict`. `SRC` is one of ([`Source::resolve`]):
+//!
+//! * a pipeline run: its retrained found architecture;
+//! * a retraining folder (`RUN/retrain-NAME`) or a fine-tuning run of a fixed architecture;
+//! * a supernet fine-tuning folder (`RUN/finetune` or a `detnas finetune` run): the path `A`,
+//!   or the run's found architecture, with the weights it inherits from the supernet;
+//! * a detection search folder (`RUN/search`): its found architecture (or `A`) on the
+//!   supernet it searched, likewise.
+//!
+//! The last two are not retrained: their BN statistics are recomputed for the path on the
+//! fine-tuning's training images (as the search scored it), and `arch.json` and the README say
+//! "not retrained".
 //!
 //! ```text
-//! DIR/arch.json                    architecture, space, classes, MACs, params, search provenance
+//! DIR/arch.json                    architecture, space, classes, MACs, params, provenance
+//! DIR/detector.safetensors         the whole child detector (backbone, FPN, head), detnas names
 //! DIR/backbone.safetensors         the child backbone under the official names (below)
 //! DIR/name-mapping.tsv             detnas name → official name, one per line
-//! DIR/detector/                    the detection checkpoint (detnas names), for predict
+//! DIR/detector/                    the child's detection checkpoint, for predict and eval det
 //! DIR/README.md                    how to load it in PyTorch and run it with detnas
 //! ```
 //!
@@ -32,6 +44,7 @@ use crate::layout::{self as dirs, Retrained, finished};
 use detnas_runtime::checkpoint::resolve;
 use detnas_space::{Arch, Choice, SearchSpace};
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use tch::Tensor;
 
@@ -126,25 +139,385 @@ pub fn to_official(
     Ok((out, mapping))
 }
 
-/// Exports the retrained found architecture of `run` into `out`.
-///
-/// # Errors
-/// [`PipelineError::Config`] when the found architecture is not retrained yet; otherwise the
-/// error of resolving its checkpoint, reading `best_arch.json` or parsing the architecture,
-/// then as [`export_checkpoint`].
-pub fn export(run: &Path, out: &Path) -> Result<PathBuf, PipelineError> {
-    let (_, r) = finished::<Retrained>(&dirs::retrain(run, "found")).ok_or_else(|| {
-        PipelineError::Config(format!(
-            "{}: the found architecture is not retrained yet (run detnas run first)",
-            run.display()
-        ))
-    })?;
-    let (_, ckpt) = resolve(&dirs::retrain(run, "found").join("det"))?;
-    let best = detnas_search::run::read_best(&dirs::search(run))?;
-    export_checkpoint(&ckpt, &best.space, &best.space.parse_arch(&r.arch)?, Some(&best), out)
+/// What an export reads: a child detector's checkpoint, or a supernet's and the path taken.
+#[derive(Clone, Debug)]
+pub struct Source {
+    /// The fine-tuning checkpoint (`step-N` folder).
+    pub checkpoint: PathBuf,
+    /// The architecture exported.
+    pub arch: Arch,
+    /// Its space.
+    pub space: SearchSpace,
+    /// Whether `checkpoint` trained this child alone (else it is a supernet's).
+    pub retrained: bool,
+    /// The search that found `arch`, when it came from one.
+    pub best: Option<detnas_search::BestArch>,
 }
 
-/// Exports a fixed-architecture detection checkpoint `ckpt`.
+/// The kinds of folder `detnas export` reads, for error messages.
+pub const SOURCE_KINDS: &str = "a pipeline run (its retrained found architecture), a retraining folder \
+     (RUN/retrain-NAME) or fine-tuning run of a fixed architecture, a supernet fine-tuning folder (RUN/finetune \
+     or a detnas finetune run; with --arch outside a run) or a detection search folder (RUN/search)";
+
+impl Source {
+    /// What `src` holds (module docs); `arch` picks the path of a supernet.
+    ///
+    /// # Errors
+    /// [`PipelineError::Config`] for a folder of none of the [`SOURCE_KINDS`], a run whose found
+    /// architecture is not retrained yet, a ClsNAS search, `arch` given for a fixed child, or
+    /// a supernet without `arch` outside a run with a finished search; the errors of reading
+    /// the records, the checkpoint's metadata or parsing `arch`.
+    pub fn resolve(src: &Path, arch: Option<&str>) -> Result<Source, PipelineError> {
+        let refuse = |why: String| {
+            PipelineError::Config(format!("{}: {why}; detnas export reads {SOURCE_KINDS}", src.display()))
+        };
+        if src.join("pipeline.toml").is_file() {
+            if arch.is_some() {
+                return Source::resolve(&dirs::finetune(src), arch);
+            }
+            let (_, r) = finished::<Retrained>(&dirs::retrain(src, "found")).ok_or_else(|| {
+                refuse("the found architecture is not retrained yet (export RUN/search for it with the supernet's weights)".into())
+            })?;
+            let best = detnas_search::run::read_best(&dirs::search(src))?;
+            let (_, checkpoint) = resolve(&dirs::retrain(src, "found").join("det"))?;
+            let arch = best.space.parse_arch(&r.arch)?;
+            return Ok(Source { checkpoint, arch, space: best.space.clone(), retrained: true, best: Some(best) });
+        }
+        if src.join("config.toml").is_file() && src.join("ledger.jsonl").is_file() {
+            let cfg = detnas_search::SearchConfig::load(&src.join("config.toml"), &[])?;
+            if cfg.supernet.fitness != detnas_search::config::FitnessKind::Det {
+                return Err(refuse("a ClsNAS search scored a classification supernet, which has no detector".into()));
+            }
+            let best = detnas_search::run::read_best(src).ok();
+            let chosen = arch.map(str::to_string).or_else(|| best.as_ref().map(|b| b.arch.clone()));
+            let chosen = chosen.ok_or_else(|| refuse("the search has not finished: give --arch".into()))?;
+            let (_, checkpoint) = resolve(&cfg.supernet.checkpoint)?;
+            return Source::of_checkpoint(checkpoint, Some(&chosen), best.filter(|b| b.arch == chosen));
+        }
+        let Ok((_, checkpoint)) = detnas_train::checkpoint::resolve_run(src, "det") else {
+            return Err(refuse("not one of these".into()));
+        };
+        // A supernet fine-tuning inside a run: its search's found architecture by default.
+        let best = src.parent().and_then(|run| detnas_search::run::read_best(&dirs::search(run)).ok());
+        let chosen = arch.map(str::to_string).or_else(|| best.as_ref().map(|b| b.arch.clone()));
+        Source::of_checkpoint(checkpoint, chosen.as_deref(), best.filter(|b| Some(&b.arch) == chosen.as_ref()))
+    }
+
+    fn of_checkpoint(
+        checkpoint: PathBuf,
+        arch: Option<&str>,
+        best: Option<detnas_search::BestArch>,
+    ) -> Result<Source, PipelineError> {
+        let (cfg, state) = detnas_train::finetune::read_meta(&checkpoint)?;
+        let space = state.space;
+        match (&cfg.model.arch, arch) {
+            (Some(fixed), Some(a)) if fixed != a => Err(PipelineError::Config(format!(
+                "{}: a fine-tuning of the fixed architecture {fixed}, not of a supernet: --arch {a} does not apply",
+                checkpoint.display()
+            ))),
+            (Some(fixed), _) => Ok(Source { checkpoint, arch: space.parse_arch(fixed)?, space, retrained: true, best }),
+            (None, Some(a)) => Ok(Source { checkpoint, arch: space.parse_arch(a)?, space, retrained: false, best }),
+            (None, None) => Err(PipelineError::Config(format!(
+                "{}: a supernet fine-tuning: give the path to export with --arch",
+                checkpoint.display()
+            ))),
+        }
+    }
+}
+
+/// Exports what `src` holds (module docs) into `out`; `python` (an interpreter with torch)
+/// also measures PyTorch eager's latency with the exported `model.py`.
+///
+/// # Errors
+/// As [`Source::resolve`], [`child_checkpoint`] and [`export_checkpoint`].
+pub fn export(src: &Path, arch: Option<&str>, python: Option<&Path>, out: &Path) -> Result<PathBuf, PipelineError> {
+    let source = Source::resolve(src, arch)?;
+    let staging = out.join(".child");
+    let _ = std::fs::remove_dir_all(&staging);
+    let result = scored_checkpoint(&source, &staging).and_then(|(ckpt, images)| {
+        let weights = Weights {
+            retrained: source.retrained,
+            supernet: (!source.retrained).then(|| source.checkpoint.clone()),
+            bn_recalibration_images: images,
+        };
+        export_checkpoint(&ckpt, &source.space, &source.arch, source.best.as_ref(), Some(&weights), python, out)
+    });
+    let _ = std::fs::remove_dir_all(&staging);
+    result
+}
+
+/// Where an exported child's weights come from.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Weights {
+    /// Whether the child was trained alone; else its weights are a supernet's path.
+    pub retrained: bool,
+    /// The supernet fine-tuning checkpoint, when not retrained.
+    pub supernet: Option<PathBuf>,
+    /// Training images its BN statistics were recomputed on before export (0: kept).
+    pub bn_recalibration_images: usize,
+}
+
+/// The child checkpoint that holds the weights the source's evaluation scores: a retrained
+/// child's own checkpoint when its evaluation keeps its BN statistics
+/// (`eval.recalibrate_images` 0, the default for a fixed architecture); otherwise a new one
+/// written into `dir/checkpoints/step-N` with the BN statistics recomputed as the evaluation
+/// (and the search) recomputes them, on the fine-tuning's recalibration set; for a supernet,
+/// the path's variables copied out ([`detnas_nn::net::supernet_name`]) and the
+/// configuration's `model.arch` set. Returns the checkpoint and the number of images.
+///
+/// # Errors
+/// As [`detnas_train::finetune::OpenedDetector::open`] and its recalibration (the training
+/// data must be readable); [`PipelineError::Config`] when a child variable has no supernet
+/// counterpart of its shape.
+pub fn scored_checkpoint(source: &Source, dir: &Path) -> Result<(PathBuf, usize), PipelineError> {
+    use detnas_train::finetune::{OpenedDetector, build_detector};
+    let (ckpt, arch) = (&source.checkpoint, &source.arch);
+    let device = tch::Device::Cpu;
+    let opened = OpenedDetector::open(ckpt, device)?;
+    let n = opened.config.eval.recalibrate_images(source.retrained);
+    if source.retrained && n == 0 {
+        return Ok((ckpt.clone(), 0));
+    }
+    let splits = opened.splits()?;
+    let settings = opened.config.eval_settings();
+    let path = (!source.retrained).then_some(arch);
+    opened.recalibrate(&splits, path, n, &settings, opened.config.eval.bn_mode.into(), device)?;
+    let mut cfg = opened.config.clone();
+    cfg.model.arch = Some(arch.to_string());
+    let child = if source.retrained {
+        opened.vs
+    } else {
+        let (child, _, _) = build_detector(&cfg, &opened.state.space, opened.state.task.categories.len(), device)?;
+        let supernet = opened.vs.variables();
+        for (name, mut var) in child.variables() {
+            let from = detnas_nn::net::supernet_name(&name, arch)
+                .ok()
+                .and_then(|s| supernet.get(&s))
+                .filter(|t| t.size() == var.size())
+                .ok_or_else(|| {
+                    PipelineError::Config(format!("{}: no supernet variable for child variable {name}", ckpt.display()))
+                })?;
+            tch::no_grad(|| var.copy_(from));
+        }
+        child
+    };
+    let toml = detnas_runtime::ConfigDocument::to_toml(&cfg);
+    let state = opened.state.clone();
+    let step = state.step;
+    let written = detnas_runtime::checkpoint::save(
+        &dir.join("checkpoints"),
+        step,
+        1,
+        |tmp| {
+            let fail = |e: String| detnas_runtime::RuntimeError::checkpoint(tmp, e);
+            child.save(tmp.join("model.safetensors")).map_err(|e| fail(e.to_string()))?;
+            let json = serde_json::to_string_pretty(&state).map_err(|e| fail(e.to_string()))?;
+            std::fs::write(tmp.join("state.json"), json).map_err(|e| detnas_runtime::RuntimeError::io(tmp, e))?;
+            std::fs::write(tmp.join("config.toml"), &toml).map_err(|e| detnas_runtime::RuntimeError::io(tmp, e))
+        },
+        || (),
+    )?;
+    Ok((written, n))
+}
+
+/// Python files written beside the weights: the detector, and COCO results on image files.
+const PYTHON: [(&str, &str); 2] = [
+    ("model.py", include_str!("../export/model.py")),
+    ("predict_torch.py", include_str!("../export/predict_torch.py")),
+];
+
+/// The whole detector of fixed-architecture fine-tuning checkpoint `ckpt` (`all`: its
+/// variables): `detector.safetensors` (every variable, and `num_batches_tracked` = 0 for each
+/// BN, as PyTorch's state dicts hold), `model.py`, `predict_torch.py` and
+/// `reference.safetensors`, detnas's own
+/// outputs on the first two test images (`model.py check` compares against them). Returns
+/// the number of reference images (0 when the test split cannot be read: then there is no
+/// reference, and a warning says so).
+///
+/// # Errors
+/// [`PipelineError::Config`] when a file cannot be written; as
+/// [`detnas_train::finetune::OpenedDetector::open`] and the detector's forward.
+fn write_detector(
+    ckpt: &Path,
+    all: &[(String, Tensor)],
+    cfg: &detnas_train::FinetuneConfig,
+    out: &Path,
+) -> Result<DetectorFiles, PipelineError> {
+    let mut state: Vec<(String, Tensor)> = Vec::with_capacity(all.len());
+    for (k, v) in all {
+        if let Some(bn) = k.strip_suffix(".running_var") {
+            state.push((format!("{bn}.num_batches_tracked"), Tensor::from(0i64)));
+        }
+        state.push((k.clone(), v.shallow_clone()));
+    }
+    write_safetensors(&state, &out.join("detector.safetensors"))?;
+    for (name, text) in PYTHON {
+        let p = out.join(name);
+        std::fs::write(&p, text).map_err(|e| PipelineError::io(&p, e))?;
+    }
+    let opened = detnas_train::finetune::OpenedDetector::open(ckpt, tch::Device::Cpu)?;
+    let test = match opened.splits() {
+        Ok(s) => s.test,
+        Err(e) => {
+            tracing::warn!("no reference outputs for model.py check: the test split cannot be read ({e})");
+            let _ = std::fs::remove_file(out.join("reference.safetensors"));
+            return Ok(DetectorFiles { reference_images: 0, latency: Vec::new() });
+        }
+    };
+    let t = detnas_data::det::transform::DetTransform {
+        min_size: vec![cfg.data.test_min_size],
+        max_size: cfg.data.max_size,
+        flip: false,
+    };
+    let mut named: Vec<(String, Tensor)> = Vec::new();
+    let mut samples = Vec::new();
+    for (i, image) in test.images.iter().take(2).enumerate() {
+        let img = detnas_data::decode_image(&image.file)?;
+        let (w, h) = (img.width() as i64, img.height() as i64);
+        named.push((format!("image.{i}"), Tensor::from_slice(img.as_raw()).view([h, w, 3])));
+        samples.push(t.apply(&img, image, &mut detnas_space::rng::seeded(0)));
+    }
+    let n = samples.len();
+    let first = samples.first().cloned();
+    let batch =
+        detnas_data::det::transform::collate(samples, (0..n).collect(), cfg.data.divisibility, cfg.data.convention);
+    let (x, sizes, _) = detnas_detect::evaluate::batch_inputs(&batch, tch::Device::Cpu);
+    let det = &opened.detector;
+    named.extend(det.trace(&x, &sizes, None).map_err(detnas_train::TrainError::from)?);
+    for (i, d) in det.detect(&x, &sizes, None).map_err(detnas_train::TrainError::from)?.into_iter().enumerate() {
+        let boxes: Vec<f32> = d.boxes.iter().flatten().copied().collect();
+        named.push((format!("boxes.{i}"), Tensor::from_slice(&boxes).view([-1, 4])));
+        named.push((format!("scores.{i}"), Tensor::from_slice(&d.scores)));
+        named.push((format!("labels.{i}"), Tensor::from_slice(&d.labels)));
+    }
+    let flat: Vec<i64> = sizes.iter().flat_map(|&(h, w)| [h, w]).collect();
+    named.push(("sizes".into(), Tensor::from_slice(&flat).view([-1, 2])));
+    named.push(("input".into(), x));
+    write_safetensors(&named, &out.join("reference.safetensors"))?;
+    let mut latency = Vec::new();
+    if let Some(sample) = first {
+        let one =
+            detnas_data::det::transform::collate(vec![sample], vec![0], cfg.data.divisibility, cfg.data.convention);
+        let (x, sizes, _) = detnas_detect::evaluate::batch_inputs(&one, tch::Device::Cpu);
+        let mut times = Vec::with_capacity(LATENCY_REPS + 1);
+        for _ in 0..=LATENCY_REPS {
+            let t = std::time::Instant::now();
+            det.detect(&x, &sizes, None).map_err(detnas_train::TrainError::from)?;
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        times.remove(0);
+        times.sort_by(f64::total_cmp);
+        let size = x.size();
+        latency.push(Latency {
+            runtime: format!("detnas (libtorch {})", detnas_device::machine().libtorch),
+            device: "cpu".into(),
+            threads: tch::get_num_threads() as usize,
+            precision: "fp32".into(),
+            batch: 1,
+            input: [size[2], size[3]],
+            nms: true,
+            median_ms: times[times.len() / 2],
+            reps: LATENCY_REPS,
+        });
+    }
+    Ok(DetectorFiles { reference_images: n, latency })
+}
+
+/// Repetitions of a latency measurement, after one warm-up.
+const LATENCY_REPS: usize = 10;
+
+/// What [`write_detector`] wrote: reference images, and the latencies measured.
+struct DetectorFiles {
+    reference_images: usize,
+    latency: Vec<Latency>,
+}
+
+/// One latency measurement of the exported detector: the whole detection of one image
+/// (backbone to NMS), the median of `reps` runs after a warm-up. `model.py bench` prints the
+/// same fields.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct Latency {
+    /// What ran it, with its version.
+    pub runtime: String,
+    /// `cpu` or `cuda`.
+    pub device: String,
+    /// Intra-op threads.
+    pub threads: usize,
+    /// `fp32`.
+    pub precision: String,
+    /// Images per run.
+    pub batch: usize,
+    /// The network input `[height, width]`, pixels (after resizing and padding).
+    pub input: [i64; 2],
+    /// Whether decoding and NMS are included.
+    pub nms: bool,
+    /// Median, milliseconds.
+    pub median_ms: f64,
+    /// Runs measured.
+    pub reps: usize,
+}
+
+/// PyTorch eager's latency: `PYTHON DIR/model.py bench DIR` (torch's own thread count).
+fn python_latency(python: &Path, dir: &Path) -> Result<Latency, PipelineError> {
+    let o = std::process::Command::new(python)
+        .arg(dir.join("model.py"))
+        .args(["bench".as_ref(), dir.as_os_str(), LATENCY_REPS.to_string().as_ref()])
+        .output()
+        .map_err(|e| PipelineError::Config(format!("--python {}: {e}", python.display())))?;
+    if !o.status.success() {
+        return Err(PipelineError::Config(format!(
+            "--python {}: model.py bench failed: {}",
+            python.display(),
+            String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or_default()
+        )));
+    }
+    serde_json::from_slice(&o.stdout).map_err(|e| {
+        PipelineError::Config(format!("--python {}: model.py bench printed no result ({e})", python.display()))
+    })
+}
+
+fn write_safetensors(named: &[(String, Tensor)], p: &Path) -> Result<(), PipelineError> {
+    let contiguous: Vec<(&str, Tensor)> = named.iter().map(|(k, v)| (k.as_str(), v.contiguous())).collect();
+    let refs: Vec<(&str, &Tensor)> = contiguous.iter().map(|(k, v)| (*k, v)).collect();
+    Tensor::write_safetensors(&refs, p).map_err(|e| PipelineError::Config(format!("{}: {e}", p.display())))
+}
+
+/// The README's latency rows, measured at export on this machine.
+fn latency_table(rows: &[Latency]) -> String {
+    if rows.is_empty() {
+        return "Latency: not measured (no test image could be read).".into();
+    }
+    let m = detnas_device::machine();
+    let mut t = format!(
+        "Latency measured at export on {} ({} cores), the whole detection of one test image \
+         (median of {LATENCY_REPS} runs after a warm-up):\n\n\
+         | runtime | device | threads | precision | batch | input (h×w) | decoding + NMS | median (ms) |\n\
+         |---|---|---|---|---|---|---|---|\n",
+        m.cpu, m.cores
+    );
+    for r in rows {
+        let _ = writeln!(
+            t,
+            "| {} | {} | {} | {} | {} | {}×{} | {} | {:.2} |",
+            r.runtime,
+            r.device,
+            r.threads,
+            r.precision,
+            r.batch,
+            r.input[0],
+            r.input[1],
+            if r.nms { "included" } else { "not included" },
+            r.median_ms
+        );
+    }
+    if rows.len() == 1 {
+        t.push_str("\nPyTorch eager: `python model.py bench .` (or `detnas export … --python PYTHON`).\n");
+    }
+    t
+}
+
+/// Exports a fixed-architecture detection checkpoint `ckpt`; `weights` says where they come
+/// from (none: retrained, BN statistics as trained).
 ///
 /// # Errors
 /// [`PipelineError::Config`] for a space whose channel shuffle is not DetNAS's (`small-spos`),
@@ -156,6 +529,8 @@ pub fn export_checkpoint(
     space: &SearchSpace,
     arch: &Arch,
     best: Option<&detnas_search::BestArch>,
+    weights: Option<&Weights>,
+    python: Option<&Path>,
     out: &Path,
 ) -> Result<PathBuf, PipelineError> {
     if !space.shuffle.is_detnas() {
@@ -169,6 +544,12 @@ pub fn export_checkpoint(
     let model = ckpt.join("model.safetensors");
     let all =
         Tensor::read_safetensors(&model).map_err(|e| PipelineError::Config(format!("{}: {e}", model.display())))?;
+    // A fine-tuning checkpoint (not a bare set of backbone weights): the whole detector too.
+    let meta = detnas_train::finetune::read_meta(ckpt).ok();
+    let mut files = match &meta {
+        Some((cfg, _)) => Some(write_detector(ckpt, &all, cfg, out)?),
+        None => None,
+    };
     let backbone: BTreeMap<String, Tensor> =
         all.into_iter().filter_map(|(k, v)| k.strip_prefix("backbone.").map(|r| (r.to_string(), v))).collect();
     if backbone.is_empty() {
@@ -190,24 +571,101 @@ pub fn export_checkpoint(
     }
     let cost = detnas_space::cost(space, arch, &detnas_space::CostModel::default());
     // The detector's classes (label order), from the checkpoint's state.
-    let classes: Vec<serde_json::Value> = detnas_train::finetune::read_meta(ckpt)
+    let classes: Vec<serde_json::Value> = meta
+        .as_ref()
         .map(|(_, st)| st.task.categories.iter().map(|c| serde_json::json!({"id": c.id, "name": c.name})).collect())
         .unwrap_or_default();
-    let info = serde_json::json!({
+    let input = meta.as_ref().map(|(cfg, _)| {
+        serde_json::json!({
+            "min_size": cfg.data.test_min_size, "max_size": cfg.data.max_size,
+            "divisibility": cfg.data.divisibility, "convention": cfg.data.convention,
+        })
+    });
+    let mut info = serde_json::json!({
         "arch": arch.to_string(), "choices": arch.ids(), "space": space, "classes": classes,
         "backbone_macs_224": cost.backbone_macs, "backbone_params": cost.backbone_params,
         "stage_out_channels": std::iter::once(space.stem).chain(space.widths.iter().copied()).collect::<Vec<u64>>(),
         "stage_repeats": space.depths, "search": best,
+        "retrained": weights.is_none_or(|w| w.retrained), "weights": weights,
+        "detector": meta.as_ref().map(|(cfg, _)| &cfg.detector), "input": input,
+        "latency": files.as_ref().map(|f| &f.latency),
     });
     detnas_runtime::fsx::write_json_atomic(&out.join("arch.json"), &info)?;
-    let readme = format!(
-        r#"# Exported DetNAS backbone `{arch}`
+    // PyTorch eager's latency, with the files just written (model.py reads arch.json).
+    if let (Some(py), Some(f)) = (python, files.as_mut().filter(|f| f.reference_images > 0)) {
+        f.latency.push(python_latency(py, out)?);
+        info["latency"] = serde_json::json!(f.latency);
+        detnas_runtime::fsx::write_json_atomic(&out.join("arch.json"), &info)?;
+    }
+    let provenance = match weights {
+        Some(Weights { supernet: Some(s), bn_recalibration_images: n, .. }) => format!(
+            "**Not retrained**: the weights are path `{arch}` of the supernet fine-tuning checkpoint `{}`, \
+             with BN statistics recomputed for the path on {n} training images, as the search scored it. \
+             Retrain it (`detnas run` does) before judging or deploying its accuracy.",
+            s.display()
+        ),
+        Some(Weights { bn_recalibration_images: n, .. }) if *n > 0 => format!(
+            "Retrained: this child was trained alone; its BN statistics were recomputed on {n} training images, \
+             as its evaluation does."
+        ),
+        _ => "Retrained: this child was trained alone.".to_string(),
+    };
+    let detector = match &files {
+        None => String::new(),
+        Some(DetectorFiles { reference_images: n, latency }) => format!(
+            r#"
+## PyTorch: the whole detector
 
+`model.py` (imports only torch) builds this detector, backbone, FPN and head, from
+`arch.json` and loads `detector.safetensors` with `strict=True`; it resizes, pads and
+normalises images and decodes, clips and suppresses boxes as detnas does:
+
+```python
+import model
+det = model.load(".")                    # this folder
+out = det.predict([image])               # uint8 [H, W, 3] RGB tensors or PIL images
+boxes, scores, labels = out[0]           # boxes x1 y1 x2 y2 in the image's pixels
+names = [c["name"] for c in det.classes] # label l is names[l]
+```
+
+Classes (label: dataset id, name): {}.
+
+`python predict_torch.py IMAGE… --out detections.json [--gt GT.json]` writes COCO results
+(torch and Pillow); with `--gt`, image ids are those of the same file names in `GT.json`, so
+`detnas eval coco --gt GT.json --dt detections.json` or pycocotools scores them.
+
+{}
+
+{}
+"#,
+            classes
+                .iter()
+                .enumerate()
+                .map(|(l, c)| format!("{l}: {} {}", c["id"], c["name"].as_str().unwrap_or_default()))
+                .collect::<Vec<_>>()
+                .join(", "),
+            if *n > 0 {
+                format!(
+                    "`python model.py check .` compares every output of `model.py` (prepared input, pyramid, \
+                     head outputs, detections) with detnas's own on {n} test images (`reference.safetensors`) \
+                     and prints the largest relative difference."
+                )
+            } else {
+                "No reference outputs were written (the test split could not be read at export).".to_string()
+            },
+            latency_table(latency)
+        ),
+    };
+    let readme = format!(
+        r#"# Exported DetNAS detector `{arch}`
+
+{provenance}
+{detector}
 Space `{space}`: stem {stem}, stage widths {widths:?}, depths {depths:?}; choices per block
 (0 = shufflenet_3x3, 1 = shufflenet_5x5, 2 = shufflenet_7x7, 3 = xception_3x3):
 `{ids:?}`. Backbone: {macs} MACs at 224×224, {params} parameters.
 
-## PyTorch
+## PyTorch: the backbone under the official names
 
 `backbone.safetensors` holds the state dict of the official `ShuffleNetV2DetNAS` backbone
 (megvii-model/DetNAS, `maskrcnn_benchmark/modeling/backbone/detnasnet.py`) built with
@@ -223,7 +681,8 @@ model.eval()
 c2, c3, c4, c5 = model(images)                     # images: [N, 3, H, W], BGR 0-255 as in training
 ```
 
-`name-mapping.tsv` lists every detnas name with its official name.
+`name-mapping.tsv` lists every detnas name with its official name. `detector.safetensors`
+holds the whole detector (backbone, FPN, head) under detnas's names.
 
 ## detnas
 

@@ -5,7 +5,8 @@
 //!   after its outputs are written, so re-running resumes.
 //! * [`rank_check`] — `detnas rank-check RUN`: the search's ranking against architectures
 //!   trained stand-alone.
-//! * [`report`] / [`plots`] — report.md / report.html with SVG plots from a run folder.
+//! * [`report`] / [`plots`] / [`pictures`] — report.md / report.html with SVG plots and
+//!   example predictions from a run folder.
 //! * [`export`] — the child network under the official DetNAS parameter names.
 //! * [`layout`] — the run folder's layout and stage records (shared by the above).
 //!
@@ -18,6 +19,7 @@ pub mod error;
 pub mod export;
 pub mod import;
 pub mod layout;
+pub mod pictures;
 pub mod plots;
 pub mod rank_check;
 pub mod report;

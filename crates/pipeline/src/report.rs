@@ -5,6 +5,7 @@
 use crate::PipelineError;
 use crate::layout::{self as dirs, GridRecord, RETRAINED, Retrained, finished, stage_record};
 use crate::plots;
+use detnas_detect::metrics::ClassScore;
 use detnas_runtime::fsx::write_atomic;
 use detnas_search::engine::{SearchState, read_state};
 use detnas_search::ledger::LedgerEntry;
@@ -30,6 +31,9 @@ pub struct FinalRow {
     pub backbone_params: u64,
     /// Latency from the search's per-op table, ms.
     pub latency_ms: Option<f64>,
+    /// AP and AR100 of every class on the test split.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub per_class: Vec<ClassScore>,
 }
 
 fn curve(path: &Path, key: &str) -> Vec<(f64, f64)> {
@@ -309,10 +313,12 @@ fn final_section(
         let Some(b) = &found.best else { continue };
         let arch = b.space.parse_arch(&r.arch)?;
         let c = detnas_space::cost(&b.space, &arch, &CostModel { input: b.input, classes: 1000 });
+        let test = r.det.paths.first();
         final_rows.push(FinalRow {
             label: r.label.clone(),
             arch: r.arch.clone(),
-            stats: r.det.paths.first().map(|p| p.stats.0.to_vec()).unwrap_or_default(),
+            stats: test.map(|p| p.stats.0.to_vec()).unwrap_or_default(),
+            per_class: test.map(|p| p.per_class.clone()).unwrap_or_default(),
             backbone_macs: c.backbone_macs,
             backbone_params: c.backbone_params,
             latency_ms: latency.as_ref().and_then(|t| t.latency_ms(&arch).ok()),
@@ -371,6 +377,8 @@ fn final_section(
             }
             sec.html.push_str("</ul>");
         }
+        class_table(&final_rows, &mut sec);
+        examples(run, figures, &mut sec)?;
         detnas_runtime::fsx::write_json_atomic(&dirs::report(run).join("final.json"), &final_rows)?;
     }
     // Architecture figure.
@@ -394,6 +402,60 @@ fn final_section(
         figures.add("architectures", plots::architectures(&rows, &starts), &mut sec)?;
     }
     Ok(sec)
+}
+
+/// Each class's AP and AR100 for every retrained model, with the dataset's class names.
+fn class_table(rows: &[FinalRow], sec: &mut Section) {
+    let Some(first) = rows.iter().find(|r| !r.per_class.is_empty()) else { return };
+    let labels: Vec<String> =
+        rows.iter().flat_map(|r| [format!("AP {}", r.label), format!("AR100 {}", r.label)]).collect();
+    let mut head = vec!["class"];
+    head.extend(labels.iter().map(String::as_str));
+    let value = |v: f64| if v < 0.0 { "—".to_string() } else { f4(v) };
+    let body: Vec<Vec<String>> = first
+        .per_class
+        .iter()
+        .map(|c| {
+            let mut v = vec![c.name.clone()];
+            for r in rows {
+                let s = r.per_class.iter().find(|s| s.category_id == c.category_id);
+                v.push(s.map_or_else(|| "—".into(), |s| value(s.ap)));
+                v.push(s.map_or_else(|| "—".into(), |s| value(s.ar100)));
+            }
+            v
+        })
+        .collect();
+    let (md, html) = table(&head, &body);
+    let note = "Per class on the test split: AP over IoU 0.50:0.95 and AR with up to 100 detections per image, all areas (— : no ground truth of that class).";
+    let _ = write!(sec.md, "\n### Per class\n\n{md}\n{note}\n");
+    let _ = write!(sec.html, "<h3>Per class</h3>{html}<p>{note}</p>");
+}
+
+/// Four test images with the found model's detections drawn and the ground truth dashed,
+/// from the retraining's kept test detections.
+fn examples(run: &Path, figures: &Figures, sec: &mut Section) -> Result<(), PipelineError> {
+    let dir = dirs::retrain(run, "found").join("det").join("test");
+    let intro = format!(
+        "The found model on the first four test images with ground truth: detections from score {} on, ground truth dashed.",
+        crate::pictures::SCORE_THRESHOLD
+    );
+    let _ = write!(sec.md, "\n### Example predictions\n\n{intro}\n");
+    let _ = write!(sec.html, "<h3>Example predictions</h3><p>{}</p>", esc(&intro));
+    match crate::pictures::examples(&dir, 4, 640) {
+        Ok(pictures) => {
+            for (i, (name, svg)) in pictures.into_iter().enumerate() {
+                let _ = write!(sec.md, "\n{name}:\n");
+                let _ = write!(sec.html, "<p>{}:</p>", esc(&name));
+                figures.add(&format!("predictions-{}", i + 1), Ok(svg), sec)?;
+            }
+        }
+        Err(e) => {
+            let why = format!("No pictures: {e}.");
+            let _ = writeln!(sec.md, "\n{why}");
+            let _ = write!(sec.html, "<p>{}</p>", esc(&why));
+        }
+    }
+    Ok(())
 }
 
 /// A search's progress and Pareto figures and its top-k; none when it has not started.

@@ -403,6 +403,56 @@ fn a_fixed_architecture_keeps_its_statistics_and_eval_det_reproduces_its_score()
     std::fs::remove_dir_all(&d).unwrap();
 }
 
+/// `detnas export` of a fine-tuning run of a fixed architecture, for both detectors: the
+/// exported `model.py` (PyTorch, importing only torch) computes what detnas computes at every
+/// level on test images (`model.py check`: prepared input, pyramid, head outputs, detections;
+/// 1e-4), and `predict_torch.py`'s COCO results on the test split score, through `detnas eval
+/// coco`, the AP of detnas's own evaluation (1e-3).
+#[test]
+fn exported_detectors_compute_in_pytorch_what_detnas_computes() {
+    for (name, head) in [("retinanet", RETINA), ("faster-rcnn", FPN)] {
+        let d = dir(&format!("export-{name}"));
+        let cfg = d.join("fixed.toml");
+        std::fs::write(&cfg, tiny(head, &d.join("data")).replace("[model]\n", "[model]\narch = \"01230\"\n")).unwrap();
+        let run = d.join("run");
+        ok(&finetune(&cfg, &run, None));
+        let ex = d.join("export");
+        let python = std::env::var("DETNAS_EXPORT_PYTHON").unwrap_or_default();
+        ok(&engine(&["export", run.to_str().unwrap(), "--out", ex.to_str().unwrap(), "--python", &python], None));
+        // Latency measured at export by detnas and by PyTorch eager, in arch.json and the README.
+        let info: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(ex.join("arch.json")).unwrap()).unwrap();
+        let latency = info["latency"].as_array().unwrap();
+        assert_eq!(latency.len(), 2, "{info}");
+        assert!(latency.iter().all(|l| l["median_ms"].as_f64().unwrap() > 0.0 && l["input"][0] == 64), "{info}");
+        let readme = std::fs::read_to_string(ex.join("README.md")).unwrap();
+        assert!(readme.contains("| detnas (libtorch 2.") && readme.contains(" eager | cpu |"), "{readme}");
+        let check = crate::export_python(&[ex.join("model.py").to_str().unwrap(), "check", ex.to_str().unwrap()]);
+        let r: serde_json::Value = serde_json::from_str(check.trim()).unwrap();
+        assert!(r["max_relative_difference"].as_f64().unwrap() < 1e-4, "{name}: {r}");
+        assert!(r["outputs"].as_object().unwrap().len() >= 10, "{name}: {r}");
+        eprintln!("{name}: model.py check {r}");
+
+        let gt = run.join("test/gt.json");
+        let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&gt).unwrap()).unwrap();
+        let images: Vec<&str> =
+            doc["images"].as_array().unwrap().iter().map(|i| i["file_name"].as_str().unwrap()).collect();
+        let dt = d.join("torch-detections.json");
+        let mut args = vec![ex.join("predict_torch.py").to_str().unwrap().to_string()];
+        args.extend(images.iter().map(|s| s.to_string()));
+        args.extend(["--out", dt.to_str().unwrap(), "--gt", gt.to_str().unwrap(), "--threads", "1"].map(String::from));
+        crate::export_python(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        let coco = ["eval", "coco", "--gt", gt.to_str().unwrap(), "--dt", dt.to_str().unwrap(), "--json"];
+        let torch: serde_json::Value = serde_json::from_str(ok(&engine(&coco, None)).trim()).unwrap();
+        let summary: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
+        let (got, want) = (torch["stats"][0].as_f64().unwrap(), summary["paths"][0]["stats"][0].as_f64().unwrap());
+        assert!(want > 0.0 && (got - want).abs() <= 1e-3, "{name}: AP of predict_torch.py {got} vs detnas {want}");
+        eprintln!("{name}: AP of predict_torch.py {got}, of detnas {want}");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+}
+
 /// A start that wrote its synthetic set into the run folder but made no checkpoint does not
 /// block the corrected command: the set is written anew with the new parameters.
 #[test]

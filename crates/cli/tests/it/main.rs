@@ -150,6 +150,22 @@ fn ok(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
+/// Runs the Python of the export's own runtimes (`DETNAS_EXPORT_PYTHON`, set by
+/// `scripts/export-peers.sh`, which `scripts/test.sh` sources) with `args`; its stdout.
+fn export_python(args: &[&str]) -> String {
+    let python = std::env::var("DETNAS_EXPORT_PYTHON").expect(
+        "DETNAS_EXPORT_PYTHON is not set: run the tests with scripts/test.sh (or source scripts/export-peers.sh)",
+    );
+    let o = Command::new(&python).args(args).output().expect("the export peers' Python runs");
+    assert!(
+        o.status.success(),
+        "{python} {args:?}: {}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
 fn detnas(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_detnas-engine")).args(args).output().expect("engine runs")
 }

@@ -160,7 +160,23 @@ fn pipeline_runs_every_stage_resumes_after_kills_and_exports() {
         assert_eq!(v["stats"], r["stats"], "eval det vs final.json for {}", r["label"]);
         let train = eval(&["--data", "train"]);
         assert!(train["images"].as_u64().unwrap() > v["images"].as_u64().unwrap(), "{train}");
+        // The kept test detections score the same from their files, class by class.
+        let test = stage.join("det/test");
+        let (gt, dt) = (test.join("gt.json"), test.join("detections.json"));
+        let args = ["eval", "coco", "--gt", gt.to_str().unwrap(), "--dt", dt.to_str().unwrap(), "--json"];
+        let coco: serde_json::Value = serde_json::from_str(ok(&engine(&args, None)).trim()).unwrap();
+        assert_eq!(coco["stats"], r["stats"], "eval coco of {} vs final.json", test.display());
+        assert_eq!(coco["per_class"], r["per_class"], "{}", r["label"]);
     }
+    // Per class, under the dataset's class names; four test pictures of the found model.
+    let names: Vec<String> =
+        rows[0]["per_class"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap().to_string()).collect();
+    assert!(names.len() >= 2 && md.contains("### Per class") && names.iter().all(|n| md.contains(&format!("| {n} |"))));
+    for i in 1..=4 {
+        let svg = std::fs::read_to_string(reference.join(format!("report/plots/predictions-{i}.svg"))).unwrap();
+        assert!(svg.contains("data:image/png;base64,") && svg.contains("ground truth (dashed)"), "picture {i}");
+    }
+    assert!(md.contains("### Example predictions") && md.contains("plots/predictions-4.svg"), "{md}");
 
     // Export, then predict with the exported detector.
     let ex = d.join("export");
@@ -191,6 +207,11 @@ fn pipeline_runs_every_stage_resumes_after_kills_and_exports() {
         None,
     ));
     assert!(pred.join("detections.json").is_file());
+    assert!(ex.join("detector.safetensors").is_file() && info["retrained"] == true, "{info}");
+    let check = crate::export_python(&[ex.join("model.py").to_str().unwrap(), "check", ex.to_str().unwrap()]);
+    let r: serde_json::Value = serde_json::from_str(check.trim()).unwrap();
+    assert!(r["max_relative_difference"].as_f64().unwrap() < 1e-4, "{r}");
+    export_folders(&reference, &d, info["arch"].as_str().unwrap());
 
     rank_check(&reference);
 
@@ -210,6 +231,48 @@ fn pipeline_runs_every_stage_resumes_after_kills_and_exports() {
     );
     assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
     std::fs::remove_dir_all(&d).unwrap();
+}
+
+/// `detnas export` of a run's search and fine-tuning folders: the found path with the
+/// supernet's weights, labelled not retrained, whose exported detector scores exactly what
+/// the supernet's path scores (BN recomputed the same way) on the test split; folders of other
+/// kinds are refused, naming the kinds accepted.
+fn export_folders(run: &Path, d: &Path, found: &str) {
+    let stats = |ckpt: &Path, arch: Option<&str>| -> Vec<f64> {
+        let mut args = vec!["eval", "det", "--checkpoint", ckpt.to_str().unwrap(), "--threads", "1", "--json"];
+        if let Some(a) = arch {
+            args.extend(["--arch", a]);
+        }
+        let v: serde_json::Value = serde_json::from_str(ok(&engine(&args, None)).trim()).unwrap();
+        v["stats"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
+    };
+    let path = stats(&run.join("finetune"), Some(found));
+    assert!(path[1] > 0.0, "the supernet's path detects nothing: the comparison would be vacuous ({path:?})");
+    for src in ["search", "finetune"] {
+        let ex = d.join(format!("export-{src}"));
+        ok(&engine(&["export", run.join(src).to_str().unwrap(), "--out", ex.to_str().unwrap()], None));
+        for f in ["arch.json", "detector.safetensors", "backbone.safetensors", "name-mapping.tsv", "README.md"] {
+            assert!(ex.join(f).is_file(), "{src}: {f}");
+        }
+        let info: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(ex.join("arch.json")).unwrap()).unwrap();
+        assert_eq!((info["arch"].as_str(), &info["retrained"]), (Some(found), &serde_json::json!(false)), "{info}");
+        assert!(info["weights"]["bn_recalibration_images"].as_u64().unwrap() > 0, "{info}");
+        assert!(std::fs::read_to_string(ex.join("README.md")).unwrap().contains("**Not retrained**"));
+        let check = crate::export_python(&[ex.join("model.py").to_str().unwrap(), "check", ex.to_str().unwrap()]);
+        let r: serde_json::Value = serde_json::from_str(check.trim()).unwrap();
+        assert!(r["max_relative_difference"].as_f64().unwrap() < 1e-4, "{src}: {r}");
+        let exported = stats(&ex.join("detector"), None);
+        for (i, (e, p)) in exported.iter().zip(&path).enumerate() {
+            assert!((e - p).abs() < 1e-6, "{src}: stat {i} of the exported child {e} vs the supernet's path {p}");
+        }
+    }
+    for (src, why) in [("data", "detnas export reads a pipeline run"), ("search-cls", "ClsNAS")] {
+        let o =
+            engine(&["export", run.join(src).to_str().unwrap(), "--out", d.join("refused").to_str().unwrap()], None);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains(why) && err.contains("RUN/retrain-NAME"), "{src}: {err}");
+    }
 }
 
 /// `detnas rank-check` on the finished tiny run: killed inside its first unit and resumed; its

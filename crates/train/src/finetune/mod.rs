@@ -3,7 +3,12 @@
 //! frozen), the path's variables plus the shared FPN and heads updated ([`crate::engine`]
 //! runs the loop). With `model.arch`, one child network is trained instead (retraining).
 //! After training, a few random paths (or the child) are scored on the test split after BN
-//! recalibration ([`detnas_detect::evaluate`]).
+//! recalibration ([`detnas_detect::evaluate`]). A child's test detections are kept:
+//!
+//! ```text
+//! OUT/test/gt.json          COCO instances of the images scored (`file_name`: the image's path)
+//! OUT/test/detections.json  COCO results of the child on them
+//! ```
 //!
 //! * [`splits`] — training, search-validation and test data;
 //! * [`model`] — building the detector, initialising it from a pre-trained supernet, opening
@@ -27,6 +32,7 @@ use detnas_data::det::transform::{DetBatch, DetTransform};
 use detnas_data::det::{Category, DetDataset};
 use detnas_data::{StreamConfig, mix_seed};
 use detnas_detect::evaluate::{DetScore, batch_inputs};
+use detnas_detect::metrics::CocoDetection;
 use detnas_detect::{Detector, Targets};
 use detnas_runtime::ConfigDocument;
 use detnas_space::rng::seeded;
@@ -237,7 +243,10 @@ pub fn run(cfg: &FinetuneConfig, out: &Path, device: Device, opts: &RunOptions) 
                 (a.clone(), Some(a))
             }
         };
-        let mut s = scorer.score(on_path.as_ref())?;
+        let (mut s, dets) = scorer.score_with_detections(on_path.as_ref())?;
+        if fixed.is_some() {
+            write_test_detections(out, scorer.val(), &dets)?;
+        }
         s.arch = arch.to_string();
         scores.push(s);
     }
@@ -245,4 +254,21 @@ pub fn run(cfg: &FinetuneConfig, out: &Path, device: Device, opts: &RunOptions) 
     crate::engine::write_summary(out, &summary)?;
     crate::engine::finish_rank(opts)?;
     Ok(summary)
+}
+
+/// A child's test detections and the ground truth they answer (`OUT/test/`, module docs):
+/// `detnas eval coco --gt OUT/test/gt.json --dt OUT/test/detections.json` gives the summary's
+/// stats.
+fn write_test_detections(out: &Path, data: &DetDataset, dets: &[CocoDetection]) -> Result<(), TrainError> {
+    let mut gt = data.to_coco_json();
+    if let Some(images) = gt["images"].as_array_mut() {
+        for (record, image) in images.iter_mut().zip(&data.images) {
+            record["file_name"] = serde_json::json!(image.file);
+        }
+    }
+    let dir = out.join("test");
+    std::fs::create_dir_all(&dir).map_err(|e| TrainError::Io { path: dir.clone(), source: e })?;
+    detnas_runtime::fsx::write_json_atomic(&dir.join("gt.json"), &gt)?;
+    detnas_runtime::fsx::write_json_atomic(&dir.join("detections.json"), &dets)?;
+    Ok(())
 }
