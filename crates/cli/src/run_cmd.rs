@@ -43,10 +43,25 @@ pub struct ExportArgs {
     /// The path of a supernet to export (default: the run's or search's found architecture).
     #[arg(long)]
     arch: Option<String>,
-    /// A Python with torch: also measure PyTorch eager's latency with the exported model.py
-    /// (`python model.py bench`), beside detnas's, for the export's README.
+    /// A Python with torch and onnxruntime: also measure PyTorch eager's and ONNX Runtime's
+    /// latency with the exported model.py and predict_onnx.py, beside detnas's, for the
+    /// export's README.
     #[arg(long)]
     python: Option<PathBuf>,
+    /// The network input of the latency measurements, HEIGHTxWIDTH pixels (the first test
+    /// image resized to it; default: as evaluation prepares it).
+    #[arg(long, value_parser = parse_input)]
+    input: Option<[i64; 2]>,
+}
+
+fn parse_input(s: &str) -> Result<[i64; 2], String> {
+    let bad = || format!("'{s}': give HEIGHTxWIDTH in pixels, e.g. 800x1344");
+    let (h, w) = s.split_once(['x', 'X', '×']).ok_or_else(bad)?;
+    let (h, w): (i64, i64) = (h.trim().parse().map_err(|_| bad())?, w.trim().parse().map_err(|_| bad())?);
+    if h < 32 || w < 32 || h > 8192 || w > 8192 {
+        return Err(format!("'{s}': each side must be within 32–8192 pixels"));
+    }
+    Ok([h, w])
 }
 
 pub fn run(a: RunArgs) -> Result<(), Failure> {
@@ -134,7 +149,12 @@ pub fn report(a: ReportArgs) -> Result<(), Failure> {
 }
 
 pub fn export(a: ExportArgs) -> Result<(), Failure> {
-    let dir = detnas_pipeline::export::export(&a.src, a.arch.as_deref(), a.python.as_deref(), &a.out)?;
+    let dir = detnas_pipeline::export::export(
+        &a.src,
+        a.arch.as_deref(),
+        &detnas_pipeline::export::Measure { python: a.python, input: a.input },
+        &a.out,
+    )?;
     println!("exported to {}", dir.display());
     Ok(())
 }

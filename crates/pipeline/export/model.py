@@ -11,7 +11,8 @@ NeurIPS 2019, arXiv:1903.10979; blocks of megvii-model/DetNAS `shuffle_blocks.py
 
     python model.py check EXPORT                # this file's outputs against detnas's own
                                                 # (EXPORT/reference.safetensors), every level
-    python model.py bench EXPORT [REPS]         # latency on the first reference image (CPU)
+    python model.py bench EXPORT [REPS [H W]]   # latency on the first reference image (CPU),
+                                                # resized to H x W when given
 
 Shapes follow detnas (`crates/detect`): images `[N, 3, H, W]` padded to `divisibility`, the
 pyramid `p3`..`p7` (RetinaNet) or `p2`..`p6` (Faster R-CNN), head outputs per level
@@ -223,31 +224,30 @@ def nonempty(b, min_size=1e-3, strict=True):
     return (w > min_size) & (h > min_size) if strict else (w >= min_size) & (h >= min_size)
 
 
-def box_iou(a, b):
-    area = lambda r: (r[:, 2] - r[:, 0]).clamp(min=0) * (r[:, 3] - r[:, 1]).clamp(min=0)
-    lt = torch.max(a[:, None, :2], b[None, :, :2])
-    rb = torch.min(a[:, None, 2:], b[None, :, 2:])
-    inter = (rb - lt).clamp(min=0).prod(2)
-    union = area(a)[:, None] + area(b)[None] - inter
-    return torch.where(union > 0, inter / union, torch.zeros_like(inter))
-
-
-def nms(boxes, scores, labels, threshold):
-    """Greedy NMS, torchvision's rule (suppress IoU > threshold), boxes of different labels
-    apart; visits by descending score, ties lower index first. Returns kept indices in that
-    order."""
-    if boxes.shape[0] == 0:
-        return torch.zeros(0, dtype=torch.int64)
+def nms(boxes, scores, labels, threshold, limit=None):
+    """Greedy NMS, torchvision's rule (a box is dropped when its IoU with a kept box of the same
+    label exceeds threshold): boxes visited by descending score, ties lower index first. Returns
+    the kept indices in that order, at most `limit` (the first kept boxes do not depend on the
+    later ones, so the search stops there)."""
     order = torch.sort(scores, descending=True, stable=True).indices
     b, lab = boxes[order], labels[order]
-    over = (box_iou(b, b) > threshold) & (lab[:, None] == lab[None])
-    keep = torch.ones(b.shape[0], dtype=torch.bool)
-    for i in range(b.shape[0]):
-        if keep[i]:
-            later = over[i].clone()
-            later[: i + 1] = False
-            keep &= ~later
-    return order[keep]
+    area = (b[:, 2] - b[:, 0]).clamp(min=0) * (b[:, 3] - b[:, 1]).clamp(min=0)
+    dropped = torch.zeros(len(order), dtype=torch.bool)
+    keep = []
+    for i in range(len(order)):
+        if dropped[i]:
+            continue
+        keep.append(i)
+        if len(keep) == limit:
+            break
+        r = b[i + 1:]
+        iw = (torch.minimum(r[:, 2], b[i, 2]) - torch.maximum(r[:, 0], b[i, 0])).clamp(min=0)
+        ih = (torch.minimum(r[:, 3], b[i, 3]) - torch.maximum(r[:, 1], b[i, 1])).clamp(min=0)
+        inter = iw * ih
+        union = area[i] + area[i + 1:] - inter
+        iou = torch.where(union > 0, inter / union, torch.zeros_like(inter))
+        dropped[i + 1:] |= (iou > threshold) & (lab[i + 1:] == lab[i])
+    return order[torch.tensor(keep, dtype=torch.int64)]
 
 
 def roi_align(feat, rois, out, scale, sr):
@@ -361,7 +361,7 @@ class RetinaHead(nn.Module):
                 scores.append(top[ok])
                 labels.append(lab[ok])
             b, s, lab = torch.cat(boxes), torch.cat(scores), torch.cat(labels)
-            keep = nms(b, s, lab, cfg["nms_threshold"])[: cfg["detections_per_image"]]
+            keep = nms(b, s, lab, cfg["nms_threshold"], cfg["detections_per_image"])
             out.append((b[keep], s[keep], lab[keep]))
         return out
 
@@ -405,8 +405,7 @@ class Rpn(nn.Module):
                 scores.append(s[keep])
                 levels.append(torch.full((int(keep.sum()),), l, dtype=torch.int64))
             b, s, lv = torch.cat(boxes), torch.cat(scores), torch.cat(levels)
-            keep = nms(b, s, lv, cfg["nms_threshold"])
-            keep = keep[torch.sort(s[keep], descending=True, stable=True).indices][: cfg["post_nms_top_n_test"]]
+            keep = nms(b, s, lv, cfg["nms_threshold"], cfg["post_nms_top_n_test"])
             props.append(b[keep])
         return props
 
@@ -469,7 +468,7 @@ class RoiHeads(nn.Module):
             start += n
             keep = (s > cfg["score_threshold"]) & nonempty(b)
             b, s, lab = b[keep], s[keep], lab[keep]
-            keep = nms(b, s, lab, cfg["nms_threshold"])[: cfg["detections_per_image"]]
+            keep = nms(b, s, lab, cfg["nms_threshold"], cfg["detections_per_image"])
             out.append((b[keep], s[keep], lab[keep]))
         return out
 
@@ -617,14 +616,21 @@ def check(export_dir):
     print(json.dumps({"max_relative_difference": max(rows.values()), "outputs": rows}))
 
 
-def bench(export_dir, reps=10):
-    """Latency of the whole detection (backbone to NMS) of the first reference image, batch
-    1, fp32, on the CPU with torch's threads: the median of `reps` runs after one warm-up.
-    Prints one JSON line."""
+def bench(export_dir, reps=10, size=None):
+    """Latency of the whole detection (backbone to NMS) of the first reference image (resized
+    to `size` = (h, w) when given, then padded), batch 1, fp32, on the CPU with torch's
+    threads: the median of `reps` runs after one warm-up. Prints one JSON line."""
     import time
     det = load(export_dir)
     ref = read_safetensors(os.path.join(export_dir, "reference.safetensors"))
     x, sizes, _ = det.prepare([ref["image.0"]])
+    if size:
+        h, w = sizes[0]
+        r = F.interpolate(x[:, :, :h, :w], size=size, mode="bilinear", align_corners=False)
+        d = det.input["divisibility"]
+        x = torch.zeros(1, 3, -(-size[0] // d) * d, -(-size[1] // d) * d)
+        x[:, :, : size[0], : size[1]] = r
+        sizes = [tuple(size)]
     det(x, sizes)
     times = []
     for _ in range(reps):
@@ -640,7 +646,8 @@ def bench(export_dir, reps=10):
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "check":
         check(sys.argv[2])
-    elif len(sys.argv) in (3, 4) and sys.argv[1] == "bench":
-        bench(sys.argv[2], int(sys.argv[3]) if len(sys.argv) == 4 else 10)
+    elif len(sys.argv) in (3, 4, 6) and sys.argv[1] == "bench":
+        bench(sys.argv[2], int(sys.argv[3]) if len(sys.argv) >= 4 else 10,
+              (int(sys.argv[4]), int(sys.argv[5])) if len(sys.argv) == 6 else None)
     else:
         raise SystemExit(__doc__)

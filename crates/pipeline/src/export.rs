@@ -13,12 +13,19 @@
 //! "not retrained".
 //!
 //! ```text
-//! DIR/arch.json                    architecture, space, classes, MACs, params, provenance
+//! DIR/arch.json                    architecture, space, classes, detector and input settings,
+//!                                  MACs, params, provenance, latency
 //! DIR/detector.safetensors         the whole child detector (backbone, FPN, head), detnas names
+//! DIR/model.py                     self-contained PyTorch definition, pre- and post-processing
+//! DIR/predict_torch.py             COCO results on image files with model.py
+//! DIR/detector.onnx                the network to its raw head outputs ([`crate::onnx`])
+//! DIR/box_head.onnx                Faster R-CNN's box head on pooled RoI features
+//! DIR/predict_onnx.py              COCO results on image files with ONNX Runtime
+//! DIR/reference.safetensors        detnas's outputs on two test images (the scripts' `check`)
 //! DIR/backbone.safetensors         the child backbone under the official names (below)
 //! DIR/name-mapping.tsv             detnas name → official name, one per line
 //! DIR/detector/                    the child's detection checkpoint, for predict and eval det
-//! DIR/README.md                    how to load it in PyTorch and run it with detnas
+//! DIR/README.md                    how to use each file, the classes, the latency measured
 //! ```
 //!
 //! Official names: `ShuffleNetV2DetNAS` of megvii-model/DetNAS
@@ -46,7 +53,7 @@ use detnas_space::{Arch, Choice, SearchSpace};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
 const OPS: [&str; 4] = ["shufflenet_3x3", "shufflenet_5x5", "shufflenet_7x7", "xception_3x3"];
 
@@ -225,12 +232,12 @@ impl Source {
     }
 }
 
-/// Exports what `src` holds (module docs) into `out`; `python` (an interpreter with torch)
-/// also measures PyTorch eager's latency with the exported `model.py`.
+/// Exports what `src` holds (module docs) into `out`, with the latency measured as `measure`
+/// says.
 ///
 /// # Errors
-/// As [`Source::resolve`], [`child_checkpoint`] and [`export_checkpoint`].
-pub fn export(src: &Path, arch: Option<&str>, python: Option<&Path>, out: &Path) -> Result<PathBuf, PipelineError> {
+/// As [`Source::resolve`], [`scored_checkpoint`] and [`export_checkpoint`].
+pub fn export(src: &Path, arch: Option<&str>, measure: &Measure, out: &Path) -> Result<PathBuf, PipelineError> {
     let source = Source::resolve(src, arch)?;
     let staging = out.join(".child");
     let _ = std::fs::remove_dir_all(&staging);
@@ -240,7 +247,7 @@ pub fn export(src: &Path, arch: Option<&str>, python: Option<&Path>, out: &Path)
             supernet: (!source.retrained).then(|| source.checkpoint.clone()),
             bn_recalibration_images: images,
         };
-        export_checkpoint(&ckpt, &source.space, &source.arch, source.best.as_ref(), Some(&weights), python, out)
+        export_checkpoint(&ckpt, &source.space, &source.arch, source.best.as_ref(), Some(&weights), measure, out)
     });
     let _ = std::fs::remove_dir_all(&staging);
     result
@@ -321,9 +328,10 @@ pub fn scored_checkpoint(source: &Source, dir: &Path) -> Result<(PathBuf, usize)
 }
 
 /// Python files written beside the weights: the detector, and COCO results on image files.
-const PYTHON: [(&str, &str); 2] = [
+const PYTHON: [(&str, &str); 3] = [
     ("model.py", include_str!("../export/model.py")),
     ("predict_torch.py", include_str!("../export/predict_torch.py")),
+    ("predict_onnx.py", include_str!("../export/predict_onnx.py")),
 ];
 
 /// The whole detector of fixed-architecture fine-tuning checkpoint `ckpt` (`all`: its
@@ -339,8 +347,10 @@ const PYTHON: [(&str, &str); 2] = [
 /// [`detnas_train::finetune::OpenedDetector::open`] and the detector's forward.
 fn write_detector(
     ckpt: &Path,
+    (space, arch): (&SearchSpace, &Arch),
     all: &[(String, Tensor)],
-    cfg: &detnas_train::FinetuneConfig,
+    (cfg, classes): (&detnas_train::FinetuneConfig, i64),
+    input: Option<[i64; 2]>,
     out: &Path,
 ) -> Result<DetectorFiles, PipelineError> {
     let mut state: Vec<(String, Tensor)> = Vec::with_capacity(all.len());
@@ -351,6 +361,17 @@ fn write_detector(
         state.push((k.clone(), v.shallow_clone()));
     }
     write_safetensors(&state, &out.join("detector.safetensors"))?;
+    let vars: BTreeMap<String, Tensor> = all.iter().map(|(k, v)| (k.clone(), v.shallow_clone())).collect();
+    let (detector, box_head) = crate::onnx::detector_graphs(space, arch, &cfg.detector, classes, &vars)?;
+    for (name, bytes) in [("detector.onnx", Some(detector)), ("box_head.onnx", box_head)] {
+        let p = out.join(name);
+        match bytes {
+            Some(b) => std::fs::write(&p, b).map_err(|e| PipelineError::io(&p, e))?,
+            None => {
+                let _ = std::fs::remove_file(&p);
+            }
+        }
+    }
     for (name, text) in PYTHON {
         let p = out.join(name);
         std::fs::write(&p, text).map_err(|e| PipelineError::io(&p, e))?;
@@ -398,7 +419,15 @@ fn write_detector(
     if let Some(sample) = first {
         let one =
             detnas_data::det::transform::collate(vec![sample], vec![0], cfg.data.divisibility, cfg.data.convention);
-        let (x, sizes, _) = detnas_detect::evaluate::batch_inputs(&one, tch::Device::Cpu);
+        let (mut x, mut sizes, _) = detnas_detect::evaluate::batch_inputs(&one, tch::Device::Cpu);
+        if let Some([h, w]) = input {
+            let d = i64::from(cfg.data.divisibility.max(1));
+            let resized =
+                x.narrow(2, 0, sizes[0].0).narrow(3, 0, sizes[0].1).upsample_bilinear2d([h, w], false, None, None);
+            x = Tensor::zeros([1, 3, (h + d - 1) / d * d, (w + d - 1) / d * d], (Kind::Float, tch::Device::Cpu));
+            x.narrow(2, 0, h).narrow(3, 0, w).copy_(&resized);
+            sizes = vec![(h, w)];
+        }
         let mut times = Vec::with_capacity(LATENCY_REPS + 1);
         for _ in 0..=LATENCY_REPS {
             let t = std::time::Instant::now();
@@ -421,6 +450,18 @@ fn write_detector(
         });
     }
     Ok(DetectorFiles { reference_images: n, latency })
+}
+
+/// How the export measures latency.
+#[derive(Clone, Debug, Default)]
+pub struct Measure {
+    /// A Python with torch and onnxruntime: PyTorch eager's and ONNX Runtime's latency are
+    /// measured too, with the exported scripts (`model.py bench`, `predict_onnx.py bench`).
+    pub python: Option<PathBuf>,
+    /// The network input `[height, width]`, pixels, of the measurement (the first test image
+    /// resized to it, then padded to the divisibility); default: that image as evaluation
+    /// prepares it.
+    pub input: Option<[i64; 2]>,
 }
 
 /// Repetitions of a latency measurement, after one warm-up.
@@ -457,22 +498,24 @@ pub struct Latency {
     pub reps: usize,
 }
 
-/// PyTorch eager's latency: `PYTHON DIR/model.py bench DIR` (torch's own thread count).
-fn python_latency(python: &Path, dir: &Path) -> Result<Latency, PipelineError> {
+/// The latency a script of the export prints (`PYTHON DIR/SCRIPT bench …`: `model.py`,
+/// PyTorch eager; `predict_onnx.py`, ONNX Runtime), each runtime with its own thread count.
+fn python_latency(python: &Path, dir: &Path, args: &[&str]) -> Result<Latency, PipelineError> {
     let o = std::process::Command::new(python)
-        .arg(dir.join("model.py"))
-        .args(["bench".as_ref(), dir.as_os_str(), LATENCY_REPS.to_string().as_ref()])
+        .arg(dir.join(args[0]))
+        .args(&args[1..])
         .output()
         .map_err(|e| PipelineError::Config(format!("--python {}: {e}", python.display())))?;
     if !o.status.success() {
         return Err(PipelineError::Config(format!(
-            "--python {}: model.py bench failed: {}",
+            "--python {}: {} bench failed: {}",
             python.display(),
+            args[0],
             String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or_default()
         )));
     }
     serde_json::from_slice(&o.stdout).map_err(|e| {
-        PipelineError::Config(format!("--python {}: model.py bench printed no result ({e})", python.display()))
+        PipelineError::Config(format!("--python {}: {} bench printed no result ({e})", python.display(), args[0]))
     })
 }
 
@@ -511,7 +554,10 @@ fn latency_table(rows: &[Latency]) -> String {
         );
     }
     if rows.len() == 1 {
-        t.push_str("\nPyTorch eager: `python model.py bench .` (or `detnas export … --python PYTHON`).\n");
+        t.push_str(
+            "\nPyTorch eager: `python model.py bench .`; ONNX Runtime: `python predict_onnx.py bench` (or \
+             `detnas export … --python PYTHON`, a Python with torch and onnxruntime).\n",
+        );
     }
     t
 }
@@ -530,7 +576,7 @@ pub fn export_checkpoint(
     arch: &Arch,
     best: Option<&detnas_search::BestArch>,
     weights: Option<&Weights>,
-    python: Option<&Path>,
+    measure: &Measure,
     out: &Path,
 ) -> Result<PathBuf, PipelineError> {
     if !space.shuffle.is_detnas() {
@@ -547,7 +593,10 @@ pub fn export_checkpoint(
     // A fine-tuning checkpoint (not a bare set of backbone weights): the whole detector too.
     let meta = detnas_train::finetune::read_meta(ckpt).ok();
     let mut files = match &meta {
-        Some((cfg, _)) => Some(write_detector(ckpt, &all, cfg, out)?),
+        Some((cfg, st)) => {
+            let classes = st.task.categories.len() as i64;
+            Some(write_detector(ckpt, (space, arch), &all, (cfg, classes), measure.input, out)?)
+        }
         None => None,
     };
     let backbone: BTreeMap<String, Tensor> =
@@ -591,9 +640,14 @@ pub fn export_checkpoint(
         "latency": files.as_ref().map(|f| &f.latency),
     });
     detnas_runtime::fsx::write_json_atomic(&out.join("arch.json"), &info)?;
-    // PyTorch eager's latency, with the files just written (model.py reads arch.json).
-    if let (Some(py), Some(f)) = (python, files.as_mut().filter(|f| f.reference_images > 0)) {
-        f.latency.push(python_latency(py, out)?);
+    // PyTorch eager's and ONNX Runtime's latency, with the files just written (they read
+    // arch.json).
+    if let (Some(py), Some(f)) = (&measure.python, files.as_mut().filter(|f| f.reference_images > 0)) {
+        let (dir, reps) = (out.to_string_lossy().into_owned(), LATENCY_REPS.to_string());
+        let size: Vec<String> = measure.input.iter().flatten().map(i64::to_string).collect();
+        let size: Vec<&str> = size.iter().map(String::as_str).collect();
+        f.latency.push(python_latency(py, out, &[&["model.py", "bench", &dir, &reps][..], &size].concat())?);
+        f.latency.push(python_latency(py, out, &[&["predict_onnx.py", "bench", &reps][..], &size].concat())?);
         info["latency"] = serde_json::json!(f.latency);
         detnas_runtime::fsx::write_json_atomic(&out.join("arch.json"), &info)?;
     }
@@ -609,6 +663,15 @@ pub fn export_checkpoint(
              as its evaluation does."
         ),
         _ => "Retrained: this child was trained alone.".to_string(),
+    };
+    let opset = crate::onnx::OPSET;
+    let outputs = match meta.as_ref().map(|(cfg, _)| &cfg.detector.head) {
+        Some(detnas_detect::HeadConfig::FasterRcnn(_)) => {
+            "`rpn_obj.{l}` `[N, H·W·A]` (objectness logits) and `rpn_reg.{l}` `[N, H·W·A, 4]` (box deltas) for \
+             P2–P6, and the levels `p2`–`p5`; `box_head.onnx` maps RoIAlign-pooled features `[R, C, P, P]` to \
+             `roi_cls` `[R, K+1]` (logits) and `roi_reg` `[R, 4(K+1)]` (deltas)"
+        }
+        _ => "`cls.{l}` `[N, H·W·A, K]` (class logits) and `reg.{l}` `[N, H·W·A, 4]` (box deltas) for P3–P7",
     };
     let detector = match &files {
         None => String::new(),
@@ -633,6 +696,15 @@ Classes (label: dataset id, name): {}.
 `python predict_torch.py IMAGE… --out detections.json [--gt GT.json]` writes COCO results
 (torch and Pillow); with `--gt`, image ids are those of the same file names in `GT.json`, so
 `detnas eval coco --gt GT.json --dt detections.json` or pycocotools scores them.
+
+## ONNX
+
+`detector.onnx` (opset {opset}, written by detnas; BN folded into the convs; dynamic batch,
+height and width) takes the prepared images `[N, 3, H, W]` and gives the raw head outputs
+per pyramid level: {outputs}. `python predict_onnx.py IMAGE… --out detections.json
+[--gt GT.json]` (onnxruntime, numpy and Pillow) prepares the images and decodes, clips and
+suppresses boxes as detnas does; `python predict_onnx.py check` compares the graphs' outputs
+and its detections with detnas's own.
 
 {}
 

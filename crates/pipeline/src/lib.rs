@@ -7,7 +7,8 @@
 //!   trained stand-alone.
 //! * [`report`] / [`plots`] / [`pictures`] — report.md / report.html with SVG plots and
 //!   example predictions from a run folder.
-//! * [`export`] — the child network under the official DetNAS parameter names.
+//! * [`export`] / [`onnx`] — the child detector for PyTorch and ONNX Runtime, and its backbone
+//!   under the official DetNAS parameter names.
 //! * [`layout`] — the run folder's layout and stage records (shared by the above).
 //!
 //! The top library: it composes training, search and evaluation; only the command line
@@ -19,6 +20,7 @@ pub mod error;
 pub mod export;
 pub mod import;
 pub mod layout;
+pub mod onnx;
 pub mod pictures;
 pub mod plots;
 pub mod rank_check;

@@ -404,10 +404,12 @@ fn a_fixed_architecture_keeps_its_statistics_and_eval_det_reproduces_its_score()
 }
 
 /// `detnas export` of a fine-tuning run of a fixed architecture, for both detectors: the
-/// exported `model.py` (PyTorch, importing only torch) computes what detnas computes at every
-/// level on test images (`model.py check`: prepared input, pyramid, head outputs, detections;
-/// 1e-4), and `predict_torch.py`'s COCO results on the test split score, through `detnas eval
-/// coco`, the AP of detnas's own evaluation (1e-3).
+/// exported `model.py` (PyTorch, importing only torch) and `detector.onnx` (+ `box_head.onnx`)
+/// under ONNX Runtime compute what detnas computes at every level on test images (`model.py
+/// check`, `predict_onnx.py check`: prepared input, pyramid or raw outputs, proposals, head
+/// outputs, detections; 1e-4), `predict_torch.py`'s and `predict_onnx.py`'s COCO results on the
+/// test split score, through `detnas eval coco`, the AP of detnas's own evaluation (1e-3), and
+/// the latency of all three runtimes is measured at the size asked.
 #[test]
 fn exported_detectors_compute_in_pytorch_what_detnas_computes() {
     for (name, head) in [("retinanet", RETINA), ("faster-rcnn", FPN)] {
@@ -418,37 +420,50 @@ fn exported_detectors_compute_in_pytorch_what_detnas_computes() {
         ok(&finetune(&cfg, &run, None));
         let ex = d.join("export");
         let python = std::env::var("DETNAS_EXPORT_PYTHON").unwrap_or_default();
-        ok(&engine(&["export", run.to_str().unwrap(), "--out", ex.to_str().unwrap(), "--python", &python], None));
+        let (src, out) = (run.to_str().unwrap(), ex.to_str().unwrap());
+        ok(&engine(&["export", src, "--out", out, "--python", &python, "--input", "96x128"], None));
         // Latency measured at export by detnas and by PyTorch eager, in arch.json and the README.
         let info: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(ex.join("arch.json")).unwrap()).unwrap();
         let latency = info["latency"].as_array().unwrap();
-        assert_eq!(latency.len(), 2, "{info}");
-        assert!(latency.iter().all(|l| l["median_ms"].as_f64().unwrap() > 0.0 && l["input"][0] == 64), "{info}");
+        assert_eq!(latency.len(), 3, "{info}");
+        let at = serde_json::json!([96, 128]);
+        assert!(latency.iter().all(|l| l["median_ms"].as_f64().unwrap() > 0.0 && l["input"] == at), "{info}");
         let readme = std::fs::read_to_string(ex.join("README.md")).unwrap();
-        assert!(readme.contains("| detnas (libtorch 2.") && readme.contains(" eager | cpu |"), "{readme}");
-        let check = crate::export_python(&[ex.join("model.py").to_str().unwrap(), "check", ex.to_str().unwrap()]);
-        let r: serde_json::Value = serde_json::from_str(check.trim()).unwrap();
-        assert!(r["max_relative_difference"].as_f64().unwrap() < 1e-4, "{name}: {r}");
-        assert!(r["outputs"].as_object().unwrap().len() >= 10, "{name}: {r}");
-        eprintln!("{name}: model.py check {r}");
+        for runtime in ["| detnas (libtorch 2.", " eager | cpu |", "| ONNX Runtime 1."] {
+            assert!(readme.contains(runtime), "{runtime}: {readme}");
+        }
+        for script in
+            [vec![ex.join("model.py"), "check".into(), ex.clone()], vec![ex.join("predict_onnx.py"), "check".into()]]
+        {
+            let args: Vec<&str> = script.iter().map(|p| p.to_str().unwrap()).collect();
+            let r: serde_json::Value = serde_json::from_str(crate::export_python(&args).trim()).unwrap();
+            assert!(r["max_relative_difference"].as_f64().unwrap() < 1e-4, "{name} {args:?}: {r}");
+            assert!(r["outputs"].as_object().unwrap().len() >= 10, "{name}: {r}");
+            eprintln!("{name}: {} check {r}", script[0].file_name().unwrap().to_string_lossy());
+        }
 
         let gt = run.join("test/gt.json");
         let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&gt).unwrap()).unwrap();
         let images: Vec<&str> =
             doc["images"].as_array().unwrap().iter().map(|i| i["file_name"].as_str().unwrap()).collect();
-        let dt = d.join("torch-detections.json");
-        let mut args = vec![ex.join("predict_torch.py").to_str().unwrap().to_string()];
-        args.extend(images.iter().map(|s| s.to_string()));
-        args.extend(["--out", dt.to_str().unwrap(), "--gt", gt.to_str().unwrap(), "--threads", "1"].map(String::from));
-        crate::export_python(&args.iter().map(String::as_str).collect::<Vec<_>>());
-        let coco = ["eval", "coco", "--gt", gt.to_str().unwrap(), "--dt", dt.to_str().unwrap(), "--json"];
-        let torch: serde_json::Value = serde_json::from_str(ok(&engine(&coco, None)).trim()).unwrap();
         let summary: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
-        let (got, want) = (torch["stats"][0].as_f64().unwrap(), summary["paths"][0]["stats"][0].as_f64().unwrap());
-        assert!(want > 0.0 && (got - want).abs() <= 1e-3, "{name}: AP of predict_torch.py {got} vs detnas {want}");
-        eprintln!("{name}: AP of predict_torch.py {got}, of detnas {want}");
+        let want = summary["paths"][0]["stats"][0].as_f64().unwrap();
+        for script in ["predict_torch.py", "predict_onnx.py"] {
+            let dt = d.join(format!("{script}.json"));
+            let mut args = vec![ex.join(script).to_str().unwrap().to_string()];
+            args.extend(images.iter().map(|s| s.to_string()));
+            args.extend(
+                ["--out", dt.to_str().unwrap(), "--gt", gt.to_str().unwrap(), "--threads", "1"].map(String::from),
+            );
+            crate::export_python(&args.iter().map(String::as_str).collect::<Vec<_>>());
+            let coco = ["eval", "coco", "--gt", gt.to_str().unwrap(), "--dt", dt.to_str().unwrap(), "--json"];
+            let scored: serde_json::Value = serde_json::from_str(ok(&engine(&coco, None)).trim()).unwrap();
+            let got = scored["stats"][0].as_f64().unwrap();
+            assert!(want > 0.0 && (got - want).abs() <= 1e-3, "{name}: AP of {script} {got} vs detnas {want}");
+            eprintln!("{name}: AP of {script} {got}, of detnas {want}");
+        }
         std::fs::remove_dir_all(&d).unwrap();
     }
 }

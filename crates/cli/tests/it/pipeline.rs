@@ -208,9 +208,7 @@ fn pipeline_runs_every_stage_resumes_after_kills_and_exports() {
     ));
     assert!(pred.join("detections.json").is_file());
     assert!(ex.join("detector.safetensors").is_file() && info["retrained"] == true, "{info}");
-    let check = crate::export_python(&[ex.join("model.py").to_str().unwrap(), "check", ex.to_str().unwrap()]);
-    let r: serde_json::Value = serde_json::from_str(check.trim()).unwrap();
-    assert!(r["max_relative_difference"].as_f64().unwrap() < 1e-4, "{r}");
+    checks_pass(&ex);
     export_folders(&reference, &d, info["arch"].as_str().unwrap());
 
     rank_check(&reference);
@@ -231,6 +229,16 @@ fn pipeline_runs_every_stage_resumes_after_kills_and_exports() {
     );
     assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
     std::fs::remove_dir_all(&d).unwrap();
+}
+
+/// The export's own checks: `model.py` (PyTorch) and the ONNX graphs (ONNX Runtime) give
+/// detnas's outputs to 1e-4.
+fn checks_pass(ex: &Path) {
+    let (model, onnx) = (ex.join("model.py"), ex.join("predict_onnx.py"));
+    for args in [vec![model.to_str().unwrap(), "check", ex.to_str().unwrap()], vec![onnx.to_str().unwrap(), "check"]] {
+        let r: serde_json::Value = serde_json::from_str(crate::export_python(&args).trim()).unwrap();
+        assert!(r["max_relative_difference"].as_f64().unwrap() < 1e-4, "{args:?}: {r}");
+    }
 }
 
 /// `detnas export` of a run's search and fine-tuning folders: the found path with the
@@ -259,9 +267,7 @@ fn export_folders(run: &Path, d: &Path, found: &str) {
         assert_eq!((info["arch"].as_str(), &info["retrained"]), (Some(found), &serde_json::json!(false)), "{info}");
         assert!(info["weights"]["bn_recalibration_images"].as_u64().unwrap() > 0, "{info}");
         assert!(std::fs::read_to_string(ex.join("README.md")).unwrap().contains("**Not retrained**"));
-        let check = crate::export_python(&[ex.join("model.py").to_str().unwrap(), "check", ex.to_str().unwrap()]);
-        let r: serde_json::Value = serde_json::from_str(check.trim()).unwrap();
-        assert!(r["max_relative_difference"].as_f64().unwrap() < 1e-4, "{src}: {r}");
+        checks_pass(&ex);
         let exported = stats(&ex.join("detector"), None);
         for (i, (e, p)) in exported.iter().zip(&path).enumerate() {
             assert!((e - p).abs() < 1e-6, "{src}: stat {i} of the exported child {e} vs the supernet's path {p}");

@@ -54,7 +54,7 @@ fn round_trip(name: &str) {
     std::fs::create_dir_all(&ckpt).unwrap();
     vs.save(ckpt.join("model.safetensors")).unwrap();
     let out = d.join("export");
-    detnas_pipeline::export::export_checkpoint(&ckpt, &space, &arch, None, None, None, &out).unwrap();
+    detnas_pipeline::export::export_checkpoint(&ckpt, &space, &arch, None, None, &Default::default(), &out).unwrap();
 
     let x = Tensor::randn([2, 3, 96, 128], (Kind::Float, Device::Cpu)) * 50.0 + 100.0;
     let want = tch::no_grad(|| net.features_t(&x, false));
