@@ -57,6 +57,30 @@ _detnas_setup_headers() {
   ) 9>"$DETNAS_CACHE/.headers.lock"
 }
 
+# A peer venv (once): DIR sees the libtorch venv's torch wheel (a .pth entry, so the 4 GB wheel
+# is not installed twice) and gets the pip arguments on top; MARKER is written once IMPORTS
+# import. Used by the reference peers of tests and benchmarks (scripts/export-peers.sh,
+# bench/reference/setup.sh).
+#   detnas_peer_venv DIR MARKER "WHAT (for the log)" "IMPORTS" PIP_ARGS...
+detnas_peer_venv() {
+  local dir=$1 marker=$2 what=$3 imports=$4
+  shift 4
+  [ -f "$dir/$marker" ] && return 0
+  (
+    flock 9
+    [ -f "$dir/$marker" ] && exit 0
+    echo "detnas setup: creating $dir ($what)" >&2
+    rm -rf "$dir"
+    "${DETNAS_PYTHON:-python3}" -m venv "$dir" || exit 1
+    site=$("$dir/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+    torch_site=$("$DETNAS_VENV/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+    echo "$torch_site" > "$site/detnas-torch.pth"
+    "$dir/bin/python" -m pip install -q --disable-pip-version-check "$@" &&
+      "$dir/bin/python" -c "import $imports" &&
+      touch "$dir/$marker"
+  ) 9>"$dir.lock"
+}
+
 if { [ -f "$DETNAS_VENV/.detnas-ok" ] || _detnas_setup_venv; } && _detnas_setup_headers; then
   export VIRTUAL_ENV="$DETNAS_VENV"
   export PATH="$DETNAS_VENV/bin:$PATH"

@@ -178,7 +178,7 @@ def flatten_level(t, c):
 
 # ---------------------------------------------------------------- boxes
 
-def anchor_grid(sizes_per_level, ratios, strides, shapes):
+def anchor_grid(sizes_per_level, ratios, strides, shapes, device):
     """Per level [H*W*A, 4] anchors (x1, y1, x2, y2), centred on the cells' top-left corners."""
     out = []
     for sizes, s, (h, w) in zip(sizes_per_level, strides, shapes):
@@ -188,9 +188,9 @@ def anchor_grid(sizes_per_level, ratios, strides, shapes):
             for z in sizes:
                 bw, bh = z / hr, z * hr
                 base.append([-bw / 2, -bh / 2, bw / 2, bh / 2])
-        base = torch.tensor(base, dtype=torch.float32)
-        ys = torch.arange(h, dtype=torch.float32) * s
-        xs = torch.arange(w, dtype=torch.float32) * s
+        base = torch.tensor(base, dtype=torch.float32, device=device)
+        ys = torch.arange(h, dtype=torch.float32, device=device) * s
+        xs = torch.arange(w, dtype=torch.float32, device=device) * s
         y, x = torch.meshgrid(ys, xs, indexing="ij")
         x, y = x.reshape(-1), y.reshape(-1)
         shifts = torch.stack([x, y, x, y], 1)
@@ -232,7 +232,7 @@ def nms(boxes, scores, labels, threshold, limit=None):
     order = torch.sort(scores, descending=True, stable=True).indices
     b, lab = boxes[order], labels[order]
     area = (b[:, 2] - b[:, 0]).clamp(min=0) * (b[:, 3] - b[:, 1]).clamp(min=0)
-    dropped = torch.zeros(len(order), dtype=torch.bool)
+    dropped = torch.zeros(len(order), dtype=torch.bool, device=boxes.device)
     keep = []
     for i in range(len(order)):
         if dropped[i]:
@@ -247,7 +247,7 @@ def nms(boxes, scores, labels, threshold, limit=None):
         union = area[i] + area[i + 1:] - inter
         iou = torch.where(union > 0, inter / union, torch.zeros_like(inter))
         dropped[i + 1:] |= (iou > threshold) & (lab[i + 1:] == lab[i])
-    return order[torch.tensor(keep, dtype=torch.int64)]
+    return order[torch.tensor(keep, dtype=torch.int64, device=boxes.device)]
 
 
 def roi_align(feat, rois, out, scale, sr):
@@ -262,7 +262,7 @@ def roi_align(feat, rois, out, scale, sr):
     x1, y1, x2, y2 = (rois[:, 1:] * scale).unbind(1)
     bw = (x2 - x1).clamp(min=1.0) / out
     bh = (y2 - y1).clamp(min=1.0) / out
-    steps = (torch.arange(out * sr, dtype=torch.float32) + 0.5) / sr
+    steps = (torch.arange(out * sr, dtype=torch.float32, device=feat.device) + 0.5) / sr
     ys = y1[:, None] + steps[None] * bh[:, None]
     xs = x1[:, None] + steps[None] * bw[:, None]
 
@@ -345,7 +345,8 @@ class RetinaHead(nn.Module):
     def detect(self, feats, sizes):
         cfg = self.cfg
         cls, reg = self(feats)
-        anchors = anchor_grid(self.sizes, cfg["aspect_ratios"], self.strides, [f.shape[-2:] for f in feats])
+        anchors = anchor_grid(self.sizes, cfg["aspect_ratios"], self.strides, [f.shape[-2:] for f in feats],
+                              feats[0].device)
         out = []
         for i, (h, w) in enumerate(sizes):
             boxes, scores, labels = [], [], []
@@ -392,7 +393,8 @@ class Rpn(nn.Module):
         best post_nms_top_n_test over the levels."""
         cfg = self.cfg
         obj, reg = self(feats)
-        anchors = anchor_grid(self.sizes, cfg["aspect_ratios"], self.strides, [f.shape[-2:] for f in feats])
+        anchors = anchor_grid(self.sizes, cfg["aspect_ratios"], self.strides, [f.shape[-2:] for f in feats],
+                              feats[0].device)
         props = []
         for i, (h, w) in enumerate(sizes):
             boxes, scores, levels = [], [], []
@@ -403,7 +405,7 @@ class Rpn(nn.Module):
                 keep = nonempty(b, max(cfg["min_size"], 1e-3), strict=False)
                 boxes.append(b[keep])
                 scores.append(s[keep])
-                levels.append(torch.full((int(keep.sum()),), l, dtype=torch.int64))
+                levels.append(torch.full((int(keep.sum()),), l, dtype=torch.int64, device=b.device))
             b, s, lv = torch.cat(boxes), torch.cat(scores), torch.cat(levels)
             keep = nms(b, s, lv, cfg["nms_threshold"], cfg["post_nms_top_n_test"])
             props.append(b[keep])
@@ -411,7 +413,8 @@ class Rpn(nn.Module):
 
 
 def rois_of(props):
-    return torch.cat([torch.cat([torch.full((p.shape[0], 1), float(i)), p], 1) for i, p in enumerate(props)])
+    return torch.cat([torch.cat([torch.full((p.shape[0], 1), float(i), device=p.device), p], 1)
+                      for i, p in enumerate(props)])
 
 
 class RoiHeads(nn.Module):
@@ -436,7 +439,7 @@ class RoiHeads(nn.Module):
         b = rois[:, 1:]
         s = ((b[:, 2] - b[:, 0]).clamp(min=0) * (b[:, 3] - b[:, 1]).clamp(min=0)).sqrt()
         lvl = (torch.log2(s / 224 + 1e-6) + 4).floor().clamp(2, 5).long() - 2
-        out = torch.zeros(rois.shape[0], feats[0].shape[1], r, r)
+        out = torch.zeros(rois.shape[0], feats[0].shape[1], r, r, device=feats[0].device)
         for l, f in enumerate(feats[:4]):
             idx = torch.nonzero(lvl == l).squeeze(1)
             if idx.numel():
@@ -464,7 +467,7 @@ class RoiHeads(nn.Module):
             b = clip(decode(deltas[start:start + n], p, cfg["bbox_weights"]).reshape(-1, 4), h, w)
             b = b.reshape(n, k1, 4)[:, 1:].reshape(-1, 4)
             s = probs[start:start + n, 1:].reshape(-1)
-            lab = torch.arange(self.k).repeat(n)
+            lab = torch.arange(self.k, device=p.device).repeat(n)
             start += n
             keep = (s > cfg["score_threshold"]) & nonempty(b)
             b, s, lab = b[keep], s[keep], lab[keep]
@@ -565,11 +568,13 @@ class Detector(nn.Module):
 
     @torch.no_grad()
     def predict(self, images):
-        """Detections in each image's own pixels: [(boxes [K, 4] x1 y1 x2 y2, scores, labels)]."""
+        """Detections in each image's own pixels: [(boxes [K, 4] x1 y1 x2 y2, scores, labels)],
+        on the device of the detector's parameters (`det.to("cuda")` runs on a GPU)."""
         x, sizes, scales = self.prepare(images)
+        device = next(self.parameters()).device
         out = []
-        for (b, s, l), (sx, sy) in zip(self(x, sizes), scales):
-            out.append((b / torch.tensor([sx, sy, sx, sy]), s, l))
+        for (b, s, l), (sx, sy) in zip(self(x.to(device), sizes), scales):
+            out.append((b / torch.tensor([sx, sy, sx, sy], device=device), s, l))
         return out
 
 

@@ -202,7 +202,7 @@ impl Source {
             return Source::of_checkpoint(checkpoint, Some(&chosen), best.filter(|b| b.arch == chosen));
         }
         let Ok((_, checkpoint)) = detnas_train::checkpoint::resolve_run(src, "det") else {
-            return Err(refuse("not one of these".into()));
+            return Err(refuse("not a folder of a kind it exports".into()));
         };
         // A supernet fine-tuning inside a run: its search's found architecture by default.
         let best = src.parent().and_then(|run| detnas_search::run::read_best(&dirs::search(run)).ok());
