@@ -294,6 +294,27 @@ pub fn rank_check(a: RankCheckArgs) -> Result<(), Failure> {
             best(ag)
         );
     }
+    println!("  every proxy against the ground truth (Δτ = τ(one-shot) − τ(proxy), paired 95 % CI):");
+    println!(
+        "  {:<14} {:>3} {:>7} {:>17} {:>8} {:>9} {:>8} {:>9} {:>17}",
+        "proxy", "n", "τ", "95 % CI", "Spearman", "prec@top¼", "regret", "in seed sd", "Δτ 95 % CI"
+    );
+    for p in &r.proxies {
+        let pct = |v: Option<f64>| v.map_or("–".into(), |v| format!("{:.0} %", 100.0 * v));
+        println!(
+            "  {:<14} {:>3} {:>7} {:>17} {:>8} {:>9} {:>8} {:>9} {:>17}",
+            p.name,
+            p.n,
+            f(p.kendall_tau),
+            ci(p.tau_ci95),
+            f(p.spearman),
+            pct(p.precision_top_quartile),
+            f(p.regret),
+            p.regret_in_seed_sd.map_or("–".into(), |v| format!("{v:.1}")),
+            ci(p.delta_tau_vs_oneshot_ci95)
+        );
+    }
+    println!("verdict: {}", r.verdict);
     println!("result: {}", rank_check::dir(&a.run).join("result.json").display());
     Ok(())
 }

@@ -30,9 +30,13 @@ use crate::stages::{PipelineOptions, finetune_supernet, retrain, stage};
 use detnas_runtime::checkpoint::resolve;
 use detnas_search::fitness::{ClsEvaluator, DetEvaluator, SupernetInfo};
 use detnas_search::ledger::{self, LedgerEntry};
-use detnas_search::rank::{bootstrap_tau_ci, kendall_tau, percentile, spearman, stratified_sample, tau_chance_sd};
+use detnas_search::rank::{
+    bootstrap_tau_ci, bootstrap_tau_difference_ci, kendall_tau, percentile, precision_top_quartile, regret, spearman,
+    stratified_sample, tau_chance_sd,
+};
 use detnas_search::run::read_best;
 use detnas_search::{Evaluator, SearchConfig};
+use detnas_space::LatencyTable;
 use detnas_train::RunOptions;
 use detnas_train::finetune::{FinetuneSummary, OpenedDetector};
 use serde::{Deserialize, Serialize};
@@ -150,6 +154,31 @@ pub struct Agreement {
     pub chosen_percentile: Option<f64>,
 }
 
+/// One proxy's statistics against the ground truth, over the architectures both have.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProxyStats {
+    /// `one-shot` (the search's proxy: the fine-tuned supernet), `clsnas`, `control`, or a
+    /// free baseline: `backbone MACs`, `params`, `latency` (each read as "more is better").
+    pub name: String,
+    /// Architectures with both scores.
+    pub n: usize,
+    /// Kendall τ-b against the ground truth.
+    pub kendall_tau: Option<f64>,
+    /// Its 95 % percentile-bootstrap interval over architectures.
+    pub tau_ci95: Option<[f64; 2]>,
+    /// Spearman ρ.
+    pub spearman: Option<f64>,
+    /// Of the top quartile by the proxy, the share in the top quartile of the ground truth.
+    pub precision_top_quartile: Option<f64>,
+    /// Best ground truth minus the ground truth of the proxy's pick (test AP).
+    pub regret: Option<f64>,
+    /// `regret` in units of the pooled seed-to-seed standard deviation.
+    pub regret_in_seed_sd: Option<f64>,
+    /// Paired 95 % bootstrap interval of τ(one-shot) − τ(this proxy) (none for the one-shot
+    /// proxy itself).
+    pub delta_tau_vs_oneshot_ci95: Option<[f64; 2]>,
+}
+
 /// One architecture's scores.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ArchResult {
@@ -157,6 +186,12 @@ pub struct ArchResult {
     pub arch: String,
     /// Its backbone MACs.
     pub backbone_macs: u64,
+    /// Its backbone parameters.
+    #[serde(default)]
+    pub backbone_params: Option<u64>,
+    /// Its latency from the search's per-op table, ms.
+    #[serde(default)]
+    pub latency_ms: Option<f64>,
     /// Why it is in the check (`sampled`, `found`, `clsnas`).
     pub roles: Vec<String>,
     /// DetNAS proxy: the search's fitness on the fine-tuned supernet.
@@ -232,6 +267,14 @@ pub struct RankCheckResult {
     pub supernet_mean: Option<Agreement>,
     /// The retraining overrides of every unit (detection, then classification).
     pub protocol: Vec<String>,
+    /// Every proxy's statistics: the search's, ClsNAS's, the control's and the free
+    /// baselines' (backbone MACs, params, latency).
+    #[serde(default)]
+    pub proxies: Vec<ProxyStats>,
+    /// Whether the search's proxy ranked better than the strongest free baseline, from the
+    /// intervals of `proxies` ([`verdict`]).
+    #[serde(default)]
+    pub verdict: String,
     /// Every architecture's scores.
     pub archs: Vec<ArchResult>,
 }
@@ -475,6 +518,82 @@ fn agreement(
     }
 }
 
+/// The free baselines: what a user knows of an architecture before any training.
+const FREE: [&str; 3] = ["backbone MACs", "params", "latency"];
+
+/// Every proxy's statistics ([`ProxyStats`]) over `archs`.
+fn proxy_stats(archs: &[ArchResult], seed_sd: Option<f64>, o: &RankCheckOptions) -> Vec<ProxyStats> {
+    type Score = fn(&ArchResult) -> Option<f64>;
+    let all: [(&str, Score); 6] = [
+        ("one-shot", |a| a.det_proxy),
+        ("clsnas", |a| a.cls_proxy),
+        ("control", |a| a.init_proxy),
+        (FREE[0], |a| Some(a.backbone_macs as f64)),
+        (FREE[1], |a| a.backbone_params.map(|p| p as f64)),
+        (FREE[2], |a| a.latency_ms),
+    ];
+    let oneshot = all[0].1;
+    all.iter()
+        .filter_map(|&(name, score)| {
+            let rows: Vec<(f64, f64, Option<f64>)> =
+                archs.iter().filter_map(|a| Some((score(a)?, a.ground_truth_mean?, oneshot(a)))).collect();
+            if rows.is_empty() {
+                return None;
+            }
+            let x: Vec<f64> = rows.iter().map(|r| r.0).collect();
+            let y: Vec<f64> = rows.iter().map(|r| r.1).collect();
+            let paired: Vec<(f64, f64, f64)> = rows.iter().filter_map(|r| Some((r.2?, r.0, r.1))).collect();
+            let delta = (name != "one-shot").then(|| {
+                let a: Vec<f64> = paired.iter().map(|p| p.0).collect();
+                let b: Vec<f64> = paired.iter().map(|p| p.1).collect();
+                let t: Vec<f64> = paired.iter().map(|p| p.2).collect();
+                bootstrap_tau_difference_ci(&a, &b, &t, o.resamples, 0.95, o.seed).map(|(l, h)| [l, h])
+            });
+            let r = regret(&x, &y);
+            Some(ProxyStats {
+                name: name.into(),
+                n: rows.len(),
+                kendall_tau: kendall_tau(&x, &y),
+                tau_ci95: bootstrap_tau_ci(&x, &y, o.resamples, 0.95, o.seed).map(|(a, b)| [a, b]),
+                spearman: spearman(&x, &y),
+                precision_top_quartile: precision_top_quartile(&x, &y),
+                regret: r,
+                regret_in_seed_sd: r.zip(seed_sd.filter(|&s| s > 0.0)).map(|(r, s)| r / s),
+                delta_tau_vs_oneshot_ci95: delta.flatten(),
+            })
+        })
+        .collect()
+}
+
+/// Whether the search's proxy ranks better than the strongest free baseline (the one of
+/// highest τ), read from the paired interval of their τ difference: better or worse when the
+/// interval excludes 0, else not distinguishable on this run.
+pub fn verdict(proxies: &[ProxyStats]) -> String {
+    let Some(oneshot) = proxies.iter().find(|p| p.name == "one-shot").and_then(|p| p.kendall_tau) else {
+        return "no verdict: the search's proxy has no τ yet (too few trained architectures)".into();
+    };
+    let strongest = proxies
+        .iter()
+        .filter(|p| FREE.contains(&p.name.as_str()))
+        .filter_map(|p| Some((p, p.kendall_tau?, p.delta_tau_vs_oneshot_ci95?)))
+        .max_by(|a, b| a.1.total_cmp(&b.1));
+    let Some((p, tau, [lo, hi])) = strongest else {
+        return "no verdict: no free baseline has a τ interval yet".into();
+    };
+    let d = format!("Δτ {:.2} [{lo:.2}, {hi:.2}]", oneshot - tau);
+    if lo > 0.0 {
+        format!("the search's proxy ranks better than {}: {d}", p.name)
+    } else if hi < 0.0 {
+        format!("{} ranks better than the search's proxy: {d}; choose by {} instead", p.name, p.name)
+    } else {
+        format!(
+            "not distinguishable from {} on this run ({d}): choose by MACs or latency, or check more architectures \
+             (--archs) or supernets (--supernets 3)",
+            p.name
+        )
+    }
+}
+
 /// The statistics of whatever units have finished; `more` holds the scores of supernets 1, 2, …
 /// that have finished.
 fn summarise(
@@ -488,6 +607,15 @@ fn summarise(
     let o = &plan.options;
     let sup: Vec<&BTreeMap<String, f64>> = std::iter::once(&proxies.det).chain(more).collect();
     let all_supernets = o.supernets > 1 && sup.len() == o.supernets;
+    // Backbone parameters and latency as the search counted them (its space, input and table).
+    let best = read_best(&dirs::search(run)).ok();
+    let latency = LatencyTable::read(&dirs::search(run).join("latency-table.json")).ok();
+    let cost = |arch: &str| -> (Option<u64>, Option<f64>) {
+        let Some(b) = &best else { return (None, None) };
+        let Ok(a) = b.space.parse_arch(arch) else { return (None, None) };
+        let c = detnas_space::cost(&b.space, &a, &detnas_space::CostModel { input: b.input, classes: 1000 });
+        (Some(c.backbone_params), latency.as_ref().and_then(|t| t.latency_ms(&a).ok()))
+    };
     let archs: Vec<ArchResult> = plan
         .archs
         .iter()
@@ -499,9 +627,12 @@ fn summarise(
                 })
                 .collect();
             let complete = ground_truth.len() == o.seeds;
+            let (backbone_params, latency_ms) = cost(&p.arch);
             ArchResult {
                 arch: p.arch.clone(),
                 backbone_macs: p.backbone_macs,
+                backbone_params,
+                latency_ms,
                 roles: p.roles.clone(),
                 det_proxy: proxies.det.get(&p.arch).copied(),
                 cls_proxy: proxies.cls.as_ref().and_then(|m| m.get(&p.arch).copied()),
@@ -553,6 +684,9 @@ fn summarise(
         v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (v.len() - 1) as f64
     };
     let n = full.len();
+    let seed_sd = (o.seeds >= 2 && n > 0)
+        .then(|| (full.iter().map(|a| variance(&a.ground_truth)).sum::<f64>() / n as f64).sqrt());
+    let proxy_table = proxy_stats(&archs, seed_sd, o);
     RankCheckResult {
         n,
         seeds: o.seeds,
@@ -566,8 +700,7 @@ fn summarise(
             means.iter().copied().fold(f64::NEG_INFINITY, f64::max)
                 - means.iter().copied().fold(f64::INFINITY, f64::min)
         }),
-        seed_sd: (o.seeds >= 2 && n > 0)
-            .then(|| (full.iter().map(|a| variance(&a.ground_truth)).sum::<f64>() / n as f64).sqrt()),
+        seed_sd,
         metric: metric.to_string(),
         retrain_mode: match cfg.retrain.mode {
             crate::config::RetrainMode::Inherit => "inherit".into(),
@@ -584,6 +717,8 @@ fn summarise(
         supernets,
         supernet_mean,
         protocol: plan.options.set.iter().chain(&plan.options.cls_set).cloned().collect(),
+        verdict: verdict(&proxy_table),
+        proxies: proxy_table,
         archs,
     }
 }

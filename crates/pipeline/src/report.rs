@@ -583,7 +583,41 @@ fn rank_check_section(r: &crate::rank_check::RankCheckResult, figures: &Figures)
     .collect();
     let (md, html) = table(&["proxy", "n", "Kendall τ", "95 % CI", "Spearman", "its choice", "beats"], &rows);
     let _ = write!(sec.md, "{text}\n\n{md}\n");
+    // Every proxy, the free baselines included, and the verdict.
+    let ci = |v: Option<[f64; 2]>| v.map_or("—".into(), |[lo, hi]| format!("[{lo:.3}, {hi:.3}]"));
+    let proxy_rows: Vec<Vec<String>> = r
+        .proxies
+        .iter()
+        .map(|p| {
+            vec![
+                p.name.clone(),
+                p.n.to_string(),
+                f(p.kendall_tau),
+                ci(p.tau_ci95),
+                f(p.spearman),
+                p.precision_top_quartile.map_or("—".into(), |v| format!("{:.0} %", 100.0 * v)),
+                f(p.regret),
+                p.regret_in_seed_sd.map_or("—".into(), |v| format!("{v:.1}")),
+                ci(p.delta_tau_vs_oneshot_ci95),
+            ]
+        })
+        .collect();
+    let head = [
+        "proxy",
+        "n",
+        "Kendall τ",
+        "95 % CI",
+        "Spearman",
+        "precision@top ¼",
+        "regret (AP)",
+        "regret (seed sd)",
+        "Δτ vs one-shot, 95 % CI",
+    ];
+    let (pmd, phtml) = table(&head, &proxy_rows);
+    let note = "Free baselines (backbone MACs, params, latency) are read as \"more is better\". Δτ = τ(one-shot) − τ(proxy), a paired bootstrap over architectures; regret = best ground truth − that of the proxy's pick.";
+    let _ = write!(sec.md, "\n{pmd}\n{note}\n\n**Verdict**: {}\n", r.verdict);
     let _ = write!(sec.html, "<p>{}</p>{html}", esc(&text));
+    let _ = write!(sec.html, "{phtml}<p>{}</p><p><strong>Verdict</strong>: {}</p>", esc(note), esc(&r.verdict));
     if let (Some(m), Some(sd)) = (r.supernet_tau_mean, r.supernet_tau_sd) {
         let text = format!(
             "The {} supernets (the search's own and {} fine-tuned again from the same pre-trained supernet with other seeds) rank the architectures with τ = {m:.3} on average (standard deviation {sd:.3}): a single search's ranking is one draw from that spread. \"Its choice\" of those rows is the best-scored of these architectures.",
@@ -627,6 +661,37 @@ fn rank_check_section(r: &crate::rank_check::RankCheckResult, figures: &Figures)
             let title =
                 format!("{}: {}", if name.ends_with("detnas") { "DetNAS proxy" } else { "ClsNAS proxy" }, ci(a));
             figures.add(name, plots::rank_scatter(&title, &x_desc, "test AP trained on its own", &pts), &mut sec)?;
+        }
+    }
+    // The free baselines, each against the ground truth; its pick (the largest) marked.
+    type Free = fn(&crate::rank_check::ArchResult) -> Option<f64>;
+    let free: [(&str, &str, Free); 3] = [
+        ("backbone MACs", "rank_check_macs", |a| Some(a.backbone_macs as f64)),
+        ("params", "rank_check_params", |a| a.backbone_params.map(|p| p as f64)),
+        ("latency", "rank_check_latency", |a| a.latency_ms),
+    ];
+    for (proxy_name, file, value) in free {
+        let Some(p) = r.proxies.iter().find(|p| p.name == proxy_name) else { continue };
+        let scored: Vec<(&crate::rank_check::ArchResult, f64, f64)> =
+            r.archs.iter().filter_map(|x| Some((x, value(x)?, x.ground_truth_mean?))).collect();
+        let pick = scored.iter().map(|s| s.1).fold(f64::NEG_INFINITY, f64::max);
+        let mut picked = false;
+        let pts: Vec<(f64, f64, f64, f64, bool)> = scored
+            .iter()
+            .map(|&(x, v, m)| {
+                let lo = x.ground_truth.iter().copied().fold(f64::INFINITY, f64::min);
+                let hi = x.ground_truth.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let mark = !picked && v == pick;
+                picked |= mark;
+                (v, m, lo, hi, mark)
+            })
+            .collect();
+        if pts.len() >= 2 {
+            let title = match (p.kendall_tau, p.tau_ci95) {
+                (Some(t), Some([lo, hi])) => format!("{proxy_name}: τ = {t:.2} [{lo:.2}, {hi:.2}]"),
+                _ => format!("{proxy_name}: τ undefined"),
+            };
+            figures.add(file, plots::rank_scatter(&title, proxy_name, "test AP trained on its own", &pts), &mut sec)?;
         }
     }
     Ok(sec)

@@ -110,6 +110,72 @@ pub fn bootstrap_tau_ci(x: &[f64], y: &[f64], resamples: usize, level: f64, seed
     Some((quantile(&taus, (1.0 - level) / 2.0), quantile(&taus, (1.0 + level) / 2.0)))
 }
 
+/// A paired percentile-bootstrap interval of `τ(a, truth) − τ(b, truth)`: two proxies of the
+/// same architectures against the same ground truth, resampled together (ChaCha8 from
+/// `seed`; draws where either τ is undefined are left out). Positive: `a` ranks better.
+///
+/// `None` when either τ of the data is undefined or no draw gives both.
+pub fn bootstrap_tau_difference_ci(
+    a: &[f64],
+    b: &[f64],
+    truth: &[f64],
+    resamples: usize,
+    level: f64,
+    seed: u64,
+) -> Option<(f64, f64)> {
+    if a.len() != b.len() {
+        return None;
+    }
+    kendall_tau(a, truth)?;
+    kendall_tau(b, truth)?;
+    let n = truth.len();
+    let mut rng = seeded(seed);
+    let (mut ba, mut bb, mut bt) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
+    let mut diffs = Vec::with_capacity(resamples);
+    for _ in 0..resamples {
+        for k in 0..n {
+            let i = rng.random_range(0..n);
+            (ba[k], bb[k], bt[k]) = (a[i], b[i], truth[i]);
+        }
+        if let (Some(x), Some(y)) = (kendall_tau(&ba, &bt), kendall_tau(&bb, &bt)) {
+            diffs.push(x - y);
+        }
+    }
+    if diffs.is_empty() {
+        return None;
+    }
+    diffs.sort_by(f64::total_cmp);
+    Some((quantile(&diffs, (1.0 - level) / 2.0), quantile(&diffs, (1.0 + level) / 2.0)))
+}
+
+/// Indices by descending score, ties in listed order.
+fn descending(v: &[f64]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..v.len()).collect();
+    order.sort_by(|&i, &j| v[j].total_cmp(&v[i]).then(i.cmp(&j)));
+    order
+}
+
+/// Precision at the top quartile: of the `⌈n/4⌉` architectures the proxy ranks highest, the
+/// share that are among the `⌈n/4⌉` best of the ground truth (ties ranked in listed order).
+/// `None` for different lengths, no pair or a score that is not finite.
+pub fn precision_top_quartile(proxy: &[f64], truth: &[f64]) -> Option<f64> {
+    if proxy.len() != truth.len() || proxy.is_empty() || proxy.iter().chain(truth).any(|v| !v.is_finite()) {
+        return None;
+    }
+    let k = proxy.len().div_ceil(4);
+    let best: Vec<usize> = descending(truth)[..k].to_vec();
+    Some(descending(proxy)[..k].iter().filter(|i| best.contains(i)).count() as f64 / k as f64)
+}
+
+/// Regret of picking by the proxy: the best ground truth minus the ground truth of the
+/// architecture the proxy scores highest (the first listed among equals); 0 when the proxy
+/// picks the best. `None` as for [`precision_top_quartile`].
+pub fn regret(proxy: &[f64], truth: &[f64]) -> Option<f64> {
+    precision_top_quartile(proxy, truth)?;
+    let pick = descending(proxy)[0];
+    Some(truth[descending(truth)[0]] - truth[pick])
+}
+
 /// The `q` quantile of sorted `v` with linear interpolation between order statistics.
 pub fn quantile(sorted: &[f64], q: f64) -> f64 {
     let pos = q.clamp(0.0, 1.0) * (sorted.len() - 1) as f64;
@@ -197,6 +263,29 @@ mod tests {
         assert_eq!(percentile(5.0, &[1.0, 2.0]), Some(1.0));
         assert_eq!(percentile(5.0, &[]), None);
         assert_eq!(quantile(&[0.0, 1.0, 2.0, 3.0, 4.0], 0.975), 3.9);
+    }
+
+    #[test]
+    fn picking_statistics_by_hand() {
+        // 8 items: top quartile = 2. Truth best: items 7 (0.9), 6 (0.8). Proxy best: 7, 0.
+        let truth = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 0.9];
+        let proxy = [5.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 9.0];
+        assert_eq!(precision_top_quartile(&proxy, &truth), Some(0.5));
+        assert_eq!(regret(&proxy, &truth), Some(0.0));
+        // Picks item 0 (0.1): regret 0.9 − 0.1. 5 items: ⌈5/4⌉ = 2.
+        let (t5, p5) = ([0.1, 0.5, 0.9, 0.3, 0.2], [3.0, 2.0, 1.0, 0.0, 2.5]);
+        assert!((regret(&p5, &t5).unwrap() - 0.8).abs() < 1e-15);
+        assert_eq!(precision_top_quartile(&p5, &t5), Some(0.0));
+        // Ties go to the first listed: items 1 and 2 tie at the top; item 1 is picked.
+        assert!((regret(&[0.0, 1.0, 1.0], &[0.3, 0.1, 0.2]).unwrap() - 0.2).abs() < 1e-15);
+        assert_eq!(regret(&[1.0], &[f64::NAN]), None);
+        // A proxy against itself: Δτ is exactly 0 in every draw.
+        let x = [1.0, 3.0, 2.0, 5.0, 4.0, 6.0];
+        let t = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+        assert_eq!(bootstrap_tau_difference_ci(&x, &x, &t, 500, 0.95, 1), Some((0.0, 0.0)));
+        // The ground truth itself against a reversed proxy: τ 1 − (−1) = 2 in every draw.
+        let rev: Vec<f64> = t.iter().map(|v| -v).collect();
+        assert_eq!(bootstrap_tau_difference_ci(&t, &rev, &t, 500, 0.95, 1), Some((2.0, 2.0)));
     }
 
     fn entry(i: usize, fitness: f64, macs: u64) -> LedgerEntry {

@@ -337,6 +337,32 @@ fn rank_check(run: &Path) {
     assert_eq!(rec["result"]["det"]["resumed_from_step"], 4, "{rec}");
     let md = std::fs::read_to_string(run.join("report/report.md")).unwrap();
     assert!(md.contains("Ranking check") && md.contains("seed-to-seed standard deviation"), "{md}");
+    // Every proxy, the free baselines included, with its statistics and the verdict.
+    let proxies = result["proxies"].as_array().unwrap();
+    let names: Vec<&str> = proxies.iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["one-shot", "clsnas", "control", "backbone MACs", "params", "latency"]);
+    assert_eq!(proxies[0]["kendall_tau"], result["kendall_tau"]);
+    assert!(proxies[0]["delta_tau_vs_oneshot_ci95"].is_null());
+    for p in proxies {
+        assert_eq!(p["n"].as_u64().unwrap() as usize, archs.len(), "{p}");
+        let ci = |k: &str| p[k].as_array().map(|v| v.len());
+        assert!(p["name"] == "one-shot" || ci("delta_tau_vs_oneshot_ci95") == Some(2), "{p}");
+        assert!(p["precision_top_quartile"].as_f64().is_some_and(|v| (0.0..=1.0).contains(&v)), "{p}");
+    }
+    // MACs' regret by hand: the best mean AP minus that of the largest backbone (first listed).
+    let mean = |a: &serde_json::Value| a["ground_truth_mean"].as_f64().unwrap();
+    let best = archs.iter().map(mean).fold(f64::NEG_INFINITY, f64::max);
+    let largest = archs
+        .iter()
+        .fold(&archs[0], |m, a| if a["backbone_macs"].as_u64() > m["backbone_macs"].as_u64() { a } else { m });
+    let macs = &proxies[3];
+    assert!((macs["regret"].as_f64().unwrap() - (best - mean(largest))).abs() < 1e-12, "{macs}");
+    let verdict = result["verdict"].as_str().unwrap();
+    assert!(["ranks better than", "not distinguishable from"].iter().any(|v| verdict.contains(v)), "{verdict}");
+    assert!(md.contains(&format!("**Verdict**: {verdict}")) && md.contains("precision@top ¼"), "{md}");
+    for plot in ["rank_check_macs", "rank_check_params", "rank_check_latency"] {
+        assert!(run.join(format!("report/plots/{plot}.svg")).is_file(), "{plot}");
+    }
     // Finished: a re-run trains nothing and gives the same figures.
     let o = engine(&args, None);
     let again: serde_json::Value = serde_json::from_str(&ok(&o)).unwrap();

@@ -1,7 +1,8 @@
 //! Rank statistics against SciPy (`tests/fixtures/rank_gen.py`): Kendall τ-b and Spearman ρ
-//! exactly, the percentile-bootstrap CI of τ within Monte-Carlo error.
+//! exactly, the percentile-bootstrap CIs of τ and of a paired τ difference within Monte-Carlo
+//! error.
 
-use detnas_search::rank::{bootstrap_tau_ci, kendall_tau, spearman};
+use detnas_search::rank::{bootstrap_tau_ci, bootstrap_tau_difference_ci, kendall_tau, spearman};
 
 #[test]
 fn tau_spearman_and_bootstrap_agree_with_scipy() {
@@ -27,4 +28,16 @@ fn tau_spearman_and_bootstrap_agree_with_scipy() {
         }
     }
     assert_eq!(with_ci, 3);
+    // Paired intervals of τ(a) − τ(b) against the same ground truth.
+    let differences = fixture["differences"].as_array().unwrap();
+    assert_eq!(differences.len(), 2);
+    for case in differences {
+        let name = case["name"].as_str().unwrap();
+        let (a, b, t) = (floats(&case["a"]), floats(&case["b"]), floats(&case["truth"]));
+        let delta = kendall_tau(&a, &t).unwrap() - kendall_tau(&b, &t).unwrap();
+        assert!((delta - case["delta_tau"].as_f64().unwrap()).abs() < 1e-12, "{name}: Δτ {delta}");
+        let want = floats(&case["ci95"]);
+        let (lo, hi) = bootstrap_tau_difference_ci(&a, &b, &t, 20_000, 0.95, 3).unwrap();
+        assert!((lo - want[0]).abs() < 0.04 && (hi - want[1]).abs() < 0.04, "{name}: ({lo}, {hi}) vs {want:?}");
+    }
 }
