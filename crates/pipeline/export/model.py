@@ -613,12 +613,35 @@ def check(export_dir):
     for k, v in det.trace(x, sizes, props).items():
         diff(k, v, ref[k])
     for i, (b, s, l) in enumerate(det(x, sizes)):
-        order = torch.sort(s, descending=True, stable=True).indices
+        order = pair_detections((b, s, l), (ref[f"boxes.{i}"], ref[f"scores.{i}"], ref[f"labels.{i}"]))
+        if order is None:
+            rows["labels"] = 1.0
+            continue
         diff("boxes", b[order], ref[f"boxes.{i}"])
         diff("scores", s[order], ref[f"scores.{i}"])
-        if not torch.equal(l[order], ref[f"labels.{i}"]):
-            rows["labels"] = 1.0
     print(json.dumps({"max_relative_difference": max(rows.values()), "outputs": rows}))
+
+
+def pair_detections(mine, theirs):
+    """For each of `theirs` detections (boxes, scores, labels) in order, the index of the
+    nearest unpaired one of `mine` with its label and a score within 1e-4: detections of equal
+    scores may come in either order. None when the counts differ or one finds no partner."""
+    (b, s, l), (rb, rs, rl) = mine, theirs
+    if len(s) != len(rs):
+        return None
+    free, order = [True] * len(s), []
+    for i in range(len(rs)):
+        best, at = None, None
+        for j in range(len(s)):
+            if free[j] and int(l[j]) == int(rl[i]) and abs(float(s[j]) - float(rs[i])) <= 1e-4:
+                d = float((b[j] - rb[i]).abs().max())
+                if best is None or d < best:
+                    best, at = d, j
+        if at is None:
+            return None
+        free[at] = False
+        order.append(at)
+    return order
 
 
 def bench(export_dir, reps=10, size=None):

@@ -363,11 +363,32 @@ def check():
         diff("roi_cls", logits, ref["roi_cls"])
         diff("roi_reg", deltas, ref["roi_reg"])
     for i, (b, s, l) in enumerate(det.detect(ref["input"], sizes, raw)):
-        diff("boxes", b, ref[f"boxes.{i}"])
-        diff("scores", s, ref[f"scores.{i}"])
-        if not np.array_equal(l, ref[f"labels.{i}"]):
+        order = pair_detections((b, s, l), (ref[f"boxes.{i}"], ref[f"scores.{i}"], ref[f"labels.{i}"]))
+        if order is None:
             rows["labels"] = 1.0
+            continue
+        diff("boxes", b[order], ref[f"boxes.{i}"])
+        diff("scores", s[order], ref[f"scores.{i}"])
     print(json.dumps({"max_relative_difference": max(rows.values()), "outputs": rows}))
+
+
+def pair_detections(mine, theirs):
+    """For each of `theirs` detections (boxes, scores, labels) in order, the index of the
+    nearest unpaired one of `mine` with its label and a score within 1e-4: detections of equal
+    scores may come in either order. None when the counts differ or one finds no partner."""
+    (b, s, l), (rb, rs, rl) = mine, theirs
+    if len(s) != len(rs):
+        return None
+    free, order = np.ones(len(s), bool), []
+    for i in range(len(rs)):
+        ok = free & (l == rl[i]) & (np.abs(s - rs[i]) <= 1e-4)
+        if not ok.any():
+            return None
+        d = np.where(ok, np.abs(b - rb[i]).max(1), np.inf)
+        at = int(np.argmin(d))
+        free[at] = False
+        order.append(at)
+    return np.array(order, np.int64)
 
 
 def bench(reps=10, size=None):

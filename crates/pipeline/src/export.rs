@@ -566,9 +566,11 @@ fn latency_table(rows: &[Latency]) -> String {
 /// from (none: retrained, BN statistics as trained).
 ///
 /// # Errors
-/// [`PipelineError::Config`] for a space whose channel shuffle is not DetNAS's (`small-spos`),
-/// when `model.safetensors` cannot be read or has no backbone, or `backbone.safetensors`
-/// cannot be written, and as [`to_official`]; [`PipelineError::Io`]
+/// [`PipelineError::Config`] for a bare backbone checkpoint of a space whose channel shuffle is
+/// not DetNAS's (`small-spos`: the official definition would compute another function, so
+/// there are no official names, and a detector's export leaves them out), when
+/// `model.safetensors` cannot be read or has no backbone, or `backbone.safetensors` cannot be
+/// written, and as [`to_official`]; [`PipelineError::Io`]
 /// when `out` or another file cannot be written or the checkpoint cannot be copied.
 pub fn export_checkpoint(
     ckpt: &Path,
@@ -579,7 +581,10 @@ pub fn export_checkpoint(
     measure: &Measure,
     out: &Path,
 ) -> Result<PathBuf, PipelineError> {
-    if !space.shuffle.is_detnas() {
+    // A fine-tuning checkpoint (not a bare set of backbone weights): the whole detector too.
+    let meta = detnas_train::finetune::read_meta(ckpt).ok();
+    let official_names = space.shuffle.is_detnas();
+    if !official_names && meta.is_none() {
         return Err(PipelineError::Config(format!(
             "space {}: its channel shuffle ({:?}) is not DetNAS's, so its weights would not compute the same \
              function in the official DetNAS definition",
@@ -590,8 +595,6 @@ pub fn export_checkpoint(
     let model = ckpt.join("model.safetensors");
     let all =
         Tensor::read_safetensors(&model).map_err(|e| PipelineError::Config(format!("{}: {e}", model.display())))?;
-    // A fine-tuning checkpoint (not a bare set of backbone weights): the whole detector too.
-    let meta = detnas_train::finetune::read_meta(ckpt).ok();
     let mut files = match &meta {
         Some((cfg, st)) => {
             let classes = st.task.categories.len() as i64;
@@ -604,12 +607,17 @@ pub fn export_checkpoint(
     if backbone.is_empty() {
         return Err(PipelineError::Config(format!("{} has no backbone variables", model.display())));
     }
-    let (official, mapping) = to_official(space, arch, &backbone)?;
-    let refs: Vec<(&str, &Tensor)> = official.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let p = out.join("backbone.safetensors");
-    Tensor::write_safetensors(&refs, &p).map_err(|e| PipelineError::Config(format!("{}: {e}", p.display())))?;
-    let tsv: String = mapping.iter().map(|(a, b)| format!("{a}\t{b}\n")).collect();
-    std::fs::write(out.join("name-mapping.tsv"), tsv).map_err(|e| PipelineError::io(out, e))?;
+    for name in ["backbone.safetensors", "name-mapping.tsv"] {
+        let _ = std::fs::remove_file(out.join(name));
+    }
+    if official_names {
+        let (official, mapping) = to_official(space, arch, &backbone)?;
+        let refs: Vec<(&str, &Tensor)> = official.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        let p = out.join("backbone.safetensors");
+        Tensor::write_safetensors(&refs, &p).map_err(|e| PipelineError::Config(format!("{}: {e}", p.display())))?;
+        let tsv: String = mapping.iter().map(|(a, b)| format!("{a}\t{b}\n")).collect();
+        std::fs::write(out.join("name-mapping.tsv"), tsv).map_err(|e| PipelineError::io(out, e))?;
+    }
     // The detection checkpoint, copied file by file (its manifest stays valid).
     let det = out.join("detector");
     let _ = std::fs::remove_dir_all(&det);
@@ -728,16 +736,10 @@ and its detections with detnas's own.
             latency_table(latency)
         ),
     };
-    let readme = format!(
-        r#"# Exported DetNAS detector `{arch}`
-
-{provenance}
-{detector}
-Space `{space}`: stem {stem}, stage widths {widths:?}, depths {depths:?}; choices per block
-(0 = shufflenet_3x3, 1 = shufflenet_5x5, 2 = shufflenet_7x7, 3 = xception_3x3):
-`{ids:?}`. Backbone: {macs} MACs at 224×224, {params} parameters.
-
-## PyTorch: the backbone under the official names
+    let ids = arch.ids();
+    let official = if official_names {
+        format!(
+            r#"## PyTorch: the backbone under the official names
 
 `backbone.safetensors` holds the state dict of the official `ShuffleNetV2DetNAS` backbone
 (megvii-model/DetNAS, `maskrcnn_benchmark/modeling/backbone/detnasnet.py`) built with
@@ -753,8 +755,30 @@ model.eval()
 c2, c3, c4, c5 = model(images)                     # images: [N, 3, H, W], BGR 0-255 as in training
 ```
 
-`name-mapping.tsv` lists every detnas name with its official name. `detector.safetensors`
+`name-mapping.tsv` lists every detnas name with its official name."#,
+            depths = space.depths,
+            stem = space.stem,
+            widths_list = space.widths.iter().map(|w| w.to_string()).collect::<Vec<_>>().join(", "),
+        )
+    } else {
+        format!(
+            "## No backbone under the official names\n\nSpace `{}` uses SPOS's channel shuffle ({:?}), so the \
+             official DetNAS definition would compute another function with these weights; `model.py` builds \
+             this one.",
+            space.name, space.shuffle
+        )
+    };
+    let readme = format!(
+        r#"# Exported DetNAS detector `{arch}`
+
+{provenance}
+{detector}
+Space `{space}`: stem {stem}, stage widths {widths:?}, depths {depths:?}; choices per block
+(0 = shufflenet_3x3, 1 = shufflenet_5x5, 2 = shufflenet_7x7, 3 = xception_3x3):
+`{ids:?}`. Backbone: {macs} MACs at 224×224, {params} parameters. `detector.safetensors`
 holds the whole detector (backbone, FPN, head) under detnas's names.
+
+{official}
 
 ## detnas
 
@@ -762,15 +786,12 @@ holds the whole detector (backbone, FPN, head) under detnas's names.
 detnas predict --checkpoint detector IMAGE.png [--out predictions]
 ```
 "#,
-        arch = arch,
         space = space.name,
         stem = space.stem,
         widths = space.widths,
         depths = space.depths,
-        ids = arch.ids(),
         macs = detnas_space::format_count(cost.backbone_macs),
         params = detnas_space::format_count(cost.backbone_params),
-        widths_list = space.widths.iter().map(|w| w.to_string()).collect::<Vec<_>>().join(", "),
     );
     std::fs::write(out.join("README.md"), readme).map_err(|e| PipelineError::io(out, e))?;
     Ok(out.to_path_buf())

@@ -412,10 +412,24 @@ fn a_fixed_architecture_keeps_its_statistics_and_eval_det_reproduces_its_score()
 /// the latency of all three runtimes is measured at the size asked.
 #[test]
 fn exported_detectors_compute_in_pytorch_what_detnas_computes() {
-    for (name, head) in [("retinanet", RETINA), ("faster-rcnn", FPN)] {
+    // The third: SPOS's channel shuffle (the stride-1 blocks' other split), which has no
+    // official names and is exported without them.
+    for (name, head, spos) in
+        [("retinanet", RETINA, false), ("faster-rcnn", FPN, false), ("retinanet-spos", RETINA, true)]
+    {
         let d = dir(&format!("export-{name}"));
         let cfg = d.join("fixed.toml");
-        std::fs::write(&cfg, tiny(head, &d.join("data")).replace("[model]\n", "[model]\narch = \"01230\"\n")).unwrap();
+        let mut text = tiny(head, &d.join("data")).replace("[model]\n", "[model]\narch = \"01230\"\n");
+        if spos {
+            let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/demo/space.toml");
+            let space = d.join("space-spos.toml");
+            let body =
+                std::fs::read_to_string(&demo).unwrap().replace("name = \"demo-tiny\"", "name = \"demo-tiny-spos\"");
+            std::fs::write(&space, format!("{body}shuffle = \"even-odd\"\n")).unwrap();
+            text = text.replace(&demo.display().to_string(), &space.display().to_string());
+            assert!(text.contains("space-spos.toml"), "{text}");
+        }
+        std::fs::write(&cfg, text).unwrap();
         let run = d.join("run");
         ok(&finetune(&cfg, &run, None));
         let ex = d.join("export");
@@ -430,6 +444,12 @@ fn exported_detectors_compute_in_pytorch_what_detnas_computes() {
         let at = serde_json::json!([96, 128]);
         assert!(latency.iter().all(|l| l["median_ms"].as_f64().unwrap() > 0.0 && l["input"] == at), "{info}");
         let readme = std::fs::read_to_string(ex.join("README.md")).unwrap();
+        assert_eq!(
+            ex.join("backbone.safetensors").is_file(),
+            !spos,
+            "{name}: official names only for DetNAS's shuffle"
+        );
+        assert_eq!(readme.contains("No backbone under the official names"), spos, "{readme}");
         for runtime in ["| detnas (libtorch 2.", " eager | cpu |", "| ONNX Runtime 1."] {
             assert!(readme.contains(runtime), "{runtime}: {readme}");
         }
