@@ -155,12 +155,15 @@ struct Graph<'a> {
     vars: &'a BTreeMap<String, Tensor>,
     nodes: Vec<NodeProto>,
     initializers: Vec<TensorProto>,
+    /// Folded `(weight, bias)` initializers by `(conv, bn)`: a conv shared by the pyramid
+    /// levels is stored once.
+    folded: std::collections::HashMap<(String, Option<String>), (String, String)>,
     count: usize,
 }
 
 impl<'a> Graph<'a> {
     fn new(vars: &'a BTreeMap<String, Tensor>) -> Graph<'a> {
-        Graph { vars, nodes: Vec::new(), initializers: Vec::new(), count: 0 }
+        Graph { vars, nodes: Vec::new(), initializers: Vec::new(), folded: Default::default(), count: 0 }
     }
 
     fn var(&self, name: &str) -> Result<&Tensor, PipelineError> {
@@ -217,6 +220,32 @@ impl<'a> Graph<'a> {
         let s = w.size();
         let (cout, k) = (s[0], s[2]);
         let groups = if s[1] == 1 && cout > 1 { cout } else { 1 };
+        let key = (conv.to_string(), bn.map(str::to_string));
+        let (wn, bn_) = match self.folded.get(&key) {
+            Some(names) => names.clone(),
+            None => {
+                let names = self.fold(w, conv, bn)?;
+                self.folded.insert(key, names.clone());
+                names
+            }
+        };
+        let p = k / 2;
+        let y = self.op(
+            "Conv",
+            &[x, &wn, &bn_],
+            vec![
+                ints("kernel_shape", &[k, k]),
+                ints("strides", &[stride, stride]),
+                ints("pads", &[p, p, p, p]),
+                int("group", groups),
+            ],
+        );
+        Ok(if relu { self.op("Relu", &[&y], vec![]) } else { y })
+    }
+
+    /// The initializers of conv weight `w` (`{conv}.weight`, double) with its bias and BN folded.
+    fn fold(&mut self, w: Tensor, conv: &str, bn: Option<&str>) -> Result<(String, String), PipelineError> {
+        let cout = w.size()[0];
         let mut b = match self.vars.get(&format!("{conv}.bias")) {
             Some(b) => b.to_kind(Kind::Double),
             None => Tensor::zeros([cout], (Kind::Double, tch::Device::Cpu)),
@@ -231,19 +260,7 @@ impl<'a> Graph<'a> {
             w *= scale.view([-1, 1, 1, 1]);
             b = (b - g("running_mean")?) * &scale + g("bias")?;
         }
-        let (wn, bn_) = (self.constant(&w), self.constant(&b));
-        let p = k / 2;
-        let y = self.op(
-            "Conv",
-            &[x, &wn, &bn_],
-            vec![
-                ints("kernel_shape", &[k, k]),
-                ints("strides", &[stride, stride]),
-                ints("pads", &[p, p, p, p]),
-                int("group", groups),
-            ],
-        );
-        Ok(if relu { self.op("Relu", &[&y], vec![]) } else { y })
+        Ok((self.constant(&w), self.constant(&b)))
     }
 
     /// A unit `{prefix}.conv` with its BN `{prefix}.bn` when the detector has one.
