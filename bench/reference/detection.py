@@ -4,6 +4,9 @@ The same networks as detnas — the official DetNAS supernet as backbone (bench.
 RetinaNet head or RPN + RoIAlign box head, with the same parameter names, anchors, box coding,
 matching, sampling, losses and post-processing — written the way a PyTorch user writes them:
 eager modules, torchvision's `roi_align` / `batched_nms` / `box_iou`, pycocotools for COCO AP.
+The FPN, the heads' modules and the box coding are those of the exported detector's own
+definition (`crates/pipeline/export/model.py`, what `detnas export` writes); this file adds the
+supernet backbone, training, fp32 head outputs under autocast and torchvision's kernels.
 
     python detection.py check --dir EXPORT              numeric check of both demo detectors
     python detection.py det-{train,infer}-{retinanet,fpn}-{demo,800} --dir EXPORT [--reps R]
@@ -20,10 +23,8 @@ import argparse
 import contextlib
 import io
 import json
-import math
 import os
 import sys
-import time
 
 import torch
 import torch.nn as nn
@@ -32,29 +33,16 @@ from torchvision.ops import batched_nms, box_iou, roi_align
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+# The exported detector's own definition (what `detnas export` writes as model.py): its
+# layers, heads and box coding are detnas's; this file adds the supernet backbone, training
+# and torchvision's kernels.
+sys.path.insert(0, os.path.join(HERE, "..", "..", "crates", "pipeline", "export"))
 import bench  # noqa: E402  (the supernet, timing and memory helpers)
-
-BBOX_CLIP = math.log(1000.0 / 16)
+import model as exported  # noqa: E402
+from model import Fpn, anchor_grid, clip, decode  # noqa: E402
 
 
 # ---------------------------------------------------------------- layers
-
-class ConvUnit(nn.Module):
-    """conv (bias iff no BN) [+ BN] [+ ReLU]; keys conv.*, bn.*"""
-
-    def __init__(self, cin, cout, k, stride=1, bn=True, relu=False):
-        super().__init__()
-        self.conv = nn.Conv2d(cin, cout, k, stride, k // 2, bias=not bn)
-        if bn:
-            self.bn = nn.BatchNorm2d(cout)
-        self.relu = relu
-
-    def forward(self, x):
-        x = self.conv(x)
-        if hasattr(self, "bn"):
-            x = self.bn(x)
-        return F.relu(x) if self.relu else x
-
 
 class Backbone(nn.Module):
     """The supernet without its classification head: C2..C5 of a path."""
@@ -79,73 +67,7 @@ class Backbone(nn.Module):
         return out
 
 
-class Fpn(nn.Module):
-    def __init__(self, in_channels, out, bn, top):
-        super().__init__()
-        for i, c in enumerate(in_channels):
-            self.add_module(f"inner{i}", ConvUnit(c, out, 1, 1, bn))
-            self.add_module(f"layer{i}", ConvUnit(out, out, 3, 1, bn))
-        self.n, self.top = len(in_channels), top
-        if top == "p6p7":
-            self.p6 = ConvUnit(in_channels[-1], out, 3, 2, bn)
-            self.p7 = ConvUnit(out, out, 3, 2, bn)
-
-    def forward(self, feats):
-        n = self.n
-        last = getattr(self, f"inner{n - 1}")(feats[-1])
-        outs = [getattr(self, f"layer{n - 1}")(last)]
-        for i in range(n - 2, -1, -1):
-            lat = getattr(self, f"inner{i}")(feats[i])
-            last = lat + F.interpolate(last, size=lat.shape[-2:], mode="nearest")
-            outs.insert(0, getattr(self, f"layer{i}")(last))
-        if self.top == "maxpool":
-            outs.append(F.max_pool2d(outs[-1], 1, 2, 0))
-        else:
-            p6 = self.p6(feats[-1])
-            outs += [p6, self.p7(F.relu(p6))]
-        return outs
-
-
-def flatten_level(t, c):
-    n, _, h, w = t.shape
-    return t.view(n, -1, c, h, w).permute(0, 3, 4, 1, 2).reshape(n, -1, c)
-
-
 # ---------------------------------------------------------------- boxes
-
-def anchor_grid(sizes_per_level, ratios, strides, shapes, device):
-    out = []
-    for sizes, s, (h, w) in zip(sizes_per_level, strides, shapes):
-        base = []
-        for r in ratios:
-            hr = math.sqrt(r)
-            for z in sizes:
-                bw, bh = z / hr, z * hr
-                base.append([-bw / 2, -bh / 2, bw / 2, bh / 2])
-        base = torch.tensor(base, dtype=torch.float32, device=device)
-        ys = torch.arange(h, dtype=torch.float32, device=device) * s
-        xs = torch.arange(w, dtype=torch.float32, device=device) * s
-        y, x = torch.meshgrid(ys, xs, indexing="ij")
-        x, y = x.reshape(-1), y.reshape(-1)
-        shifts = torch.stack([x, y, x, y], 1)
-        out.append((shifts[:, None] + base[None]).reshape(-1, 4))
-    return out
-
-
-def decode(deltas, ref, weights=(1.0, 1.0, 1.0, 1.0)):
-    wx, wy, ww, wh = weights
-    w = ref[:, 2] - ref[:, 0]
-    h = ref[:, 3] - ref[:, 1]
-    cx = ref[:, 0] + 0.5 * w
-    cy = ref[:, 1] + 0.5 * h
-    d = deltas.reshape(deltas.shape[0], -1, 4)
-    dx, dy = d[..., 0] / wx, d[..., 1] / wy
-    dw = (d[..., 2] / ww).clamp(max=BBOX_CLIP)
-    dh = (d[..., 3] / wh).clamp(max=BBOX_CLIP)
-    pcx, pcy = dx * w[:, None] + cx[:, None], dy * h[:, None] + cy[:, None]
-    pw, ph = dw.exp() * w[:, None], dh.exp() * h[:, None]
-    return torch.stack([pcx - 0.5 * pw, pcy - 0.5 * ph, pcx + 0.5 * pw, pcy + 0.5 * ph], 2).reshape(deltas.shape[0], -1)
-
 
 def encode(ref, gt, weights=(1.0, 1.0, 1.0, 1.0)):
     wx, wy, ww, wh = weights
@@ -154,10 +76,6 @@ def encode(ref, gt, weights=(1.0, 1.0, 1.0, 1.0)):
     gw, gh = gt[:, 2] - gt[:, 0], gt[:, 3] - gt[:, 1]
     gx, gy = gt[:, 0] + 0.5 * gw, gt[:, 1] + 0.5 * gh
     return torch.stack([wx * (gx - rx) / rw, wy * (gy - ry) / rh, ww * torch.log(gw / rw), wh * torch.log(gh / rh)], 1)
-
-
-def clip(b, h, w):
-    return torch.stack([b[:, 0].clamp(0, w), b[:, 1].clamp(0, h), b[:, 2].clamp(0, w), b[:, 3].clamp(0, h)], 1)
 
 
 def match(iou, high, low, low_quality):
@@ -190,56 +108,14 @@ def smooth_l1(a, b, beta):
 
 # ---------------------------------------------------------------- heads
 
-class RetinaHead(nn.Module):
-    def __init__(self, cfg, ch, classes):
-        super().__init__()
-        self.cfg, self.k = cfg, classes
-        a = cfg["scales_per_octave"] * len(cfg["aspect_ratios"])
-        levels = len(cfg["anchor_sizes"])
-
-        def tower():
-            t = nn.ModuleList()
-            for _ in range(cfg["num_convs"]):
-                u = nn.Module()
-                if cfg["tower_bn"] and cfg["level_bn"]:
-                    u.conv = nn.Conv2d(ch, ch, 3, 1, 1, bias=True)
-                    for l in range(levels):
-                        u.add_module(f"bn_p{l + 3}", nn.BatchNorm2d(ch))
-                else:
-                    u.conv = nn.Conv2d(ch, ch, 3, 1, 1, bias=not cfg["tower_bn"])
-                    if cfg["tower_bn"]:
-                        u.bn = nn.BatchNorm2d(ch)
-                t.append(u)
-            return t
-
-        self.cls_tower, self.bbox_tower = tower(), tower()
-        self.cls_logits = nn.Conv2d(ch, a * classes, 3, 1, 1)
-        self.bbox_pred = nn.Conv2d(ch, a * 4, 3, 1, 1)
-        spo = cfg["scales_per_octave"]
-        self.sizes = [[b * 2 ** (i / spo) for i in range(spo)] for b in cfg["anchor_sizes"]]
-        self.strides = [2 ** (l + 3) for l in range(levels)]
-
-    @staticmethod
-    def _unit(u, x, l):
-        x = u.conv(x)
-        if hasattr(u, "bn"):
-            x = u.bn(x)
-        elif hasattr(u, f"bn_p{l + 3}"):
-            x = getattr(u, f"bn_p{l + 3}")(x)
-        return F.relu(x)
+class RetinaHead(exported.RetinaHead):
+    """The exported head (same modules and names), fp32 outputs, training losses and
+    torchvision's NMS."""
 
     def forward(self, feats):
-        cls, reg = [], []
-        for l, f in enumerate(feats):
-            c, b = f, f
-            for u in self.cls_tower:
-                c = self._unit(u, c, l)
-            for u in self.bbox_tower:
-                b = self._unit(u, b, l)
-            # (fp32 heads outputs: under bf16 autocast, decoding stays exact, as in detnas.)
-            cls.append(flatten_level(self.cls_logits(c), self.k).float())
-            reg.append(flatten_level(self.bbox_pred(b), 4).float())
-        return cls, reg
+        # (fp32 heads outputs: under bf16 autocast, decoding stays exact, as in detnas.)
+        cls, reg = super().forward(feats)
+        return [c.float() for c in cls], [r.float() for r in reg]
 
     def anchors(self, feats):
         return anchor_grid(self.sizes, self.cfg["aspect_ratios"], self.strides,
@@ -302,24 +178,13 @@ class RetinaHead(nn.Module):
         return out
 
 
-class Rpn(nn.Module):
-    def __init__(self, cfg, ch):
-        super().__init__()
-        self.cfg = cfg
-        a = len(cfg["aspect_ratios"])
-        self.conv = nn.Conv2d(ch, ch, 3, 1, 1)
-        self.cls_logits = nn.Conv2d(ch, a, 1)
-        self.bbox_pred = nn.Conv2d(ch, 4 * a, 1)
-        self.sizes = [[s] for s in cfg["anchor_sizes"]]
-        self.strides = [2 ** (l + 2) for l in range(len(cfg["anchor_sizes"]))]
+class Rpn(exported.Rpn):
+    """The exported RPN (same modules and names), fp32 outputs, with training targets and
+    torchvision's NMS."""
 
     def raw(self, feats):
-        obj, reg = [], []
-        for f in feats:
-            t = F.relu(self.conv(f))
-            obj.append(flatten_level(self.cls_logits(t), 1).squeeze(2).float())
-            reg.append(flatten_level(self.bbox_pred(t), 4).float())
-        return obj, reg
+        obj, reg = exported.Rpn.forward(self, feats)
+        return [o.float() for o in obj], [r.float() for r in reg]
 
     def forward(self, feats, sizes, targets=None):
         cfg = self.cfg
@@ -369,21 +234,9 @@ def rois_of(props):
     return torch.cat([torch.cat([torch.full((p.shape[0], 1), float(i), device=p.device), p.float()], 1) for i, p in enumerate(props)])
 
 
-class RoiHeads(nn.Module):
-    def __init__(self, cfg, ch, classes):
-        super().__init__()
-        self.cfg, self.k = cfg, classes
-        r = cfg["pooler_resolution"]
-        if cfg["head"] == "4conv1fc":
-            self.convs = nn.ModuleList(
-                [ConvUnit(ch if i == 0 else cfg["conv_dim"], cfg["conv_dim"], 3, 1, cfg["head_bn"], True) for i in range(4)])
-            self.fc6 = nn.Linear(cfg["conv_dim"] * r * r, cfg["fc_dim"])
-        else:
-            self.fc6 = nn.Linear(ch * r * r, cfg["fc_dim"])
-            self.fc7 = nn.Linear(cfg["fc_dim"], cfg["fc_dim"])
-        self.cls_score = nn.Linear(cfg["fc_dim"], classes + 1)
-        self.bbox_pred = nn.Linear(cfg["fc_dim"], 4 * (classes + 1))
-        self.strides = [4, 8, 16, 32]
+class RoiHeads(exported.RoiHeads):
+    """The exported box head (same modules and names), pooling with torchvision's RoIAlign,
+    fp32 outputs, training losses and torchvision's NMS."""
 
     def pool(self, feats, rois):
         """torchvision-style multi-scale RoIAlign, maskrcnn_benchmark's level mapping."""
@@ -399,14 +252,8 @@ class RoiHeads(nn.Module):
         return out
 
     def forward(self, feats, rois):
-        x = self.pool(feats, rois)
-        if hasattr(self, "convs"):
-            for c in self.convs:
-                x = c(x)
-            x = F.relu(self.fc6(x.flatten(1)))
-        else:
-            x = F.relu(self.fc7(F.relu(self.fc6(x.flatten(1)))))
-        return self.cls_score(x).float(), self.bbox_pred(x).float()
+        logits, deltas = super().forward(feats, rois)
+        return logits.float(), deltas.float()
 
     def losses(self, feats, props, targets):
         cfg = self.cfg
