@@ -1,6 +1,7 @@
 //! Pictures of detections: the image with labelled boxes and a legend, as SVG (`detnas
 //! predict` and the report's example predictions).
 
+use detnas_detect::metrics::CocoDetection;
 use image::RgbImage;
 use std::collections::HashMap;
 use std::path::Path;
@@ -143,13 +144,14 @@ const MIN_SIDE: u32 = 384;
 /// # Errors
 /// A message naming the file that cannot be read, parsed or decoded.
 pub fn examples(dir: &Path, n: usize, max_side: u32) -> Result<Vec<(String, String)>, String> {
-    let read = |name: &str| -> Result<serde_json::Value, String> {
-        let p = dir.join(name);
-        let text = std::fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+    fn read<T: serde::de::DeserializeOwned>(p: &Path) -> Result<T, String> {
+        let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
         serde_json::from_str(&text).map_err(|e| format!("{}: {e}", p.display()))
-    };
-    let (gt, dt) = (read("gt.json")?, read("detections.json")?);
-    let list = |v: &serde_json::Value, key: &str| v[key].as_array().cloned().unwrap_or_default();
+    }
+    let gt: serde_json::Value = read(&dir.join("gt.json"))?;
+    let detections: Vec<CocoDetection> = read(&dir.join("detections.json"))?;
+    let empty = Vec::new();
+    let list = |v: &'_ serde_json::Value, key: &str| v[key].as_array().unwrap_or(&empty).clone();
     let names: HashMap<u64, (usize, String)> = list(&gt, "categories")
         .iter()
         .enumerate()
@@ -160,17 +162,17 @@ pub fn examples(dir: &Path, n: usize, max_side: u32) -> Result<Vec<(String, Stri
         (v.len() == 4).then(|| [v[0], v[1], v[0] + v[2], v[1] + v[3]])
     };
     let annotations = list(&gt, "annotations");
-    let detections = dt.as_array().cloned().unwrap_or_default();
-    let of = |records: &[serde_json::Value], id: u64| -> Vec<serde_json::Value> {
-        records.iter().filter(|r| r["image_id"].as_u64() == Some(id)).cloned().collect()
-    };
     let mut out = Vec::new();
     for image in list(&gt, "images") {
         if out.len() == n {
             break;
         }
         let (Some(id), Some(file)) = (image["id"].as_u64(), image["file_name"].as_str()) else { continue };
-        let truth: Vec<[f64; 4]> = of(&annotations, id).iter().filter_map(|a| xyxy(&a["bbox"])).collect();
+        let truth: Vec<[f64; 4]> = annotations
+            .iter()
+            .filter(|a| a["image_id"].as_u64() == Some(id))
+            .filter_map(|a| xyxy(&a["bbox"]))
+            .collect();
         if truth.is_empty() {
             continue;
         }
@@ -185,17 +187,13 @@ pub fn examples(dir: &Path, n: usize, max_side: u32) -> Result<Vec<(String, Stri
             img
         };
         let scaled = |b: [f64; 4]| b.map(|v| v * scale);
-        let drawn: Vec<Drawn> = of(&detections, id)
+        let drawn: Vec<Drawn> = detections
             .iter()
-            .filter(|d| d["score"].as_f64().is_some_and(|s| s >= SCORE_THRESHOLD))
+            .filter(|d| d.image_id == id && d.score >= SCORE_THRESHOLD)
             .filter_map(|d| {
-                let (label, class) = names.get(&d["category_id"].as_u64()?)?.clone();
-                Some(Drawn {
-                    bbox: scaled(xyxy(&d["bbox"])?),
-                    class,
-                    score: d["score"].as_f64()? as f32,
-                    colour: label,
-                })
+                let (label, class) = names.get(&d.category_id)?.clone();
+                let [x, y, w, h] = d.bbox;
+                Some(Drawn { bbox: scaled([x, y, x + w, y + h]), class, score: d.score as f32, colour: label })
             })
             .collect();
         let truth: Vec<[f64; 4]> = truth.into_iter().map(scaled).collect();
