@@ -273,6 +273,13 @@ fn export_folders(run: &Path, d: &Path, found: &str) {
             assert!((e - p).abs() < 1e-6, "{src}: stat {i} of the exported child {e} vs the supernet's path {p}");
         }
     }
+    // A failure after writing began (a runtime that does not exist) leaves no new folder.
+    let failed = d.join("export-failed");
+    let args = ["export", run.to_str().unwrap(), "--out", failed.to_str().unwrap(), "--python", "/nonexistent/python"];
+    let o = engine(&args, None);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("--python /nonexistent/python"), "{err}");
+    assert!(!failed.exists(), "a failed export left {}", failed.display());
     for (src, why) in [("data", "detnas export reads a pipeline run"), ("search-cls", "ClsNAS")] {
         let o =
             engine(&["export", run.join(src).to_str().unwrap(), "--out", d.join("refused").to_str().unwrap()], None);

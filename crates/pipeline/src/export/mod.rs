@@ -54,6 +54,8 @@ use tch::Tensor;
 /// As [`Source::resolve`], [`scored_checkpoint`] and [`export_checkpoint`].
 pub fn export(src: &Path, arch: Option<&str>, measure: &Measure, out: &Path) -> Result<PathBuf, PipelineError> {
     let source = Source::resolve(src, arch)?;
+    // A failed export into a new folder leaves no folder behind.
+    let created = !out.exists();
     let staging = out.join(".child");
     let _ = std::fs::remove_dir_all(&staging);
     let result = scored_checkpoint(&source, &staging).and_then(|(ckpt, images)| {
@@ -65,6 +67,9 @@ pub fn export(src: &Path, arch: Option<&str>, measure: &Measure, out: &Path) -> 
         export_checkpoint(&ckpt, &source.space, &source.arch, source.best.as_ref(), Some(&weights), measure, out)
     });
     let _ = std::fs::remove_dir_all(&staging);
+    if result.is_err() && created {
+        let _ = std::fs::remove_dir_all(out);
+    }
     result
 }
 
