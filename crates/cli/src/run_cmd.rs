@@ -52,6 +52,11 @@ pub struct ExportArgs {
     /// image resized to it; default: as evaluation prepares it).
     #[arg(long, value_parser = parse_input)]
     input: Option<[i64; 2]>,
+    /// Put decoding, clipping and NMS into detector.onnx too (ONNX NonMaxSuppression and
+    /// RoiAlign): it then also takes image_sizes [N, 2] and gives num_detections,
+    /// detection_boxes, detection_scores and detection_classes.
+    #[arg(long)]
+    onnx_nms: bool,
 }
 
 fn parse_input(s: &str) -> Result<[i64; 2], String> {
@@ -152,7 +157,7 @@ pub fn export(a: ExportArgs) -> Result<(), Failure> {
     let dir = detnas_pipeline::export::export(
         &a.src,
         a.arch.as_deref(),
-        &detnas_pipeline::export::Measure { python: a.python, input: a.input },
+        &detnas_pipeline::export::Options { python: a.python, input: a.input, onnx_nms: a.onnx_nms },
         &a.out,
     )?;
     println!("exported to {}", dir.display());

@@ -13,7 +13,10 @@ Each result is {image_id, category_id, bbox [x, y, w, h] in the image's pixels, 
 images are numbered 1.. in the order given. The graphs hold the network up to its raw head
 outputs; this file prepares the images (resize with bilinear half-pixel sampling, padding,
 input convention) and decodes, clips and suppresses boxes (and, for Faster R-CNN, makes the
-proposals and pools them with RoIAlign) as detnas does (`crates/detect`).
+proposals and pools them with RoIAlign) as detnas does (`crates/detect`). A graph exported
+with `detnas export --onnx-nms` does that itself (inputs `images` and `image_sizes`, outputs
+`num_detections`, `detection_boxes`, `detection_scores`, `detection_classes`); this file then
+uses its detections, and `check` compares both ways with detnas's.
 """
 import argparse
 import json
@@ -230,13 +233,22 @@ class Detector:
             self.box_head = ort.InferenceSession(os.path.join(export_dir, "box_head.onnx"), opts,
                                                  providers=["CPUExecutionProvider"])
         self.names = [o.name for o in self.session.get_outputs()]
+        self.in_graph = "num_detections" in self.names
 
-    def raw(self, x):
-        """Every graph output by name, on a prepared batch."""
-        return dict(zip(self.names, self.session.run(None, {"images": x})))
+    def raw(self, x, sizes):
+        """Every graph output by name, on a prepared batch of images of `sizes` (h, w)."""
+        feed = {"images": x}
+        if self.in_graph:
+            feed["image_sizes"] = np.array(sizes, np.float32).reshape(-1, 2)
+        return dict(zip(self.names, self.session.run(None, feed)))
 
-    def detect(self, x, sizes, raw=None):
-        raw = raw if raw is not None else self.raw(x)
+    def detect(self, x, sizes, raw=None, in_graph=None):
+        """(boxes, scores, labels) per image: the graph's own when it has them (or as
+        `in_graph` says), else decoded here."""
+        raw = raw if raw is not None else self.raw(x, sizes)
+        if self.in_graph if in_graph is None else in_graph:
+            return [(raw["detection_boxes"][i, :n], raw["detection_scores"][i, :n], raw["detection_classes"][i, :n])
+                    for i, n in enumerate(raw["num_detections"])]
         return self._retina(raw, x, sizes) if self.kind == "retinanet" else self._rcnn(raw, sizes)[0]
 
     def _retina(self, raw, x, sizes):
@@ -352,7 +364,7 @@ def check():
 
     x, _, _ = prepare([ref[f"image.{i}"] for i in range(n)], det.info["input"])
     diff("input", x, ref["input"])
-    raw = det.raw(ref["input"])
+    raw = det.raw(ref["input"], sizes)
     for k, v in raw.items():
         if k in ref:
             diff(k, v, ref[k])
@@ -362,13 +374,15 @@ def check():
             diff(f"proposals.{i}", p, ref[f"proposals.{i}"])
         diff("roi_cls", logits, ref["roi_cls"])
         diff("roi_reg", deltas, ref["roi_reg"])
-    for i, (b, s, l) in enumerate(det.detect(ref["input"], sizes, raw)):
-        order = pair_detections((b, s, l), (ref[f"boxes.{i}"], ref[f"scores.{i}"], ref[f"labels.{i}"]))
-        if order is None:
-            rows["labels"] = 1.0
-            continue
-        diff("boxes", b[order], ref[f"boxes.{i}"])
-        diff("scores", s[order], ref[f"scores.{i}"])
+    for in_graph in [False, True] if det.in_graph else [False]:
+        at = " (graph)" if in_graph else ""
+        for i, (b, s, l) in enumerate(det.detect(ref["input"], sizes, raw, in_graph)):
+            order = pair_detections((b, s, l), (ref[f"boxes.{i}"], ref[f"scores.{i}"], ref[f"labels.{i}"]))
+            if order is None:
+                rows["labels" + at] = 1.0
+                continue
+            diff("boxes" + at, b[order], ref[f"boxes.{i}"])
+            diff("scores" + at, s[order], ref[f"scores.{i}"])
     print(json.dumps({"max_relative_difference": max(rows.values()), "outputs": rows}))
 
 
@@ -411,7 +425,8 @@ def bench(reps=10, size=None):
         times.append(time.perf_counter() - t)
     times.sort()
     threads = ort.SessionOptions().intra_op_num_threads or os.cpu_count()
-    print(json.dumps({"runtime": f"ONNX Runtime {ort.__version__} (CPUExecutionProvider)", "device": "cpu",
+    where = "NMS in the graph" if det.in_graph else "NMS in numpy"
+    print(json.dumps({"runtime": f"ONNX Runtime {ort.__version__} (CPUExecutionProvider, {where})", "device": "cpu",
                       "threads": threads, "precision": "fp32", "batch": 1, "input": list(x.shape[-2:]),
                       "nms": True, "median_ms": 1000 * times[len(times) // 2], "reps": reps}))
 

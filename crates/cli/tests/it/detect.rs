@@ -484,6 +484,38 @@ fn exported_detectors_compute_in_pytorch_what_detnas_computes() {
             assert!(want > 0.0 && (got - want).abs() <= 1e-3, "{name}: AP of {script} {got} vs detnas {want}");
             eprintln!("{name}: AP of {script} {got}, of detnas {want}");
         }
+        if !spos {
+            // --onnx-nms: the graph's own detections equal detnas's, and so does their AP.
+            let ex = d.join("export-nms");
+            ok(&engine(&["export", src, "--out", ex.to_str().unwrap(), "--onnx-nms"], None));
+            let script = ex.join("predict_onnx.py");
+            let r: serde_json::Value =
+                serde_json::from_str(crate::export_python(&[script.to_str().unwrap(), "check"]).trim()).unwrap();
+            let rows = r["outputs"].as_object().unwrap();
+            assert!(
+                rows["scores (graph)"].as_f64().unwrap() < 1e-4 && rows["boxes (graph)"].as_f64().unwrap() < 1e-4,
+                "{name}: {r}"
+            );
+            assert!(
+                !rows.contains_key("labels (graph)") && r["max_relative_difference"].as_f64().unwrap() < 1e-4,
+                "{name}: {r}"
+            );
+            eprintln!("{name}: predict_onnx.py check with --onnx-nms {r}");
+            let info: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(ex.join("arch.json")).unwrap()).unwrap();
+            assert_eq!(info["onnx"]["nms_in_graph"], true, "{info}");
+            assert!(std::fs::read_to_string(ex.join("README.md")).unwrap().contains("Exported with `--onnx-nms`"));
+            let dt = d.join("graph-nms.json");
+            let mut args = vec![script.to_str().unwrap().to_string()];
+            args.extend(images.iter().map(|s| s.to_string()));
+            args.extend(["--out", dt.to_str().unwrap(), "--gt", gt.to_str().unwrap()].map(String::from));
+            crate::export_python(&args.iter().map(String::as_str).collect::<Vec<_>>());
+            let coco = ["eval", "coco", "--gt", gt.to_str().unwrap(), "--dt", dt.to_str().unwrap(), "--json"];
+            let scored: serde_json::Value = serde_json::from_str(ok(&engine(&coco, None)).trim()).unwrap();
+            let got = scored["stats"][0].as_f64().unwrap();
+            assert!((got - want).abs() <= 1e-3, "{name}: AP with the graph's NMS {got} vs detnas {want}");
+            eprintln!("{name}: AP with the graph's NMS {got}, of detnas {want}");
+        }
         std::fs::remove_dir_all(&d).unwrap();
     }
 }

@@ -31,7 +31,7 @@ pub(super) fn write_detector(
     (space, arch): (&SearchSpace, &Arch),
     all: &[(String, Tensor)],
     (cfg, classes): (&detnas_train::FinetuneConfig, i64),
-    input: Option<[i64; 2]>,
+    options: &Options,
     out: &Path,
 ) -> Result<DetectorFiles, PipelineError> {
     let mut state: Vec<(String, Tensor)> = Vec::with_capacity(all.len());
@@ -43,7 +43,8 @@ pub(super) fn write_detector(
     }
     write_safetensors(&state, &out.join("detector.safetensors"))?;
     let vars: BTreeMap<String, Tensor> = all.iter().map(|(k, v)| (k.clone(), v.shallow_clone())).collect();
-    let (detector, box_head) = crate::onnx::detector_graphs(space, arch, &cfg.detector, classes, &vars)?;
+    let (detector, box_head) =
+        crate::onnx::detector_graphs(space, arch, &cfg.detector, classes, &vars, options.onnx_nms)?;
     for (name, bytes) in [("detector.onnx", Some(detector)), ("box_head.onnx", box_head)] {
         let p = out.join(name);
         match bytes {
@@ -101,7 +102,7 @@ pub(super) fn write_detector(
         let one =
             detnas_data::det::transform::collate(vec![sample], vec![0], cfg.data.divisibility, cfg.data.convention);
         let (mut x, mut sizes, _) = detnas_detect::evaluate::batch_inputs(&one, tch::Device::Cpu);
-        if let Some([h, w]) = input {
+        if let Some([h, w]) = options.input {
             let d = i64::from(cfg.data.divisibility.max(1));
             let resized =
                 x.narrow(2, 0, sizes[0].0).narrow(3, 0, sizes[0].1).upsample_bilinear2d([h, w], false, None, None);
@@ -133,9 +134,9 @@ pub(super) fn write_detector(
     Ok(DetectorFiles { reference_images: n, latency })
 }
 
-/// How the export measures latency.
+/// What the export writes beyond the defaults, and how it measures latency.
 #[derive(Clone, Debug, Default)]
-pub struct Measure {
+pub struct Options {
     /// A Python with torch and onnxruntime: PyTorch eager's and ONNX Runtime's latency are
     /// measured too, with the exported scripts (`model.py bench`, `predict_onnx.py bench`).
     pub python: Option<PathBuf>,
@@ -143,6 +144,9 @@ pub struct Measure {
     /// resized to it, then padded to the divisibility); default: that image as evaluation
     /// prepares it.
     pub input: Option<[i64; 2]>,
+    /// Decoding, clipping and NMS inside `detector.onnx` too (`crate::onnx`'s
+    /// `postprocess`); default: the raw head outputs only.
+    pub onnx_nms: bool,
 }
 
 /// Repetitions of a latency measurement, after one warm-up.

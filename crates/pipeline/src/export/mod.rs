@@ -18,7 +18,8 @@
 //! DIR/detector.safetensors         the whole child detector (backbone, FPN, head), detnas names
 //! DIR/model.py                     self-contained PyTorch definition, pre- and post-processing
 //! DIR/predict_torch.py             COCO results on image files with model.py
-//! DIR/detector.onnx                the network to its raw head outputs ([`crate::onnx`])
+//! DIR/detector.onnx                the network to its raw head outputs ([`crate::onnx`]);
+//!                                  with `--onnx-nms` also its detections
 //! DIR/box_head.onnx                Faster R-CNN's box head on pooled RoI features
 //! DIR/predict_onnx.py              COCO results on image files with ONNX Runtime
 //! DIR/reference.safetensors        detnas's outputs on two test images (the scripts' `check`)
@@ -36,7 +37,7 @@ mod detector;
 mod official;
 mod source;
 
-pub use detector::{Latency, Measure};
+pub use detector::{Latency, Options};
 pub use official::{NameMapping, official_name, to_official};
 pub use source::{SOURCE_KINDS, Source, Weights, scored_checkpoint};
 
@@ -52,7 +53,7 @@ use tch::Tensor;
 ///
 /// # Errors
 /// As [`Source::resolve`], [`scored_checkpoint`] and [`export_checkpoint`].
-pub fn export(src: &Path, arch: Option<&str>, measure: &Measure, out: &Path) -> Result<PathBuf, PipelineError> {
+pub fn export(src: &Path, arch: Option<&str>, options: &Options, out: &Path) -> Result<PathBuf, PipelineError> {
     let source = Source::resolve(src, arch)?;
     // A failed export into a new folder leaves no folder behind.
     let created = !out.exists();
@@ -64,7 +65,7 @@ pub fn export(src: &Path, arch: Option<&str>, measure: &Measure, out: &Path) -> 
             supernet: (!source.retrained).then(|| source.checkpoint.clone()),
             bn_recalibration_images: images,
         };
-        export_checkpoint(&ckpt, &source.space, &source.arch, source.best.as_ref(), Some(&weights), measure, out)
+        export_checkpoint(&ckpt, &source.space, &source.arch, source.best.as_ref(), Some(&weights), options, out)
     });
     let _ = std::fs::remove_dir_all(&staging);
     if result.is_err() && created {
@@ -89,7 +90,7 @@ pub fn export_checkpoint(
     arch: &Arch,
     best: Option<&detnas_search::BestArch>,
     weights: Option<&Weights>,
-    measure: &Measure,
+    options: &Options,
     out: &Path,
 ) -> Result<PathBuf, PipelineError> {
     // A fine-tuning checkpoint (not a bare set of backbone weights): the whole detector too.
@@ -109,7 +110,7 @@ pub fn export_checkpoint(
     let mut files = match &meta {
         Some((cfg, st)) => {
             let classes = st.task.categories.len() as i64;
-            Some(write_detector(ckpt, (space, arch), &all, (cfg, classes), measure.input, out)?)
+            Some(write_detector(ckpt, (space, arch), &all, (cfg, classes), options, out)?)
         }
         None => None,
     };
@@ -157,13 +158,14 @@ pub fn export_checkpoint(
         "retrained": weights.is_none_or(|w| w.retrained), "weights": weights,
         "detector": meta.as_ref().map(|(cfg, _)| &cfg.detector), "input": input,
         "latency": files.as_ref().map(|f| &f.latency),
+        "onnx": files.as_ref().map(|_| serde_json::json!({"opset": crate::onnx::OPSET, "nms_in_graph": options.onnx_nms})),
     });
     detnas_runtime::fsx::write_json_atomic(&out.join("arch.json"), &info)?;
     // PyTorch eager's and ONNX Runtime's latency, with the files just written (they read
     // arch.json).
-    if let (Some(py), Some(f)) = (&measure.python, files.as_mut().filter(|f| f.reference_images > 0)) {
+    if let (Some(py), Some(f)) = (&options.python, files.as_mut().filter(|f| f.reference_images > 0)) {
         let (dir, reps) = (out.to_string_lossy().into_owned(), LATENCY_REPS.to_string());
-        let size: Vec<String> = measure.input.iter().flatten().map(i64::to_string).collect();
+        let size: Vec<String> = options.input.iter().flatten().map(i64::to_string).collect();
         let size: Vec<&str> = size.iter().map(String::as_str).collect();
         f.latency.push(python_latency(py, out, &[&["model.py", "bench", &dir, &reps][..], &size].concat())?);
         f.latency.push(python_latency(py, out, &[&["predict_onnx.py", "bench", &reps][..], &size].concat())?);
@@ -224,7 +226,7 @@ per pyramid level: {outputs}. `python predict_onnx.py IMAGE… --out detections.
 [--gt GT.json]` (onnxruntime, numpy and Pillow) prepares the images and decodes, clips and
 suppresses boxes as detnas does; `python predict_onnx.py check` compares the graphs' outputs
 and its detections with detnas's own.
-
+{}
 {}
 
 {}
@@ -235,6 +237,19 @@ and its detections with detnas's own.
                 .map(|(l, c)| format!("{l}: {} {}", c["id"], c["name"].as_str().unwrap_or_default()))
                 .collect::<Vec<_>>()
                 .join(", "),
+            if options.onnx_nms {
+                "\nExported with `--onnx-nms`: the graph also decodes, clips and suppresses the boxes as \
+                 detnas does (ONNX `NonMaxSuppression`; for Faster R-CNN the proposals and `RoiAlign` too). \
+                 It takes `image_sizes` `[N, 2]` (float: each image's height and width after resizing, \
+                 before padding) beside `images`, and gives `num_detections` `[N]` (int64), \
+                 `detection_boxes` `[N, D, 4]` (x1, y1, x2, y2 in network-input pixels), \
+                 `detection_scores` `[N, D]` and `detection_classes` `[N, D]` (int64 labels), by \
+                 descending score (TensorRT `EfficientNMS`'s layout; rows past `num_detections` are \
+                 zero, class -1). `predict_onnx.py` uses them, and its `check` compares them with \
+                 detnas's detections too.\n"
+            } else {
+                ""
+            },
             if *n > 0 {
                 format!(
                     "`python model.py check .` compares every output of `model.py` (prepared input, pyramid, \

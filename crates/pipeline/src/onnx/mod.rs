@@ -9,6 +9,10 @@
 //! * `box_head.onnx` (Faster R-CNN): pooled RoI features `[R, C, P, P]` → `roi_cls`
 //!   `[R, K+1]` (logits), `roi_reg` `[R, 4(K+1)]` (deltas).
 //!
+//! With `--onnx-nms` ([`postprocess`]), `detector.onnx` also takes `image_sizes` `[N, 2]` and
+//! gives the detections after decoding, clipping and NMS (`num_detections`,
+//! `detection_boxes`, `detection_scores`, `detection_classes`).
+//!
 //! Output names are those of `Detector::trace`. The graphs follow the modules of
 //! `crates/detect` and the official blocks (megvii-model/DetNAS `shuffle_blocks.py`); the
 //! protobuf messages are the subset of `onnx/onnx.proto` these graphs use.
@@ -25,117 +29,11 @@ pub const OPSET: i64 = 17;
 /// BN's ε (PyTorch's default, detnas's).
 const BN_EPS: f64 = 1e-5;
 
-/// The subset of `onnx.proto` (IR version 8) the exported graphs use; field numbers as there.
-mod proto {
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct ModelProto {
-        #[prost(int64, tag = "1")]
-        pub ir_version: i64,
-        #[prost(string, tag = "2")]
-        pub producer_name: String,
-        #[prost(string, tag = "3")]
-        pub producer_version: String,
-        #[prost(string, tag = "6")]
-        pub doc_string: String,
-        #[prost(message, optional, tag = "7")]
-        pub graph: Option<GraphProto>,
-        #[prost(message, repeated, tag = "8")]
-        pub opset_import: Vec<OperatorSetIdProto>,
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct OperatorSetIdProto {
-        #[prost(string, tag = "1")]
-        pub domain: String,
-        #[prost(int64, tag = "2")]
-        pub version: i64,
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct GraphProto {
-        #[prost(message, repeated, tag = "1")]
-        pub node: Vec<NodeProto>,
-        #[prost(string, tag = "2")]
-        pub name: String,
-        #[prost(message, repeated, tag = "5")]
-        pub initializer: Vec<TensorProto>,
-        #[prost(message, repeated, tag = "11")]
-        pub input: Vec<ValueInfoProto>,
-        #[prost(message, repeated, tag = "12")]
-        pub output: Vec<ValueInfoProto>,
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct NodeProto {
-        #[prost(string, repeated, tag = "1")]
-        pub input: Vec<String>,
-        #[prost(string, repeated, tag = "2")]
-        pub output: Vec<String>,
-        #[prost(string, tag = "3")]
-        pub name: String,
-        #[prost(string, tag = "4")]
-        pub op_type: String,
-        #[prost(message, repeated, tag = "5")]
-        pub attribute: Vec<AttributeProto>,
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct AttributeProto {
-        #[prost(string, tag = "1")]
-        pub name: String,
-        #[prost(float, tag = "2")]
-        pub f: f32,
-        #[prost(int64, tag = "3")]
-        pub i: i64,
-        #[prost(bytes = "vec", tag = "4")]
-        pub s: Vec<u8>,
-        #[prost(int64, repeated, tag = "8")]
-        pub ints: Vec<i64>,
-        /// 1 FLOAT, 2 INT, 3 STRING, 7 INTS.
-        #[prost(int32, tag = "20")]
-        pub r#type: i32,
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct TensorProto {
-        #[prost(int64, repeated, tag = "1")]
-        pub dims: Vec<i64>,
-        /// 1 FLOAT, 7 INT64.
-        #[prost(int32, tag = "2")]
-        pub data_type: i32,
-        #[prost(string, tag = "8")]
-        pub name: String,
-        #[prost(bytes = "vec", tag = "9")]
-        pub raw_data: Vec<u8>,
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct ValueInfoProto {
-        #[prost(string, tag = "1")]
-        pub name: String,
-        #[prost(message, optional, tag = "2")]
-        pub r#type: Option<TypeProto>,
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct TypeProto {
-        #[prost(message, optional, tag = "1")]
-        pub tensor_type: Option<TensorType>,
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct TensorType {
-        #[prost(int32, tag = "1")]
-        pub elem_type: i32,
-        #[prost(message, optional, tag = "2")]
-        pub shape: Option<TensorShapeProto>,
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct TensorShapeProto {
-        #[prost(message, repeated, tag = "1")]
-        pub dim: Vec<Dimension>,
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Dimension {
-        #[prost(int64, optional, tag = "1")]
-        pub dim_value: Option<i64>,
-        #[prost(string, optional, tag = "2")]
-        pub dim_param: Option<String>,
-    }
-}
+mod postprocess;
+mod proto;
+
 use proto::{AttributeProto, NodeProto, TensorProto};
+type ValueInfo = proto::ValueInfoProto;
 
 const FLOAT: i32 = 1;
 const INT64: i32 = 7;
@@ -145,6 +43,9 @@ fn ints(name: &str, v: &[i64]) -> AttributeProto {
 }
 fn int(name: &str, v: i64) -> AttributeProto {
     AttributeProto { name: name.into(), i: v, r#type: 2, ..Default::default() }
+}
+fn float(name: &str, v: f32) -> AttributeProto {
+    AttributeProto { name: name.into(), f: v, r#type: 1, ..Default::default() }
 }
 fn string(name: &str, v: &str) -> AttributeProto {
     AttributeProto { name: name.into(), s: v.as_bytes().to_vec(), r#type: 3, ..Default::default() }
@@ -193,16 +94,28 @@ impl<'a> Graph<'a> {
 
     /// A node with one output, `output` or a fresh name.
     fn op_named(&mut self, op: &str, inputs: &[&str], attribute: Vec<AttributeProto>, output: Option<&str>) -> String {
+        match output {
+            Some(o) => self.node(op, inputs, attribute, vec![o.to_string()]).remove(0),
+            None => self.op_outputs(op, inputs, attribute, 1).remove(0),
+        }
+    }
+
+    /// A node with `n` outputs of fresh names.
+    fn op_outputs(&mut self, op: &str, inputs: &[&str], attribute: Vec<AttributeProto>, n: usize) -> Vec<String> {
+        let outputs = (0..n).map(|i| format!("{}_{}_{i}", op.to_lowercase(), self.count + 1)).collect();
+        self.node(op, inputs, attribute, outputs)
+    }
+
+    fn node(&mut self, op: &str, inputs: &[&str], attribute: Vec<AttributeProto>, output: Vec<String>) -> Vec<String> {
         self.count += 1;
-        let out = output.map_or_else(|| format!("{}_{}", op.to_lowercase(), self.count), str::to_string);
         self.nodes.push(NodeProto {
             input: inputs.iter().map(|s| s.to_string()).collect(),
-            output: vec![out.clone()],
+            output: output.clone(),
             name: format!("{op}_{}", self.count),
             op_type: op.into(),
             attribute,
         });
-        out
+        output
     }
 
     /// `conv` (`{conv}.weight`, optional `{conv}.bias`) with the BN `bn` (`{bn}.weight`, `.bias`,
@@ -285,7 +198,7 @@ impl<'a> Graph<'a> {
         self.op_named("Reshape", &[&y, &flat], vec![], Some(output))
     }
 
-    fn finish(self, inputs: Vec<proto::ValueInfoProto>, outputs: Vec<proto::ValueInfoProto>, name: &str) -> Vec<u8> {
+    fn finish(self, inputs: Vec<ValueInfo>, outputs: Vec<ValueInfo>, name: &str) -> Vec<u8> {
         let model = proto::ModelProto {
             ir_version: 8,
             producer_name: "detnas".into(),
@@ -304,7 +217,13 @@ impl<'a> Graph<'a> {
     }
 }
 
-fn tensor_info(name: &str, dims: &[Result<i64, &str>]) -> proto::ValueInfoProto {
+fn tensor_info(name: &str, dims: &[Result<i64, &str>]) -> ValueInfo {
+    typed_info(name, FLOAT, dims)
+}
+
+/// A graph input or output of element type `elem` (`FLOAT`, `INT64`); a dimension is a size
+/// or a symbolic name.
+fn typed_info(name: &str, elem: i32, dims: &[Result<i64, &str>]) -> ValueInfo {
     let dim = dims
         .iter()
         .map(|d| match d {
@@ -312,10 +231,10 @@ fn tensor_info(name: &str, dims: &[Result<i64, &str>]) -> proto::ValueInfoProto 
             Err(p) => proto::Dimension { dim_value: None, dim_param: Some(p.to_string()) },
         })
         .collect();
-    proto::ValueInfoProto {
+    ValueInfo {
         name: name.into(),
         r#type: Some(proto::TypeProto {
-            tensor_type: Some(proto::TensorType { elem_type: FLOAT, shape: Some(proto::TensorShapeProto { dim }) }),
+            tensor_type: Some(proto::TensorType { elem_type: elem, shape: Some(proto::TensorShapeProto { dim }) }),
         }),
     }
 }
@@ -402,7 +321,10 @@ fn fpn(g: &mut Graph, c: &[String], retina: bool) -> Result<Vec<String>, Pipelin
     Ok(outs)
 }
 
-/// The ONNX graphs of a child detector (module docs): `(detector.onnx, box_head.onnx)`.
+/// The ONNX graphs of a child detector (module docs): `(detector.onnx, box_head.onnx)`;
+/// with `nms`, `detector.onnx` also decodes, clips and suppresses the boxes
+/// ([`postprocess`]: input `image_sizes`, outputs `num_detections`, `detection_boxes`,
+/// `detection_scores`, `detection_classes`).
 ///
 /// # Errors
 /// [`PipelineError::Config`] naming a variable the detector lacks.
@@ -412,13 +334,19 @@ pub fn detector_graphs(
     cfg: &DetectorConfig,
     classes: i64,
     vars: &BTreeMap<String, Tensor>,
+    nms: bool,
 ) -> Result<(Vec<u8>, Option<Vec<u8>>), PipelineError> {
     let mut g = Graph::new(vars);
     let c = backbone(&mut g, "images", space, arch)?;
-    let input = tensor_info("images", &[Err("batch"), Ok(3), Err("height"), Err("width")]);
+    let mut inputs = vec![tensor_info("images", &[Err("batch"), Ok(3), Err("height"), Err("width")])];
+    if nms {
+        inputs.push(postprocess::sizes_input());
+    }
     let mut outputs = Vec::new();
     let level = |t: &str, l: usize, c: Option<i64>| {
-        let mut d = vec![Err("batch"), Err("anchors")];
+        // Each level its own symbolic size: runtimes hold equal names to equal sizes.
+        let anchors = format!("anchors_{l}");
+        let mut d = vec![Err("batch"), Err(anchors.as_str())];
         d.extend(c.map(Ok));
         tensor_info(&format!("{t}.{l}"), &d)
     };
@@ -447,7 +375,10 @@ pub fn detector_graphs(
                     outputs.push(level(name, l, Some(width)));
                 }
             }
-            Ok((g.finish(vec![input], outputs, "detector"), None))
+            if nms {
+                outputs.extend(postprocess::retinanet(&mut g, r, classes, &p));
+            }
+            Ok((g.finish(inputs, outputs, "detector"), None))
         }
         HeadConfig::FasterRcnn(f) => {
             let p = fpn(&mut g, &c, false)?;
@@ -464,31 +395,18 @@ pub fn detector_graphs(
             for (l, x) in p.iter().take(4).enumerate() {
                 let name = format!("p{}", l + 2);
                 g.op_named("Identity", &[x], vec![], Some(&name));
-                outputs.push(tensor_info(&name, &[Err("batch"), Ok(cfg.fpn_channels), Err("h"), Err("w")]));
+                let (h, w) = (format!("height_{name}"), format!("width_{name}"));
+                outputs.push(tensor_info(&name, &[Err("batch"), Ok(cfg.fpn_channels), Err(&h), Err(&w)]));
             }
-            let detector = g.finish(vec![input], outputs, "detector");
-            // The box head on pooled features.
+            if nms {
+                outputs.extend(postprocess::faster_rcnn(&mut g, f, classes, &p, |g, x| box_head(g, x, f))?);
+            }
+            let detector = g.finish(inputs, outputs, "detector");
             let mut h = Graph::new(vars);
-            let r = f.roi.pooler_resolution;
-            let mut x = "pooled".to_string();
-            let hidden = match f.roi.head {
-                detnas_detect::rcnn::BoxHeadKind::FourConvOneFc => {
-                    for u in 0..4 {
-                        x = h.unit(&x, &format!("roi_heads.convs.{u}"), 1, true)?;
-                    }
-                    let flat = h.op("Flatten", &[&x], vec![int("axis", 1)]);
-                    linear(&mut h, &flat, "roi_heads.fc6", true)?
-                }
-                detnas_detect::rcnn::BoxHeadKind::TwoFc => {
-                    let flat = h.op("Flatten", &[&x], vec![int("axis", 1)]);
-                    let y = linear(&mut h, &flat, "roi_heads.fc6", true)?;
-                    linear(&mut h, &y, "roi_heads.fc7", true)?
-                }
-            };
-            let cls = linear(&mut h, &hidden, "roi_heads.cls_score", false)?;
+            let (cls, reg) = box_head(&mut h, "pooled", f)?;
             h.op_named("Identity", &[&cls], vec![], Some("roi_cls"));
-            let reg = linear(&mut h, &hidden, "roi_heads.bbox_pred", false)?;
             h.op_named("Identity", &[&reg], vec![], Some("roi_reg"));
+            let r = f.roi.pooler_resolution;
             let head = h.finish(
                 vec![tensor_info("pooled", &[Err("rois"), Ok(cfg.fpn_channels), Ok(r), Ok(r)])],
                 vec![
@@ -500,6 +418,31 @@ pub fn detector_graphs(
             Ok((detector, Some(head)))
         }
     }
+}
+
+/// Faster R-CNN's box head on pooled RoI features `x` `[R, C, P, P]`: class logits
+/// `[R, K+1]` and box deltas `[R, 4(K+1)]`.
+fn box_head(
+    g: &mut Graph,
+    x: &str,
+    f: &detnas_detect::rcnn::FasterRcnnConfig,
+) -> Result<(String, String), PipelineError> {
+    let mut x = x.to_string();
+    let hidden = match f.roi.head {
+        detnas_detect::rcnn::BoxHeadKind::FourConvOneFc => {
+            for u in 0..4 {
+                x = g.unit(&x, &format!("roi_heads.convs.{u}"), 1, true)?;
+            }
+            let flat = g.op("Flatten", &[&x], vec![int("axis", 1)]);
+            linear(g, &flat, "roi_heads.fc6", true)?
+        }
+        detnas_detect::rcnn::BoxHeadKind::TwoFc => {
+            let flat = g.op("Flatten", &[&x], vec![int("axis", 1)]);
+            let y = linear(g, &flat, "roi_heads.fc6", true)?;
+            linear(g, &y, "roi_heads.fc7", true)?
+        }
+    };
+    Ok((linear(g, &hidden, "roi_heads.cls_score", false)?, linear(g, &hidden, "roi_heads.bbox_pred", false)?))
 }
 
 /// `x · Wᵀ + b` of the linear layer `name` (`.weight` `[out, in]`, `.bias`), then ReLU.
