@@ -24,12 +24,12 @@ pub use decode::{IMAGE_EXTENSIONS, decode_image, image_size, is_image_file};
 pub use error::DataError;
 pub use folder::ImageFolder;
 pub use idx::IdxDataset;
+/// A decoded RGB image (`image`'s), as [`decode_image`] returns it.
+pub use image::RgbImage;
 pub use loader::{Batch, ClsLoader, Loaded, Loader, LoaderConfig, Position, SampleSource, SkipReport, StreamConfig};
 pub use subset::Subset;
 pub use synth::SyntheticCls;
 pub use transform::{ClsTransform, InputConvention, Pixels};
-
-use image::RgbImage;
 
 /// A classification dataset: `len()` samples, each an RGB image with a label in
 /// `0..classes().len()`. Loading may fail (a corrupt file); the loader skips and reports.

@@ -33,39 +33,45 @@ pub struct ChoiceOp {
 impl ChoiceOp {
     /// Builds `choice` for `slot` under `p` (`p.branch.j.*`, `p.proj.j.*`).
     pub fn new(p: &nn::Path, slot: &BlockSlot, choice: Choice) -> ChoiceOp {
-        let stride = slot.stride as i64;
-        let (cin, out) = (slot.in_channels as i64, slot.out_channels as i64);
-        let mid = out / 2;
-        let (bin, bout) = if stride == 1 { (cin / 2, out / 2) } else { (cin, out - cin) };
-        let k = choice.kernel() as i64;
-        let units = match choice {
-            Choice::Shuffle3 | Choice::Shuffle5 | Choice::Shuffle7 => vec![
-                ConvBnConfig::pointwise(bin, mid, true),
-                ConvBnConfig::depthwise(mid, k, stride),
-                ConvBnConfig::pointwise(mid, bout, false),
-            ],
-            Choice::Xception => vec![
-                ConvBnConfig::depthwise(bin, 3, stride),
-                ConvBnConfig::pointwise(bin, mid, true),
-                ConvBnConfig::depthwise(mid, 3, 1),
-                ConvBnConfig::pointwise(mid, mid, true),
-                ConvBnConfig::depthwise(mid, 3, 1),
-                ConvBnConfig::pointwise(mid, bout, false),
-            ],
-        };
+        let (branch, proj) = units(slot, choice);
         let bp = p / "branch";
-        let branch = units.into_iter().enumerate().map(|(j, u)| u.build(&(&bp / j))).collect();
-        let proj = if stride == 2 {
-            let pp = p / "proj";
-            vec![
-                ConvBnConfig::depthwise(cin, k, 2).build(&(&pp / 0)),
-                ConvBnConfig::pointwise(cin, cin, true).build(&(&pp / 1)),
-            ]
-        } else {
-            Vec::new()
-        };
+        let branch = branch.into_iter().enumerate().map(|(j, u)| u.build(&(&bp / j))).collect();
+        let pp = p / "proj";
+        let proj = proj.into_iter().enumerate().map(|(j, u)| u.build(&(&pp / j))).collect();
+        let stride = slot.stride as i64;
         ChoiceOp { choice, stride, branch, proj, shuffle: slot.shuffle }
     }
+}
+
+/// The units of a block in `slot` taking `choice`: its branch (the main chain) and, for a
+/// stride-2 block, the projection of the passed half (DetNAS `shuffle_blocks.py`).
+pub fn units(slot: &BlockSlot, choice: Choice) -> (Vec<ConvBnConfig>, Vec<ConvBnConfig>) {
+    let stride = slot.stride as i64;
+    let (cin, out) = (slot.in_channels as i64, slot.out_channels as i64);
+    let mid = out / 2;
+    let (bin, bout) = if stride == 1 { (cin / 2, out / 2) } else { (cin, out - cin) };
+    let k = choice.kernel() as i64;
+    let branch = match choice {
+        Choice::Shuffle3 | Choice::Shuffle5 | Choice::Shuffle7 => vec![
+            ConvBnConfig::pointwise(bin, mid, true),
+            ConvBnConfig::depthwise(mid, k, stride),
+            ConvBnConfig::pointwise(mid, bout, false),
+        ],
+        Choice::Xception => vec![
+            ConvBnConfig::depthwise(bin, 3, stride),
+            ConvBnConfig::pointwise(bin, mid, true),
+            ConvBnConfig::depthwise(mid, 3, 1),
+            ConvBnConfig::pointwise(mid, mid, true),
+            ConvBnConfig::depthwise(mid, 3, 1),
+            ConvBnConfig::pointwise(mid, bout, false),
+        ],
+    };
+    let proj = if stride == 2 {
+        vec![ConvBnConfig::depthwise(cin, k, 2), ConvBnConfig::pointwise(cin, cin, true)]
+    } else {
+        Vec::new()
+    };
+    (branch, proj)
 }
 
 /// Channel shuffle "method 1" of the official code: view `[N, 2, C/2, H, W]`, swap dims 1

@@ -208,6 +208,11 @@ impl ModuleT for ConvBn {
 
 /// The stem: 3×3 conv stride 2 with bias (N(0, 0.01)), BN, ReLU.
 pub fn stem(p: &nn::Path, channels: i64) -> ConvBn {
+    stem_config(channels).build(p)
+}
+
+/// The stem's unit: 3×3 conv stride 2 with bias, 3 → `channels`, BN, ReLU.
+pub fn stem_config(channels: i64) -> ConvBnConfig {
     ConvBnConfig {
         cin: 3,
         cout: channels,
@@ -219,7 +224,6 @@ pub fn stem(p: &nn::Path, channels: i64) -> ConvBn {
         std: Some(0.01),
         norm: NormKind::Bn,
     }
-    .build(p)
 }
 
 /// Classification head: 1×1 conv with bias → BN → ReLU → Dropout2d(0.2) → global average

@@ -25,6 +25,7 @@ pub mod layout;
 pub mod loss;
 pub mod net;
 pub mod path;
+pub mod zero_cost;
 
 pub use block::ChoiceOp;
 pub use bn::{BnMode, Recalibration};

@@ -134,6 +134,13 @@ pub struct Proxies {
     pub cls: Option<BTreeMap<String, f64>>,
     /// The search's fitness with the detector at initialisation.
     pub init: Option<BTreeMap<String, f64>>,
+    /// MAE-DET's entropy score ([`detnas_nn::zero_cost::entropy`]).
+    #[serde(default)]
+    pub entropy: Option<BTreeMap<String, f64>>,
+    /// NASWOT's score on the first training images ([`detnas_nn::zero_cost::naswot`]); an
+    /// architecture whose kernel is singular has none.
+    #[serde(default)]
+    pub naswot: Option<BTreeMap<String, Option<f64>>>,
 }
 
 /// Agreement of one proxy with the ground truth.
@@ -200,6 +207,12 @@ pub struct ArchResult {
     pub cls_proxy: Option<f64>,
     /// Control: the fitness of the detector at initialisation.
     pub init_proxy: Option<f64>,
+    /// MAE-DET's entropy score (training-free).
+    #[serde(default)]
+    pub entropy_proxy: Option<f64>,
+    /// NASWOT's score (training-free).
+    #[serde(default)]
+    pub naswot_proxy: Option<f64>,
     /// The search's fitness on supernet `k` at index `k` (index 0: `det_proxy`), when every
     /// supernet of the check has scored it.
     #[serde(default)]
@@ -382,9 +395,72 @@ fn scores(
     Ok(out)
 }
 
-/// The proxy scores of the plan (recorded after the first computation; recomputed when the
-/// record lacks a planned architecture, completed when the control is asked for later).
+/// Images of NASWOT's batch: the first training images of the search's fine-tuning, as
+/// evaluation prepares them (the official score takes one batch of training data).
+pub const NASWOT_IMAGES: usize = 16;
+/// Repeats of the entropy score, each with new weights and input (the official default).
+pub const ENTROPY_REPEATS: usize = 4;
+/// Gaussian images per repeat of the entropy score, of the size of NASWOT's batch.
+pub const ENTROPY_BATCH: i64 = 4;
+
+/// The proxy scores of the plan: the search's ([`search_proxies`]) and the training-free ones
+/// (recorded likewise; computed when the record lacks a planned architecture).
 fn proxies(run: &Path, plan: &Plan, opts: &PipelineOptions) -> Result<Proxies, PipelineError> {
+    let mut p = search_proxies(run, plan, opts)?;
+    let has = |m: Option<&BTreeMap<String, f64>>| m.is_some_and(|m| plan.archs.iter().all(|a| m.contains_key(&a.arch)));
+    let has_naswot = p.naswot.as_ref().is_some_and(|m| plan.archs.iter().all(|a| m.contains_key(&a.arch)));
+    if has(p.entropy.as_ref()) && has_naswot {
+        return Ok(p);
+    }
+    let scfg = search_config(&dirs::search(run))?;
+    let info = SupernetInfo::open(&scfg)?;
+    let archs: Vec<&str> = plan.archs.iter().map(|a| a.arch.as_str()).collect();
+    tracing::info!("rank-check: training-free proxies (entropy, NASWOT) of {} architectures", archs.len());
+    let (entropy, naswot) = training_free(&info.checkpoint, &info.space, &archs, plan.options.seed)?;
+    p.entropy = Some(entropy);
+    p.naswot = Some(naswot);
+    write_json(&dir(run).join("proxies.json"), &p)?;
+    Ok(p)
+}
+
+/// The training-free proxies of `archs` (module `detnas_nn::zero_cost`): MAE-DET's entropy on
+/// Gaussian input of the size of the user's images as evaluated, and NASWOT on the first
+/// [`NASWOT_IMAGES`] training images of the fine-tuning checkpoint `checkpoint`; weights and
+/// inputs drawn from `seed`.
+///
+/// # Errors
+/// As [`OpenedDetector::open`], its splits and images; [`PipelineError::Config`] for a space
+/// the entropy score cannot weigh.
+pub fn training_free(
+    checkpoint: &Path,
+    space: &detnas_space::SearchSpace,
+    archs: &[&str],
+    seed: u64,
+) -> Result<(BTreeMap<String, f64>, BTreeMap<String, Option<f64>>), PipelineError> {
+    let opened = OpenedDetector::open(checkpoint, tch::Device::Cpu)?;
+    let train = opened.splits()?.train;
+    let (_, images, _) = opened.evaluation_batch(&train, NASWOT_IMAGES)?;
+    let size = images.size();
+    let settings = detnas_nn::zero_cost::EntropySettings {
+        batch: ENTROPY_BATCH,
+        input: [size[2], size[3]],
+        repeats: ENTROPY_REPEATS,
+        seed,
+    };
+    let (mut entropy, mut naswot) = (BTreeMap::new(), BTreeMap::new());
+    for &a in archs {
+        let arch = space.parse_arch(a)?;
+        let (e, _) = detnas_nn::zero_cost::entropy(space, &arch, &settings).map_err(PipelineError::Config)?;
+        entropy.insert(a.to_string(), e);
+        naswot.insert(a.to_string(), detnas_nn::zero_cost::naswot(space, &arch, &images, seed));
+    }
+    Ok((entropy, naswot))
+}
+
+/// The search's proxy scores of the plan: its ledger's, ClsNAS's and the control's (recorded
+/// after the first computation; recomputed when the record lacks a planned architecture,
+/// completed when the control is asked for later).
+fn search_proxies(run: &Path, plan: &Plan, opts: &PipelineOptions) -> Result<Proxies, PipelineError> {
     let path = dir(run).join("proxies.json");
     let device = opts.device;
     let sdir = dirs::search(run);
@@ -428,7 +504,7 @@ fn proxies(run: &Path, plan: &Plan, opts: &PipelineOptions) -> Result<Proxies, P
     } else {
         None
     };
-    let p = Proxies { det, cls, init };
+    let p = Proxies { det, cls, init, ..Default::default() };
     write_json(&path, &p)?;
     Ok(p)
 }
@@ -518,19 +594,22 @@ fn agreement(
     }
 }
 
-/// The free baselines: what a user knows of an architecture before any training.
-const FREE: [&str; 3] = ["backbone MACs", "params", "latency"];
+/// What costs nothing: the free baselines (what a user knows of an architecture before any
+/// training) and the training-free proxies (seconds at initialisation).
+pub const FREE: [&str; 5] = ["backbone MACs", "params", "latency", "entropy", "naswot"];
 
 /// Every proxy's statistics ([`ProxyStats`]) over `archs`.
 fn proxy_stats(archs: &[ArchResult], seed_sd: Option<f64>, o: &RankCheckOptions) -> Vec<ProxyStats> {
     type Score = fn(&ArchResult) -> Option<f64>;
-    let all: [(&str, Score); 6] = [
+    let all: [(&str, Score); 8] = [
         ("one-shot", |a| a.det_proxy),
         ("clsnas", |a| a.cls_proxy),
         ("control", |a| a.init_proxy),
         (FREE[0], |a| Some(a.backbone_macs as f64)),
         (FREE[1], |a| a.backbone_params.map(|p| p as f64)),
         (FREE[2], |a| a.latency_ms),
+        (FREE[3], |a| a.entropy_proxy),
+        (FREE[4], |a| a.naswot_proxy),
     ];
     let oneshot = all[0].1;
     all.iter()
@@ -565,9 +644,10 @@ fn proxy_stats(archs: &[ArchResult], seed_sd: Option<f64>, o: &RankCheckOptions)
         .collect()
 }
 
-/// Whether the search's proxy ranks better than the strongest free baseline (the one of
-/// highest τ), read from the paired interval of their τ difference: better or worse when the
-/// interval excludes 0, else not distinguishable on this run.
+/// Whether the search's proxy ranks better than the strongest of what costs nothing ([`FREE`]:
+/// the free baselines and the training-free proxies; the one of highest τ), read from the
+/// paired interval of their τ difference: better or worse when the interval excludes 0, else
+/// not distinguishable on this run.
 pub fn verdict(proxies: &[ProxyStats]) -> String {
     let Some(oneshot) = proxies.iter().find(|p| p.name == "one-shot").and_then(|p| p.kendall_tau) else {
         return "no verdict: the search's proxy has no τ yet (too few trained architectures)".into();
@@ -587,9 +667,9 @@ pub fn verdict(proxies: &[ProxyStats]) -> String {
         format!("{} ranks better than the search's proxy: {d}; choose by {} instead", p.name, p.name)
     } else {
         format!(
-            "not distinguishable from {} on this run ({d}): choose by MACs or latency, or check more architectures \
-             (--archs) or supernets (--supernets 3)",
-            p.name
+            "not distinguishable from {} on this run ({d}): choose by {}, which costs nothing, or check more \
+             architectures (--archs) or supernets (--supernets 3)",
+            p.name, p.name
         )
     }
 }
@@ -637,6 +717,8 @@ fn summarise(
                 det_proxy: proxies.det.get(&p.arch).copied(),
                 cls_proxy: proxies.cls.as_ref().and_then(|m| m.get(&p.arch).copied()),
                 init_proxy: proxies.init.as_ref().and_then(|m| m.get(&p.arch).copied()),
+                entropy_proxy: proxies.entropy.as_ref().and_then(|m| m.get(&p.arch).copied()),
+                naswot_proxy: proxies.naswot.as_ref().and_then(|m| m.get(&p.arch).copied().flatten()),
                 supernet_proxies: if all_supernets {
                     sup.iter().map(|m| m.get(&p.arch).copied()).collect::<Option<Vec<f64>>>().unwrap_or_default()
                 } else {

@@ -347,7 +347,12 @@ fn rank_check(run: &Path) {
     // Every proxy, the free baselines included, with its statistics and the verdict.
     let proxies = result["proxies"].as_array().unwrap();
     let names: Vec<&str> = proxies.iter().map(|p| p["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["one-shot", "clsnas", "control", "backbone MACs", "params", "latency"]);
+    assert_eq!(names, ["one-shot", "clsnas", "control", "backbone MACs", "params", "latency", "entropy", "naswot"]);
+    // The training-free proxies scored every architecture, and differently.
+    for key in ["entropy_proxy", "naswot_proxy"] {
+        let v: Vec<f64> = archs.iter().map(|a| a[key].as_f64().unwrap()).collect();
+        assert!(v.iter().all(|x| x.is_finite()) && v.iter().any(|x| *x != v[0]), "{key}: {v:?}");
+    }
     assert_eq!(proxies[0]["kendall_tau"], result["kendall_tau"]);
     assert!(proxies[0]["delta_tau_vs_oneshot_ci95"].is_null());
     for p in proxies {
@@ -367,7 +372,9 @@ fn rank_check(run: &Path) {
     let verdict = result["verdict"].as_str().unwrap();
     assert!(["ranks better than", "not distinguishable from"].iter().any(|v| verdict.contains(v)), "{verdict}");
     assert!(md.contains(&format!("**Verdict**: {verdict}")) && md.contains("precision@top ¼"), "{md}");
-    for plot in ["rank_check_macs", "rank_check_params", "rank_check_latency"] {
+    for plot in
+        ["rank_check_macs", "rank_check_params", "rank_check_latency", "rank_check_entropy", "rank_check_naswot"]
+    {
         assert!(run.join(format!("report/plots/{plot}.svg")).is_file(), "{plot}");
     }
     // Finished: a re-run trains nothing and gives the same figures.

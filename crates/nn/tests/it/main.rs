@@ -4,3 +4,4 @@
 mod bn;
 mod golden;
 mod structure;
+mod zero_cost;

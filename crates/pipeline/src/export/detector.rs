@@ -67,24 +67,13 @@ pub(super) fn write_detector(
             return Ok(DetectorFiles { reference_images: 0, latency: Vec::new() });
         }
     };
-    let t = detnas_data::det::transform::DetTransform {
-        min_size: vec![cfg.data.test_min_size],
-        max_size: cfg.data.max_size,
-        flip: false,
-    };
+    let (images, x, sizes) = opened.evaluation_batch(&test, 2)?;
     let mut named: Vec<(String, Tensor)> = Vec::new();
-    let mut samples = Vec::new();
-    for (i, image) in test.images.iter().take(2).enumerate() {
-        let img = detnas_data::decode_image(&image.file)?;
+    for (i, img) in images.iter().enumerate() {
         let (w, h) = (img.width() as i64, img.height() as i64);
         named.push((format!("image.{i}"), Tensor::from_slice(img.as_raw()).view([h, w, 3])));
-        samples.push(t.apply(&img, image, &mut detnas_space::rng::seeded(0)));
     }
-    let n = samples.len();
-    let first = samples.first().cloned();
-    let batch =
-        detnas_data::det::transform::collate(samples, (0..n).collect(), cfg.data.divisibility, cfg.data.convention);
-    let (x, sizes, _) = detnas_detect::evaluate::batch_inputs(&batch, tch::Device::Cpu);
+    let n = images.len();
     let det = &opened.detector;
     named.extend(det.trace(&x, &sizes, None).map_err(detnas_train::TrainError::from)?);
     for (i, d) in det.detect(&x, &sizes, None).map_err(detnas_train::TrainError::from)?.into_iter().enumerate() {
@@ -98,10 +87,8 @@ pub(super) fn write_detector(
     named.push(("input".into(), x));
     write_safetensors(&named, &out.join("reference.safetensors"))?;
     let mut latency = Vec::new();
-    if let Some(sample) = first {
-        let one =
-            detnas_data::det::transform::collate(vec![sample], vec![0], cfg.data.divisibility, cfg.data.convention);
-        let (mut x, mut sizes, _) = detnas_detect::evaluate::batch_inputs(&one, tch::Device::Cpu);
+    if n > 0 {
+        let (_, mut x, mut sizes) = opened.evaluation_batch(&test, 1)?;
         if let Some([h, w]) = options.input {
             let d = i64::from(cfg.data.divisibility.max(1));
             let resized =

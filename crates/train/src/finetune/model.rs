@@ -143,6 +143,36 @@ impl OpenedDetector {
         Ok(OpenedDetector { config, state, detector, vs, path })
     }
 
+    /// The first `n` images of `dataset` as evaluation prepares them (resized to
+    /// `data.test_min_size` / `data.max_size`, padded to the divisibility, the input
+    /// convention applied): the decoded images, the batch `[N, 3, H, W]` on the CPU and each
+    /// image's resized `(height, width)`.
+    ///
+    /// # Errors
+    /// [`TrainError::Data`] naming an image that cannot be decoded.
+    pub fn evaluation_batch(
+        &self,
+        dataset: &detnas_data::det::DetDataset,
+        n: usize,
+    ) -> Result<(Vec<detnas_data::RgbImage>, Tensor, Vec<(i64, i64)>), TrainError> {
+        let data = &self.config.data;
+        let t = detnas_data::det::transform::DetTransform {
+            min_size: vec![data.test_min_size],
+            max_size: data.max_size,
+            flip: false,
+        };
+        let (mut images, mut samples) = (Vec::new(), Vec::new());
+        for image in dataset.images.iter().take(n) {
+            let img = detnas_data::decode_image(&image.file)?;
+            samples.push(t.apply(&img, image, &mut detnas_space::rng::seeded(0)));
+            images.push(img);
+        }
+        let k = samples.len();
+        let batch = detnas_data::det::transform::collate(samples, (0..k).collect(), data.divisibility, data.convention);
+        let (x, sizes, _) = detnas_detect::evaluate::batch_inputs(&batch, Device::Cpu);
+        Ok((images, x, sizes))
+    }
+
     /// The splits the checkpoint was trained with, checked against it: the same categories
     /// (ids and names, in order) as the checkpoint's detector.
     ///
