@@ -175,8 +175,10 @@ pub fn entropy_once(space: &SearchSpace, arch: &Arch, x: &Tensor, weights: &mut 
             Place::Stem => sigma.push(s.shallow_clone()),
             Place::Branch { unit: 0, .. } => sigma.push(s.shallow_clone()),
             Place::Branch { .. } => {
-                let last = sigma.pop().expect("a block's first unit came first");
-                sigma.push(last * &s);
+                // The block's σ so far, pushed at its first unit.
+                if let Some(last) = sigma.last_mut() {
+                    *last = &*last * &s;
+                }
             }
             Place::Proj { .. } => {}
         }

@@ -439,7 +439,7 @@ pub fn training_free(
 ) -> Result<(BTreeMap<String, f64>, BTreeMap<String, Option<f64>>), PipelineError> {
     let opened = OpenedDetector::open(checkpoint, tch::Device::Cpu)?;
     let train = opened.splits()?.train;
-    let (_, images, _) = opened.evaluation_batch(&train, NASWOT_IMAGES)?;
+    let images = opened.evaluation_batch(&train, NASWOT_IMAGES)?.input;
     let size = images.size();
     let settings = detnas_nn::zero_cost::EntropySettings {
         batch: ENTROPY_BATCH,

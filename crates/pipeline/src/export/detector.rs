@@ -67,7 +67,7 @@ pub(super) fn write_detector(
             return Ok(DetectorFiles { reference_images: 0, latency: Vec::new() });
         }
     };
-    let (images, x, sizes) = opened.evaluation_batch(&test, 2)?;
+    let detnas_train::finetune::EvaluationBatch { images, input: x, sizes } = opened.evaluation_batch(&test, 2)?;
     let mut named: Vec<(String, Tensor)> = Vec::new();
     for (i, img) in images.iter().enumerate() {
         let (w, h) = (img.width() as i64, img.height() as i64);
@@ -88,7 +88,8 @@ pub(super) fn write_detector(
     write_safetensors(&named, &out.join("reference.safetensors"))?;
     let mut latency = Vec::new();
     if n > 0 {
-        let (_, mut x, mut sizes) = opened.evaluation_batch(&test, 1)?;
+        let one = opened.evaluation_batch(&test, 1)?;
+        let (mut x, mut sizes) = (one.input, one.sizes);
         if let Some([h, w]) = options.input {
             let d = i64::from(cfg.data.divisibility.max(1));
             let resized =

@@ -17,7 +17,7 @@
 pub mod model;
 pub mod splits;
 
-pub use model::{OpenedDetector, build_detector, load_pretrained, read_meta, run_dir_of};
+pub use model::{EvaluationBatch, OpenedDetector, build_detector, load_pretrained, read_meta, run_dir_of};
 pub use splits::{DetSplits, open_splits};
 
 use crate::TrainError;

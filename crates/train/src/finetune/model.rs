@@ -111,6 +111,16 @@ pub struct OpenedDetector {
     pub path: PathBuf,
 }
 
+/// Images as evaluation prepares them ([`OpenedDetector::evaluation_batch`]).
+pub struct EvaluationBatch {
+    /// The decoded images.
+    pub images: Vec<detnas_data::RgbImage>,
+    /// The batch `[N, 3, H, W]`, on the CPU.
+    pub input: Tensor,
+    /// Each image's resized `(height, width)`.
+    pub sizes: Vec<(i64, i64)>,
+}
+
 impl OpenedDetector {
     /// Opens a fine-tuning checkpoint (a `step-N` folder, a run folder's latest, or the `det`
     /// run of a pipeline retraining stage folder).
@@ -145,8 +155,7 @@ impl OpenedDetector {
 
     /// The first `n` images of `dataset` as evaluation prepares them (resized to
     /// `data.test_min_size` / `data.max_size`, padded to the divisibility, the input
-    /// convention applied): the decoded images, the batch `[N, 3, H, W]` on the CPU and each
-    /// image's resized `(height, width)`.
+    /// convention applied).
     ///
     /// # Errors
     /// [`TrainError::Data`] naming an image that cannot be decoded.
@@ -154,7 +163,7 @@ impl OpenedDetector {
         &self,
         dataset: &detnas_data::det::DetDataset,
         n: usize,
-    ) -> Result<(Vec<detnas_data::RgbImage>, Tensor, Vec<(i64, i64)>), TrainError> {
+    ) -> Result<EvaluationBatch, TrainError> {
         let data = &self.config.data;
         let t = detnas_data::det::transform::DetTransform {
             min_size: vec![data.test_min_size],
@@ -169,8 +178,8 @@ impl OpenedDetector {
         }
         let k = samples.len();
         let batch = detnas_data::det::transform::collate(samples, (0..k).collect(), data.divisibility, data.convention);
-        let (x, sizes, _) = detnas_detect::evaluate::batch_inputs(&batch, Device::Cpu);
-        Ok((images, x, sizes))
+        let (input, sizes, _) = detnas_detect::evaluate::batch_inputs(&batch, Device::Cpu);
+        Ok(EvaluationBatch { images, input, sizes })
     }
 
     /// The splits the checkpoint was trained with, checked against it: the same categories
