@@ -416,9 +416,9 @@ fn proxies(run: &Path, plan: &Plan, opts: &PipelineOptions) -> Result<Proxies, P
     let info = SupernetInfo::open(&scfg)?;
     let archs: Vec<&str> = plan.archs.iter().map(|a| a.arch.as_str()).collect();
     tracing::info!("rank-check: training-free proxies (entropy, NASWOT) of {} architectures", archs.len());
-    let (entropy, naswot) = training_free(&info.checkpoint, &info.space, &archs, plan.options.seed)?;
-    p.entropy = Some(entropy);
-    p.naswot = Some(naswot);
+    let free = training_free(&info.checkpoint, &info.space, &archs, plan.options.seed)?;
+    p.entropy = Some(free.entropy);
+    p.naswot = Some(free.naswot);
     write_json(&dir(run).join("proxies.json"), &p)?;
     Ok(p)
 }
@@ -436,7 +436,7 @@ pub fn training_free(
     space: &detnas_space::SearchSpace,
     archs: &[&str],
     seed: u64,
-) -> Result<(BTreeMap<String, f64>, BTreeMap<String, Option<f64>>), PipelineError> {
+) -> Result<TrainingFree, PipelineError> {
     let opened = OpenedDetector::open(checkpoint, tch::Device::Cpu)?;
     let train = opened.splits()?.train;
     let images = opened.evaluation_batch(&train, NASWOT_IMAGES)?.input;
@@ -454,7 +454,15 @@ pub fn training_free(
         entropy.insert(a.to_string(), e);
         naswot.insert(a.to_string(), detnas_nn::zero_cost::naswot(space, &arch, &images, seed));
     }
-    Ok((entropy, naswot))
+    Ok(TrainingFree { entropy, naswot })
+}
+
+/// The training-free proxies' scores by architecture ([`training_free`]).
+pub struct TrainingFree {
+    /// MAE-DET's entropy score.
+    pub entropy: BTreeMap<String, f64>,
+    /// NASWOT's score (none where the kernel is singular).
+    pub naswot: BTreeMap<String, Option<f64>>,
 }
 
 /// The search's proxy scores of the plan: its ledger's, ClsNAS's and the control's (recorded
