@@ -187,8 +187,9 @@ fn run_det_search(a: &DetArgs, run: &std::path::Path) -> Result<(), Failure> {
     let cfg = SearchConfig::load(&cfg_path, &[])?;
     if cfg.supernet.fitness != FitnessKind::Det {
         return Err(crate::usage(anyhow::anyhow!(
-            "{} scored classification top-1 (a ClsNAS search); eval det reproduces detection scores",
-            run.display()
+            "{} scored {} (not a detection search); eval det reproduces detection scores",
+            run.display(),
+            cfg.supernet.fitness
         )));
     }
     let entries = ledger::read(&ledger_path(run))?;

@@ -61,11 +61,20 @@ pub struct BaselineConfig {
     pub clsnas: bool,
     /// Overrides of the search config for the ClsNAS search.
     pub clsnas_set: Vec<String>,
+    /// The zero-cost architecture: the same search (strategy, limits, seed) with the
+    /// training-free fitness `entropy` (MAE-DET's entropy score at initialisation; no
+    /// supernet), its images the size of `constraint.input`. Default false.
+    #[serde(skip_serializing_if = "is_false")]
+    pub zero_cost: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl Default for BaselineConfig {
     fn default() -> BaselineConfig {
-        BaselineConfig { random: true, clsnas: true, clsnas_set: Vec::new() }
+        BaselineConfig { random: true, clsnas: true, clsnas_set: Vec::new(), zero_cost: false }
     }
 }
 

@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 pub const STAGE_FILE: &str = "stage.json";
 
 /// The retraining labels, in report order: the found architecture, then the baselines.
-pub const RETRAINED: [&str; 3] = ["found", "random", "clsnas"];
+pub const RETRAINED: [&str; 4] = ["found", "random", "clsnas", "zero-cost"];
 
 /// Every stage of a run, in order: its name and folder.
 pub fn stages(run: &Path) -> Vec<(String, PathBuf)> {
@@ -40,6 +40,7 @@ pub fn stages(run: &Path) -> Vec<(String, PathBuf)> {
         ("baseline-grid".into(), baseline_grid(run)),
         ("search".into(), search(run)),
         ("search-cls".into(), search_cls(run)),
+        ("search-zero-cost".into(), search_zero_cost(run)),
     ];
     for l in RETRAINED {
         v.push((format!("retrain-{l}"), retrain(run, l)));
@@ -70,6 +71,10 @@ pub fn search(run: &Path) -> PathBuf {
 /// `RUN/search-cls`.
 pub fn search_cls(run: &Path) -> PathBuf {
     run.join("search-cls")
+}
+/// `RUN/search-zero-cost`.
+pub fn search_zero_cost(run: &Path) -> PathBuf {
+    run.join("search-zero-cost")
 }
 /// `RUN/retrain-LABEL`.
 pub fn retrain(run: &Path, label: &str) -> PathBuf {

@@ -418,6 +418,12 @@ pub fn check_stages(cfg: &PipelineConfig, run: &Path, device: Device) -> Result<
         SearchConfig::load(&cfg.search.config, &with(&cfg.search.set, &cfg.baselines.clsnas_set, &ro))
             .map_err(|e| named("search-cls (baselines.clsnas_set)", &cfg.search.config, e.into()))?;
     }
+    if cfg.baselines.zero_cost {
+        let z = zero_cost_search_config(cfg, &pre, &ro)
+            .map_err(|e| named("search-zero-cost (baselines.zero_cost)", &cfg.search.config, e))?;
+        detnas_search::fitness::SupernetInfo::open(&z)
+            .map_err(|e| named("search-zero-cost (baselines.zero_cost)", &cfg.search.config, e.into()))?;
+    }
     // The retraining of any architecture: one uniform path stands for the one found.
     let space = pre.space()?;
     let arch = detnas_space::Arch::uniform(space.allowed()[0], space.num_blocks()).to_string();
@@ -572,6 +578,18 @@ fn run_stages(
         None
     };
 
+    // The zero-cost baseline: the same search with the training-free fitness, no supernet.
+    let mut id_zero = serde_json::Value::Null;
+    let zero_cost: Option<BestArch> = if cfg.baselines.zero_cost {
+        let z = zero_cost_search_config(cfg, &pre_cfg, &ro)?;
+        id_zero = serde_json::json!({ "config": z.result_parts() });
+        Some(stage(opts, &dirs::search_zero_cost(run), "search-zero-cost", &id_zero, || {
+            Ok(detnas_search::search(&z, &search_opts(dirs::search_zero_cost(run)))?.best)
+        })?)
+    } else {
+        None
+    };
+
     let space = pre_cfg.space()?;
     let mut archs = vec![("found".to_string(), found.arch.clone())];
     if cfg.baselines.random {
@@ -587,6 +605,9 @@ fn run_stages(
     if let Some(c) = &clsnas {
         archs.push(("clsnas".into(), c.arch.clone()));
     }
+    if let Some(z) = &zero_cost {
+        archs.push(("zero-cost".into(), z.arch.clone()));
+    }
 
     let mut retrained = Vec::new();
     for (label, arch) in archs {
@@ -595,6 +616,7 @@ fn run_stages(
         let upstream = match label.as_str() {
             "found" => id_search.clone(),
             "clsnas" => id_cls.clone(),
+            "zero-cost" => id_zero.clone(),
             _ => serde_json::json!({ "pretrain": id_pre }),
         };
         let id_retrain = serde_json::json!({
@@ -609,6 +631,37 @@ fn run_stages(
         retrained.push(r);
     }
     Ok(PipelineOutcome { found, clsnas, retrained, seconds: started.elapsed().as_secs_f64() })
+}
+
+/// The zero-cost baseline's search: the pipeline's search config (strategy, limits, seed)
+/// with `fitness = "entropy"` on the pre-training's space, no checkpoint, no latency table
+/// (the DetNAS search's limits are MACs and params; a latency limit is refused).
+///
+/// # Errors
+/// As [`SearchConfig::load`]; [`PipelineError::Config`] for a latency limit.
+fn zero_cost_search_config(
+    cfg: &PipelineConfig,
+    pre: &PretrainConfig,
+    ro: &[String],
+) -> Result<SearchConfig, PipelineError> {
+    let mut z = SearchConfig::load(&cfg.search.config, &with(&cfg.search.set, &[], ro))?;
+    if z.constraint.max_latency_ms.is_some() {
+        return Err(PipelineError::Config(format!(
+            "baselines.zero_cost: {} limits latency, which the zero-cost search cannot measure without the \
+             search's latency table; limit MACs or params instead",
+            cfg.search.config.display()
+        )));
+    }
+    z.seed = z.seed.wrapping_add(cfg.seed);
+    z.supernet = detnas_search::config::SupernetRef {
+        checkpoint: PathBuf::new(),
+        fitness: FitnessKind::Entropy,
+        space: Some(pre.model.space.clone()),
+        width_mult: Some(pre.model.width_mult),
+    };
+    z.constraint.latency_table = None;
+    z.runtime.reuse.clear();
+    Ok(z)
 }
 
 /// The trivial grid detector fitted to the fine-tuning's training split and scored on its

@@ -30,18 +30,56 @@ pub struct SearchConfig {
     /// `[runtime]`: where and how fast.
     #[serde(default)]
     pub runtime: SearchRuntime,
+    /// `[zero_cost]`: the training-free fitness's settings (`supernet.fitness = "entropy"`).
+    #[serde(default)]
+    pub zero_cost: ZeroCostConfig,
 }
 
-/// The trained supernet whose paths are scored.
+/// The trained supernet whose paths are scored (or, for a training-free fitness, the space).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SupernetRef {
     /// A run folder (its latest checkpoint) or a `step-N` checkpoint folder: a fine-tuning
-    /// run for `fitness = "det"`, a pre-training run for `fitness = "cls"`. Required.
+    /// run for `fitness = "det"`, a pre-training run for `fitness = "cls"`. Required for
+    /// both; unused by `fitness = "entropy"`.
+    #[serde(skip_serializing_if = "is_empty_path")]
     pub checkpoint: PathBuf,
-    /// `det` (box AP of the fine-tuned supernet, DetNAS) or `cls` (top-1 of the pre-trained
-    /// supernet, ClsNAS). Default `det`.
+    /// `det` (box AP of the fine-tuned supernet, DetNAS), `cls` (top-1 of the pre-trained
+    /// supernet, ClsNAS) or `entropy` (MAE-DET's training-free entropy score of the backbone,
+    /// no supernet: a zero-cost search). Default `det`.
     pub fitness: FitnessKind,
+    /// The space of a training-free search (`small`, `large`, `large-3.8g` or a space
+    /// `.toml`); required by `fitness = "entropy"`, which has no checkpoint to read it from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub space: Option<String>,
+    /// Multiplier on the widths of `space`. Default 1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub width_mult: Option<f64>,
+}
+
+fn is_empty_path(p: &Path) -> bool {
+    p.as_os_str().is_empty()
+}
+
+/// The training-free fitness's settings (`detnas_nn::zero_cost::entropy`): each candidate's
+/// score is the mean over `repeats` of draws of N(0, 1) weights and `batch` Gaussian images of
+/// `input` pixels, the draws seeded by the search's seed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ZeroCostConfig {
+    /// Gaussian images per repeat. Default 4 (the official code uses 32; the mean of 4
+    /// repeats of 4 varies by about 0.1 % between seeds).
+    pub batch: i64,
+    /// Repeats. Default 4 (the official default).
+    pub repeats: usize,
+    /// `[height, width]` of the images; default `constraint.input`.
+    pub input: Option<[u64; 2]>,
+}
+
+impl Default for ZeroCostConfig {
+    fn default() -> ZeroCostConfig {
+        ZeroCostConfig { batch: 4, repeats: 4, input: None }
+    }
 }
 
 /// What a candidate is scored by.
@@ -53,6 +91,16 @@ pub enum FitnessKind {
     Det,
     /// Top-1 of the classification supernet on its validation set (the ClsNAS baseline).
     Cls,
+    /// MAE-DET's entropy score of the backbone at initialisation: training-free, no
+    /// supernet (the zero-cost baseline).
+    Entropy,
+}
+
+impl FitnessKind {
+    /// Whether candidates are scored on a trained supernet checkpoint.
+    pub fn needs_checkpoint(self) -> bool {
+        self != FitnessKind::Entropy
+    }
 }
 
 /// Evolution (the reference algorithm) or random search (the baseline: only random fill).
@@ -71,6 +119,7 @@ impl std::fmt::Display for FitnessKind {
         f.pad(match self {
             FitnessKind::Det => "detection AP on the search-validation split",
             FitnessKind::Cls => "classification top-1 (ClsNAS)",
+            FitnessKind::Entropy => "MAE-DET entropy score at initialisation (zero-cost)",
         })
     }
 }
@@ -330,6 +379,10 @@ const SEARCH_RANGES: &[Rule] = &[
     rule("constraint.input", Range::within(16.0, 8192.0)),
     rule("eval.recalibrate_images", Range::NON_NEGATIVE),
     rule("eval.batch", Range::POSITIVE),
+    rule("zero_cost.batch", Range::within(2.0, 1024.0)),
+    rule("zero_cost.repeats", Range::within(1.0, 1000.0)),
+    rule("zero_cost.input", Range::within(16.0, 8192.0)),
+    rule("supernet.width_mult", Range::within(0.05, 8.0)),
     rule("eval.val_images", Range::POSITIVE),
     rule("runtime.threads", Range::POSITIVE),
     rule("runtime.workers", Range::within(1.0, 1024.0)),
@@ -340,7 +393,7 @@ const SEARCH_RANGES: &[Rule] = &[
 impl ConfigDocument for SearchConfig {
     type Error = SearchError;
 
-    const REQUIRED: &'static [Required] = &[Required::key("supernet.checkpoint")];
+    const REQUIRED: &'static [Required] = &[];
 
     const PATH_KEYS: &'static [&'static str] = &["supernet.checkpoint", "constraint.latency_table"];
 
@@ -357,6 +410,25 @@ impl ConfigDocument for SearchConfig {
     const RANGES: &'static [&'static [Rule]] = &[SEARCH_RANGES];
 
     fn rules(&self, r: &mut Rules) {
+        let sup = &self.supernet;
+        r.require(
+            !sup.fitness.needs_checkpoint() || !is_empty_path(&sup.checkpoint),
+            &["supernet.checkpoint"],
+            format!(
+                "supernet.checkpoint is required for fitness = \"{}\" (a fine-tuning run for det, a pre-training run \
+                 for cls)",
+                match sup.fitness {
+                    FitnessKind::Cls => "cls",
+                    _ => "det",
+                }
+            ),
+        );
+        r.require(
+            sup.fitness.needs_checkpoint() || sup.space.is_some(),
+            &["supernet.space"],
+            "supernet.space is required for fitness = \"entropy\" (a zero-cost search has no checkpoint to read the \
+             space from): small, large, large-3.8g or a space .toml",
+        );
         let s = &self.strategy;
         r.require(
             s.kind != StrategyKind::Evolution || s.mutations + s.crossovers <= s.population,
@@ -375,6 +447,9 @@ impl ConfigDocument for SearchConfig {
             "seed": self.seed, "supernet": self.supernet, "strategy": self.strategy,
             "constraint": self.constraint, "eval": self.eval,
         });
+        if !self.supernet.fitness.needs_checkpoint() {
+            v["zero_cost"] = serde_json::json!(self.zero_cost);
+        }
         if self.runtime.precision != detnas_device::Precision::Fp32 {
             v["precision"] = serde_json::json!(self.runtime.precision);
         }

@@ -46,6 +46,20 @@ impl SupernetInfo {
     /// [`SearchError::Config`] when it is not of the kind the fitness needs (any error reading its
     /// metadata included) or holds a fixed child network.
     pub fn open(cfg: &SearchConfig) -> Result<SupernetInfo, SearchError> {
+        if cfg.supernet.fitness == FitnessKind::Entropy {
+            let spec = detnas_space::SpaceSpec {
+                space: cfg.supernet.space.clone().unwrap_or_default(),
+                width_mult: cfg.supernet.width_mult.unwrap_or(1.0),
+            };
+            let space = spec.resolve().map_err(|e| SearchError::Config(format!("supernet.space: {e}")))?;
+            return Ok(SupernetInfo {
+                kind: FitnessKind::Entropy,
+                space,
+                checkpoint: PathBuf::new(),
+                step: 0,
+                model_sha256: String::new(),
+            });
+        }
         let (step, path) = resolve(&cfg.supernet.checkpoint)?;
         let space = match cfg.supernet.fitness {
             FitnessKind::Det => {
@@ -63,7 +77,7 @@ impl SupernetInfo {
                 }
                 state.space
             }
-            FitnessKind::Cls => {
+            FitnessKind::Cls | FitnessKind::Entropy => {
                 let (_, state) = pretrain::read_checkpoint_meta(&path).map_err(|_| {
                     SearchError::Config(format!(
                         "{} is not a pre-training checkpoint (fitness = \"cls\" needs one)",
@@ -81,15 +95,12 @@ impl SupernetInfo {
     ///
     /// # Errors
     /// As [`DetEvaluator::open`] or [`ClsEvaluator::open`].
-    pub fn evaluator(
-        &self,
-        eval: &SearchEvalConfig,
-        prefetch: usize,
-        device: Device,
-    ) -> Result<Box<dyn Evaluator>, SearchError> {
+    pub fn evaluator(&self, cfg: &SearchConfig, device: Device) -> Result<Box<dyn Evaluator>, SearchError> {
+        let (eval, prefetch) = (&cfg.eval, cfg.runtime.prefetch);
         Ok(match self.kind {
             FitnessKind::Det => Box::new(DetEvaluator::open(&self.checkpoint, eval, prefetch, device)?),
             FitnessKind::Cls => Box::new(ClsEvaluator::open(&self.checkpoint, eval, prefetch, device)?),
+            FitnessKind::Entropy => Box::new(EntropyEvaluator::new(self.space.clone(), cfg)),
         })
     }
 }
@@ -175,6 +186,44 @@ impl Evaluator for DetEvaluator {
 }
 
 /// libtorch's intra-op threads when `device` is the CPU.
+/// The zero-cost fitness: MAE-DET's entropy score of the candidate's backbone at
+/// initialisation ([`detnas_nn::zero_cost::entropy`]), with the search's `[zero_cost]`
+/// settings and seed; no supernet, no data, on the CPU. `metrics` = `[score, sd over repeats]`.
+pub struct EntropyEvaluator {
+    space: SearchSpace,
+    settings: detnas_nn::zero_cost::EntropySettings,
+}
+
+impl EntropyEvaluator {
+    /// The evaluator of `space` with `cfg`'s `[zero_cost]` settings (input default
+    /// `constraint.input`) and seed.
+    pub fn new(space: SearchSpace, cfg: &SearchConfig) -> EntropyEvaluator {
+        let [h, w] = cfg.zero_cost.input.unwrap_or(cfg.constraint.input);
+        let settings = detnas_nn::zero_cost::EntropySettings {
+            batch: cfg.zero_cost.batch,
+            input: [h as i64, w as i64],
+            repeats: cfg.zero_cost.repeats,
+            seed: cfg.seed,
+        };
+        EntropyEvaluator { space, settings }
+    }
+}
+
+impl Evaluator for EntropyEvaluator {
+    fn evaluate(&mut self, arch: &Arch) -> Result<Evaluation, SearchError> {
+        let started = std::time::Instant::now();
+        let (score, sd) = detnas_nn::zero_cost::entropy(&self.space, arch, &self.settings)
+            .map_err(|message| SearchError::Evaluation { arch: arch.to_string(), message })?;
+        Ok(Evaluation {
+            fitness: score,
+            metrics: vec![score, sd],
+            recalibration_seconds: 0.0,
+            evaluation_seconds: started.elapsed().as_secs_f64(),
+            threads: cpu_threads(Device::Cpu),
+        })
+    }
+}
+
 fn cpu_threads(device: Device) -> Option<i32> {
     (device == Device::Cpu).then(tch::get_num_threads)
 }

@@ -140,6 +140,7 @@ pub struct SearchReport {
 pub fn metric_name(cfg: &SearchConfig) -> String {
     match cfg.supernet.fitness {
         FitnessKind::Cls => "top1".into(),
+        FitnessKind::Entropy => "entropy".into(),
         FitnessKind::Det => match cfg.eval.metric {
             crate::config::DetMetric::Ap => "AP".into(),
             crate::config::DetMetric::Ap50 => "AP50".into(),
@@ -288,19 +289,18 @@ pub fn search(cfg: &SearchConfig, opts: &SearchOptions) -> Result<SearchReport, 
         let state = engine::read_state(&opts.out)?.expect("present");
         Outcome { top: engine::top_entries(&state, &entries), state, entries, evaluated_now: 0 }
     } else {
-        let (info2, eval, prefetch, threads) =
-            (info.clone(), cfg.eval.clone(), cfg.runtime.prefetch, opts.threads_per_worker);
+        let (info2, cfg2, threads) = (info.clone(), cfg.clone(), opts.threads_per_worker);
         let devs = devices.clone();
         let factory: EvaluatorFactory = Arc::new(move |w| {
             if let Some(t) = threads {
                 tch::set_num_threads(t);
             }
-            info2.evaluator(&eval, prefetch, devs[w % devs.len()])
+            info2.evaluator(&cfg2, devs[w % devs.len()])
         });
         let mut workers = match &opts.dist {
             Some(pg) => Workers::remote(crate::remote::Remote::new(
                 pg.clone(),
-                info.evaluator(&cfg.eval, cfg.runtime.prefetch, devices[0])?,
+                info.evaluator(cfg, devices[0])?,
                 &queue_prefix(&hash),
                 pg.timeout(),
             )),
@@ -393,7 +393,7 @@ fn serve_search(
     let finished = engine::read_state(&opts.out)?.is_some_and(|s| s.finished);
     if !finished {
         let device = opts.devices.first().copied().unwrap_or(Device::Cpu);
-        let mut eval = info.evaluator(&cfg.eval, cfg.runtime.prefetch, device)?;
+        let mut eval = info.evaluator(cfg, device)?;
         let n = crate::remote::serve(pg, &info.space, eval.as_mut(), &queue_prefix(hash), pg.timeout())?;
         tracing::debug!("rank {} evaluated {n} candidates", pg.rank());
     }

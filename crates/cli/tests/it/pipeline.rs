@@ -56,6 +56,7 @@ cls_set = ["schedule.iterations=4"]
 det_set = ["schedule.iterations=40", "eval.recalibrate_images=0"]
 [baselines]
 clsnas_set = ["eval.val_images=16", "eval.batch=8"]
+zero_cost = true
 "#,
     )
     .unwrap();
@@ -89,7 +90,14 @@ fn pipeline_runs_every_stage_resumes_after_kills_and_exports() {
     assert!(printed.contains("found architecture") && printed.contains("clsnas"), "{printed}");
     let rows = final_json(&reference);
     let labels: Vec<&str> = rows.as_array().unwrap().iter().map(|r| r["label"].as_str().unwrap()).collect();
-    assert_eq!(labels, ["found", "random", "clsnas"]);
+    assert_eq!(labels, ["found", "random", "clsnas", "zero-cost"]);
+    // The zero-cost pick is the best entropy score of its search, which had no supernet.
+    let zero = serde_json::from_str::<serde_json::Value>(
+        &std::fs::read_to_string(reference.join("search-zero-cost/best_arch.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(zero["fitness_kind"], "entropy");
+    assert_eq!(rows[3]["arch"], zero["arch"]);
     for r in rows.as_array().unwrap() {
         assert_eq!(r["stats"].as_array().unwrap().len(), 12);
         assert!(r["backbone_macs"].as_u64().unwrap() <= 2_800_000, "{r}");
@@ -97,7 +105,7 @@ fn pipeline_runs_every_stage_resumes_after_kills_and_exports() {
     let aps: Vec<f64> = rows.as_array().unwrap().iter().map(|r| r["stats"][1].as_f64().unwrap()).collect();
     assert!(aps.iter().any(|&a| a > 0.0), "every AP50 is 0: the comparison below would be vacuous ({aps:?})");
     // Paper protocol: every retrained architecture went through classification first.
-    for l in ["found", "random", "clsnas"] {
+    for l in ["found", "random", "clsnas", "zero-cost"] {
         assert!(reference.join(format!("retrain-{l}/cls/summary.json")).is_file(), "{l}");
     }
     let html = std::fs::read_to_string(reference.join("report/report.html")).unwrap();
@@ -105,7 +113,7 @@ fn pipeline_runs_every_stage_resumes_after_kills_and_exports() {
         assert!(html.contains(needle), "report.html lacks {needle}");
     }
     let md = std::fs::read_to_string(reference.join("report/report.md")).unwrap();
-    assert!(md.contains("| found |") && md.contains("plots/search_pareto.svg"), "{md}");
+    assert!(md.contains("| found |") && md.contains("| zero-cost |") && md.contains("plots/search_pareto.svg"), "{md}");
     // Where and how it ran: the machine and libtorch build, every stage's resolved config.
     assert!(md.contains("Machine: ") && md.contains("cores, CPU kernels ") && md.contains("libtorch 2."), "{md}");
     assert!(md.contains("stage finetune: resolved configuration") && md.contains("stage retrain-found det:"), "{md}");

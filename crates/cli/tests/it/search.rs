@@ -245,3 +245,82 @@ fn clsnas_fitness_searches_a_pretrained_supernet() {
     assert_eq!(best["metrics"].as_array().unwrap().len(), 2);
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+/// The zero-cost search (`fitness = "entropy"`): no checkpoint, no data; every candidate
+/// within the MACs limit; its scores are the entropy score computed alone; a SIGKILL
+/// mid-search resumes to the same ledger and archive; the refusals name the missing key.
+#[test]
+fn zero_cost_search_needs_no_checkpoint_respects_limits_and_resumes_exactly() {
+    let d = dir("zero-cost");
+    let space = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/demo/space.toml");
+    let text = format!(
+        r#"
+seed = 3
+[supernet]
+fitness = "entropy"
+space = "{}"
+[strategy]
+population = 6
+top_k = 3
+generations = 4
+mutations = 2
+crossovers = 2
+[constraint]
+input = [64, 64]
+max_backbone_macs = "2.3M"
+[zero_cost]
+batch = 2
+repeats = 2
+[runtime]
+device = "cpu"
+threads = 1
+"#,
+        space.display()
+    );
+    let cfg = d.join("zero-cost.toml");
+    std::fs::write(&cfg, &text).unwrap();
+    let reference = d.join("reference");
+    let out = ok(&search(&cfg, &reference, &["--workers", "1"], None));
+    assert!(out.contains("entropy"), "{out}");
+    let best = json(&reference.join("best_arch.json"));
+    assert_eq!(best["metric"], "entropy");
+    assert_eq!(best["fitness_kind"], "entropy");
+    let entries = ledger(&reference);
+    assert_eq!(entries.len(), 24, "4 generations of 6");
+    for l in std::fs::read_to_string(reference.join("ledger.jsonl")).unwrap().lines() {
+        let e: serde_json::Value = serde_json::from_str(l).unwrap();
+        assert!(e["backbone_macs"].as_u64().unwrap() <= 2_300_000, "{e}");
+    }
+    // The best candidate's score is the entropy score of its architecture, computed alone.
+    let s = detnas_space::SearchSpace::named(space.to_str().unwrap()).unwrap();
+    let arch = s.parse_arch(best["arch"].as_str().unwrap()).unwrap();
+    let settings = detnas_nn::zero_cost::EntropySettings { batch: 2, input: [64, 64], repeats: 2, seed: 3 };
+    let (alone, _) = detnas_nn::zero_cost::entropy(&s, &arch, &settings).unwrap();
+    assert_eq!(best["fitness"].as_f64().unwrap(), alone);
+
+    // Killed after candidate 9: the rerun evaluates what was missing and ends as the reference.
+    let killed = d.join("killed");
+    let o = search(&cfg, &killed, &[], Some("kill_after_candidate:9"));
+    assert_eq!(o.status.signal(), Some(9), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(ledger(&killed).len(), 9);
+    ok(&search(&cfg, &killed, &[], None));
+    assert_eq!(state(&killed), state(&reference));
+    assert_eq!(ledger(&killed), entries);
+    let top = |b: &serde_json::Value| -> Vec<(String, f64)> {
+        let k = b["top_k"].as_array().unwrap();
+        k.iter().map(|e| (e["arch"].as_str().unwrap().into(), e["fitness"].as_f64().unwrap())).collect()
+    };
+    assert_eq!(top(&json(&killed.join("best_arch.json"))), top(&best));
+
+    // Without a space there is nothing to search; a det search still needs its checkpoint.
+    let bad = d.join("bad.toml");
+    std::fs::write(&bad, text.replace(&format!("space = \"{}\"\n", space.display()), "")).unwrap();
+    let o = search(&bad, &d.join("bad"), &[], None);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("supernet.space is required"), "{o:?}");
+    std::fs::write(&bad, text.replace("fitness = \"entropy\"", "fitness = \"det\"")).unwrap();
+    let o = search(&bad, &d.join("bad"), &[], None);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("supernet.checkpoint is required"), "{o:?}");
+    std::fs::remove_dir_all(&d).unwrap();
+}

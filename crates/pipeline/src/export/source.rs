@@ -53,8 +53,20 @@ impl Source {
         }
         if src.join("config.toml").is_file() && src.join("ledger.jsonl").is_file() {
             let cfg = detnas_search::SearchConfig::load(&src.join("config.toml"), &[])?;
-            if cfg.supernet.fitness != detnas_search::config::FitnessKind::Det {
-                return Err(refuse("a ClsNAS search scored a classification supernet, which has no detector".into()));
+            match cfg.supernet.fitness {
+                detnas_search::config::FitnessKind::Det => {}
+                detnas_search::config::FitnessKind::Cls => {
+                    return Err(refuse(
+                        "a ClsNAS search scored a classification supernet, which has no detector".into(),
+                    ));
+                }
+                detnas_search::config::FitnessKind::Entropy => {
+                    return Err(refuse(
+                        "a zero-cost search scored architectures at initialisation, with no trained detector (export \
+                         its retraining, RUN/retrain-zero-cost)"
+                            .into(),
+                    ));
+                }
             }
             let best = detnas_search::run::read_best(src).ok();
             let chosen = arch.map(str::to_string).or_else(|| best.as_ref().map(|b| b.arch.clone()));
