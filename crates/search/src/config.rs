@@ -61,9 +61,10 @@ fn is_empty_path(p: &Path) -> bool {
     p.as_os_str().is_empty()
 }
 
-/// The training-free fitness's settings (`detnas_nn::zero_cost::entropy`): each candidate's
+/// The training-free fitnesses' settings (`detnas_nn::zero_cost`). `entropy`: each candidate's
 /// score is the mean over `repeats` of draws of N(0, 1) weights and `batch` Gaussian images of
-/// `input` pixels, the draws seeded by the search's seed.
+/// `input` pixels, the draws seeded by the search's seed. `naswot`: N(0, 1) weights from the
+/// search's seed on the first `images` training images.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ZeroCostConfig {
@@ -74,11 +75,13 @@ pub struct ZeroCostConfig {
     pub repeats: usize,
     /// `[height, width]` of the images; default `constraint.input`.
     pub input: Option<[u64; 2]>,
+    /// NASWOT's training images. Default 16.
+    pub images: usize,
 }
 
 impl Default for ZeroCostConfig {
     fn default() -> ZeroCostConfig {
-        ZeroCostConfig { batch: 4, repeats: 4, input: None }
+        ZeroCostConfig { batch: 4, repeats: 4, input: None, images: 16 }
     }
 }
 
@@ -94,12 +97,20 @@ pub enum FitnessKind {
     /// MAE-DET's entropy score of the backbone at initialisation: training-free, no
     /// supernet (the zero-cost baseline).
     Entropy,
+    /// NASWOT's score of the backbone at initialisation on the first training images of
+    /// `supernet.checkpoint`'s fine-tuning run (its images only; training-free).
+    Naswot,
 }
 
 impl FitnessKind {
     /// Whether candidates are scored on a trained supernet checkpoint.
     pub fn needs_checkpoint(self) -> bool {
         self != FitnessKind::Entropy
+    }
+
+    /// Whether the fitness is training-free (scores an architecture at initialisation).
+    pub fn training_free(self) -> bool {
+        matches!(self, FitnessKind::Entropy | FitnessKind::Naswot)
     }
 }
 
@@ -120,6 +131,7 @@ impl std::fmt::Display for FitnessKind {
             FitnessKind::Det => "detection AP on the search-validation split",
             FitnessKind::Cls => "classification top-1 (ClsNAS)",
             FitnessKind::Entropy => "MAE-DET entropy score at initialisation (zero-cost)",
+            FitnessKind::Naswot => "NASWOT score at initialisation on the training images (zero-cost)",
         })
     }
 }
@@ -381,6 +393,7 @@ const SEARCH_RANGES: &[Rule] = &[
     rule("eval.batch", Range::POSITIVE),
     rule("zero_cost.batch", Range::within(2.0, 1024.0)),
     rule("zero_cost.repeats", Range::within(1.0, 1000.0)),
+    rule("zero_cost.images", Range::within(2.0, 4096.0)),
     rule("zero_cost.input", Range::within(16.0, 8192.0)),
     rule("supernet.width_mult", Range::within(0.05, 8.0)),
     rule("eval.val_images", Range::POSITIVE),
@@ -415,10 +428,11 @@ impl ConfigDocument for SearchConfig {
             !sup.fitness.needs_checkpoint() || !is_empty_path(&sup.checkpoint),
             &["supernet.checkpoint"],
             format!(
-                "supernet.checkpoint is required for fitness = \"{}\" (a fine-tuning run for det, a pre-training run \
-                 for cls)",
+                "supernet.checkpoint is required for fitness = \"{}\" (a fine-tuning run for det and naswot, a \
+                 pre-training run for cls)",
                 match sup.fitness {
                     FitnessKind::Cls => "cls",
+                    FitnessKind::Naswot => "naswot",
                     _ => "det",
                 }
             ),
@@ -447,7 +461,7 @@ impl ConfigDocument for SearchConfig {
             "seed": self.seed, "supernet": self.supernet, "strategy": self.strategy,
             "constraint": self.constraint, "eval": self.eval,
         });
-        if !self.supernet.fitness.needs_checkpoint() {
+        if self.supernet.fitness.training_free() {
             v["zero_cost"] = serde_json::json!(self.zero_cost);
         }
         if self.runtime.precision != detnas_device::Precision::Fp32 {

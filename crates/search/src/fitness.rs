@@ -62,7 +62,7 @@ impl SupernetInfo {
         }
         let (step, path) = resolve(&cfg.supernet.checkpoint)?;
         let space = match cfg.supernet.fitness {
-            FitnessKind::Det => {
+            FitnessKind::Det | FitnessKind::Naswot => {
                 let (fcfg, state) = finetune::read_meta(&path).map_err(|_| {
                     SearchError::Config(format!(
                         "{} is not a fine-tuning checkpoint (fitness = \"det\" needs one; use fitness = \"cls\" for a pre-training run)",
@@ -101,6 +101,7 @@ impl SupernetInfo {
             FitnessKind::Det => Box::new(DetEvaluator::open(&self.checkpoint, eval, prefetch, device)?),
             FitnessKind::Cls => Box::new(ClsEvaluator::open(&self.checkpoint, eval, prefetch, device)?),
             FitnessKind::Entropy => Box::new(EntropyEvaluator::new(self.space.clone(), cfg)),
+            FitnessKind::Naswot => Box::new(NaswotEvaluator::open(&self.checkpoint, self.space.clone(), cfg)?),
         })
     }
 }
@@ -217,6 +218,50 @@ impl Evaluator for EntropyEvaluator {
         Ok(Evaluation {
             fitness: score,
             metrics: vec![score, sd],
+            recalibration_seconds: 0.0,
+            evaluation_seconds: started.elapsed().as_secs_f64(),
+            threads: cpu_threads(Device::Cpu),
+        })
+    }
+}
+
+/// The zero-cost fitness NASWOT ([`detnas_nn::zero_cost::naswot`]) on the first
+/// `zero_cost.images` training images of a fine-tuning run, as evaluation prepares them (the
+/// run's weights are not used), with weights drawn from the search's seed; on the CPU.
+/// `metrics` = `[score]`.
+pub struct NaswotEvaluator {
+    space: SearchSpace,
+    images: tch::Tensor,
+    seed: u64,
+}
+
+impl NaswotEvaluator {
+    /// The evaluator of `space` on the images of fine-tuning checkpoint `ckpt`.
+    ///
+    /// # Errors
+    /// As [`OpenedDetector::open`], its splits and images.
+    pub fn open(ckpt: &Path, space: SearchSpace, cfg: &SearchConfig) -> Result<NaswotEvaluator, SearchError> {
+        let opened = OpenedDetector::open(ckpt, Device::Cpu)?;
+        let train = opened.splits()?.train;
+        let images = opened.evaluation_batch(&train, cfg.zero_cost.images)?.input;
+        Ok(NaswotEvaluator { space, images, seed: cfg.seed })
+    }
+}
+
+impl Evaluator for NaswotEvaluator {
+    fn evaluate(&mut self, arch: &Arch) -> Result<Evaluation, SearchError> {
+        let started = std::time::Instant::now();
+        let score = detnas_nn::zero_cost::naswot(&self.space, arch, &self.images, self.seed).ok_or_else(|| {
+            SearchError::Evaluation {
+                arch: arch.to_string(),
+                message: "NASWOT's kernel is singular: some of the training images give the network identical \
+                          codes (duplicates?)"
+                    .into(),
+            }
+        })?;
+        Ok(Evaluation {
+            fitness: score,
+            metrics: vec![score],
             recalibration_seconds: 0.0,
             evaluation_seconds: started.elapsed().as_secs_f64(),
             threads: cpu_threads(Device::Cpu),

@@ -141,6 +141,7 @@ pub fn metric_name(cfg: &SearchConfig) -> String {
     match cfg.supernet.fitness {
         FitnessKind::Cls => "top1".into(),
         FitnessKind::Entropy => "entropy".into(),
+        FitnessKind::Naswot => "naswot".into(),
         FitnessKind::Det => match cfg.eval.metric {
             crate::config::DetMetric::Ap => "AP".into(),
             crate::config::DetMetric::Ap50 => "AP50".into(),

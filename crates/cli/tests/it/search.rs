@@ -170,6 +170,29 @@ fn detection_search_resumes_exactly_after_sigkill_and_parallel_equals_sequential
     };
     assert_eq!(archs(&json(&killed.join("best_arch.json"))), archs(&best));
 
+    // NASWOT as the fitness: the run's training images only (training-free), the limits kept,
+    // the best score that of its architecture computed alone.
+    let zero = d.join("naswot.toml");
+    std::fs::write(
+        &zero,
+        search_config(
+            &ft,
+            "naswot",
+            "[constraint]\ninput = [64, 64]\nmax_backbone_macs = \"2.8M\"\n[zero_cost]\nimages = 6\n",
+        ),
+    )
+    .unwrap();
+    let out = ok(&search(&zero, &d.join("naswot"), &[], None));
+    let nb = json(&d.join("naswot/best_arch.json"));
+    assert!(out.contains("naswot") && nb["metric"] == "naswot" && nb["evaluated"] == 12, "{out}");
+    assert!(nb["backbone_macs"].as_u64().unwrap() <= 2_800_000);
+    let opened = detnas_train::finetune::OpenedDetector::open(&ft, tch::Device::Cpu).unwrap();
+    let images = opened.evaluation_batch(&opened.splits().unwrap().train, 6).unwrap().input;
+    let space = &opened.state.space;
+    let alone =
+        detnas_nn::zero_cost::naswot(space, &space.parse_arch(nb["arch"].as_str().unwrap()).unwrap(), &images, 2);
+    assert_eq!(nb["fitness"].as_f64(), alone);
+
     // Two workers with one thread each: the sequential result.
     let par = d.join("par");
     ok(&search(&cfg, &par, &["--workers", "2", "--threads", "2"], None));

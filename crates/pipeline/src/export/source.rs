@@ -60,7 +60,7 @@ impl Source {
                         "a ClsNAS search scored a classification supernet, which has no detector".into(),
                     ));
                 }
-                detnas_search::config::FitnessKind::Entropy => {
+                detnas_search::config::FitnessKind::Entropy | detnas_search::config::FitnessKind::Naswot => {
                     return Err(refuse(
                         "a zero-cost search scored architectures at initialisation, with no trained detector (export \
                          its retraining, RUN/retrain-zero-cost)"
