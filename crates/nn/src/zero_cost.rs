@@ -25,6 +25,7 @@
 
 use crate::block::{channel_shuffle_split, even_odd_split, units};
 use crate::layers::{ConvBnConfig, stem_config};
+use detnas_device::host;
 use detnas_space::{Arch, ChannelShuffle, SearchSpace};
 use tch::{Kind, Tensor};
 
@@ -140,7 +141,7 @@ impl Gaussian {
             v.push((r * t.sin()) as f32);
         }
         v.truncate(n as usize);
-        Tensor::from_slice(&v).view(shape)
+        host::upload(&v, shape, tch::Device::Cpu, "nn.zero_cost.gaussian")
     }
 
     /// A conv weight for `u`, `[cout, cin / groups, k, k]`.
@@ -185,7 +186,8 @@ pub fn entropy_once(space: &SearchSpace, arch: &Arch, x: &Tensor, weights: &mut 
         y / s
     };
     let _ = traverse(space, arch, x, weights, &mut after);
-    let ln: Vec<f32> = Vec::try_from(Tensor::stack(&sigma, 0).log()).map_err(|e: tch::TchError| e.to_string())?;
+    let ln: Vec<f32> =
+        host::read(&Tensor::stack(&sigma, 0).log(), "nn.zero_cost.entropy").map_err(|e| e.to_string())?;
     // Blocks up to the end of each stage (the stem counts as one), and its channels.
     let mut ends = vec![1usize];
     for &d in &space.depths {
@@ -263,10 +265,11 @@ impl NaswotKernel {
         }
     }
 
-    /// `ln |det K|`; `None` when `K` is singular or empty.
+    /// `ln |det K|`; `None` when `K` is singular or empty (or cannot be read).
     pub fn logdet(&self) -> Option<f64> {
         let (sign, logdet) = self.k.as_ref()?.slogdet();
-        (sign.double_value(&[]) > 0.0).then(|| logdet.double_value(&[]))
+        let v: Vec<f64> = host::read(&Tensor::stack(&[sign, logdet], 0), "nn.zero_cost.naswot").ok()?;
+        (v[0] > 0.0).then_some(v[1])
     }
 }
 

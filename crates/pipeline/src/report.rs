@@ -117,8 +117,13 @@ pub fn write(run: &Path) -> Result<PathBuf, PipelineError> {
     let found = search(&dirs::search(run));
     let cls = search(&dirs::search_cls(run));
     let mut sections = vec![run_section(run), final_section(run, (&found, &cls), rank_check.as_ref(), &figures)?];
-    for (title, s, metric) in [("DetNAS search", &found, "AP (search-val)"), ("ClsNAS search", &cls, "top-1")] {
-        sections.extend(search_section(title, s, metric, &figures)?);
+    let zero = search(&dirs::search_zero_cost(run));
+    for (title, name, s, metric) in [
+        ("DetNAS search", "search", &found, "AP (search-val)"),
+        ("ClsNAS search", "search_cls", &cls, "top-1"),
+        ("Zero-cost search", "search_zero_cost", &zero, "entropy score"),
+    ] {
+        sections.extend(search_section((title, name), s, metric, &figures)?);
     }
     if let Some(r) = &rank_check {
         sections.push(rank_check_section(r, &figures)?);
@@ -459,10 +464,14 @@ fn examples(run: &Path, figures: &Figures, sec: &mut Section) -> Result<(), Pipe
 }
 
 /// A search's progress and Pareto figures and its top-k; none when it has not started.
-fn search_section(title: &str, s: &Search, metric: &str, figures: &Figures) -> Result<Option<Section>, PipelineError> {
+fn search_section(
+    (title, name): (&str, &str),
+    s: &Search,
+    metric: &str,
+    figures: &Figures,
+) -> Result<Option<Section>, PipelineError> {
     let Some(state) = &s.state else { return Ok(None) };
     let mut sec = Section { title: title.into(), md: String::new(), html: String::new() };
-    let name = if title.starts_with("Det") { "search" } else { "search_cls" };
     let best: Vec<(f64, f64)> = state.history.iter().map(|h| (h.generation as f64, h.elite_best)).collect();
     let mean: Vec<(f64, f64)> = state.history.iter().map(|h| (h.generation as f64, h.mean)).collect();
     let topk: Vec<(f64, f64)> = state.history.iter().map(|h| (h.generation as f64, h.elite_mean)).collect();

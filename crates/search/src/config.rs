@@ -406,7 +406,14 @@ const SEARCH_RANGES: &[Rule] = &[
 impl ConfigDocument for SearchConfig {
     type Error = SearchError;
 
-    const REQUIRED: &'static [Required] = &[];
+    /// The checkpoint of a supernet fitness (also required, by [`SearchConfig::rules`], when
+    /// `fitness` is left at its default); the space of a zero-cost one.
+    const REQUIRED: &'static [Required] = &[
+        Required::when("supernet.fitness", "det", "supernet.checkpoint"),
+        Required::when("supernet.fitness", "cls", "supernet.checkpoint"),
+        Required::when("supernet.fitness", "naswot", "supernet.checkpoint"),
+        Required::when("supernet.fitness", "entropy", "supernet.space"),
+    ];
 
     const PATH_KEYS: &'static [&'static str] = &["supernet.checkpoint", "constraint.latency_table"];
 
