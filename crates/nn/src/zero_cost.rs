@@ -20,8 +20,15 @@
 //!   `K = Σ_ReLU c cᵀ + (1 − c)(1 − c)ᵀ`, score `ln |det K|`. Weights N(0, 1), BN with the
 //!   batch's statistics (as the official score runs the network in training mode), which
 //!   makes the codes independent of the weights' scale.
+//! * [`synflow`]: SynFlow (Tanaka et al., "Pruning neural networks without any data by
+//!   iteratively conserving synaptic flow", NeurIPS 2020, arXiv:2006.05467; as a NAS proxy,
+//!   Abdelfattah et al., "Zero-Cost Proxies for Lightweight NAS", ICLR 2021, the official
+//!   `foresight/pruners/measures/synflow.py` of SamsungLabs/zero-cost-nas): BN removed, every
+//!   weight replaced by its absolute value, an all-ones input of one image in float64,
+//!   `R = Σ output`, score `Σ_θ |θ · ∂R/∂θ|` over every conv weight; reported as its natural
+//!   logarithm (the sum overflows a float's range in deep networks otherwise).
 //!
-//! Both follow the child's graph as [`crate::ChoiceOp`] and [`crate::layers::stem`] build it.
+//! All follow the child's graph as [`crate::ChoiceOp`] and [`crate::layers::stem`] build it.
 
 use crate::block::{channel_shuffle_split, even_odd_split, units};
 use crate::layers::{ConvBnConfig, stem_config};
@@ -301,6 +308,33 @@ pub fn naswot_with(space: &SearchSpace, arch: &Arch, x: &Tensor, weights: &mut W
     };
     let _ = traverse(space, arch, x, weights, &mut after);
     kernel.logdet()
+}
+
+/// SynFlow's score (module docs) of `arch` at input size `[height, width]`, with the weights
+/// `weights` gives (their absolute values are used), as `ln Σ |θ · ∂R/∂θ|`; `None` when the
+/// sum is zero or not finite.
+pub fn synflow_with(space: &SearchSpace, arch: &Arch, input: [i64; 2], weights: &mut WeightFn) -> Option<f64> {
+    let x = Tensor::ones([1, 3, input[0], input[1]], (Kind::Double, tch::Device::Cpu));
+    let mut params: Vec<Tensor> = Vec::new();
+    let mut abs = |place: Place, u: &ConvBnConfig| {
+        let w = weights(place, u).to_kind(Kind::Double).abs().set_requires_grad(true);
+        params.push(w.shallow_clone());
+        w
+    };
+    let mut relu = |y: Tensor, place: Place, u: &ConvBnConfig| {
+        if u.relu || matches!(place, Place::Branch { last: true, .. }) { y.relu() } else { y }
+    };
+    let out = traverse(space, arch, &x, &mut abs, &mut relu);
+    out.sum(Kind::Double).backward();
+    let terms: Vec<Tensor> = params.iter().map(|w| (w * w.grad()).abs().sum(Kind::Double).detach()).collect();
+    let v: Vec<f64> = host::read(&Tensor::stack(&terms, 0).sum(Kind::Double), "nn.zero_cost.synflow").ok()?;
+    (v[0] > 0.0 && v[0].is_finite()).then(|| v[0].ln())
+}
+
+/// [`synflow_with`] with N(0, 1) weights drawn from `seed`.
+pub fn synflow(space: &SearchSpace, arch: &Arch, input: [i64; 2], seed: u64) -> Option<f64> {
+    let mut g = Gaussian::new(seed);
+    synflow_with(space, arch, input, &mut |_, u| g.weight(u))
 }
 
 #[cfg(test)]

@@ -141,6 +141,9 @@ pub struct Proxies {
     /// architecture whose kernel is singular has none.
     #[serde(default)]
     pub naswot: Option<BTreeMap<String, Option<f64>>>,
+    /// SynFlow's score ([`detnas_nn::zero_cost::synflow`]).
+    #[serde(default)]
+    pub synflow: Option<BTreeMap<String, Option<f64>>>,
 }
 
 /// Agreement of one proxy with the ground truth.
@@ -213,6 +216,9 @@ pub struct ArchResult {
     /// NASWOT's score (training-free).
     #[serde(default)]
     pub naswot_proxy: Option<f64>,
+    /// SynFlow's score, ln (training-free).
+    #[serde(default)]
+    pub synflow_proxy: Option<f64>,
     /// The search's fitness on supernet `k` at index `k` (index 0: `det_proxy`), when every
     /// supernet of the check has scored it.
     #[serde(default)]
@@ -407,26 +413,29 @@ pub const ENTROPY_BATCH: i64 = 4;
 /// (recorded likewise; computed when the record lacks a planned architecture).
 fn proxies(run: &Path, plan: &Plan, opts: &PipelineOptions) -> Result<Proxies, PipelineError> {
     let mut p = search_proxies(run, plan, opts)?;
-    let has = |m: Option<&BTreeMap<String, f64>>| m.is_some_and(|m| plan.archs.iter().all(|a| m.contains_key(&a.arch)));
-    let has_naswot = p.naswot.as_ref().is_some_and(|m| plan.archs.iter().all(|a| m.contains_key(&a.arch)));
-    if has(p.entropy.as_ref()) && has_naswot {
+    let all = |keys: Option<Vec<&String>>| keys.is_some_and(|k| plan.archs.iter().all(|a| k.contains(&&a.arch)));
+    if all(p.entropy.as_ref().map(|m| m.keys().collect()))
+        && all(p.naswot.as_ref().map(|m| m.keys().collect()))
+        && all(p.synflow.as_ref().map(|m| m.keys().collect()))
+    {
         return Ok(p);
     }
     let scfg = search_config(&dirs::search(run))?;
     let info = SupernetInfo::open(&scfg)?;
     let archs: Vec<&str> = plan.archs.iter().map(|a| a.arch.as_str()).collect();
-    tracing::info!("rank-check: training-free proxies (entropy, NASWOT) of {} architectures", archs.len());
+    tracing::info!("rank-check: training-free proxies (entropy, NASWOT, SynFlow) of {} architectures", archs.len());
     let free = training_free(&info.checkpoint, &info.space, &archs, plan.options.seed)?;
     p.entropy = Some(free.entropy);
     p.naswot = Some(free.naswot);
+    p.synflow = Some(free.synflow);
     write_json(&dir(run).join("proxies.json"), &p)?;
     Ok(p)
 }
 
 /// The training-free proxies of `archs` (module `detnas_nn::zero_cost`): MAE-DET's entropy on
-/// Gaussian input of the size of the user's images as evaluated, and NASWOT on the first
-/// [`NASWOT_IMAGES`] training images of the fine-tuning checkpoint `checkpoint`; weights and
-/// inputs drawn from `seed`.
+/// Gaussian input and SynFlow on an all-ones input, both of the size of the user's images as
+/// evaluated, and NASWOT on the first [`NASWOT_IMAGES`] training images of the fine-tuning
+/// checkpoint `checkpoint`; weights and inputs drawn from `seed`.
 ///
 /// # Errors
 /// As [`OpenedDetector::open`], its splits and images; [`PipelineError::Config`] for a space
@@ -447,14 +456,15 @@ pub fn training_free(
         repeats: ENTROPY_REPEATS,
         seed,
     };
-    let (mut entropy, mut naswot) = (BTreeMap::new(), BTreeMap::new());
+    let (mut entropy, mut naswot, mut synflow) = (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
     for &a in archs {
         let arch = space.parse_arch(a)?;
         let (e, _) = detnas_nn::zero_cost::entropy(space, &arch, &settings).map_err(PipelineError::Config)?;
         entropy.insert(a.to_string(), e);
         naswot.insert(a.to_string(), detnas_nn::zero_cost::naswot(space, &arch, &images, seed));
+        synflow.insert(a.to_string(), detnas_nn::zero_cost::synflow(space, &arch, settings.input, seed));
     }
-    Ok(TrainingFree { entropy, naswot })
+    Ok(TrainingFree { entropy, naswot, synflow })
 }
 
 /// The training-free proxies' scores by architecture ([`training_free`]).
@@ -463,6 +473,8 @@ pub struct TrainingFree {
     pub entropy: BTreeMap<String, f64>,
     /// NASWOT's score (none where the kernel is singular).
     pub naswot: BTreeMap<String, Option<f64>>,
+    /// SynFlow's score (ln; none where it is zero or overflows).
+    pub synflow: BTreeMap<String, Option<f64>>,
 }
 
 /// The search's proxy scores of the plan: its ledger's, ClsNAS's and the control's (recorded
@@ -604,12 +616,12 @@ fn agreement(
 
 /// What costs nothing: the free baselines (what a user knows of an architecture before any
 /// training) and the training-free proxies (seconds at initialisation).
-pub const FREE: [&str; 5] = ["backbone MACs", "params", "latency", "entropy", "naswot"];
+pub const FREE: [&str; 6] = ["backbone MACs", "params", "latency", "entropy", "naswot", "synflow"];
 
 /// Every proxy's statistics ([`ProxyStats`]) over `archs`.
 fn proxy_stats(archs: &[ArchResult], seed_sd: Option<f64>, o: &RankCheckOptions) -> Vec<ProxyStats> {
     type Score = fn(&ArchResult) -> Option<f64>;
-    let all: [(&str, Score); 8] = [
+    let all: [(&str, Score); 9] = [
         ("one-shot", |a| a.det_proxy),
         ("clsnas", |a| a.cls_proxy),
         ("control", |a| a.init_proxy),
@@ -618,6 +630,7 @@ fn proxy_stats(archs: &[ArchResult], seed_sd: Option<f64>, o: &RankCheckOptions)
         (FREE[2], |a| a.latency_ms),
         (FREE[3], |a| a.entropy_proxy),
         (FREE[4], |a| a.naswot_proxy),
+        (FREE[5], |a| a.synflow_proxy),
     ];
     let oneshot = all[0].1;
     all.iter()
@@ -727,6 +740,7 @@ fn summarise(
                 init_proxy: proxies.init.as_ref().and_then(|m| m.get(&p.arch).copied()),
                 entropy_proxy: proxies.entropy.as_ref().and_then(|m| m.get(&p.arch).copied()),
                 naswot_proxy: proxies.naswot.as_ref().and_then(|m| m.get(&p.arch).copied().flatten()),
+                synflow_proxy: proxies.synflow.as_ref().and_then(|m| m.get(&p.arch).copied().flatten()),
                 supernet_proxies: if all_supernets {
                     sup.iter().map(|m| m.get(&p.arch).copied()).collect::<Option<Vec<f64>>>().unwrap_or_default()
                 } else {

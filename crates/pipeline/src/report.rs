@@ -623,7 +623,7 @@ fn rank_check_section(r: &crate::rank_check::RankCheckResult, figures: &Figures)
         "Δτ vs one-shot, 95 % CI",
     ];
     let (pmd, phtml) = table(&head, &proxy_rows);
-    let note = "Free baselines (backbone MACs, params, latency) and training-free proxies (entropy: MAE-DET's entropy score; naswot: NASWOT's, on the first training images) are read as \"more is better\". Δτ = τ(one-shot) − τ(proxy), a paired bootstrap over architectures; regret = best ground truth − that of the proxy's pick.";
+    let note = "Free baselines (backbone MACs, params, latency) and training-free proxies (entropy: MAE-DET's entropy score; naswot: NASWOT's, on the first training images; synflow: ln SynFlow) are read as \"more is better\". Δτ = τ(one-shot) − τ(proxy), a paired bootstrap over architectures; regret = best ground truth − that of the proxy's pick.";
     let _ = write!(sec.md, "\n{pmd}\n{note}\n\n**Verdict**: {}\n", r.verdict);
     let _ = write!(sec.html, "<p>{}</p>{html}", esc(&text));
     let _ = write!(sec.html, "{phtml}<p>{}</p><p><strong>Verdict</strong>: {}</p>", esc(note), esc(&r.verdict));
@@ -674,12 +674,13 @@ fn rank_check_section(r: &crate::rank_check::RankCheckResult, figures: &Figures)
     }
     // What costs nothing, each against the ground truth; its pick (the largest) marked.
     type Free = fn(&crate::rank_check::ArchResult) -> Option<f64>;
-    let free: [(&str, &str, Free); 5] = [
+    let free: [(&str, &str, Free); 6] = [
         ("backbone MACs", "rank_check_macs", |a| Some(a.backbone_macs as f64)),
         ("params", "rank_check_params", |a| a.backbone_params.map(|p| p as f64)),
         ("latency", "rank_check_latency", |a| a.latency_ms),
         ("entropy", "rank_check_entropy", |a| a.entropy_proxy),
         ("naswot", "rank_check_naswot", |a| a.naswot_proxy),
+        ("synflow", "rank_check_synflow", |a| a.synflow_proxy),
     ];
     for (proxy_name, file, value) in free {
         let Some(p) = r.proxies.iter().find(|p| p.name == proxy_name) else { continue };

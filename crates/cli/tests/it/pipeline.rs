@@ -355,9 +355,12 @@ fn rank_check(run: &Path) {
     // Every proxy, the free baselines included, with its statistics and the verdict.
     let proxies = result["proxies"].as_array().unwrap();
     let names: Vec<&str> = proxies.iter().map(|p| p["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["one-shot", "clsnas", "control", "backbone MACs", "params", "latency", "entropy", "naswot"]);
+    assert_eq!(
+        names,
+        ["one-shot", "clsnas", "control", "backbone MACs", "params", "latency", "entropy", "naswot", "synflow"]
+    );
     // The training-free proxies scored every architecture, and differently.
-    for key in ["entropy_proxy", "naswot_proxy"] {
+    for key in ["entropy_proxy", "naswot_proxy", "synflow_proxy"] {
         let v: Vec<f64> = archs.iter().map(|a| a[key].as_f64().unwrap()).collect();
         assert!(v.iter().all(|x| x.is_finite()) && v.iter().any(|x| *x != v[0]), "{key}: {v:?}");
     }

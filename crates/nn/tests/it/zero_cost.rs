@@ -1,9 +1,10 @@
 //! The training-free proxies match a PyTorch restatement of the official code
 //! (`fixtures/zero_cost/make_zero_cost.py`, torch 2.11.0: MAE-DET's entropy score with the
-//! official blocks' `entropy_forward`, NASWOT with forward hooks on every ReLU) on the same
+//! official blocks' `entropy_forward`, NASWOT with forward hooks on every ReLU, SynFlow on a
+//! BN-free float64 copy with autograd) on the same
 //! weights and inputs, to 1e-5, for both channel shuffles and all four choices.
 
-use detnas_nn::zero_cost::{EntropySettings, entropy, entropy_once, naswot, naswot_with};
+use detnas_nn::zero_cost::{EntropySettings, entropy, entropy_once, naswot, naswot_with, synflow, synflow_with};
 use detnas_space::SearchSpace;
 use std::path::PathBuf;
 use tch::Tensor;
@@ -41,7 +42,11 @@ fn proxies_match_the_pytorch_restatement_of_the_official_code() {
         let n = naswot_with(&space, &arch, images, &mut weights).unwrap();
         let want_n = case["naswot"].as_f64().unwrap();
         assert!((n - want_n).abs() <= 1e-5 * want_n.abs(), "case {k} NASWOT: {n} vs PyTorch {want_n}");
-        eprintln!("case {k}: entropy {e} (PyTorch {want_e}), NASWOT {n} (PyTorch {want_n})");
+        let hw: Vec<i64> = case["synflow_input"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
+        let f = synflow_with(&space, &arch, [hw[0], hw[1]], &mut weights).unwrap();
+        let want_f = case["synflow"].as_f64().unwrap();
+        assert!((f - want_f).abs() <= 1e-5 * want_f.abs(), "case {k} SynFlow: {f} vs PyTorch {want_f}");
+        eprintln!("case {k}: entropy {e} (PyTorch {want_e}), NASWOT {n} (PyTorch {want_n}), SynFlow {f} ({want_f})");
     }
 }
 
@@ -65,4 +70,7 @@ fn drawn_scores_repeat_and_rank_bigger_kernels_higher() {
     let n = naswot(&space, &small, &images, 9).unwrap();
     assert_eq!(naswot(&space, &small, &images, 9), Some(n));
     assert!(n.is_finite() && n > 0.0, "{n}");
+    // SynFlow grows with the kernels' fan-in too, and a seed repeats it.
+    let (fa, fb) = (synflow(&space, &small, [32, 32], 4).unwrap(), synflow(&space, &large, [32, 32], 4).unwrap());
+    assert!(fb > fa && synflow(&space, &small, [32, 32], 4) == Some(fa), "{fa} {fb}");
 }
