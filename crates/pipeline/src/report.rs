@@ -392,8 +392,10 @@ fn final_section(
         if let Some(c) = &cls.best {
             rows.push((format!("ClsNAS {}", c.arch), b.space.parse_arch(&c.arch)?.ids()));
         }
-        if let Some(r) = final_rows.iter().find(|r| r.label == "random") {
-            rows.push((format!("random {}", r.arch), b.space.parse_arch(&r.arch)?.ids()));
+        for (label, name) in [("random", "random"), ("zero-cost", "zero-cost")] {
+            if let Some(r) = final_rows.iter().find(|r| r.label == label) {
+                rows.push((format!("{name} {}", r.arch), b.space.parse_arch(&r.arch)?.ids()));
+            }
         }
         let starts: Vec<usize> = b
             .space
