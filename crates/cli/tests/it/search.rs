@@ -340,8 +340,13 @@ threads = 1
     std::fs::write(&bad, text.replace(&format!("space = \"{}\"\n", space.display()), "")).unwrap();
     let o = search(&bad, &d.join("bad"), &[], None);
     assert_eq!(o.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("supernet.space is required"), "{o:?}");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("required key not given: supernet.space"), "{o:?}");
     std::fs::write(&bad, text.replace("fitness = \"entropy\"", "fitness = \"det\"")).unwrap();
+    let o = search(&bad, &d.join("bad"), &[], None);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("required key not given: supernet.checkpoint"), "{o:?}");
+    // With the fitness left at its default (det), the rule names the checkpoint too.
+    std::fs::write(&bad, text.replace("fitness = \"entropy\"\n", "")).unwrap();
     let o = search(&bad, &d.join("bad"), &[], None);
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("supernet.checkpoint is required"), "{o:?}");
