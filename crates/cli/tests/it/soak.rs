@@ -98,6 +98,8 @@ fn detection_fine_tuning_memory_stays_flat() {
     std::fs::remove_dir_all(&d).ok();
 }
 
+/// 160 candidates of each fitness that loops over candidates in one process (detection AP,
+/// and the training-free entropy and NASWOT): resident memory flat after the first 20.
 #[test]
 fn search_memory_stays_flat_over_many_candidates() {
     let d = temp_dir("soak", "search");
@@ -147,6 +149,27 @@ threads = 1
         serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
     assert_eq!(summary["evaluated_now"], 160);
     assert!(summary["memory"]["peak_rss_mib"].as_f64().unwrap() > 0.0);
+    // The training-free fitnesses over as many candidates: entropy (no checkpoint) and NASWOT
+    // (the run's training images).
+    let space = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/demo/space.toml");
+    for (name, supernet) in [
+        ("entropy", format!("fitness = \"entropy\"\nspace = \"{}\"", space.display())),
+        ("naswot", format!("fitness = \"naswot\"\ncheckpoint = \"{}\"", ft.display())),
+    ] {
+        let cfg = d.join(format!("{name}.toml"));
+        let text = format!(
+            "seed = 3\n[supernet]\n{supernet}\n[strategy]\nkind = \"random\"\npopulation = 20\ngenerations = 8\n\
+             [constraint]\ninput = [64, 64]\n[zero_cost]\nbatch = 2\nrepeats = 2\nimages = 8\n\
+             [runtime]\ndevice = \"cpu\"\nthreads = 1\n"
+        );
+        std::fs::write(&cfg, text).unwrap();
+        let out = d.join(name);
+        let args = ["search", "--no-progress", "--config", cfg.to_str().unwrap(), "--out", out.to_str().unwrap()];
+        ok(&engine(&[&args[..], &["--workers", "1"]].concat(), None));
+        let points = series(&out.join("ledger.jsonl"), None);
+        assert_eq!(points.len(), 160, "{name}");
+        assert_flat(&points, 20.0, name);
+    }
     std::fs::remove_dir_all(&d).ok();
 }
 
