@@ -413,11 +413,7 @@ pub const ENTROPY_BATCH: i64 = 4;
 /// (recorded likewise; computed when the record lacks a planned architecture).
 fn proxies(run: &Path, plan: &Plan, opts: &PipelineOptions) -> Result<Proxies, PipelineError> {
     let mut p = search_proxies(run, plan, opts)?;
-    let all = |keys: Option<Vec<&String>>| keys.is_some_and(|k| plan.archs.iter().all(|a| k.contains(&&a.arch)));
-    if all(p.entropy.as_ref().map(|m| m.keys().collect()))
-        && all(p.naswot.as_ref().map(|m| m.keys().collect()))
-        && all(p.synflow.as_ref().map(|m| m.keys().collect()))
-    {
+    if covers(plan, p.entropy.as_ref()) && covers(plan, p.naswot.as_ref()) && covers(plan, p.synflow.as_ref()) {
         return Ok(p);
     }
     let scfg = search_config(&dirs::search(run))?;
@@ -430,6 +426,11 @@ fn proxies(run: &Path, plan: &Plan, opts: &PipelineOptions) -> Result<Proxies, P
     p.synflow = Some(free.synflow);
     write_json(&dir(run).join("proxies.json"), &p)?;
     Ok(p)
+}
+
+/// Whether the recorded scores `m` hold every planned architecture.
+fn covers<V>(plan: &Plan, m: Option<&BTreeMap<String, V>>) -> bool {
+    m.is_some_and(|m| plan.archs.iter().all(|a| m.contains_key(&a.arch)))
 }
 
 /// The training-free proxies of `archs` (module `detnas_nn::zero_cost`): MAE-DET's entropy on
@@ -485,7 +486,7 @@ fn search_proxies(run: &Path, plan: &Plan, opts: &PipelineOptions) -> Result<Pro
     let device = opts.device;
     let sdir = dirs::search(run);
     let scfg = search_config(&sdir)?;
-    let recorded = read_json::<Proxies>(&path)?.filter(|p| plan.archs.iter().all(|a| p.det.contains_key(&a.arch)));
+    let recorded = read_json::<Proxies>(&path)?.filter(|p| covers(plan, Some(&p.det)));
     if let Some(p) = &recorded
         && (p.init.is_some() || !plan.options.control)
     {
@@ -547,7 +548,7 @@ fn supernet_scores(
     let sdir = supernet_dir(run, k);
     let path = sdir.join("scores.json");
     if let Some(m) = read_json::<BTreeMap<String, f64>>(&path)?
-        && plan.archs.iter().all(|a| m.contains_key(&a.arch))
+        && covers(plan, Some(&m))
     {
         return Ok(m);
     }

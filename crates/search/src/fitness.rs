@@ -39,56 +39,51 @@ pub struct SupernetInfo {
 }
 
 impl SupernetInfo {
-    /// Resolves and verifies the checkpoint of `cfg.supernet`.
+    /// Resolves and verifies the checkpoint of `cfg.supernet`; for `fitness = "entropy"`,
+    /// which has none, resolves `supernet.space` (no checkpoint, step 0, no hash).
     ///
     /// # Errors
     /// [`SearchError::Train`] when the checkpoint cannot be resolved, verified or hashed;
     /// [`SearchError::Config`] when it is not of the kind the fitness needs (any error reading its
-    /// metadata included) or holds a fixed child network.
+    /// metadata included), holds a fixed child network, or the space cannot be resolved.
     pub fn open(cfg: &SearchConfig) -> Result<SupernetInfo, SearchError> {
-        if cfg.supernet.fitness == FitnessKind::Entropy {
+        let kind = cfg.supernet.fitness;
+        if !kind.needs_checkpoint() {
             let spec = detnas_space::SpaceSpec {
                 space: cfg.supernet.space.clone().unwrap_or_default(),
                 width_mult: cfg.supernet.width_mult.unwrap_or(1.0),
             };
             let space = spec.resolve().map_err(|e| SearchError::Config(format!("supernet.space: {e}")))?;
-            return Ok(SupernetInfo {
-                kind: FitnessKind::Entropy,
-                space,
-                checkpoint: PathBuf::new(),
-                step: 0,
-                model_sha256: String::new(),
-            });
+            return Ok(SupernetInfo { kind, space, checkpoint: PathBuf::new(), step: 0, model_sha256: String::new() });
         }
         let (step, path) = resolve(&cfg.supernet.checkpoint)?;
-        let space = match cfg.supernet.fitness {
-            FitnessKind::Det | FitnessKind::Naswot => {
-                let (fcfg, state) = finetune::read_meta(&path).map_err(|_| {
-                    SearchError::Config(format!(
-                        "{} is not a fine-tuning checkpoint (fitness = \"det\" needs one; use fitness = \"cls\" for a pre-training run)",
-                        path.display()
-                    ))
-                })?;
-                if fcfg.model.arch.is_some() {
-                    return Err(SearchError::Config(format!(
-                        "{} holds a fixed child network (model.arch), not a supernet",
-                        path.display()
-                    )));
-                }
-                state.space
+        let space = if kind == FitnessKind::Cls {
+            let (_, state) = pretrain::read_checkpoint_meta(&path).map_err(|_| {
+                SearchError::Config(format!(
+                    "{} is not a pre-training checkpoint (fitness = \"cls\" needs one)",
+                    path.display()
+                ))
+            })?;
+            state.space
+        } else {
+            let (fcfg, state) = finetune::read_meta(&path).map_err(|_| {
+                SearchError::Config(format!(
+                    "{} is not a fine-tuning checkpoint (fitness = \"{}\" needs one; use fitness = \"cls\" for a \
+                     pre-training run)",
+                    path.display(),
+                    if kind == FitnessKind::Naswot { "naswot" } else { "det" }
+                ))
+            })?;
+            if fcfg.model.arch.is_some() {
+                return Err(SearchError::Config(format!(
+                    "{} holds a fixed child network (model.arch), not a supernet",
+                    path.display()
+                )));
             }
-            FitnessKind::Cls | FitnessKind::Entropy => {
-                let (_, state) = pretrain::read_checkpoint_meta(&path).map_err(|_| {
-                    SearchError::Config(format!(
-                        "{} is not a pre-training checkpoint (fitness = \"cls\" needs one)",
-                        path.display()
-                    ))
-                })?;
-                state.space
-            }
+            state.space
         };
         let model_sha256 = sha256_file(&path.join("model.safetensors"))?;
-        Ok(SupernetInfo { kind: cfg.supernet.fitness, space, checkpoint: path, step, model_sha256 })
+        Ok(SupernetInfo { kind, space, checkpoint: path, step, model_sha256 })
     }
 
     /// Opens an evaluator of this supernet on `device` (the caller's thread owns it).
@@ -186,7 +181,6 @@ impl Evaluator for DetEvaluator {
     }
 }
 
-/// libtorch's intra-op threads when `device` is the CPU.
 /// The zero-cost fitness: MAE-DET's entropy score of the candidate's backbone at
 /// initialisation ([`detnas_nn::zero_cost::entropy`]), with the search's `[zero_cost]`
 /// settings and seed; no supernet, no data, on the CPU. `metrics` = `[score, sd over repeats]`.
@@ -215,13 +209,7 @@ impl Evaluator for EntropyEvaluator {
         let started = std::time::Instant::now();
         let (score, sd) = detnas_nn::zero_cost::entropy(&self.space, arch, &self.settings)
             .map_err(|message| SearchError::Evaluation { arch: arch.to_string(), message })?;
-        Ok(Evaluation {
-            fitness: score,
-            metrics: vec![score, sd],
-            recalibration_seconds: 0.0,
-            evaluation_seconds: started.elapsed().as_secs_f64(),
-            threads: cpu_threads(Device::Cpu),
-        })
+        Ok(training_free(score, vec![score, sd], started))
     }
 }
 
@@ -259,16 +247,23 @@ impl Evaluator for NaswotEvaluator {
                     .into(),
             }
         })?;
-        Ok(Evaluation {
-            fitness: score,
-            metrics: vec![score],
-            recalibration_seconds: 0.0,
-            evaluation_seconds: started.elapsed().as_secs_f64(),
-            threads: cpu_threads(Device::Cpu),
-        })
+        Ok(training_free(score, vec![score], started))
     }
 }
 
+/// A training-free score's evaluation (no recalibration; on the CPU), `started` when its
+/// computation began.
+fn training_free(fitness: f64, metrics: Vec<f64>, started: std::time::Instant) -> Evaluation {
+    Evaluation {
+        fitness,
+        metrics,
+        recalibration_seconds: 0.0,
+        evaluation_seconds: started.elapsed().as_secs_f64(),
+        threads: cpu_threads(Device::Cpu),
+    }
+}
+
+/// libtorch's intra-op threads when `device` is the CPU.
 fn cpu_threads(device: Device) -> Option<i32> {
     (device == Device::Cpu).then(tch::get_num_threads)
 }

@@ -257,8 +257,9 @@ pub fn search(cfg: &SearchConfig, opts: &SearchOptions) -> Result<SearchReport, 
     if let Some(pg) = opts.dist.as_ref().filter(|pg| pg.rank() != 0) {
         return serve_search(cfg, opts, pg, &hash);
     }
-    cfg.claim_run_dir(&opts.out, detnas_runtime::checkpoint::MismatchOverride::None)?;
+    // The supernet (or space) first: a configuration that cannot be searched leaves no folder.
     let info = SupernetInfo::open(cfg)?;
+    cfg.claim_run_dir(&opts.out, detnas_runtime::checkpoint::MismatchOverride::None)?;
     let devices = if opts.devices.is_empty() { vec![Device::Cpu] } else { opts.devices.clone() };
     let latency = if cfg.constraint.max_latency_ms.is_some() || cfg.constraint.latency_table.is_some() {
         Some(latency_table(cfg, &info.space, &opts.out, devices[0])?)

@@ -335,8 +335,15 @@ threads = 1
     };
     assert_eq!(top(&json(&killed.join("best_arch.json"))), top(&best));
 
-    // Without a space there is nothing to search; a det search still needs its checkpoint.
+    // A space file that does not exist: named, and no search folder is left.
     let bad = d.join("bad.toml");
+    std::fs::write(&bad, text.replace(&space.display().to_string(), "/nonexistent/space.toml")).unwrap();
+    let o = search(&bad, &d.join("bad"), &[], None);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("/nonexistent/space.toml"), "{o:?}");
+    assert!(!d.join("bad").exists());
+
+    // Without a space there is nothing to search; a det search still needs its checkpoint.
     std::fs::write(&bad, text.replace(&format!("space = \"{}\"\n", space.display()), "")).unwrap();
     let o = search(&bad, &d.join("bad"), &[], None);
     assert_eq!(o.status.code(), Some(2));
